@@ -1,0 +1,355 @@
+"""The four convolution operations of a CNN layer, validated here and computed by the Cython kernels.
+
+Conventions (the reference tutorial's, NCHW, cross-correlation):
+
+- ``conv2d_forward(x, kernels, bias)``: ``y[n, j] = bias[j] + Σ_i xcorr(x[n, i], kernels[j, i])``
+- ``conv2d_kernel_gradient(dE_dY, x)``: ``dK[j, i] = (1/N) Σ_n xcorr(x[n, i], dE_dY[n, j])`` (batch mean)
+- ``conv2d_bias_gradient(dE_dY)``: ``dB[j] = (1/N) Σ_{n, p, q} dE_dY[n, j, p, q]`` (batch mean)
+- ``conv2d_input_gradient(dE_dY, kernels)``: ``dX[n, i] = Σ_j conv_full(dE_dY[n, j], kernels[j, i])`` (not averaged)
+
+Every check lives in this module and raises ``ValueError`` (shapes, values) or ``TypeError`` (types) naming the
+argument and the shapes; the kernels trust what they are given. Inputs are never modified: arrays that are not
+C-contiguous in the computation dtype are copied, others are read through ``const`` memoryviews.
+"""
+import operator
+from contextlib import nullcontext
+
+import numpy as np
+
+from . import _conv
+from ._config import blas_single_thread, get_num_threads
+
+__all__ = [
+    "conv2d_forward",
+    "conv2d_kernel_gradient",
+    "conv2d_bias_gradient",
+    "conv2d_input_gradient",
+    "conv2d_output_shape",
+]
+
+_INT_MAX = 2**31 - 1  # BLAS takes 32-bit int sizes
+_NCHUNK = 16  # batch reductions: fixed chunks, summed in order, whatever the thread count
+_METHODS = ("auto", "direct", "gemm")
+
+
+# ----------------------------------------------------------------------------------------------
+# argument checks
+# ----------------------------------------------------------------------------------------------
+
+def _as_array(a, name):
+    if a is None:
+        raise TypeError(f"{name} must be an array of numbers, got None")
+    try:
+        arr = np.asarray(a)
+    except (ValueError, TypeError) as exc:  # ragged nested lists and the like
+        raise ValueError(f"{name} could not be converted to an array: {exc}") from None
+    if arr.dtype.kind not in "biuf":
+        what = "complex" if arr.dtype.kind == "c" else str(arr.dtype)
+        raise TypeError(f"{name} must hold real numbers (bool, int or float), got dtype {what}")
+    return arr
+
+
+def _compute_dtype(arrays, names):
+    dt = np.result_type(*arrays)
+    if dt == np.float32 or dt == np.float64:
+        return dt
+    if np.can_cast(dt, np.float64, casting="safe"):
+        return np.dtype(np.float64)
+    raise TypeError(
+        f"{', '.join(names)}: dtype {dt} cannot be computed in float64 without loss; cast to float64 first"
+    )
+
+
+def _check_ndim(arr, ndim, name, layout):
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {arr.shape}")
+
+
+def _ints(value, name, minimum, length=2):
+    """An int or a pair of ints, each >= minimum, as a tuple."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    try:
+        vals = (operator.index(value),) * length
+    except TypeError:
+        try:
+            vals = tuple(operator.index(v) for v in value)
+        except TypeError:
+            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+        if len(vals) != length or any(isinstance(v, (bool, np.bool_)) for v in value):
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if any(v < minimum for v in vals):
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return vals
+
+
+def _padding(padding, KH, KW, stride):
+    """(top, bottom, left, right) from 'valid', 'same', an int, (ph, pw) or ((top, bottom), (left, right))."""
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            return (0, 0, 0, 0)
+        if mode == "same":
+            if stride != (1, 1):
+                raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
+            return ((KH - 1) // 2, KH - 1 - (KH - 1) // 2, (KW - 1) // 2, KW - 1 - (KW - 1) // 2)
+        raise ValueError(f"padding must be 'valid', 'same', an int or a pair, got {padding!r}")
+    try:
+        pairs = [tuple(p) for p in padding]
+    except TypeError:
+        pairs = None
+    if pairs is not None and len(pairs) == 2 and all(len(p) == 2 for p in pairs):
+        top, bottom = _ints(pairs[0], "padding", 0)
+        left, right = _ints(pairs[1], "padding", 0)
+        return (top, bottom, left, right)
+    ph, pw = _ints(padding, "padding", 0)
+    return (ph, ph, pw, pw)
+
+
+def conv2d_output_shape(input_hw, kernel_hw, stride=1, padding=0):
+    """Output (OH, OW) of a cross-correlation: ``OH = (H + pad_top + pad_bottom - KH) // SH + 1``."""
+    H, W = _ints(input_hw, "input_hw", 0)
+    KH, KW = _ints(kernel_hw, "kernel_hw", 1)
+    SH, SW = _ints(stride, "stride", 1)
+    top, bottom, left, right = _padding(padding, KH, KW, (SH, SW))
+    return _out_hw(H, W, KH, KW, SH, SW, top, bottom, left, right, "x", "kernels")
+
+
+def _out_hw(H, W, KH, KW, SH, SW, top, bottom, left, right, xname, kname, xshape=None, kshape=None):
+    Hp, Wp = H + top + bottom, W + left + right
+    if KH > Hp or KW > Wp:
+        xs = xshape if xshape is not None else (H, W)
+        ks = kshape if kshape is not None else (KH, KW)
+        pad = f" (padded to {Hp}x{Wp})" if (top, bottom, left, right) != (0, 0, 0, 0) else ""
+        raise ValueError(f"{kname} {ks} is larger than {xname} {xs}{pad}: kernel {KH}x{KW} > input {Hp}x{Wp}")
+    return ((Hp - KH) // SH + 1, (Wp - KW) // SW + 1)
+
+
+def _contiguous(arr, dtype):
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _method(method, direct_ok, C_in, C_out, KH, KW):
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if method == "direct" and not direct_ok:
+        raise ValueError("method='direct' needs stride 1 and no padding; use 'gemm' or 'auto'")
+    if method == "auto":
+        # Direct row loops win while the GEMM would be thin (few channels); see benchmarks/.
+        return "direct" if direct_ok and C_in * C_out <= 32 else "gemm"
+    return method
+
+
+def _check_blas_sizes(*sizes):
+    if max(sizes) > _INT_MAX:
+        raise ValueError(f"array extents {sizes} exceed the 32-bit sizes BLAS accepts")
+
+
+def _threads(N):
+    return max(1, min(get_num_threads(), max(N, 1)))
+
+
+def _run(use_gemm, fn, *args):
+    with blas_single_thread() if use_gemm else nullcontext():
+        fn(*args)
+
+
+# ----------------------------------------------------------------------------------------------
+# the operations
+# ----------------------------------------------------------------------------------------------
+
+def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto"):
+    """Batched 2-D cross-correlation plus bias: the forward pass of a convolution layer.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C_in, H, W)
+    kernels : array_like, shape (C_out, C_in, KH, KW)
+    bias : array_like, shape (C_out,)
+    stride : int or (int, int), default 1
+    padding : 'valid', 'same', int, (ph, pw) or ((top, bottom), (left, right)), default 0 ('valid')
+        Zero padding; 'same' (stride 1 only) keeps H x W, putting the odd extra row/column at the end.
+    method : {'auto', 'direct', 'gemm'}
+        'direct' loops (stride 1, no padding) or im2col + BLAS; 'auto' picks by shape.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C_out, OH, OW)
+        ``y[n, j] = bias[j] + Σ_i xcorr(x[n, i], kernels[j, i])`` with
+        ``OH = (H + pad_top + pad_bottom - KH) // SH + 1`` (``H - KH + 1`` by default), same for OW.
+        float32 if every input is float32, else float64.
+    """
+    x, k, b = _as_array(x, "x"), _as_array(kernels, "kernels"), _as_array(bias, "bias")
+    dtype = _compute_dtype((x, k, b), ("x", "kernels", "bias"))
+    _check_ndim(x, 4, "x", "(N, C_in, H, W)")
+    _check_ndim(k, 4, "kernels", "(C_out, C_in, KH, KW)")
+    _check_ndim(b, 1, "bias", "(C_out,)")
+    N, C_in, H, W = x.shape
+    C_out, Ck, KH, KW = k.shape
+    if k.size == 0:
+        raise ValueError(f"kernels must not be empty, got shape {k.shape}")
+    if Ck != C_in:
+        raise ValueError(f"x has {C_in} channels (shape {x.shape}) but kernels expect {Ck} (shape {k.shape})")
+    if b.shape[0] != C_out:
+        raise ValueError(f"bias has {b.shape[0]} entries (shape {b.shape}) but kernels have {C_out} output channels (shape {k.shape})")
+    SH, SW = _ints(stride, "stride", 1)
+    top, bottom, left, right = _padding(padding, KH, KW, (SH, SW))
+    OH, OW = _out_hw(H, W, KH, KW, SH, SW, top, bottom, left, right, "x", "kernels", x.shape, k.shape)
+    method = _method(method, (SH, SW, top, bottom, left, right) == (1, 1, 0, 0, 0, 0), C_in, C_out, KH, KW)
+    use_gemm = method == "gemm"
+    y = np.empty((N, C_out, OH, OW), dtype=dtype)
+    if N == 0:
+        return y
+    nt = _threads(N)
+    if use_gemm:
+        _check_blas_sizes(C_in * KH * KW, OH * OW, C_out)
+        scratch = np.empty((nt, C_in * KH * KW * OH * OW), dtype=dtype)
+    else:
+        scratch = np.empty((nt, 1), dtype=dtype)
+    _run(use_gemm, _conv.conv2d_forward, _contiguous(x, dtype), _contiguous(k, dtype), _contiguous(b, dtype),
+         y, scratch, SH, SW, top, left, use_gemm, nt)
+    return y
+
+
+def conv2d_kernel_gradient(dE_dY, x, *, stride=1, padding=0, kernel_size=None, method="auto"):
+    """Gradient of the loss with respect to the kernels, averaged over the batch.
+
+    Parameters
+    ----------
+    dE_dY : array_like, shape (N, C_out, OH, OW)
+    x : array_like, shape (N, C_in, H, W)
+        The forward pass's input.
+    stride, padding : as in :func:`conv2d_forward`
+    kernel_size : int or (int, int), optional
+        Needed only when it cannot be derived (stride > 1 or padding='same'); with stride 1 it is
+        ``KH = H + pad_top + pad_bottom - OH + 1``.
+    method : {'auto', 'direct', 'gemm'}
+
+    Returns
+    -------
+    dK : ndarray, shape (C_out, C_in, KH, KW)
+        ``dK[j, i] = (1/N) Σ_n xcorr(x[n, i], dE_dY[n, j])``: the true gradient (the tutorial's
+        ``correlate2d(dE_dY, x)`` returns it rotated by 180° because SciPy swaps the operands).
+    """
+    dy, x = _as_array(dE_dY, "dE_dY"), _as_array(x, "x")
+    dtype = _compute_dtype((dy, x), ("dE_dY", "x"))
+    _check_ndim(dy, 4, "dE_dY", "(N, C_out, OH, OW)")
+    _check_ndim(x, 4, "x", "(N, C_in, H, W)")
+    N, C_out, OH, OW = dy.shape
+    Nx, C_in, H, W = x.shape
+    if Nx != N:
+        raise ValueError(f"dE_dY has batch size {N} (shape {dy.shape}) but x has {Nx} (shape {x.shape})")
+    if C_out == 0 or C_in == 0:
+        raise ValueError(f"dE_dY {dy.shape} and x {x.shape} must have at least one channel each")
+    SH, SW = _ints(stride, "stride", 1)
+    if kernel_size is None:
+        if (SH, SW) != (1, 1) or isinstance(padding, str) and padding.lower() == "same":
+            raise ValueError("kernel_size is required when stride > 1 or padding='same'")
+        top, bottom, left, right = _padding(padding, 1, 1, (SH, SW))
+        KH, KW = H + top + bottom - OH + 1, W + left + right - OW + 1
+        if KH < 1 or KW < 1 or OH < 1 or OW < 1:
+            raise ValueError(f"dE_dY {dy.shape} is larger than x {x.shape} allows: no kernel size fits")
+    else:
+        KH, KW = _ints(kernel_size, "kernel_size", 1)
+        top, bottom, left, right = _padding(padding, KH, KW, (SH, SW))
+    eOH, eOW = _out_hw(H, W, KH, KW, SH, SW, top, bottom, left, right, "x", "kernel_size", x.shape, (KH, KW))
+    if (eOH, eOW) != (OH, OW):
+        raise ValueError(f"dE_dY has spatial shape {(OH, OW)} (shape {dy.shape}) but x {x.shape} with a "
+                         f"{KH}x{KW} kernel gives {(eOH, eOW)}")
+    method = _method(method, (SH, SW, top, bottom, left, right) == (1, 1, 0, 0, 0, 0), C_in, C_out, KH, KW)
+    use_gemm = method == "gemm"
+    dk = np.empty((C_out, C_in, KH, KW), dtype=dtype)
+    nchunk = max(1, min(N, _NCHUNK))
+    nt = _threads(nchunk)
+    if use_gemm:
+        _check_blas_sizes(C_in * KH * KW, OH * OW, C_out)
+        partial = np.empty((nchunk, C_out * C_in * KH * KW), dtype=dtype)
+        scratch = np.empty((nt, C_in * KH * KW * OH * OW), dtype=dtype)
+    else:
+        partial = np.empty((nchunk, C_out * C_in * KH * KW * OW), dtype=dtype)
+        scratch = np.empty((nt, 1), dtype=dtype)
+    _run(use_gemm, _conv.conv2d_kernel_gradient, _contiguous(dy, dtype), _contiguous(x, dtype), dk, partial,
+         scratch, SH, SW, top, left, use_gemm, nt)
+    return dk
+
+
+def conv2d_bias_gradient(dE_dY):
+    """Gradient of the loss with respect to the biases, averaged over the batch.
+
+    Parameters
+    ----------
+    dE_dY : array_like, shape (N, C_out, OH, OW)
+
+    Returns
+    -------
+    dB : ndarray, shape (C_out,)
+        ``dB[j] = (1/N) Σ_{n, p, q} dE_dY[n, j, p, q]`` (zeros when N = 0).
+    """
+    dy = _as_array(dE_dY, "dE_dY")
+    dtype = _compute_dtype((dy,), ("dE_dY",))
+    _check_ndim(dy, 4, "dE_dY", "(N, C_out, OH, OW)")
+    N, C_out, OH, OW = dy.shape
+    db = np.empty(C_out, dtype=dtype)
+    if C_out == 0:
+        return db
+    rowacc = np.empty((C_out, max(OW, 1)), dtype=dtype)
+    _conv.conv2d_bias_gradient(_contiguous(dy, dtype), db, rowacc, _threads(C_out))
+    return db
+
+
+def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=None, method="auto"):
+    """Gradient of the loss with respect to the layer's input (not averaged).
+
+    Parameters
+    ----------
+    dE_dY : array_like, shape (N, C_out, OH, OW)
+    kernels : array_like, shape (C_out, C_in, KH, KW)
+    stride, padding : as in :func:`conv2d_forward`
+    input_size : int or (int, int), optional
+        (H, W) of the forward input; needed only with stride > 1, where several sizes give the same
+        output. By default ``H = (OH - 1) * SH + KH - pad_top - pad_bottom``.
+    method : {'auto', 'direct', 'gemm'}
+
+    Returns
+    -------
+    dX : ndarray, shape (N, C_in, H, W)
+        ``dX[n, i] = Σ_j conv_full(dE_dY[n, j], kernels[j, i])`` (the adjoint of the forward map).
+    """
+    dy, k = _as_array(dE_dY, "dE_dY"), _as_array(kernels, "kernels")
+    dtype = _compute_dtype((dy, k), ("dE_dY", "kernels"))
+    _check_ndim(dy, 4, "dE_dY", "(N, C_out, OH, OW)")
+    _check_ndim(k, 4, "kernels", "(C_out, C_in, KH, KW)")
+    N, C_out, OH, OW = dy.shape
+    Ck, C_in, KH, KW = k.shape
+    if k.size == 0:
+        raise ValueError(f"kernels must not be empty, got shape {k.shape}")
+    if Ck != C_out:
+        raise ValueError(f"dE_dY has {C_out} channels (shape {dy.shape}) but kernels have {Ck} output channels (shape {k.shape})")
+    if OH < 1 or OW < 1:
+        raise ValueError(f"dE_dY must have a non-empty spatial shape, got {dy.shape}")
+    SH, SW = _ints(stride, "stride", 1)
+    top, bottom, left, right = _padding(padding, KH, KW, (SH, SW))
+    if input_size is None:
+        H, W = (OH - 1) * SH + KH - top - bottom, (OW - 1) * SW + KW - left - right
+        if H < 1 or W < 1:
+            raise ValueError(f"dE_dY {dy.shape} with kernels {k.shape} and padding {padding!r} gives no valid input size")
+    else:
+        H, W = _ints(input_size, "input_size", 1)
+    eOH, eOW = _out_hw(H, W, KH, KW, SH, SW, top, bottom, left, right, "input_size", "kernels", (H, W), k.shape)
+    if (eOH, eOW) != (OH, OW):
+        raise ValueError(f"dE_dY has spatial shape {(OH, OW)} (shape {dy.shape}) but an input of {(H, W)} with "
+                         f"kernels {k.shape} gives {(eOH, eOW)}")
+    method = _method(method, (SH, SW, top, bottom, left, right) == (1, 1, 0, 0, 0, 0), C_in, C_out, KH, KW)
+    use_gemm = method == "gemm"
+    dx = np.empty((N, C_in, H, W), dtype=dtype)
+    if N == 0:
+        return dx
+    nt = _threads(N)
+    if use_gemm:
+        _check_blas_sizes(C_in * KH * KW, OH * OW, C_out)
+        scratch = np.empty((nt, C_in * KH * KW * OH * OW), dtype=dtype)
+    else:
+        scratch = np.empty((nt, 1), dtype=dtype)
+    _run(use_gemm, _conv.conv2d_input_gradient, _contiguous(dy, dtype), _contiguous(k, dtype), dx, scratch,
+         SH, SW, top, left, use_gemm, nt)
+    return dx

@@ -1,0 +1,363 @@
+# cython: language_level=3
+"""Batched 2-D cross-correlation (NCHW input, OIHW kernels) and its three gradients.
+
+cnn_ext/ops.py validates every argument, picks the method and allocates outputs and scratch; each `def`
+here takes typed memoryviews, releases the GIL for the whole loop and never raises.
+Two methods per operation:
+  * direct  (stride 1, no padding): row loops vectorised along the output width; best for few channels;
+  * gemm    (any stride / padding): per-sample im2col / col2im in a per-thread slab + one BLAS call
+            (scipy.linalg.cython_blas, held to one thread by the caller while OpenMP runs).
+Samples are split over OpenMP threads; reductions over the batch (dK, dB) go through a fixed number of
+chunks summed in a fixed order, so results do not depend on the thread count.
+"""
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define CNN_EXT_OPENMP 1
+    #else
+    #define CNN_EXT_OPENMP 0
+    static int omp_get_max_threads(void) { return 1; }
+    #endif
+    """
+    int CNN_EXT_OPENMP
+    int omp_get_max_threads() noexcept nogil
+
+
+def openmp_enabled():
+    """True when this module was compiled with OpenMP."""
+    return bool(CNN_EXT_OPENMP)
+
+
+def openmp_max_threads():
+    """omp_get_max_threads() (1 without OpenMP); honours OMP_NUM_THREADS."""
+    return omp_get_max_threads()
+
+
+ctypedef struct Geom:
+    Py_ssize_t C_in, H, W, C_out, KH, KW, OH, OW, SH, SW, PH, PW
+
+
+cdef inline Geom _geom(Py_ssize_t C_in, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C_out,
+                       Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW,
+                       Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW) noexcept nogil:
+    cdef Geom g
+    g.C_in = C_in; g.H = H; g.W = W; g.C_out = C_out; g.KH = KH; g.KW = KW
+    g.OH = OH; g.OW = OW; g.SH = SH; g.SW = SW; g.PH = PH; g.PW = PW
+    return g
+
+
+# ---------------------------------------------------------------------------------------------------
+# BLAS: row-major C = op(A) @ op(B) through column-major gemm by swapping the operands.
+# ---------------------------------------------------------------------------------------------------
+
+cdef inline void _gemm_rm(bint trans_a, bint trans_b, int M, int N, int K, floating alpha,
+                          const floating* A, int lda, const floating* B, int ldb,
+                          floating beta, floating* C, int ldc) noexcept nogil:
+    """C[M, N] = alpha op(A) op(B) + beta C, all row-major."""
+    cdef char ta = b'T' if trans_a else b'N'
+    cdef char tb = b'T' if trans_b else b'N'
+    if floating is float:
+        sgemm(&tb, &ta, &N, &M, &K, &alpha, <float*>B, &ldb, <float*>A, &lda, &beta, C, &ldc)
+    else:
+        dgemm(&tb, &ta, &N, &M, &K, &alpha, <double*>B, &ldb, <double*>A, &lda, &beta, C, &ldc)
+
+
+# ---------------------------------------------------------------------------------------------------
+# im2col / col2im for one sample
+# ---------------------------------------------------------------------------------------------------
+
+cdef void _im2col(const floating* x, floating* cols, const Geom* g) noexcept nogil:
+    """cols[(i, kh, kw), (p, q)] = x[i, p*SH + kh - PH, q*SW + kw - PW] (0 outside)."""
+    cdef Py_ssize_t i, kh, kw, p, q, r, c, P = g.OH * g.OW
+    cdef const floating* xi
+    cdef floating* row
+    for i in range(g.C_in):
+        xi = x + i * g.H * g.W
+        for kh in range(g.KH):
+            for kw in range(g.KW):
+                row = cols + ((i * g.KH + kh) * g.KW + kw) * P
+                for p in range(g.OH):
+                    r = p * g.SH + kh - g.PH
+                    if r < 0 or r >= g.H:
+                        for q in range(g.OW):
+                            row[p * g.OW + q] = 0
+                    elif g.SW == 1 and g.PW == 0:
+                        for q in range(g.OW):
+                            row[p * g.OW + q] = xi[r * g.W + q + kw]
+                    else:
+                        for q in range(g.OW):
+                            c = q * g.SW + kw - g.PW
+                            row[p * g.OW + q] = xi[r * g.W + c] if 0 <= c < g.W else 0
+
+
+cdef void _col2im(const floating* cols, floating* x, const Geom* g) noexcept nogil:
+    """x[i, p*SH + kh - PH, q*SW + kw - PW] += cols[(i, kh, kw), (p, q)]; x zeroed first."""
+    cdef Py_ssize_t i, kh, kw, p, q, r, c, P = g.OH * g.OW
+    cdef floating* xi
+    cdef const floating* row
+    for i in range(g.C_in * g.H * g.W):
+        x[i] = 0
+    for i in range(g.C_in):
+        xi = x + i * g.H * g.W
+        for kh in range(g.KH):
+            for kw in range(g.KW):
+                row = cols + ((i * g.KH + kh) * g.KW + kw) * P
+                for p in range(g.OH):
+                    r = p * g.SH + kh - g.PH
+                    if r < 0 or r >= g.H:
+                        continue
+                    if g.SW == 1 and g.PW == 0:
+                        for q in range(g.OW):
+                            xi[r * g.W + q + kw] += row[p * g.OW + q]
+                    else:
+                        for q in range(g.OW):
+                            c = q * g.SW + kw - g.PW
+                            if 0 <= c < g.W:
+                                xi[r * g.W + c] += row[p * g.OW + q]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Direct kernels for one sample (stride 1, no padding)
+# ---------------------------------------------------------------------------------------------------
+
+cdef void _forward_direct_one(const floating* x, const floating* k, const floating* b, floating* y,
+                              const Geom* g) noexcept nogil:
+    """y[j] = b[j] + Σ_i xcorr_valid(x[i], k[j, i])"""
+    cdef Py_ssize_t i, j, p, q, kh, kw
+    cdef Py_ssize_t OH = g.OH, OW = g.OW, KH = g.KH, KW = g.KW, W = g.W
+    cdef floating w
+    cdef floating* yrow
+    cdef const floating* xrow
+    cdef const floating* kji
+    for j in range(g.C_out):
+        for p in range(OH * OW):
+            y[j * OH * OW + p] = b[j]
+        for i in range(g.C_in):
+            kji = k + (j * g.C_in + i) * KH * KW
+            for p in range(OH):
+                yrow = y + (j * OH + p) * OW
+                for kh in range(KH):
+                    xrow = x + (i * g.H + p + kh) * W
+                    for kw in range(KW):
+                        w = kji[kh * KW + kw]
+                        for q in range(OW):
+                            yrow[q] += w * xrow[q + kw]
+
+
+cdef void _kgrad_direct_one(const floating* x, const floating* dy, floating* acc,
+                            const Geom* g) noexcept nogil:
+    """acc[j, i, kh, kw, q] += Σ_p x[i, p + kh, q + kw] dy[j, p, q]  (summed over q later)"""
+    cdef Py_ssize_t i, j, p, q, kh, kw
+    cdef Py_ssize_t OH = g.OH, OW = g.OW, KH = g.KH, KW = g.KW, W = g.W
+    cdef floating* a
+    cdef const floating* xrow
+    cdef const floating* dyrow
+    for j in range(g.C_out):
+        for i in range(g.C_in):
+            for p in range(OH):
+                dyrow = dy + (j * OH + p) * OW
+                for kh in range(KH):
+                    xrow = x + (i * g.H + p + kh) * W
+                    for kw in range(KW):
+                        a = acc + (((j * g.C_in + i) * KH + kh) * KW + kw) * OW
+                        for q in range(OW):
+                            a[q] += xrow[q + kw] * dyrow[q]
+
+
+cdef void _igrad_direct_one(const floating* dy, const floating* k, floating* dx,
+                            const Geom* g) noexcept nogil:
+    """dx[i] = Σ_j conv_full(dy[j], k[j, i])  as a scatter: dx[i, p + kh, q + kw] += k[j, i, kh, kw] dy[j, p, q]"""
+    cdef Py_ssize_t i, j, p, q, kh, kw
+    cdef Py_ssize_t OH = g.OH, OW = g.OW, KH = g.KH, KW = g.KW, W = g.W
+    cdef floating w
+    cdef floating* dxrow
+    cdef const floating* dyrow
+    cdef const floating* kji
+    for p in range(g.C_in * g.H * W):
+        dx[p] = 0
+    for j in range(g.C_out):
+        for i in range(g.C_in):
+            kji = k + (j * g.C_in + i) * KH * KW
+            for p in range(OH):
+                dyrow = dy + (j * OH + p) * OW
+                for kh in range(KH):
+                    dxrow = dx + (i * g.H + p + kh) * W
+                    for kw in range(KW):
+                        w = kji[kh * KW + kw]
+                        for q in range(OW):
+                            dxrow[q + kw] += w * dyrow[q]
+
+
+# ---------------------------------------------------------------------------------------------------
+# GEMM kernels for one sample
+# ---------------------------------------------------------------------------------------------------
+
+cdef void _forward_gemm_one(const floating* x, const floating* k, const floating* b, floating* y,
+                            floating* cols, const Geom* g) noexcept nogil:
+    """y[:, P] = b + k[C_out, CKK] @ im2col(x)[CKK, P]"""
+    cdef Py_ssize_t j, p, P = g.OH * g.OW
+    cdef int CKK = <int>(g.C_in * g.KH * g.KW)
+    for j in range(g.C_out):
+        for p in range(P):
+            y[j * P + p] = b[j]
+    _im2col(x, cols, g)
+    _gemm_rm(False, False, <int>g.C_out, <int>P, CKK, <floating>1, k, CKK, cols, <int>P,
+             <floating>1, y, <int>P)
+
+
+cdef void _kgrad_gemm_one(const floating* x, const floating* dy, floating* dk, floating* cols,
+                          const Geom* g) noexcept nogil:
+    """dk[C_out, CKK] += dy[C_out, P] @ im2col(x)[CKK, P]ᵀ"""
+    cdef int P = <int>(g.OH * g.OW)
+    cdef int CKK = <int>(g.C_in * g.KH * g.KW)
+    _im2col(x, cols, g)
+    _gemm_rm(False, True, <int>g.C_out, CKK, P, <floating>1, dy, P, cols, P, <floating>1, dk, CKK)
+
+
+cdef void _igrad_gemm_one(const floating* dy, const floating* k, floating* dx, floating* cols,
+                          const Geom* g) noexcept nogil:
+    """dx = col2im(k[C_out, CKK]ᵀ @ dy[C_out, P])"""
+    cdef int P = <int>(g.OH * g.OW)
+    cdef int CKK = <int>(g.C_in * g.KH * g.KW)
+    _gemm_rm(True, False, CKK, P, <int>g.C_out, <floating>1, k, CKK, dy, P, <floating>0, cols, P)
+    _col2im(cols, dx, g)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public typed entry points (called by cnn_ext.ops only)
+# ---------------------------------------------------------------------------------------------------
+
+def conv2d_forward(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
+                   const floating[:, :, :, ::1] k,      # IN  (C_out, C_in, KH, KW)
+                   const floating[::1] b,               # IN  (C_out,)
+                   floating[:, :, :, ::1] y,            # OUT (N, C_out, OH, OW)
+                   floating[:, ::1] scratch,            # TMP (threads, C_in*KH*KW*OH*OW) for gemm, else unused
+                   Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW,
+                   bint use_gemm, int num_threads):
+    """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]) with stride (SH, SW) and zero padding (PH, PW)."""
+    cdef Py_ssize_t n, N = x.shape[0]
+    cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], k.shape[0], k.shape[2], k.shape[3],
+                        y.shape[2], y.shape[3], SH, SW, PH, PW)
+    if N == 0:
+        return
+    with nogil:
+        for n in prange(N, schedule='static', num_threads=num_threads):
+            if use_gemm:
+                _forward_gemm_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
+                                  &scratch[threadid(), 0], &g)
+            else:
+                _forward_direct_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0], &g)
+
+
+def conv2d_kernel_gradient(const floating[:, :, :, ::1] dy,     # IN  (N, C_out, OH, OW)
+                           const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
+                           floating[:, :, :, ::1] dk,           # OUT (C_out, C_in, KH, KW)
+                           floating[:, ::1] partial,            # TMP (nchunk, C_out*C_in*KH*KW[*OW if direct])
+                           floating[:, ::1] scratch,            # TMP (threads, C_in*KH*KW*OH*OW) for gemm
+                           Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW,
+                           bint use_gemm, int num_threads):
+    """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]) (with stride and padding), summed in fixed chunks."""
+    cdef Py_ssize_t N = x.shape[0], nchunk = partial.shape[0], c, n, lo, hi, t, q
+    cdef Py_ssize_t KK = dk.shape[0] * dk.shape[1] * dk.shape[2] * dk.shape[3]
+    cdef Py_ssize_t OW = dy.shape[3], L = partial.shape[1]
+    cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], dk.shape[0], dk.shape[2], dk.shape[3],
+                        dy.shape[2], dy.shape[3], SH, SW, PH, PW)
+    cdef floating s
+    cdef floating* out = &dk[0, 0, 0, 0]
+    cdef floating inv_n
+    for t in range(KK):
+        out[t] = 0
+    if N == 0:
+        return
+    with nogil:
+        inv_n = (<floating>1) / N
+        for c in prange(nchunk, schedule='dynamic', num_threads=num_threads):
+            _kgrad_chunk(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[c, 0], L,
+                         &scratch[threadid(), 0],
+                         (c * N) // nchunk, ((c + 1) * N) // nchunk, &g, use_gemm)
+        for c in range(nchunk):
+            if use_gemm:
+                for t in range(KK):
+                    out[t] += partial[c, t]
+            else:
+                for t in range(KK):
+                    s = 0
+                    for q in range(OW):
+                        s = s + partial[c, t * OW + q]
+                    out[t] += s
+        for t in range(KK):
+            out[t] *= inv_n
+
+
+cdef void _kgrad_chunk(const floating* dy, const floating* x, floating* part, Py_ssize_t L,
+                       floating* cols, Py_ssize_t lo, Py_ssize_t hi, const Geom* g,
+                       bint use_gemm) noexcept nogil:
+    """part = Σ_{n in [lo, hi)} per-sample kernel-gradient terms, in sample order."""
+    cdef Py_ssize_t n, t
+    cdef Py_ssize_t xs = g.C_in * g.H * g.W, ys = g.C_out * g.OH * g.OW
+    for t in range(L):
+        part[t] = 0
+    for n in range(lo, hi):
+        if use_gemm:
+            _kgrad_gemm_one(x + n * xs, dy + n * ys, part, cols, g)
+        else:
+            _kgrad_direct_one(x + n * xs, dy + n * ys, part, g)
+
+
+def conv2d_bias_gradient(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, OH, OW)
+                         floating[::1] db,                   # OUT (C_out,)
+                         floating[:, ::1] rowacc,            # TMP (C_out, OW)
+                         int num_threads):
+    """db[j] = (1/N) Σ_{n, p, q} dy[n, j, p, q]; rows are summed elementwise first (vectorised)."""
+    cdef Py_ssize_t N = dy.shape[0], C = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t j
+    if N == 0:
+        db[:] = 0
+        return
+    with nogil:
+        for j in prange(C, schedule='static', num_threads=num_threads):
+            db[j] = _bias_sum_one(&dy[0, 0, 0, 0], &rowacc[j, 0], j, N, C, OH, OW) / N
+
+
+cdef floating _bias_sum_one(const floating* dy, floating* acc, Py_ssize_t j, Py_ssize_t N,
+                            Py_ssize_t C, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+    """Σ_{n, p, q} dy[n, j, p, q], accumulated row-wise in acc[q] then summed over q."""
+    cdef Py_ssize_t n, p, q
+    cdef const floating* row
+    cdef floating s = 0
+    for q in range(OW):
+        acc[q] = 0
+    for n in range(N):
+        for p in range(OH):
+            row = dy + ((n * C + j) * OH + p) * OW
+            for q in range(OW):
+                acc[q] += row[q]
+    for q in range(OW):
+        s = s + acc[q]
+    return s
+
+
+def conv2d_input_gradient(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, OH, OW)
+                          const floating[:, :, :, ::1] k,     # IN  (C_out, C_in, KH, KW)
+                          floating[:, :, :, ::1] dx,          # OUT (N, C_in, H, W)
+                          floating[:, ::1] scratch,           # TMP (threads, C_in*KH*KW*OH*OW) for gemm
+                          Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW,
+                          bint use_gemm, int num_threads):
+    """dx[n, i] = Σ_j conv_full(dy[n, j], k[j, i]) (the adjoint of the forward map, with stride and padding)."""
+    cdef Py_ssize_t n, N = dy.shape[0]
+    cdef Geom g = _geom(dx.shape[1], dx.shape[2], dx.shape[3], k.shape[0], k.shape[2], k.shape[3],
+                        dy.shape[2], dy.shape[3], SH, SW, PH, PW)
+    if N == 0:
+        return
+    with nogil:
+        for n in prange(N, schedule='static', num_threads=num_threads):
+            if use_gemm:
+                _igrad_gemm_one(&dy[n, 0, 0, 0], &k[0, 0, 0, 0], &dx[n, 0, 0, 0],
+                                &scratch[threadid(), 0], &g)
+            else:
+                _igrad_direct_one(&dy[n, 0, 0, 0], &k[0, 0, 0, 0], &dx[n, 0, 0, 0], &g)
