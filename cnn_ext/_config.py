@@ -7,7 +7,7 @@ two never oversubscribe the cores.
 import os
 import threading
 
-from . import _conv
+from ._kernels import conv as _conv
 
 _lock = threading.Lock()
 _num_threads = None

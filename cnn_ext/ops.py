@@ -16,7 +16,7 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from . import _conv
+from ._kernels import conv as _conv
 from ._config import blas_single_thread, get_num_threads
 
 __all__ = [

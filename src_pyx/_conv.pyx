@@ -86,7 +86,7 @@ cdef void _im2col(const floating* x, floating* cols, const Geom* g) noexcept nog
                     if r < 0 or r >= g.H:
                         for q in range(g.OW):
                             row[p * g.OW + q] = 0
-                    elif g.SW == 1 and g.PW == 0:
+                    elif g.SW == 1 and g.PW == 0 and g.OW + g.KW - 1 <= g.W:  # no right padding either
                         for q in range(g.OW):
                             row[p * g.OW + q] = xi[r * g.W + q + kw]
                     else:
@@ -111,7 +111,7 @@ cdef void _col2im(const floating* cols, floating* x, const Geom* g) noexcept nog
                     r = p * g.SH + kh - g.PH
                     if r < 0 or r >= g.H:
                         continue
-                    if g.SW == 1 and g.PW == 0:
+                    if g.SW == 1 and g.PW == 0 and g.OW + g.KW - 1 <= g.W:  # no right padding either
                         for q in range(g.OW):
                             xi[r * g.W + q + kw] += row[p * g.OW + q]
                     else:

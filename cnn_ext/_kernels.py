@@ -1,0 +1,33 @@
+"""Run-time choice of the compiled kernel module: AVX2 + FMA build when the CPU has both, else baseline.
+
+NumPy's own CPU-feature detection decides (the same one its SIMD dispatch uses). CNN_EXT_KERNELS=baseline
+forces the portable build, e.g. to compare the two.
+"""
+import os
+
+from . import _conv as baseline
+
+
+def _cpu_has_avx2_fma():
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # NumPy 1.x
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as features
+        except ImportError:
+            return False
+    return bool(features.get("AVX2")) and bool(features.get("FMA3"))
+
+
+def _select():
+    if os.environ.get("CNN_EXT_KERNELS", "").lower() != "baseline" and _cpu_has_avx2_fma():
+        try:
+            from . import _conv_avx2
+
+            return _conv_avx2, "avx2"
+        except ImportError:  # built without the variant (non-x86 or CNN_EXT_NO_AVX2=1)
+            pass
+    return baseline, "baseline"
+
+
+conv, ISA = _select()

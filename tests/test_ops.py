@@ -1,0 +1,495 @@
+"""The four convolution operations against independent references, finite differences and bad input.
+
+Oracles: ``scipy.signal.correlate2d`` / ``convolve2d`` loops (the tutorial's own building blocks, with the true
+kernel-gradient formula) and a ``sliding_window_view`` + ``einsum`` implementation that also covers stride and
+padding. Both fast paths (direct loops and im2col + BLAS) are checked against them.
+"""
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.lib.stride_tricks import sliding_window_view
+from numpy.testing import assert_allclose, assert_array_equal
+from scipy import signal
+
+import cnn_ext
+from cnn_ext import (
+    conv2d_bias_gradient,
+    conv2d_forward,
+    conv2d_input_gradient,
+    conv2d_kernel_gradient,
+)
+
+TOL = {np.float64: dict(rtol=1e-10, atol=1e-10), np.float32: dict(rtol=2e-5, atol=2e-4)}
+METHODS = ["direct", "gemm"]
+
+
+# ---------------------------------------------------------------------------------------------
+# references
+# ---------------------------------------------------------------------------------------------
+
+def scipy_forward(x, k, b):
+    N, C_in, H, W = x.shape
+    C_out, _, KH, KW = k.shape
+    y = np.zeros((N, C_out, H - KH + 1, W - KW + 1))
+    for n in range(N):
+        for j in range(C_out):
+            y[n, j] = b[j]
+            for i in range(C_in):
+                y[n, j] += signal.correlate2d(x[n, i], k[j, i], mode="valid")
+    return y
+
+
+def scipy_kernel_gradient(dy, x):
+    N, C_out = dy.shape[:2]
+    C_in = x.shape[1]
+    dk = np.zeros((C_out, C_in, x.shape[2] - dy.shape[2] + 1, x.shape[3] - dy.shape[3] + 1))
+    for n in range(N):
+        for j in range(C_out):
+            for i in range(C_in):
+                # the true gradient: x is the first operand (never smaller than dy)
+                dk[j, i] += signal.correlate2d(x[n, i], dy[n, j], mode="valid")
+    return dk / N
+
+
+def scipy_input_gradient(dy, k):
+    N, C_out, OH, OW = dy.shape
+    _, C_in, KH, KW = k.shape
+    dx = np.zeros((N, C_in, OH + KH - 1, OW + KW - 1))
+    for n in range(N):
+        for i in range(C_in):
+            for j in range(C_out):
+                dx[n, i] += signal.convolve2d(dy[n, j], k[j, i], mode="full")
+    return dx
+
+
+def pad_x(x, pad):
+    top, bottom, left, right = pad
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+
+
+def einsum_forward(x, k, b, stride=(1, 1), pad=(0, 0, 0, 0)):
+    xp = pad_x(x, pad)
+    win = sliding_window_view(xp, k.shape[2:], axis=(2, 3))[:, :, :: stride[0], :: stride[1]]
+    return np.einsum("ncpqhw,jchw->njpq", win, k) + b[None, :, None, None]
+
+
+def linear_maps(x_shape, k, stride, pad):
+    """dK and dX references by the adjoint identity: build the forward map's transpose with einsum."""
+    def dk_ref(dy, x):
+        xp = pad_x(x, pad)
+        win = sliding_window_view(xp, k.shape[2:], axis=(2, 3))[:, :, :: stride[0], :: stride[1]]
+        return np.einsum("ncpqhw,njpq->jchw", win, dy) / x.shape[0]
+
+    def dx_ref(dy):
+        top, bottom, left, right = pad
+        N, C_in, H, W = x_shape
+        dxp = np.zeros((N, C_in, H + top + bottom, W + left + right))
+        KH, KW = k.shape[2:]
+        OH, OW = dy.shape[2:]
+        for kh in range(KH):
+            for kw in range(KW):
+                dxp[:, :, kh: kh + stride[0] * OH: stride[0], kw: kw + stride[1] * OW: stride[1]] += np.einsum(
+                    "njpq,jc->ncpq", dy, k[:, :, kh, kw])
+        return dxp[:, :, top: top + H, left: left + W]
+
+    return dk_ref, dx_ref
+
+
+def data(rng, N, C_in, C_out, H, W, KH, KW, dtype=np.float64, OH=None, OW=None):
+    x = rng.standard_normal((N, C_in, H, W)).astype(dtype)
+    k = rng.standard_normal((C_out, C_in, KH, KW)).astype(dtype)
+    b = rng.standard_normal(C_out).astype(dtype)
+    dy = rng.standard_normal((N, C_out, OH or H - KH + 1, OW or W - KW + 1)).astype(dtype)
+    return x, k, b, dy
+
+
+SHAPES = [
+    # N, C_in, C_out, H, W, KH, KW
+    (16, 1, 4, 28, 28, 5, 5),  # the tutorial's MNIST layer
+    (16, 1, 4, 3, 3, 2, 2),  # the tutorial's toy layer
+    (1, 1, 1, 1, 1, 1, 1),
+    (2, 3, 2, 6, 5, 1, 1),  # 1x1 kernel
+    (3, 2, 3, 4, 7, 4, 7),  # kernel == input
+    (1, 3, 5, 9, 6, 2, 3),  # N = 1, non-square everything
+    (4, 5, 7, 11, 8, 3, 4),
+    (2, 8, 16, 10, 10, 3, 3),  # enough channels for the GEMM path to be the default
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# values
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("method", METHODS + ["auto"])
+def test_against_scipy_loops(shape, dtype, method):
+    rng = np.random.default_rng(sum(shape))
+    x, k, b, dy = data(rng, *shape, dtype=dtype)
+    x64, k64, b64, dy64 = (a.astype(np.float64) for a in (x, k, b, dy))
+    y = conv2d_forward(x, k, b, method=method)
+    dk = conv2d_kernel_gradient(dy, x, method=method)
+    db = conv2d_bias_gradient(dy)
+    dx = conv2d_input_gradient(dy, k, method=method)
+    for got in (y, dk, db, dx):
+        assert got.dtype == dtype
+    assert_allclose(y, scipy_forward(x64, k64, b64), **TOL[dtype])
+    assert_allclose(dk, scipy_kernel_gradient(dy64, x64), **TOL[dtype])
+    assert_allclose(db, dy64.sum(axis=(0, 2, 3)) / shape[0], **TOL[dtype])
+    assert_allclose(dx, scipy_input_gradient(dy64, k64), **TOL[dtype])
+
+
+def test_kernel_gradient_is_not_the_tutorials_rotated_one():
+    """SciPy swaps correlate2d's operands when the first is smaller: the tutorial's call is rot180 of ours."""
+    rng = np.random.default_rng(1)
+    x, k, b, dy = data(rng, 1, 1, 1, 6, 6, 3, 3)
+    tutorial = signal.correlate2d(dy[0, 0], x[0, 0], mode="valid")
+    dk = conv2d_kernel_gradient(dy, x)[0, 0]
+    assert_allclose(dk, tutorial[::-1, ::-1], rtol=1e-12)
+    assert not np.allclose(dk, tutorial)
+
+
+CONFIGS = [
+    # shape, stride, padding argument, expected (top, bottom, left, right)
+    ((2, 3, 4, 9, 8, 3, 3), (2, 2), 0, (0, 0, 0, 0)),
+    ((2, 3, 4, 9, 8, 3, 2), (1, 1), 1, (1, 1, 1, 1)),
+    ((2, 2, 3, 7, 10, 3, 3), (2, 3), (1, 2), (1, 1, 2, 2)),
+    ((1, 2, 2, 6, 6, 4, 4), (1, 1), "same", (1, 2, 1, 2)),
+    ((3, 1, 2, 5, 7, 3, 5), (1, 1), "same", (1, 1, 2, 2)),
+    ((2, 2, 2, 8, 8, 2, 2), (3, 2), ((0, 1), (2, 0)), (0, 1, 2, 0)),
+    ((2, 16, 8, 7, 7, 3, 3), (2, 2), 1, (1, 1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("shape,stride,padding,pad", CONFIGS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_stride_and_padding_against_einsum(shape, stride, padding, pad, dtype):
+    N, C_in, C_out, H, W, KH, KW = shape
+    rng = np.random.default_rng(7)
+    x, k, b, _ = data(rng, *shape, dtype=dtype)
+    ref_y = einsum_forward(x.astype(np.float64), k.astype(np.float64), b.astype(np.float64), stride, pad)
+    y = conv2d_forward(x, k, b, stride=stride, padding=padding)
+    assert y.shape == ref_y.shape == (N, C_out) + cnn_ext.conv2d_output_shape((H, W), (KH, KW), stride, padding)
+    assert_allclose(y, ref_y, **TOL[dtype])
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dk_ref, dx_ref = linear_maps(x.shape, k.astype(np.float64), stride, pad)
+    dk = conv2d_kernel_gradient(dy, x, stride=stride, padding=padding, kernel_size=(KH, KW))
+    dx = conv2d_input_gradient(dy, k, stride=stride, padding=padding, input_size=(H, W))
+    assert_allclose(dk, dk_ref(dy.astype(np.float64), x.astype(np.float64)), **TOL[dtype])
+    assert_allclose(dx, dx_ref(dy.astype(np.float64)), **TOL[dtype])
+
+
+def test_stride_one_sizes_are_derived():
+    rng = np.random.default_rng(3)
+    x, k, b, _ = data(rng, 2, 2, 3, 7, 6, 3, 2)
+    y = conv2d_forward(x, k, b, padding=1)
+    dy = rng.standard_normal(y.shape)
+    assert conv2d_kernel_gradient(dy, x, padding=1).shape == k.shape
+    assert conv2d_input_gradient(dy, k, padding=1).shape == x.shape
+
+
+# ---------------------------------------------------------------------------------------------
+# gradients by central differences (float64), with the 1/N convention for dK and dB
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("stride,padding", [((1, 1), 0), ((2, 1), 1)])
+def test_finite_differences(method, stride, padding):
+    if method == "direct" and (stride != (1, 1) or padding != 0):
+        method = "gemm"
+    rng = np.random.default_rng(11)
+    N, C_in, C_out, H, W, KH, KW = 3, 2, 3, 6, 5, 3, 2
+    x, k, b, _ = data(rng, N, C_in, C_out, H, W, KH, KW)
+    kw = dict(stride=stride, padding=padding)
+    R = rng.standard_normal(conv2d_forward(x, k, b, **kw).shape)
+
+    def loss(x_, k_, b_):  # E = Σ R ⊙ y, so dE/dY = R
+        return float(np.sum(R * conv2d_forward(x_, k_, b_, method=method, **kw)))
+
+    def numeric(f, a):
+        g = np.zeros_like(a)
+        for idx in np.ndindex(a.shape):
+            ap, am = a.copy(), a.copy()
+            ap[idx] += 1e-6
+            am[idx] -= 1e-6
+            g[idx] = (f(ap) - f(am)) / 2e-6
+        return g
+
+    dk = conv2d_kernel_gradient(R, x, kernel_size=(KH, KW), method=method, **kw)
+    db = conv2d_bias_gradient(R)
+    dx = conv2d_input_gradient(R, k, input_size=(H, W), method=method, **kw)
+    assert_allclose(N * dk, numeric(lambda a: loss(x, a, b), k), rtol=1e-6, atol=1e-7)
+    assert_allclose(N * db, numeric(lambda a: loss(x, k, a), b), rtol=1e-6, atol=1e-7)
+    assert_allclose(dx, numeric(lambda a: loss(a, k, b), x), rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# property-based: random shapes, both methods agree with the einsum reference
+# ---------------------------------------------------------------------------------------------
+
+@st.composite
+def conv_cases(draw):
+    N = draw(st.integers(1, 4))
+    C_in, C_out = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    KH, KW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    H, W = draw(st.integers(KH, KH + 6)), draw(st.integers(KW, KW + 6))
+    SH, SW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    return N, C_in, C_out, H, W, KH, KW, (SH, SW), pad, dtype
+
+
+@settings(max_examples=60, deadline=None)
+@given(conv_cases())
+def test_random_shapes(case):
+    N, C_in, C_out, H, W, KH, KW, stride, pad, dtype = case
+    rng = np.random.default_rng(N * 1000 + C_in * 100 + C_out)
+    x, k, b, _ = data(rng, N, C_in, C_out, H, W, KH, KW, dtype=dtype)
+    padding = ((pad[0], pad[1]), (pad[2], pad[3]))
+    y = conv2d_forward(x, k, b, stride=stride, padding=padding)
+    ref = einsum_forward(*(a.astype(np.float64) for a in (x, k, b)), stride, pad)
+    assert_allclose(y, ref, **TOL[dtype])
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dk_ref, dx_ref = linear_maps(x.shape, k.astype(np.float64), stride, pad)
+    kw = dict(stride=stride, padding=padding)
+    assert_allclose(conv2d_kernel_gradient(dy, x, kernel_size=(KH, KW), **kw),
+                    dk_ref(dy.astype(np.float64), x.astype(np.float64)), **TOL[dtype])
+    assert_allclose(conv2d_input_gradient(dy, k, input_size=(H, W), **kw), dx_ref(dy.astype(np.float64)),
+                    **TOL[dtype])
+    if stride == (1, 1) and pad == (0, 0, 0, 0):  # the direct path too
+        assert_allclose(conv2d_forward(x, k, b, method="direct"), y, **TOL[dtype])
+        assert_allclose(conv2d_kernel_gradient(dy, x, method="direct"), conv2d_kernel_gradient(dy, x, method="gemm"),
+                        **TOL[dtype])
+        assert_allclose(conv2d_input_gradient(dy, k, method="direct"), conv2d_input_gradient(dy, k, method="gemm"),
+                        **TOL[dtype])
+
+
+# ---------------------------------------------------------------------------------------------
+# layouts, dtypes, special values
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", METHODS)
+def test_strided_fortran_readonly_inputs_are_accepted_and_untouched(method):
+    rng = np.random.default_rng(5)
+    x, k, b, dy = data(rng, 4, 2, 3, 9, 8, 3, 2)
+    expected = (conv2d_forward(x, k, b, method=method), conv2d_kernel_gradient(dy, x, method=method),
+                conv2d_bias_gradient(dy), conv2d_input_gradient(dy, k, method=method))
+    big = np.zeros((8, 2, 18, 16))
+    big[::2, :, ::2, ::2] = x
+    xs = big[::2, :, ::2, ::2]  # strided view
+    kf = np.asfortranarray(k)
+    bs = np.repeat(b, 2)[::2]
+    dyr = dy.copy()
+    for a in (xs, kf, bs, dyr):
+        a.flags.writeable = False
+    snapshots = [a.copy() for a in (xs, kf, bs, dyr)]
+    got = (conv2d_forward(xs, kf, bs, method=method), conv2d_kernel_gradient(dyr, xs, method=method),
+           conv2d_bias_gradient(dyr), conv2d_input_gradient(dyr, kf, method=method))
+    for g, e in zip(got, expected):
+        assert_allclose(g, e, rtol=1e-12, atol=1e-12)
+    for a, s in zip((xs, kf, bs, dyr), snapshots):
+        assert_array_equal(a, s)
+
+
+def test_inputs_are_never_modified():
+    rng = np.random.default_rng(6)
+    for shape in SHAPES[:3] + SHAPES[-1:]:
+        x, k, b, dy = data(rng, *shape)
+        arrays = (x, k, b, dy)
+        before = [a.copy() for a in arrays]
+        for m in METHODS:
+            conv2d_forward(x, k, b, method=m)
+            conv2d_kernel_gradient(dy, x, method=m)
+            conv2d_input_gradient(dy, k, method=m)
+        conv2d_bias_gradient(dy)
+        for a, s in zip(arrays, before):
+            assert_array_equal(a, s)
+
+
+def test_integer_bool_and_mixed_dtypes():
+    rng = np.random.default_rng(8)
+    x = rng.integers(-3, 4, size=(2, 1, 5, 5))
+    k = rng.integers(-2, 3, size=(2, 1, 2, 2)).astype(np.int32)
+    b = np.array([True, False])
+    y = conv2d_forward(x, k, b)
+    assert y.dtype == np.float64
+    assert_allclose(y, scipy_forward(x.astype(float), k.astype(float), b.astype(float)))
+    y32 = conv2d_forward(x.astype(np.float32), k.astype(np.float32), b.astype(np.float32))
+    assert y32.dtype == np.float32
+    assert conv2d_forward(x.astype(np.float32), k.astype(np.float64), b).dtype == np.float64
+    assert conv2d_bias_gradient(np.ones((2, 3, 2, 2), dtype=np.int8)).dtype == np.float64
+    # nested lists work like arrays
+    assert_allclose(conv2d_forward(x.tolist(), k.tolist(), b.tolist()), y)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_nan_and_inf_propagate(method):
+    rng = np.random.default_rng(9)
+    x, k, b, dy = data(rng, 2, 2, 2, 6, 6, 3, 3)
+    x[0, 0, 2, 2] = np.nan
+    x[1, 1, 0, 0] = np.inf
+    y = conv2d_forward(x, k, b, method=method)
+    assert np.isnan(y[0, :, 0:3, 0:3]).all() and np.isfinite(y[0, :, 3:, 3:]).all()
+    assert not np.isfinite(y[1, :, 0, 0]).any()
+    assert np.isfinite(y[1, :, 1:, 1:]).all()
+    dk = conv2d_kernel_gradient(dy, x, method=method)
+    assert np.isnan(dk).any()
+    dy[0, 1, 1, 1] = np.nan
+    dx = conv2d_input_gradient(dy, k, method=method)
+    assert np.isnan(dx[0, :, 1:4, 1:4]).all() and np.isfinite(dx[1]).all()
+    assert np.isnan(conv2d_bias_gradient(dy)[1]) and np.isfinite(conv2d_bias_gradient(dy)[0])
+
+
+def test_empty_batch():
+    k = np.ones((3, 2, 2, 2))
+    x = np.zeros((0, 2, 5, 4))
+    assert conv2d_forward(x, k, np.zeros(3)).shape == (0, 3, 4, 3)
+    dy = np.zeros((0, 3, 4, 3))
+    assert_array_equal(conv2d_kernel_gradient(dy, x), np.zeros((3, 2, 2, 2)))
+    assert_array_equal(conv2d_bias_gradient(dy), np.zeros(3))
+    assert conv2d_input_gradient(dy, k).shape == (0, 2, 5, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# threads
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def restore_threads():
+    previous = cnn_ext.get_num_threads()
+    yield
+    cnn_ext.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_results_do_not_depend_on_thread_count(method, dtype, restore_threads):
+    rng = np.random.default_rng(12)
+    x, k, b, dy = data(rng, 37, 3, 4, 12, 11, 3, 3, dtype=dtype)
+    results = []
+    for n in (1, 2, 3):
+        cnn_ext.set_num_threads(n)
+        results.append((conv2d_forward(x, k, b, method=method), conv2d_kernel_gradient(dy, x, method=method),
+                        conv2d_bias_gradient(dy), conv2d_input_gradient(dy, k, method=method)))
+    for other in results[1:]:
+        for a, c in zip(results[0], other):
+            assert_array_equal(a, c)  # bitwise: fixed reduction order
+
+
+def test_set_num_threads_validation(restore_threads):
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        cnn_ext.set_num_threads(0)
+    with pytest.raises(TypeError, match="n must be an integer"):
+        cnn_ext.set_num_threads(1.5)
+    prev = cnn_ext.set_num_threads(1)
+    assert cnn_ext.get_num_threads() == 1
+    assert prev >= 1
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_concurrent_python_threads_match_serial(method):
+    rng = np.random.default_rng(13)
+    cases = [data(rng, 8, 3, 4, 16, 15, 3, 3) for _ in range(6)]
+
+    def run(case):
+        x, k, b, dy = case
+        return (conv2d_forward(x, k, b, method=method), conv2d_kernel_gradient(dy, x, method=method),
+                conv2d_input_gradient(dy, k, method=method))
+
+    serial = [run(c) for c in cases]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        parallel = list(pool.map(run, cases * 3))
+    for got, exp in zip(parallel, serial * 3):
+        for a, e in zip(got, exp):
+            assert_array_equal(a, e)
+
+
+def test_kernels_release_the_gil(restore_threads):
+    """While one thread is inside a long kernel call, another Python thread keeps running."""
+    cnn_ext.set_num_threads(1)
+    rng = np.random.default_rng(14)
+    x, k, b, _ = data(rng, 24, 4, 4, 96, 96, 7, 7)
+    ticks, window = [], {}
+    done = threading.Event()
+
+    def worker():
+        window["start"] = time.perf_counter()
+        conv2d_forward(x, k, b, method="direct")
+        window["end"] = time.perf_counter()
+        done.set()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    while not done.is_set():
+        ticks.append(time.perf_counter())
+        time.sleep(0.001)
+    t.join()
+    duration = window["end"] - window["start"]
+    inside = [s for s in ticks if window["start"] + 0.2 * duration < s < window["end"] - 0.2 * duration]
+    assert duration > 0.02, "kernel too fast to observe; enlarge the case"
+    assert len(inside) >= 3, f"main thread ran {len(inside)} times during a {duration * 1e3:.0f} ms kernel call"
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: clear errors naming the argument and the shapes
+# ---------------------------------------------------------------------------------------------
+
+X = np.zeros((2, 3, 8, 8))
+K = np.zeros((4, 3, 3, 3))
+B = np.zeros(4)
+DY = np.zeros((2, 4, 6, 6))
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: conv2d_forward(X[0], K, B), ValueError, r"x must be 4-D .*\(3, 8, 8\)"),
+    (lambda: conv2d_forward(X, K[0], B), ValueError, r"kernels must be 4-D"),
+    (lambda: conv2d_forward(X, K, B[:, None]), ValueError, r"bias must be 1-D"),
+    (lambda: conv2d_forward(X, np.zeros((4, 2, 3, 3)), B), ValueError, r"x has 3 channels .* kernels expect 2"),
+    (lambda: conv2d_forward(X, K, np.zeros(5)), ValueError, r"bias has 5 entries .* 4 output channels"),
+    (lambda: conv2d_forward(X, np.zeros((4, 3, 9, 3)), B), ValueError, r"kernels .* larger than x"),
+    (lambda: conv2d_forward(X, np.zeros((4, 3, 0, 3)), B), ValueError, r"kernels must not be empty"),
+    (lambda: conv2d_forward(X, np.zeros((0, 3, 3, 3)), np.zeros(0)), ValueError, r"kernels must not be empty"),
+    (lambda: conv2d_forward(X.astype(complex), K, B), TypeError, r"x must hold real numbers .*complex"),
+    (lambda: conv2d_forward(X, K.astype(str), B), TypeError, r"kernels must hold real numbers"),
+    (lambda: conv2d_forward(X, K, np.array([None] * 4)), TypeError, r"bias must hold real numbers"),
+    (lambda: conv2d_forward(None, K, B), TypeError, r"x must be an array of numbers, got None"),
+    (lambda: conv2d_forward([[1, 2], [3]], K, B), ValueError, r"x could not be converted"),
+    (lambda: conv2d_forward(X, K, B, stride=0), ValueError, r"stride must be >= 1"),
+    (lambda: conv2d_forward(X, K, B, stride=1.5), TypeError, r"stride must be an int or a pair"),
+    (lambda: conv2d_forward(X, K, B, stride=(1, 2, 3)), ValueError, r"stride must be an int or a pair"),
+    (lambda: conv2d_forward(X, K, B, padding=-1), ValueError, r"padding must be >= 0"),
+    (lambda: conv2d_forward(X, K, B, padding="full"), ValueError, r"padding must be 'valid', 'same'"),
+    (lambda: conv2d_forward(X, K, B, stride=2, padding="same"), ValueError, r"padding='same' needs stride 1"),
+    (lambda: conv2d_forward(X, K, B, method="fft"), ValueError, r"method must be one of"),
+    (lambda: conv2d_forward(X, K, B, padding=1, method="direct"), ValueError, r"method='direct' needs stride 1"),
+    (lambda: conv2d_kernel_gradient(DY, X[:1]), ValueError, r"dE_dY has batch size 2 .* x has 1"),
+    (lambda: conv2d_kernel_gradient(DY[..., 0], X), ValueError, r"dE_dY must be 4-D"),
+    (lambda: conv2d_kernel_gradient(np.zeros((2, 4, 9, 6)), X), ValueError, r"dE_dY .* larger than x"),
+    (lambda: conv2d_kernel_gradient(DY, X, stride=2), ValueError, r"kernel_size is required"),
+    (lambda: conv2d_kernel_gradient(DY, X, kernel_size=2), ValueError, r"dE_dY has spatial shape \(6, 6\)"),
+    (lambda: conv2d_kernel_gradient(DY, np.zeros((2, 0, 8, 8))), ValueError, r"at least one channel"),
+    (lambda: conv2d_kernel_gradient(DY.astype(np.complex64), X), TypeError, r"dE_dY must hold real numbers"),
+    (lambda: conv2d_bias_gradient(DY[0]), ValueError, r"dE_dY must be 4-D"),
+    (lambda: conv2d_bias_gradient("abc"), TypeError, r"dE_dY must hold real numbers"),
+    (lambda: conv2d_input_gradient(DY, np.zeros((5, 3, 3, 3))), ValueError,
+     r"dE_dY has 4 channels .* kernels have 5 output channels"),
+    (lambda: conv2d_input_gradient(DY, K[:, :, :0]), ValueError, r"kernels must not be empty"),
+    (lambda: conv2d_input_gradient(DY, K, input_size=(9, 9)), ValueError, r"dE_dY has spatial shape \(6, 6\)"),
+    (lambda: conv2d_input_gradient(np.zeros((2, 4, 0, 6)), K), ValueError, r"non-empty spatial shape"),
+    (lambda: conv2d_input_gradient(DY, K, padding=5), ValueError, r"gives no valid input size"),
+    (lambda: conv2d_forward(X, K, B.astype(np.longdouble)), TypeError, r"without loss"),
+])
+def test_bad_input_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_output_shape_formula():
+    assert cnn_ext.conv2d_output_shape((28, 28), 5) == (24, 24)
+    assert cnn_ext.conv2d_output_shape((28, 27), (3, 2), stride=2, padding=1) == (14, 14)
+    assert cnn_ext.conv2d_output_shape((7, 7), 3, padding="same") == (7, 7)
