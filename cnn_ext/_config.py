@@ -9,7 +9,8 @@ import threading
 
 from ._kernels import conv as _conv
 
-_lock = threading.Lock()
+_lock = threading.RLock()
+_blas_libs = None
 _num_threads = None
 _controller = None
 
@@ -61,9 +62,53 @@ def _threadpool_controller():
     return _controller
 
 
+def _blas_libraries():
+    """threadpoolctl's controllers of the BLAS libraries loaded now (scanned once; the kernels' BLAS is SciPy's)."""
+    global _blas_libs
+    if _blas_libs is None:
+        _blas_libs = _threadpool_controller().select(user_api="blas").lib_controllers
+    return _blas_libs
+
+
+class _BlasSingleThread:
+    """Hold every BLAS library to one thread while at least one kernel call is inside.
+
+    Reference-counted so that kernel calls from several Python threads at once restore the original
+    limits exactly once, when the last one leaves; each enter/exit is a few ctypes calls (threadpoolctl's
+    own ``limit()`` rescans its libraries each time, about 15 µs).
+    """
+
+    def __init__(self):
+        self._depth = 0
+        self._saved = []
+
+    def __enter__(self):
+        with _lock:
+            if self._depth == 0:
+                self._saved = [(lib, lib.get_num_threads()) for lib in _blas_libraries()]
+                for lib, n in self._saved:
+                    if n != 1:
+                        lib.set_num_threads(1)
+            self._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        with _lock:
+            self._depth -= 1
+            if self._depth == 0:
+                for lib, n in self._saved:
+                    if n != 1:
+                        lib.set_num_threads(n)
+                self._saved = []
+        return False
+
+
+_blas_single_thread = _BlasSingleThread()
+
+
 def blas_single_thread():
     """Context manager holding every BLAS library to one thread (used around the OpenMP GEMM loops)."""
-    return _threadpool_controller().limit(limits=1, user_api="blas")
+    return _blas_single_thread
 
 
 def blas_info():
@@ -73,3 +118,48 @@ def blas_info():
         for info in _threadpool_controller().info()
         if info.get("user_api") == "blas"
     ]
+
+
+def show_config(quiet=False):
+    """Report how this cnn_ext was built and what it runs with; returns the facts as a dict.
+
+    Prints them too unless ``quiet=True``. Keys: ``version``, ``kernels`` (the active kernel build:
+    ``"avx2"`` or ``"baseline"``, see ``CNN_EXT_KERNELS``), ``kernel_module``, ``openmp`` (compiled in),
+    ``num_threads`` (what the kernels use), ``openmp_max_threads``, ``blas`` (the BLAS libraries loaded in
+    this process, from threadpoolctl), ``python``, ``platform``, ``numpy``, ``scipy``, ``threadpoolctl``.
+    """
+    import platform
+    import sys
+
+    import numpy
+    import scipy
+    import threadpoolctl
+
+    from . import _kernels
+    from ._version import __version__
+
+    info = {
+        "version": __version__,
+        "kernels": _kernels.ISA,
+        "kernel_module": _conv.__name__,
+        "openmp": bool(_conv.openmp_enabled()),
+        "num_threads": get_num_threads(),
+        "openmp_max_threads": int(_conv.openmp_max_threads()),
+        "blas": blas_info(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "threadpoolctl": threadpoolctl.__version__,
+    }
+    if not quiet:
+        lines = [f"cnn_ext {info['version']}"]
+        for key in ("kernels", "kernel_module", "openmp", "num_threads", "openmp_max_threads",
+                    "python", "platform", "numpy", "scipy", "threadpoolctl"):
+            lines.append(f"  {key + ':':<20}{info[key]}")
+        lines.append(f"  {'blas:':<20}{'' if info['blas'] else 'none loaded'}".rstrip())
+        for lib in info["blas"]:
+            lines.append(f"    - {lib['internal_api']} {lib['version']} ({lib['threading_layer']},"
+                         f" {lib['num_threads']} threads) {lib['filepath']}")
+        print("\n".join(lines))
+    return info
