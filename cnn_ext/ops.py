@@ -12,6 +12,7 @@ argument and the shapes; the kernels trust what they are given. Inputs are never
 C-contiguous in the computation dtype are copied, others are read through ``const`` memoryviews.
 """
 import operator
+import os
 from contextlib import nullcontext
 
 import numpy as np
@@ -30,6 +31,11 @@ __all__ = [
 _INT_MAX = 2**31 - 1  # BLAS takes 32-bit int sizes
 _NCHUNK = 16  # batch reductions: fixed chunks, summed in order, whatever the thread count
 _METHODS = ("auto", "direct", "gemm")
+# im2col works on blocks of output pixels so the per-thread slab stays bounded on large images (224x224x64
+# would need 231 MB unblocked). Measured: wide GEMMs beat L2-sized ones (64 ch 3x3 28x28: 384 KiB blocks were
+# 5-15% slower than whole maps), so blocks are large.
+_COLS_BLOCK_BYTES = int(os.environ.get("CNN_EXT_COLS_BLOCK_BYTES", 8 * 1024 * 1024))
+_MIN_BLOCK = 64  # output pixels
 _DIRECT_MAX_OUTPUT = 36  # output pixels per map up to which method="auto" takes the direct loops
 
 
@@ -147,6 +153,13 @@ def _check_blas_sizes(*sizes):
         raise ValueError(f"array extents {sizes} exceed the 32-bit sizes BLAS accepts")
 
 
+def _gemm_scratch(nt, CKK, P, dtype):
+    """Per-thread im2col slabs of (CKK x block) with block output pixels, about _COLS_BLOCK_BYTES each."""
+    block = max(1, min(P, _COLS_BLOCK_BYTES // (CKK * np.dtype(dtype).itemsize)))
+    block = max(block, min(P, _MIN_BLOCK))  # thin blocks make thin GEMMs: keep some width
+    return np.empty((nt, CKK * block), dtype=dtype)
+
+
 def _threads(N):
     return max(1, min(get_num_threads(), max(N, 1)))
 
@@ -205,7 +218,7 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto"):
     nt = _threads(N)
     if use_gemm:
         _check_blas_sizes(C_in * KH * KW, OH * OW, C_out)
-        scratch = np.empty((nt, C_in * KH * KW * OH * OW), dtype=dtype)
+        scratch = _gemm_scratch(nt, C_in * KH * KW, OH * OW, dtype)
     else:
         scratch = np.empty((nt, 1), dtype=dtype)
     _run(use_gemm, _conv.conv2d_forward, _contiguous(x, dtype), _contiguous(k, dtype), _contiguous(b, dtype),
@@ -266,7 +279,7 @@ def conv2d_kernel_gradient(dE_dY, x, *, stride=1, padding=0, kernel_size=None, m
     if use_gemm:
         _check_blas_sizes(C_in * KH * KW, OH * OW, C_out)
         partial = np.empty((nchunk, C_out * C_in * KH * KW), dtype=dtype)
-        scratch = np.empty((nt, C_in * KH * KW * OH * OW), dtype=dtype)
+        scratch = _gemm_scratch(nt, C_in * KH * KW, OH * OW, dtype)
     else:
         partial = np.empty((nchunk, C_out * C_in * KH * KW * OW), dtype=dtype)
         scratch = np.empty((nt, 1), dtype=dtype)
@@ -349,7 +362,7 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
     nt = _threads(N)
     if use_gemm:
         _check_blas_sizes(C_in * KH * KW, OH * OW, C_out)
-        scratch = np.empty((nt, C_in * KH * KW * OH * OW), dtype=dtype)
+        scratch = _gemm_scratch(nt, C_in * KH * KW, OH * OW, dtype)
     else:
         scratch = np.empty((nt, 1), dtype=dtype)
     _run(use_gemm, _conv.conv2d_input_gradient, _contiguous(dy, dtype), _contiguous(k, dtype), dx, scratch,

@@ -68,57 +68,91 @@ cdef inline void _gemm_rm(bint trans_a, bint trans_b, int M, int N, int K, float
 
 
 # ---------------------------------------------------------------------------------------------------
-# im2col / col2im for one sample
+# im2col / col2im for one block of output pixels of one sample
+#
+# A block is npix consecutive output pixels starting at pix0 (row-major over OH x OW), so the column
+# buffer (C_in*KH*KW x npix) stays in L2 while BLAS packs it; the caller sizes the blocks.
 # ---------------------------------------------------------------------------------------------------
 
-cdef void _im2col(const floating* x, floating* cols, const Geom* g) noexcept nogil:
-    """cols[(i, kh, kw), (p, q)] = x[i, p*SH + kh - PH, q*SW + kw - PW] (0 outside)."""
-    cdef Py_ssize_t i, kh, kw, p, q, r, c, P = g.OH * g.OW
+cdef inline void _valid_cols(const Geom* g, Py_ssize_t kw, Py_ssize_t* qlo, Py_ssize_t* qhi) noexcept nogil:
+    """[qlo, qhi): the output columns q whose input column q*SW + kw - PW lies in [0, W)."""
+    cdef Py_ssize_t lo_num = g.PW - kw, hi_num = g.W - 1 + g.PW - kw
+    qlo[0] = (lo_num + g.SW - 1) // g.SW if lo_num > 0 else 0
+    qhi[0] = hi_num // g.SW + 1 if hi_num >= 0 else 0
+    if qhi[0] > g.OW:
+        qhi[0] = g.OW
+
+
+cdef void _im2col(const floating* x, floating* cols, const Geom* g,
+                  Py_ssize_t pix0, Py_ssize_t npix) noexcept nogil:
+    """cols[(i, kh, kw), t] = x[i, p*SH + kh - PH, q*SW + kw - PW] for pixel pix0 + t = p*OW + q (0 outside)."""
+    cdef Py_ssize_t i, kh, kw, p, q, q0, q1, lo, hi, qlo, qhi, t, r, base
     cdef const floating* xi
     cdef floating* row
     for i in range(g.C_in):
         xi = x + i * g.H * g.W
         for kh in range(g.KH):
             for kw in range(g.KW):
-                row = cols + ((i * g.KH + kh) * g.KW + kw) * P
-                for p in range(g.OH):
+                row = cols + ((i * g.KH + kh) * g.KW + kw) * npix
+                _valid_cols(g, kw, &qlo, &qhi)
+                t = 0
+                p = pix0 // g.OW
+                q0 = pix0 - p * g.OW
+                while t < npix:
+                    q1 = min(g.OW, q0 + npix - t)
                     r = p * g.SH + kh - g.PH
                     if r < 0 or r >= g.H:
-                        for q in range(g.OW):
-                            row[p * g.OW + q] = 0
-                    elif g.SW == 1 and g.PW == 0 and g.OW + g.KW - 1 <= g.W:  # no right padding either
-                        for q in range(g.OW):
-                            row[p * g.OW + q] = xi[r * g.W + q + kw]
+                        lo = hi = q1
                     else:
-                        for q in range(g.OW):
-                            c = q * g.SW + kw - g.PW
-                            row[p * g.OW + q] = xi[r * g.W + c] if 0 <= c < g.W else 0
+                        lo = max(q0, qlo)
+                        hi = max(lo, min(q1, qhi))
+                    for q in range(q0, lo):
+                        row[t + q - q0] = 0
+                    base = r * g.W + kw - g.PW
+                    if g.SW == 1:
+                        for q in range(lo, hi):
+                            row[t + q - q0] = xi[base + q]
+                    else:
+                        for q in range(lo, hi):
+                            row[t + q - q0] = xi[base + q * g.SW]
+                    for q in range(hi, q1):
+                        row[t + q - q0] = 0
+                    t += q1 - q0
+                    p += 1
+                    q0 = 0
 
 
-cdef void _col2im(const floating* cols, floating* x, const Geom* g) noexcept nogil:
-    """x[i, p*SH + kh - PH, q*SW + kw - PW] += cols[(i, kh, kw), (p, q)]; x zeroed first."""
-    cdef Py_ssize_t i, kh, kw, p, q, r, c, P = g.OH * g.OW
+cdef void _col2im(const floating* cols, floating* x, const Geom* g,
+                  Py_ssize_t pix0, Py_ssize_t npix) noexcept nogil:
+    """x[i, p*SH + kh - PH, q*SW + kw - PW] += cols[(i, kh, kw), t] for pixel pix0 + t = p*OW + q (inside only)."""
+    cdef Py_ssize_t i, kh, kw, p, q, q0, q1, lo, hi, qlo, qhi, t, r, base
     cdef floating* xi
     cdef const floating* row
-    for i in range(g.C_in * g.H * g.W):
-        x[i] = 0
     for i in range(g.C_in):
         xi = x + i * g.H * g.W
         for kh in range(g.KH):
             for kw in range(g.KW):
-                row = cols + ((i * g.KH + kh) * g.KW + kw) * P
-                for p in range(g.OH):
+                row = cols + ((i * g.KH + kh) * g.KW + kw) * npix
+                _valid_cols(g, kw, &qlo, &qhi)
+                t = 0
+                p = pix0 // g.OW
+                q0 = pix0 - p * g.OW
+                while t < npix:
+                    q1 = min(g.OW, q0 + npix - t)
                     r = p * g.SH + kh - g.PH
-                    if r < 0 or r >= g.H:
-                        continue
-                    if g.SW == 1 and g.PW == 0 and g.OW + g.KW - 1 <= g.W:  # no right padding either
-                        for q in range(g.OW):
-                            xi[r * g.W + q + kw] += row[p * g.OW + q]
-                    else:
-                        for q in range(g.OW):
-                            c = q * g.SW + kw - g.PW
-                            if 0 <= c < g.W:
-                                xi[r * g.W + c] += row[p * g.OW + q]
+                    if 0 <= r < g.H:
+                        lo = max(q0, qlo)
+                        hi = max(lo, min(q1, qhi))
+                        base = r * g.W + kw - g.PW
+                        if g.SW == 1:
+                            for q in range(lo, hi):
+                                xi[base + q] += row[t + q - q0]
+                        else:
+                            for q in range(lo, hi):
+                                xi[base + q * g.SW] += row[t + q - q0]
+                    t += q1 - q0
+                    p += 1
+                    q0 = 0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -198,34 +232,50 @@ cdef void _igrad_direct_one(const floating* dy, const floating* k, floating* dx,
 # ---------------------------------------------------------------------------------------------------
 
 cdef void _forward_gemm_one(const floating* x, const floating* k, const floating* b, floating* y,
-                            floating* cols, const Geom* g) noexcept nogil:
-    """y[:, P] = b + k[C_out, CKK] @ im2col(x)[CKK, P]"""
-    cdef Py_ssize_t j, p, P = g.OH * g.OW
+                            floating* cols, const Geom* g, Py_ssize_t block) noexcept nogil:
+    """y[:, P] = b + k[C_out, CKK] @ im2col(x)[CKK, P], one block of output pixels at a time"""
+    cdef Py_ssize_t j, p, pix0, npix, P = g.OH * g.OW
     cdef int CKK = <int>(g.C_in * g.KH * g.KW)
     for j in range(g.C_out):
         for p in range(P):
             y[j * P + p] = b[j]
-    _im2col(x, cols, g)
-    _gemm_rm(False, False, <int>g.C_out, <int>P, CKK, <floating>1, k, CKK, cols, <int>P,
-             <floating>1, y, <int>P)
+    pix0 = 0
+    while pix0 < P:
+        npix = min(block, P - pix0)
+        _im2col(x, cols, g, pix0, npix)
+        _gemm_rm(False, False, <int>g.C_out, <int>npix, CKK, <floating>1, k, CKK, cols, <int>npix,
+                 <floating>1, y + pix0, <int>P)
+        pix0 += npix
 
 
 cdef void _kgrad_gemm_one(const floating* x, const floating* dy, floating* dk, floating* cols,
-                          const Geom* g) noexcept nogil:
-    """dk[C_out, CKK] += dy[C_out, P] @ im2col(x)[CKK, P]ᵀ"""
-    cdef int P = <int>(g.OH * g.OW)
+                          const Geom* g, Py_ssize_t block) noexcept nogil:
+    """dk[C_out, CKK] += dy[C_out, P] @ im2col(x)[CKK, P]ᵀ, accumulated over blocks of output pixels"""
+    cdef Py_ssize_t pix0, npix, P = g.OH * g.OW
     cdef int CKK = <int>(g.C_in * g.KH * g.KW)
-    _im2col(x, cols, g)
-    _gemm_rm(False, True, <int>g.C_out, CKK, P, <floating>1, dy, P, cols, P, <floating>1, dk, CKK)
+    pix0 = 0
+    while pix0 < P:
+        npix = min(block, P - pix0)
+        _im2col(x, cols, g, pix0, npix)
+        _gemm_rm(False, True, <int>g.C_out, CKK, <int>npix, <floating>1, dy + pix0, <int>P, cols, <int>npix,
+                 <floating>1, dk, CKK)
+        pix0 += npix
 
 
 cdef void _igrad_gemm_one(const floating* dy, const floating* k, floating* dx, floating* cols,
-                          const Geom* g) noexcept nogil:
-    """dx = col2im(k[C_out, CKK]ᵀ @ dy[C_out, P])"""
-    cdef int P = <int>(g.OH * g.OW)
+                          const Geom* g, Py_ssize_t block) noexcept nogil:
+    """dx = col2im(k[C_out, CKK]ᵀ @ dy[C_out, P]), one block of output pixels at a time"""
+    cdef Py_ssize_t i, pix0, npix, P = g.OH * g.OW
     cdef int CKK = <int>(g.C_in * g.KH * g.KW)
-    _gemm_rm(True, False, CKK, P, <int>g.C_out, <floating>1, k, CKK, dy, P, <floating>0, cols, P)
-    _col2im(cols, dx, g)
+    for i in range(g.C_in * g.H * g.W):
+        dx[i] = 0
+    pix0 = 0
+    while pix0 < P:
+        npix = min(block, P - pix0)
+        _gemm_rm(True, False, CKK, <int>npix, <int>g.C_out, <floating>1, k, CKK, dy + pix0, <int>P,
+                 <floating>0, cols, <int>npix)
+        _col2im(cols, dx, g, pix0, npix)
+        pix0 += npix
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -236,20 +286,21 @@ def conv2d_forward(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
                    const floating[:, :, :, ::1] k,      # IN  (C_out, C_in, KH, KW)
                    const floating[::1] b,               # IN  (C_out,)
                    floating[:, :, :, ::1] y,            # OUT (N, C_out, OH, OW)
-                   floating[:, ::1] scratch,            # TMP (threads, C_in*KH*KW*OH*OW) for gemm, else unused
+                   floating[:, ::1] scratch,            # TMP (threads, C_in*KH*KW*block) for gemm, else unused
                    Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW,
                    bint use_gemm, int num_threads):
     """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]) with stride (SH, SW) and zero padding (PH, PW)."""
     cdef Py_ssize_t n, N = x.shape[0]
     cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], k.shape[0], k.shape[2], k.shape[3],
                         y.shape[2], y.shape[3], SH, SW, PH, PW)
+    cdef Py_ssize_t block = scratch.shape[1] // (g.C_in * g.KH * g.KW)
     if N == 0:
         return
     with nogil:
         for n in prange(N, schedule='static', num_threads=num_threads):
             if use_gemm:
                 _forward_gemm_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
-                                  &scratch[threadid(), 0], &g)
+                                  &scratch[threadid(), 0], &g, block)
             else:
                 _forward_direct_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0], &g)
 
@@ -258,7 +309,7 @@ def conv2d_kernel_gradient(const floating[:, :, :, ::1] dy,     # IN  (N, C_out,
                            const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
                            floating[:, :, :, ::1] dk,           # OUT (C_out, C_in, KH, KW)
                            floating[:, ::1] partial,            # TMP (nchunk, C_out*C_in*KH*KW[*OW if direct])
-                           floating[:, ::1] scratch,            # TMP (threads, C_in*KH*KW*OH*OW) for gemm
+                           floating[:, ::1] scratch,            # TMP (threads, C_in*KH*KW*block) for gemm
                            Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW,
                            bint use_gemm, int num_threads):
     """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]) (with stride and padding), summed in fixed chunks."""
@@ -267,6 +318,7 @@ def conv2d_kernel_gradient(const floating[:, :, :, ::1] dy,     # IN  (N, C_out,
     cdef Py_ssize_t OW = dy.shape[3], L = partial.shape[1]
     cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], dk.shape[0], dk.shape[2], dk.shape[3],
                         dy.shape[2], dy.shape[3], SH, SW, PH, PW)
+    cdef Py_ssize_t block = scratch.shape[1] // (g.C_in * g.KH * g.KW)
     cdef floating s
     cdef floating* out = &dk[0, 0, 0, 0]
     cdef floating inv_n
@@ -279,7 +331,7 @@ def conv2d_kernel_gradient(const floating[:, :, :, ::1] dy,     # IN  (N, C_out,
         for c in prange(nchunk, schedule='dynamic', num_threads=num_threads):
             _kgrad_chunk(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[c, 0], L,
                          &scratch[threadid(), 0],
-                         (c * N) // nchunk, ((c + 1) * N) // nchunk, &g, use_gemm)
+                         (c * N) // nchunk, ((c + 1) * N) // nchunk, &g, use_gemm, block)
         for c in range(nchunk):
             if use_gemm:
                 for t in range(KK):
@@ -296,7 +348,7 @@ def conv2d_kernel_gradient(const floating[:, :, :, ::1] dy,     # IN  (N, C_out,
 
 cdef void _kgrad_chunk(const floating* dy, const floating* x, floating* part, Py_ssize_t L,
                        floating* cols, Py_ssize_t lo, Py_ssize_t hi, const Geom* g,
-                       bint use_gemm) noexcept nogil:
+                       bint use_gemm, Py_ssize_t block) noexcept nogil:
     """part = Σ_{n in [lo, hi)} per-sample kernel-gradient terms, in sample order."""
     cdef Py_ssize_t n, t
     cdef Py_ssize_t xs = g.C_in * g.H * g.W, ys = g.C_out * g.OH * g.OW
@@ -304,7 +356,7 @@ cdef void _kgrad_chunk(const floating* dy, const floating* x, floating* part, Py
         part[t] = 0
     for n in range(lo, hi):
         if use_gemm:
-            _kgrad_gemm_one(x + n * xs, dy + n * ys, part, cols, g)
+            _kgrad_gemm_one(x + n * xs, dy + n * ys, part, cols, g, block)
         else:
             _kgrad_direct_one(x + n * xs, dy + n * ys, part, g)
 
@@ -345,19 +397,20 @@ cdef floating _bias_sum_one(const floating* dy, floating* acc, Py_ssize_t j, Py_
 def conv2d_input_gradient(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, OH, OW)
                           const floating[:, :, :, ::1] k,     # IN  (C_out, C_in, KH, KW)
                           floating[:, :, :, ::1] dx,          # OUT (N, C_in, H, W)
-                          floating[:, ::1] scratch,           # TMP (threads, C_in*KH*KW*OH*OW) for gemm
+                          floating[:, ::1] scratch,           # TMP (threads, C_in*KH*KW*block) for gemm
                           Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW,
                           bint use_gemm, int num_threads):
     """dx[n, i] = Σ_j conv_full(dy[n, j], k[j, i]) (the adjoint of the forward map, with stride and padding)."""
     cdef Py_ssize_t n, N = dy.shape[0]
     cdef Geom g = _geom(dx.shape[1], dx.shape[2], dx.shape[3], k.shape[0], k.shape[2], k.shape[3],
                         dy.shape[2], dy.shape[3], SH, SW, PH, PW)
+    cdef Py_ssize_t block = scratch.shape[1] // (g.C_in * g.KH * g.KW)
     if N == 0:
         return
     with nogil:
         for n in prange(N, schedule='static', num_threads=num_threads):
             if use_gemm:
                 _igrad_gemm_one(&dy[n, 0, 0, 0], &k[0, 0, 0, 0], &dx[n, 0, 0, 0],
-                                &scratch[threadid(), 0], &g)
+                                &scratch[threadid(), 0], &g, block)
             else:
                 _igrad_direct_one(&dy[n, 0, 0, 0], &k[0, 0, 0, 0], &dx[n, 0, 0, 0], &g)

@@ -493,3 +493,26 @@ def test_output_shape_formula():
     assert cnn_ext.conv2d_output_shape((28, 28), 5) == (24, 24)
     assert cnn_ext.conv2d_output_shape((28, 27), (3, 2), stride=2, padding=1) == (14, 14)
     assert cnn_ext.conv2d_output_shape((7, 7), 3, padding="same") == (7, 7)
+
+
+@pytest.mark.parametrize("block", [1, 5, 13])
+@pytest.mark.parametrize("shape,stride,padding,pad", CONFIGS[:4] + CONFIGS[-1:])
+def test_gemm_pixel_blocks(monkeypatch, block, shape, stride, padding, pad):
+    """im2col/col2im over blocks of output pixels that cut rows anywhere give the same result."""
+    from cnn_ext import ops
+
+    N, C_in, C_out, H, W, KH, KW = shape
+    rng = np.random.default_rng(block)
+    x, k, b, _ = data(rng, *shape)
+    kw = dict(stride=stride, padding=padding, method="gemm")
+    y_ref = conv2d_forward(x, k, b, **kw)
+    dy = rng.standard_normal(y_ref.shape)
+    dk_ref = conv2d_kernel_gradient(dy, x, kernel_size=(KH, KW), **kw)
+    dx_ref = conv2d_input_gradient(dy, k, input_size=(H, W), **kw)
+    itemsize = 8
+    monkeypatch.setattr(ops, "_COLS_BLOCK_BYTES", block * C_in * KH * KW * itemsize)
+    monkeypatch.setattr(ops, "_MIN_BLOCK", 1)
+    assert_allclose(conv2d_forward(x, k, b, **kw), y_ref, rtol=1e-12, atol=1e-12)
+    assert_allclose(conv2d_kernel_gradient(dy, x, kernel_size=(KH, KW), **kw), dk_ref, rtol=1e-12, atol=1e-12)
+    assert_allclose(conv2d_input_gradient(dy, k, input_size=(H, W), **kw), dx_ref, rtol=1e-12, atol=1e-12)
+    assert_allclose(y_ref, einsum_forward(x, k, b, stride, pad), rtol=1e-10, atol=1e-10)
