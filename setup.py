@@ -1,21 +1,63 @@
 """Build the Cython kernels of cnn_ext.
 
-Each src_pyx/*.pyx file is one extension module inside the package (cnn_ext._conv, ...).
-OpenMP is compile-tested per compiler and dropped cleanly when it is missing or when
-CNN_EXT_NO_OPENMP=1; CNN_EXT_DEBUG=1 turns Cython's bounds/wraparound checks back on.
+Each src_pyx/*.pyx file is one extension module inside the package (cnn_ext._conv, ...); on x86-64 the
+convolution kernels are compiled a second time with AVX2 + FMA (cnn_ext._conv_avx2, picked at run time).
+
+OpenMP, per platform (the flag is compile-tested; without it the build falls back to serial kernels):
+  * Linux / other gcc or clang:  -fopenmp  (auditwheel grafts libgomp into the wheel);
+  * Windows (MSVC):              /openmp on compile only (the .pyd then imports vcomp140.dll, which
+                                 delvewheel copies into the wheel);
+  * macOS:                       off by default: Apple clang has no OpenMP runtime, and a second libomp
+                                 beside the one PyTorch ships crashes processes that import both.
+                                 CNN_EXT_MACOS_OPENMP=1 opts in (needs libomp, e.g. `brew install libomp`;
+                                 its prefix from LIBOMP_PREFIX, else `brew --prefix libomp`).
+Environment switches:
+  CNN_EXT_NO_OPENMP=1       force the serial build;
+  CNN_EXT_REQUIRE_OPENMP=1  fail instead of falling back when the OpenMP test fails (wheel builds);
+  CNN_EXT_NO_AVX2=1         skip the AVX2 + FMA variant;
+  CNN_EXT_DEBUG=1           turn Cython's bounds/wraparound/initialisation checks back on.
 """
 import os
+import platform
+import subprocess
 import sys
+import sysconfig
 import tempfile
 import textwrap
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-MODULES = ["_conv"]  # one entry per src_pyx/<name>.pyx
+MODULES = ["_conv", "_pool"]  # one entry per src_pyx/<name>.pyx, compiled for the baseline ISA
 
-DEBUG = os.environ.get("CNN_EXT_DEBUG", "0") not in ("", "0")
-NO_OPENMP = os.environ.get("CNN_EXT_NO_OPENMP", "0") not in ("", "0")
+
+def _flag(name):
+    return os.environ.get(name, "0") not in ("", "0")
+
+
+def _target_is_x86_64():
+    """True when the wheel being built is for x86-64 (the target, not the build machine, when cross-compiling)."""
+    archflags = os.environ.get("ARCHFLAGS", "")  # macOS cross / universal2 builds: "-arch arm64 [-arch x86_64]"
+    if archflags.strip():
+        archs = archflags.replace("-arch", " ").split()
+        return archs == ["x86_64"]
+    target = os.environ.get("VSCMD_ARG_TGT_ARCH", "")  # MSVC cross-compile environment
+    if target:
+        return target.lower() in ("x64", "amd64")
+    plat = os.environ.get("_PYTHON_HOST_PLATFORM") or sysconfig.get_platform()
+    if plat.startswith(("macosx", "linux", "win")) and plat != "win32":
+        return plat.lower().endswith(("x86_64", "amd64"))
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+# The same kernels again with AVX2 + FMA, as a separate module chosen at run time when the CPU has them
+# (never -march=native: a wheel must run on every x86-64). CNN_EXT_NO_AVX2=1 skips it.
+X86_64 = _target_is_x86_64()
+AVX2_MODULES = {"_conv_avx2": "_conv"} if X86_64 and not _flag("CNN_EXT_NO_AVX2") else {}
+
+DEBUG = _flag("CNN_EXT_DEBUG")
+NO_OPENMP = _flag("CNN_EXT_NO_OPENMP")
+REQUIRE_OPENMP = _flag("CNN_EXT_REQUIRE_OPENMP")
 
 OPENMP_TEST = textwrap.dedent(
     """
@@ -30,23 +72,36 @@ OPENMP_TEST = textwrap.dedent(
 )
 
 
+def _libomp_prefix():
+    prefix = os.environ.get("LIBOMP_PREFIX", "")
+    if prefix:
+        return prefix
+    try:
+        return subprocess.run(["brew", "--prefix", "libomp"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
 def openmp_flags(compiler_type):
-    """(compile flags, link flags) for OpenMP with this compiler, before testing them."""
+    """(compile flags, link flags) for OpenMP with this compiler, before testing them; None: don't try."""
     if compiler_type == "msvc":
+        # compile only: the compiler adds the vcomp import library itself
         return ["/openmp"], []
     if sys.platform == "darwin":
-        # Apple clang needs libomp; off unless asked for (a second libomp beside PyTorch's crashes).
-        if os.environ.get("CNN_EXT_MACOS_OPENMP", "0") in ("", "0"):
+        if not _flag("CNN_EXT_MACOS_OPENMP"):
             return None
-        return ["-Xpreprocessor", "-fopenmp"], ["-lomp"]
+        prefix = _libomp_prefix()
+        inc = [f"-I{prefix}/include"] if prefix else []
+        lib = [f"-L{prefix}/lib", f"-Wl,-rpath,{prefix}/lib"] if prefix else []
+        return ["-Xpreprocessor", "-fopenmp", *inc], [*lib, "-lomp"]
     return ["-fopenmp"], ["-fopenmp"]
 
 
-def optimisation_flags(compiler_type):
+def optimisation_flags(compiler_type, avx2=False):
     if compiler_type == "msvc":
-        return ["/O2"]
+        return ["/O2"] + (["/arch:AVX2"] if avx2 else [])
     # -O3 vectorises the row loops; no -march=native: wheels must run on any x86-64 / arm64.
-    return ["-O3", "-Wno-unreachable-code", "-Wno-unused-function"]
+    return ["-O3", "-Wno-unreachable-code", "-Wno-unused-function"] + (["-mavx2", "-mfma"] if avx2 else [])
 
 
 class BuildExt(build_ext):
@@ -59,35 +114,54 @@ class BuildExt(build_ext):
                 objs = self.compiler.compile([src], output_dir=tmp, extra_postargs=cflags)
                 self.compiler.link_executable(objs, "omp_test", output_dir=tmp, extra_postargs=ldflags)
             except Exception as exc:  # any compiler/linker failure means: no OpenMP
-                print(f"cnn_ext: OpenMP test failed ({exc.__class__.__name__}); building without OpenMP")
+                print(f"cnn_ext: OpenMP test failed ({exc.__class__.__name__}: {exc})")
                 return False
         return True
 
+    def _cythonize(self):
+        from Cython.Build import cythonize
+
+        for ext in self.extensions:
+            if any(src.endswith(".pyx") for src in ext.sources):
+                (done,) = cythonize([Extension(ext.name, list(ext.sources))], compiler_directives=DIRECTIVES,
+                                    force=self.force)
+                ext.sources = done.sources
+
     def build_extensions(self):
         ctype = self.compiler.compiler_type
-        flags = None if NO_OPENMP else openmp_flags(ctype)
-        if flags is not None and not self._openmp_works(*flags):
-            flags = None
-        print(f"cnn_ext: OpenMP {'enabled' if flags else 'disabled'} ({ctype})")
+        if NO_OPENMP:
+            flags, why = None, "CNN_EXT_NO_OPENMP is set"
+        else:
+            flags = openmp_flags(ctype)
+            why = "off by default on macOS (CNN_EXT_MACOS_OPENMP=1 opts in)" if flags is None else ""
+            if flags is not None and not self._openmp_works(*flags):
+                flags, why = None, "the compile test failed"
+                if REQUIRE_OPENMP:
+                    raise RuntimeError("cnn_ext: CNN_EXT_REQUIRE_OPENMP=1 but OpenMP does not compile here")
+        print(f"cnn_ext: OpenMP {'enabled' if flags else 'disabled: ' + why} ({ctype});"
+              f" AVX2 variant: {'yes' if AVX2_MODULES else 'no'}")
+        self._cythonize()
         for ext in self.extensions:
-            ext.extra_compile_args = optimisation_flags(ctype) + (flags[0] if flags else [])
+            avx2 = ext.name.split(".")[-1] in AVX2_MODULES
+            ext.extra_compile_args = optimisation_flags(ctype, avx2) + (flags[0] if flags else [])
             ext.extra_link_args = flags[1] if flags else []
         super().build_extensions()
 
 
-def extensions():
-    from Cython.Build import cythonize
+DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+    "embedsignature": True,
+}
 
-    directives = {
-        "language_level": 3,
-        "boundscheck": DEBUG,
-        "wraparound": DEBUG,
-        "initializedcheck": DEBUG,
-        "cdivision": True,
-        "embedsignature": True,
-    }
-    exts = [Extension(f"cnn_ext.{name}", [f"src_pyx/{name}.pyx"]) for name in MODULES]
-    return cythonize(exts, compiler_directives=directives)
+
+def extensions():
+    # .pyx sources; they are cythonized by BuildExt only when extensions are really built, so making the
+    # sdist (or reading the metadata) writes no generated .c file.
+    return [Extension(f"cnn_ext.{name}", [f"src_pyx/{name}.pyx"]) for name in [*MODULES, *AVX2_MODULES]]
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

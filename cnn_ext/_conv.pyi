@@ -1,0 +1,71 @@
+"""Type stubs for the compiled kernel module cnn_ext._conv (src_pyx/_conv.pyx).
+
+cnn_ext._conv_avx2 is the same source compiled with AVX2 + FMA and has the same API (see _conv_avx2.pyi).
+These are private: call the validated wrappers in cnn_ext.ops. Every array of one call has the same dtype,
+float32 or float64, and is C-contiguous; outputs (OUT) and scratch (TMP) are allocated by the caller; the
+functions release the GIL and never raise on bad shapes (they trust cnn_ext.ops).
+"""
+from typing import TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+_F = TypeVar("_F", np.float32, np.float64)
+
+def openmp_enabled() -> bool:
+    """True when this module was compiled with OpenMP."""
+
+def openmp_max_threads() -> int:
+    """omp_get_max_threads() (1 without OpenMP); honours OMP_NUM_THREADS."""
+
+def conv2d_forward(
+    x: NDArray[_F],  # IN  (N, C_in, H, W)
+    k: NDArray[_F],  # IN  (C_out, C_in, KH, KW)
+    b: NDArray[_F],  # IN  (C_out,)
+    y: NDArray[_F],  # OUT (N, C_out, OH, OW)
+    scratch: NDArray[_F],  # TMP (threads, C_in*KH*KW*OH*OW) for gemm, else unused
+    SH: int,
+    SW: int,
+    PH: int,
+    PW: int,
+    use_gemm: bool,
+    num_threads: int,
+) -> None:
+    """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]) with stride (SH, SW) and zero padding (PH, PW)."""
+
+def conv2d_kernel_gradient(
+    dy: NDArray[_F],  # IN  (N, C_out, OH, OW)
+    x: NDArray[_F],  # IN  (N, C_in, H, W)
+    dk: NDArray[_F],  # OUT (C_out, C_in, KH, KW)
+    partial: NDArray[_F],  # TMP (nchunk, C_out*C_in*KH*KW[*OW if direct])
+    scratch: NDArray[_F],  # TMP (threads, C_in*KH*KW*OH*OW) for gemm
+    SH: int,
+    SW: int,
+    PH: int,
+    PW: int,
+    use_gemm: bool,
+    num_threads: int,
+) -> None:
+    """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]) (with stride and padding), summed in fixed chunks."""
+
+def conv2d_bias_gradient(
+    dy: NDArray[_F],  # IN  (N, C_out, OH, OW)
+    db: NDArray[_F],  # OUT (C_out,)
+    rowacc: NDArray[_F],  # TMP (C_out, OW)
+    num_threads: int,
+) -> None:
+    """db[j] = (1/N) Σ_{n, p, q} dy[n, j, p, q]."""
+
+def conv2d_input_gradient(
+    dy: NDArray[_F],  # IN  (N, C_out, OH, OW)
+    k: NDArray[_F],  # IN  (C_out, C_in, KH, KW)
+    dx: NDArray[_F],  # OUT (N, C_in, H, W)
+    scratch: NDArray[_F],  # TMP (threads, C_in*KH*KW*OH*OW) for gemm
+    SH: int,
+    SW: int,
+    PH: int,
+    PW: int,
+    use_gemm: bool,
+    num_threads: int,
+) -> None:
+    """dx[n, i] = Σ_j conv_full(dy[n, j], k[j, i]) (the adjoint of the forward map, with stride and padding)."""
