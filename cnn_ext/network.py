@@ -1,0 +1,115 @@
+"""A sequential network with the reference tutorial's interface.
+
+``forward`` chains the layers; ``backward`` walks them in reverse and returns each layer's gradient dict in
+layer order; ``update(learning_rate, grads)`` (the tutorial's argument order) hands each dict to its layer.
+The first layer's input gradient is never used, so when that layer's ``backward`` takes ``need_dX`` it is
+called with ``need_dX=False`` (for the tutorial's MNIST network that was a third of the step time).
+"""
+import inspect
+
+import numpy as np
+
+__all__ = ["Network"]
+
+
+def _accepts_need_dX(layer):
+    try:
+        return "need_dX" in inspect.signature(layer.backward).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+
+
+class Network:
+    """A stack of layers applied in order.
+
+    Parameters
+    ----------
+    layers : iterable of layers
+        Objects with ``forward(x)``, ``backward(dE_dY) -> dict`` and ``update(grads, learning_rate)``
+        (:mod:`cnn_ext.layers` or any class following the same protocol).
+
+    Attributes
+    ----------
+    layers : list
+    """
+
+    def __init__(self, layers):
+        layers = list(layers)
+        if not layers:
+            raise ValueError("Network needs at least one layer, got an empty list")
+        for i, layer in enumerate(layers):
+            missing = [m for m in ("forward", "backward", "update") if not callable(getattr(layer, m, None))]
+            if missing:
+                raise TypeError(f"layer {i} ({layer!r}) has no {', '.join(missing)} method")
+        self.layers = layers
+        self._skip_cache = (None, False)  # (first layer, whether its backward takes need_dX)
+
+    def forward(self, x):
+        """Output of the last layer for input ``x``; every layer caches what its backward needs."""
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dE_dY):
+        """Per-layer gradient dicts, in layer order (index i belongs to ``layers[i]``).
+
+        The first layer is asked to skip its ``"dX"`` when its ``backward`` takes ``need_dX``.
+        """
+        grads = [None] * len(self.layers)
+        first = self.layers[0]
+        if self._skip_cache[0] is not first:  # inspect.signature costs ~50 us: once per first layer
+            self._skip_cache = (first, _accepts_need_dX(first))
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            if i == 0 and self._skip_cache[1]:
+                g = layer.backward(dE_dY, need_dX=False)
+            else:
+                g = layer.backward(dE_dY)
+            grads[i] = g
+            if i > 0:
+                dE_dY = g["dX"]
+        return grads
+
+    def update(self, learning_rate, grads):
+        """Plain SGD: ``layers[i].update(grads[i], learning_rate)`` for every layer."""
+        grads = list(grads)
+        if len(grads) != len(self.layers):
+            raise ValueError(f"update: got {len(grads)} gradient dicts for {len(self.layers)} layers")
+        for layer, g in zip(self.layers, grads):
+            layer.update(g, learning_rate)
+
+    def predict(self, x, batch_size=256):
+        """Forward pass over ``x`` in chunks of ``batch_size`` samples (bounded memory), concatenated.
+
+        Like ``forward`` it replaces the layers' caches, so call it between training steps, not inside one.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        x = np.asarray(x)
+        if x.ndim == 0:
+            raise ValueError(f"predict: x must have a batch axis, got a scalar of shape {x.shape}")
+        if x.shape[0] <= batch_size:
+            return self.forward(x)
+        return np.concatenate([self.forward(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+    def parameters(self):
+        """``(f"{i}.{param_name}", grad_key, ndarray)`` for every parameter of every layer, in layer order.
+
+        The prefix ``i`` is the layer index, so the matching gradient is ``grads[i][grad_key]``.
+        """
+        return [(f"{i}.{name}", key, arr)
+                for i, layer in enumerate(self.layers)
+                for name, key, arr in (layer.parameters() if hasattr(layer, "parameters") else [])]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __repr__(self):
+        lines = [f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers)]
+        return "Network(\n" + "\n".join(lines) + "\n)"
