@@ -1,6 +1,6 @@
 """cnn_ext: fast convolutional-network layers for NumPy users, with a Cython core."""
 from ._version import __version__
-from ._config import get_num_threads, set_num_threads
+from ._config import get_num_threads, set_num_threads, show_config
 from .ops import (
     conv2d_bias_gradient,
     conv2d_forward,
@@ -8,6 +8,33 @@ from .ops import (
     conv2d_kernel_gradient,
     conv2d_output_shape,
 )
+from .layers import (
+    LAYER_TYPES,
+    Conv2D,
+    Dense,
+    Flatten,
+    Layer,
+    LeakyReLU,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+    register_layer,
+)
+from .losses import get_current_accuracy, mse, mse_loss, softmax_cross_entropy
+from .network import Network
+from .pooling import (
+    AvgPool2D,
+    MaxPool2D,
+    avgpool2d_backward,
+    avgpool2d_forward,
+    maxpool2d_backward,
+    maxpool2d_forward,
+)
+from .optim import SGD, Adam
+from .serialization import load, save
+from .gradcheck import GradientCheckError, gradient_check
+from .training import fit
 
 __all__ = [
     "__version__",
@@ -18,4 +45,36 @@ __all__ = [
     "conv2d_output_shape",
     "get_num_threads",
     "set_num_threads",
+    "show_config",
+    # layers, network and losses (the tutorial's names)
+    "Layer",
+    "LAYER_TYPES",
+    "register_layer",
+    "Conv2D",
+    "Flatten",
+    "Dense",
+    "ReLU",
+    "Sigmoid",
+    "Tanh",
+    "LeakyReLU",
+    "Softmax",
+    "Network",
+    "mse_loss",
+    "mse",
+    "softmax_cross_entropy",
+    "get_current_accuracy",
+    # pooling, optimisers, save/load (issue 6)
+    "MaxPool2D",
+    "AvgPool2D",
+    "maxpool2d_forward",
+    "maxpool2d_backward",
+    "avgpool2d_forward",
+    "avgpool2d_backward",
+    "SGD",
+    "Adam",
+    "save",
+    "load",
+    "gradient_check",
+    "GradientCheckError",
+    "fit",
 ]

@@ -1,0 +1,254 @@
+"""Optimisers for :class:`cnn_ext.Network`: SGD (momentum, Nesterov, weight decay) and Adam.
+
+Usage, in place of the tutorial's ``network.update(learning_rate, grads)``::
+
+    opt = Adam(lr=1e-3)
+    grads = network.backward(dE_dY)     # list of per-layer dicts, in layer order
+    opt.step(network, grads)            # updates every layer's parameter arrays in place
+
+The update rules are PyTorch's (``torch.optim.SGD`` with ``dampening=0`` and ``torch.optim.Adam`` with
+``amsgrad=False``), applied to whatever each layer's ``backward`` returns as the gradient of each parameter
+(the tutorial's conventions: Conv2D ``dK``/``dB`` and Dense ``dB`` are batch means, Dense ``dW`` is a batch sum).
+
+Parameters are found through the layer protocol (``layer.parameters()`` -> ``(param_name, grad_key, array)``) and
+updated in place, so the arrays a layer holds stay the same objects. State (momentum buffers, Adam moments) is kept
+per parameter array across steps, created at the first step in the parameter's dtype; after that a step allocates
+no array: every operation writes into the parameter, its state or a scratch buffer, and the final
+``p -= step * direction`` is one BLAS axpy (the same as ``Layer.update``). Gradients in another float dtype than
+their parameter are accepted (cast on the fly, which then costs one temporary).
+"""
+import math
+import numbers
+
+import numpy as np
+
+from .layers import _sgd_step
+
+__all__ = ["Optimizer", "SGD", "Adam"]
+
+
+def _real(value, name, *, minimum=0.0, strict=False, maximum=None):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or value < minimum or (strict and value == minimum) or \
+            (maximum is not None and value >= maximum):
+        bounds = f"{'>' if strict else '>='} {minimum}" + (f" and < {maximum}" if maximum is not None else "")
+        raise ValueError(f"{name} must be {bounds}, got {value!r}")
+    return value
+
+
+def _layers_and_grads(model, grads):
+    """[(layer_index, layer, grad_dict)] for a Network (or anything with ``.layers``) or a single layer."""
+    if hasattr(model, "layers"):
+        layers = list(model.layers)
+        try:
+            grads = list(grads)
+        except TypeError:
+            raise TypeError(f"grads must be the list returned by Network.backward, got {type(grads).__name__}") from None
+    elif callable(getattr(model, "parameters", None)):
+        layers = [model]
+        grads = [grads]
+    else:
+        raise TypeError(f"step expects a Network or a layer, got {type(model).__name__}")
+    if len(grads) != len(layers):
+        raise ValueError(f"step: got {len(grads)} gradient dicts for {len(layers)} layers")
+    return [(i, layer, g) for i, (layer, g) in enumerate(zip(layers, grads))]
+
+
+class Optimizer:
+    """Base class: walks the parameters of a network, checks each gradient and calls ``_update``.
+
+    Subclasses implement ``_update(p, g, state)`` (in place on ``p`` and ``state``) and ``_new_state(p)``.
+
+    Attributes
+    ----------
+    lr : float
+        Learning rate; may be changed between steps (schedules).
+    steps : int
+        Number of :meth:`step` calls so far.
+    """
+
+    def __init__(self, lr, weight_decay):
+        self.lr = _real(lr, "lr", strict=True)
+        self.weight_decay = _real(weight_decay, "weight_decay")
+        self.steps = 0
+        self._state = {}  # id(array) -> (array, state dict); holding the array keeps its id unique
+
+    def step(self, network, grads):
+        """Apply one update to every parameter of ``network`` in place.
+
+        Parameters
+        ----------
+        network : Network or layer
+            A :class:`cnn_ext.Network` (anything with ``.layers``) or a single layer.
+        grads : list of dict (or one dict for a single layer)
+            ``Network.backward``'s result: ``grads[i][grad_key]`` is the gradient of each parameter of
+            ``network.layers[i]``. Layers without parameters are skipped.
+        """
+        work = []
+        for i, layer, g in _layers_and_grads(network, grads):
+            params = layer.parameters() if callable(getattr(layer, "parameters", None)) else []
+            for name, key, p in params:
+                try:
+                    grad = g[key]
+                except (KeyError, TypeError, IndexError):
+                    raise ValueError(f"step: the gradients of layer {i} ({layer!r}) have no {key!r} "
+                                     f"(the gradient of {name})") from None
+                grad = np.asarray(grad)
+                if grad.shape != p.shape:
+                    raise ValueError(f"step: layer {i} ({layer!r}): {key} has shape {grad.shape} but {name} "
+                                     f"has shape {p.shape}")
+                if not isinstance(p, np.ndarray) or not p.flags.writeable or p.dtype.kind != "f":
+                    raise TypeError(f"step: layer {i} ({layer!r}): {name} must be a writeable float array")
+                work.append((p, grad))
+        # every check passed: now update (a bad gradient never leaves the network half-updated)
+        self.steps += 1
+        for p, grad in work:
+            entry = self._state.get(id(p))
+            if entry is None:
+                entry = self._state[id(p)] = (p, self._new_state(p))
+            self._update(p, grad, entry[1])
+
+    def state(self, array):
+        """The state dict kept for one parameter array (empty before its first step)."""
+        entry = self._state.get(id(array))
+        return entry[1] if entry is not None and entry[0] is array else {}
+
+    def reset(self):
+        """Forget all state (momentum buffers, moments, step count)."""
+        self._state.clear()
+        self.steps = 0
+
+    def _decayed(self, p, g, state):
+        """``g + weight_decay * p`` in the state's ``decayed`` buffer, or ``g`` itself without weight decay."""
+        if self.weight_decay == 0.0:
+            return g
+        buf = state["decayed"]
+        np.multiply(p, self.weight_decay, out=buf)
+        buf += g
+        return buf
+
+    def _buffers(self, p, *names):
+        """Scratch buffers like ``p`` (plus ``decayed`` when there is weight decay), allocated once per parameter."""
+        names = names + (("decayed",) if self.weight_decay else ())
+        return {name: np.empty_like(p) for name in names}
+
+    def _new_state(self, p):
+        raise NotImplementedError
+
+    def _update(self, p, g, state):
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum, Nesterov momentum and L2 weight decay.
+
+    Per parameter ``p`` with gradient ``g`` (PyTorch's ``SGD`` with ``dampening=0``)::
+
+        g = g + weight_decay * p
+        if momentum:
+            v = g                 (first step)
+            v = momentum * v + g  (later steps)
+            g = g + momentum * v  if nesterov else v
+        p -= lr * g
+
+    Parameters
+    ----------
+    lr : float > 0
+    momentum : float >= 0, default 0
+    nesterov : bool, default False (needs momentum > 0)
+    weight_decay : float >= 0, default 0
+    """
+
+    def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(lr, weight_decay)
+        self.momentum = _real(momentum, "momentum")
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
+        if nesterov and self.momentum == 0.0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        self.nesterov = bool(nesterov)
+
+    def _new_state(self, p):
+        state = self._buffers(p, *(("scratch",) if self.nesterov else ()))
+        if self.momentum:
+            state["momentum_buffer"] = None  # the first (decayed) gradient, at the first step
+        return state
+
+    def _update(self, p, g, state):
+        d = self._decayed(p, g, state)
+        if self.momentum:
+            v = state["momentum_buffer"]
+            if v is None:
+                v = state["momentum_buffer"] = np.array(d, dtype=p.dtype)
+            else:
+                v *= self.momentum
+                v += d
+            if self.nesterov:
+                buf = state["scratch"]
+                np.multiply(v, self.momentum, out=buf)
+                buf += d
+                d = buf
+            else:
+                d = v
+        _sgd_step(p, d, self.lr)
+
+    def __repr__(self):
+        return (f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
+                f"weight_decay={self.weight_decay})")
+
+
+class Adam(Optimizer):
+    """Adam with bias correction (PyTorch's ``Adam``, ``amsgrad=False``; weight decay is L2, not AdamW).
+
+    Per parameter ``p`` with gradient ``g``, at step ``t = 1, 2, ...`` of that parameter::
+
+        g = g + weight_decay * p
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g²
+        p -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+
+    Parameters
+    ----------
+    lr : float > 0, default 1e-3
+    betas : (float, float) in [0, 1), default (0.9, 0.999)
+    eps : float >= 0, default 1e-8
+    weight_decay : float >= 0, default 0
+    """
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(lr, weight_decay)
+        try:
+            b1, b2 = betas
+        except (TypeError, ValueError):
+            raise TypeError(f"betas must be a pair of floats, got {betas!r}") from None
+        self.betas = (_real(b1, "betas[0]", maximum=1.0), _real(b2, "betas[1]", maximum=1.0))
+        self.eps = _real(eps, "eps")
+
+    def _new_state(self, p):
+        state = self._buffers(p, "scratch")
+        state.update(t=0, exp_avg=np.zeros_like(p), exp_avg_sq=np.zeros_like(p))
+        return state
+
+    def _update(self, p, g, state):
+        b1, b2 = self.betas
+        m, v, buf = state["exp_avg"], state["exp_avg_sq"], state["scratch"]
+        state["t"] += 1
+        t = state["t"]
+        d = self._decayed(p, g, state)
+        m *= b1                                  # m = b1 m + (1 - b1) d
+        np.multiply(d, 1.0 - b1, out=buf)
+        m += buf
+        v *= b2                                  # v = b2 v + (1 - b2) d²
+        np.multiply(d, d, out=buf)
+        buf *= 1.0 - b2
+        v += buf
+        np.sqrt(v, out=buf)                      # denom = sqrt(v) / sqrt(1 - b2^t) + eps
+        buf *= 1.0 / math.sqrt(1.0 - b2 ** t)
+        buf += self.eps
+        np.divide(m, buf, out=buf)               # p -= lr / (1 - b1^t) * m / denom
+        _sgd_step(p, buf, self.lr / (1.0 - b1 ** t))
+
+    def __repr__(self):
+        return f"Adam(lr={self.lr}, betas={self.betas}, eps={self.eps}, weight_decay={self.weight_decay})"

@@ -1,0 +1,283 @@
+"""2-D max and average pooling (NCHW), validated here and computed by the Cython kernels in ``cnn_ext._pool``.
+
+Conventions (PyTorch's ``MaxPool2d`` / ``AvgPool2d`` with no padding, ``ceil_mode=False``):
+
+- windows of ``kernel_size`` start every ``stride`` pixels (``stride`` defaults to ``kernel_size``); windows that
+  do not fit are dropped: ``OH = (H - KH) // SH + 1``, same for OW, and rows/columns no window reaches get a zero
+  gradient;
+- max pooling ties: the **first** maximum in row-major window order receives the whole gradient (deterministic);
+  NaN counts as the maximum (the first NaN of a window), so NaN propagates;
+- average pooling divides by ``KH * KW`` (every window lies inside the input).
+
+Checks raise ``ValueError`` (shapes, values) or ``TypeError`` (types) naming the argument and the shapes, as in
+:mod:`cnn_ext.ops`, whose private helpers are reused. Inputs are never modified.
+"""
+import numpy as np
+
+from . import _pool
+from .layers import Layer, register_layer
+from .ops import _as_array, _check_ndim, _compute_dtype, _contiguous, _ints, _out_hw, _threads
+
+__all__ = [
+    "maxpool2d_forward",
+    "maxpool2d_backward",
+    "avgpool2d_forward",
+    "avgpool2d_backward",
+    "MaxPool2D",
+    "AvgPool2D",
+]
+
+_NO_INDICES = np.empty(0, dtype=np.int32)
+_INT32_MAX = 2**31 - 1  # argmax positions are int32 (one lane width with float32 in the kernel)
+
+
+# ----------------------------------------------------------------------------------------------
+# argument checks
+# ----------------------------------------------------------------------------------------------
+
+def _window(kernel_size, stride):
+    """((KH, KW), (SH, SW)) with stride defaulting to kernel_size."""
+    KH, KW = _ints(kernel_size, "kernel_size", 1)
+    SH, SW = (KH, KW) if stride is None else _ints(stride, "stride", 1)
+    return (KH, KW), (SH, SW)
+
+
+def _pool_out_hw(H, W, KH, KW, SH, SW, xname, xshape):
+    return _out_hw(H, W, KH, KW, SH, SW, 0, 0, 0, 0, xname, "kernel_size", xshape, (KH, KW))
+
+
+def _input_4d(x, name):
+    x = _as_array(x, name)
+    dtype = _compute_dtype((x,), (name,))
+    _check_ndim(x, 4, name, "(N, C, H, W)")
+    return x, dtype
+
+
+def _grad_4d(dE_dY, ref_dtype_arrays=(), ref_names=()):
+    dy = _as_array(dE_dY, "dE_dY")
+    dtype = _compute_dtype((dy, *ref_dtype_arrays), ("dE_dY", *ref_names))
+    _check_ndim(dy, 4, "dE_dY", "(N, C, OH, OW)")
+    return dy, dtype
+
+
+def _check_grad_shape(dy, expected, xdesc):
+    if dy.shape != expected:
+        raise ValueError(f"dE_dY has shape {dy.shape} but {xdesc} gives a pooled output of shape {expected}")
+
+
+# ----------------------------------------------------------------------------------------------
+# kernel calls on checked arguments (the layers call these directly)
+# ----------------------------------------------------------------------------------------------
+
+def _check_plane(x_shape):
+    if x_shape[2] * x_shape[3] > _INT32_MAX:
+        raise ValueError(f"x {x_shape}: H*W = {x_shape[2] * x_shape[3]} exceeds the int32 positions max pooling "
+                         f"records")
+
+
+def _forward(x, dtype, ksize, stride, use_max, want_indices=False):
+    """(y, int32 first-max positions or None) for a checked x."""
+    N, C, H, W = x.shape
+    OH, OW = _pool_out_hw(H, W, *ksize, *stride, "x", x.shape)
+    y = np.empty((N, C, OH, OW), dtype=dtype)
+    if want_indices:
+        _check_plane(x.shape)
+    idx = np.empty((N, C, OH, OW), dtype=np.int32) if want_indices else None
+    if y.size:
+        _pool.pool2d_forward(_contiguous(x, dtype), y, _NO_INDICES if idx is None else idx.reshape(-1),
+                             *ksize, *stride, use_max, _threads(N * C))
+    return y, idx
+
+
+def _backward(dy, idx, input_shape, dtype, ksize, stride, use_max):
+    """dX for a checked dy (N, C, OH, OW) with OH, OW >= 1; idx (max pooling only) from :func:`_forward`."""
+    N, C = dy.shape[:2]
+    dx = np.empty(input_shape, dtype=dtype)
+    _pool.pool2d_backward(_contiguous(dy, dtype), _NO_INDICES if idx is None else idx.reshape(-1), dx,
+                          *ksize, *stride, use_max, _threads(N * C))
+    return dx
+
+
+# ----------------------------------------------------------------------------------------------
+# the operations
+# ----------------------------------------------------------------------------------------------
+
+def maxpool2d_forward(x, kernel_size, stride=None, *, return_indices=False):
+    """Max pooling over ``kernel_size`` windows every ``stride`` pixels.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size`` (non-overlapping windows).
+    return_indices : bool, default False
+        Also return where each maximum was taken.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, OH, OW)
+        ``y[n, c, p, q] = max_{kh, kw} x[n, c, p*SH + kh, q*SW + kw]`` with ``OH = (H - KH) // SH + 1``,
+        ``OW = (W - KW) // SW + 1``; float32 for float32 input, else float64.
+    indices : ndarray of int32, shape (N, C, OH, OW)
+        Only with ``return_indices=True``: the flat position ``r * W + c`` in the (H, W) plane of the first
+        maximum of each window in row-major order (PyTorch's convention), for :func:`maxpool2d_backward`.
+    """
+    x, dtype = _input_4d(x, "x")
+    ksize, stride = _window(kernel_size, stride)
+    y, idx = _forward(x, dtype, ksize, stride, True, bool(return_indices))
+    return (y, idx) if return_indices else y
+
+
+def maxpool2d_backward(dE_dY, x, kernel_size, stride=None, *, indices=None):
+    """Gradient of the loss with respect to the input of :func:`maxpool2d_forward`.
+
+    Parameters
+    ----------
+    dE_dY : array_like, shape (N, C, OH, OW)
+    x : array_like, shape (N, C, H, W)
+        The forward input: its shape, and its values to find the maxima when ``indices`` is not given.
+    kernel_size, stride : as in :func:`maxpool2d_forward`
+    indices : array_like of ints, shape (N, C, OH, OW), optional
+        From ``maxpool2d_forward(..., return_indices=True)``; saves the search for the maxima.
+
+    Returns
+    -------
+    dX : ndarray, shape (N, C, H, W)
+        Each ``dE_dY[n, c, p, q]`` added at its window's first maximum; zero elsewhere.
+    """
+    x, _ = _input_4d(x, "x")
+    dy, dtype = _grad_4d(dE_dY, (x,), ("x",))
+    ksize, stride = _window(kernel_size, stride)
+    N, C, H, W = x.shape
+    expected = (N, C, *_pool_out_hw(H, W, *ksize, *stride, "x", x.shape))
+    _check_grad_shape(dy, expected, f"x of shape {x.shape} with kernel_size {ksize}, stride {stride}")
+    if indices is None:
+        _, idx = _forward(x, dtype, ksize, stride, True, True)
+    else:
+        _check_plane(x.shape)
+        idx = _as_array(indices, "indices")
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"indices must hold integers, got dtype {idx.dtype}")
+        if idx.shape != dy.shape:
+            raise ValueError(f"indices has shape {idx.shape} but dE_dY has shape {dy.shape}")
+        if idx.size and (idx.min() < 0 or idx.max() >= H * W):
+            raise ValueError(f"indices must lie in [0, H*W) = [0, {H * W}) for x of shape {x.shape}, "
+                             f"got values in [{idx.min()}, {idx.max()}]")
+        idx = np.ascontiguousarray(idx, dtype=np.int32)
+    return _backward(dy, idx, x.shape, dtype, ksize, stride, True)
+
+
+def avgpool2d_forward(x, kernel_size, stride=None):
+    """Average pooling over ``kernel_size`` windows every ``stride`` pixels.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, OH, OW)
+        ``y[n, c, p, q] = (1 / (KH*KW)) Σ_{kh, kw} x[n, c, p*SH + kh, q*SW + kw]`` with
+        ``OH = (H - KH) // SH + 1``, ``OW = (W - KW) // SW + 1``.
+    """
+    x, dtype = _input_4d(x, "x")
+    ksize, stride = _window(kernel_size, stride)
+    return _forward(x, dtype, ksize, stride, False)[0]
+
+
+def avgpool2d_backward(dE_dY, kernel_size, stride=None, *, input_size=None):
+    """Gradient of the loss with respect to the input of :func:`avgpool2d_forward`.
+
+    Parameters
+    ----------
+    dE_dY : array_like, shape (N, C, OH, OW)
+    kernel_size, stride : as in :func:`avgpool2d_forward`
+    input_size : int or (int, int), optional
+        (H, W) of the forward input; needed when windows were dropped (several sizes pool to the same
+        output). By default ``H = (OH - 1) * SH + KH``, same for W.
+
+    Returns
+    -------
+    dX : ndarray, shape (N, C, H, W)
+        ``dX[n, c, p*SH + kh, q*SW + kw] += dE_dY[n, c, p, q] / (KH*KW)``; zero where no window reaches.
+    """
+    dy, dtype = _grad_4d(dE_dY)
+    ksize, stride = _window(kernel_size, stride)
+    N, C, OH, OW = dy.shape
+    if OH < 1 or OW < 1:
+        raise ValueError(f"dE_dY must have a non-empty spatial shape, got {dy.shape}")
+    if input_size is None:
+        H, W = (OH - 1) * stride[0] + ksize[0], (OW - 1) * stride[1] + ksize[1]
+    else:
+        H, W = _ints(input_size, "input_size", 1)
+    expected = (N, C, *_pool_out_hw(H, W, *ksize, *stride, "input_size", (H, W)))
+    _check_grad_shape(dy, expected, f"an input of {(H, W)} with kernel_size {ksize}, stride {stride}")
+    return _backward(dy, None, (N, C, H, W), dtype, ksize, stride, False)
+
+
+# ----------------------------------------------------------------------------------------------
+# layers
+# ----------------------------------------------------------------------------------------------
+
+class _Pool2D(Layer):
+    """Shared constructor, checks, forward, backward and config of the pooling layers (no parameters; they keep
+    the float dtype of their input)."""
+
+    _config_keys = ("kernel_size", "stride")
+    _use_max = None  # set by each subclass
+
+    def __init__(self, kernel_size, stride=None):
+        super().__init__()
+        self.kernel_size, self.stride = _window(kernel_size, stride)
+
+    def forward(self, x):
+        try:
+            x, dtype = _input_4d(x, "x")
+            _pool_out_hw(*x.shape[2:], *self.kernel_size, *self.stride, "x", x.shape)
+        except ValueError as exc:
+            raise ValueError(f"{self!r}: input of shape {np.shape(x)}: {exc}") from None
+        y, self._idx = _forward(x, dtype, self.kernel_size, self.stride, self._use_max, self._use_max)
+        self._x, self._y_shape = x, y.shape
+        return y
+
+    def backward(self, dE_dY):
+        x = self._cached_input()
+        dtype = _compute_dtype((x,), ("x",))
+        dy = self._grad_output(dE_dY, dtype)
+        return {"dX": _backward(dy, self._idx, x.shape, dtype, self.kernel_size, self.stride, self._use_max)}
+
+    def extra_repr(self):
+        s = f"kernel_size={self.kernel_size}"
+        return s if self.stride == self.kernel_size else f"{s}, stride={self.stride}"
+
+
+_LAYER_DOC = """{what} pooling layer, NCHW (PyTorch's ``{torch}`` without padding).
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+
+    Shapes
+    ------
+    x (N, C, H, W) -> y (N, C, OH, OW) with ``OH = (H - KH) // SH + 1``, ``OW = (W - KW) // SW + 1``.
+    ``backward(dE_dY)`` returns ``{{"dX"}}``: {grad}.
+    """
+
+
+@register_layer
+class MaxPool2D(_Pool2D):
+    __doc__ = _LAYER_DOC.format(what="Max", torch="MaxPool2d",
+                                grad="each gradient goes to its window's first maximum (row-major order)")
+    _use_max = True
+
+
+@register_layer
+class AvgPool2D(_Pool2D):
+    __doc__ = _LAYER_DOC.format(what="Average", torch="AvgPool2d", grad="each gradient is shared equally over its window")
+    _use_max = False

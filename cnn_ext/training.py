@@ -1,0 +1,218 @@
+"""A small training loop: seeded shuffling, mini-batches, an optimiser or the tutorial's SGD, per-epoch
+metrics, validation, early stopping and a tqdm progress bar when tqdm is installed.
+
+    history = fit(network, X_train, y_train, epochs=5, batch_size=64, optimizer=Adam(1e-3),
+                  validation_data=(X_test, y_test), early_stopping=2, seed=0)
+"""
+import time
+
+import numpy as np
+
+from .losses import _labels_of, mse, mse_loss, softmax_cross_entropy
+
+__all__ = ["fit"]
+
+
+def _one_hot_like(prediction, y):
+    y = np.asarray(y)
+    if y.ndim == 1 and prediction.ndim == 2:
+        t = np.zeros(prediction.shape, dtype=prediction.dtype)
+        t[np.arange(y.shape[0]), y.astype(np.intp)] = 1
+        return t
+    return y
+
+
+def _mse_pair(prediction, y):
+    t = _one_hot_like(prediction, y)
+    return mse(prediction, t), mse_loss(prediction, t)
+
+
+_LOSSES = {"softmax_cross_entropy": softmax_cross_entropy, "mse": _mse_pair}
+
+
+def _loss_fn(loss):
+    if callable(loss):
+        return loss
+    try:
+        return _LOSSES[loss]
+    except (KeyError, TypeError):
+        raise ValueError(f"loss must be one of {sorted(_LOSSES)} or a callable (prediction, y) -> (loss, dE_dY), "
+                         f"got {loss!r}") from None
+
+
+def _correct(prediction, y):
+    """Number of rows whose argmax is the label (labels (N,) or one-hot (N, K)); None when not a classification."""
+    y = np.asarray(y)
+    if prediction.ndim != 2 or not (y.ndim == 1 and y.dtype.kind in "iu" or y.shape == prediction.shape):
+        return None
+    return int(np.count_nonzero(np.argmax(prediction, axis=1) == _labels_of(y)))
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _progress(total, desc, enabled):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="batch", leave=True, dynamic_ncols=True)
+
+
+def _evaluate(network, X, y, loss_fn, batch_size):
+    """(mean loss, accuracy or None) over X in chunks, weighting each chunk by its size."""
+    total_loss, correct, n = 0.0, 0, X.shape[0]
+    for i in range(0, n, batch_size):
+        pred = network.forward(X[i:i + batch_size])
+        yb = y[i:i + batch_size]
+        total_loss += float(loss_fn(pred, yb)[0]) * len(yb)
+        c = _correct(pred, yb)
+        correct = None if c is None or correct is None else correct + c
+    return total_loss / n, (None if correct is None else correct / n)
+
+
+def fit(network, X, y, *, epochs, batch_size=32, loss="softmax_cross_entropy", optimizer=None, learning_rate=None,
+        seed=None, shuffle=True, validation_data=None, early_stopping=None, min_delta=0.0, restore_best=True,
+        on_epoch_end=None, progress=True, verbose=True):
+    """Train ``network`` on ``(X, y)`` with mini-batches.
+
+    Parameters
+    ----------
+    network : Network
+    X : ndarray, shape (N, ...)
+    y : ndarray, shape (N,) integer labels or (N, K) targets
+    epochs : int
+    batch_size : int, default 32
+        The last batch of an epoch may be smaller.
+    loss : 'softmax_cross_entropy', 'mse' or callable, default 'softmax_cross_entropy'
+        A callable takes ``(prediction, y_batch)`` and returns ``(loss_value, dE_dY)``. ``'mse'`` accepts integer
+        labels (one-hot encoded for it) and uses the tutorial's ``mse_loss`` gradient.
+    optimizer : object with ``step(network, grads)``, optional
+        E.g. :class:`cnn_ext.optim.Adam`; give either this or ``learning_rate``.
+    learning_rate : float, optional
+        Plain SGD through ``network.update(learning_rate, grads)`` (the tutorial's training loop).
+    seed : int, optional
+        Seeds the per-epoch shuffling (the same seed gives the same batches).
+    shuffle : bool, default True
+    validation_data : (X_val, y_val), optional
+        Evaluated after every epoch (``val_loss``, ``val_accuracy``).
+    early_stopping : int, optional
+        Patience: stop after this many epochs without an improvement of more than ``min_delta`` in
+        ``val_loss`` (or the training loss without validation data).
+    restore_best : bool, default True
+        With early stopping, copy the best epoch's parameters back into the network (in place) at the end.
+    on_epoch_end : callable, optional
+        Called as ``on_epoch_end(epoch, history)`` after each epoch (1-based); returning True stops training
+        (e.g. once a target accuracy is reached).
+    progress : bool, default True
+        A tqdm bar per epoch when tqdm is installed.
+    verbose : bool, default True
+        Print one summary line per epoch when there is no progress bar.
+
+    Returns
+    -------
+    history : dict
+        Lists with one entry per epoch: ``loss``, ``accuracy`` (None entries when the targets are not class
+        labels), ``val_loss``, ``val_accuracy`` (when validation data is given), ``time`` (seconds); plus
+        ``epochs_run`` and ``best_epoch`` (1-based, by the monitored loss).
+    """
+    epochs = _positive_int(epochs, "epochs")
+    batch_size = _positive_int(batch_size, "batch_size")
+    if (optimizer is None) == (learning_rate is None):
+        raise ValueError("give exactly one of optimizer (e.g. Adam()) or learning_rate (plain SGD)")
+    if optimizer is not None and not callable(getattr(optimizer, "step", None)):
+        raise TypeError(f"optimizer must have a step(network, grads) method, got {type(optimizer).__name__}")
+    if early_stopping is not None:
+        early_stopping = _positive_int(early_stopping, "early_stopping")
+    loss_fn = _loss_fn(loss)
+    X, y = np.asarray(X), np.asarray(y)
+    if X.ndim == 0 or y.ndim == 0 or X.shape[0] != y.shape[0] or X.shape[0] == 0:
+        raise ValueError(f"X has shape {X.shape} and y has shape {y.shape}: need the same, non-zero first axis")
+    if validation_data is not None:
+        try:
+            X_val, y_val = (np.asarray(a) for a in validation_data)
+        except (TypeError, ValueError):
+            raise ValueError("validation_data must be a pair (X_val, y_val)") from None
+        if X_val.ndim == 0 or y_val.ndim == 0 or X_val.shape[0] != y_val.shape[0] or X_val.shape[0] == 0:
+            raise ValueError(f"validation_data has shapes {X_val.shape} and {y_val.shape}: need the same, non-zero "
+                             f"first axis")
+    rng = np.random.default_rng(seed)
+    N = X.shape[0]
+    n_batches = -(-N // batch_size)
+    history = {"loss": [], "accuracy": [], "time": []}
+    if validation_data is not None:
+        history["val_loss"], history["val_accuracy"] = [], []
+    monitor = "val_loss" if validation_data is not None else "loss"
+    best, best_epoch, best_params, waited = np.inf, 0, None, 0
+
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        order = rng.permutation(N) if shuffle else np.arange(N)
+        bar = _progress(n_batches, f"epoch {epoch}/{epochs}", progress)
+        total_loss, correct = 0.0, 0
+        for b in range(n_batches):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            xb, yb = X[idx], y[idx]
+            pred = network.forward(xb)
+            value, dE_dY = loss_fn(pred, yb)
+            grads = network.backward(dE_dY)
+            if optimizer is not None:
+                optimizer.step(network, grads)
+            else:
+                network.update(learning_rate, grads)
+            total_loss += float(value) * len(idx)
+            c = _correct(pred, yb)
+            correct = None if c is None or correct is None else correct + c
+            if bar is not None:
+                bar.update(1)
+                if b % 20 == 0 or b == n_batches - 1:
+                    bar.set_postfix(loss=f"{total_loss / min(N, (b + 1) * batch_size):.4f}")
+        history["loss"].append(total_loss / N)
+        history["accuracy"].append(None if correct is None else correct / N)
+        if validation_data is not None:
+            val_loss, val_acc = _evaluate(network, X_val, y_val, loss_fn, max(batch_size, 256))
+            history["val_loss"].append(val_loss)
+            history["val_accuracy"].append(val_acc)
+        history["time"].append(time.perf_counter() - start)
+        summary = _summary(history)
+        if bar is not None:
+            bar.set_postfix_str(summary)
+            bar.close()
+        elif verbose:
+            print(f"epoch {epoch}/{epochs}: {summary}", flush=True)
+
+        current = history[monitor][-1]
+        if current < best - min_delta:
+            best, best_epoch, waited = current, epoch, 0
+            if early_stopping is not None and restore_best:
+                best_params = [p.copy() for _, _, p in network.parameters()]
+        else:
+            waited += 1
+        stop = early_stopping is not None and waited >= early_stopping
+        if on_epoch_end is not None and on_epoch_end(epoch, history):
+            stop = True
+        if stop:
+            break
+    if best_params is not None and best_epoch != len(history["loss"]):
+        for (_, _, p), saved in zip(network.parameters(), best_params):
+            p[...] = saved
+    history["epochs_run"] = len(history["loss"])
+    history["best_epoch"] = best_epoch
+    return history
+
+
+def _summary(history):
+    parts = [f"loss {history['loss'][-1]:.4f}"]
+    if history["accuracy"][-1] is not None:
+        parts.append(f"acc {100 * history['accuracy'][-1]:.2f}%")
+    if "val_loss" in history:
+        parts.append(f"val_loss {history['val_loss'][-1]:.4f}")
+        if history["val_accuracy"][-1] is not None:
+            parts.append(f"val_acc {100 * history['val_accuracy'][-1]:.2f}%")
+    parts.append(f"{history['time'][-1]:.1f}s")
+    return ", ".join(parts)

@@ -1,0 +1,155 @@
+"""save / load: exact round trip of architecture and parameters; clear errors on bad files."""
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+
+from cnn_ext import (
+    LAYER_TYPES,
+    AvgPool2D,
+    Conv2D,
+    Dense,
+    Flatten,
+    LeakyReLU,
+    MaxPool2D,
+    Network,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+    load,
+    save,
+)
+from cnn_ext.layers import Layer
+
+
+def _net(dtype=np.float32):
+    return Network([
+        Conv2D(1, 3, 3, padding="same", init="he_normal", seed=0, dtype=dtype),
+        LeakyReLU(0.2),
+        MaxPool2D(2),
+        Conv2D(3, 2, (2, 3), stride=(1, 2), padding=1, seed=1, dtype=dtype),
+        Tanh(),
+        AvgPool2D(2, stride=1),
+        Flatten(),
+        Dense(2 * 4 * 1, 5, init="glorot_uniform", seed=2, dtype=dtype),
+        ReLU(),
+        Dense(5, 4, seed=3, dtype=dtype),
+        Sigmoid(),
+        Softmax(),
+    ])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exact_round_trip(tmp_path, dtype):
+    net = _net(dtype)
+    path = save(net, tmp_path / "model")
+    assert path == str(tmp_path / "model.npz")
+    np.random.seed(123)
+    state = np.random.get_state()[1].copy()
+    back = load(path)
+    assert_array_equal(np.random.get_state()[1], state)  # loading leaves the global random state alone
+    assert [type(a) for a in back.layers] == [type(b) for b in net.layers]
+    assert [a.get_config() for a in back.layers] == [b.get_config() for b in net.layers]
+    assert repr(back) == repr(net)
+    for (na, ka, a), (nb, kb, b) in zip(back.parameters(), net.parameters()):
+        assert (na, ka) == (nb, kb) and a.dtype == b.dtype == dtype
+        assert a.tobytes() == b.tobytes()
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 6)).astype(dtype)
+    assert_array_equal(back.forward(x), net.forward(x))
+    # a second save of the loaded network writes the same arrays
+    again = np.load(save(back, tmp_path / "again.npz"))
+    first = np.load(path)
+    assert sorted(again.files) == sorted(first.files)
+    for key in first.files:
+        assert_array_equal(again[key], first[key])
+
+
+def test_file_layout_is_plain_arrays(tmp_path):
+    path = save(Network([Dense(2, 3, seed=0)]), tmp_path / "m.npz")
+    with np.load(path, allow_pickle=False) as data:
+        assert sorted(data.files) == ["0.b", "0.w", "__cnn_ext__"]
+        spec = json.loads(str(data["__cnn_ext__"]))
+    assert spec == {"format": "cnn_ext.network", "version": 1,
+                    "layers": [["Dense", {"n_in": 2, "n_out": 3, "init": None, "dtype": "float64"}]]}
+
+
+def _rewrite(path, out, change):
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    change(arrays)
+    np.savez(out, **arrays)
+    return out
+
+
+def _set_spec(arrays, edit):
+    spec = json.loads(str(arrays["__cnn_ext__"]))
+    edit(spec)
+    arrays["__cnn_ext__"] = np.array(json.dumps(spec))
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda a: a.pop("2.w"), r"missing parameters \['2.w'\]"),
+    (lambda a: a.update({"9.z": np.zeros(1)}), r"unexpected arrays \['9.z'\]"),
+    (lambda a: a.update({"0.k": np.zeros((2, 1, 2, 2))}), r"parameter 0.k is saved with shape \(2, 1, 2, 2\)"),
+    (lambda a: a.update({"0.b": a["0.b"].astype(np.float32)}), r"parameter 0.b .* dtype float32.* dtype float64"),
+    (lambda a: a.pop("__cnn_ext__"), "not a file written by cnn_ext.save"),
+    (lambda a: a.update({"__cnn_ext__": np.array("{not json")}), "not valid JSON"),
+    (lambda a: a.update({"__cnn_ext__": np.array('{"format": "other", "layers": []}')}), "not a cnn_ext.network"),
+    (lambda a: _set_spec(a, lambda s: s.update(version=99)), "format version 99"),
+    (lambda a: _set_spec(a, lambda s: s["layers"][1].__setitem__(0, "Nope")), "layer 1 has unknown type 'Nope'"),
+    (lambda a: _set_spec(a, lambda s: s["layers"][0][1].update(c_out=0)), r"layer 0 \(Conv2D\) cannot be built"),
+    (lambda a: _set_spec(a, lambda s: s["layers"][0][1].update(bogus=1)), r"layer 0 \(Conv2D\) cannot be built"),
+    (lambda a: _set_spec(a, lambda s: s["layers"].__setitem__(0, "Conv2D")), "expected \\[class_name, config\\]"),
+    (lambda a: _set_spec(a, lambda s: s.update(layers=[])), "no layers"),
+])
+def test_mismatched_files(tmp_path, change, match):
+    net = Network([Conv2D(1, 2, 3, seed=0), Flatten(), Dense(8, 2, seed=1)])
+    good = save(net, tmp_path / "good.npz")
+    bad = _rewrite(good, tmp_path / "bad.npz", change)
+    with pytest.raises(ValueError, match=match):
+        load(bad)
+
+
+def test_corrupt_and_foreign_files(tmp_path):
+    good = save(Network([Dense(4, 3, seed=0)]), tmp_path / "good.npz")
+    raw = open(good, "rb").read()
+    (tmp_path / "trunc.npz").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "text.npz").write_text("hello")
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    np.savez(tmp_path / "objects.npz", __cnn_ext__=np.array([{"a": 1}], dtype=object))
+    with zipfile.ZipFile(tmp_path / "zip.npz", "w") as z:
+        z.writestr("__cnn_ext__.npy", b"not an npy")
+    for name in ["trunc.npz", "text.npz", "single.npy", "objects.npz", "zip.npz"]:
+        with pytest.raises(ValueError, match="is not a readable cnn_ext network file"):
+            load(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "absent.npz")
+
+
+def test_save_errors(tmp_path):
+    class Unregistered(Layer):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(TypeError, match="not in LAYER_TYPES"):
+        save(Network([Unregistered()]), tmp_path / "x")
+    with pytest.raises(TypeError, match="save expects a cnn_ext.Network"):
+        save([Dense(1, 1)], tmp_path / "x")
+
+    class Weird(Layer):
+        def forward(self, x):
+            return x
+
+        def get_config(self):
+            return {"f": object()}
+
+    LAYER_TYPES["Weird"] = Weird
+    try:
+        with pytest.raises(TypeError, match="not JSON-serialisable"):
+            save(Network([Weird()]), tmp_path / "x")
+    finally:
+        del LAYER_TYPES["Weird"]
+    assert not list(tmp_path.iterdir())  # nothing written on error
