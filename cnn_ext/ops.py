@@ -36,6 +36,7 @@ _METHODS = ("auto", "direct", "gemm")
 # 5-15% slower than whole maps), so blocks are large.
 _COLS_BLOCK_BYTES = int(os.environ.get("CNN_EXT_COLS_BLOCK_BYTES", 8 * 1024 * 1024))
 _MIN_BLOCK = 64  # output pixels
+_MIN_WORK_PER_THREAD = int(os.environ.get("CNN_EXT_MIN_WORK_PER_THREAD", 200_000))  # multiply-adds
 _DIRECT_MAX_OUTPUT = 36  # output pixels per map up to which method="auto" takes the direct loops
 
 
@@ -160,8 +161,13 @@ def _gemm_scratch(nt, CKK, P, dtype):
     return np.empty((nt, CKK * block), dtype=dtype)
 
 
-def _threads(N):
-    return max(1, min(get_num_threads(), max(N, 1)))
+def _threads(parts, work=None):
+    """Threads for a call splitting `parts` units and `work` multiply-adds: at most one per part, and
+    one per _MIN_WORK_PER_THREAD (a parallel region costs microseconds, and far more when the cores are busy)."""
+    nt = min(get_num_threads(), parts)
+    if work is not None:
+        nt = min(nt, work // _MIN_WORK_PER_THREAD)
+    return max(1, nt)
 
 
 def _run(use_gemm, fn, *args):
@@ -215,7 +221,7 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto"):
     y = np.empty((N, C_out, OH, OW), dtype=dtype)
     if N == 0:
         return y
-    nt = _threads(N)
+    nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)
     if use_gemm:
         _check_blas_sizes(C_in * KH * KW, OH * OW, C_out)
         scratch = _gemm_scratch(nt, C_in * KH * KW, OH * OW, dtype)
@@ -275,7 +281,7 @@ def conv2d_kernel_gradient(dE_dY, x, *, stride=1, padding=0, kernel_size=None, m
     use_gemm = method == "gemm"
     dk = np.empty((C_out, C_in, KH, KW), dtype=dtype)
     nchunk = max(1, min(N, _NCHUNK))
-    nt = _threads(nchunk)
+    nt = _threads(nchunk, N * C_out * OH * OW * C_in * KH * KW)
     if use_gemm:
         _check_blas_sizes(C_in * KH * KW, OH * OW, C_out)
         partial = np.empty((nchunk, C_out * C_in * KH * KW), dtype=dtype)
@@ -308,7 +314,7 @@ def conv2d_bias_gradient(dE_dY):
     if C_out == 0:
         return db
     rowacc = np.empty((C_out, max(OW, 1)), dtype=dtype)
-    _conv.conv2d_bias_gradient(_contiguous(dy, dtype), db, rowacc, _threads(C_out))
+    _conv.conv2d_bias_gradient(_contiguous(dy, dtype), db, rowacc, _threads(C_out, dy.size))
     return db
 
 
@@ -359,7 +365,7 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
     dx = np.empty((N, C_in, H, W), dtype=dtype)
     if N == 0:
         return dx
-    nt = _threads(N)
+    nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)
     if use_gemm:
         _check_blas_sizes(C_in * KH * KW, OH * OW, C_out)
         scratch = _gemm_scratch(nt, C_in * KH * KW, OH * OW, dtype)

@@ -360,7 +360,11 @@ def test_empty_batch():
 # ---------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def restore_threads():
+def restore_threads(monkeypatch):
+    """Restores the thread count, and lets even small test cases run on several threads."""
+    from cnn_ext import ops
+
+    monkeypatch.setattr(ops, "_MIN_WORK_PER_THREAD", 1)
     previous = cnn_ext.get_num_threads()
     yield
     cnn_ext.set_num_threads(previous)
@@ -392,7 +396,7 @@ def test_set_num_threads_validation(restore_threads):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_concurrent_python_threads_match_serial(method):
+def test_concurrent_python_threads_match_serial(method, restore_threads):
     rng = np.random.default_rng(13)
     cases = [data(rng, 8, 3, 4, 16, 15, 3, 3) for _ in range(6)]
 
@@ -516,3 +520,16 @@ def test_gemm_pixel_blocks(monkeypatch, block, shape, stride, padding, pad):
     assert_allclose(conv2d_kernel_gradient(dy, x, kernel_size=(KH, KW), **kw), dk_ref, rtol=1e-12, atol=1e-12)
     assert_allclose(conv2d_input_gradient(dy, k, input_size=(H, W), **kw), dx_ref, rtol=1e-12, atol=1e-12)
     assert_allclose(y_ref, einsum_forward(x, k, b, stride, pad), rtol=1e-10, atol=1e-10)
+
+
+def test_small_calls_stay_on_one_thread(monkeypatch):
+    """A parallel region costs more than tiny work: the thread count follows the work."""
+    from cnn_ext import ops
+
+    monkeypatch.setattr(ops, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(ops, "_MIN_WORK_PER_THREAD", 1000)
+    assert ops._threads(16, 999) == 1
+    assert ops._threads(16, 2500) == 2
+    assert ops._threads(3, 10**9) == 3
+    assert ops._threads(16, 10**9) == 4
+    assert ops._threads(0, 0) == 1
