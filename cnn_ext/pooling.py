@@ -85,7 +85,7 @@ def _forward(x, dtype, ksize, stride, use_max, want_indices=False):
     idx = np.empty((N, C, OH, OW), dtype=np.int32) if want_indices else None
     if y.size:
         _pool.pool2d_forward(_contiguous(x, dtype), y, _NO_INDICES if idx is None else idx.reshape(-1),
-                             *ksize, *stride, use_max, _threads(N * C))
+                             *ksize, *stride, use_max, _threads(N * C, y.size * ksize[0] * ksize[1]))
     return y, idx
 
 
@@ -94,7 +94,7 @@ def _backward(dy, idx, input_shape, dtype, ksize, stride, use_max):
     N, C = dy.shape[:2]
     dx = np.empty(input_shape, dtype=dtype)
     _pool.pool2d_backward(_contiguous(dy, dtype), _NO_INDICES if idx is None else idx.reshape(-1), dx,
-                          *ksize, *stride, use_max, _threads(N * C))
+                          *ksize, *stride, use_max, _threads(N * C, dy.size * ksize[0] * ksize[1]))
     return dx
 
 

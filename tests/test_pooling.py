@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.testing import assert_allclose, assert_array_equal
 
+import cnn_ext.ops
 from cnn_ext import set_num_threads
 from cnn_ext.layers import LAYER_TYPES
 from cnn_ext.pooling import (
@@ -88,8 +89,14 @@ def ref_avg_backward(dy, x_shape, ks, st_=None):
     return dx
 
 
+@pytest.fixture
+def small_work_threads(monkeypatch):
+    """Let even these small test arrays be split over threads (cnn_ext.ops caps threads by the work)."""
+    monkeypatch.setattr(cnn_ext.ops, "_MIN_WORK_PER_THREAD", 1)
+
+
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
+def threads(request, small_work_threads):
     previous = set_num_threads(request.param)
     yield request.param
     set_num_threads(previous)
@@ -256,7 +263,7 @@ def test_empty_batch():
     assert avgpool2d_backward(np.zeros((0, 3, 2, 2)), 2).shape == (0, 3, 4, 4)
 
 
-def test_results_do_not_depend_on_thread_count_and_kernels_are_reentrant():
+def test_results_do_not_depend_on_thread_count_and_kernels_are_reentrant(small_work_threads):
     rng = np.random.default_rng(4)
     xs = [rng.standard_normal((6, 5, 16, 16)).astype(np.float32) for _ in range(4)]
     previous = set_num_threads(1)
