@@ -271,6 +271,8 @@ class Conv2D(_ParamLayer):
     kernel_size : int or (int, int)
     stride : int or (int, int), default 1
     padding : 'valid', 'same', int or (int, int), default 'valid'
+    dilation, groups : 1
+        Accepted for PyTorch-style calls; any other value raises ``NotImplementedError``.
     init : None, 'he_normal', 'he_uniform', 'glorot_normal' or 'glorot_uniform'
         None is the tutorial's: kernels and biases ~ N(0, 1). The others draw the kernels and zero the biases.
     rng : numpy.random.Generator or RandomState, optional
@@ -294,9 +296,13 @@ class Conv2D(_ParamLayer):
     _config_keys = ("c_in", "c_out", "kernel_size", "stride", "padding", "init")
     _params = (("k", "dK"), ("b", "dB"))
 
-    def __init__(self, c_in, c_out, kernel_size, *, stride=1, padding="valid", init=None, rng=None, seed=None,
-                 dtype=np.float64):
+    def __init__(self, c_in, c_out, kernel_size, *, stride=1, padding="valid", dilation=1, groups=1, init=None,
+                 rng=None, seed=None, dtype=np.float64):
         super().__init__()
+        if _pair(dilation, "dilation", 1) != (1, 1):
+            raise NotImplementedError(f"Conv2D: dilation={dilation!r} is not implemented (only 1)")
+        if _positive_int(groups, "groups") != 1:
+            raise NotImplementedError(f"Conv2D: groups={groups!r} is not implemented (only 1)")
         self.c_in = _positive_int(c_in, "c_in")
         self.c_out = _positive_int(c_out, "c_out")
         self.kernel_size = _pair(kernel_size, "kernel_size", 1)
