@@ -2,12 +2,20 @@
 
 ``forward`` chains the layers; ``backward`` walks them in reverse and returns each layer's gradient dict in
 layer order; ``update(learning_rate, grads)`` (the tutorial's argument order) hands each dict to its layer.
+
+One threading layer: while a network call runs, the BLAS libraries are held to one thread and the parallelism
+is cnn_ext's own (its kernels' OpenMP team). NumPy's OpenBLAS threads keep spinning ~0.1 s after each call, so
+letting them run between the kernels' parallel regions made a 2-thread training step of the tutorial's MNIST
+network 30x slower on 2 cores (34 ms instead of 1.15 ms in float32); the batch-16 Dense products gain
+nothing from BLAS threads anyway.
 The first layer's input gradient is never used, so when that layer's ``backward`` takes ``need_dX`` it is
 called with ``need_dX=False`` (for the tutorial's MNIST network that was a third of the step time).
 """
 import inspect
 
 import numpy as np
+
+from ._config import blas_single_thread
 
 __all__ = ["Network"]
 
@@ -46,8 +54,9 @@ class Network:
 
     def forward(self, x):
         """Output of the last layer for input ``x``; every layer caches what its backward needs."""
-        for layer in self.layers:
-            x = layer.forward(x)
+        with blas_single_thread():
+            for layer in self.layers:
+                x = layer.forward(x)
         return x
 
     def backward(self, dE_dY):
@@ -59,15 +68,16 @@ class Network:
         first = self.layers[0]
         if self._skip_cache[0] is not first:  # inspect.signature costs ~50 us: once per first layer
             self._skip_cache = (first, _accepts_need_dX(first))
-        for i in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[i]
-            if i == 0 and self._skip_cache[1]:
-                g = layer.backward(dE_dY, need_dX=False)
-            else:
-                g = layer.backward(dE_dY)
-            grads[i] = g
-            if i > 0:
-                dE_dY = g["dX"]
+        with blas_single_thread():
+            for i in range(len(self.layers) - 1, -1, -1):
+                layer = self.layers[i]
+                if i == 0 and self._skip_cache[1]:
+                    g = layer.backward(dE_dY, need_dX=False)
+                else:
+                    g = layer.backward(dE_dY)
+                grads[i] = g
+                if i > 0:
+                    dE_dY = g["dX"]
         return grads
 
     def update(self, learning_rate, grads):
@@ -75,8 +85,9 @@ class Network:
         grads = list(grads)
         if len(grads) != len(self.layers):
             raise ValueError(f"update: got {len(grads)} gradient dicts for {len(self.layers)} layers")
-        for layer, g in zip(self.layers, grads):
-            layer.update(g, learning_rate)
+        with blas_single_thread():
+            for layer, g in zip(self.layers, grads):
+                layer.update(g, learning_rate)
 
     def predict(self, x, batch_size=256):
         """Forward pass over ``x`` in chunks of ``batch_size`` samples (bounded memory), concatenated.
