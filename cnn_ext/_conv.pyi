@@ -51,7 +51,6 @@ def conv2d_kernel_gradient(
 def conv2d_bias_gradient(
     dy: NDArray[_F],  # IN  (N, C_out, OH, OW)
     db: NDArray[_F],  # OUT (C_out,)
-    rowacc: NDArray[_F],  # TMP (C_out, OW)
     num_threads: int,
 ) -> None:
     """db[j] = (1/N) Σ_{n, p, q} dy[n, j, p, q]."""

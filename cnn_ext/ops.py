@@ -313,8 +313,7 @@ def conv2d_bias_gradient(dE_dY):
     db = np.empty(C_out, dtype=dtype)
     if C_out == 0:
         return db
-    rowacc = np.empty((C_out, max(OW, 1)), dtype=dtype)
-    _conv.conv2d_bias_gradient(_contiguous(dy, dtype), db, rowacc, _threads(C_out, dy.size))
+    _conv.conv2d_bias_gradient(_contiguous(dy, dtype), db, _threads(C_out, dy.size))
     return db
 
 
