@@ -1,0 +1,185 @@
+"""Per-epoch time of the small MNIST CNN of examples/train_mnist_cnn.py: cnn_ext vs PyTorch, side by side (issue 6).
+
+Network: Conv2D(1, 32, 3, 'same'), ReLU, MaxPool2D(2), Conv2D(32, 64, 3, 'same'), ReLU, MaxPool2D(2), Flatten,
+Dense(3136, 128), ReLU, Dense(128, 10); softmax cross-entropy on the logits; Adam(lr=1e-3); float32; batch 64.
+One step = forward, loss and its gradient, backward, Adam update. The epoch time is projected from the median
+step time: ceil(60000 / batch) steps (evaluation and data shuffling are left out for both).
+
+Peers start from the same parameters; before timing, the forward logits, the loss and every parameter gradient
+are checked to agree (cnn_ext's Conv2D dK/dB and Dense dB are batch means, the tutorial's convention, so they are
+compared after multiplying by the batch size; Adam's step is invariant to that scale).
+
+    CNN_EXT_DATA=../shared/data/mnist python benchmarks/bench_mnist_cnn.py            # 2 threads
+    python benchmarks/bench_mnist_cnn.py --threads 1,2 --quick
+"""
+import argparse
+import itertools
+import os
+import sys
+
+import numpy as np
+from numpy.testing import assert_allclose
+
+import _common as C
+from _common import torch
+
+import cnn_ext
+from cnn_ext import Adam, softmax_cross_entropy
+
+sys.path.insert(0, os.path.join(C._ROOT, "examples"))
+from train_mnist_cnn import build_network  # noqa: E402  (the example's network, so both measure the same one)
+
+TRAIN_SIZE = 60000
+# gradient of each cnn_ext parameter -> PyTorch's: factor applied to ours (batch mean -> batch sum of the mean loss)
+_CONVENTION = {"Conv2D": {"k": "N", "b": "N"}, "Dense": {"w": 1, "b": "N"}}
+
+
+def load_batches(batch, n_batches, seed=0):
+    """[(x (batch, 1, 28, 28) float32, labels (batch,) int64)] from real MNIST when reachable, else random."""
+    n = batch * n_batches
+    try:
+        from cnn_ext.datasets import load_mnist
+
+        (x, y), _ = load_mnist(dtype=np.float32, download=False)
+        what = f"real MNIST (first {n} training images)"
+    except (FileNotFoundError, ValueError, OSError):
+        rng = np.random.default_rng(seed)
+        x, y = rng.random((n, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, n)
+        what = "random MNIST-shaped data"
+    x, y = np.ascontiguousarray(x[:n]), y[:n].astype(np.int64)
+    return [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)], what
+
+
+def make_torch(net):
+    """nn.Sequential with the same layers and parameters as the cnn_ext network, and its Adam."""
+    nn = torch.nn
+    mods = []
+    for layer in net.layers:
+        name = type(layer).__name__
+        if name == "Conv2D":
+            m = nn.Conv2d(layer.c_in, layer.c_out, layer.kernel_size, padding="same")
+            m.weight.data = torch.from_numpy(layer.k.copy())
+            m.bias.data = torch.from_numpy(layer.b.copy())
+        elif name == "Dense":
+            m = nn.Linear(layer.n_in, layer.n_out)
+            m.weight.data = torch.from_numpy(np.ascontiguousarray(layer.w.T))
+            m.bias.data = torch.from_numpy(layer.b.copy())
+        elif name == "MaxPool2D":
+            m = nn.MaxPool2d(layer.kernel_size, layer.stride)
+        else:
+            m = {"ReLU": nn.ReLU, "Flatten": nn.Flatten}[name]()
+        mods.append(m)
+    model = nn.Sequential(*mods)
+    return model, torch.optim.Adam(model.parameters(), lr=1e-3)
+
+
+def cnn_ext_step(state, x, y):
+    net, opt = state
+    _, dE_dY = softmax_cross_entropy(net.forward(x), y)
+    opt.step(net, net.backward(dE_dY))
+
+
+def torch_step(state, x, y):
+    model, opt = state
+    opt.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def check_same_model(batch):
+    """Logits, loss and all parameter gradients of the two peers agree on one batch."""
+    x, y = batch
+    net = build_network(seed=0)
+    model, _ = make_torch(net)
+    logits = net.forward(x)
+    loss, dE_dY = softmax_cross_entropy(logits, y)
+    grads = net.backward(dE_dY)
+    tl = model(torch.from_numpy(x))
+    tloss = torch.nn.functional.cross_entropy(tl, torch.from_numpy(y))
+    tloss.backward()
+    assert_allclose(logits, tl.detach().numpy(), rtol=1e-4, atol=1e-4, err_msg="logits differ")
+    assert abs(loss - tloss.item()) < 1e-4 * max(1.0, abs(loss)), (loss, tloss.item())
+    tparams = [p for p in model.parameters()]
+    ours = [(type(layer).__name__, name, grads[i][key]) for i, layer in enumerate(net.layers)
+            for name, key, _ in layer.parameters()]
+    for (lname, pname, g), tp in zip(ours, tparams):
+        factor = _CONVENTION[lname][pname]
+        g = g * (len(x) if factor == "N" else factor)
+        if lname == "Dense" and pname == "w":
+            g = g.T
+        ref = tp.grad.numpy()
+        assert_allclose(g, ref, rtol=1e-3, atol=1e-3 * float(np.abs(ref).max()),
+                        err_msg=f"{lname}.{pname} gradient differs")
+
+
+def make_steppers(batches):
+    """{peer: zero-argument callable doing one training step on the next batch (cycling)}."""
+    def stepper(step, state, data):
+        data = itertools.cycle(data)
+        return lambda: step(state, *next(data))
+
+    net = build_network(seed=0)
+    steppers = {"cnn_ext": stepper(cnn_ext_step, (net, Adam(1e-3)), batches)}
+    if torch is not None:
+        tb = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]
+        steppers["torch"] = stepper(torch_step, make_torch(net), tb)
+    return steppers
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=lambda s: C.parse_list(s, int), default=[2])
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=None, help="samples per peer (default 7; 3 with --quick)")
+    ap.add_argument("--min-time", type=float, default=None, help="seconds per sample (default 0.5; 0.2 quick)")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                    help="before each thread count, wait up to this long for other processes to go quiet")
+    ap.add_argument("--out", help="also write the markdown report to this file")
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 7)
+    min_time = args.min_time if args.min_time is not None else (0.2 if args.quick else 0.5)
+    batches, what = load_batches(args.batch_size, 16)
+    steps_per_epoch = -(-TRAIN_SIZE // args.batch_size)
+
+    lines = ["# Small MNIST CNN, one epoch: cnn_ext vs PyTorch (float32, Adam, batch "
+             f"{args.batch_size})", ""]
+    lines += C.machine_report()
+    lines += [f"- data: {what}", ""]
+    if torch is None:
+        lines.append("PyTorch is not installed: only cnn_ext is timed.")
+    else:
+        with C.threads(max(args.threads)):
+            check_same_model(batches[0])
+        lines.append("Checked before timing: same logits, loss and parameter gradients in both peers.")
+    rows = []
+    for t in args.threads:
+        if args.wait_quiet:
+            C.wait_quiet(args.wait_quiet)
+        with C.threads(t):
+            steppers = make_steppers(batches)
+            for fn in steppers.values():  # warm up (allocations, Adam state, thread pools)
+                fn()
+                fn()
+            stats = C.interleaved(steppers, repeats, min_time)
+        ours = stats["cnn_ext"].median
+        row = [str(t), f"{C.fmt_time(ours)} (±{stats['cnn_ext'].spread_pct():.0f}%)",
+               f"{ours * steps_per_epoch:.1f} s"]
+        if "torch" in stats:
+            theirs = stats["torch"].median
+            row += [f"{C.fmt_time(theirs)} (±{stats['torch'].spread_pct():.0f}%)",
+                    f"{theirs * steps_per_epoch:.1f} s", C.fmt_ratio(theirs / ours)]
+        else:
+            row += ["—", "—", "—"]
+        row.append(f"{stats['cnn_ext'].other_load:.2f}")
+        rows.append(row)
+    lines += ["", f"Median step time of {repeats} interleaved samples, epoch = {steps_per_epoch} steps; "
+              "ratio = PyTorch time / cnn_ext time (> 1: cnn_ext is faster); 'other load' = cores other "
+              "processes kept busy meanwhile.", ""]
+    lines += C.markdown_table(["threads", "cnn_ext step", "cnn_ext epoch", "torch step", "torch epoch",
+                               "ratio", "other load"], rows)
+    C.emit(lines, args.out)
+
+
+if __name__ == "__main__":
+    main()
