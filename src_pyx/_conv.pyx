@@ -159,16 +159,151 @@ cdef void _col2im(const floating* cols, floating* x, const Geom* g,
 # Direct kernels for one sample (stride 1, no padding)
 # ---------------------------------------------------------------------------------------------------
 
+cdef extern from *:
+    """
+    /* Register tile of the direct forward (stride 1, no padding), one body for float and double.
+     *
+     * nj <= CNN_EXT_JB output channels x nv <= CNN_EXT_NV SIMD vectors of output columns of one output row:
+     * the nj*nv accumulators stay in vector registers over the whole (i, kh, kw) reduction; each step
+     * loads nv x vectors and broadcasts nj weights (8 accumulators + 2 x + 1 weight of the 16 registers).
+     * gcc does not keep a C array of scalars in registers once it has vectorised it (measured: the tile ran
+     * through the stack, 2x slower than the row loops), but it does keep an array of GNU vectors
+     * (vector_size) once the constant-trip loops are unrolled: in the -mavx2 build the inner loop is
+     * 2 vmovups + 4 vbroadcastss + 8 vfmadd231ps on ymm registers, no stack access. nj and nv are literals
+     * in every copy of the tile (the switch below). Compilers without GNU vectors (MSVC) get vectors of
+     * one lane: the same code, scalar, still correct.
+     * Sums run in the order of the row loops: bias, then i, kh, kw. */
+    #if defined(__AVX__)
+    #define CNN_EXT_VEC_BYTES 32
+    #else
+    #define CNN_EXT_VEC_BYTES 16
+    #endif
+    #define CNN_EXT_JB 4
+    #define CNN_EXT_NV 2
+    #if defined(__GNUC__) || defined(__clang__)
+    typedef float cnn_ext_vf __attribute__((vector_size(CNN_EXT_VEC_BYTES), aligned(4), may_alias));
+    typedef double cnn_ext_vd __attribute__((vector_size(CNN_EXT_VEC_BYTES), aligned(8), may_alias));
+    #define CNN_EXT_SPLAT(V, s) ((V){0} + (s))
+    #define CNN_EXT_TILE_INLINE static inline __attribute__((always_inline))
+    #else
+    typedef float cnn_ext_vf;
+    typedef double cnn_ext_vd;
+    #define CNN_EXT_SPLAT(V, s) ((V)(s))
+    #define CNN_EXT_TILE_INLINE static __forceinline
+    #endif
+    #define CNN_EXT_LANES_F ((Py_ssize_t)(sizeof(cnn_ext_vf) / sizeof(float)))
+    #define CNN_EXT_LANES_D ((Py_ssize_t)(sizeof(cnn_ext_vd) / sizeof(double)))
+
+    #define CNN_EXT_DEFINE_FORWARD_TILE(NAME, T, V)                                                       \\
+    CNN_EXT_TILE_INLINE void NAME##_fixed(const T* x, const T* k, const T* b, T* y,                      \\
+                                          Py_ssize_t C_in, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,   \\
+                                          Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t j0,   \\
+                                          Py_ssize_t p, Py_ssize_t q0,                                  \\
+                                          const Py_ssize_t nj, const Py_ssize_t nv) {                   \\
+        const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T)), CKK = C_in * KH * KW;                  \\
+        V acc[CNN_EXT_JB][CNN_EXT_NV], xv[CNN_EXT_NV];                                                   \\
+        Py_ssize_t i, kh, kw, jj, v;                                                                     \\
+        for (jj = 0; jj < nj; jj++)                                                                      \\
+            for (v = 0; v < nv; v++)                                                                     \\
+                acc[jj][v] = CNN_EXT_SPLAT(V, b[j0 + jj]);                                               \\
+        for (i = 0; i < C_in; i++) {                                                                     \\
+            for (kh = 0; kh < KH; kh++) {                                                                \\
+                const T* xr = x + (i * H + p + kh) * W + q0;                                             \\
+                const T* kr = k + ((j0 * C_in + i) * KH + kh) * KW;                                      \\
+                for (kw = 0; kw < KW; kw++) {                                                            \\
+                    for (v = 0; v < nv; v++)                                                             \\
+                        xv[v] = *(const V*)(xr + kw + v * L);                                            \\
+                    for (jj = 0; jj < nj; jj++) {                                                        \\
+                        const T w = kr[jj * CKK + kw];                                                   \\
+                        for (v = 0; v < nv; v++)                                                         \\
+                            acc[jj][v] += w * xv[v];                                                     \\
+                    }                                                                                    \\
+                }                                                                                        \\
+            }                                                                                            \\
+        }                                                                                                \\
+        for (jj = 0; jj < nj; jj++)                                                                      \\
+            for (v = 0; v < nv; v++)                                                                     \\
+                *(V*)(y + ((j0 + jj) * OH + p) * OW + q0 + v * L) = acc[jj][v];                          \\
+    }                                                                                                    \\
+    static void NAME(const T* x, const T* k, const T* b, T* y, Py_ssize_t C_in, Py_ssize_t H,            \\
+                     Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW,           \\
+                     Py_ssize_t j0, Py_ssize_t p, Py_ssize_t q0, Py_ssize_t nj, Py_ssize_t nv) {         \\
+        switch ((nv < 2 ? 0 : 4) + (nj < 4 ? nj : 4)) {                                                  \\
+        case 1: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 1, 1); break;            \\
+        case 2: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 2, 1); break;            \\
+        case 3: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 3, 1); break;            \\
+        case 4: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 4, 1); break;            \\
+        case 5: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 1, 2); break;            \\
+        case 6: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 2, 2); break;            \\
+        case 7: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 3, 2); break;            \\
+        default: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 4, 2); break;           \\
+        }                                                                                                \\
+    }
+    CNN_EXT_DEFINE_FORWARD_TILE(cnn_ext_forward_tile_f, float, cnn_ext_vf)
+    CNN_EXT_DEFINE_FORWARD_TILE(cnn_ext_forward_tile_d, double, cnn_ext_vd)
+    """
+    enum: CNN_EXT_JB          # channels per tile (the switch above covers nj = 1..4)
+    enum: CNN_EXT_NV          # vectors of columns per tile (nv = 1, 2)
+    enum: CNN_EXT_LANES_F     # float lanes per vector of this build (8 AVX2, 4 SSE2, 1 without GNU vectors)
+    enum: CNN_EXT_LANES_D
+    void _forward_tile_f "cnn_ext_forward_tile_f"(
+        const float* x, const float* k, const float* b, float* y, Py_ssize_t C_in, Py_ssize_t H,
+        Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW,
+        Py_ssize_t j0, Py_ssize_t p, Py_ssize_t q0, Py_ssize_t nj, Py_ssize_t nv) noexcept nogil
+    void _forward_tile_d "cnn_ext_forward_tile_d"(
+        const double* x, const double* k, const double* b, double* y, Py_ssize_t C_in, Py_ssize_t H,
+        Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW,
+        Py_ssize_t j0, Py_ssize_t p, Py_ssize_t q0, Py_ssize_t nj, Py_ssize_t nv) noexcept nogil
+
+
+def direct_tile_lanes(bint single):
+    """SIMD lanes per vector of the direct forward's register tile in this build (float32 if single)."""
+    return CNN_EXT_LANES_F if single else CNN_EXT_LANES_D
+
+
+cdef inline void _forward_tile(const floating* x, const floating* k, const floating* b, floating* y,
+                               const Geom* g, Py_ssize_t j0, Py_ssize_t p, Py_ssize_t q0,
+                               Py_ssize_t nj, Py_ssize_t nv) noexcept nogil:
+    """y[j0:j0+nj, p, q0:q0+nv*lanes] = b + Σ_{i, kh, kw} k[j, i, kh, kw] x[i, p + kh, q0 + q + kw]"""
+    if floating is float:
+        _forward_tile_f(x, k, b, y, g.C_in, g.H, g.W, g.KH, g.KW, g.OH, g.OW, j0, p, q0, nj, nv)
+    else:
+        _forward_tile_d(x, k, b, y, g.C_in, g.H, g.W, g.KH, g.KW, g.OH, g.OW, j0, p, q0, nj, nv)
+
+
 cdef void _forward_direct_one(const floating* x, const floating* k, const floating* b, floating* y,
                               const Geom* g) noexcept nogil:
-    """y[j] = b[j] + Σ_i xcorr_valid(x[i], k[j, i])"""
-    cdef Py_ssize_t i, j, p, q, kh, kw
-    cdef Py_ssize_t OH = g.OH, OW = g.OW, KH = g.KH, KW = g.KW, W = g.W
+    """y[j] = b[j] + Σ_i xcorr_valid(x[i], k[j, i])
+
+    Register tiles of JB channels x QB = nv SIMD vectors of columns of one output row (see the C block
+    above; nv = 1 for rows narrower than 2 vectors). The last tile of a row, and the last channel block,
+    overlap the previous one instead of running a narrower loop: they recompute, with the same operations
+    in the same order, values already stored. Fewer than JB channels: one tile of C_out channels. Rows
+    narrower than one vector: the row loops below.
+    """
+    cdef Py_ssize_t lanes = CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D
+    cdef Py_ssize_t i, j, j0, nj, nv, QB, p, q, q0, kh, kw
+    cdef Py_ssize_t OH = g.OH, OW = g.OW, KH = g.KH, KW = g.KW, W = g.W, C_out = g.C_out
     cdef floating w
     cdef floating* yrow
     cdef const floating* xrow
     cdef const floating* kji
-    for j in range(g.C_out):
+    if OW >= lanes:
+        nv = CNN_EXT_NV if OW >= CNN_EXT_NV * lanes else 1
+        QB = nv * lanes
+        j0 = 0
+        while j0 < C_out:
+            nj = min(<Py_ssize_t>CNN_EXT_JB, C_out)
+            j0 = min(j0, C_out - nj)
+            for p in range(OH):
+                q0 = 0
+                while q0 < OW:
+                    q0 = min(q0, OW - QB)
+                    _forward_tile(x, k, b, y, g, j0, p, q0, nj, nv)
+                    q0 += QB
+            j0 += nj
+        return
+    for j in range(C_out):
         for p in range(OH * OW):
             y[j * OH * OW + p] = b[j]
         for i in range(g.C_in):

@@ -144,6 +144,52 @@ def test_against_scipy_loops(shape, dtype, method):
     assert_allclose(dx, scipy_input_gradient(dy64, k64), **TOL[dtype])
 
 
+# The direct forward computes register tiles of JB = 4 channels x QB columns of one output row (QB = 16 float32 /
+# 8 float64 columns in the AVX2 build, 8 / 4 in the SSE2 one); the last tile of a row and the last channel block
+# overlap the previous one, fewer than JB channels make one narrower tile, rows narrower than QB take the row
+# loops. These shapes put C_out and OW below, on and above the tile sizes of both builds.
+TILE_SHAPES = [
+    # N, C_in, C_out, H, W, KH, KW              C_out, OW
+    (2, 1, 1, 5, 20, 2, 3),  # 1 < JB, 18
+    (2, 2, 2, 4, 11, 1, 1),  # 2, 11
+    (1, 3, 3, 6, 19, 3, 3),  # 3, 17
+    (2, 2, 4, 3, 16, 1, 1),  # JB, 16 (exact tiles in the AVX2 build)
+    (2, 2, 5, 5, 12, 2, 4),  # 5 (overlapping channel block), 9
+    (1, 2, 7, 4, 8, 1, 1),  # 7, 8
+    (2, 1, 9, 6, 10, 3, 3),  # 9, 8
+    (1, 3, 6, 5, 40, 3, 7),  # 6, 34
+    (2, 2, 13, 3, 26, 2, 3),  # 13, 24
+    (1, 1, 4, 2, 5, 1, 3),  # JB, 3 (narrower than every tile)
+    (1, 2, 8, 4, 7, 2, 3),  # 8, 5
+    (1, 1, 2, 3, 33, 1, 1),  # 2, 33
+]
+
+
+@pytest.mark.parametrize("shape", TILE_SHAPES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_direct_forward_tile_tails(shape, dtype):
+    rng = np.random.default_rng(100 + sum(shape))
+    x, k, b, _ = data(rng, *shape, dtype=dtype)
+    ref = scipy_forward(*(a.astype(np.float64) for a in (x, k, b)))
+    y = conv2d_forward(x, k, b, method="direct")
+    assert y.dtype == dtype
+    assert_allclose(y, ref, **TOL[dtype])
+    assert_allclose(conv2d_forward(x, k, b, method="gemm"), ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_direct_forward_tiles_do_not_depend_on_thread_count(dtype, restore_threads):
+    rng = np.random.default_rng(5)
+    x, k, b, _ = data(rng, 40, 3, 5, 10, 21, 3, 3, dtype=dtype)  # channel and column tails, enough work for 2+ threads
+    results = []
+    for n in (1, 2, 3):
+        cnn_ext.set_num_threads(n)
+        results.append(conv2d_forward(x, k, b, method="direct"))
+    for other in results[1:]:
+        assert_array_equal(results[0], other)
+    assert_allclose(results[0], scipy_forward(*(a.astype(np.float64) for a in (x, k, b))), **TOL[dtype])
+
+
 def test_kernel_gradient_is_not_the_tutorials_rotated_one():
     """SciPy swaps correlate2d's operands when the first is smaller: the tutorial's call is rot180 of ours."""
     rng = np.random.default_rng(1)
@@ -417,7 +463,7 @@ def test_kernels_release_the_gil(restore_threads):
     """While one thread is inside a long kernel call, another Python thread keeps running."""
     cnn_ext.set_num_threads(1)
     rng = np.random.default_rng(14)
-    x, k, b, _ = data(rng, 24, 4, 4, 96, 96, 7, 7)
+    x, k, b, _ = data(rng, 64, 8, 4, 96, 96, 7, 7)  # ~50 ms: the register-tiled direct loops are fast
     ticks, window = [], {}
     done = threading.Event()
 
