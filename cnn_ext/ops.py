@@ -143,8 +143,8 @@ def _contiguous(arr, dtype):
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
-def _method(method, direct_ok, OH, OW, forward=None):
-    """'direct' or 'gemm'; forward = (C_in, C_out, dtype) selects the forward's 'auto' rule."""
+def _method(method, direct_ok, OH, OW, C_in, C_out, forward_dtype=None):
+    """'direct' or 'gemm'; forward_dtype is given for the forward (register-tiled direct kernel), not for gradients."""
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     if method == "direct" and not direct_ok:
@@ -153,10 +153,17 @@ def _method(method, direct_ok, OH, OW, forward=None):
         return method
     if not direct_ok:
         return "gemm"
-    if forward is None:
-        # Gradients (benchmarks/): im2col + BLAS wins from 28x28 MNIST-sized maps up, even with 1 input
-        # channel; the direct loops only win on tiny maps, where a BLAS call costs more than the work.
-        return "direct" if OH * OW <= _DIRECT_MAX_OUTPUT else "gemm"
+    tiny = OH * OW <= _DIRECT_MAX_OUTPUT and C_in * C_out <= _DIRECT_TINY_CHANNELS
+    if forward_dtype is None:
+        # Gradients: im2col + BLAS wins from 28x28 MNIST-sized maps up, even with 1 input channel, and on
+        # small maps as soon as there are channels; the direct row loops only win on tiny maps with a few
+        # channels, where a BLAS call costs more than the work. Single-thread, dK / dX, direct vs gemm (ms):
+        #   (16, 1, 4, 3, 2)    0.011 / 0.017   0.010 / 0.016
+        #   (16, 2, 2, 6, 2)    0.014 / 0.020   0.016 / 0.020
+        #   (16, 4, 4, 6, 2)    0.029 / 0.025   0.040 / 0.024
+        #   (16, 8, 8, 6, 3)    0.119 / 0.047   0.206 / 0.042
+        #   (8, 128, 128, 7, 3) 21.6 / 1.10     35.3 / 1.37     (float32; the old maps-only rule took direct)
+        return "direct" if tiny else "gemm"
     # Forward. Measured single-thread on AMD EPYC (AVX2 + FMA, OpenBLAS), CPU-time medians, direct / gemm:
     #   (N, C_in, C_out, H=W, K)   float32               float64
     #   (16, 1, 4, 28, 5)          0.044 / 0.077 ms      0.059 / 0.106 ms
@@ -175,14 +182,13 @@ def _method(method, direct_ok, OH, OW, forward=None):
     # A tile row is 2 vectors (16 float32 / 8 float64 columns with AVX2) or 1 when OW is narrower; rows
     # narrower than one vector take the plain row loops, which beat BLAS only on the tiny toy layer. The
     # SSE2 build (no FMA; OpenBLAS still uses AVX2) lost to gemm on every shape above but the toy one.
-    C_in, C_out, dtype = forward
     if _DIRECT_TILED:
-        lanes = _conv.direct_tile_lanes(dtype == np.float32)
+        lanes = _conv.direct_tile_lanes(forward_dtype == np.float32)
         if OW >= 2 * lanes and C_out <= _DIRECT_MAX_C_OUT:
             return "direct"
         if OW >= lanes and C_out <= _DIRECT_MAX_C_OUT_NARROW:
             return "direct"
-    return "direct" if OH * OW <= _DIRECT_MAX_OUTPUT and C_in * C_out <= _DIRECT_TINY_CHANNELS else "gemm"
+    return "direct" if tiny else "gemm"
 
 
 def _check_blas_sizes(*sizes):
@@ -252,8 +258,8 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto"):
     SH, SW = _ints(stride, "stride", 1)
     top, bottom, left, right = _padding(padding, KH, KW, (SH, SW))
     OH, OW = _out_hw(H, W, KH, KW, SH, SW, top, bottom, left, right, "x", "kernels", x.shape, k.shape)
-    method = _method(method, (SH, SW, top, bottom, left, right) == (1, 1, 0, 0, 0, 0), OH, OW,
-                     forward=(C_in, C_out, dtype))
+    method = _method(method, (SH, SW, top, bottom, left, right) == (1, 1, 0, 0, 0, 0), OH, OW, C_in, C_out,
+                     forward_dtype=dtype)
     use_gemm = method == "gemm"
     y = np.empty((N, C_out, OH, OW), dtype=dtype)
     if N == 0:
@@ -314,7 +320,7 @@ def conv2d_kernel_gradient(dE_dY, x, *, stride=1, padding=0, kernel_size=None, m
     if (eOH, eOW) != (OH, OW):
         raise ValueError(f"dE_dY has spatial shape {(OH, OW)} (shape {dy.shape}) but x {x.shape} with a "
                          f"{KH}x{KW} kernel gives {(eOH, eOW)}")
-    method = _method(method, (SH, SW, top, bottom, left, right) == (1, 1, 0, 0, 0, 0), OH, OW)
+    method = _method(method, (SH, SW, top, bottom, left, right) == (1, 1, 0, 0, 0, 0), OH, OW, C_in, C_out)
     use_gemm = method == "gemm"
     dk = np.empty((C_out, C_in, KH, KW), dtype=dtype)
     nchunk = max(1, min(N, _NCHUNK))
@@ -396,7 +402,7 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
     if (eOH, eOW) != (OH, OW):
         raise ValueError(f"dE_dY has spatial shape {(OH, OW)} (shape {dy.shape}) but an input of {(H, W)} with "
                          f"kernels {k.shape} gives {(eOH, eOW)}")
-    method = _method(method, (SH, SW, top, bottom, left, right) == (1, 1, 0, 0, 0, 0), OH, OW)
+    method = _method(method, (SH, SW, top, bottom, left, right) == (1, 1, 0, 0, 0, 0), OH, OW, C_in, C_out)
     use_gemm = method == "gemm"
     dx = np.empty((N, C_in, H, W), dtype=dtype)
     if N == 0:

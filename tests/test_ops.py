@@ -579,3 +579,19 @@ def test_small_calls_stay_on_one_thread(monkeypatch):
     assert ops._threads(3, 10**9) == 3
     assert ops._threads(16, 10**9) == 4
     assert ops._threads(0, 0) == 1
+
+
+@pytest.mark.parametrize("case,forward,gradients", [
+    ((16, 1, 4, 3, 3, 2, 2), "direct", "direct"),  # the tutorial's toy layer
+    ((8, 128, 128, 7, 7, 3, 3), "gemm", "gemm"),  # small maps, many channels: the loops lose 15-25x
+    ((16, 8, 8, 6, 6, 3, 3), None, "gemm"),  # forward: the register tile where the build has it
+])
+def test_auto_method_choice(case, forward, gradients):
+    from cnn_ext import ops
+
+    N, C_in, C_out, H, W, KH, KW = case
+    OH, OW = H - KH + 1, W - KW + 1
+    if forward is not None:
+        assert ops._method("auto", True, OH, OW, C_in, C_out, forward_dtype=np.dtype(np.float64)) == forward
+    assert ops._method("auto", True, OH, OW, C_in, C_out) == gradients
+    assert ops._method("auto", False, OH, OW, C_in, C_out) == "gemm"  # strided / padded
