@@ -24,6 +24,7 @@ from scipy.linalg import blas as _blas
 from scipy.special import expit
 
 from .ops import (
+    _ints,
     _padding,
     conv2d_bias_gradient,
     conv2d_forward,
@@ -82,24 +83,6 @@ def _positive_int(value, name):
     if v < 1:
         raise ValueError(f"{name} must be >= 1, got {v}")
     return v
-
-
-def _pair(value, name, minimum):
-    """An int or a pair of ints (each >= minimum) as a tuple of two Python ints."""
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    try:
-        vals = (operator.index(value),) * 2
-    except TypeError:
-        try:
-            vals = tuple(operator.index(v) for v in value)
-        except TypeError:
-            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
-        if len(vals) != 2:
-            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if any(v < minimum for v in vals):
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return vals
 
 
 def _rng(rng, seed):
@@ -299,14 +282,14 @@ class Conv2D(_ParamLayer):
     def __init__(self, c_in, c_out, kernel_size, *, stride=1, padding="valid", dilation=1, groups=1, init=None,
                  rng=None, seed=None, dtype=np.float64):
         super().__init__()
-        if _pair(dilation, "dilation", 1) != (1, 1):
+        if _ints(dilation, "dilation", 1) != (1, 1):
             raise NotImplementedError(f"Conv2D: dilation={dilation!r} is not implemented (only 1)")
         if _positive_int(groups, "groups") != 1:
             raise NotImplementedError(f"Conv2D: groups={groups!r} is not implemented (only 1)")
         self.c_in = _positive_int(c_in, "c_in")
         self.c_out = _positive_int(c_out, "c_out")
-        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
-        self.stride = _pair(stride, "stride", 1)
+        self.kernel_size = _ints(kernel_size, "kernel_size", 1)
+        self.stride = _ints(stride, "stride", 1)
         if isinstance(padding, list):  # from a JSON config
             padding = tuple(tuple(p) if isinstance(p, list) else p for p in padding)
         _padding(padding, *self.kernel_size, self.stride)  # raises on a bad value
