@@ -22,6 +22,7 @@ import numbers
 
 import numpy as np
 
+from ._config import blas_single_thread
 from .layers import _sgd_step
 
 __all__ = ["Optimizer", "SGD", "Adam"]
@@ -104,11 +105,12 @@ class Optimizer:
                 work.append((p, grad))
         # every check passed: now update (a bad gradient never leaves the network half-updated)
         self.steps += 1
-        for p, grad in work:
-            entry = self._state.get(id(p))
-            if entry is None:
-                entry = self._state[id(p)] = (p, self._new_state(p))
-            self._update(p, grad, entry[1])
+        with blas_single_thread():  # one threading layer, as in Network (its axpy calls are memory-bound)
+            for p, grad in work:
+                entry = self._state.get(id(p))
+                if entry is None:
+                    entry = self._state[id(p)] = (p, self._new_state(p))
+                self._update(p, grad, entry[1])
 
     def state(self, array):
         """The state dict kept for one parameter array (empty before its first step)."""
