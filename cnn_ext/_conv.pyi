@@ -23,7 +23,7 @@ def conv2d_forward(
     k: NDArray[_F],  # IN  (C_out, C_in, KH, KW)
     b: NDArray[_F],  # IN  (C_out,)
     y: NDArray[_F],  # OUT (N, C_out, OH, OW)
-    scratch: NDArray[_F],  # TMP (threads, C_in*KH*KW*OH*OW) for gemm, else unused
+    scratch: NDArray[_F],  # TMP (threads, C_in*KH*KW*block) for gemm, else unused
     SH: int,
     SW: int,
     PH: int,
@@ -38,7 +38,7 @@ def conv2d_kernel_gradient(
     x: NDArray[_F],  # IN  (N, C_in, H, W)
     dk: NDArray[_F],  # OUT (C_out, C_in, KH, KW)
     partial: NDArray[_F],  # TMP (nchunk, C_out*C_in*KH*KW[*OW if direct])
-    scratch: NDArray[_F],  # TMP (threads, C_in*KH*KW*OH*OW) for gemm
+    scratch: NDArray[_F],  # TMP (threads, C_in*KH*KW*block) for gemm
     SH: int,
     SW: int,
     PH: int,
@@ -59,7 +59,7 @@ def conv2d_input_gradient(
     dy: NDArray[_F],  # IN  (N, C_out, OH, OW)
     k: NDArray[_F],  # IN  (C_out, C_in, KH, KW)
     dx: NDArray[_F],  # OUT (N, C_in, H, W)
-    scratch: NDArray[_F],  # TMP (threads, C_in*KH*KW*OH*OW) for gemm
+    scratch: NDArray[_F],  # TMP (threads, C_in*KH*KW*block) for gemm
     SH: int,
     SW: int,
     PH: int,
@@ -68,3 +68,6 @@ def conv2d_input_gradient(
     num_threads: int,
 ) -> None:
     """dx[n, i] = Σ_j conv_full(dy[n, j], k[j, i]) (the adjoint of the forward map, with stride and padding)."""
+
+def direct_tile_lanes(single: bool) -> int:
+    """SIMD lanes per vector of the direct forward's register tile in this build (float32 if single)."""
