@@ -4,7 +4,7 @@ One threading layer at a time: the kernels split samples over OpenMP threads and
 single-threaded BLAS; while they run, the BLAS libraries are held to one thread (threadpoolctl) so the
 two never oversubscribe the cores.
 """
-import os
+import operator
 import threading
 
 from ._kernels import conv as _conv
@@ -15,23 +15,11 @@ _num_threads = None
 _controller = None
 
 
-def _default_threads():
-    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if env:
-        try:
-            n = int(env)
-        except ValueError:
-            n = 0
-        if n >= 1:
-            return n
-    return max(1, _conv.openmp_max_threads() if _conv.openmp_enabled() else 1)
-
-
 def get_num_threads():
     """Number of threads the kernels use (``OMP_NUM_THREADS`` or all cores by default; 1 without OpenMP)."""
     global _num_threads
     if _num_threads is None:
-        _num_threads = _default_threads()
+        _num_threads = max(1, _conv.openmp_max_threads())  # OMP_NUM_THREADS, else all cores; 1 without OpenMP
     return _num_threads if _conv.openmp_enabled() else 1
 
 
@@ -41,9 +29,12 @@ def set_num_threads(n):
     Results do not depend on this number: batch reductions are summed in a fixed order.
     """
     global _num_threads
-    if isinstance(n, bool) or not isinstance(n, int) and not hasattr(n, "__index__"):
-        raise TypeError(f"set_num_threads: n must be an integer, got {type(n).__name__}")
-    n = int(n)
+    try:
+        if isinstance(n, bool):
+            raise TypeError
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"set_num_threads: n must be an integer, got {type(n).__name__}") from None
     if n < 1:
         raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
     previous = get_num_threads()

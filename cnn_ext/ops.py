@@ -191,13 +191,13 @@ def _method(method, direct_ok, OH, OW, C_in, C_out, forward_dtype=None):
     return "direct" if tiny else "gemm"
 
 
-def _check_blas_sizes(*sizes):
-    if max(sizes) > _INT_MAX:
-        raise ValueError(f"array extents {sizes} exceed the 32-bit sizes BLAS accepts")
-
-
-def _gemm_scratch(nt, CKK, P, dtype):
-    """Per-thread im2col slabs of (CKK x block) with block output pixels, about _COLS_BLOCK_BYTES each."""
+def _scratch(use_gemm, nt, CKK, P, C_out, dtype):
+    """Per-thread slabs for the kernels: im2col blocks of (CKK x block) output pixels, about _COLS_BLOCK_BYTES
+    each, for the GEMM path (whose BLAS sizes must fit 32-bit ints); a placeholder for the direct loops."""
+    if not use_gemm:
+        return np.empty((nt, 1), dtype=dtype)
+    if max(CKK, P, C_out) > _INT_MAX:
+        raise ValueError(f"array extents {(CKK, P, C_out)} exceed the 32-bit sizes BLAS accepts")
     block = max(1, min(P, _COLS_BLOCK_BYTES // (CKK * np.dtype(dtype).itemsize)))
     block = max(block, min(P, _MIN_BLOCK))  # thin blocks make thin GEMMs: keep some width
     return np.empty((nt, CKK * block), dtype=dtype)
@@ -265,11 +265,7 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto"):
     if N == 0:
         return y
     nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)
-    if use_gemm:
-        _check_blas_sizes(C_in * KH * KW, OH * OW, C_out)
-        scratch = _gemm_scratch(nt, C_in * KH * KW, OH * OW, dtype)
-    else:
-        scratch = np.empty((nt, 1), dtype=dtype)
+    scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
     _run(use_gemm, _conv.conv2d_forward, _contiguous(x, dtype), _contiguous(k, dtype), _contiguous(b, dtype),
          y, scratch, SH, SW, top, left, use_gemm, nt)
     return y
@@ -325,13 +321,9 @@ def conv2d_kernel_gradient(dE_dY, x, *, stride=1, padding=0, kernel_size=None, m
     dk = np.empty((C_out, C_in, KH, KW), dtype=dtype)
     nchunk = max(1, min(N, _NCHUNK))
     nt = _threads(nchunk, N * C_out * OH * OW * C_in * KH * KW)
-    if use_gemm:
-        _check_blas_sizes(C_in * KH * KW, OH * OW, C_out)
-        partial = np.empty((nchunk, C_out * C_in * KH * KW), dtype=dtype)
-        scratch = _gemm_scratch(nt, C_in * KH * KW, OH * OW, dtype)
-    else:
-        partial = np.empty((nchunk, C_out * C_in * KH * KW * OW), dtype=dtype)
-        scratch = np.empty((nt, 1), dtype=dtype)
+    # per-chunk partial sums; the direct loops keep one per output column too (summed in order at the end)
+    partial = np.empty((nchunk, C_out * C_in * KH * KW * (1 if use_gemm else OW)), dtype=dtype)
+    scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
     _run(use_gemm, _conv.conv2d_kernel_gradient, _contiguous(dy, dtype), _contiguous(x, dtype), dk, partial,
          scratch, SH, SW, top, left, use_gemm, nt)
     return dk
@@ -408,11 +400,7 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
     if N == 0:
         return dx
     nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)
-    if use_gemm:
-        _check_blas_sizes(C_in * KH * KW, OH * OW, C_out)
-        scratch = _gemm_scratch(nt, C_in * KH * KW, OH * OW, dtype)
-    else:
-        scratch = np.empty((nt, 1), dtype=dtype)
+    scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
     _run(use_gemm, _conv.conv2d_input_gradient, _contiguous(dy, dtype), _contiguous(k, dtype), dx, scratch,
          SH, SW, top, left, use_gemm, nt)
     return dx
