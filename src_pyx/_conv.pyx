@@ -448,7 +448,7 @@ def conv2d_kernel_gradient(const floating[:, :, :, ::1] dy,     # IN  (N, C_out,
                            Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW,
                            bint use_gemm, int num_threads):
     """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]) (with stride and padding), summed in fixed chunks."""
-    cdef Py_ssize_t N = x.shape[0], nchunk = partial.shape[0], c, n, lo, hi, t, q
+    cdef Py_ssize_t N = x.shape[0], nchunk = partial.shape[0], c, t, q
     cdef Py_ssize_t KK = dk.shape[0] * dk.shape[1] * dk.shape[2] * dk.shape[3]
     cdef Py_ssize_t OW = dy.shape[3], L = partial.shape[1]
     cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], dk.shape[0], dk.shape[2], dk.shape[3],
