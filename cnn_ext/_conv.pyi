@@ -48,9 +48,12 @@ def conv2d_kernel_gradient(
 ) -> None:
     """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]) (with stride and padding), summed in fixed chunks."""
 
+SUM_LANES: int  # columns of conv2d_bias_gradient's acc scratch
+
 def conv2d_bias_gradient(
     dy: NDArray[_F],  # IN  (N, C_out, OH, OW)
     db: NDArray[_F],  # OUT (C_out,)
+    acc: NDArray[_F],  # TMP (C_out, SUM_LANES)
     num_threads: int,
 ) -> None:
     """db[j] = (1/N) Σ_{n, p, q} dy[n, j, p, q]."""

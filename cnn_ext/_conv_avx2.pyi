@@ -1,5 +1,6 @@
 """Type stubs for cnn_ext._conv_avx2: src_pyx/_conv.pyx compiled with AVX2 + FMA (x86-64 only), same API."""
 from ._conv import (
+    SUM_LANES as SUM_LANES,
     conv2d_bias_gradient as conv2d_bias_gradient,
     conv2d_forward as conv2d_forward,
     conv2d_input_gradient as conv2d_input_gradient,

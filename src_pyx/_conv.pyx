@@ -498,37 +498,81 @@ cdef void _kgrad_chunk(const floating* dy, const floating* x, floating* part, Py
 
 def conv2d_bias_gradient(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, OH, OW)
                          floating[::1] db,                   # OUT (C_out,)
+                         floating[:, ::1] acc,               # TMP (C_out, CNN_EXT_SUM_LANES)
                          int num_threads):
-    """db[j] = (1/N) Σ_{n, p, q} dy[n, j, p, q]; one thread per channel, planes summed in 16 lanes."""
+    """db[j] = (1/N) Σ_{n, p, q} dy[n, j, p, q]: lane sums per channel, the lanes added in order at the end.
+
+    The array is read in memory order (sample by sample, each thread its block of channels), which the
+    hardware prefetchers stream; one channel at a time over all samples jumps every plane (measured 16 vs
+    19 GB/s, float64 (64, 64, 26, 26)). A channel's sums do not depend on the blocks, so neither on threads.
+    """
     cdef Py_ssize_t N = dy.shape[0], C = dy.shape[1], P = dy.shape[2] * dy.shape[3]
-    cdef Py_ssize_t j
+    cdef Py_ssize_t j, l, t, nt = max(1, min(<Py_ssize_t>num_threads, C))
+    cdef Py_ssize_t lanes = 8 * (CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D)
+    cdef floating s
     if N == 0 or P == 0:
         db[:] = 0
         return
     with nogil:
-        for j in prange(C, schedule='static', num_threads=num_threads):
-            db[j] = _bias_sum_one(&dy[0, 0, 0, 0], j, N, C, P) / N
+        if nt == 1:  # no parallel region: entering one costs ~0.7 µs even for one thread
+            _bias_sum_block(&dy[0, 0, 0, 0], &acc[0, 0], 0, C, N, C, P)
+        else:
+            for t in prange(nt, schedule='static', num_threads=nt):
+                _bias_sum_block(&dy[0, 0, 0, 0], &acc[0, 0], (t * C) // nt, ((t + 1) * C) // nt, N, C, P)
+        for j in range(C):
+            s = 0
+            for l in range(lanes):
+                s = s + acc[j, l]
+            db[j] = s / N
 
 
-cdef floating _bias_sum_one(const floating* dy, Py_ssize_t j, Py_ssize_t N, Py_ssize_t C,
-                            Py_ssize_t P) noexcept nogil:
-    """Σ_{n, t} dy[n, j, t] over the contiguous OH*OW planes: 16 lane sums (vectorised), added in order."""
-    cdef floating acc[16]
-    cdef Py_ssize_t n, t, l, P16 = P - P % 16
-    cdef const floating* plane
-    cdef floating s = 0
-    for l in range(16):
-        acc[l] = 0
+cdef extern from *:
+    """
+    /* Σ of a contiguous plane into 8 vector accumulators (64 float32 / 32 float64 lanes with AVX2): eight
+     * independent add chains keep both vector adders busy (one chain of 16 scalar lanes, as before, waited
+     * on the add latency: ~4 floats per cycle). Lane l takes the elements t = l mod (8 * lanes) of each
+     * plane, in plane order, whatever the thread count. */
+    #define CNN_EXT_DEFINE_PLANE_SUM(NAME, T, V)                                                          \\
+    static void NAME(const T* x, Py_ssize_t n, T* acc) {                                                 \\
+        const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T)), B = 8 * L;                              \\
+        V a0 = *(V*)(acc), a1 = *(V*)(acc + L), a2 = *(V*)(acc + 2 * L), a3 = *(V*)(acc + 3 * L);        \\
+        V a4 = *(V*)(acc + 4 * L), a5 = *(V*)(acc + 5 * L), a6 = *(V*)(acc + 6 * L), a7 = *(V*)(acc + 7 * L); \\
+        Py_ssize_t t, nb = n - n % B;                                                                      \\
+        for (t = 0; t < nb; t += B) {                                                                     \\
+            a0 += *(const V*)(x + t);         a1 += *(const V*)(x + t + L);                               \\
+            a2 += *(const V*)(x + t + 2 * L); a3 += *(const V*)(x + t + 3 * L);                           \\
+            a4 += *(const V*)(x + t + 4 * L); a5 += *(const V*)(x + t + 5 * L);                           \\
+            a6 += *(const V*)(x + t + 6 * L); a7 += *(const V*)(x + t + 7 * L);                           \\
+        }                                                                                                 \\
+        *(V*)(acc) = a0; *(V*)(acc + L) = a1; *(V*)(acc + 2 * L) = a2; *(V*)(acc + 3 * L) = a3;          \\
+        *(V*)(acc + 4 * L) = a4; *(V*)(acc + 5 * L) = a5; *(V*)(acc + 6 * L) = a6; *(V*)(acc + 7 * L) = a7; \\
+        for (t = nb; t < n; t++)                                                                          \\
+            acc[t - nb] += x[t];                                                                          \\
+    }
+    CNN_EXT_DEFINE_PLANE_SUM(cnn_ext_plane_sum_f, float, cnn_ext_vf)
+    CNN_EXT_DEFINE_PLANE_SUM(cnn_ext_plane_sum_d, double, cnn_ext_vd)
+    #define CNN_EXT_SUM_LANES 64  /* >= 8 vectors of float32 in any build (8 x 8 with AVX2) */
+    """
+    enum: CNN_EXT_SUM_LANES
+    void _plane_sum_f "cnn_ext_plane_sum_f"(const float* x, Py_ssize_t n, float* acc) noexcept nogil
+    void _plane_sum_d "cnn_ext_plane_sum_d"(const double* x, Py_ssize_t n, double* acc) noexcept nogil
+
+SUM_LANES = CNN_EXT_SUM_LANES  # columns of conv2d_bias_gradient's acc scratch
+
+
+cdef void _bias_sum_block(const floating* dy, floating* acc, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t N,
+                          Py_ssize_t C, Py_ssize_t P) noexcept nogil:
+    """acc[j] = lane sums of dy[:, j] for j in [j0, j1), read sample by sample."""
+    cdef Py_ssize_t n, j, l
+    for j in range(j0, j1):
+        for l in range(CNN_EXT_SUM_LANES):
+            acc[j * CNN_EXT_SUM_LANES + l] = 0
     for n in range(N):
-        plane = dy + (n * C + j) * P
-        for t in range(0, P16, 16):
-            for l in range(16):
-                acc[l] += plane[t + l]
-        for t in range(P16, P):
-            acc[t - P16] += plane[t]
-    for l in range(16):
-        s = s + acc[l]
-    return s
+        for j in range(j0, j1):
+            if floating is float:
+                _plane_sum_f(dy + (n * C + j) * P, P, acc + j * CNN_EXT_SUM_LANES)
+            else:
+                _plane_sum_d(dy + (n * C + j) * P, P, acc + j * CNN_EXT_SUM_LANES)
 
 
 def conv2d_input_gradient(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, OH, OW)

@@ -595,3 +595,28 @@ def test_auto_method_choice(case, forward, gradients):
         assert ops._method("auto", True, OH, OW, C_in, C_out, forward_dtype=np.dtype(np.float64)) == forward
     assert ops._method("auto", True, OH, OW, C_in, C_out) == gradients
     assert ops._method("auto", False, OH, OW, C_in, C_out) == "gemm"  # strided / padded
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bias_gradient_lane_tails_and_threads(monkeypatch, restore_threads, dtype):
+    """Planes shorter than, equal to and around the 8-vector lane block, channels split over 1-3 threads:
+    equal to a float64 sum, and bitwise the same whatever the thread count."""
+    from cnn_ext import ops
+
+    monkeypatch.setattr(ops, "_MIN_WORK_PER_THREAD", 1)
+    rng = np.random.default_rng(5)
+    lanes = ops._conv.SUM_LANES
+    for OH, OW in [(1, 1), (1, lanes - 1), (1, lanes), (1, lanes + 1), (8, 8), (13, 11), (24, 24), (3, 2 * lanes + 5)]:
+        for C in (1, 2, 5):
+            dy = rng.standard_normal((7, C, OH, OW)).astype(dtype)
+            before = dy.copy()
+            expected = dy.astype(np.float64).sum(axis=(0, 2, 3)) / 7
+            got = []
+            for n in (1, 2, 3):
+                cnn_ext.set_num_threads(n)
+                got.append(conv2d_bias_gradient(dy))
+                assert got[-1].dtype == dtype
+                assert_allclose(got[-1], expected, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-5)
+            for other in got[1:]:
+                assert_array_equal(got[0], other)
+            assert_array_equal(dy, before)
