@@ -74,3 +74,13 @@ def conv2d_input_gradient(
 
 def direct_tile_lanes(single: bool) -> int:
     """SIMD lanes per vector of the direct forward's register tile in this build (float32 if single)."""
+
+def matmul(
+    a: NDArray[_F],  # IN  (M, K), or (K, M) if trans_a
+    b: NDArray[_F],  # IN  (K, N), or (N, K) if trans_b
+    c: NDArray[_F],  # OUT (M, N)
+    trans_a: bool,
+    trans_b: bool,
+    num_threads: int,
+) -> None:
+    """c = op(a) @ op(b); column block t of c is computed by thread t with its own BLAS call."""

@@ -6,6 +6,7 @@ from ._conv import (
     conv2d_input_gradient as conv2d_input_gradient,
     conv2d_kernel_gradient as conv2d_kernel_gradient,
     direct_tile_lanes as direct_tile_lanes,
+    matmul as matmul,
     openmp_enabled as openmp_enabled,
     openmp_max_threads as openmp_max_threads,
 )

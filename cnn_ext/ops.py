@@ -36,6 +36,7 @@ _METHODS = ("auto", "direct", "gemm")
 # 5-15% slower than whole maps), so blocks are large.
 _COLS_BLOCK_BYTES = int(os.environ.get("CNN_EXT_COLS_BLOCK_BYTES", 8 * 1024 * 1024))
 _MIN_BLOCK = 64  # output pixels
+_MATMUL_WORK_FACTOR = 5  # a matmul splits only from 5x the work per thread of a convolution (measured below)
 _MIN_WORK_PER_THREAD = int(os.environ.get("CNN_EXT_MIN_WORK_PER_THREAD", 200_000))  # multiply-adds
 _DIRECT_MAX_OUTPUT = 36  # output pixels per map up to which method="auto" takes the direct loops
 # Forward, method="auto" (measurements in _method): the register-tiled direct loops (AVX2 build only) for
@@ -214,6 +215,20 @@ def _threads(parts, work=None):
     if work is not None:
         nt = min(nt, work // _MIN_WORK_PER_THREAD)
     return max(1, nt)
+
+
+def _matmul(a, b, trans_a=False, trans_b=False):
+    """op(a) @ op(b) for the Dense layers (a and b already in one float dtype): large products have their output
+    columns split over the kernels' threads, one single-threaded BLAS call each; small ones are one BLAS call."""
+    M = a.shape[1] if trans_a else a.shape[0]
+    K = a.shape[0] if trans_a else a.shape[1]
+    N = b.shape[0] if trans_b else b.shape[1]
+    nt = 1 if max(M, N, K) > _INT_MAX else _threads(N, M * N * K // _MATMUL_WORK_FACTOR)
+    if nt == 1 or a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
+        return (a.T if trans_a else a) @ (b.T if trans_b else b)
+    c = np.empty((M, N), dtype=a.dtype)
+    _run(True, _conv.matmul, np.ascontiguousarray(a), np.ascontiguousarray(b), c, trans_a, trans_b, nt)
+    return c
 
 
 def _run(use_gemm, fn, *args):

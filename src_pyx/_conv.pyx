@@ -595,3 +595,37 @@ def conv2d_input_gradient(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, O
                                 &scratch[threadid(), 0], &g, block)
             else:
                 _igrad_direct_one(&dy[n, 0, 0, 0], &k[0, 0, 0, 0], &dx[n, 0, 0, 0], &g)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Matrix product for the Dense layers: the output columns split over the OpenMP team, one
+# single-threaded BLAS call per block (the same threading layer as the convolutions).
+# ---------------------------------------------------------------------------------------------------
+
+def matmul(const floating[:, ::1] a,       # IN  (M, K), or (K, M) if trans_a
+           const floating[:, ::1] b,       # IN  (K, N), or (N, K) if trans_b
+           floating[:, ::1] c,             # OUT (M, N)
+           bint trans_a, bint trans_b, int num_threads):
+    """c = op(a) @ op(b); column block t of c is computed by thread t with its own BLAS call."""
+    cdef Py_ssize_t M = c.shape[0], N = c.shape[1]
+    cdef Py_ssize_t K = a.shape[0] if trans_a else a.shape[1]
+    cdef Py_ssize_t t, nt = max(1, min(<Py_ssize_t>num_threads, N))
+    if M == 0 or N == 0:
+        return
+    if K == 0:
+        c[:, :] = 0
+        return
+    with nogil:
+        for t in prange(nt, schedule='static', num_threads=nt):
+            _matmul_block(&a[0, 0], &b[0, 0], &c[0, 0], M, N, K, trans_a, trans_b,
+                          (t * N) // nt, ((t + 1) * N) // nt)
+
+
+cdef void _matmul_block(const floating* a, const floating* b, floating* c, Py_ssize_t M, Py_ssize_t N,
+                        Py_ssize_t K, bint trans_a, bint trans_b, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """c[:, j0:j1] = op(a) @ op(b)[:, j0:j1]"""
+    if j1 <= j0:
+        return
+    _gemm_rm(trans_a, trans_b, <int>M, <int>(j1 - j0), <int>K, <floating>1, a,
+             <int>(M if trans_a else K), b + (j0 * K if trans_b else j0), <int>(K if trans_b else N),
+             <floating>0, c + j0, <int>N)

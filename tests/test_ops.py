@@ -620,3 +620,28 @@ def test_bias_gradient_lane_tails_and_threads(monkeypatch, restore_threads, dtyp
             for other in got[1:]:
                 assert_array_equal(got[0], other)
             assert_array_equal(dy, before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M,K,N", [(16, 2304, 256), (16, 256, 2304), (3, 5, 7), (1, 1, 1), (4, 0, 3)])
+def test_dense_matmul_split_over_threads(monkeypatch, restore_threads, dtype, M, K, N):
+    """ops._matmul (the Dense layers' product) equals NumPy's for every transpose and thread count."""
+    from cnn_ext import ops
+
+    monkeypatch.setattr(ops, "_MATMUL_WORK_FACTOR", 1)
+    rng = np.random.default_rng(M + K + N)
+    for trans_a in (False, True):
+        for trans_b in (False, True):
+            a = rng.standard_normal((K, M) if trans_a else (M, K)).astype(dtype)
+            b = rng.standard_normal((N, K) if trans_b else (K, N)).astype(dtype)
+            expected = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+            for n in (1, 2, 3):
+                cnn_ext.set_num_threads(n)
+                got = ops._matmul(a, b, trans_a, trans_b)
+                assert got.shape == (M, N) and got.dtype == dtype
+                assert_allclose(got, expected, rtol=1e-4 if dtype == np.float32 else 1e-12,
+                                atol=1e-3 if dtype == np.float32 else 1e-10)
+    # a strided operand is copied, not misread
+    a = rng.standard_normal((M, 2 * K)).astype(dtype)[:, ::2]
+    b = rng.standard_normal((K, N)).astype(dtype)
+    assert_allclose(ops._matmul(a, b), a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
