@@ -37,6 +37,8 @@ _METHODS = ("auto", "direct", "gemm")
 _COLS_BLOCK_BYTES = int(os.environ.get("CNN_EXT_COLS_BLOCK_BYTES", 8 * 1024 * 1024))
 _MIN_BLOCK = 64  # output pixels
 _MIN_WORK_PER_THREAD = int(os.environ.get("CNN_EXT_MIN_WORK_PER_THREAD", 200_000))  # multiply-adds
+_KGRAD_FBLOCK_BYTES = int(os.environ.get("CNN_EXT_KGRAD_FBLOCK_BYTES", 4096))  # f per wide-row dK block
+_KGRAD_TILE = tuple(int(v) for v in os.environ.get("CNN_EXT_KGRAD_TILE", "4,3").split(","))
 _DIRECT_MAX_OUTPUT = 36  # output pixels per map up to which method="auto" takes the direct loops
 # Forward, method="auto" (measurements in _method): the register-tiled direct loops (AVX2 build only) for
 # few output channels, and the plain direct loops only for the tiniest layers.
@@ -191,6 +193,21 @@ def _method(method, direct_ok, OH, OW, C_in, C_out, forward_dtype=None):
     return "direct" if tiny else "gemm"
 
 
+def _kgrad_method(method, stride1, unpadded, OH, OW, C_in, C_out, KH, KW, dtype):
+    """Kernel gradient: 'rows' (direct row loops), 'wide' (wide-row register tiles) or 'gemm'."""
+    if method in ("rows", "wide"):  # TEMP: benchmarking
+        return method
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if method == "direct" and not stride1:
+        raise ValueError("method='direct' needs stride 1 for the kernel gradient; use 'gemm' or 'auto'")
+    if method == "direct":
+        return "wide"
+    if method == "gemm" or not stride1:
+        return "gemm"
+    return "wide"
+
+
 def _scratch(use_gemm, nt, CKK, P, C_out, dtype):
     """Per-thread slabs for the kernels: im2col blocks of (CKK x block) output pixels, about _COLS_BLOCK_BYTES
     each, for the GEMM path (whose BLAS sizes must fit 32-bit ints); a placeholder for the direct loops."""
@@ -316,11 +333,20 @@ def conv2d_kernel_gradient(dE_dY, x, *, stride=1, padding=0, kernel_size=None, m
     if (eOH, eOW) != (OH, OW):
         raise ValueError(f"dE_dY has spatial shape {(OH, OW)} (shape {dy.shape}) but x {x.shape} with a "
                          f"{KH}x{KW} kernel gives {(eOH, eOW)}")
-    method = _method(method, (SH, SW, top, bottom, left, right) == (1, 1, 0, 0, 0, 0), OH, OW, C_in, C_out)
-    use_gemm = method == "gemm"
+    impl = _kgrad_method(method, (SH, SW) == (1, 1), (top, bottom, left, right) == (0, 0, 0, 0),
+                         OH, OW, C_in, C_out, KH, KW, dtype)
     dk = np.empty((C_out, C_in, KH, KW), dtype=dtype)
     nchunk = max(1, min(N, _NCHUNK))
     nt = _threads(nchunk, N * C_out * OH * OW * C_in * KH * KW)
+    if impl == "wide":
+        partial = np.empty((nchunk, C_out * C_in * KH * KW), dtype=dtype)
+        scratch = np.empty((nt, _conv.kgrad_wide_scratch_size(C_in, C_out, OH, OW, KH, KW, dtype == np.float32)),
+                           dtype=dtype)
+        fblock = max(1, _KGRAD_FBLOCK_BYTES // (_conv.direct_tile_lanes(dtype == np.float32) * dtype.itemsize))
+        _conv.conv2d_kernel_gradient_wide(_contiguous(dy, dtype), _contiguous(x, dtype), dk, partial, scratch,
+                                          top, left, fblock, _KGRAD_TILE[0], _KGRAD_TILE[1], nt)
+        return dk
+    use_gemm = impl == "gemm"
     # per-chunk partial sums; the direct loops keep one per output column too (summed in order at the end)
     partial = np.empty((nchunk, C_out * C_in * KH * KW * (1 if use_gemm else OW)), dtype=dtype)
     scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)

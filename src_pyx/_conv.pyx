@@ -13,6 +13,7 @@ chunks summed in a fixed order, so results do not depend on the thread count.
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 from scipy.linalg.cython_blas cimport sgemm, dgemm
+from libc.string cimport memcpy
 
 cdef extern from *:
     """
@@ -360,6 +361,250 @@ cdef void _igrad_direct_one(const floating* dy, const floating* k, floating* dx,
                         w = kji[kh * KW + kw]
                         for q in range(OW):
                             dxrow[q + kw] += w * dyrow[q]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Kernel gradient by "wide rows" (stride 1, any zero padding): register tiles over flattened planes
+#
+# With the sample's x zero-padded to Hp x Wp and flattened (x_flat[i, r*Wp + c]), and dy widened to the same
+# row pitch (dyw[j, p*Wp + q] = dy[j, p, q] for q < OW, 0 for OW <= q < Wp and past the last row), every tap is
+# one dot product of contiguous vectors:
+#     dK[j, i, kh, kw] += Σ_f dyw[j, f] x_flat[i, f + kh*Wp + kw].
+# A tile holds nj channels x nt taps of vector accumulators over a block of f (see the C block); the
+# accumulators are added lane-wise into a per-thread vector buffer vacc[(j, i, tap), lane] for the whole chunk,
+# whose lanes are summed once per chunk in a fixed order (so the result does not depend on the thread count).
+# ---------------------------------------------------------------------------------------------------
+
+cdef extern from *:
+    """
+    /* Kernel-gradient register tile, one body for float and double (GNU vectors, as the forward tile).
+     *
+     * acc[jj][t] (nj <= CNN_EXT_KJ channels x nt <= CNN_EXT_KT taps, flattened tap index t0 + t) stays in
+     * vector registers over nvec vectors of f; each step loads nt x vectors (at the taps' offsets
+     * kh*Wp + kw, unaligned) and nj dy vectors and issues nj*nt FMAs. nj and nt are literals in every copy
+     * (the switch), so the constant-trip loops unroll and the arrays of vectors live in registers.
+     * The tile then adds its accumulators to vacc[((j0 + jj)*C_in*KK + t0 + t)*L + lane]. */
+    #define CNN_EXT_KJ 6
+    #define CNN_EXT_KT 4
+
+    #define CNN_EXT_DEFINE_KGRAD_TILE(NAME, T, V)                                                         \\
+    CNN_EXT_TILE_INLINE void NAME##_fixed(const T* dyw, Py_ssize_t dstride, const T* xr, Py_ssize_t kh0, \\
+                                          Py_ssize_t kw0, Py_ssize_t KW, Py_ssize_t Wp, Py_ssize_t nvec, T* vacc,        \\
+                                          Py_ssize_t ostride, const Py_ssize_t nj, const Py_ssize_t nt) { \\
+        const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T));                                        \\
+        V acc[CNN_EXT_KJ][CNN_EXT_KT], xv[CNN_EXT_KT];                                                   \\
+        const T* xp[CNN_EXT_KT];                                                                         \\
+        const T* dp[CNN_EXT_KJ];                                                                         \\
+        Py_ssize_t jj, t, f, n = nvec * L, kw = kw0, o = kh0 * Wp + kw0;                                 \\
+        for (t = 0; t < nt; t++) {  /* taps t0.. in (kh, kw) order from (kh0, kw0), without a division */ \\
+            xp[t] = xr + o;                                                                              \\
+            kw++; o++;                                                                                   \\
+            if (kw == KW) { kw = 0; o += Wp - KW; }                                                      \\
+        }                                                                                                \\
+        for (jj = 0; jj < nj; jj++) {                                                                    \\
+            dp[jj] = dyw + jj * dstride;                                                                 \\
+            for (t = 0; t < nt; t++)                                                                     \\
+                acc[jj][t] = CNN_EXT_SPLAT(V, (T)0);                                                     \\
+        }                                                                                                \\
+        for (f = 0; f < n; f += L) {                                                                     \\
+            for (t = 0; t < nt; t++)                                                                     \\
+                xv[t] = *(const V*)(xp[t] + f);                                                          \\
+            for (jj = 0; jj < nj; jj++) {                                                                \\
+                const V d = *(const V*)(dp[jj] + f);                                                     \\
+                for (t = 0; t < nt; t++)                                                                 \\
+                    acc[jj][t] += d * xv[t];                                                             \\
+            }                                                                                            \\
+        }                                                                                                \\
+        for (jj = 0; jj < nj; jj++)                                                                      \\
+            for (t = 0; t < nt; t++) {                                                                   \\
+                V* dst = (V*)(vacc + (jj * ostride + t) * L);                                            \\
+                const V s = *dst + acc[jj][t];                                                           \\
+                *dst = s;                                                                                \\
+            }                                                                                            \\
+    }                                                                                                    \\
+    static void NAME(const T* dyw, Py_ssize_t dstride, const T* xr, Py_ssize_t kh0, Py_ssize_t kw0, Py_ssize_t KW,\\
+                     Py_ssize_t Wp, Py_ssize_t nvec, T* vacc, Py_ssize_t ostride, Py_ssize_t nj,         \\
+                     Py_ssize_t nt) {                                                                    \\
+        switch ((nj < CNN_EXT_KJ ? nj : CNN_EXT_KJ) * 8 + (nt < CNN_EXT_KT ? nt : CNN_EXT_KT)) {         \\
+        CNN_EXT_KGRAD_CASES(NAME)                                                                        \\
+        }                                                                                                \\
+    }
+    #define CNN_EXT_KGRAD_CASE(NAME, J, TT) \\
+        case J * 8 + TT: NAME##_fixed(dyw, dstride, xr, kh0, kw0, KW, Wp, nvec, vacc, ostride, J, TT); break;
+    #define CNN_EXT_KGRAD_CASES_J(NAME, J) CNN_EXT_KGRAD_CASE(NAME, J, 1) CNN_EXT_KGRAD_CASE(NAME, J, 2) \\
+        CNN_EXT_KGRAD_CASE(NAME, J, 3) CNN_EXT_KGRAD_CASE(NAME, J, 4)
+    #define CNN_EXT_KGRAD_CASES(NAME) \\
+        CNN_EXT_KGRAD_CASES_J(NAME, 1) CNN_EXT_KGRAD_CASES_J(NAME, 2) CNN_EXT_KGRAD_CASES_J(NAME, 3) \\
+        CNN_EXT_KGRAD_CASES_J(NAME, 4) CNN_EXT_KGRAD_CASES_J(NAME, 5) CNN_EXT_KGRAD_CASES_J(NAME, 6)
+    CNN_EXT_DEFINE_KGRAD_TILE(cnn_ext_kgrad_tile_f, float, cnn_ext_vf)
+    CNN_EXT_DEFINE_KGRAD_TILE(cnn_ext_kgrad_tile_d, double, cnn_ext_vd)
+
+    /* out[t] = the L lanes of vacc[t*L:(t+1)*L] summed pairwise (lane l += lane l + h for h = L/2, L/4, .., 1);
+     * L is a compile-time constant here, so the tree unrolls into registers. */
+    #define CNN_EXT_DEFINE_LANE_SUMS(NAME, T, V)                                                          \
+    static void NAME(const T* vacc, T* out, Py_ssize_t n) {                                              \
+        enum { L = (int)(sizeof(V) / sizeof(T)) };                                                       \
+        Py_ssize_t t; int l, h;                                                                          \
+        for (t = 0; t < n; t++) {                                                                        \
+            T a[L];                                                                                      \
+            for (l = 0; l < L; l++)                                                                      \
+                a[l] = vacc[t * L + l];                                                                  \
+            for (h = L / 2; h > 0; h /= 2)                                                               \
+                for (l = 0; l < h; l++)                                                                  \
+                    a[l] = a[l] + a[l + h];                                                              \
+            out[t] = a[0];                                                                               \
+        }                                                                                                \
+    }
+    CNN_EXT_DEFINE_LANE_SUMS(cnn_ext_lane_sums_f, float, cnn_ext_vf)
+    CNN_EXT_DEFINE_LANE_SUMS(cnn_ext_lane_sums_d, double, cnn_ext_vd)
+    """
+    enum: CNN_EXT_KJ          # channels per dK tile (the switch covers nj = 1..6)
+    enum: CNN_EXT_KT          # taps per dK tile (nt = 1..4)
+    void _kgrad_tile_f "cnn_ext_kgrad_tile_f"(
+        const float* dyw, Py_ssize_t dstride, const float* xr, Py_ssize_t kh0, Py_ssize_t kw0, Py_ssize_t KW, Py_ssize_t Wp,
+        Py_ssize_t nvec, float* vacc, Py_ssize_t ostride, Py_ssize_t nj, Py_ssize_t nt) noexcept nogil
+    void _kgrad_tile_d "cnn_ext_kgrad_tile_d"(
+        const double* dyw, Py_ssize_t dstride, const double* xr, Py_ssize_t kh0, Py_ssize_t kw0, Py_ssize_t KW, Py_ssize_t Wp,
+        Py_ssize_t nvec, double* vacc, Py_ssize_t ostride, Py_ssize_t nj, Py_ssize_t nt) noexcept nogil
+    void _lane_sums_f "cnn_ext_lane_sums_f"(const float* vacc, float* out, Py_ssize_t n) noexcept nogil
+    void _lane_sums_d "cnn_ext_lane_sums_d"(const double* vacc, double* out, Py_ssize_t n) noexcept nogil
+
+
+ctypedef struct WideGeom:
+    Py_ssize_t Hp, Wp, L, F, plane, xsize, nvec, fblock, nj, nt
+    # Hp, Wp: padded input; L: lanes; F: dyw row pitch (OH*Wp rounded up to L); plane = Hp*Wp;
+    # xsize: the padded sample with its zero slack; nvec: F / L; fblock: vectors of f per block; nj, nt: tile
+
+
+cdef inline WideGeom _wide_geom(const Geom* g, Py_ssize_t L, Py_ssize_t fblock, Py_ssize_t nj,
+                                Py_ssize_t nt) noexcept nogil:
+    """The wide-row layout of one sample (stride 1: Hp = OH + KH - 1, Wp = OW + KW - 1)."""
+    cdef WideGeom w
+    w.Hp = g.OH + g.KH - 1
+    w.Wp = g.OW + g.KW - 1
+    w.L = L
+    w.F = (g.OH * w.Wp + L - 1) // L * L
+    w.plane = w.Hp * w.Wp
+    # the last vector of the last tap of the last channel ends at C_in*plane + KW + L - 3: L + KW of slack
+    w.xsize = g.C_in * w.plane + L + g.KW
+    w.nvec = w.F // L
+    w.fblock = fblock
+    w.nj = nj
+    w.nt = nt
+    return w
+
+
+def kgrad_wide_scratch_size(Py_ssize_t C_in, Py_ssize_t C_out, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH,
+                            Py_ssize_t KW, bint single):
+    """Elements of one thread's slab for conv2d_kernel_gradient_wide: padded x, widened dy, vector partials."""
+    cdef Geom g = _geom(C_in, OH + KH - 1, OW + KW - 1, C_out, KH, KW, OH, OW, 1, 1, 0, 0)
+    cdef WideGeom w = _wide_geom(&g, CNN_EXT_LANES_F if single else CNN_EXT_LANES_D, 1, 1, 1)
+    return w.xsize + C_out * w.F + C_out * C_in * KH * KW * w.L
+
+
+cdef inline void _kgrad_tile(const floating* dyw, Py_ssize_t dstride, const floating* xr, Py_ssize_t kh0,
+                             Py_ssize_t kw0, Py_ssize_t KW, Py_ssize_t Wp, Py_ssize_t nvec, floating* vacc, Py_ssize_t ostride,
+                             Py_ssize_t nj, Py_ssize_t nt) noexcept nogil:
+    """vacc[jj, t, :] += Σ_{f < nvec*L, lanes} dyw[jj*dstride + f] xr[f + kh*Wp + kw], jj < nj, t < nt, for
+    the nt taps (kh, kw) from (kh0, kw0) on in row-major order"""
+    if floating is float:
+        _kgrad_tile_f(dyw, dstride, xr, kh0, kw0, KW, Wp, nvec, vacc, ostride, nj, nt)
+    else:
+        _kgrad_tile_d(dyw, dstride, xr, kh0, kw0, KW, Wp, nvec, vacc, ostride, nj, nt)
+
+
+cdef void _kgrad_wide_one(const floating* x, const floating* dy, floating* xp, floating* dyw, floating* vacc,
+                          const Geom* g, const WideGeom* w) noexcept nogil:
+    """vacc[(j, i, kh, kw), lane] += Σ_{f ≡ lane} dyw[j, f] x_flat[i, f + kh*Wp + kw] for one sample.
+
+    xp and dyw hold zeros outside the parts copied here (set by the caller once per chunk).
+    """
+    cdef Py_ssize_t i, j, p, j0, nj, t0, nt, fb, nv, kh0, kw0
+    cdef Py_ssize_t C_in = g.C_in, C_out = g.C_out, KK = g.KH * g.KW, KW = g.KW, W = g.W, H = g.H
+    cdef Py_ssize_t OH = g.OH, OW = g.OW, Wp = w.Wp, F = w.F, L = w.L
+    if Wp == W:  # no left / right padding: whole planes
+        for i in range(C_in):
+            memcpy(xp + i * w.plane + g.PH * Wp, x + i * H * W, H * W * sizeof(floating))
+    else:
+        for i in range(C_in):
+            for p in range(H):
+                memcpy(xp + i * w.plane + (p + g.PH) * Wp + g.PW, x + (i * H + p) * W, W * sizeof(floating))
+    for j in range(C_out):
+        for p in range(OH):
+            memcpy(dyw + j * F + p * Wp, dy + (j * OH + p) * OW, OW * sizeof(floating))
+    fb = 0
+    while fb < w.nvec:
+        nv = min(w.fblock, w.nvec - fb)
+        j0 = 0
+        while j0 < C_out:
+            nj = min(w.nj, C_out - j0)
+            for i in range(C_in):
+                t0 = 0
+                kh0 = 0
+                kw0 = 0
+                while t0 < KK:
+                    nt = min(w.nt, KK - t0)
+                    _kgrad_tile(dyw + j0 * F + fb * L, F, xp + i * w.plane + fb * L, kh0, kw0, KW, Wp, nv,
+                                vacc + ((j0 * C_in + i) * KK + t0) * L, C_in * KK, nj, nt)
+                    t0 += nt
+                    kw0 += nt
+                    while kw0 >= KW:
+                        kw0 -= KW
+                        kh0 += 1
+            j0 += nj
+        fb += nv
+
+
+cdef void _kgrad_wide_chunk(const floating* dy, const floating* x, floating* part, floating* slab,
+                            Py_ssize_t lo, Py_ssize_t hi, const Geom* g, const WideGeom* w) noexcept nogil:
+    """part[(j, i, kh, kw)] = Σ_{n in [lo, hi)} dK terms of sample n: vector partials over the chunk, then
+    each entry's L lanes summed pairwise in a fixed order."""
+    cdef Py_ssize_t n, t, KKC = g.C_out * g.C_in * g.KH * g.KW, L = w.L
+    cdef Py_ssize_t xs = g.C_in * g.H * g.W, ys = g.C_out * g.OH * g.OW
+    cdef floating* xp = slab
+    cdef floating* dyw = slab + w.xsize
+    cdef floating* vacc = dyw + g.C_out * w.F
+    for t in range(w.xsize + g.C_out * w.F + KKC * L):
+        slab[t] = 0
+    for n in range(lo, hi):
+        _kgrad_wide_one(x + n * xs, dy + n * ys, xp, dyw, vacc, g, w)
+    if floating is float:
+        _lane_sums_f(vacc, part, KKC)
+    else:
+        _lane_sums_d(vacc, part, KKC)
+
+
+def conv2d_kernel_gradient_wide(const floating[:, :, :, ::1] dy,     # IN  (N, C_out, OH, OW)
+                                const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
+                                floating[:, :, :, ::1] dk,           # OUT (C_out, C_in, KH, KW)
+                                floating[:, ::1] partial,            # TMP (nchunk, C_out*C_in*KH*KW)
+                                floating[:, ::1] scratch,            # TMP (threads, kgrad_wide_scratch_size)
+                                Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t fblock, Py_ssize_t nj, Py_ssize_t nt,
+                                int num_threads):
+    """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]), stride 1, zero padding (PH top, PW left; the bottom /
+    right padding follows from the shapes), by wide-row register tiles, summed in fixed chunks."""
+    cdef Py_ssize_t N = x.shape[0], nchunk = partial.shape[0], c, t
+    cdef Py_ssize_t KK = dk.shape[0] * dk.shape[1] * dk.shape[2] * dk.shape[3]
+    cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], dk.shape[0], dk.shape[2], dk.shape[3],
+                        dy.shape[2], dy.shape[3], 1, 1, PH, PW)
+    cdef WideGeom w = _wide_geom(&g, CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D,
+                                 fblock, min(nj, <Py_ssize_t>CNN_EXT_KJ), min(nt, <Py_ssize_t>CNN_EXT_KT))
+    cdef floating* out = &dk[0, 0, 0, 0]
+    cdef floating inv_n
+    for t in range(KK):
+        out[t] = 0
+    if N == 0:
+        return
+    with nogil:
+        inv_n = (<floating>1) / N
+        for c in prange(nchunk, schedule='dynamic', num_threads=num_threads):
+            _kgrad_wide_chunk(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[c, 0], &scratch[threadid(), 0],
+                              (c * N) // nchunk, ((c + 1) * N) // nchunk, &g, &w)
+        for c in range(nchunk):
+            for t in range(KK):
+                out[t] += partial[c, t]
+        for t in range(KK):
+            out[t] *= inv_n
 
 
 # ---------------------------------------------------------------------------------------------------
