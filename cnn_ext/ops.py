@@ -44,6 +44,8 @@ _KGRAD_TILED = _ISA == "avx2"
 _KGRAD_TILE_CHANNELS, _KGRAD_TILE_TAPS = 4, 3
 _KGRAD_SHIFTED_MIN_F32 = 128  # C_out * KH from which the shifted-copies layout beats wide rows
 _KGRAD_SHIFTED_MIN_F64 = 56
+_KGRAD_MIN_VECTORS = 48  # SIMD vectors per output plane from which the tiled kernel beats gemm at any width
+_KGRAD_MAX_PARTIAL_BYTES = 128 * 1024  # vector partials up to which it wins on smaller planes
 _DIRECT_MAX_OUTPUT = 36  # output pixels per map up to which method="auto" takes the direct loops
 # Forward, method="auto" (measurements in _method): the register-tiled direct loops (AVX2 build only) for
 # few output channels, and the plain direct loops only for the tiniest layers.
@@ -216,9 +218,16 @@ def _kgrad_method(method, stride1, unpadded, OH, OW, C_in, C_out, KH, KW, dtype)
     #   (32, 3, 8, 32, 3)          0.203 / 0.448   0.341 / 0.564  1.31 / 1.65    0.38
     #   (16, 1, 4, 28, 5)          0.045 / 0.069   0.084 / 0.110  0.149 / 0.193  0.157
     #   (16, 1, 4, 3, 2)           0.012 / 0.010   0.018 / 0.017  0.011 / 0.011  0.065
-    # The tiled kernel wins on every stride-1 shape measured; the row loops tie it only on the tutorial's toy
-    # layer, which keeps them ("tiny", as before). The baseline (SSE2, no FMA) build of the tiled kernel
-    # loses to gemm on large layers (64 ch 3x3 28x28 float32: 71.9 vs 45.4 ms), so it keeps the old rule.
+    # Small maps with many channels (float32, tiled / gemm / PyTorch):
+    #   (8, 128, 128, 7, 3)        6.69 / 1.90 / 1.14   (16, 64, 64, 14, 3)   3.63 / 2.75 / 2.17
+    #   (16, 32, 32, 9, 3)         0.586 / 0.442 / 0.296   (16, 16, 16, 12, 3)   0.197 / 0.286 / 0.192
+    #   (32, 32, 64, 16, 3)        3.40 / 3.65 / 2.80     (16, 8, 8, 6, 3)      0.051 / 0.057 / 0.097
+    # A tile adds its 12 accumulators into the per-thread vector partials (C_out*C_in*KH*KW*lanes) once per
+    # sample: with few vectors per plane and partials beyond L2 that traffic dominates, so the tiled kernel
+    # is taken for planes of >= _KGRAD_MIN_VECTORS vectors or partials of <= _KGRAD_MAX_PARTIAL_BYTES.
+    # The row loops tie it only on the tutorial's toy layer, which keeps them ("tiny", as before). The
+    # baseline (SSE2, no FMA) build of the tiled kernel loses to gemm on large layers (64 ch 3x3 28x28
+    # float32: 71.9 vs 45.4 ms), so it keeps the old rule.
     # Layout: shifted copies (no wasted columns, KW copies of x) beat wide rows once C_out*KH is large
     # (float32 (64, 64, 64, 28, 3) 34.7 vs 35.5 ms; float64 (16, 16, 16, 32, 5) 5.04 vs 5.70) and lose by up
     # to 20% on few output channels (float32 (16, 8, 4, 32, 5) 0.331 vs 0.269).
@@ -227,6 +236,11 @@ def _kgrad_method(method, stride1, unpadded, OH, OW, C_in, C_out, KH, KW, dtype)
         return "rows" if tiny and unpadded else "gemm"
     if method == "auto" and tiny and unpadded:
         return "rows"
+    lanes = _conv.direct_tile_lanes(dtype == np.float32)
+    vectors = -(-OH * OW // lanes)
+    partial_bytes = C_out * C_in * KH * KW * lanes * np.dtype(dtype).itemsize
+    if method == "auto" and vectors < _KGRAD_MIN_VECTORS and partial_bytes > _KGRAD_MAX_PARTIAL_BYTES:
+        return "gemm"
     limit = _KGRAD_SHIFTED_MIN_F32 if dtype == np.float32 else _KGRAD_SHIFTED_MIN_F64
     return "shifted" if C_out * KH >= limit else "wide"
 

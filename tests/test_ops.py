@@ -288,6 +288,10 @@ def test_kernel_gradient_method_choice():
     few = ops._kgrad_method("auto", True, False, 24, 24, 1, 4, 5, 5, f64)
     assert (big, few) == (("shifted", "wide") if tiled else ("gemm", "gemm"))
     assert ops._kgrad_method("direct", True, False, 24, 24, 1, 4, 5, 5, f32) == "wide"  # any build
+    # small maps with many channels: gemm (the tiled kernel's partials outgrow L2), unless forced
+    assert ops._kgrad_method("auto", True, True, 5, 5, 128, 128, 3, 3, f32) == "gemm"
+    assert ops._kgrad_method("direct", True, True, 5, 5, 128, 128, 3, 3, f32) == "shifted"
+    assert ops._kgrad_method("auto", True, True, 10, 10, 16, 16, 3, 3, f32) == ("wide" if tiled else "gemm")
     with pytest.raises(ValueError, match="method='direct' needs stride 1"):
         conv2d_kernel_gradient(np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 5, 5)), stride=2, kernel_size=2,
                                method="direct")
