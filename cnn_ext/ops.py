@@ -46,6 +46,7 @@ _KGRAD_SHIFTED_MIN_F32 = 128  # C_out * KH from which the shifted-copies layout 
 _KGRAD_SHIFTED_MIN_F64 = 56
 _KGRAD_MIN_VECTORS = 48  # SIMD vectors per output plane from which the tiled kernel beats gemm at any width
 _KGRAD_MAX_PARTIAL_BYTES = 128 * 1024  # vector partials up to which it wins on smaller planes
+_KGRAD_MAX_PARTIAL_BYTES_ANY = 32 * 1024 * 1024  # per-thread partials beyond which auto takes gemm (memory)
 _DIRECT_MAX_OUTPUT = 36  # output pixels per map up to which method="auto" takes the direct loops
 # Forward, method="auto" (measurements in _method): the register-tiled direct loops (AVX2 build only) for
 # few output channels, and the plain direct loops only for the tiniest layers.
@@ -239,7 +240,8 @@ def _kgrad_method(method, stride1, unpadded, OH, OW, C_in, C_out, KH, KW, dtype)
     lanes = _conv.direct_tile_lanes(dtype == np.float32)
     vectors = -(-OH * OW // lanes)
     partial_bytes = C_out * C_in * KH * KW * lanes * np.dtype(dtype).itemsize
-    if method == "auto" and vectors < _KGRAD_MIN_VECTORS and partial_bytes > _KGRAD_MAX_PARTIAL_BYTES:
+    if method == "auto" and (vectors < _KGRAD_MIN_VECTORS and partial_bytes > _KGRAD_MAX_PARTIAL_BYTES
+                             or partial_bytes > _KGRAD_MAX_PARTIAL_BYTES_ANY):
         return "gemm"
     limit = _KGRAD_SHIFTED_MIN_F32 if dtype == np.float32 else _KGRAD_SHIFTED_MIN_F64
     return "shifted" if C_out * KH >= limit else "wide"
@@ -338,6 +340,9 @@ def conv2d_kernel_gradient(dE_dY, x, *, stride=1, padding=0, kernel_size=None, m
         Needed only when it cannot be derived (stride > 1 or padding='same'); with stride 1 it is
         ``KH = H + pad_top + pad_bottom - OH + 1``.
     method : {'auto', 'direct', 'gemm'}
+        'direct': register-tiled loops over the flattened planes (stride 1, any padding); 'gemm': im2col +
+        BLAS; 'auto' picks by shape (the tiled loops for stride 1 unless the maps are small and the channels
+        many).
 
     Returns
     -------

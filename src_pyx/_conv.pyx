@@ -7,6 +7,7 @@ Two methods per operation:
   * direct  (stride 1, no padding): row loops vectorised along the output width; best for few channels;
   * gemm    (any stride / padding): per-sample im2col / col2im in a per-thread slab + one BLAS call
             (scipy.linalg.cython_blas, held to one thread by the caller while OpenMP runs).
+The kernel gradient also has a register-tiled direct kernel (stride 1, any padding): see its section.
 Samples are split over OpenMP threads; reductions over the batch (dK, dB) go through a fixed number of
 chunks summed in a fixed order, so results do not depend on the thread count.
 """
