@@ -365,15 +365,20 @@ cdef void _igrad_direct_one(const floating* dy, const floating* k, floating* dx,
 
 
 # ---------------------------------------------------------------------------------------------------
-# Kernel gradient by "wide rows" (stride 1, any zero padding): register tiles over flattened planes
+# Kernel gradient by register tiles over flattened planes (stride 1, any zero padding)
 #
-# With the sample's x zero-padded to Hp x Wp and flattened (x_flat[i, r*Wp + c]), and dy widened to the same
-# row pitch (dyw[j, p*Wp + q] = dy[j, p, q] for q < OW, 0 for OW <= q < Wp and past the last row), every tap is
-# one dot product of contiguous vectors:
-#     dK[j, i, kh, kw] += Σ_f dyw[j, f] x_flat[i, f + kh*Wp + kw].
-# A tile holds nj channels x nt taps of vector accumulators over a block of f (see the C block); the
-# accumulators are added lane-wise into a per-thread vector buffer vacc[(j, i, tap), lane] for the whole chunk,
-# whose lanes are summed once per chunk in a fixed order (so the result does not depend on the thread count).
+# Wide rows: with the sample's x zero-padded to Hp x Wp and flattened (xp[i, r*Wp + c]), and dy widened to the
+# same row pitch (dyw[j, p*Wp + q] = dy[j, p, q] for q < OW, 0 for OW <= q < Wp and past the last row), every
+# tap is one dot product of contiguous vectors:
+#     dK[j, i, kh, kw] += Σ_f dyw[j, f] xp[i, f + kh*Wp + kw].
+# Shifted copies: one copy of the padded x per kernel column, xp[i, kw, r*OW + q] = x_pad[i, r, q + kw], lets
+# dy keep its own pitch OW (no wasted columns, (Wp - OW) / Wp of the work with wide rows) at the price of KW
+# copies of x per sample: dK[j, i, kh, kw] += Σ_f dy[j, f] xp[i, kw, f + kh*OW].
+# A tile holds nj channels x nt taps of vector accumulators over the whole plane (see the C block); the
+# accumulators are stored / added lane-wise into a per-thread vector buffer vacc[(j, i, tap), lane] for the
+# chunk, whose lanes are summed once per chunk in a fixed order (so the result does not depend on the thread
+# count). Zeros of dyw (gap columns, the tail up to a whole vector) multiply real x values: an inf or NaN in
+# x can turn entries into NaN that im2col + BLAS would leave finite (their exact value never involves it).
 # ---------------------------------------------------------------------------------------------------
 
 cdef extern from *:
@@ -382,9 +387,11 @@ cdef extern from *:
      *
      * acc[jj][t] (nj <= CNN_EXT_KJ channels x nt <= CNN_EXT_KT taps, flattened tap index t0 + t) stays in
      * vector registers over nvec vectors of f; each step loads nt x vectors (at the taps' offsets
-     * kh*Wp + kw, unaligned) and nj dy vectors and issues nj*nt FMAs. nj and nt are literals in every copy
-     * (the switch), so the constant-trip loops unroll and the arrays of vectors live in registers.
-     * The tile then adds its accumulators to vacc[(t*nj + jj)*L + lane] (contiguous: prefetched). */
+     * a*A + b*B, unaligned) and nj dy vectors and issues nj*nt FMAs (4 x 3: 12 accumulators + 3 x + 1 dy
+     * of the 16 ymm registers; in the -mavx2 build the loop is 7 vmovups + 12 vfmadd231ps, no stack access).
+     * nj and nt are literals in every copy (the switch), so the constant-trip loops unroll and the arrays
+     * of vectors live in registers. The tile then stores (init: first sample of the chunk) or adds its
+     * accumulators to vacc[(t*nj + jj)*L + lane] (contiguous, so the hardware prefetches it). */
     #define CNN_EXT_KJ 4
     #define CNN_EXT_KT 3
 
@@ -605,12 +612,12 @@ cdef void _kgrad_wide_chunk(const floating* dy, const floating* x, floating* par
                             Py_ssize_t lo, Py_ssize_t hi, const Geom* g, const WideGeom* w) noexcept nogil:
     """part[(j, i, kh, kw)] = Σ_{n in [lo, hi)} dK terms of sample n: vector partials over the chunk, then
     each entry's L lanes summed pairwise in a fixed order."""
-    cdef Py_ssize_t n, t, j0, nj, CKK = g.C_in * g.KH * g.KW, KKC = g.C_out * CKK, L = w.L
+    cdef Py_ssize_t n, j0, nj, CKK = g.C_in * g.KH * g.KW, L = w.L
     cdef Py_ssize_t xs = g.C_in * g.H * g.W, ys = g.C_out * g.OH * g.OW
     cdef floating* xp = slab
     cdef floating* dyw = slab + w.xsize
     cdef floating* vacc = dyw + g.C_out * w.F
-    for n in range(lo, hi):
+    for n in range(lo, hi):  # never empty (at most N chunks): the first sample initialises vacc
         _kgrad_wide_one(x + n * xs, dy + n * ys, xp, dyw, vacc, n == lo, g, w)
     j0 = 0
     while j0 < g.C_out:  # vacc holds each block of nj channels as [(i, kh, kw), jj, lane]
