@@ -598,6 +598,8 @@ cdef void _kgrad_wide_one(const floating* x, const floating* dy, floating* xp, f
             b0 = 0
             while t0 < KK:
                 nt = min(w.nt, KK - t0)
+                if KK - t0 == w.nt + 1 and w.nt > 2:  # 3k + 1 taps (5x5, 7x7): end with 2 + 2, not 3 + 1
+                    nt = 2                             # (one tap is 4 accumulators: FMA-latency bound)
                 _kgrad_tile(dyw + j0 * F, F, xp + i * w.xstride, a0, b0, w.Bn, w.A, w.B, w.nvec,
                             vacc + (j0 * C_in * KK + (i * KK + t0) * nj) * L, first, nj, nt)
                 t0 += nt
