@@ -7,12 +7,14 @@ Two methods per operation:
   * direct  (stride 1, no padding): row loops vectorised along the output width; best for few channels;
   * gemm    (any stride / padding): per-sample im2col / col2im in a per-thread slab + one BLAS call
             (scipy.linalg.cython_blas, held to one thread by the caller while OpenMP runs).
+The kernel gradient also has a register-tiled direct kernel (stride 1, any padding): see its section.
 Samples are split over OpenMP threads; reductions over the batch (dK, dB) go through a fixed number of
 chunks summed in a fixed order, so results do not depend on the thread count.
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 from scipy.linalg.cython_blas cimport sgemm, dgemm
+from libc.string cimport memcpy
 
 cdef extern from *:
     """
@@ -360,6 +362,312 @@ cdef void _igrad_direct_one(const floating* dy, const floating* k, floating* dx,
                         w = kji[kh * KW + kw]
                         for q in range(OW):
                             dxrow[q + kw] += w * dyrow[q]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Kernel gradient by register tiles over flattened planes (stride 1, any zero padding)
+#
+# Wide rows: with the sample's x zero-padded to Hp x Wp and flattened (xp[i, r*Wp + c]), and dy widened to the
+# same row pitch (dyw[j, p*Wp + q] = dy[j, p, q] for q < OW, 0 for OW <= q < Wp and past the last row), every
+# tap is one dot product of contiguous vectors:
+#     dK[j, i, kh, kw] += Σ_f dyw[j, f] xp[i, f + kh*Wp + kw].
+# Shifted copies: one copy of the padded x per kernel column, xp[i, kw, r*OW + q] = x_pad[i, r, q + kw], lets
+# dy keep its own pitch OW (no wasted columns, (Wp - OW) / Wp of the work with wide rows) at the price of KW
+# copies of x per sample: dK[j, i, kh, kw] += Σ_f dy[j, f] xp[i, kw, f + kh*OW].
+# A tile holds nj channels x nt taps of vector accumulators over the whole plane (see the C block); the
+# accumulators are stored / added lane-wise into a per-thread vector buffer vacc[(j, i, tap), lane] for the
+# chunk, whose lanes are summed once per chunk in a fixed order (so the result does not depend on the thread
+# count). Zeros of dyw (gap columns, the tail up to a whole vector) multiply real x values: an inf or NaN in
+# x can turn entries into NaN that im2col + BLAS would leave finite (their exact value never involves it).
+# ---------------------------------------------------------------------------------------------------
+
+cdef extern from *:
+    """
+    /* Kernel-gradient register tile, one body for float and double (GNU vectors, as the forward tile).
+     *
+     * acc[jj][t] (nj <= CNN_EXT_KJ channels x nt <= CNN_EXT_KT taps, flattened tap index t0 + t) stays in
+     * vector registers over nvec vectors of f; each step loads nt x vectors (at the taps' offsets
+     * a*A + b*B, unaligned) and nj dy vectors and issues nj*nt FMAs (4 x 3: 12 accumulators + 3 x + 1 dy
+     * of the 16 ymm registers; in the -mavx2 build the loop is 7 vmovups + 12 vfmadd231ps, no stack access).
+     * nj and nt are literals in every copy (the switch), so the constant-trip loops unroll and the arrays
+     * of vectors live in registers. The tile then stores (init: first sample of the chunk) or adds its
+     * accumulators to vacc[(t*nj + jj)*L + lane] (contiguous, so the hardware prefetches it). */
+    #define CNN_EXT_KJ 4
+    #define CNN_EXT_KT 3
+
+    #define CNN_EXT_DEFINE_KGRAD_TILE(NAME, T, V)                                                         \\
+    CNN_EXT_TILE_INLINE void NAME##_fixed(const T* dyw, Py_ssize_t dstride, const T* xr, Py_ssize_t a0,  \\
+                                          Py_ssize_t b0, Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B,      \\
+                                          Py_ssize_t nvec, T* vacc, int init,                            \\
+                                          const Py_ssize_t nj, const Py_ssize_t nt) {                    \\
+        const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T));                                        \\
+        V acc[CNN_EXT_KJ][CNN_EXT_KT], xv[CNN_EXT_KT];                                                   \\
+        const T* xp[CNN_EXT_KT];                                                                         \\
+        const T* dp[CNN_EXT_KJ];                                                                         \\
+        Py_ssize_t jj, t, f, n = nvec * L, b = b0, o = a0 * A + b0 * B;                                  \\
+        for (t = 0; t < nt; t++) {  /* taps (a, b) from (a0, b0) on, b < Bn fastest; no division */      \\
+            xp[t] = xr + o;                                                                              \\
+            b++; o += B;                                                                                 \\
+            if (b == Bn) { b = 0; o += A - Bn * B; }                                                     \\
+        }                                                                                                \\
+        for (jj = 0; jj < nj; jj++) {                                                                    \\
+            dp[jj] = dyw + jj * dstride;                                                                 \\
+            for (t = 0; t < nt; t++)                                                                     \\
+                acc[jj][t] = CNN_EXT_SPLAT(V, (T)0);                                                     \\
+        }                                                                                                \\
+        for (f = 0; f < n; f += L) {                                                                     \\
+            for (t = 0; t < nt; t++)                                                                     \\
+                xv[t] = *(const V*)(xp[t] + f);                                                          \\
+            for (jj = 0; jj < nj; jj++) {                                                                \\
+                const V d = *(const V*)(dp[jj] + f);                                                     \\
+                for (t = 0; t < nt; t++)                                                                 \\
+                    acc[jj][t] += d * xv[t];                                                             \\
+            }                                                                                            \\
+        }                                                                                                \\
+        if (init) {                                                                                      \\
+            for (jj = 0; jj < nj; jj++)                                                                  \\
+                for (t = 0; t < nt; t++)                                                                 \\
+                    *(V*)(vacc + (t * nj + jj) * L) = acc[jj][t];                                        \\
+        } else {                                                                                         \\
+            for (jj = 0; jj < nj; jj++)                                                                  \\
+                for (t = 0; t < nt; t++) {                                                               \\
+                    V* dst = (V*)(vacc + (t * nj + jj) * L);                                             \\
+                    const V s = *dst + acc[jj][t];                                                       \\
+                    *dst = s;                                                                            \\
+                }                                                                                        \\
+        }                                                                                                \\
+    }                                                                                                    \\
+    static void NAME(const T* dyw, Py_ssize_t dstride, const T* xr, Py_ssize_t a0, Py_ssize_t b0,        \\
+                     Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B, Py_ssize_t nvec, T* vacc, int init,      \\
+                     Py_ssize_t nj,                                                                      \\
+                     Py_ssize_t nt) {                                                                    \\
+        switch ((nj < CNN_EXT_KJ ? nj : CNN_EXT_KJ) * 8 + (nt < CNN_EXT_KT ? nt : CNN_EXT_KT)) {         \\
+        CNN_EXT_KGRAD_CASES(NAME)                                                                        \\
+        }                                                                                                \\
+    }
+    #define CNN_EXT_KGRAD_CASE(NAME, J, TT) \\
+        case J * 8 + TT: NAME##_fixed(dyw, dstride, xr, a0, b0, Bn, A, B, nvec, vacc, init, J, TT); break;
+    #define CNN_EXT_KGRAD_CASES_J(NAME, J) \\
+        CNN_EXT_KGRAD_CASE(NAME, J, 1) CNN_EXT_KGRAD_CASE(NAME, J, 2) CNN_EXT_KGRAD_CASE(NAME, J, 3)
+    #define CNN_EXT_KGRAD_CASES(NAME) \\
+        CNN_EXT_KGRAD_CASES_J(NAME, 1) CNN_EXT_KGRAD_CASES_J(NAME, 2) \\
+        CNN_EXT_KGRAD_CASES_J(NAME, 3) CNN_EXT_KGRAD_CASES_J(NAME, 4)
+    CNN_EXT_DEFINE_KGRAD_TILE(cnn_ext_kgrad_tile_f, float, cnn_ext_vf)
+    CNN_EXT_DEFINE_KGRAD_TILE(cnn_ext_kgrad_tile_d, double, cnn_ext_vd)
+
+    /* out[jj*ostride + r] = the L lanes of vacc[(r*nj + jj)*L:..] summed pairwise (lane l += lane l + h for
+     * h = L/2, L/4, .., 1), r < nrow, jj < nj; L is a compile-time constant, so the tree unrolls. */
+    #define CNN_EXT_DEFINE_LANE_SUMS(NAME, T, V)                                                          \\
+    static void NAME(const T* vacc, T* out, Py_ssize_t nrow, Py_ssize_t nj, Py_ssize_t ostride) {        \\
+        enum { L = (int)(sizeof(V) / sizeof(T)) };                                                       \\
+        Py_ssize_t r, jj; int l, h;                                                                      \\
+        for (r = 0; r < nrow; r++)                                                                       \\
+            for (jj = 0; jj < nj; jj++) {                                                                \\
+                T a[L];                                                                                  \\
+                for (l = 0; l < L; l++)                                                                  \\
+                    a[l] = vacc[(r * nj + jj) * L + l];                                                  \\
+                for (h = L / 2; h > 0; h /= 2)                                                           \\
+                    for (l = 0; l < h; l++)                                                              \\
+                        a[l] = a[l] + a[l + h];                                                          \\
+                out[jj * ostride + r] = a[0];                                                            \\
+            }                                                                                            \\
+    }
+    CNN_EXT_DEFINE_LANE_SUMS(cnn_ext_lane_sums_f, float, cnn_ext_vf)
+    CNN_EXT_DEFINE_LANE_SUMS(cnn_ext_lane_sums_d, double, cnn_ext_vd)
+    """
+    enum: CNN_EXT_KJ          # channels per dK tile (the switch covers nj = 1..4)
+    enum: CNN_EXT_KT          # taps per dK tile (nt = 1..3)
+    void _kgrad_tile_f "cnn_ext_kgrad_tile_f"(
+        const float* dyw, Py_ssize_t dstride, const float* xr, Py_ssize_t a0, Py_ssize_t b0, Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B,
+        Py_ssize_t nvec, float* vacc, int init, Py_ssize_t nj, Py_ssize_t nt) noexcept nogil
+    void _kgrad_tile_d "cnn_ext_kgrad_tile_d"(
+        const double* dyw, Py_ssize_t dstride, const double* xr, Py_ssize_t a0, Py_ssize_t b0, Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B,
+        Py_ssize_t nvec, double* vacc, int init, Py_ssize_t nj, Py_ssize_t nt) noexcept nogil
+    void _lane_sums_f "cnn_ext_lane_sums_f"(const float* vacc, float* out, Py_ssize_t nrow, Py_ssize_t nj,
+                                            Py_ssize_t ostride) noexcept nogil
+    void _lane_sums_d "cnn_ext_lane_sums_d"(const double* vacc, double* out, Py_ssize_t nrow, Py_ssize_t nj,
+                                            Py_ssize_t ostride) noexcept nogil
+
+
+ctypedef struct WideGeom:
+    Py_ssize_t Hp, Wp, L, pitch, F, xstride, xsize, nvec, nj, nt, A, B, Bn, Na
+    bint shifted
+    # Hp, Wp: padded input; L: lanes; pitch: dyw row pitch; F: dyw channel pitch (OH*pitch rounded up to L);
+    # xstride: xp channel pitch; xsize: xp with its zero slack; nvec = F / L;
+    # nj, nt: tile; tap (a, b) (a < Na, b < Bn) is read at xp offset a*A + b*B.
+
+
+cdef inline WideGeom _wide_geom(const Geom* g, Py_ssize_t L, bint shifted, Py_ssize_t nj,
+                                Py_ssize_t nt) noexcept nogil:
+    """The layout of one sample (stride 1: Hp = OH + KH - 1, Wp = OW + KW - 1).
+
+    wide rows (shifted = 0): dyw pitch Wp; xp[i] = padded x[i] (Hp x Wp); taps (a, b) = (kh, kw) at kh*Wp + kw.
+    shifted copies (shifted = 1): dyw pitch OW (no waste); xp[i, kw] = padded x[i, :, kw:kw + OW] (Hp x OW),
+    one copy per kw; taps (a, b) = (kw, kh) at kw*Hp*OW + kh*OW, so vacc holds dK with (kh, kw) swapped.
+    """
+    cdef WideGeom w
+    w.Hp = g.OH + g.KH - 1
+    w.Wp = g.OW + g.KW - 1
+    w.L = L
+    w.shifted = shifted
+    w.pitch = g.OW if shifted else w.Wp
+    w.F = (g.OH * w.pitch + L - 1) // L * L
+    if shifted:
+        w.A, w.B, w.Bn, w.Na = w.Hp * g.OW, g.OW, g.KH, g.KW
+        w.xstride = g.KW * w.Hp * g.OW
+        # the last vector of the last tap ends at C_in*xstride + L - 2
+        w.xsize = g.C_in * w.xstride + L
+    else:
+        w.A, w.B, w.Bn, w.Na = w.Wp, 1, g.KW, g.KH
+        w.xstride = w.Hp * w.Wp
+        # the last vector of the last tap of the last channel ends at C_in*xstride + KW + L - 3
+        w.xsize = g.C_in * w.xstride + L + g.KW
+    w.nvec = w.F // L
+    w.nj = nj
+    w.nt = nt
+    return w
+
+
+def kgrad_wide_scratch_size(Py_ssize_t C_in, Py_ssize_t C_out, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH,
+                            Py_ssize_t KW, bint single, bint shifted):
+    """Elements of one thread's slab for conv2d_kernel_gradient_wide: padded x, widened dy, vector partials."""
+    cdef Geom g = _geom(C_in, OH + KH - 1, OW + KW - 1, C_out, KH, KW, OH, OW, 1, 1, 0, 0)
+    cdef WideGeom w = _wide_geom(&g, CNN_EXT_LANES_F if single else CNN_EXT_LANES_D, shifted, 1, 1)
+    return w.xsize + C_out * w.F + C_out * C_in * KH * KW * w.L
+
+
+cdef inline void _kgrad_tile(const floating* dyw, Py_ssize_t dstride, const floating* xr, Py_ssize_t a0,
+                             Py_ssize_t b0, Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B, Py_ssize_t nvec, floating* vacc,
+                             bint init, Py_ssize_t nj, Py_ssize_t nt) noexcept nogil:
+    """vacc[t, jj, :] += Σ_{f < nvec*L, lanes} dyw[jj*dstride + f] xr[f + a*A + b*B], jj < nj, t < nt, for
+    the nt taps (a, b) from (a0, b0) on in row-major order (b < Bn); = instead of += if init"""
+    if floating is float:
+        _kgrad_tile_f(dyw, dstride, xr, a0, b0, Bn, A, B, nvec, vacc, init, nj, nt)
+    else:
+        _kgrad_tile_d(dyw, dstride, xr, a0, b0, Bn, A, B, nvec, vacc, init, nj, nt)
+
+
+cdef void _kgrad_wide_one(const floating* x, const floating* dy, floating* xp, floating* dyw, floating* vacc,
+                          bint first, const Geom* g, const WideGeom* w) noexcept nogil:
+    """vacc[j0, (i, a, b), jj, lane] += Σ_{f ≡ lane} dyw[j, f] xp[i, f + a*A + b*B] for one sample
+    (j = j0 + jj; the tiles of a block of nj channels are contiguous in vacc; (a, b) = (kh, kw) or (kw, kh)).
+
+    xp and dyw hold zeros outside the parts copied here (the caller's slabs are zeroed once; the parts
+    copied are the same for every sample). first: vacc is overwritten instead of added to.
+    """
+    cdef Py_ssize_t i, j, p, q, j0, nj, t0, nt, a0, b0, kw, r, qlo, qhi
+    cdef Py_ssize_t C_in = g.C_in, C_out = g.C_out, KK = g.KH * g.KW, W = g.W, H = g.H
+    cdef Py_ssize_t OH = g.OH, OW = g.OW, Wp = w.Wp, F = w.F, L = w.L
+    cdef floating* dst
+    cdef const floating* src
+    if w.shifted:
+        for i in range(C_in):
+            for kw in range(g.KW):
+                # columns q with 0 <= q + kw - PW < W
+                qlo = max(0, g.PW - kw)
+                qhi = min(OW, W + g.PW - kw)
+                if qhi <= qlo:
+                    continue
+                for r in range(H):  # short rows: an inline (vectorised) loop beats a memcpy call
+                    dst = xp + i * w.xstride + kw * w.A + (r + g.PH) * OW
+                    src = x + (i * H + r) * W + kw - g.PW
+                    for q in range(qlo, qhi):
+                        dst[q] = src[q]
+    elif Wp == W:  # no left / right padding: whole planes
+        for i in range(C_in):
+            memcpy(xp + i * w.xstride + g.PH * Wp, x + i * H * W, H * W * sizeof(floating))
+    else:
+        for i in range(C_in):
+            for p in range(H):
+                memcpy(xp + i * w.xstride + (p + g.PH) * Wp + g.PW, x + (i * H + p) * W, W * sizeof(floating))
+    if w.pitch == OW:
+        for j in range(C_out):
+            memcpy(dyw + j * F, dy + j * OH * OW, OH * OW * sizeof(floating))
+    else:
+        for j in range(C_out):
+            for p in range(OH):
+                memcpy(dyw + j * F + p * w.pitch, dy + (j * OH + p) * OW, OW * sizeof(floating))
+    # Whole planes per tile: blocking f into L1-sized pieces (1-4 KiB rows) was 3-15% slower than streaming
+    # the tile's rows from L2 (more flushes of the accumulators).
+    j0 = 0
+    while j0 < C_out:
+        nj = min(w.nj, C_out - j0)
+        for i in range(C_in):
+            t0 = 0
+            a0 = 0
+            b0 = 0
+            while t0 < KK:
+                nt = min(w.nt, KK - t0)
+                if KK - t0 == w.nt + 1 and w.nt > 2:  # 3k + 1 taps (5x5, 7x7): end with 2 + 2, not 3 + 1
+                    nt = 2                             # (one tap is 4 accumulators: FMA-latency bound)
+                _kgrad_tile(dyw + j0 * F, F, xp + i * w.xstride, a0, b0, w.Bn, w.A, w.B, w.nvec,
+                            vacc + (j0 * C_in * KK + (i * KK + t0) * nj) * L, first, nj, nt)
+                t0 += nt
+                b0 += nt
+                while b0 >= w.Bn:
+                    b0 -= w.Bn
+                    a0 += 1
+        j0 += nj
+
+
+cdef void _kgrad_wide_chunk(const floating* dy, const floating* x, floating* part, floating* slab,
+                            Py_ssize_t lo, Py_ssize_t hi, const Geom* g, const WideGeom* w) noexcept nogil:
+    """part[(j, i, kh, kw)] = Σ_{n in [lo, hi)} dK terms of sample n: vector partials over the chunk, then
+    each entry's L lanes summed pairwise in a fixed order."""
+    cdef Py_ssize_t n, j0, nj, CKK = g.C_in * g.KH * g.KW, L = w.L
+    cdef Py_ssize_t xs = g.C_in * g.H * g.W, ys = g.C_out * g.OH * g.OW
+    cdef floating* xp = slab
+    cdef floating* dyw = slab + w.xsize
+    cdef floating* vacc = dyw + g.C_out * w.F
+    for n in range(lo, hi):  # never empty (at most N chunks): the first sample initialises vacc
+        _kgrad_wide_one(x + n * xs, dy + n * ys, xp, dyw, vacc, n == lo, g, w)
+    j0 = 0
+    while j0 < g.C_out:  # vacc holds each block of nj channels as [(i, kh, kw), jj, lane]
+        nj = min(w.nj, g.C_out - j0)
+        if floating is float:
+            _lane_sums_f(vacc + j0 * CKK * L, part + j0 * CKK, CKK, nj, CKK)
+        else:
+            _lane_sums_d(vacc + j0 * CKK * L, part + j0 * CKK, CKK, nj, CKK)
+        j0 += nj
+
+
+def conv2d_kernel_gradient_wide(const floating[:, :, :, ::1] dy,     # IN  (N, C_out, OH, OW)
+                                const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
+                                floating[:, :, :, ::1] dk,           # OUT (C_out, C_in, KH, KW)
+                                floating[:, ::1] partial,            # TMP (nchunk, C_out*C_in*KH*KW)
+                                floating[:, ::1] scratch,            # TMP (threads, kgrad_wide_scratch_size), zeros
+                                Py_ssize_t PH, Py_ssize_t PW, bint shifted, Py_ssize_t nj, Py_ssize_t nt,
+                                int num_threads):
+    """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]), stride 1, zero padding (PH top, PW left; the bottom /
+    right padding follows from the shapes), by wide-row register tiles, summed in fixed chunks."""
+    cdef Py_ssize_t N = x.shape[0], nchunk = partial.shape[0], c, t, kh, kw
+    cdef Py_ssize_t KK = dk.shape[0] * dk.shape[1] * dk.shape[2] * dk.shape[3], KHW = dk.shape[2] * dk.shape[3]
+    cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], dk.shape[0], dk.shape[2], dk.shape[3],
+                        dy.shape[2], dy.shape[3], 1, 1, PH, PW)
+    cdef WideGeom w = _wide_geom(&g, CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D, shifted,
+                                 min(nj, <Py_ssize_t>CNN_EXT_KJ), min(nt, <Py_ssize_t>CNN_EXT_KT))
+    cdef floating* out = &dk[0, 0, 0, 0]
+    cdef floating inv_n
+    for t in range(KK):
+        out[t] = 0
+    if N == 0:
+        return
+    with nogil:
+        inv_n = (<floating>1) / N
+        for c in prange(nchunk, schedule='dynamic', num_threads=num_threads):
+            _kgrad_wide_chunk(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[c, 0], &scratch[threadid(), 0],
+                              (c * N) // nchunk, ((c + 1) * N) // nchunk, &g, &w)
+        for c in range(nchunk):
+            if shifted:  # partial holds (j, i, kw, kh)
+                for t in range(KK // KHW):
+                    for kh in range(g.KH):
+                        for kw in range(g.KW):
+                            out[t * KHW + kh * g.KW + kw] += partial[c, t * KHW + kw * g.KH + kh]
+            else:
+                for t in range(KK):
+                    out[t] += partial[c, t]
+        for t in range(KK):
+            out[t] *= inv_n
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -190,6 +190,113 @@ def test_direct_forward_tiles_do_not_depend_on_thread_count(dtype, restore_threa
     assert_allclose(results[0], scipy_forward(*(a.astype(np.float64) for a in (x, k, b))), **TOL[dtype])
 
 
+# The tiled kernel gradient (stride 1, any padding) keeps 4 output channels x 3 taps of SIMD accumulators over
+# the flattened planes (8 float32 / 4 float64 lanes in the AVX2 build, 4 / 2 in the SSE2 one); the last vector
+# of a plane runs into zeros (dE_dY widened) and slack (x). Two layouts: wide rows (x padded to Hp x Wp) and
+# shifted copies (one copy of x per kernel column, no wasted columns). These cases put OH*OW, C_out and the
+# number of taps below, on and above the tile sizes, with N below, on and above the 16 reduction chunks.
+KGRAD_TILE_CASES = [
+    # N, C_in, C_out, H, W, KH, KW, padding                   what it covers
+    ((3, 2, 5, 9, 11, 3, 3), 0),  # C_out = 4 + 1, OW = 9
+    ((2, 1, 1, 4, 4, 1, 1), 0),  # K = 1, one channel
+    ((5, 3, 7, 5, 6, 5, 6), 0),  # kernel == input: OH*OW = 1 < one vector, 30 taps
+    ((17, 2, 3, 6, 5, 2, 3), 0),  # N = 17 (uneven chunks), C_out < 4
+    ((37, 2, 6, 8, 7, 3, 2), ((1, 0), (2, 1))),  # asymmetric padding, N = 37
+    ((4, 3, 9, 7, 7, 3, 3), "same"),
+    ((1, 1, 2, 3, 40, 3, 7), (0, 3)),  # wide rows, left/right padding only
+    ((2, 4, 8, 3, 3, 3, 3), 2),  # C_out = 2 tiles, padding as wide as the kernel
+    ((6, 2, 4, 12, 2, 4, 2), ((0, 2), (1, 1))),  # OW = 3
+    ((3, 5, 13, 10, 9, 7, 7), 3),  # 49 taps = 16 tiles of 3 + 1
+    ((2, 2, 3, 4, 5, 3, 3), 4),  # padding larger than the kernel: rows and columns of zeros only
+    ((16, 1, 4, 3, 3, 2, 2), 0),  # the tutorial's toy layer, N = 16
+]
+
+
+@pytest.fixture(params=["wide", "shifted"])
+def kgrad_layout(request, monkeypatch):
+    """Forces the tiled kernel gradient's layout (ops picks it by C_out * KH)."""
+    from cnn_ext import ops
+
+    limit = 0 if request.param == "shifted" else 10**9
+    monkeypatch.setattr(ops, "_KGRAD_SHIFTED_MIN_F32", limit)
+    monkeypatch.setattr(ops, "_KGRAD_SHIFTED_MIN_F64", limit)
+    return request.param
+
+
+@pytest.mark.parametrize("case,padding", KGRAD_TILE_CASES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_tiled_kernel_gradient_against_einsum(case, padding, dtype, kgrad_layout):
+    from cnn_ext import ops
+
+    N, C_in, C_out, H, W, KH, KW = case
+    pad = ops._padding(padding, KH, KW, (1, 1))
+    OH, OW = H + pad[0] + pad[1] - KH + 1, W + pad[2] + pad[3] - KW + 1
+    rng = np.random.default_rng(sum(case))
+    x, k, _, dy = data(rng, *case, dtype=dtype, OH=OH, OW=OW)
+    x = x + 0.5  # offsets make a lost or doubled tap visible in every entry
+    before = (x.copy(), dy.copy())
+    dk_ref, _ = linear_maps(x.shape, k.astype(np.float64), (1, 1), pad)
+    ref = dk_ref(dy.astype(np.float64), x.astype(np.float64))
+    assert ops._kgrad_method("direct", True, pad == (0, 0, 0, 0), OH, OW, C_in, C_out, KH, KW,
+                             np.dtype(dtype)) == kgrad_layout
+    dk = conv2d_kernel_gradient(dy, x, padding=padding, kernel_size=(KH, KW), method="direct")
+    assert dk.dtype == dtype and dk.shape == (C_out, C_in, KH, KW)
+    assert_allclose(dk, ref, **TOL[dtype])
+    gemm = conv2d_kernel_gradient(dy, x, padding=padding, kernel_size=(KH, KW), method="gemm")
+    assert_allclose(dk, gemm, **TOL[dtype])
+    assert_array_equal(x, before[0])
+    assert_array_equal(dy, before[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("padding", [0, ((2, 0), (1, 3))])
+def test_tiled_kernel_gradient_does_not_depend_on_thread_count(dtype, padding, kgrad_layout, restore_threads):
+    rng = np.random.default_rng(21)
+    x, _, _, _ = data(rng, 37, 3, 6, 12, 13, 3, 3, dtype=dtype)
+    OH, OW = conv2d_forward(x, np.zeros((6, 3, 3, 3), dtype), np.zeros(6, dtype), padding=padding).shape[2:]
+    dy = rng.standard_normal((37, 6, OH, OW)).astype(dtype)
+    results = []
+    for n in (1, 2, 3):
+        cnn_ext.set_num_threads(n)
+        results.append(conv2d_kernel_gradient(dy, x, padding=padding, kernel_size=3, method="direct"))
+    for other in results[1:]:
+        assert_array_equal(results[0], other)  # bitwise: fixed chunks, lanes summed in a fixed order
+
+
+def test_tiled_kernel_gradient_reads_strided_and_readonly_inputs():
+    rng = np.random.default_rng(22)
+    x, _, _, dy = data(rng, 5, 3, 6, 10, 9, 3, 3, dtype=np.float32)
+    ref = conv2d_kernel_gradient(dy, x, method="direct")
+    xf, dyr = np.asfortranarray(x), dy.copy()
+    dyr.setflags(write=False)
+    assert_array_equal(conv2d_kernel_gradient(dyr, xf, method="direct"), ref)
+    big = np.zeros((5, 3, 20, 18), np.float32)
+    big[:, :, ::2, ::2] = x
+    assert_array_equal(conv2d_kernel_gradient(dy, big[:, :, ::2, ::2], method="direct"), ref)
+
+
+def test_kernel_gradient_method_choice():
+    from cnn_ext import ops
+
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    tiled = ops._KGRAD_TILED
+    # the tutorial's toy layer keeps the row loops; strided layers the GEMM
+    assert ops._kgrad_method("auto", True, True, 2, 2, 1, 4, 2, 2, f32) == "rows"
+    assert ops._kgrad_method("auto", False, False, 13, 13, 64, 64, 3, 3, f32) == "gemm"
+    assert ops._kgrad_method("gemm", True, True, 26, 26, 64, 64, 3, 3, f32) == "gemm"
+    big = ops._kgrad_method("auto", True, True, 26, 26, 64, 64, 3, 3, f32)
+    few = ops._kgrad_method("auto", True, False, 24, 24, 1, 4, 5, 5, f64)
+    assert (big, few) == (("shifted", "wide") if tiled else ("gemm", "gemm"))
+    assert ops._kgrad_method("direct", True, False, 24, 24, 1, 4, 5, 5, f32) == "wide"  # any build
+    # small maps with many channels: gemm (the tiled kernel's partials outgrow L2), unless forced
+    assert ops._kgrad_method("auto", True, True, 5, 5, 128, 128, 3, 3, f32) == "gemm"
+    assert ops._kgrad_method("direct", True, True, 5, 5, 128, 128, 3, 3, f32) == "shifted"
+    assert ops._kgrad_method("auto", True, True, 10, 10, 16, 16, 3, 3, f32) == ("wide" if tiled else "gemm")
+    with pytest.raises(ValueError, match="method='direct' needs stride 1"):
+        conv2d_kernel_gradient(np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 5, 5)), stride=2, kernel_size=2,
+                               method="direct")
+
+
 def test_kernel_gradient_is_not_the_tutorials_rotated_one():
     """SciPy swaps correlate2d's operands when the first is smaller: the tutorial's call is rot180 of ours."""
     rng = np.random.default_rng(1)
