@@ -407,7 +407,12 @@ def conv2d_kernel_gradient(dE_dY, x, *, stride=1, padding=0, kernel_size=None, m
                                                               shifted)), dtype=dtype)
         _conv.conv2d_kernel_gradient_wide(_contiguous(dy, dtype), _contiguous(x, dtype), dk, partial, scratch,
                                           top, left, shifted, _KGRAD_TILE_CHANNELS, _KGRAD_TILE_TAPS, nt)
-        return dk
+        if np.isfinite(dk).all():
+            return dk
+        # The tiled layouts also multiply zeros (the widened dE_dY's extra columns) by x values a tap does not
+        # reach: 0 * x is 0, except for an inf or NaN in x, which would turn such a tap into NaN. Only then is
+        # dK non-finite; im2col reaches exactly the right values, so recompute that way.
+        impl = "gemm"
     use_gemm = impl == "gemm"
     # per-chunk partial sums; the direct loops keep one per output column too (summed in order at the end)
     partial = np.empty((nchunk, C_out * C_in * KH * KW * (1 if use_gemm else OW)), dtype=dtype)

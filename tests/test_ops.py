@@ -752,3 +752,22 @@ def test_dense_matmul_split_over_threads(monkeypatch, restore_threads, dtype, M,
     a = rng.standard_normal((M, 2 * K)).astype(dtype)[:, ::2]
     b = rng.standard_normal((K, N)).astype(dtype)
     assert_allclose(ops._matmul(a, b), a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("padding", [0, 1])
+def test_kernel_gradient_inf_in_x_only_reaches_its_taps(dtype, padding):
+    """An inf in x makes the taps that meet it non-finite, and no others, whatever the method (the tiled
+    layouts multiply zeros by x values a tap does not reach; they must not leak)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 2, 20, 20)).astype(dtype)
+    x[1, 0, 5, 19] = np.inf  # last column: reached only by the last kernel column (unpadded)
+    x[2, 1, 19, 0] = -np.inf
+    dy = rng.standard_normal((3, 5, 20 + 2 * padding - 2, 20 + 2 * padding - 2)).astype(dtype)
+    ref = conv2d_kernel_gradient(dy, x, padding=padding, method="gemm")
+    assert np.isfinite(ref).sum() > 0 and (~np.isfinite(ref)).sum() > 0
+    for method in ("auto", "direct"):
+        got = conv2d_kernel_gradient(dy, x, padding=padding, method=method)
+        assert_array_equal(np.isfinite(got), np.isfinite(ref))
+        fin = np.isfinite(ref)
+        assert_allclose(got[fin], ref[fin], rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4)
