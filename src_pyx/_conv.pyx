@@ -378,7 +378,8 @@ cdef void _igrad_direct_one(const floating* dy, const floating* k, floating* dx,
 # accumulators are stored / added lane-wise into a per-thread vector buffer vacc[(j, i, tap), lane] for the
 # chunk, whose lanes are summed once per chunk in a fixed order (so the result does not depend on the thread
 # count). Zeros of dyw (gap columns, the tail up to a whole vector) multiply real x values: an inf or NaN in
-# x can turn entries into NaN that im2col + BLAS would leave finite (their exact value never involves it).
+# x can turn entries into NaN that im2col + BLAS would leave finite (their exact value never involves it);
+# ops.conv2d_kernel_gradient recomputes a non-finite result with im2col.
 # ---------------------------------------------------------------------------------------------------
 
 cdef extern from *:
