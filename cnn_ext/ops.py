@@ -38,11 +38,13 @@ _COLS_BLOCK_BYTES = int(os.environ.get("CNN_EXT_COLS_BLOCK_BYTES", 8 * 1024 * 10
 _MIN_BLOCK = 64  # output pixels
 _MIN_WORK_PER_THREAD = int(os.environ.get("CNN_EXT_MIN_WORK_PER_THREAD", 200_000))  # multiply-adds
 _DIRECT_MAX_OUTPUT = 36  # output pixels per map up to which method="auto" takes the direct loops
-# Forward, method="auto" (measurements in _method): the register-tiled direct loops (AVX2 build only) for
-# few output channels, and the plain direct loops only for the tiniest layers.
-_DIRECT_TILED = _ISA == "avx2"
-_DIRECT_MAX_C_OUT = 32  # output channels up to which the tiled direct forward beats im2col + BLAS
-_DIRECT_MAX_C_OUT_NARROW = 8  # the same for rows of one to two SIMD vectors (one vector per tile row)
+# Forward and input gradient, method="auto" (measurements in _wide_method): the wide-row direct kernel in the
+# AVX2 build; the SSE2 build keeps im2col + BLAS but for the tiniest layers.
+_WIDE_FAST = _ISA == "avx2"
+_WIDE_IB = int(os.environ.get("CNN_EXT_WIDE_IB", 32))  # input channels per block of the wide-row kernel
+_WIDE_DX_SMALL_F32 = 1024  # C_in * C_out up to which the float32 dX takes the wide kernel on any map
+_WIDE_DX_SMALL_F64 = 2304  # C_in * C_out * KH * KW up to which the float64 dX takes it
+_WIDE_DX_MAX_WASTE = 1.25  # float32 dX: H*W / (OH*OW) (the zero taps it multiplies) up to which it takes it
 _DIRECT_TINY_CHANNELS = 4  # C_in * C_out up to which maps of <= _DIRECT_MAX_OUTPUT pixels take the direct loops
 
 
@@ -143,8 +145,8 @@ def _contiguous(arr, dtype):
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
-def _method(method, direct_ok, OH, OW, C_in, C_out, forward_dtype=None):
-    """'direct' or 'gemm'; forward_dtype is given for the forward (register-tiled direct kernel), not for gradients."""
+def _method(method, direct_ok, OH, OW, C_in, C_out):
+    """'direct' or 'gemm' for the kernel gradient."""
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     if method == "direct" and not direct_ok:
@@ -154,41 +156,52 @@ def _method(method, direct_ok, OH, OW, C_in, C_out, forward_dtype=None):
     if not direct_ok:
         return "gemm"
     tiny = OH * OW <= _DIRECT_MAX_OUTPUT and C_in * C_out <= _DIRECT_TINY_CHANNELS
-    if forward_dtype is None:
-        # Gradients: im2col + BLAS wins from 28x28 MNIST-sized maps up, even with 1 input channel, and on
-        # small maps as soon as there are channels; the direct row loops only win on tiny maps with a few
-        # channels, where a BLAS call costs more than the work. Single-thread, dK / dX, direct vs gemm (ms):
-        #   (16, 1, 4, 3, 2)    0.011 / 0.017   0.010 / 0.016
-        #   (16, 2, 2, 6, 2)    0.014 / 0.020   0.016 / 0.020
-        #   (16, 4, 4, 6, 2)    0.029 / 0.025   0.040 / 0.024
-        #   (16, 8, 8, 6, 3)    0.119 / 0.047   0.206 / 0.042
-        #   (8, 128, 128, 7, 3) 21.6 / 1.10     35.3 / 1.37     (float32; the old maps-only rule took direct)
-        return "direct" if tiny else "gemm"
-    # Forward. Measured single-thread on AMD EPYC (AVX2 + FMA, OpenBLAS), CPU-time medians, direct / gemm:
-    #   (N, C_in, C_out, H=W, K)   float32               float64
-    #   (16, 1, 4, 28, 5)          0.044 / 0.077 ms      0.059 / 0.106 ms
-    #   (16, 1, 4, 3, 2)           0.009 / 0.015         0.010 / 0.015      (row loops: OW < one vector)
-    #   (32, 3, 8, 32, 3)          0.210 / 0.307         0.372 / 0.467
-    #   (16, 8, 16, 64, 7)         7.39 / 15.3           15.2 / 22.9        (PyTorch float32: 6.66 ms)
-    #   (64, 16, 32, 28, 3)        5.52 / 7.18           11.0 / 10.9
-    #   (16, 3, 32, 32, 5)         0.751 / 1.041         1.56 / 1.59
-    #   (16, 32, 64, 28, 3)        5.21 / 5.47           11.6 / 9.60        C_out 64: gemm
-    #   (16, 64, 64, 14, 3)        4.07 / 2.59           5.52 / 4.54
-    #   (16, 8, 8, 10, 3)          0.030 / 0.065         0.036 / 0.084      one-vector rows, C_out 8: direct
-    #   (16, 16, 16, 12, 3)        0.216 / 0.202         0.260 / 0.293      float32 one-vector rows, C_out 16: gemm
-    #   (16, 32, 32, 9, 3)         3.65 / 0.358          0.824 / 0.638      rows narrower than a vector / one-vector
-    #   (8, 128, 128, 7, 3)        18.2 / 1.26           3.41 / 2.05
-    #   (16, 4, 4, 6, 2)           0.025 / 0.022         0.013 / 0.023
-    # A tile row is 2 vectors (16 float32 / 8 float64 columns with AVX2) or 1 when OW is narrower; rows
-    # narrower than one vector take the plain row loops, which beat BLAS only on the tiny toy layer. The
-    # SSE2 build (no FMA; OpenBLAS still uses AVX2) lost to gemm on every shape above but the toy one.
-    if _DIRECT_TILED:
-        lanes = _conv.direct_tile_lanes(forward_dtype == np.float32)
-        if OW >= 2 * lanes and C_out <= _DIRECT_MAX_C_OUT:
-            return "direct"
-        if OW >= lanes and C_out <= _DIRECT_MAX_C_OUT_NARROW:
-            return "direct"
+    # Kernel gradient: im2col + BLAS wins from 28x28 MNIST-sized maps up, even with 1 input channel, and on
+    # small maps as soon as there are channels; the direct row loops only win on tiny maps with a few
+    # channels, where a BLAS call costs more than the work. Single-thread, dK / dX, direct vs gemm (ms):
+    #   (16, 1, 4, 3, 2)    0.011 / 0.017   0.010 / 0.016
+    #   (16, 2, 2, 6, 2)    0.014 / 0.020   0.016 / 0.020
+    #   (16, 4, 4, 6, 2)    0.029 / 0.025   0.040 / 0.024
+    #   (16, 8, 8, 6, 3)    0.119 / 0.047   0.206 / 0.042
+    #   (8, 128, 128, 7, 3) 21.6 / 1.10     35.3 / 1.37     (float32; the old maps-only rule took direct)
     return "direct" if tiny else "gemm"
+
+
+def _wide_method(method, wide_ok, why, N, C_in, C_out, H, W, KH, KW, OH, OW, dtype, grad):
+    """'direct' (the wide-row kernel) or 'gemm' for the forward (grad False) or the input gradient (grad True).
+
+    The forward wins or ties everywhere measured (AVX2 build); the input gradient runs it on dE_dY padded by
+    K-1, so it multiplies H*W/(OH*OW) times more (zero) terms than the forward and loses to BLAS on small
+    maps with many channels, and float64 loses with more than a few channels.
+    Single-thread CPU-time medians (ms), AMD EPYC Zen 4, AVX2 + FMA, OpenBLAS; wide / gemm (old direct):
+      (N, C_in, C_out, H=W, K)  forward f32          forward f64          dX f32          dX f64
+      (16, 1, 4, 28, 5)         0.040 / 0.090 (.052) 0.072 / 0.121 (.068) 0.082 / 0.111   0.145 / 0.147
+      (16, 1, 4, 3, 2)          0.005 / 0.017 (.011) 0.006 / 0.017 (.011) 0.007 / 0.017   0.007 / 0.017
+      (32, 3, 8, 32, 3)         0.234 / 0.356 (.264) 0.439 / 0.557 (.481) 0.257 / 0.543   0.501 / 0.785
+      (16, 3, 32, 32, 5)        0.929 / 1.193 (.905) 1.595 / 1.713        1.127 / 1.506   2.099 / 1.978
+      (16, 8, 8, 10, 3)         0.028 / 0.069 (.037) 0.047 / 0.098        0.041 / 0.090   0.070 / 0.147
+      (16, 16, 16, 12, 3)       0.108 / 0.222        0.205 / 0.300        0.170 / 0.368   0.305 / 0.479
+      (16, 32, 32, 9, 3)        0.242 / 0.437        0.485 / 0.601        0.421 / 0.540   0.729 / 0.718
+      (8, 128, 128, 7, 3)       1.244 / 1.640        1.815 / 2.658        2.007 / 2.037   3.975 / 2.879
+      (16, 64, 64, 14, 3)       2.294 / 3.090        4.697 / 5.822        3.492 / 3.142   6.188 / 5.262
+      (16, 32, 64, 28, 3)       4.602 / 6.096        10.36 / 10.59        5.755 / 5.978   13.14 / 10.82
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if method == "direct" and not wide_ok:
+        raise ValueError(f"method='direct' needs {why}; use 'gemm' or 'auto'")
+    if method != "auto":
+        return method
+    if not wide_ok:
+        return "gemm"
+    if not _WIDE_FAST:
+        return "direct" if OH * OW <= _DIRECT_MAX_OUTPUT and C_in * C_out <= _DIRECT_TINY_CHANNELS else "gemm"
+    if not grad:
+        return "direct"
+    if dtype == np.float64:
+        return "direct" if C_in * C_out * KH * KW <= _WIDE_DX_SMALL_F64 else "gemm"
+    small = C_in * C_out <= _WIDE_DX_SMALL_F32 or H * W <= _WIDE_DX_MAX_WASTE * OH * OW
+    return "direct" if small else "gemm"
 
 
 def _scratch(use_gemm, nt, CKK, P, C_out, dtype):
@@ -201,6 +214,19 @@ def _scratch(use_gemm, nt, CKK, P, C_out, dtype):
     block = max(1, min(P, _COLS_BLOCK_BYTES // (CKK * np.dtype(dtype).itemsize)))
     block = max(block, min(P, _MIN_BLOCK))  # thin blocks make thin GEMMs: keep some width
     return np.empty((nt, CKK * block), dtype=dtype)
+
+
+def _wide_run(x, k, b, y, top, left, nt, dtype):
+    """The wide-row direct kernel (stride 1): per-thread zeroed padded slabs and wide output buffers."""
+    N, C_in, H, W = x.shape
+    C_out, _, KH, KW = k.shape
+    OH, OW = y.shape[2:]
+    Hp, Wp = OH + KH - 1, OW + KW - 1
+    JB, TB = _conv.wide_tile(dtype == np.float32)
+    Fr = -(-OH * Wp // TB) * TB
+    xpad = np.zeros((nt, C_in * Hp * Wp + TB + KW), dtype=dtype)
+    wide = np.empty((nt, C_out * Fr), dtype=dtype)
+    _conv.conv2d_forward_wide(x, k, b, y, xpad, wide, top, left, _WIDE_IB, nt)
 
 
 def _threads(parts, work=None):
@@ -233,7 +259,8 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto"):
     padding : 'valid', 'same', int, (ph, pw) or ((top, bottom), (left, right)), default 0 ('valid')
         Zero padding; 'same' (stride 1 only) keeps H x W, putting the odd extra row/column at the end.
     method : {'auto', 'direct', 'gemm'}
-        'direct' loops (stride 1, no padding) or im2col + BLAS; 'auto' picks by shape.
+        'direct': the wide-row register-tiled kernel (stride 1, any padding); 'gemm': im2col + BLAS;
+        'auto' picks by shape.
 
     Returns
     -------
@@ -258,13 +285,16 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto"):
     SH, SW = _ints(stride, "stride", 1)
     top, bottom, left, right = _padding(padding, KH, KW, (SH, SW))
     OH, OW = _out_hw(H, W, KH, KW, SH, SW, top, bottom, left, right, "x", "kernels", x.shape, k.shape)
-    method = _method(method, (SH, SW, top, bottom, left, right) == (1, 1, 0, 0, 0, 0), OH, OW, C_in, C_out,
-                     forward_dtype=dtype)
+    method = _wide_method(method, (SH, SW) == (1, 1), "stride 1", N, C_in, C_out, H, W, KH, KW, OH, OW, dtype,
+                          grad=False)
     use_gemm = method == "gemm"
     y = np.empty((N, C_out, OH, OW), dtype=dtype)
     if N == 0:
         return y
     nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)
+    if not use_gemm:
+        _wide_run(_contiguous(x, dtype), _contiguous(k, dtype), _contiguous(b, dtype), y, top, left, nt, dtype)
+        return y
     scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
     _run(use_gemm, _conv.conv2d_forward, _contiguous(x, dtype), _contiguous(k, dtype), _contiguous(b, dtype),
          y, scratch, SH, SW, top, left, use_gemm, nt)
@@ -364,6 +394,8 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
         (H, W) of the forward input; needed only with stride > 1, where several sizes give the same
         output. By default ``H = (OH - 1) * SH + KH - pad_top - pad_bottom``.
     method : {'auto', 'direct', 'gemm'}
+        'direct' (stride 1, padding <= kernel size - 1): the forward's wide-row kernel on dE_dY padded by
+        kernel size - 1 - padding with the transposed, 180°-rotated kernels; 'gemm': BLAS + col2im.
 
     Returns
     -------
@@ -394,12 +426,19 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
     if (eOH, eOW) != (OH, OW):
         raise ValueError(f"dE_dY has spatial shape {(OH, OW)} (shape {dy.shape}) but an input of {(H, W)} with "
                          f"kernels {k.shape} gives {(eOH, eOW)}")
-    method = _method(method, (SH, SW, top, bottom, left, right) == (1, 1, 0, 0, 0, 0), OH, OW, C_in, C_out)
+    # stride 1: dX is the forward of dE_dY zero-padded by K-1-padding with the transposed, 180°-rotated kernels
+    pads = (KH - 1 - top, KH - 1 - bottom, KW - 1 - left, KW - 1 - right)
+    method = _wide_method(method, (SH, SW) == (1, 1) and min(pads) >= 0, "stride 1 and padding <= kernel size - 1",
+                          N, C_in, C_out, H, W, KH, KW, OH, OW, dtype, grad=True)
     use_gemm = method == "gemm"
     dx = np.empty((N, C_in, H, W), dtype=dtype)
     if N == 0:
         return dx
     nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)
+    if not use_gemm:
+        k_rot = np.ascontiguousarray(np.asarray(k, dtype=dtype)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        _wide_run(_contiguous(dy, dtype), k_rot, np.zeros(C_in, dtype=dtype), dx, pads[0], pads[2], nt, dtype)
+        return dx
     scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
     _run(use_gemm, _conv.conv2d_input_gradient, _contiguous(dy, dtype), _contiguous(k, dtype), dx, scratch,
          SH, SW, top, left, use_gemm, nt)

@@ -363,6 +363,180 @@ cdef void _igrad_direct_one(const floating* dy, const floating* k, floating* dx,
 
 
 # ---------------------------------------------------------------------------------------------------
+# Wide-row direct forward (stride 1, any zero padding), also the input gradient for stride 1
+#
+# Each sample is copied into a per-thread zero-padded slab xp[C_in, Hp, Wp] (+ slack). Output pixel
+# (p, q) reads xp[i, p*Wp + q + kh*Wp + kw]: over the flat index f = p*Wp + q, taken for every q < Wp
+# (columns q >= OW are computed and dropped), a vector of outputs f..f+L-1 is one contiguous load per
+# (i, kh, kw). Register tiles run along f across row ends: no lane is lost except (Wp - OW)/Wp.
+# ---------------------------------------------------------------------------------------------------
+
+cdef extern from *:
+    """
+    /* Wide-row tile: nj <= CNN_EXT_WJB output channels x CNN_EXT_WNV vectors along the flat index f.
+     * The accumulators stay in vector registers over the (i, kh, kw) reduction of one block of input
+     * channels [i0, i1); the tile starts from 0 (first block) or from the wide buffer, and is stored
+     * back there. AVX2 (16 ymm): 4 x 3 = 12 accumulators + 3 x + 1 weight; measured against 6 x 2 and
+     * 3 x 4 (see cnn_ext/ops.py). 32 vector registers (AVX-512) leave room for bigger tiles.
+     * Reads reach up to C_in*Hp*Wp + WNV*L + KW - 3 past xp: the slab has that slack, zeroed. */
+    #ifndef CNN_EXT_WJB
+    #if defined(__AVX512F__)
+    #define CNN_EXT_WJB 6
+    #define CNN_EXT_WNV 4
+    #else
+    #define CNN_EXT_WJB 4
+    #define CNN_EXT_WNV 3
+    #endif
+    #endif
+
+    #define CNN_EXT_DEFINE_WIDE_TILE(NAME, T, V)                                                          \\
+    CNN_EXT_TILE_INLINE void NAME##_fixed(const T* xp, const T* k, T* wide, Py_ssize_t ldw,             \\
+                                          Py_ssize_t plane, Py_ssize_t Wp, Py_ssize_t C_in,             \\
+                                          Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t i0, Py_ssize_t i1,   \\
+                                          Py_ssize_t j0, Py_ssize_t f0, int first, const Py_ssize_t nj) { \\
+        const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T)), CKK = C_in * KH * KW;                  \\
+        V acc[CNN_EXT_WJB][CNN_EXT_WNV], xv[CNN_EXT_WNV];                                                \\
+        Py_ssize_t i, kh, kw, jj, v;                                                                     \\
+        T* o = wide + j0 * ldw + f0;                                                                     \\
+        for (jj = 0; jj < nj; jj++)                                                                      \\
+            for (v = 0; v < CNN_EXT_WNV; v++)                                                            \\
+                if (first) acc[jj][v] = CNN_EXT_SPLAT(V, (T)0);                                          \\
+                else acc[jj][v] = *(const V*)(o + jj * ldw + v * L);                                     \\
+        for (i = i0; i < i1; i++) {                                                                      \\
+            const T* xi = xp + i * plane + f0;                                                           \\
+            const T* ki = k + (j0 * C_in + i) * KH * KW;                                                 \\
+            for (kh = 0; kh < KH; kh++) {                                                                \\
+                const T* xr = xi + kh * Wp;                                                              \\
+                const T* kr = ki + kh * KW;                                                              \\
+                for (kw = 0; kw < KW; kw++) {                                                            \\
+                    for (v = 0; v < CNN_EXT_WNV; v++)                                                    \\
+                        xv[v] = *(const V*)(xr + kw + v * L);                                            \\
+                    for (jj = 0; jj < nj; jj++) {                                                        \\
+                        const T w = kr[jj * CKK + kw];                                                   \\
+                        for (v = 0; v < CNN_EXT_WNV; v++)                                                \\
+                            acc[jj][v] += w * xv[v];                                                     \\
+                    }                                                                                    \\
+                }                                                                                        \\
+            }                                                                                            \\
+        }                                                                                                \\
+        for (jj = 0; jj < nj; jj++)                                                                      \\
+            for (v = 0; v < CNN_EXT_WNV; v++)                                                            \\
+                *(V*)(o + jj * ldw + v * L) = acc[jj][v];                                                \\
+    }                                                                                                    \\
+    static void NAME(const T* xp, const T* k, T* wide, Py_ssize_t ldw, Py_ssize_t plane, Py_ssize_t Wp, \\
+                     Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t i0, Py_ssize_t i1,        \\
+                     Py_ssize_t j0, Py_ssize_t f0, int first, Py_ssize_t nj) {                           \\
+        switch (nj < CNN_EXT_WJB ? nj : CNN_EXT_WJB) {                                                   \\
+        case 1: NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, i0, i1, j0, f0, first, 1); break; \\
+        case 2: NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, i0, i1, j0, f0, first, 2); break; \\
+        default: NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, i0, i1, j0, f0, first, 3); break; \\
+        CNN_EXT_WIDE_CASES(NAME)                                                                         \\
+        }                                                                                                \\
+    }
+    #if CNN_EXT_WJB == 6
+    #define CNN_EXT_WIDE_CASES(NAME)                                                                       \\
+        case 4: NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, i0, i1, j0, f0, first, 4); break; \\
+        case 5: NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, i0, i1, j0, f0, first, 5); break; \\
+        case 6: NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, i0, i1, j0, f0, first, 6); break;
+    #elif CNN_EXT_WJB == 4
+    #define CNN_EXT_WIDE_CASES(NAME)                                                                       \\
+        case 4: NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, i0, i1, j0, f0, first, 4); break;
+    #elif CNN_EXT_WJB == 3
+    #define CNN_EXT_WIDE_CASES(NAME)
+    #else
+    #error "CNN_EXT_WJB must be 3, 4 or 6"
+    #endif
+    CNN_EXT_DEFINE_WIDE_TILE(cnn_ext_wide_tile_f, float, cnn_ext_vf)
+    CNN_EXT_DEFINE_WIDE_TILE(cnn_ext_wide_tile_d, double, cnn_ext_vd)
+    """
+    enum: CNN_EXT_WJB         # output channels per wide tile
+    enum: CNN_EXT_WNV         # vectors along the flat output index per wide tile
+    void _wide_tile_f "cnn_ext_wide_tile_f"(
+        const float* xp, const float* k, float* wide, Py_ssize_t ldw, Py_ssize_t plane, Py_ssize_t Wp,
+        Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
+        Py_ssize_t f0, int first, Py_ssize_t nj) noexcept nogil
+    void _wide_tile_d "cnn_ext_wide_tile_d"(
+        const double* xp, const double* k, double* wide, Py_ssize_t ldw, Py_ssize_t plane, Py_ssize_t Wp,
+        Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
+        Py_ssize_t f0, int first, Py_ssize_t nj) noexcept nogil
+
+
+def wide_tile(bint single):
+    """(output channels, flat outputs) of the wide-row tile in this build (float32 if single)."""
+    return (CNN_EXT_WJB, CNN_EXT_WNV * (CNN_EXT_LANES_F if single else CNN_EXT_LANES_D))
+
+
+cdef void _forward_wide_one(const floating* x, const floating* k, const floating* b, floating* y,
+                            floating* xp, floating* wide, const Geom* g, Py_ssize_t Hp, Py_ssize_t Wp,
+                            Py_ssize_t IB) noexcept nogil:
+    """y[j] = b[j] + Σ_i xcorr_valid(pad(x[i]), k[j, i]) through the padded slab xp and the wide buffer.
+
+    xp (C_in*Hp*Wp + slack) is zero outside the interior, which is all this writes; wide holds
+    C_out x Fr flat outputs (Fr = OH*Wp rounded up to whole tiles). Input channels go in blocks of IB
+    (partial sums kept in wide) so a block's planes stay in cache across the channel tiles.
+    """
+    cdef Py_ssize_t lanes = CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D
+    cdef Py_ssize_t TB = CNN_EXT_WNV * lanes
+    cdef Py_ssize_t C_in = g.C_in, C_out = g.C_out, H = g.H, W = g.W, OH = g.OH, OW = g.OW
+    cdef Py_ssize_t plane = Hp * Wp, F = g.OH * Wp, Fr, i, r, c, i0, i1, j, j0, f0, p, q
+    cdef floating bj
+    cdef floating* dst
+    cdef const floating* src
+    cdef const floating* wr
+    Fr = (F + TB - 1) // TB * TB
+    for i in range(C_in):
+        for r in range(H):
+            dst = xp + i * plane + (r + g.PH) * Wp + g.PW
+            src = x + (i * H + r) * W
+            for c in range(W):
+                dst[c] = src[c]
+    i0 = 0
+    while i0 < C_in:
+        i1 = min(C_in, i0 + IB)
+        j0 = 0
+        while j0 < C_out:
+            f0 = 0
+            while f0 < Fr:
+                if floating is float:
+                    _wide_tile_f(xp, k, wide, Fr, plane, Wp, C_in, g.KH, g.KW, i0, i1, j0, f0, i0 == 0,
+                                 C_out - j0)
+                else:
+                    _wide_tile_d(xp, k, wide, Fr, plane, Wp, C_in, g.KH, g.KW, i0, i1, j0, f0, i0 == 0,
+                                 C_out - j0)
+                f0 += TB
+            j0 += CNN_EXT_WJB
+        i0 = i1
+    for j in range(C_out):
+        bj = b[j]
+        for p in range(OH):
+            wr = wide + j * Fr + p * Wp
+            dst = y + (j * OH + p) * OW
+            for q in range(OW):
+                dst[q] = bj + wr[q]
+
+
+def conv2d_forward_wide(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
+                        const floating[:, :, :, ::1] k,      # IN  (C_out, C_in, KH, KW)
+                        const floating[::1] b,               # IN  (C_out,)
+                        floating[:, :, :, ::1] y,            # OUT (N, C_out, OH, OW)
+                        floating[:, ::1] xpad,               # TMP (threads, C_in*Hp*Wp + slack), zeroed
+                        floating[:, ::1] wide,               # TMP (threads, C_out*Fr)
+                        Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t IB, int num_threads):
+    """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left
+    (bottom and right follow from y's shape: Hp = OH + KH - 1, Wp = OW + KW - 1)."""
+    cdef Py_ssize_t n, N = x.shape[0]
+    cdef Py_ssize_t Hp = y.shape[2] + k.shape[2] - 1, Wp = y.shape[3] + k.shape[3] - 1
+    cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], k.shape[0], k.shape[2], k.shape[3],
+                        y.shape[2], y.shape[3], 1, 1, PT, PL)
+    if N == 0:
+        return
+    with nogil:
+        for n in prange(N, schedule='static', num_threads=num_threads):
+            _forward_wide_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
+                              &xpad[threadid(), 0], &wide[threadid(), 0], &g, Hp, Wp, IB)
+
+
+# ---------------------------------------------------------------------------------------------------
 # GEMM kernels for one sample
 # ---------------------------------------------------------------------------------------------------
 
