@@ -392,8 +392,9 @@ cdef extern from *:
     #define CNN_EXT_DEFINE_WIDE_TILE(NAME, T, V)                                                          \\
     CNN_EXT_TILE_INLINE void NAME##_fixed(const T* xp, const T* k, T* wide, Py_ssize_t ldw,             \\
                                           Py_ssize_t plane, Py_ssize_t Wp, Py_ssize_t C_in,             \\
-                                          Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t i0, Py_ssize_t i1,   \\
-                                          Py_ssize_t j0, Py_ssize_t f0, int first, const Py_ssize_t nj) { \\
+                                          Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1, \\
+                                          Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t f0,   \\
+                                          int first, const Py_ssize_t nj) {                             \\
         const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T)), CKK = C_in * KH * KW;                  \\
         V acc[CNN_EXT_WJB][CNN_EXT_WNV], xv[CNN_EXT_WNV];                                                \\
         Py_ssize_t i, kh, kw, jj, v;                                                                     \\
@@ -405,7 +406,7 @@ cdef extern from *:
         for (i = i0; i < i1; i++) {                                                                      \\
             const T* xi = xp + i * plane + f0;                                                           \\
             const T* ki = k + (j0 * C_in + i) * KH * KW;                                                 \\
-            for (kh = 0; kh < KH; kh++) {                                                                \\
+            for (kh = kh0; kh < kh1; kh++) {                                                             \\
                 const T* xr = xi + kh * Wp;                                                              \\
                 const T* kr = ki + kh * KW;                                                              \\
                 for (kw = 0; kw < KW; kw++) {                                                            \\
@@ -424,23 +425,23 @@ cdef extern from *:
                 *(V*)(o + jj * ldw + v * L) = acc[jj][v];                                                \\
     }                                                                                                    \\
     static void NAME(const T* xp, const T* k, T* wide, Py_ssize_t ldw, Py_ssize_t plane, Py_ssize_t Wp, \\
-                     Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t i0, Py_ssize_t i1,        \\
-                     Py_ssize_t j0, Py_ssize_t f0, int first, Py_ssize_t nj) {                           \\
+                     Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1,      \\
+                     Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t f0, int first, Py_ssize_t nj) { \\
         switch (nj < CNN_EXT_WJB ? nj : CNN_EXT_WJB) {                                                   \\
-        case 1: NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, i0, i1, j0, f0, first, 1); break; \\
-        case 2: NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, i0, i1, j0, f0, first, 2); break; \\
-        default: NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, i0, i1, j0, f0, first, 3); break; \\
+        case 1: NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, kh0, kh1, i0, i1, j0, f0, first, 1); break; \\
+        case 2: NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, kh0, kh1, i0, i1, j0, f0, first, 2); break; \\
+        default: NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, kh0, kh1, i0, i1, j0, f0, first, 3); break; \\
         CNN_EXT_WIDE_CASES(NAME)                                                                         \\
         }                                                                                                \\
     }
     #if CNN_EXT_WJB == 6
     #define CNN_EXT_WIDE_CASES(NAME)                                                                       \\
-        case 4: NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, i0, i1, j0, f0, first, 4); break; \\
-        case 5: NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, i0, i1, j0, f0, first, 5); break; \\
-        case 6: NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, i0, i1, j0, f0, first, 6); break;
+        case 4: NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, kh0, kh1, i0, i1, j0, f0, first, 4); break; \\
+        case 5: NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, kh0, kh1, i0, i1, j0, f0, first, 5); break; \\
+        case 6: NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, kh0, kh1, i0, i1, j0, f0, first, 6); break;
     #elif CNN_EXT_WJB == 4
     #define CNN_EXT_WIDE_CASES(NAME)                                                                       \\
-        case 4: NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, i0, i1, j0, f0, first, 4); break;
+        case 4: NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, kh0, kh1, i0, i1, j0, f0, first, 4); break;
     #elif CNN_EXT_WJB == 3
     #define CNN_EXT_WIDE_CASES(NAME)
     #else
@@ -453,12 +454,12 @@ cdef extern from *:
     enum: CNN_EXT_WNV         # vectors along the flat output index per wide tile
     void _wide_tile_f "cnn_ext_wide_tile_f"(
         const float* xp, const float* k, float* wide, Py_ssize_t ldw, Py_ssize_t plane, Py_ssize_t Wp,
-        Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
-        Py_ssize_t f0, int first, Py_ssize_t nj) noexcept nogil
+        Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1, Py_ssize_t i0,
+        Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t f0, int first, Py_ssize_t nj) noexcept nogil
     void _wide_tile_d "cnn_ext_wide_tile_d"(
         const double* xp, const double* k, double* wide, Py_ssize_t ldw, Py_ssize_t plane, Py_ssize_t Wp,
-        Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
-        Py_ssize_t f0, int first, Py_ssize_t nj) noexcept nogil
+        Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1, Py_ssize_t i0,
+        Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t f0, int first, Py_ssize_t nj) noexcept nogil
 
 
 def wide_tile(bint single):
@@ -478,7 +479,7 @@ cdef void _forward_wide_one(const floating* x, const floating* k, const floating
     cdef Py_ssize_t lanes = CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D
     cdef Py_ssize_t TB = CNN_EXT_WNV * lanes
     cdef Py_ssize_t C_in = g.C_in, C_out = g.C_out, H = g.H, W = g.W, OH = g.OH, OW = g.OW
-    cdef Py_ssize_t plane = Hp * Wp, F = g.OH * Wp, Fr, i, r, c, i0, i1, j, j0, f0, p, q
+    cdef Py_ssize_t plane = Hp * Wp, F = g.OH * Wp, Fr, i, r, c, i0, i1, j, j0, f0, p, q, kh0, kh1
     cdef floating bj
     cdef floating* dst
     cdef const floating* src
@@ -497,12 +498,16 @@ cdef void _forward_wide_one(const floating* x, const floating* k, const floating
         while j0 < C_out:
             f0 = 0
             while f0 < Fr:
+                # kernel rows that meet only padding rows for every output row of the tile add zeros: skipped
+                p = min(OH - 1, (f0 + TB - 1) // Wp)
+                kh0 = max(0, g.PH - p)
+                kh1 = min(g.KH, g.PH + H - f0 // Wp)
                 if floating is float:
-                    _wide_tile_f(xp, k, wide, Fr, plane, Wp, C_in, g.KH, g.KW, i0, i1, j0, f0, i0 == 0,
-                                 C_out - j0)
+                    _wide_tile_f(xp, k, wide, Fr, plane, Wp, C_in, g.KH, g.KW, kh0, kh1, i0, i1, j0, f0,
+                                 i0 == 0, C_out - j0)
                 else:
-                    _wide_tile_d(xp, k, wide, Fr, plane, Wp, C_in, g.KH, g.KW, i0, i1, j0, f0, i0 == 0,
-                                 C_out - j0)
+                    _wide_tile_d(xp, k, wide, Fr, plane, Wp, C_in, g.KH, g.KW, kh0, kh1, i0, i1, j0, f0,
+                                 i0 == 0, C_out - j0)
                 f0 += TB
             j0 += CNN_EXT_WJB
         i0 = i1

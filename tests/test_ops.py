@@ -202,6 +202,7 @@ WIDE_CASES = [
     ((3, 6, 8, 11, 10, 3, 4), (0, 1, 3, 0)),  # C_out 2 * JB
     ((1, 40, 6, 5, 9, 2, 2), (1, 1, 1, 1)),  # C_in 40 > the input-channel block
     ((1, 1, 1, 1, 1, 1, 1), (0, 0, 0, 0)),
+    ((1, 2, 3, 3, 4, 2, 2), (4, 3, 5, 0)),  # padding > kernel: tiles wholly inside the padding
 ]
 
 
@@ -235,6 +236,9 @@ def test_wide_kernel_against_einsum(monkeypatch, shape, pad, dtype, block):
         assert y.dtype == dx.dtype == dtype
         assert_allclose(y, ref, **TOL[dtype])
         assert_allclose(dx, ref_dx, **TOL[dtype])
+    y = np.empty_like(ref, dtype=dtype)  # the wide kernel itself, where 'direct' may take the row tiles
+    ops._wide_run(x, k, b, y, pad[0], pad[2], 1, np.dtype(dtype))
+    assert_allclose(y, ref, **TOL[dtype])
     for a, a0 in ((x, x0), (k, k0), (dy, dy0)):
         assert_array_equal(a, a0)
 
