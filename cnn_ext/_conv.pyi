@@ -59,15 +59,33 @@ def conv2d_input_gradient(
     dy: NDArray[_F],  # IN  (N, C_out, OH, OW)
     k: NDArray[_F],  # IN  (C_out, C_in, KH, KW)
     dx: NDArray[_F],  # OUT (N, C_in, H, W)
-    scratch: NDArray[_F],  # TMP (threads, C_in*KH*KW*block) for gemm
+    scratch: NDArray[_F],  # TMP (threads, C_in*KH*KW*block)
     SH: int,
     SW: int,
     PH: int,
     PW: int,
-    use_gemm: bool,
     num_threads: int,
 ) -> None:
-    """dx[n, i] = Σ_j conv_full(dy[n, j], k[j, i]) (the adjoint of the forward map, with stride and padding)."""
+    """dx[n, i] = Σ_j conv_full(dy[n, j], k[j, i]) (the adjoint of the forward map, with stride and padding)
+    by BLAS + col2im; the stride-1 direct method is conv2d_forward_wide on padded dy (see cnn_ext.ops)."""
+
+def conv2d_forward_wide(
+    x: NDArray[_F],  # IN  (N, C_in, H, W)
+    k: NDArray[_F],  # IN  (C_out, C_in, KH, KW)
+    b: NDArray[_F],  # IN  (C_out,)
+    y: NDArray[_F],  # OUT (N, C_out, OH, OW)
+    xpad: NDArray[_F],  # TMP (threads, C_in*Hp*Wp + slack), zeroed
+    wide: NDArray[_F],  # TMP (threads, C_out*Fr)
+    PT: int,
+    PL: int,
+    IB: int,
+    num_threads: int,
+) -> None:
+    """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left
+    (bottom and right follow from y's shape: Hp = OH + KH - 1, Wp = OW + KW - 1)."""
+
+def wide_tile(single: bool) -> tuple[int, int]:
+    """(output channels, flat outputs) of the wide-row tile in this build (float32 if single)."""
 
 def direct_tile_lanes(single: bool) -> int:
     """SIMD lanes per vector of the direct forward's register tile in this build (float32 if single)."""

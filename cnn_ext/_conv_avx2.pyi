@@ -2,9 +2,11 @@
 from ._conv import (
     conv2d_bias_gradient as conv2d_bias_gradient,
     conv2d_forward as conv2d_forward,
+    conv2d_forward_wide as conv2d_forward_wide,
     conv2d_input_gradient as conv2d_input_gradient,
     conv2d_kernel_gradient as conv2d_kernel_gradient,
     direct_tile_lanes as direct_tile_lanes,
     openmp_enabled as openmp_enabled,
     openmp_max_threads as openmp_max_threads,
+    wide_tile as wide_tile,
 )

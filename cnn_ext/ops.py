@@ -43,9 +43,10 @@ _DIRECT_MAX_OUTPUT = 36  # output pixels per map up to which method="auto" takes
 _WIDE_FAST = _ISA == "avx2"
 _WIDE_IB = int(os.environ.get("CNN_EXT_WIDE_IB", 32))  # input channels per block of the wide-row kernel
 _ROW_TILES_MAX_C_OUT = 32  # output channels up to which the older row-tiled forward can beat BLAS
+_ROW_TILES_SHORT = 128  # C_in*KH*KW up to which it wins ties in computed outputs with the wide kernel
 _WIDE_DX_SMALL_F32 = 1024  # C_in * C_out up to which the float32 dX takes the wide kernel on any map
-_WIDE_DX_SMALL_F64 = 2304  # C_in * C_out * KH * KW up to which the float64 dX takes it
-_WIDE_DX_MAX_WASTE = 1.25  # float32 dX: H*W / (OH*OW) (the zero taps it multiplies) up to which it takes it
+_WIDE_DX_SMALL_F64 = 512  # the same for float64, which takes it only there
+_WIDE_DX_MAX_WASTE = 1.5  # float32 dX: H*W / (OH*OW) (it multiplies zeros outside) up to which it takes it anyway
 _DIRECT_TINY_CHANNELS = 4  # C_in * C_out up to which maps of <= _DIRECT_MAX_OUTPUT pixels take the direct loops
 
 
@@ -200,23 +201,25 @@ def _wide_method(method, wide_ok, why, N, C_in, C_out, H, W, KH, KW, OH, OW, dty
     if not grad:
         return "direct"
     if dtype == np.float64:
-        return "direct" if C_in * C_out * KH * KW <= _WIDE_DX_SMALL_F64 else "gemm"
+        return "direct" if C_in * C_out <= _WIDE_DX_SMALL_F64 else "gemm"
     small = C_in * C_out <= _WIDE_DX_SMALL_F32 or H * W <= _WIDE_DX_MAX_WASTE * OH * OW
     return "direct" if small else "gemm"
 
 
-def _row_tiles_waste_less(OH, OW, C_out, KW, dtype):
-    """True when the row-tiled direct forward (stride 1, no padding; tiles of JB channels x 2 vectors of one
-    output row, overlapping at row and channel ends) computes fewer outputs than the wide-row kernel (OH*Wp
-    rounded up to whole tiles): rows a whole number of its tiles wide, e.g. float64 (16, 1, 4, 28, 5) 0.066 vs
-    0.072 ms and (16, 8, 8, 10, 3) 0.040 vs 0.046 ms. Rows under 2 vectors and C_out > 32 lose (see above)."""
+def _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype):
+    """True when the unpadded forward should take the older row-tiled kernel (tiles of JB channels x 2 vectors
+    of one output row, overlapping at row and channel ends, stored straight into y) instead of the wide-row one:
+    when its tiles compute fewer outputs (rows a whole number of its tiles wide), or as many and the reduction
+    C_in*KH*KW is short, so the wide kernel's per-tile costs (store to and copy from the wide buffer) show.
+    Rows under 2 vectors and C_out > 32 lose (see _wide_method)."""
     lanes = _conv.direct_tile_lanes(dtype == np.float32)
     if not _WIDE_FAST or OW < 2 * lanes or C_out > _ROW_TILES_MAX_C_OUT:
         return False
     JB, TB = _conv.wide_tile(dtype == np.float32)
     row = -(-OW // (2 * lanes)) * 2 * lanes * (-(-C_out // JB) * JB if C_out >= JB else C_out)
     wide = -(-OH * (OW + KW - 1) // TB) * TB / OH * C_out
-    return row < 0.95 * wide  # ties (e.g. (16, 8, 16, 64, 7): 64 vs 64.1 columns) measured even: wide
+    # ties with long reductions measured even ((16, 8, 16, 64, 7): 64 vs 64.1 columns): wide
+    return row < 0.95 * wide or (row <= wide and C_in * KH * KW <= _ROW_TILES_SHORT)
 
 
 def _scratch(use_gemm, nt, CKK, P, C_out, dtype):
@@ -307,9 +310,8 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto"):
     if N == 0:
         return y
     nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)
-    if not use_gemm and (top, bottom, left, right) == (0, 0, 0, 0) and _row_tiles_waste_less(OH, OW, C_out, KW, dtype):
-        pass  # the row-tiled direct forward below
-    elif not use_gemm:
+    unpadded = (top, bottom, left, right) == (0, 0, 0, 0)
+    if not use_gemm and not (unpadded and _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype)):
         _wide_run(_contiguous(x, dtype), _contiguous(k, dtype), _contiguous(b, dtype), y, top, left, nt, dtype)
         return y
     scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
@@ -458,5 +460,5 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
         return dx
     scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
     _run(use_gemm, _conv.conv2d_input_gradient, _contiguous(dy, dtype), _contiguous(k, dtype), dx, scratch,
-         SH, SW, top, left, use_gemm, nt)
+         SH, SW, top, left, nt)
     return dx
