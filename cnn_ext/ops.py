@@ -172,21 +172,26 @@ def _method(method, direct_ok, OH, OW, C_in, C_out):
 def _wide_method(method, wide_ok, why, N, C_in, C_out, H, W, KH, KW, OH, OW, dtype, grad):
     """'direct' (the wide-row kernel) or 'gemm' for the forward (grad False) or the input gradient (grad True).
 
-    The forward wins or ties everywhere measured (AVX2 build); the input gradient runs it on dE_dY padded by
-    K-1, so it multiplies H*W/(OH*OW) times more (zero) terms than the forward and loses to BLAS on small
-    maps with many channels, and float64 loses with more than a few channels.
-    Single-thread CPU-time medians (ms), AMD EPYC Zen 4, AVX2 + FMA, OpenBLAS; wide / gemm (old direct):
-      (N, C_in, C_out, H=W, K)  forward f32          forward f64          dX f32          dX f64
-      (16, 1, 4, 28, 5)         0.040 / 0.090 (.052) 0.072 / 0.121 (.068) 0.082 / 0.111   0.145 / 0.147
-      (16, 1, 4, 3, 2)          0.005 / 0.017 (.011) 0.006 / 0.017 (.011) 0.007 / 0.017   0.007 / 0.017
-      (32, 3, 8, 32, 3)         0.234 / 0.356 (.264) 0.439 / 0.557 (.481) 0.257 / 0.543   0.501 / 0.785
-      (16, 3, 32, 32, 5)        0.929 / 1.193 (.905) 1.595 / 1.713        1.127 / 1.506   2.099 / 1.978
-      (16, 8, 8, 10, 3)         0.028 / 0.069 (.037) 0.047 / 0.098        0.041 / 0.090   0.070 / 0.147
-      (16, 16, 16, 12, 3)       0.108 / 0.222        0.205 / 0.300        0.170 / 0.368   0.305 / 0.479
-      (16, 32, 32, 9, 3)        0.242 / 0.437        0.485 / 0.601        0.421 / 0.540   0.729 / 0.718
-      (8, 128, 128, 7, 3)       1.244 / 1.640        1.815 / 2.658        2.007 / 2.037   3.975 / 2.879
-      (16, 64, 64, 14, 3)       2.294 / 3.090        4.697 / 5.822        3.492 / 3.142   6.188 / 5.262
-      (16, 32, 64, 28, 3)       4.602 / 6.096        10.36 / 10.59        5.755 / 5.978   13.14 / 10.82
+    The forward wins or ties everywhere measured in the AVX2 build (float64 with 64 channels on 28x28 maps: a
+    tie, 69.1 / 73.2 ms in another run); unpadded forwards may still take the row tiles (_row_tiles_better).
+    The input gradient runs it on dE_dY padded by K-1, so it multiplies H*W/(OH*OW) times more terms (the
+    zeros of kernel rows wholly in the padding are skipped, not those of columns) and loses to BLAS on small
+    maps with many channels; in float64 (GEMM nearer its peak) as soon as C_in*C_out passes ~1000.
+    Single-thread CPU-time medians (ms), AMD EPYC Zen 4, AVX2 + FMA, OpenBLAS; wide / gemm (row tiles):
+      (N, C_in, C_out, H=W, K)  forward f32           forward f64           dX f32          dX f64
+      (64, 64, 64, 28, 3)       34.7 / 42.5 (43.8)    73.3 / 71.5 (99.1)    36.9 / 40.8     78.4 / 72.6
+      (64, 16, 32, 28, 3)       4.86 / 7.23 (5.38)    9.38 / 11.0 (10.8)    5.04 / 6.71     10.5 / 11.6
+      (16, 8, 16, 64, 7)        7.05 / 15.7 (7.35)    14.5 / 22.7 (14.6)    7.85 / 12.6     15.6 / 23.0
+      (16, 1, 4, 28, 5)         0.039 / 0.081 (0.038) 0.066 / 0.118 (0.054) 0.077 / 0.096   0.129 / 0.130
+      (16, 1, 4, 3, 2)          0.005 / 0.016 (0.005) 0.006 / 0.016 (0.005) 0.011 / 0.016   0.012 / 0.016
+      (32, 3, 8, 32, 3)         0.216 / 0.309 (0.193) 0.395 / 0.477 (0.365) 0.220 / 0.363   0.399 / 0.523
+      (16, 3, 32, 32, 5)        0.768 / 1.05 (0.742)  1.50 / 1.61 (1.46)    0.859 / 1.04    1.74 / 1.65
+      (16, 8, 8, 10, 3)         0.028 / 0.065 (0.025) 0.045 / 0.080 (0.030) 0.038 / 0.074   0.065 / 0.092
+      (16, 16, 16, 12, 3)       0.103 / 0.202 (0.210) 0.190 / 0.269 (0.248) 0.136 / 0.229   0.239 / 0.293
+      (16, 32, 32, 9, 3)        0.220 / 0.329 (3.64)  0.420 / 0.457 (0.580) 0.343 / 0.367   0.559 / 0.488
+      (8, 128, 128, 7, 3)       1.07 / 1.16 (18.1)    1.63 / 2.06 (3.36)    1.62 / 1.44     2.83 / 2.27
+      (16, 64, 64, 14, 3)       1.96 / 2.62 (4.07)    4.16 / 4.53 (5.18)    2.70 / 2.66     5.38 / 4.67
+      (16, 32, 64, 28, 3)       4.52 / 5.53 (5.16)    9.40 / 9.20 (10.5)    4.82 / 5.60     10.1 / 9.42
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
