@@ -84,6 +84,23 @@ def conv2d_forward_wide(
     """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left
     (bottom and right follow from y's shape: Hp = OH + KH - 1, Wp = OW + KW - 1)."""
 
+def conv2d_forward_cv(
+    x: NDArray[_F],  # IN  (N, C_in, H, W)
+    kp: NDArray[_F],  # IN  (C_out / JW, C_in, KH, KW, JW) packed kernels, JW = channel_tile()
+    b: NDArray[_F],  # IN  (C_out,)
+    y: NDArray[_F],  # OUT (N, C_out, OH, OW)
+    xpad: NDArray[_F],  # TMP (threads, C_in*Hp*Wp), zeroed
+    stage: NDArray[_F],  # TMP (threads, JW*OW)
+    PT: int,
+    PL: int,
+    num_threads: int,
+) -> None:
+    """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left;
+    kp[jb, i, kh, kw, l] = k[jb*JW + l, i, kh, kw] with JW = channel_tile(); C_out a multiple of JW."""
+
+def channel_tile(single: bool) -> int:
+    """Output channels per channel-vector tile in this build (float32 if single): C_out must be a multiple."""
+
 def wide_tile(single: bool) -> tuple[int, int]:
     """(output channels, flat outputs) of the wide-row tile in this build (float32 if single)."""
 

@@ -42,6 +42,9 @@ _DIRECT_MAX_OUTPUT = 36  # output pixels per map up to which method="auto" takes
 # AVX2 build; the SSE2 build keeps im2col + BLAS but for the tiniest layers.
 _WIDE_FAST = _ISA == "avx2"
 _WIDE_IB = int(os.environ.get("CNN_EXT_WIDE_IB", 32))  # input channels per block of the wide-row kernel
+_CHANNELS_MAX_TAPS = 9  # KH*KW up to which the channel-vector kernel can win
+_CHANNELS_MAX_PIXELS = 400  # output pixels per map up to which it wins
+_CHANNELS_DX_F64_MAX = 1024  # C_in * C_out up to which it wins the float64 input gradient
 _ROW_TILES_MAX_C_OUT = 32  # output channels up to which the older row-tiled forward can beat BLAS
 _ROW_TILES_SHORT = 128  # C_in*KH*KW up to which it wins ties in computed outputs with the wide kernel
 _WIDE_DX_SMALL_F32 = 1024  # C_in * C_out up to which the float32 dX takes the wide kernel on any map
@@ -203,12 +206,34 @@ def _wide_method(method, wide_ok, why, N, C_in, C_out, H, W, KH, KW, OH, OW, dty
         return "gemm"
     if not _WIDE_FAST:
         return "direct" if OH * OW <= _DIRECT_MAX_OUTPUT and C_in * C_out <= _DIRECT_TINY_CHANNELS else "gemm"
-    if not grad:
+    if not grad or _channels_better(grad, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
         return "direct"
     if dtype == np.float64:
         return "direct" if C_in * C_out <= _WIDE_DX_SMALL_F64 else "gemm"
     small = C_in * C_out <= _WIDE_DX_SMALL_F32 or H * W <= _WIDE_DX_MAX_WASTE * OH * OW
     return "direct" if small else "gemm"
+
+
+def _channels_better(grad, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
+    """True when the channel-vector kernel (vectors over output channels, no lane wasted) should run the forward
+    (grad False) or the input gradient (grad True, whose output channels are the layer's C_in): small maps
+    (<= 400 outputs) with 3x3 or smaller kernels, where the wide kernel's row-end columns and the input
+    gradient's zero taps cost most. float32 / float64 (ms), channel-vector / wide / gemm:
+      forward (8, 128, 128, 7, 3)  0.679 / 1.095 / 1.16   1.436 / 1.701 / 2.06
+      forward (16, 64, 64, 14, 3)  1.837 / 1.926 / 2.62   3.945 / 4.233 / 4.53
+      forward (16, 32, 32, 9, 3)   0.197 / 0.219 / 0.33   0.369 / 0.430 / 0.46
+      forward (16, 16, 16, 12, 3)  0.096 / 0.102 / 0.20   0.169 / 0.186 / 0.27
+      dX      (8, 128, 128, 7, 3)  1.069 / 1.450 / 1.44   2.241 / 2.733 / 2.27
+      dX      (16, 64, 64, 14, 3)  2.232 / 2.522 / 2.66   4.988 / 5.434 / 4.67
+      dX      (16, 32, 32, 9, 3)   0.227 / 0.311 / 0.37   0.426 / 0.567 / 0.49
+    28x28 maps and larger: ties or losses (float64 (64, 64, 64, 28, 3) forward 76.4 vs 70.3 ms wide), and
+    7x7 kernels lose (float32 (16, 8, 16, 64, 7) forward 9.6 vs 7.1 ms)."""
+    if not _WIDE_FAST or KH * KW > _CHANNELS_MAX_TAPS:
+        return False
+    channels, pixels = (C_in, H * W) if grad else (C_out, OH * OW)
+    if channels % _conv.channel_tile(dtype == np.float32) or pixels > _CHANNELS_MAX_PIXELS:
+        return False
+    return not grad or dtype == np.float32 or C_in * C_out <= _CHANNELS_DX_F64_MAX
 
 
 def _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype):
@@ -250,6 +275,19 @@ def _wide_run(x, k, b, y, top, left, nt, dtype):
     xpad = np.zeros((nt, C_in * Hp * Wp + TB + KW), dtype=dtype)
     wide = np.empty((nt, C_out * Fr), dtype=dtype)
     _conv.conv2d_forward_wide(x, k, b, y, xpad, wide, top, left, _WIDE_IB, nt)
+
+
+def _channel_vector_run(x, k, b, y, top, left, nt, dtype):
+    """The channel-vector direct kernel (stride 1, C_out a multiple of _conv.channel_tile): packed kernels and
+    per-thread zeroed padded slabs."""
+    N, C_in, H, W = x.shape
+    C_out, _, KH, KW = k.shape
+    JW = _conv.channel_tile(dtype == np.float32)
+    kp = np.ascontiguousarray(k.reshape(C_out // JW, JW, C_in, KH, KW).transpose(0, 2, 3, 4, 1))
+    Hp, Wp = y.shape[2] + KH - 1, y.shape[3] + KW - 1
+    xpad = np.zeros((nt, C_in * Hp * Wp), dtype=dtype)
+    stage = np.empty((nt, JW * y.shape[3]), dtype=dtype)
+    _conv.conv2d_forward_cv(x, kp, b, y, xpad, stage, top, left, nt)
 
 
 def _threads(parts, work=None):
@@ -317,7 +355,8 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto"):
     nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)
     unpadded = (top, bottom, left, right) == (0, 0, 0, 0)
     if not use_gemm and not (unpadded and _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype)):
-        _wide_run(_contiguous(x, dtype), _contiguous(k, dtype), _contiguous(b, dtype), y, top, left, nt, dtype)
+        run = _channel_vector_run if _channels_better(False, C_in, C_out, H, W, KH, KW, OH, OW, dtype) else _wide_run
+        run(_contiguous(x, dtype), _contiguous(k, dtype), _contiguous(b, dtype), y, top, left, nt, dtype)
         return y
     scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
     _run(use_gemm, _conv.conv2d_forward, _contiguous(x, dtype), _contiguous(k, dtype), _contiguous(b, dtype),
@@ -461,7 +500,8 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
     nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)
     if not use_gemm:
         k_rot = np.ascontiguousarray(np.asarray(k, dtype=dtype)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        _wide_run(_contiguous(dy, dtype), k_rot, np.zeros(C_in, dtype=dtype), dx, pads[0], pads[2], nt, dtype)
+        run = _channel_vector_run if _channels_better(True, C_in, C_out, H, W, KH, KW, OH, OW, dtype) else _wide_run
+        run(_contiguous(dy, dtype), k_rot, np.zeros(C_in, dtype=dtype), dx, pads[0], pads[2], nt, dtype)
         return dx
     scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
     _run(use_gemm, _conv.conv2d_input_gradient, _contiguous(dy, dtype), _contiguous(k, dtype), dx, scratch,

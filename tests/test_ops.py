@@ -203,6 +203,11 @@ WIDE_CASES = [
     ((1, 40, 6, 5, 9, 2, 2), (1, 1, 1, 1)),  # C_in 40 > the input-channel block
     ((1, 1, 1, 1, 1, 1, 1), (0, 0, 0, 0)),
     ((1, 2, 3, 3, 4, 2, 2), (4, 3, 5, 0)),  # padding > kernel: tiles wholly inside the padding
+    # channel-vector kernel (C_out a multiple of 16 float32 / 8 float64): rows of 1 to 6-pixel chunks
+    ((2, 3, 16, 6, 7, 3, 3), (1, 1, 1, 1)),  # OW 7: chunks 4 + 3
+    ((1, 16, 32, 5, 9, 3, 2), (0, 1, 2, 0)),  # dX with 16 output channels too
+    ((2, 8, 8, 4, 13, 1, 3), (0, 0, 1, 1)),  # float64 tiles of 8; OW 13: 5 + 4 + 4
+    ((1, 16, 16, 2, 2, 2, 2), (0, 0, 0, 0)),  # one output pixel
 ]
 
 
@@ -236,17 +241,22 @@ def test_wide_kernel_against_einsum(monkeypatch, shape, pad, dtype, block):
         assert y.dtype == dx.dtype == dtype
         assert_allclose(y, ref, **TOL[dtype])
         assert_allclose(dx, ref_dx, **TOL[dtype])
-    y = np.empty_like(ref, dtype=dtype)  # the wide kernel itself, where 'direct' may take the row tiles
+    y = np.empty_like(ref, dtype=dtype)  # the wide kernel itself, where 'direct' may take another one
     ops._wide_run(x, k, b, y, pad[0], pad[2], 1, np.dtype(dtype))
     assert_allclose(y, ref, **TOL[dtype])
+    if C_out % cnn_ext.ops._conv.channel_tile(dtype == np.float32) == 0:  # the channel-vector kernel itself
+        y = np.full_like(ref, np.nan, dtype=dtype)
+        ops._channel_vector_run(x, k, b, y, pad[0], pad[2], 1, np.dtype(dtype))
+        assert_allclose(y, ref, **TOL[dtype])
     for a, a0 in ((x, x0), (k, k0), (dy, dy0)):
         assert_array_equal(a, a0)
 
 
+@pytest.mark.parametrize("shape", [(40, 5, 3, 12, 21, 3, 3), (24, 16, 16, 6, 7, 3, 3)])  # wide, channel-vector
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_wide_input_gradient_does_not_depend_on_thread_count(dtype, restore_threads):
+def test_direct_padded_forward_and_input_gradient_do_not_depend_on_thread_count(shape, dtype, restore_threads):
     rng = np.random.default_rng(6)
-    x, k, b, dy = data(rng, 40, 5, 3, 12, 21, 3, 3, dtype=dtype)
+    x, k, b, dy = data(rng, *shape, dtype=dtype)
     results = []
     for n in (1, 2, 3):
         cnn_ext.set_num_threads(n)
