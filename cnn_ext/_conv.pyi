@@ -59,15 +59,17 @@ def conv2d_input_gradient(
     dy: NDArray[_F],  # IN  (N, C_out, OH, OW)
     k: NDArray[_F],  # IN  (C_out, C_in, KH, KW)
     dx: NDArray[_F],  # OUT (N, C_in, H, W)
-    scratch: NDArray[_F],  # TMP (threads, C_in*KH*KW*block)
+    scratch: NDArray[_F],  # TMP (threads, C_in*KH*KW*block) for gemm
     SH: int,
     SW: int,
     PH: int,
     PW: int,
+    use_gemm: bool,
     num_threads: int,
 ) -> None:
-    """dx[n, i] = Σ_j conv_full(dy[n, j], k[j, i]) (the adjoint of the forward map, with stride and padding)
-    by BLAS + col2im; the stride-1 direct method is conv2d_forward_wide on padded dy (see cnn_ext.ops)."""
+    """dx[n, i] = Σ_j conv_full(dy[n, j], k[j, i]) (the adjoint of the forward map, with stride and padding):
+    BLAS + col2im, or (stride 1, no padding) scatter loops that only win on tiny layers; the stride-1 direct
+    method is otherwise the forward kernels on padded dy (see cnn_ext.ops)."""
 
 def conv2d_forward_wide(
     x: NDArray[_F],  # IN  (N, C_in, H, W)

@@ -45,6 +45,9 @@ _WIDE_IB = int(os.environ.get("CNN_EXT_WIDE_IB", 32))  # input channels per bloc
 _CHANNELS_MAX_TAPS = 9  # KH*KW up to which the channel-vector kernel can win
 _CHANNELS_MAX_PIXELS = 400  # output pixels per map up to which it wins
 _CHANNELS_DX_F64_MAX = 1024  # C_in * C_out up to which it wins the float64 input gradient
+# per-dtype tile sizes of this build, looked up once (a call to the module costs as much as a tiny layer's work)
+_TILES = {np.dtype(dt): dict(lanes=_conv.direct_tile_lanes(dt is np.float32), wide=_conv.wide_tile(dt is np.float32),
+                             channels=_conv.channel_tile(dt is np.float32)) for dt in (np.float32, np.float64)}
 _ROW_TILES_MAX_C_OUT = 32  # output channels up to which the older row-tiled forward can beat BLAS
 _ROW_TILES_SHORT = 128  # C_in*KH*KW up to which it wins ties in computed outputs with the wide kernel
 _WIDE_DX_SMALL_F32 = 1024  # C_in * C_out up to which the float32 dX takes the wide kernel on any map
@@ -231,7 +234,7 @@ def _channels_better(grad, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
     if not _WIDE_FAST or KH * KW > _CHANNELS_MAX_TAPS:
         return False
     channels, pixels = (C_in, H * W) if grad else (C_out, OH * OW)
-    if channels % _conv.channel_tile(dtype == np.float32) or pixels > _CHANNELS_MAX_PIXELS:
+    if channels % _TILES[dtype]["channels"] or pixels > _CHANNELS_MAX_PIXELS:
         return False
     return not grad or dtype == np.float32 or C_in * C_out <= _CHANNELS_DX_F64_MAX
 
@@ -242,10 +245,10 @@ def _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype):
     when its tiles compute fewer outputs (rows a whole number of its tiles wide), or as many and the reduction
     C_in*KH*KW is short, so the wide kernel's per-tile costs (store to and copy from the wide buffer) show.
     Rows under 2 vectors and C_out > 32 lose (see _wide_method)."""
-    lanes = _conv.direct_tile_lanes(dtype == np.float32)
+    lanes = _TILES[dtype]["lanes"]
     if not _WIDE_FAST or OW < 2 * lanes or C_out > _ROW_TILES_MAX_C_OUT:
         return False
-    JB, TB = _conv.wide_tile(dtype == np.float32)
+    JB, TB = _TILES[dtype]["wide"]
     row = -(-OW // (2 * lanes)) * 2 * lanes * (-(-C_out // JB) * JB if C_out >= JB else C_out)
     wide = -(-OH * (OW + KW - 1) // TB) * TB / OH * C_out
     # ties with long reductions measured even ((16, 8, 16, 64, 7): 64 vs 64.1 columns): wide
@@ -270,7 +273,7 @@ def _wide_run(x, k, b, y, top, left, nt, dtype):
     C_out, _, KH, KW = k.shape
     OH, OW = y.shape[2:]
     Hp, Wp = OH + KH - 1, OW + KW - 1
-    JB, TB = _conv.wide_tile(dtype == np.float32)
+    JB, TB = _TILES[dtype]["wide"]
     Fr = -(-OH * Wp // TB) * TB
     xpad = np.zeros((nt, C_in * Hp * Wp + TB + KW), dtype=dtype)
     wide = np.empty((nt, C_out * Fr), dtype=dtype)
@@ -282,7 +285,7 @@ def _channel_vector_run(x, k, b, y, top, left, nt, dtype):
     per-thread zeroed padded slabs."""
     N, C_in, H, W = x.shape
     C_out, _, KH, KW = k.shape
-    JW = _conv.channel_tile(dtype == np.float32)
+    JW = _TILES[dtype]["channels"]
     kp = np.ascontiguousarray(k.reshape(C_out // JW, JW, C_in, KH, KW).transpose(0, 2, 3, 4, 1))
     Hp, Wp = y.shape[2] + KH - 1, y.shape[3] + KW - 1
     xpad = np.zeros((nt, C_in * Hp * Wp), dtype=dtype)
@@ -498,12 +501,14 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
     if N == 0:
         return dx
     nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)
-    if not use_gemm:
+    # tiny unpadded layers (the tutorial's toy one: 9 vs 11 us) keep the scatter loops, which need no setup
+    tiny = OH * OW <= _DIRECT_MAX_OUTPUT and C_in * C_out <= _DIRECT_TINY_CHANNELS
+    if not use_gemm and not (tiny and (top, bottom, left, right) == (0, 0, 0, 0)):
         k_rot = np.ascontiguousarray(np.asarray(k, dtype=dtype)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         run = _channel_vector_run if _channels_better(True, C_in, C_out, H, W, KH, KW, OH, OW, dtype) else _wide_run
         run(_contiguous(dy, dtype), k_rot, np.zeros(C_in, dtype=dtype), dx, pads[0], pads[2], nt, dtype)
         return dx
     scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
     _run(use_gemm, _conv.conv2d_input_gradient, _contiguous(dy, dtype), _contiguous(k, dtype), dx, scratch,
-         SH, SW, top, left, nt)
+         SH, SW, top, left, use_gemm, nt)
     return dx

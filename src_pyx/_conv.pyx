@@ -341,6 +341,30 @@ cdef void _kgrad_direct_one(const floating* x, const floating* dy, floating* acc
                             a[q] += xrow[q + kw] * dyrow[q]
 
 
+cdef void _igrad_direct_one(const floating* dy, const floating* k, floating* dx,
+                            const Geom* g) noexcept nogil:
+    """dx[i] = Σ_j conv_full(dy[j], k[j, i])  as a scatter: dx[i, p + kh, q + kw] += k[j, i, kh, kw] dy[j, p, q]"""
+    cdef Py_ssize_t i, j, p, q, kh, kw
+    cdef Py_ssize_t OH = g.OH, OW = g.OW, KH = g.KH, KW = g.KW, W = g.W
+    cdef floating w
+    cdef floating* dxrow
+    cdef const floating* dyrow
+    cdef const floating* kji
+    for p in range(g.C_in * g.H * W):
+        dx[p] = 0
+    for j in range(g.C_out):
+        for i in range(g.C_in):
+            kji = k + (j * g.C_in + i) * KH * KW
+            for p in range(OH):
+                dyrow = dy + (j * OH + p) * OW
+                for kh in range(KH):
+                    dxrow = dx + (i * g.H + p + kh) * W
+                    for kw in range(KW):
+                        w = kji[kh * KW + kw]
+                        for q in range(OW):
+                            dxrow[q + kw] += w * dyrow[q]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Wide-row direct forward (stride 1, any zero padding), also the input gradient for stride 1
 #
@@ -866,11 +890,12 @@ cdef floating _bias_sum_one(const floating* dy, Py_ssize_t j, Py_ssize_t N, Py_s
 def conv2d_input_gradient(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, OH, OW)
                           const floating[:, :, :, ::1] k,     # IN  (C_out, C_in, KH, KW)
                           floating[:, :, :, ::1] dx,          # OUT (N, C_in, H, W)
-                          floating[:, ::1] scratch,           # TMP (threads, C_in*KH*KW*block)
+                          floating[:, ::1] scratch,           # TMP (threads, C_in*KH*KW*block) for gemm
                           Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW,
-                          int num_threads):
-    """dx[n, i] = Σ_j conv_full(dy[n, j], k[j, i]) (the adjoint of the forward map, with stride and padding)
-    by BLAS + col2im; the stride-1 direct method is conv2d_forward_wide on padded dy (see cnn_ext.ops)."""
+                          bint use_gemm, int num_threads):
+    """dx[n, i] = Σ_j conv_full(dy[n, j], k[j, i]) (the adjoint of the forward map, with stride and padding):
+    BLAS + col2im, or (stride 1, no padding) scatter loops that only win on tiny layers; the stride-1 direct
+    method is otherwise the forward kernels on padded dy (see cnn_ext.ops)."""
     cdef Py_ssize_t n, N = dy.shape[0]
     cdef Geom g = _geom(dx.shape[1], dx.shape[2], dx.shape[3], k.shape[0], k.shape[2], k.shape[3],
                         dy.shape[2], dy.shape[3], SH, SW, PH, PW)
@@ -879,5 +904,8 @@ def conv2d_input_gradient(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, O
         return
     with nogil:
         for n in prange(N, schedule='static', num_threads=num_threads):
-            _igrad_gemm_one(&dy[n, 0, 0, 0], &k[0, 0, 0, 0], &dx[n, 0, 0, 0],
-                            &scratch[threadid(), 0], &g, block)
+            if use_gemm:
+                _igrad_gemm_one(&dy[n, 0, 0, 0], &k[0, 0, 0, 0], &dx[n, 0, 0, 0],
+                                &scratch[threadid(), 0], &g, block)
+            else:
+                _igrad_direct_one(&dy[n, 0, 0, 0], &k[0, 0, 0, 0], &dx[n, 0, 0, 0], &g)
