@@ -207,8 +207,10 @@ def _wide_method(method, wide_ok, why, N, C_in, C_out, H, W, KH, KW, OH, OW, dty
         return method
     if not wide_ok:
         return "gemm"
+    if OH * OW <= _DIRECT_MAX_OUTPUT and C_in * C_out <= _DIRECT_TINY_CHANNELS:
+        return "direct"
     if not _WIDE_FAST:
-        return "direct" if OH * OW <= _DIRECT_MAX_OUTPUT and C_in * C_out <= _DIRECT_TINY_CHANNELS else "gemm"
+        return "gemm"
     if not grad or _channels_better(grad, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
         return "direct"
     if dtype == np.float64:
@@ -502,8 +504,8 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
         return dx
     nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)
     # tiny unpadded layers (the tutorial's toy one: 9 vs 11 us) keep the scatter loops, which need no setup
-    tiny = OH * OW <= _DIRECT_MAX_OUTPUT and C_in * C_out <= _DIRECT_TINY_CHANNELS
-    if not use_gemm and not (tiny and (top, bottom, left, right) == (0, 0, 0, 0)):
+    if not use_gemm and not (OH * OW <= _DIRECT_MAX_OUTPUT and C_in * C_out <= _DIRECT_TINY_CHANNELS
+                             and (top, bottom, left, right) == (0, 0, 0, 0)):
         k_rot = np.ascontiguousarray(np.asarray(k, dtype=dtype)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         run = _channel_vector_run if _channels_better(True, C_in, C_out, H, W, KH, KW, OH, OW, dtype) else _wide_run
         run(_contiguous(dy, dtype), k_rot, np.zeros(C_in, dtype=dtype), dx, pads[0], pads[2], nt, dtype)
