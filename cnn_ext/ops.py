@@ -50,6 +50,7 @@ _TILES = {np.dtype(dt): dict(lanes=_conv.direct_tile_lanes(dt is np.float32), wi
                              channels=_conv.channel_tile(dt is np.float32)) for dt in (np.float32, np.float64)}
 _ROW_TILES_MAX_C_OUT = 32  # output channels up to which the older row-tiled forward can beat BLAS
 _ROW_TILES_SHORT = 128  # C_in*KH*KW up to which it wins ties in computed outputs with the wide kernel
+_WIDE_F64_MAX_CHANNELS = 2048  # float64 forward on maps > 400 pixels: C_in * C_out from which BLAS is kept
 _WIDE_DX_SMALL_F32 = 1024  # C_in * C_out up to which the float32 dX takes the wide kernel on any map
 _WIDE_DX_SMALL_F64 = 512  # the same for float64, which takes it only there
 _WIDE_DX_MAX_WASTE = 1.5  # float32 dX: H*W / (OH*OW) (it multiplies zeros outside) up to which it takes it anyway
@@ -178,8 +179,9 @@ def _method(method, direct_ok, OH, OW, C_in, C_out):
 def _wide_method(method, wide_ok, why, N, C_in, C_out, H, W, KH, KW, OH, OW, dtype, grad):
     """'direct' (the wide-row kernel) or 'gemm' for the forward (grad False) or the input gradient (grad True).
 
-    The forward wins or ties everywhere measured in the AVX2 build (float64 with 64 channels on 28x28 maps: a
-    tie, 69.1 / 73.2 ms in another run); unpadded forwards may still take the row tiles (_row_tiles_better).
+    The forward wins or ties everywhere measured in the AVX2 build; float64 with C_in*C_out >= 2048 on maps
+    > 400 pixels is a tie (another run: 69.1 / 73.2 and 9.10 / 9.44 ms), left to BLAS. Unpadded forwards may
+    take the row tiles (_row_tiles_better), small maps the channel-vector kernel (_channels_better).
     The input gradient runs it on dE_dY padded by K-1, so it multiplies H*W/(OH*OW) times more terms (the
     zeros of kernel rows wholly in the padding are skipped, not those of columns) and loses to BLAS on small
     maps with many channels; in float64 (GEMM nearer its peak) as soon as C_in*C_out passes ~1000.
@@ -211,7 +213,11 @@ def _wide_method(method, wide_ok, why, N, C_in, C_out, H, W, KH, KW, OH, OW, dty
         return "direct"
     if not _WIDE_FAST:
         return "gemm"
-    if not grad or _channels_better(grad, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
+    if not grad:
+        # float64 on large maps with many channels: a tie with BLAS (+-3% between runs): keep BLAS
+        big64 = dtype == np.float64 and C_in * C_out >= _WIDE_F64_MAX_CHANNELS and OH * OW > _CHANNELS_MAX_PIXELS
+        return "gemm" if big64 else "direct"
+    if _channels_better(grad, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
         return "direct"
     if dtype == np.float64:
         return "direct" if C_in * C_out <= _WIDE_DX_SMALL_F64 else "gemm"
