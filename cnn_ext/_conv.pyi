@@ -70,7 +70,44 @@ def conv2d_input_gradient(
     use_gemm: bool,
     num_threads: int,
 ) -> None:
-    """dx[n, i] = Σ_j conv_full(dy[n, j], k[j, i]) (the adjoint of the forward map, with stride and padding)."""
+    """dx[n, i] = Σ_j conv_full(dy[n, j], k[j, i]) (the adjoint of the forward map, with stride and padding):
+    BLAS + col2im, or (stride 1, no padding) scatter loops that only win on tiny layers; the stride-1 direct
+    method is otherwise the forward kernels on padded dy (see cnn_ext.ops)."""
+
+def conv2d_forward_wide(
+    x: NDArray[_F],  # IN  (N, C_in, H, W)
+    k: NDArray[_F],  # IN  (C_out, C_in, KH, KW)
+    b: NDArray[_F],  # IN  (C_out,)
+    y: NDArray[_F],  # OUT (N, C_out, OH, OW)
+    xpad: NDArray[_F],  # TMP (threads, C_in*Hp*Wp + slack), zeroed
+    wide: NDArray[_F],  # TMP (threads, C_out*Fr)
+    PT: int,
+    PL: int,
+    IB: int,
+    num_threads: int,
+) -> None:
+    """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left
+    (bottom and right follow from y's shape: Hp = OH + KH - 1, Wp = OW + KW - 1)."""
+
+def conv2d_forward_cv(
+    x: NDArray[_F],  # IN  (N, C_in, H, W)
+    kp: NDArray[_F],  # IN  (C_out / JW, C_in, KH, KW, JW) packed kernels, JW = channel_tile()
+    b: NDArray[_F],  # IN  (C_out,)
+    y: NDArray[_F],  # OUT (N, C_out, OH, OW)
+    xpad: NDArray[_F],  # TMP (threads, C_in*Hp*Wp), zeroed
+    stage: NDArray[_F],  # TMP (threads, JW*OW)
+    PT: int,
+    PL: int,
+    num_threads: int,
+) -> None:
+    """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left;
+    kp[jb, i, kh, kw, l] = k[jb*JW + l, i, kh, kw] with JW = channel_tile(); C_out a multiple of JW."""
+
+def channel_tile(single: bool) -> int:
+    """Output channels per channel-vector tile in this build (float32 if single): C_out must be a multiple."""
+
+def wide_tile(single: bool) -> tuple[int, int]:
+    """(output channels, flat outputs) of the wide-row tile in this build (float32 if single)."""
 
 def direct_tile_lanes(single: bool) -> int:
     """SIMD lanes per vector of the direct forward's register tile in this build (float32 if single)."""

@@ -49,11 +49,22 @@ _KGRAD_MIN_VECTORS = 48  # SIMD vectors per output plane from which the tiled ke
 _KGRAD_MAX_PARTIAL_BYTES = 128 * 1024  # vector partials up to which it wins on smaller planes
 _KGRAD_MAX_PARTIAL_BYTES_ANY = 32 * 1024 * 1024  # per-thread partials beyond which auto takes gemm (memory)
 _DIRECT_MAX_OUTPUT = 36  # output pixels per map up to which method="auto" takes the direct loops
-# Forward, method="auto" (measurements in _method): the register-tiled direct loops (AVX2 build only) for
-# few output channels, and the plain direct loops only for the tiniest layers.
-_DIRECT_TILED = _ISA == "avx2"
-_DIRECT_MAX_C_OUT = 32  # output channels up to which the tiled direct forward beats im2col + BLAS
-_DIRECT_MAX_C_OUT_NARROW = 8  # the same for rows of one to two SIMD vectors (one vector per tile row)
+# Forward and input gradient, method="auto" (measurements in _wide_method): the wide-row direct kernel in the
+# AVX2 build; the SSE2 build keeps im2col + BLAS but for the tiniest layers.
+_WIDE_FAST = _ISA == "avx2"
+_WIDE_IB = int(os.environ.get("CNN_EXT_WIDE_IB", 32))  # input channels per block of the wide-row kernel
+_CHANNELS_MAX_TAPS = 9  # KH*KW up to which the channel-vector kernel can win
+_CHANNELS_MAX_PIXELS = 400  # output pixels per map up to which it wins
+_CHANNELS_DX_F64_MAX = 1024  # C_in * C_out up to which it wins the float64 input gradient
+# per-dtype tile sizes of this build, looked up once (a call to the module costs as much as a tiny layer's work)
+_TILES = {np.dtype(dt): dict(lanes=_conv.direct_tile_lanes(dt is np.float32), wide=_conv.wide_tile(dt is np.float32),
+                             channels=_conv.channel_tile(dt is np.float32)) for dt in (np.float32, np.float64)}
+_ROW_TILES_MAX_C_OUT = 32  # output channels up to which the older row-tiled forward can beat BLAS
+_ROW_TILES_SHORT = 128  # C_in*KH*KW up to which it wins ties in computed outputs with the wide kernel
+_WIDE_F64_MAX_CHANNELS = 2048  # float64 forward on maps > 400 pixels: C_in * C_out from which BLAS is kept
+_WIDE_DX_SMALL_F32 = 1024  # C_in * C_out up to which the float32 dX takes the wide kernel on any map
+_WIDE_DX_SMALL_F64 = 512  # the same for float64, which takes it only there
+_WIDE_DX_MAX_WASTE = 1.5  # float32 dX: H*W / (OH*OW) (it multiplies zeros outside) up to which it takes it anyway
 _DIRECT_TINY_CHANNELS = 4  # C_in * C_out up to which maps of <= _DIRECT_MAX_OUTPUT pixels take the direct loops
 
 
@@ -158,54 +169,6 @@ def _contiguous(arr, dtype):
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
-def _method(method, direct_ok, OH, OW, C_in, C_out, forward_dtype=None):
-    """'direct' or 'gemm'; forward_dtype is given for the forward (register-tiled direct kernel), not for gradients."""
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    if method == "direct" and not direct_ok:
-        raise ValueError("method='direct' needs stride 1 and no padding; use 'gemm' or 'auto'")
-    if method != "auto":
-        return method
-    if not direct_ok:
-        return "gemm"
-    tiny = OH * OW <= _DIRECT_MAX_OUTPUT and C_in * C_out <= _DIRECT_TINY_CHANNELS
-    if forward_dtype is None:
-        # Gradients: im2col + BLAS wins from 28x28 MNIST-sized maps up, even with 1 input channel, and on
-        # small maps as soon as there are channels; the direct row loops only win on tiny maps with a few
-        # channels, where a BLAS call costs more than the work. Single-thread, dK / dX, direct vs gemm (ms):
-        #   (16, 1, 4, 3, 2)    0.011 / 0.017   0.010 / 0.016
-        #   (16, 2, 2, 6, 2)    0.014 / 0.020   0.016 / 0.020
-        #   (16, 4, 4, 6, 2)    0.029 / 0.025   0.040 / 0.024
-        #   (16, 8, 8, 6, 3)    0.119 / 0.047   0.206 / 0.042
-        #   (8, 128, 128, 7, 3) 21.6 / 1.10     35.3 / 1.37     (float32; the old maps-only rule took direct)
-        return "direct" if tiny else "gemm"
-    # Forward. Measured single-thread on AMD EPYC (AVX2 + FMA, OpenBLAS), CPU-time medians, direct / gemm:
-    #   (N, C_in, C_out, H=W, K)   float32               float64
-    #   (16, 1, 4, 28, 5)          0.044 / 0.077 ms      0.059 / 0.106 ms
-    #   (16, 1, 4, 3, 2)           0.009 / 0.015         0.010 / 0.015      (row loops: OW < one vector)
-    #   (32, 3, 8, 32, 3)          0.210 / 0.307         0.372 / 0.467
-    #   (16, 8, 16, 64, 7)         7.39 / 15.3           15.2 / 22.9        (PyTorch float32: 6.66 ms)
-    #   (64, 16, 32, 28, 3)        5.52 / 7.18           11.0 / 10.9
-    #   (16, 3, 32, 32, 5)         0.751 / 1.041         1.56 / 1.59
-    #   (16, 32, 64, 28, 3)        5.21 / 5.47           11.6 / 9.60        C_out 64: gemm
-    #   (16, 64, 64, 14, 3)        4.07 / 2.59           5.52 / 4.54
-    #   (16, 8, 8, 10, 3)          0.030 / 0.065         0.036 / 0.084      one-vector rows, C_out 8: direct
-    #   (16, 16, 16, 12, 3)        0.216 / 0.202         0.260 / 0.293      float32 one-vector rows, C_out 16: gemm
-    #   (16, 32, 32, 9, 3)         3.65 / 0.358          0.824 / 0.638      rows narrower than a vector / one-vector
-    #   (8, 128, 128, 7, 3)        18.2 / 1.26           3.41 / 2.05
-    #   (16, 4, 4, 6, 2)           0.025 / 0.022         0.013 / 0.023
-    # A tile row is 2 vectors (16 float32 / 8 float64 columns with AVX2) or 1 when OW is narrower; rows
-    # narrower than one vector take the plain row loops, which beat BLAS only on the tiny toy layer. The
-    # SSE2 build (no FMA; OpenBLAS still uses AVX2) lost to gemm on every shape above but the toy one.
-    if _DIRECT_TILED:
-        lanes = _conv.direct_tile_lanes(forward_dtype == np.float32)
-        if OW >= 2 * lanes and C_out <= _DIRECT_MAX_C_OUT:
-            return "direct"
-        if OW >= lanes and C_out <= _DIRECT_MAX_C_OUT_NARROW:
-            return "direct"
-    return "direct" if tiny else "gemm"
-
-
 def _kgrad_method(method, stride1, unpadded, OH, OW, C_in, C_out, KH, KW, dtype):
     """Kernel gradient: 'rows' (direct row loops), 'wide' / 'shifted' (the two layouts of the register-tiled
     direct kernel, stride 1, any padding) or 'gemm'; method='direct' takes the tiled kernel."""
@@ -252,6 +215,93 @@ def _kgrad_method(method, stride1, unpadded, OH, OW, C_in, C_out, KH, KW, dtype)
     return "shifted" if C_out * KH >= limit else "wide"
 
 
+def _wide_method(method, wide_ok, why, N, C_in, C_out, H, W, KH, KW, OH, OW, dtype, grad):
+    """'direct' (the wide-row kernel) or 'gemm' for the forward (grad False) or the input gradient (grad True).
+
+    The forward wins or ties everywhere measured in the AVX2 build; float64 with C_in*C_out >= 2048 on maps
+    > 400 pixels is a tie (another run: 69.1 / 73.2 and 9.10 / 9.44 ms), left to BLAS. Unpadded forwards may
+    take the row tiles (_row_tiles_better), small maps the channel-vector kernel (_channels_better).
+    The input gradient runs it on dE_dY padded by K-1, so it multiplies H*W/(OH*OW) times more terms (the
+    zeros of kernel rows wholly in the padding are skipped, not those of columns) and loses to BLAS on small
+    maps with many channels; in float64 (GEMM nearer its peak) as soon as C_in*C_out passes ~1000.
+    Single-thread CPU-time medians (ms), AMD EPYC Zen 4, AVX2 + FMA, OpenBLAS; wide / gemm (row tiles):
+      (N, C_in, C_out, H=W, K)  forward f32           forward f64           dX f32          dX f64
+      (64, 64, 64, 28, 3)       34.7 / 42.5 (43.8)    73.3 / 71.5 (99.1)    36.9 / 40.8     78.4 / 72.6
+      (64, 16, 32, 28, 3)       4.86 / 7.23 (5.38)    9.38 / 11.0 (10.8)    5.04 / 6.71     10.5 / 11.6
+      (16, 8, 16, 64, 7)        7.05 / 15.7 (7.35)    14.5 / 22.7 (14.6)    7.85 / 12.6     15.6 / 23.0
+      (16, 1, 4, 28, 5)         0.039 / 0.081 (0.038) 0.066 / 0.118 (0.054) 0.077 / 0.096   0.129 / 0.130
+      (16, 1, 4, 3, 2)          0.005 / 0.016 (0.005) 0.006 / 0.016 (0.005) 0.011 / 0.016   0.012 / 0.016
+      (32, 3, 8, 32, 3)         0.216 / 0.309 (0.193) 0.395 / 0.477 (0.365) 0.220 / 0.363   0.399 / 0.523
+      (16, 3, 32, 32, 5)        0.768 / 1.05 (0.742)  1.50 / 1.61 (1.46)    0.859 / 1.04    1.74 / 1.65
+      (16, 8, 8, 10, 3)         0.028 / 0.065 (0.025) 0.045 / 0.080 (0.030) 0.038 / 0.074   0.065 / 0.092
+      (16, 16, 16, 12, 3)       0.103 / 0.202 (0.210) 0.190 / 0.269 (0.248) 0.136 / 0.229   0.239 / 0.293
+      (16, 32, 32, 9, 3)        0.220 / 0.329 (3.64)  0.420 / 0.457 (0.580) 0.343 / 0.367   0.559 / 0.488
+      (8, 128, 128, 7, 3)       1.07 / 1.16 (18.1)    1.63 / 2.06 (3.36)    1.62 / 1.44     2.83 / 2.27
+      (16, 64, 64, 14, 3)       1.96 / 2.62 (4.07)    4.16 / 4.53 (5.18)    2.70 / 2.66     5.38 / 4.67
+      (16, 32, 64, 28, 3)       4.52 / 5.53 (5.16)    9.40 / 9.20 (10.5)    4.82 / 5.60     10.1 / 9.42
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if method == "direct" and not wide_ok:
+        raise ValueError(f"method='direct' needs {why}; use 'gemm' or 'auto'")
+    if method != "auto":
+        return method
+    if not wide_ok:
+        return "gemm"
+    if OH * OW <= _DIRECT_MAX_OUTPUT and C_in * C_out <= _DIRECT_TINY_CHANNELS:
+        return "direct"
+    if not _WIDE_FAST:
+        return "gemm"
+    if not grad:
+        # float64 on large maps with many channels: a tie with BLAS (+-3% between runs): keep BLAS
+        big64 = dtype == np.float64 and C_in * C_out >= _WIDE_F64_MAX_CHANNELS and OH * OW > _CHANNELS_MAX_PIXELS
+        return "gemm" if big64 else "direct"
+    if _channels_better(grad, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
+        return "direct"
+    if dtype == np.float64:
+        return "direct" if C_in * C_out <= _WIDE_DX_SMALL_F64 else "gemm"
+    small = C_in * C_out <= _WIDE_DX_SMALL_F32 or H * W <= _WIDE_DX_MAX_WASTE * OH * OW
+    return "direct" if small else "gemm"
+
+
+def _channels_better(grad, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
+    """True when the channel-vector kernel (vectors over output channels, no lane wasted) should run the forward
+    (grad False) or the input gradient (grad True, whose output channels are the layer's C_in): small maps
+    (<= 400 outputs) with 3x3 or smaller kernels, where the wide kernel's row-end columns and the input
+    gradient's zero taps cost most. float32 / float64 (ms), channel-vector / wide / gemm:
+      forward (8, 128, 128, 7, 3)  0.679 / 1.095 / 1.16   1.436 / 1.701 / 2.06
+      forward (16, 64, 64, 14, 3)  1.837 / 1.926 / 2.62   3.945 / 4.233 / 4.53
+      forward (16, 32, 32, 9, 3)   0.197 / 0.219 / 0.33   0.369 / 0.430 / 0.46
+      forward (16, 16, 16, 12, 3)  0.096 / 0.102 / 0.20   0.169 / 0.186 / 0.27
+      dX      (8, 128, 128, 7, 3)  1.069 / 1.450 / 1.44   2.241 / 2.733 / 2.27
+      dX      (16, 64, 64, 14, 3)  2.232 / 2.522 / 2.66   4.988 / 5.434 / 4.67
+      dX      (16, 32, 32, 9, 3)   0.227 / 0.311 / 0.37   0.426 / 0.567 / 0.49
+    28x28 maps and larger: ties or losses (float64 (64, 64, 64, 28, 3) forward 76.4 vs 70.3 ms wide), and
+    7x7 kernels lose (float32 (16, 8, 16, 64, 7) forward 9.6 vs 7.1 ms)."""
+    if not _WIDE_FAST or KH * KW > _CHANNELS_MAX_TAPS:
+        return False
+    channels, pixels = (C_in, H * W) if grad else (C_out, OH * OW)
+    if channels % _TILES[dtype]["channels"] or pixels > _CHANNELS_MAX_PIXELS:
+        return False
+    return not grad or dtype == np.float32 or C_in * C_out <= _CHANNELS_DX_F64_MAX
+
+
+def _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype):
+    """True when the unpadded forward should take the older row-tiled kernel (tiles of JB channels x 2 vectors
+    of one output row, overlapping at row and channel ends, stored straight into y) instead of the wide-row one:
+    when its tiles compute fewer outputs (rows a whole number of its tiles wide), or as many and the reduction
+    C_in*KH*KW is short, so the wide kernel's per-tile costs (store to and copy from the wide buffer) show.
+    Rows under 2 vectors and C_out > 32 lose (see _wide_method)."""
+    lanes = _TILES[dtype]["lanes"]
+    if not _WIDE_FAST or OW < 2 * lanes or C_out > _ROW_TILES_MAX_C_OUT:
+        return False
+    JB, TB = _TILES[dtype]["wide"]
+    row = -(-OW // (2 * lanes)) * 2 * lanes * (-(-C_out // JB) * JB if C_out >= JB else C_out)
+    wide = -(-OH * (OW + KW - 1) // TB) * TB / OH * C_out
+    # ties with long reductions measured even ((16, 8, 16, 64, 7): 64 vs 64.1 columns): wide
+    return row < 0.95 * wide or (row <= wide and C_in * KH * KW <= _ROW_TILES_SHORT)
+
+
 def _scratch(use_gemm, nt, CKK, P, C_out, dtype):
     """Per-thread slabs for the kernels: im2col blocks of (CKK x block) output pixels, about _COLS_BLOCK_BYTES
     each, for the GEMM path (whose BLAS sizes must fit 32-bit ints); a placeholder for the direct loops."""
@@ -262,6 +312,32 @@ def _scratch(use_gemm, nt, CKK, P, C_out, dtype):
     block = max(1, min(P, _COLS_BLOCK_BYTES // (CKK * np.dtype(dtype).itemsize)))
     block = max(block, min(P, _MIN_BLOCK))  # thin blocks make thin GEMMs: keep some width
     return np.empty((nt, CKK * block), dtype=dtype)
+
+
+def _wide_run(x, k, b, y, top, left, nt, dtype):
+    """The wide-row direct kernel (stride 1): per-thread zeroed padded slabs and wide output buffers."""
+    N, C_in, H, W = x.shape
+    C_out, _, KH, KW = k.shape
+    OH, OW = y.shape[2:]
+    Hp, Wp = OH + KH - 1, OW + KW - 1
+    JB, TB = _TILES[dtype]["wide"]
+    Fr = -(-OH * Wp // TB) * TB
+    xpad = np.zeros((nt, C_in * Hp * Wp + TB + KW), dtype=dtype)
+    wide = np.empty((nt, C_out * Fr), dtype=dtype)
+    _conv.conv2d_forward_wide(x, k, b, y, xpad, wide, top, left, _WIDE_IB, nt)
+
+
+def _channel_vector_run(x, k, b, y, top, left, nt, dtype):
+    """The channel-vector direct kernel (stride 1, C_out a multiple of _conv.channel_tile): packed kernels and
+    per-thread zeroed padded slabs."""
+    N, C_in, H, W = x.shape
+    C_out, _, KH, KW = k.shape
+    JW = _TILES[dtype]["channels"]
+    kp = np.ascontiguousarray(k.reshape(C_out // JW, JW, C_in, KH, KW).transpose(0, 2, 3, 4, 1))
+    Hp, Wp = y.shape[2] + KH - 1, y.shape[3] + KW - 1
+    xpad = np.zeros((nt, C_in * Hp * Wp), dtype=dtype)
+    stage = np.empty((nt, JW * y.shape[3]), dtype=dtype)
+    _conv.conv2d_forward_cv(x, kp, b, y, xpad, stage, top, left, nt)
 
 
 def _threads(parts, work=None):
@@ -308,7 +384,8 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto"):
     padding : 'valid', 'same', int, (ph, pw) or ((top, bottom), (left, right)), default 0 ('valid')
         Zero padding; 'same' (stride 1 only) keeps H x W, putting the odd extra row/column at the end.
     method : {'auto', 'direct', 'gemm'}
-        'direct' loops (stride 1, no padding) or im2col + BLAS; 'auto' picks by shape.
+        'direct': the wide-row register-tiled kernel (stride 1, any padding); 'gemm': im2col + BLAS;
+        'auto' picks by shape.
 
     Returns
     -------
@@ -333,13 +410,18 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto"):
     SH, SW = _ints(stride, "stride", 1)
     top, bottom, left, right = _padding(padding, KH, KW, (SH, SW))
     OH, OW = _out_hw(H, W, KH, KW, SH, SW, top, bottom, left, right, "x", "kernels", x.shape, k.shape)
-    method = _method(method, (SH, SW, top, bottom, left, right) == (1, 1, 0, 0, 0, 0), OH, OW, C_in, C_out,
-                     forward_dtype=dtype)
+    method = _wide_method(method, (SH, SW) == (1, 1), "stride 1", N, C_in, C_out, H, W, KH, KW, OH, OW, dtype,
+                          grad=False)
     use_gemm = method == "gemm"
     y = np.empty((N, C_out, OH, OW), dtype=dtype)
     if N == 0:
         return y
     nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)
+    unpadded = (top, bottom, left, right) == (0, 0, 0, 0)
+    if not use_gemm and not (unpadded and _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype)):
+        run = _channel_vector_run if _channels_better(False, C_in, C_out, H, W, KH, KW, OH, OW, dtype) else _wide_run
+        run(_contiguous(x, dtype), _contiguous(k, dtype), _contiguous(b, dtype), y, top, left, nt, dtype)
+        return y
     scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
     _run(use_gemm, _conv.conv2d_forward, _contiguous(x, dtype), _contiguous(k, dtype), _contiguous(b, dtype),
          y, scratch, SH, SW, top, left, use_gemm, nt)
@@ -458,6 +540,8 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
         (H, W) of the forward input; needed only with stride > 1, where several sizes give the same
         output. By default ``H = (OH - 1) * SH + KH - pad_top - pad_bottom``.
     method : {'auto', 'direct', 'gemm'}
+        'direct' (stride 1, padding <= kernel size - 1): the forward's wide-row kernel on dE_dY padded by
+        kernel size - 1 - padding with the transposed, 180°-rotated kernels; 'gemm': BLAS + col2im.
 
     Returns
     -------
@@ -488,12 +572,22 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
     if (eOH, eOW) != (OH, OW):
         raise ValueError(f"dE_dY has spatial shape {(OH, OW)} (shape {dy.shape}) but an input of {(H, W)} with "
                          f"kernels {k.shape} gives {(eOH, eOW)}")
-    method = _method(method, (SH, SW, top, bottom, left, right) == (1, 1, 0, 0, 0, 0), OH, OW, C_in, C_out)
+    # stride 1: dX is the forward of dE_dY zero-padded by K-1-padding with the transposed, 180°-rotated kernels
+    pads = (KH - 1 - top, KH - 1 - bottom, KW - 1 - left, KW - 1 - right)
+    method = _wide_method(method, (SH, SW) == (1, 1) and min(pads) >= 0, "stride 1 and padding <= kernel size - 1",
+                          N, C_in, C_out, H, W, KH, KW, OH, OW, dtype, grad=True)
     use_gemm = method == "gemm"
     dx = np.empty((N, C_in, H, W), dtype=dtype)
     if N == 0:
         return dx
     nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)
+    # tiny unpadded layers (the tutorial's toy one: 9 vs 11 us) keep the scatter loops, which need no setup
+    if not use_gemm and not (OH * OW <= _DIRECT_MAX_OUTPUT and C_in * C_out <= _DIRECT_TINY_CHANNELS
+                             and (top, bottom, left, right) == (0, 0, 0, 0)):
+        k_rot = np.ascontiguousarray(np.asarray(k, dtype=dtype)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        run = _channel_vector_run if _channels_better(True, C_in, C_out, H, W, KH, KW, OH, OW, dtype) else _wide_run
+        run(_contiguous(dy, dtype), k_rot, np.zeros(C_in, dtype=dtype), dx, pads[0], pads[2], nt, dtype)
+        return dx
     scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
     _run(use_gemm, _conv.conv2d_input_gradient, _contiguous(dy, dtype), _contiguous(k, dtype), dx, scratch,
          SH, SW, top, left, use_gemm, nt)

@@ -4,7 +4,10 @@
 cnn_ext/ops.py validates every argument, picks the method and allocates outputs and scratch; each `def`
 here takes typed memoryviews, releases the GIL for the whole loop and never raises.
 Two methods per operation:
-  * direct  (stride 1, no padding): row loops vectorised along the output width; best for few channels;
+  * direct  (stride 1): forward and input gradient: the wide-row kernel (register tiles along the flat index
+            of a per-thread zero-padded copy of the sample, any padding; dX is the forward of padded dy with
+            rotated kernels), or the channel-vector kernel (vectors over output channels) on small maps;
+            the unpadded forward also has row tiles; dK row loops (no padding);
   * gemm    (any stride / padding): per-sample im2col / col2im in a per-thread slab + one BLAS call
             (scipy.linalg.cython_blas, held to one thread by the caller while OpenMP runs).
 The kernel gradient also has a register-tiled direct kernel (stride 1, any padding): see its section.
@@ -672,6 +675,359 @@ def conv2d_kernel_gradient_wide(const floating[:, :, :, ::1] dy,     # IN  (N, C
 
 
 # ---------------------------------------------------------------------------------------------------
+# Wide-row direct forward (stride 1, any zero padding), also the input gradient for stride 1
+#
+# Each sample is copied into a per-thread zero-padded slab xp[C_in, Hp, Wp] (+ slack). Output pixel
+# (p, q) reads xp[i, p*Wp + q + kh*Wp + kw]: over the flat index f = p*Wp + q, taken for every q < Wp
+# (columns q >= OW are computed and dropped), a vector of outputs f..f+L-1 is one contiguous load per
+# (i, kh, kw). Register tiles run along f across row ends: no lane is lost except (Wp - OW)/Wp.
+# ---------------------------------------------------------------------------------------------------
+
+cdef extern from *:
+    """
+    /* Wide-row tile: nj <= CNN_EXT_WJB output channels x CNN_EXT_WNV vectors along the flat index f.
+     * The accumulators stay in vector registers over the (i, kh, kw) reduction of one block of input
+     * channels [i0, i1); the tile starts from 0 (first block) or from the wide buffer, and is stored
+     * back there. AVX2 (16 ymm): 4 x 3 = 12 accumulators + 3 x + 1 weight; measured against 6 x 2 and
+     * 3 x 4 (see cnn_ext/ops.py). 32 vector registers (AVX-512) leave room for bigger tiles.
+     * Reads reach up to C_in*Hp*Wp + WNV*L + KW - 3 past xp: the slab has that slack, zeroed. */
+    #ifndef CNN_EXT_WJB
+    #if defined(__AVX512F__)
+    #define CNN_EXT_WJB 6
+    #define CNN_EXT_WNV 4
+    #else
+    #define CNN_EXT_WJB 4
+    #define CNN_EXT_WNV 3
+    #endif
+    #endif
+
+    #define CNN_EXT_WIDE_CALL(NAME, NJ) \\
+        NAME##_fixed(xp, k, wide, ldw, plane, Wp, C_in, KH, KW, kh0, kh1, i0, i1, j0, f0, first, NJ)
+    #define CNN_EXT_DEFINE_WIDE_TILE(NAME, T, V)                                                          \\
+    CNN_EXT_TILE_INLINE void NAME##_fixed(const T* xp, const T* k, T* wide, Py_ssize_t ldw,             \\
+                                          Py_ssize_t plane, Py_ssize_t Wp, Py_ssize_t C_in,             \\
+                                          Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1, \\
+                                          Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t f0,   \\
+                                          int first, const Py_ssize_t nj) {                             \\
+        const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T)), CKK = C_in * KH * KW;                  \\
+        V acc[CNN_EXT_WJB][CNN_EXT_WNV], xv[CNN_EXT_WNV];                                                \\
+        Py_ssize_t i, kh, kw, jj, v;                                                                     \\
+        T* o = wide + j0 * ldw + f0;                                                                     \\
+        for (jj = 0; jj < nj; jj++)                                                                      \\
+            for (v = 0; v < CNN_EXT_WNV; v++)                                                            \\
+                if (first) acc[jj][v] = CNN_EXT_SPLAT(V, (T)0);                                          \\
+                else acc[jj][v] = *(const V*)(o + jj * ldw + v * L);                                     \\
+        for (i = i0; i < i1; i++) {                                                                      \\
+            const T* xi = xp + i * plane + f0;                                                           \\
+            const T* ki = k + (j0 * C_in + i) * KH * KW;                                                 \\
+            for (kh = kh0; kh < kh1; kh++) {                                                             \\
+                const T* xr = xi + kh * Wp;                                                              \\
+                const T* kr = ki + kh * KW;                                                              \\
+                for (kw = 0; kw < KW; kw++) {                                                            \\
+                    for (v = 0; v < CNN_EXT_WNV; v++)                                                    \\
+                        xv[v] = *(const V*)(xr + kw + v * L);                                            \\
+                    for (jj = 0; jj < nj; jj++) {                                                        \\
+                        const T w = kr[jj * CKK + kw];                                                   \\
+                        for (v = 0; v < CNN_EXT_WNV; v++)                                                \\
+                            acc[jj][v] += w * xv[v];                                                     \\
+                    }                                                                                    \\
+                }                                                                                        \\
+            }                                                                                            \\
+        }                                                                                                \\
+        for (jj = 0; jj < nj; jj++)                                                                      \\
+            for (v = 0; v < CNN_EXT_WNV; v++)                                                            \\
+                *(V*)(o + jj * ldw + v * L) = acc[jj][v];                                                \\
+    }                                                                                                    \\
+    static void NAME(const T* xp, const T* k, T* wide, Py_ssize_t ldw, Py_ssize_t plane, Py_ssize_t Wp, \\
+                     Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1,      \\
+                     Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t f0, int first, Py_ssize_t nj) { \\
+        switch (nj < CNN_EXT_WJB ? nj : CNN_EXT_WJB) {                                                   \\
+        case 1: CNN_EXT_WIDE_CALL(NAME, 1); break;                                                         \\
+        case 2: CNN_EXT_WIDE_CALL(NAME, 2); break;                                                         \\
+        CNN_EXT_WIDE_CASES(NAME)                                                                         \\
+        default: CNN_EXT_WIDE_CALL(NAME, CNN_EXT_WJB); break;                                               \\
+        }                                                                                                \\
+    }
+    /* the cases 3 .. CNN_EXT_WJB - 1 of the switch above */
+    #if CNN_EXT_WJB == 6
+    #define CNN_EXT_WIDE_CASES(NAME)                                                                       \\
+        case 3: CNN_EXT_WIDE_CALL(NAME, 3); break;                                                         \\
+        case 4: CNN_EXT_WIDE_CALL(NAME, 4); break;                                                         \\
+        case 5: CNN_EXT_WIDE_CALL(NAME, 5); break;
+    #elif CNN_EXT_WJB == 4
+    #define CNN_EXT_WIDE_CASES(NAME)                                                                       \\
+        case 3: CNN_EXT_WIDE_CALL(NAME, 3); break;
+    #elif CNN_EXT_WJB == 3
+    #define CNN_EXT_WIDE_CASES(NAME)
+    #else
+    #error "CNN_EXT_WJB must be 3, 4 or 6"
+    #endif
+    CNN_EXT_DEFINE_WIDE_TILE(cnn_ext_wide_tile_f, float, cnn_ext_vf)
+    CNN_EXT_DEFINE_WIDE_TILE(cnn_ext_wide_tile_d, double, cnn_ext_vd)
+    """
+    enum: CNN_EXT_WJB         # output channels per wide tile
+    enum: CNN_EXT_WNV         # vectors along the flat output index per wide tile
+    void _wide_tile_f "cnn_ext_wide_tile_f"(
+        const float* xp, const float* k, float* wide, Py_ssize_t ldw, Py_ssize_t plane, Py_ssize_t Wp,
+        Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1, Py_ssize_t i0,
+        Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t f0, int first, Py_ssize_t nj) noexcept nogil
+    void _wide_tile_d "cnn_ext_wide_tile_d"(
+        const double* xp, const double* k, double* wide, Py_ssize_t ldw, Py_ssize_t plane, Py_ssize_t Wp,
+        Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1, Py_ssize_t i0,
+        Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t f0, int first, Py_ssize_t nj) noexcept nogil
+
+
+def wide_tile(bint single):
+    """(output channels, flat outputs) of the wide-row tile in this build (float32 if single)."""
+    return (CNN_EXT_WJB, CNN_EXT_WNV * (CNN_EXT_LANES_F if single else CNN_EXT_LANES_D))
+
+
+cdef void _forward_wide_one(const floating* x, const floating* k, const floating* b, floating* y,
+                            floating* xp, floating* wide, const Geom* g, Py_ssize_t Hp, Py_ssize_t Wp,
+                            Py_ssize_t IB) noexcept nogil:
+    """y[j] = b[j] + Σ_i xcorr_valid(pad(x[i]), k[j, i]) through the padded slab xp and the wide buffer.
+
+    xp (C_in*Hp*Wp + slack) is zero outside the interior, which is all this writes; wide holds
+    C_out x Fr flat outputs (Fr = OH*Wp rounded up to whole tiles). Input channels go in blocks of IB
+    (partial sums kept in wide) so a block's planes stay in cache across the channel tiles. In the last
+    block each output row goes to y (plus bias) as soon as its tiles are done, while it is still in L1
+    (a separate pass cost float64 (32, 3, 8, 32, 3) 25%).
+    """
+    cdef Py_ssize_t lanes = CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D
+    cdef Py_ssize_t TB = CNN_EXT_WNV * lanes
+    cdef Py_ssize_t C_in = g.C_in, C_out = g.C_out, H = g.H, W = g.W, OH = g.OH, OW = g.OW
+    cdef Py_ssize_t plane = Hp * Wp, F = g.OH * Wp, Fr, i, r, c, i0, i1, j0, f0, kh0, kh1, pdone, pend, plo, phi
+    cdef floating* dst
+    cdef const floating* src
+    Fr = (F + TB - 1) // TB * TB
+    for i in range(C_in):
+        for r in range(H):
+            dst = xp + i * plane + (r + g.PH) * Wp + g.PW
+            src = x + (i * H + r) * W
+            for c in range(W):
+                dst[c] = src[c]
+    i0 = 0
+    while i0 < C_in:
+        i1 = min(C_in, i0 + IB)
+        j0 = 0
+        while j0 < C_out:
+            f0 = 0
+            pdone = 0
+            plo = 0  # output rows of the tile's first and last flat outputs (no division per tile: measured 20%)
+            phi = 0
+            while f0 < Fr:
+                while (plo + 1) * Wp <= f0:
+                    plo += 1
+                while phi < OH - 1 and (phi + 1) * Wp <= f0 + TB - 1:
+                    phi += 1
+                # kernel rows that meet only padding rows for every output row of the tile add zeros: skipped
+                kh0 = max(0, g.PH - phi)
+                kh1 = min(g.KH, g.PH + H - plo)
+                if floating is float:
+                    _wide_tile_f(xp, k, wide, Fr, plane, Wp, C_in, g.KH, g.KW, kh0, kh1, i0, i1, j0, f0,
+                                 i0 == 0, C_out - j0)
+                else:
+                    _wide_tile_d(xp, k, wide, Fr, plane, Wp, C_in, g.KH, g.KW, kh0, kh1, i0, i1, j0, f0,
+                                 i0 == 0, C_out - j0)
+                f0 += TB
+                if i1 == C_in:
+                    pend = pdone  # rows p with p*Wp + OW <= f0 are complete
+                    while pend < OH and pend * Wp + OW <= f0:
+                        pend += 1
+                    if pend > pdone:
+                        _wide_rows_out(wide, b, y, Fr, Wp, OH, OW, j0, min(C_out, j0 + CNN_EXT_WJB), pdone, pend)
+                        pdone = pend
+            j0 += CNN_EXT_WJB
+        i0 = i1
+
+
+cdef inline void _wide_rows_out(const floating* wide, const floating* b, floating* y, Py_ssize_t Fr,
+                                Py_ssize_t Wp, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t j0, Py_ssize_t j1,
+                                Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    """y[j, p, q] = b[j] + wide[j, p*Wp + q] for j in [j0, j1), p in [p0, p1), q < OW"""
+    cdef Py_ssize_t j, p, q
+    cdef floating bj
+    cdef floating* dst
+    cdef const floating* wr
+    for j in range(j0, j1):
+        bj = b[j]
+        for p in range(p0, p1):
+            wr = wide + j * Fr + p * Wp
+            dst = y + (j * OH + p) * OW
+            for q in range(OW):
+                dst[q] = bj + wr[q]
+
+
+def conv2d_forward_wide(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
+                        const floating[:, :, :, ::1] k,      # IN  (C_out, C_in, KH, KW)
+                        const floating[::1] b,               # IN  (C_out,)
+                        floating[:, :, :, ::1] y,            # OUT (N, C_out, OH, OW)
+                        floating[:, ::1] xpad,               # TMP (threads, C_in*Hp*Wp + slack), zeroed
+                        floating[:, ::1] wide,               # TMP (threads, C_out*Fr)
+                        Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t IB, int num_threads):
+    """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left
+    (bottom and right follow from y's shape: Hp = OH + KH - 1, Wp = OW + KW - 1)."""
+    cdef Py_ssize_t n, N = x.shape[0]
+    cdef Py_ssize_t Hp = y.shape[2] + k.shape[2] - 1, Wp = y.shape[3] + k.shape[3] - 1
+    cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], k.shape[0], k.shape[2], k.shape[3],
+                        y.shape[2], y.shape[3], 1, 1, PT, PL)
+    if N == 0:
+        return
+    with nogil:
+        for n in prange(N, schedule='static', num_threads=num_threads):
+            _forward_wide_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
+                              &xpad[threadid(), 0], &wide[threadid(), 0], &g, Hp, Wp, IB)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Channel-vector direct forward (stride 1, any zero padding): vectors over output channels
+#
+# The same padded slab as the wide-row kernel, but a tile is CNN_EXT_CJV vectors of consecutive output
+# channels x nq <= CNN_EXT_CNQ output pixels of one row: weights are vector loads from a packed copy
+# kp[C_out / JW, C_in, KH, KW, JW] (JW = CNN_EXT_CJV lanes-vectors), inputs are broadcasts. No lane is wasted
+# when C_out is a multiple of JW (the caller's condition), and rows split into chunks of 4 to 6 pixels.
+# ---------------------------------------------------------------------------------------------------
+
+cdef extern from *:
+    """
+    #define CNN_EXT_CJV 2
+    #define CNN_EXT_CNQ 6
+    #define CNN_EXT_DEFINE_CV_TILE(NAME, T, V)                                                            \\
+    CNN_EXT_TILE_INLINE void NAME##_fixed(const T* xp, const T* kp, const T* b, T* stage, Py_ssize_t plane, \\
+                                          Py_ssize_t Wp, Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, \\
+                                          Py_ssize_t kh0, Py_ssize_t kh1, Py_ssize_t j0, Py_ssize_t p,  \\
+                                          Py_ssize_t q0, Py_ssize_t OW, const Py_ssize_t nq) {          \\
+        const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T)), JW = CNN_EXT_CJV * L;                  \\
+        const Py_ssize_t KK = KH * KW;                                                                   \\
+        V acc[CNN_EXT_CNQ][CNN_EXT_CJV], w[CNN_EXT_CJV];                                                 \\
+        Py_ssize_t i, kh, kw, qq, v, l;                                                                  \\
+        const T* kb = kp + j0 * C_in * KK;                                                               \\
+        for (qq = 0; qq < nq; qq++)                                                                      \\
+            for (v = 0; v < CNN_EXT_CJV; v++)                                                            \\
+                acc[qq][v] = *(const V*)(b + j0 + v * L);                                                \\
+        for (i = 0; i < C_in; i++) {                                                                     \\
+            const T* xi = xp + i * plane + p * Wp + q0;                                                  \\
+            const T* ki = kb + i * KK * JW;                                                              \\
+            for (kh = kh0; kh < kh1; kh++) {                                                             \\
+                const T* xr = xi + kh * Wp;                                                              \\
+                const T* kr = ki + kh * KW * JW;                                                         \\
+                for (kw = 0; kw < KW; kw++) {                                                            \\
+                    for (v = 0; v < CNN_EXT_CJV; v++)                                                    \\
+                        w[v] = *(const V*)(kr + kw * JW + v * L);                                        \\
+                    for (qq = 0; qq < nq; qq++) {                                                        \\
+                        const T xs = xr[kw + qq];                                                        \\
+                        for (v = 0; v < CNN_EXT_CJV; v++)                                                \\
+                            acc[qq][v] += xs * w[v];                                                     \\
+                    }                                                                                    \\
+                }                                                                                        \\
+            }                                                                                            \\
+        }                                                                                                \\
+        for (qq = 0; qq < nq; qq++)                                                                      \\
+            for (v = 0; v < CNN_EXT_CJV; v++) {                                                          \\
+                T lane[sizeof(V) / sizeof(T)];                                                           \\
+                memcpy(lane, &acc[qq][v], sizeof(V));                                                    \\
+                for (l = 0; l < L; l++)                                                                  \\
+                    stage[(v * L + l) * OW + q0 + qq] = lane[l];                                         \\
+            }                                                                                            \\
+    }                                                                                                    \\
+    static void NAME(const T* xp, const T* kp, const T* b, T* stage, Py_ssize_t plane, Py_ssize_t Wp,    \\
+                     Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1,      \\
+                     Py_ssize_t j0, Py_ssize_t p, Py_ssize_t q0, Py_ssize_t OW, Py_ssize_t nq) {         \\
+        switch (nq) {                                                                                    \\
+        case 1: CNN_EXT_CV_CALL(NAME, 1); break;                                                         \\
+        case 2: CNN_EXT_CV_CALL(NAME, 2); break;                                                         \\
+        case 3: CNN_EXT_CV_CALL(NAME, 3); break;                                                         \\
+        case 4: CNN_EXT_CV_CALL(NAME, 4); break;                                                         \\
+        case 5: CNN_EXT_CV_CALL(NAME, 5); break;                                                         \\
+        default: CNN_EXT_CV_CALL(NAME, 6); break;                                                        \\
+        }                                                                                                \\
+    }
+    #define CNN_EXT_CV_CALL(NAME, NQ) \\
+        NAME##_fixed(xp, kp, b, stage, plane, Wp, C_in, KH, KW, kh0, kh1, j0, p, q0, OW, NQ)
+    CNN_EXT_DEFINE_CV_TILE(cnn_ext_cv_tile_f, float, cnn_ext_vf)
+    CNN_EXT_DEFINE_CV_TILE(cnn_ext_cv_tile_d, double, cnn_ext_vd)
+    """
+    enum: CNN_EXT_CJV         # vectors of output channels per channel-vector tile
+    enum: CNN_EXT_CNQ         # output pixels per channel-vector tile, at most
+    void _cv_tile_f "cnn_ext_cv_tile_f"(
+        const float* xp, const float* kp, const float* b, float* stage, Py_ssize_t plane, Py_ssize_t Wp,
+        Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1, Py_ssize_t j0,
+        Py_ssize_t p, Py_ssize_t q0, Py_ssize_t OW, Py_ssize_t nq) noexcept nogil
+    void _cv_tile_d "cnn_ext_cv_tile_d"(
+        const double* xp, const double* kp, const double* b, double* stage, Py_ssize_t plane, Py_ssize_t Wp,
+        Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1, Py_ssize_t j0,
+        Py_ssize_t p, Py_ssize_t q0, Py_ssize_t OW, Py_ssize_t nq) noexcept nogil
+
+
+def channel_tile(bint single):
+    """Output channels per channel-vector tile in this build (float32 if single): C_out must be a multiple."""
+    return CNN_EXT_CJV * (CNN_EXT_LANES_F if single else CNN_EXT_LANES_D)
+
+
+cdef void _forward_cv_one(const floating* x, const floating* kp, const floating* b, floating* y,
+                          floating* xp, floating* stage, const Geom* g, Py_ssize_t Hp,
+                          Py_ssize_t Wp) noexcept nogil:
+    """y[j] = b[j] + Σ_i xcorr_valid(pad(x[i]), k[j, i]) by channel-vector tiles (kp packed, see above).
+
+    Tiles store one output row of JW channels into stage[JW, OW], copied to y when the row is done: storing
+    the lanes straight into y hits JW addresses OH*OW apart, the same L1 set when that is 4 KiB (float32
+    32x32 maps ran 2x slower)."""
+    cdef Py_ssize_t JW = CNN_EXT_CJV * (CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D)
+    cdef Py_ssize_t C_in = g.C_in, C_out = g.C_out, H = g.H, W = g.W, OH = g.OH, OW = g.OW
+    cdef Py_ssize_t plane = Hp * Wp, i, r, c, j0, p, q0, nq, kh0, kh1, nchunk, chunk, l
+    cdef floating* dst
+    cdef const floating* src
+    for i in range(C_in):
+        for r in range(H):
+            dst = xp + i * plane + (r + g.PH) * Wp + g.PW
+            src = x + (i * H + r) * W
+            for c in range(W):
+                dst[c] = src[c]
+    nchunk = (OW + CNN_EXT_CNQ - 1) // CNN_EXT_CNQ
+    j0 = 0
+    while j0 < C_out:
+        for p in range(OH):
+            kh0 = max(0, g.PH - p)  # kernel rows on padding rows only add zeros
+            kh1 = min(g.KH, g.PH + H - p)
+            q0 = 0
+            for chunk in range(nchunk):
+                nq = (OW - q0 + nchunk - chunk - 1) // (nchunk - chunk)
+                if floating is float:
+                    _cv_tile_f(xp, kp, b, stage, plane, Wp, C_in, g.KH, g.KW, kh0, kh1, j0, p, q0, OW, nq)
+                else:
+                    _cv_tile_d(xp, kp, b, stage, plane, Wp, C_in, g.KH, g.KW, kh0, kh1, j0, p, q0, OW, nq)
+                q0 += nq
+            for l in range(JW):
+                dst = y + ((j0 + l) * OH + p) * OW
+                src = stage + l * OW
+                for c in range(OW):
+                    dst[c] = src[c]
+        j0 += JW
+
+
+def conv2d_forward_cv(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
+                      const floating[:, :, :, :, ::1] kp,  # IN  (C_out / JW, C_in, KH, KW, JW) packed kernels
+                      const floating[::1] b,               # IN  (C_out,)
+                      floating[:, :, :, ::1] y,            # OUT (N, C_out, OH, OW)
+                      floating[:, ::1] xpad,               # TMP (threads, C_in*Hp*Wp), zeroed
+                      floating[:, ::1] stage,              # TMP (threads, JW*OW)
+                      Py_ssize_t PT, Py_ssize_t PL, int num_threads):
+    """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left;
+    kp[jb, i, kh, kw, l] = k[jb*JW + l, i, kh, kw] with JW = channel_tile(); C_out a multiple of JW."""
+    cdef Py_ssize_t n, N = x.shape[0]
+    cdef Py_ssize_t KH = kp.shape[2], KW = kp.shape[3]
+    cdef Py_ssize_t Hp = y.shape[2] + KH - 1, Wp = y.shape[3] + KW - 1
+    cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], y.shape[1], KH, KW,
+                        y.shape[2], y.shape[3], 1, 1, PT, PL)
+    if N == 0:
+        return
+    with nogil:
+        for n in prange(N, schedule='static', num_threads=num_threads):
+            _forward_cv_one(&x[n, 0, 0, 0], &kp[0, 0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
+                            &xpad[threadid(), 0], &stage[threadid(), 0], &g, Hp, Wp)
+
+
+# ---------------------------------------------------------------------------------------------------
 # GEMM kernels for one sample
 # ---------------------------------------------------------------------------------------------------
 
@@ -890,7 +1246,9 @@ def conv2d_input_gradient(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, O
                           floating[:, ::1] scratch,           # TMP (threads, C_in*KH*KW*block) for gemm
                           Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW,
                           bint use_gemm, int num_threads):
-    """dx[n, i] = Σ_j conv_full(dy[n, j], k[j, i]) (the adjoint of the forward map, with stride and padding)."""
+    """dx[n, i] = Σ_j conv_full(dy[n, j], k[j, i]) (the adjoint of the forward map, with stride and padding):
+    BLAS + col2im, or (stride 1, no padding) scatter loops that only win on tiny layers; the stride-1 direct
+    method is otherwise the forward kernels on padded dy (see cnn_ext.ops)."""
     cdef Py_ssize_t n, N = dy.shape[0]
     cdef Geom g = _geom(dx.shape[1], dx.shape[2], dx.shape[3], k.shape[0], k.shape[2], k.shape[3],
                         dy.shape[2], dy.shape[3], SH, SW, PH, PW)

@@ -144,10 +144,10 @@ def test_against_scipy_loops(shape, dtype, method):
     assert_allclose(dx, scipy_input_gradient(dy64, k64), **TOL[dtype])
 
 
-# The direct forward computes register tiles of JB = 4 channels x QB columns of one output row (QB = 16 float32 /
-# 8 float64 columns in the AVX2 build, 8 / 4 in the SSE2 one); the last tile of a row and the last channel block
-# overlap the previous one, fewer than JB channels make one narrower tile, rows narrower than QB take the row
-# loops. These shapes put C_out and OW below, on and above the tile sizes of both builds.
+# The direct forward and input gradient (stride 1) run the wide-row kernel: the sample is copied into a zero-padded
+# slab of width Wp and outputs are computed over the flat index p*Wp + q for all q < Wp, in tiles of JB = 4 channels x
+# 24 float32 / 12 float64 flat outputs (AVX2 build; 12 / 6 in the SSE2 one). These shapes put C_out below, on and
+# above JB and OW / Wp below, on and across tile sizes, the whole map inside one tile, and row ends inside tiles.
 TILE_SHAPES = [
     # N, C_in, C_out, H, W, KH, KW              C_out, OW
     (2, 1, 1, 5, 20, 2, 3),  # 1 < JB, 18
@@ -295,6 +295,84 @@ def test_kernel_gradient_method_choice():
     with pytest.raises(ValueError, match="method='direct' needs stride 1"):
         conv2d_kernel_gradient(np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 5, 5)), stride=2, kernel_size=2,
                                method="direct")
+
+
+WIDE_CASES = [
+    # N, C_in, C_out, H, W, KH, KW, (top, bottom, left, right)
+    ((2, 3, 5, 9, 7, 3, 2), (1, 0, 2, 1)),  # asymmetric padding, C_out = JB + 1
+    ((1, 2, 3, 5, 30, 5, 3), (2, 2, 1, 1)),  # OW 30: rows across tile ends
+    ((2, 1, 7, 3, 3, 3, 3), (0, 0, 0, 0)),  # kernel == input: one output per map
+    ((2, 4, 2, 4, 5, 4, 5), (1, 2, 0, 3)),  # kernel == input, padded
+    ((1, 3, 9, 6, 25, 1, 1), (0, 0, 0, 0)),  # 1x1 kernel (Wp = OW), 25 = 24 + 1
+    ((2, 2, 4, 8, 23, 2, 2), (1, 1, 0, 0)),  # OW 23: just under a float32 tile
+    ((1, 5, 13, 7, 5, 3, 3), (2, 0, 0, 2)),  # C_out 13, OW < one vector
+    ((3, 6, 8, 11, 10, 3, 4), (0, 1, 3, 0)),  # C_out 2 * JB
+    ((1, 40, 6, 5, 9, 2, 2), (1, 1, 1, 1)),  # C_in 40 > the input-channel block
+    ((1, 1, 1, 1, 1, 1, 1), (0, 0, 0, 0)),
+    ((1, 2, 3, 3, 4, 2, 2), (4, 3, 5, 0)),  # padding > kernel: tiles wholly inside the padding
+    # channel-vector kernel (C_out a multiple of 16 float32 / 8 float64): rows of 1 to 6-pixel chunks
+    ((2, 3, 16, 6, 7, 3, 3), (1, 1, 1, 1)),  # OW 7: chunks 4 + 3
+    ((1, 16, 32, 5, 9, 3, 2), (0, 1, 2, 0)),  # dX with 16 output channels too
+    ((2, 8, 8, 4, 13, 1, 3), (0, 0, 1, 1)),  # float64 tiles of 8; OW 13: 5 + 4 + 4
+    ((1, 16, 16, 2, 2, 2, 2), (0, 0, 0, 0)),  # one output pixel
+]
+
+
+@pytest.mark.parametrize("shape,pad", WIDE_CASES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("block", [3, 32])
+def test_wide_kernel_against_einsum(monkeypatch, shape, pad, dtype, block):
+    """The wide-row forward and input gradient, with input channels in blocks of 3 or 32, both methods."""
+    from cnn_ext import ops
+
+    monkeypatch.setattr(ops, "_WIDE_IB", block)
+    N, C_in, C_out, H, W, KH, KW = shape
+    rng = np.random.default_rng(sum(shape) + sum(pad))
+    x, k, b, _ = data(rng, *shape, dtype=dtype)
+    padding = ((pad[0], pad[1]), (pad[2], pad[3]))
+    x64, k64, b64 = (a.astype(np.float64) for a in (x, k, b))
+    ref = einsum_forward(x64, k64, b64, (1, 1), pad)
+    dy = rng.standard_normal(ref.shape).astype(dtype)
+    _, dx_ref = linear_maps(x.shape, k64, (1, 1), pad)
+    ref_dx = dx_ref(dy.astype(np.float64))
+    x0, k0, dy0 = x.copy(), k.copy(), dy.copy()
+    dx_direct_ok = max(pad[:2]) <= KH - 1 and max(pad[2:]) <= KW - 1  # else dX 'direct' raises, 'auto' takes gemm
+    for method in METHODS + ["auto"]:
+        y = conv2d_forward(x, k, b, padding=padding, method=method)
+        if method == "direct" and not dx_direct_ok:
+            with pytest.raises(ValueError, match="padding <= kernel size - 1"):
+                conv2d_input_gradient(dy, k, padding=padding, input_size=(H, W), method=method)
+            dx = ref_dx.astype(dtype)
+        else:
+            dx = conv2d_input_gradient(dy, k, padding=padding, input_size=(H, W), method=method)
+        assert y.dtype == dx.dtype == dtype
+        assert_allclose(y, ref, **TOL[dtype])
+        assert_allclose(dx, ref_dx, **TOL[dtype])
+    y = np.empty_like(ref, dtype=dtype)  # the wide kernel itself, where 'direct' may take another one
+    ops._wide_run(x, k, b, y, pad[0], pad[2], 1, np.dtype(dtype))
+    assert_allclose(y, ref, **TOL[dtype])
+    if C_out % cnn_ext.ops._conv.channel_tile(dtype == np.float32) == 0:  # the channel-vector kernel itself
+        y = np.full_like(ref, np.nan, dtype=dtype)
+        ops._channel_vector_run(x, k, b, y, pad[0], pad[2], 1, np.dtype(dtype))
+        assert_allclose(y, ref, **TOL[dtype])
+    for a, a0 in ((x, x0), (k, k0), (dy, dy0)):
+        assert_array_equal(a, a0)
+
+
+@pytest.mark.parametrize("shape", [(40, 5, 3, 12, 21, 3, 3), (24, 16, 16, 6, 7, 3, 3)])  # wide, channel-vector
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_direct_padded_forward_and_input_gradient_do_not_depend_on_thread_count(shape, dtype, restore_threads):
+    rng = np.random.default_rng(6)
+    x, k, b, dy = data(rng, *shape, dtype=dtype)
+    results = []
+    for n in (1, 2, 3):
+        cnn_ext.set_num_threads(n)
+        results.append((conv2d_forward(x, k, b, padding=1, method="direct"),
+                        conv2d_input_gradient(dy, k, method="direct")))
+    for other in results[1:]:
+        assert_array_equal(results[0][0], other[0])
+        assert_array_equal(results[0][1], other[1])
+    assert_allclose(results[0][1], scipy_input_gradient(dy.astype(np.float64), k.astype(np.float64)), **TOL[dtype])
 
 
 def test_kernel_gradient_is_not_the_tutorials_rotated_one():
@@ -623,7 +701,13 @@ DY = np.zeros((2, 4, 6, 6))
     (lambda: conv2d_forward(X, K, B, padding="full"), ValueError, r"padding must be 'valid', 'same'"),
     (lambda: conv2d_forward(X, K, B, stride=2, padding="same"), ValueError, r"padding='same' needs stride 1"),
     (lambda: conv2d_forward(X, K, B, method="fft"), ValueError, r"method must be one of"),
-    (lambda: conv2d_forward(X, K, B, padding=1, method="direct"), ValueError, r"method='direct' needs stride 1"),
+    (lambda: conv2d_forward(X, K, B, stride=2, method="direct"), ValueError, r"method='direct' needs stride 1"),
+    (lambda: conv2d_kernel_gradient(np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 5, 5)), stride=2, kernel_size=2,
+                                    method="direct"), ValueError, r"method='direct' needs stride 1"),
+    (lambda: conv2d_input_gradient(DY, K, padding=((0, 3), (0, 0)), method="direct"), ValueError,
+     r"method='direct' needs stride 1 and padding <= kernel size - 1"),
+    (lambda: conv2d_input_gradient(DY, K, stride=2, input_size=(13, 13), method="direct"), ValueError,
+     r"method='direct' needs stride 1"),
     (lambda: conv2d_kernel_gradient(DY, X[:1]), ValueError, r"dE_dY has batch size 2 .* x has 1"),
     (lambda: conv2d_kernel_gradient(DY[..., 0], X), ValueError, r"dE_dY must be 4-D"),
     (lambda: conv2d_kernel_gradient(np.zeros((2, 4, 9, 6)), X), ValueError, r"dE_dY .* larger than x"),
@@ -688,20 +772,28 @@ def test_small_calls_stay_on_one_thread(monkeypatch):
     assert ops._threads(0, 0) == 1
 
 
-@pytest.mark.parametrize("case,forward,gradients", [
+@pytest.mark.parametrize("case,forward,dx", [
     ((16, 1, 4, 3, 3, 2, 2), "direct", "direct"),  # the tutorial's toy layer
-    ((8, 128, 128, 7, 7, 3, 3), "gemm", "gemm"),  # small maps, many channels: the loops lose 15-25x
-    ((16, 8, 8, 6, 6, 3, 3), None, "gemm"),  # forward: the register tile where the build has it
+    # small maps, many channels: the wide forward wins (AVX2 build), its dX loses
+    ((8, 128, 128, 7, 7, 3, 3), None, "gemm"),
+    ((16, 8, 8, 6, 6, 3, 3), None, None),  # forward: the wide kernel where the build has it
 ])
-def test_auto_method_choice(case, forward, gradients):
+def test_auto_method_choice(case, forward, dx):
+    """Forward and input gradient; the kernel gradient's choice is tested with its tiled kernel above."""
     from cnn_ext import ops
 
     N, C_in, C_out, H, W, KH, KW = case
     OH, OW = H - KH + 1, W - KW + 1
+    if forward is None and ops._WIDE_FAST:
+        forward = "direct"
     if forward is not None:
-        assert ops._method("auto", True, OH, OW, C_in, C_out, forward_dtype=np.dtype(np.float64)) == forward
-    assert ops._method("auto", True, OH, OW, C_in, C_out) == gradients
-    assert ops._method("auto", False, OH, OW, C_in, C_out) == "gemm"  # strided / padded
+        assert ops._wide_method("auto", True, "", N, C_in, C_out, H, W, KH, KW, OH, OW, np.dtype(np.float64),
+                                grad=False) == forward
+    if dx is not None:
+        assert ops._wide_method("auto", True, "", N, C_in, C_out, H, W, KH, KW, OH, OW, np.dtype(np.float64),
+                                grad=True) == dx
+    assert ops._wide_method("auto", False, "", N, C_in, C_out, H, W, KH, KW, OH, OW, np.dtype(np.float64),
+                            grad=True) == "gemm"  # strided
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
