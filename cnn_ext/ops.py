@@ -38,6 +38,9 @@ _COLS_BLOCK_BYTES = int(os.environ.get("CNN_EXT_COLS_BLOCK_BYTES", 8 * 1024 * 10
 _MIN_BLOCK = 64  # output pixels
 _MATMUL_WORK_FACTOR = 5  # a matmul splits only from 5x the work per thread of a convolution (measured below)
 _MIN_WORK_PER_THREAD = int(os.environ.get("CNN_EXT_MIN_WORK_PER_THREAD", 200_000))  # multiply-adds
+# Bias gradient: elements per thread from which a second thread pays (2 threads / 1, µs, quiet machine:
+# (32, 8, 30, 30) float32 10.4 / 16.7, float64 18.6 / 29.0; (16, 4, 24, 24) float32 3.9 / 2.4)
+_BIAS_MIN_PER_THREAD = 64_000
 # Kernel gradient, method="auto" (measurements in _kgrad_method): the register-tiled direct kernel for every
 # stride-1 layer in the AVX2 build. A tile is 4 output channels x 3 taps of vector accumulators (12 of the 16
 # ymm registers; 6 x 2 and 3 x 4 tiles were 20-60% slower: gcc folds their extra loads into the FMAs).
@@ -524,7 +527,9 @@ def conv2d_bias_gradient(dE_dY):
     if C_out == 0:
         return db
     acc = np.empty((C_out, _conv.SUM_LANES), dtype=dtype)
-    _conv.conv2d_bias_gradient(_contiguous(dy, dtype), db, acc, _threads(C_out, dy.size))
+    # a sum reads each element once: it splits from fewer elements than a convolution's multiply-adds
+    nt = _threads(C_out, dy.size * _MIN_WORK_PER_THREAD // _BIAS_MIN_PER_THREAD)
+    _conv.conv2d_bias_gradient(_contiguous(dy, dtype), db, acc, nt)
     return db
 
 

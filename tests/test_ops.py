@@ -803,6 +803,7 @@ def test_bias_gradient_lane_tails_and_threads(monkeypatch, restore_threads, dtyp
     from cnn_ext import ops
 
     monkeypatch.setattr(ops, "_MIN_WORK_PER_THREAD", 1)
+    monkeypatch.setattr(ops, "_BIAS_MIN_PER_THREAD", 1)
     rng = np.random.default_rng(5)
     lanes = ops._conv.SUM_LANES
     for OH, OW in [(1, 1), (1, lanes - 1), (1, lanes), (1, lanes + 1), (8, 8), (13, 11), (24, 24), (3, 2 * lanes + 5)]:
