@@ -658,9 +658,14 @@ def conv2d_kernel_gradient_wide(const floating[:, :, :, ::1] dy,     # IN  (N, C
         return
     with nogil:
         inv_n = (<floating>1) / N
-        for c in prange(nchunk, schedule='dynamic', num_threads=num_threads):
-            _kgrad_wide_chunk(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[c, 0], &scratch[threadid(), 0],
-                              (c * N) // nchunk, ((c + 1) * N) // nchunk, &g, &w)
+        if num_threads == 1:  # no parallel region (entering one costs ~0.7 µs even for one thread)
+            for c in range(nchunk):
+                _kgrad_wide_chunk(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[c, 0], &scratch[0, 0],
+                                  (c * N) // nchunk, ((c + 1) * N) // nchunk, &g, &w)
+        else:
+            for c in prange(nchunk, schedule='dynamic', num_threads=num_threads):
+                _kgrad_wide_chunk(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[c, 0], &scratch[threadid(), 0],
+                                  (c * N) // nchunk, ((c + 1) * N) // nchunk, &g, &w)
         for c in range(nchunk):
             if shifted:  # partial holds (j, i, kw, kh)
                 for t in range(KK // KHW):
@@ -874,9 +879,14 @@ def conv2d_forward_wide(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, 
     if N == 0:
         return
     with nogil:
-        for n in prange(N, schedule='static', num_threads=num_threads):
-            _forward_wide_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
-                              &xpad[threadid(), 0], &wide[threadid(), 0], &g, Hp, Wp, IB)
+        if num_threads == 1:  # no parallel region (entering one costs ~0.7 µs even for one thread)
+            for n in range(N):
+                _forward_wide_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
+                                  &xpad[0, 0], &wide[0, 0], &g, Hp, Wp, IB)
+        else:
+            for n in prange(N, schedule='static', num_threads=num_threads):
+                _forward_wide_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
+                                  &xpad[threadid(), 0], &wide[threadid(), 0], &g, Hp, Wp, IB)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1022,9 +1032,14 @@ def conv2d_forward_cv(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
     if N == 0:
         return
     with nogil:
-        for n in prange(N, schedule='static', num_threads=num_threads):
-            _forward_cv_one(&x[n, 0, 0, 0], &kp[0, 0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
-                            &xpad[threadid(), 0], &stage[threadid(), 0], &g, Hp, Wp)
+        if num_threads == 1:  # no parallel region (entering one costs ~0.7 µs even for one thread)
+            for n in range(N):
+                _forward_cv_one(&x[n, 0, 0, 0], &kp[0, 0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
+                                &xpad[0, 0], &stage[0, 0], &g, Hp, Wp)
+        else:
+            for n in prange(N, schedule='static', num_threads=num_threads):
+                _forward_cv_one(&x[n, 0, 0, 0], &kp[0, 0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
+                                &xpad[threadid(), 0], &stage[threadid(), 0], &g, Hp, Wp)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1097,12 +1112,20 @@ def conv2d_forward(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
     if N == 0:
         return
     with nogil:
-        for n in prange(N, schedule='static', num_threads=num_threads):
-            if use_gemm:
-                _forward_gemm_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
-                                  &scratch[threadid(), 0], &g, block)
-            else:
-                _forward_direct_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0], &g)
+        if num_threads == 1:  # no parallel region (entering one costs ~0.7 µs even for one thread)
+            for n in range(N):
+                if use_gemm:
+                    _forward_gemm_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
+                                      &scratch[0, 0], &g, block)
+                else:
+                    _forward_direct_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0], &g)
+        else:
+            for n in prange(N, schedule='static', num_threads=num_threads):
+                if use_gemm:
+                    _forward_gemm_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
+                                      &scratch[threadid(), 0], &g, block)
+                else:
+                    _forward_direct_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0], &g)
 
 
 def conv2d_kernel_gradient(const floating[:, :, :, ::1] dy,     # IN  (N, C_out, OH, OW)
@@ -1128,10 +1151,16 @@ def conv2d_kernel_gradient(const floating[:, :, :, ::1] dy,     # IN  (N, C_out,
         return
     with nogil:
         inv_n = (<floating>1) / N
-        for c in prange(nchunk, schedule='dynamic', num_threads=num_threads):
-            _kgrad_chunk(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[c, 0], L,
-                         &scratch[threadid(), 0],
-                         (c * N) // nchunk, ((c + 1) * N) // nchunk, &g, use_gemm, block)
+        if num_threads == 1:  # no parallel region (entering one costs ~0.7 µs even for one thread)
+            for c in range(nchunk):
+                _kgrad_chunk(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[c, 0], L,
+                             &scratch[0, 0],
+                             (c * N) // nchunk, ((c + 1) * N) // nchunk, &g, use_gemm, block)
+        else:
+            for c in prange(nchunk, schedule='dynamic', num_threads=num_threads):
+                _kgrad_chunk(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[c, 0], L,
+                             &scratch[threadid(), 0],
+                             (c * N) // nchunk, ((c + 1) * N) // nchunk, &g, use_gemm, block)
         for c in range(nchunk):
             if use_gemm:
                 for t in range(KK):
@@ -1256,12 +1285,20 @@ def conv2d_input_gradient(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, O
     if N == 0:
         return
     with nogil:
-        for n in prange(N, schedule='static', num_threads=num_threads):
-            if use_gemm:
-                _igrad_gemm_one(&dy[n, 0, 0, 0], &k[0, 0, 0, 0], &dx[n, 0, 0, 0],
-                                &scratch[threadid(), 0], &g, block)
-            else:
-                _igrad_direct_one(&dy[n, 0, 0, 0], &k[0, 0, 0, 0], &dx[n, 0, 0, 0], &g)
+        if num_threads == 1:  # no parallel region (entering one costs ~0.7 µs even for one thread)
+            for n in range(N):
+                if use_gemm:
+                    _igrad_gemm_one(&dy[n, 0, 0, 0], &k[0, 0, 0, 0], &dx[n, 0, 0, 0],
+                                    &scratch[0, 0], &g, block)
+                else:
+                    _igrad_direct_one(&dy[n, 0, 0, 0], &k[0, 0, 0, 0], &dx[n, 0, 0, 0], &g)
+        else:
+            for n in prange(N, schedule='static', num_threads=num_threads):
+                if use_gemm:
+                    _igrad_gemm_one(&dy[n, 0, 0, 0], &k[0, 0, 0, 0], &dx[n, 0, 0, 0],
+                                    &scratch[threadid(), 0], &g, block)
+                else:
+                    _igrad_direct_one(&dy[n, 0, 0, 0], &k[0, 0, 0, 0], &dx[n, 0, 0, 0], &g)
 
 
 # ---------------------------------------------------------------------------------------------------
