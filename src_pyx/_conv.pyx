@@ -743,6 +743,39 @@ cdef extern from *:
             for (v = 0; v < CNN_EXT_WNV; v++)                                                            \\
                 *(V*)(o + jj * ldw + v * L) = acc[jj][v];                                                \\
     }                                                                                                    \\
+    /* One output channel (the input gradient of a one-channel layer, the tutorial's): nj = 1 would leave      \\
+     * WNV accumulators, too few chains to hide the FMA latency; this tile holds WJB x WNV vectors of one     \\
+     * channel instead (flat outputs f0 .. f0 + WJB*WNV*L), same sums in the same order per output. */        \\
+    static void NAME##_one(const T* xp, const T* k, T* wide, Py_ssize_t ldw, Py_ssize_t plane,          \\
+                           Py_ssize_t Wp, Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, \\
+                           Py_ssize_t kh1, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t f0,   \\
+                           int first) {                                                                  \\
+        const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T));                                       \\
+        V acc[CNN_EXT_WJB][CNN_EXT_WNV];                                                                 \\
+        Py_ssize_t i, kh, kw, s, v;                                                                      \\
+        T* o = wide + j0 * ldw + f0;                                                                     \\
+        for (s = 0; s < CNN_EXT_WJB; s++)                                                                \\
+            for (v = 0; v < CNN_EXT_WNV; v++)                                                            \\
+                if (first) acc[s][v] = CNN_EXT_SPLAT(V, (T)0);                                           \\
+                else acc[s][v] = *(const V*)(o + (s * CNN_EXT_WNV + v) * L);                             \\
+        for (i = i0; i < i1; i++) {                                                                      \\
+            const T* xi = xp + i * plane + f0;                                                           \\
+            const T* ki = k + (j0 * C_in + i) * KH * KW;                                                 \\
+            for (kh = kh0; kh < kh1; kh++) {                                                             \\
+                const T* xr = xi + kh * Wp;                                                              \\
+                const T* kr = ki + kh * KW;                                                              \\
+                for (kw = 0; kw < KW; kw++) {                                                            \\
+                    const T w = kr[kw];                                                                  \\
+                    for (s = 0; s < CNN_EXT_WJB; s++)                                                    \\
+                        for (v = 0; v < CNN_EXT_WNV; v++)                                                \\
+                            acc[s][v] += w * *(const V*)(xr + kw + (s * CNN_EXT_WNV + v) * L);           \\
+                }                                                                                        \\
+            }                                                                                            \\
+        }                                                                                                \\
+        for (s = 0; s < CNN_EXT_WJB; s++)                                                                \\
+            for (v = 0; v < CNN_EXT_WNV; v++)                                                            \\
+                *(V*)(o + (s * CNN_EXT_WNV + v) * L) = acc[s][v];                                        \\
+    }                                                                                                    \\
     static void NAME(const T* xp, const T* k, T* wide, Py_ssize_t ldw, Py_ssize_t plane, Py_ssize_t Wp, \\
                      Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1,      \\
                      Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t f0, int first, Py_ssize_t nj) { \\
@@ -780,6 +813,14 @@ cdef extern from *:
         const double* xp, const double* k, double* wide, Py_ssize_t ldw, Py_ssize_t plane, Py_ssize_t Wp,
         Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1, Py_ssize_t i0,
         Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t f0, int first, Py_ssize_t nj) noexcept nogil
+    void _wide_tile_one_f "cnn_ext_wide_tile_f_one"(
+        const float* xp, const float* k, float* wide, Py_ssize_t ldw, Py_ssize_t plane, Py_ssize_t Wp,
+        Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1, Py_ssize_t i0,
+        Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t f0, int first) noexcept nogil
+    void _wide_tile_one_d "cnn_ext_wide_tile_d_one"(
+        const double* xp, const double* k, double* wide, Py_ssize_t ldw, Py_ssize_t plane, Py_ssize_t Wp,
+        Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1, Py_ssize_t i0,
+        Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t f0, int first) noexcept nogil
 
 
 def wide_tile(bint single):
@@ -802,6 +843,8 @@ cdef void _forward_wide_one(const floating* x, const floating* k, const floating
     cdef Py_ssize_t TB = CNN_EXT_WNV * lanes
     cdef Py_ssize_t C_in = g.C_in, C_out = g.C_out, H = g.H, W = g.W, OH = g.OH, OW = g.OW
     cdef Py_ssize_t plane = Hp * Wp, F = g.OH * Wp, Fr, i, r, c, i0, i1, j0, f0, kh0, kh1, pdone, pend, plo, phi
+    cdef Py_ssize_t step
+    cdef bint one
     cdef floating* dst
     cdef const floating* src
     Fr = (F + TB - 1) // TB * TB
@@ -821,20 +864,31 @@ cdef void _forward_wide_one(const floating* x, const floating* k, const floating
             plo = 0  # output rows of the tile's first and last flat outputs (no division per tile: measured 20%)
             phi = 0
             while f0 < Fr:
+                # one output channel left: tiles of WJB x TB flat outputs of it while they fit
+                one = C_out - j0 == 1 and f0 + CNN_EXT_WJB * TB <= Fr
+                step = CNN_EXT_WJB * TB if one else TB
                 while (plo + 1) * Wp <= f0:
                     plo += 1
-                while phi < OH - 1 and (phi + 1) * Wp <= f0 + TB - 1:
+                while phi < OH - 1 and (phi + 1) * Wp <= f0 + step - 1:
                     phi += 1
                 # kernel rows that meet only padding rows for every output row of the tile add zeros: skipped
                 kh0 = max(0, g.PH - phi)
                 kh1 = min(g.KH, g.PH + H - plo)
                 if floating is float:
-                    _wide_tile_f(xp, k, wide, Fr, plane, Wp, C_in, g.KH, g.KW, kh0, kh1, i0, i1, j0, f0,
-                                 i0 == 0, C_out - j0)
+                    if one:
+                        _wide_tile_one_f(xp, k, wide, Fr, plane, Wp, C_in, g.KH, g.KW, kh0, kh1, i0, i1, j0, f0,
+                                         i0 == 0)
+                    else:
+                        _wide_tile_f(xp, k, wide, Fr, plane, Wp, C_in, g.KH, g.KW, kh0, kh1, i0, i1, j0, f0,
+                                     i0 == 0, C_out - j0)
                 else:
-                    _wide_tile_d(xp, k, wide, Fr, plane, Wp, C_in, g.KH, g.KW, kh0, kh1, i0, i1, j0, f0,
-                                 i0 == 0, C_out - j0)
-                f0 += TB
+                    if one:
+                        _wide_tile_one_d(xp, k, wide, Fr, plane, Wp, C_in, g.KH, g.KW, kh0, kh1, i0, i1, j0, f0,
+                                         i0 == 0)
+                    else:
+                        _wide_tile_d(xp, k, wide, Fr, plane, Wp, C_in, g.KH, g.KW, kh0, kh1, i0, i1, j0, f0,
+                                     i0 == 0, C_out - j0)
+                f0 += step
                 if i1 == C_in:
                     pend = pdone  # rows p with p*Wp + OW <= f0 are complete
                     while pend < OH and pend * Wp + OW <= f0:

@@ -864,3 +864,27 @@ def test_kernel_gradient_inf_in_x_only_reaches_its_taps(dtype, padding):
         assert_array_equal(np.isfinite(got), np.isfinite(ref))
         fin = np.isfinite(ref)
         assert_allclose(got[fin], ref[fin], rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [
+    # N, C_in, C_out, H, W, KH, KW, padding: one output channel left in the wide kernel (the forward's C_out,
+    # the input gradient's C_in), planes shorter and longer than its WJB-tile run, several input-channel blocks
+    (3, 1, 4, 28, 28, 5, 5, 0),    # the tutorial's layer: dX has one output channel
+    (2, 1, 40, 9, 13, 3, 2, 0),    # dX of one channel summing 40 (two input-channel blocks)
+    (2, 3, 1, 30, 31, 3, 3, 1),    # forward with one output channel, padded
+    (2, 2, 5, 17, 6, 2, 3, 0),     # last channel block of the forward holds one channel
+    (1, 1, 1, 4, 4, 2, 2, 0),      # a plane smaller than one tile run
+])
+def test_wide_kernel_single_output_channel_runs(dtype, case):
+    N, C_in, C_out, H, W, KH, KW, pad = case
+    rng = np.random.default_rng(sum(case))
+    x = rng.standard_normal((N, C_in, H, W)).astype(dtype)
+    k = rng.standard_normal((C_out, C_in, KH, KW)).astype(dtype)
+    b = rng.standard_normal(C_out).astype(dtype)
+    y = conv2d_forward(x, k, b, padding=pad, method="direct")
+    assert_allclose(y, conv2d_forward(x, k, b, padding=pad, method="gemm"), **TOL[dtype])
+    assert_allclose(y, einsum_forward(*(a.astype(np.float64) for a in (x, k, b)), (1, 1), (pad,) * 4), **TOL[dtype])
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = conv2d_input_gradient(dy, k, padding=pad, method="direct")
+    assert_allclose(dx, conv2d_input_gradient(dy, k, padding=pad, method="gemm"), **TOL[dtype])
