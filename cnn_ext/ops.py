@@ -53,6 +53,10 @@ _DIRECT_MAX_OUTPUT = 36  # output pixels per map up to which method="auto" takes
 # AVX2 build; the SSE2 build keeps im2col + BLAS but for the tiniest layers.
 _WIDE_FAST = _ISA == "avx2"
 _WIDE_IB = int(os.environ.get("CNN_EXT_WIDE_IB", 32))  # input channels per block of the wide-row kernel
+_SHIFT_IB = int(os.environ.get("CNN_EXT_SHIFT_IB", 0))  # input channels per block of the shifted kernel (0: auto)
+_SHIFT_TAPS = 144  # channels x taps per block of the shifted-copies kernel (_shift_ib)
+_SHIFT_MAX_REDUCTION = 64  # C_in*KH*KW up to which the forward takes the shifted copies whatever the kernel
+_SHIFT_FB = int(os.environ.get("CNN_EXT_SHIFT_FB", 1 << 30))  # flat outputs per chunk of a plane
 _CHANNELS_MAX_TAPS = 9  # KH*KW up to which the channel-vector kernel can win
 _CHANNELS_MAX_PIXELS = 400  # output pixels per map up to which it wins
 _CHANNELS_DX_F64_MAX = 1024  # C_in * C_out up to which it wins the float64 input gradient
@@ -286,6 +290,27 @@ def _channels_better(grad, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
     return not grad or dtype == np.float32 or C_in * C_out <= _CHANNELS_DX_F64_MAX
 
 
+def _shifted_better(C_in, KH, KW, dtype):
+    """True when the forward should take the shifted-copies layout (_shifted_run: no wasted columns, KW copies of
+    each sample) instead of the wide rows (which compute (KW-1)/(OW+KW-1) of their outputs for nothing).
+
+    Its tiles read KH*KW streams per input channel instead of KH, so they need L1 for a block of input channels
+    (_shift_ib): the wasted columns come back as L2 traffic except with 3x3 kernels in float32 or short
+    reductions (C_in*KH*KW <= _SHIFT_MAX_REDUCTION). The input gradient (dE_dY padded by K-1, larger planes)
+    loses everywhere measured (3-12%) and keeps the wide rows. Single-thread CPU-time medians (ms), AMD EPYC
+    Zen 4, AVX2 + FMA, wide / shifted, padding 0 and K//2:
+      (N, C_in, C_out, H=W, K)  f32 pad 0      f32 pad K//2    f64 pad 0      f64 pad K//2   dX f32 / f64 (wide/shifted)
+      (64, 64, 64, 28, 3)       34.7 / 34.6    38.9 / 37.7     71.7 / 73.5    91.4 / 92.7    51.3/57.7  76.3/73.2
+      (64, 16, 32, 28, 3)       5.13 / 4.76    5.53 / 5.28     9.91 / 10.5    10.7 / 10.5    5.24/5.58  10.9/10.9
+      (16, 8, 16, 64, 7)        7.31 / 7.32    8.38 / 8.96     14.7 / 15.4    16.7 / 17.6    7.83/8.33  15.7/16.7
+      (32, 3, 8, 32, 3)         0.343 / 0.340  0.354 / 0.359   0.685 / 0.559  0.765 / 0.636  0.243/0.268 0.506/0.441
+      (16, 1, 4, 28, 5)         0.042 / 0.036  0.054 / 0.045   0.069 / 0.058  0.088 / 0.075  0.079/0.080 0.125/0.140
+    (unpadded (32, 3, 8, 32, 3) and (16, 1, 4, 28, 5) take the row tiles, _row_tiles_better, before this.)"""
+    if not _WIDE_FAST:
+        return False
+    return C_in * KH * KW <= _SHIFT_MAX_REDUCTION or (dtype == np.float32 and KH * KW <= 9)
+
+
 def _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype):
     """True when the unpadded forward should take the older row-tiled kernel (tiles of JB channels x 2 vectors
     of one output row, overlapping at row and channel ends, stored straight into y) instead of the wide-row one:
@@ -325,6 +350,26 @@ def _wide_run(x, k, b, y, top, left, nt, dtype):
     xpad = np.zeros((nt, C_in * Hp * Wp + TB + KW), dtype=dtype)
     wide = np.empty((nt, C_out * Fr), dtype=dtype)
     _conv.conv2d_forward_wide(x, k, b, y, xpad, wide, top, left, _WIDE_IB, nt)
+
+
+def _shift_ib(KH, KW):
+    """Input channels per block of the shifted-copies kernel: a block's KH*KW streams per channel must stay in L1
+    between a tile and the next (float32 (16, 8, 16, 64, 7): 2 channels 7.0 ms, 8: 8.3; (64, 64, 64, 28, 3):
+    16 channels 34.6 ms, 8: 35.5, 32: 42.5)."""
+    return _SHIFT_IB or max(1, min(32, _SHIFT_TAPS // (KH * KW)))
+
+
+def _shifted_run(x, k, b, y, top, left, nt, dtype):
+    """The shifted-copies direct kernel (stride 1): per-thread zeroed slabs of KW shifted copies of the sample
+    and a staging tile for the plane tails; tiles accumulate straight into y."""
+    C_in = x.shape[1]
+    KH, KW = k.shape[2:]
+    OH, OW = y.shape[2:]
+    JB, TB = _conv.shifted_tile(dtype == np.float32)
+    size = _conv.shifted_slab_size(min(C_in, _shift_ib(KH, KW)), OH, OW, KH, KW, dtype == np.float32)
+    xs = np.zeros((nt, size), dtype=dtype)
+    stage = np.empty((nt, JB * TB), dtype=dtype)
+    _conv.conv2d_forward_shifted(x, k, b, y, xs, stage, top, left, _shift_ib(KH, KW), _SHIFT_FB, nt)
 
 
 def _channel_vector_run(x, k, b, y, top, left, nt, dtype):
@@ -419,7 +464,10 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto"):
     nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)
     unpadded = (top, bottom, left, right) == (0, 0, 0, 0)
     if not use_gemm and not (unpadded and _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype)):
-        run = _channel_vector_run if _channels_better(False, C_in, C_out, H, W, KH, KW, OH, OW, dtype) else _wide_run
+        if _channels_better(False, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
+            run = _channel_vector_run
+        else:
+            run = _shifted_run if _shifted_better(C_in, KH, KW, dtype) else _wide_run
         run(_contiguous(x, dtype), _contiguous(k, dtype), _contiguous(b, dtype), y, top, left, nt, dtype)
         return y
     scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
