@@ -352,11 +352,13 @@ def _wide_run(x, k, b, y, top, left, nt, dtype):
     _conv.conv2d_forward_wide(x, k, b, y, xpad, wide, top, left, _WIDE_IB, nt)
 
 
-def _shift_ib(KH, KW):
+def _shift_ib(KH, KW, dtype):
     """Input channels per block of the shifted-copies kernel: a block's KH*KW streams per channel must stay in L1
     between a tile and the next (float32 (16, 8, 16, 64, 7): 2 channels 7.0 ms, 8: 8.3; (64, 64, 64, 28, 3):
-    16 channels 34.6 ms, 8: 35.5, 32: 42.5)."""
-    return _SHIFT_IB or max(1, min(32, _SHIFT_TAPS // (KH * KW)))
+    16 channels 34.6 ms, 8: 35.5, 32: 42.5; float64 half as many: its input gradient 77.3 ms with 8, 90.4
+    with 16)."""
+    taps = _SHIFT_TAPS if dtype == np.float32 else _SHIFT_TAPS // 2
+    return _SHIFT_IB or max(1, min(32, taps // (KH * KW)))
 
 
 def _shifted_run(x, k, b, y, top, left, nt, dtype):
@@ -366,10 +368,10 @@ def _shifted_run(x, k, b, y, top, left, nt, dtype):
     KH, KW = k.shape[2:]
     OH, OW = y.shape[2:]
     JB, TB = _conv.shifted_tile(dtype == np.float32)
-    size = _conv.shifted_slab_size(min(C_in, _shift_ib(KH, KW)), OH, OW, KH, KW, dtype == np.float32)
+    size = _conv.shifted_slab_size(min(C_in, _shift_ib(KH, KW, dtype)), OH, OW, KH, KW, dtype == np.float32)
     xs = np.zeros((nt, size), dtype=dtype)
     stage = np.empty((nt, JB * TB), dtype=dtype)
-    _conv.conv2d_forward_shifted(x, k, b, y, xs, stage, top, left, _shift_ib(KH, KW), _SHIFT_FB, nt)
+    _conv.conv2d_forward_shifted(x, k, b, y, xs, stage, top, left, _shift_ib(KH, KW, dtype), _SHIFT_FB, nt)
 
 
 def _channel_vector_run(x, k, b, y, top, left, nt, dtype):

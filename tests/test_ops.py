@@ -429,7 +429,8 @@ def test_shifted_layout_choice():
     assert not ops._shifted_better(64, 3, 3, f64)  # float64, long reduction: L2 traffic eats the gain
     assert not ops._shifted_better(8, 7, 7, f32)  # 7x7: KH*KW streams per channel
     assert ops._shifted_better(1, 5, 5, f64) == fast  # short reduction
-    assert ops._shift_ib(3, 3) == 16 and ops._shift_ib(7, 7) == 2 and ops._shift_ib(1, 1) == 32
+    assert ops._shift_ib(3, 3, f32) == 16 and ops._shift_ib(7, 7, f32) == 2 and ops._shift_ib(1, 1, f32) == 32
+    assert ops._shift_ib(3, 3, f64) == 8 and ops._shift_ib(7, 7, f64) == 1
 
 
 @pytest.mark.parametrize("shape", [(40, 5, 3, 12, 21, 3, 3), (24, 16, 16, 6, 7, 3, 3)])  # wide, channel-vector
