@@ -431,7 +431,8 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto"):
     padding : 'valid', 'same', int, (ph, pw) or ((top, bottom), (left, right)), default 0 ('valid')
         Zero padding; 'same' (stride 1 only) keeps H x W, putting the odd extra row/column at the end.
     method : {'auto', 'direct', 'gemm'}
-        'direct': the wide-row register-tiled kernel (stride 1, any padding); 'gemm': im2col + BLAS;
+        'direct': the register-tiled direct kernels (wide rows or shifted copies, stride 1, any padding);
+        'gemm': im2col + BLAS;
         'auto' picks by shape.
 
     Returns

@@ -6,7 +6,8 @@ here takes typed memoryviews, releases the GIL for the whole loop and never rais
 Two methods per operation:
   * direct  (stride 1): forward and input gradient: the wide-row kernel (register tiles along the flat index
             of a per-thread zero-padded copy of the sample, any padding; dX is the forward of padded dy with
-            rotated kernels), or the channel-vector kernel (vectors over output channels) on small maps;
+            rotated kernels), its shifted-copies variant (KW shifted copies of the sample: no wasted
+            columns, tiles accumulate into y), or the channel-vector kernel (vectors over output channels) on small maps;
             the unpadded forward also has row tiles; dK row loops (no padding);
   * gemm    (any stride / padding): per-sample im2col / col2im in a per-thread slab + one BLAS call
             (scipy.linalg.cython_blas, held to one thread by the caller while OpenMP runs).
