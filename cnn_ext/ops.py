@@ -297,15 +297,19 @@ def _shifted_better(C_in, KH, KW, dtype):
     Its tiles read KH*KW streams per input channel instead of KH, so they need L1 for a block of input channels
     (_shift_ib): the wasted columns come back as L2 traffic except with 3x3 kernels in float32 or short
     reductions (C_in*KH*KW <= _SHIFT_MAX_REDUCTION). The input gradient (dE_dY padded by K-1, larger planes)
-    loses everywhere measured (3-12%) and keeps the wide rows. Single-thread CPU-time medians (ms), AMD EPYC
+    ties on (64, 64, 64, 28, 3) and loses elsewhere (4-24%): it keeps the wide rows. Single-thread CPU-time medians (ms), AMD EPYC
     Zen 4, AVX2 + FMA, wide / shifted, padding 0 and K//2:
-      (N, C_in, C_out, H=W, K)  f32 pad 0      f32 pad K//2    f64 pad 0      f64 pad K//2   dX f32 / f64 (wide/shifted)
-      (64, 64, 64, 28, 3)       34.7 / 34.6    38.9 / 37.7     71.7 / 73.5    91.4 / 92.7    51.3/57.7  76.3/73.2
-      (64, 16, 32, 28, 3)       5.13 / 4.76    5.53 / 5.28     9.91 / 10.5    10.7 / 10.5    5.24/5.58  10.9/10.9
-      (16, 8, 16, 64, 7)        7.31 / 7.32    8.38 / 8.96     14.7 / 15.4    16.7 / 17.6    7.83/8.33  15.7/16.7
-      (32, 3, 8, 32, 3)         0.343 / 0.340  0.354 / 0.359   0.685 / 0.559  0.765 / 0.636  0.243/0.268 0.506/0.441
-      (16, 1, 4, 28, 5)         0.042 / 0.036  0.054 / 0.045   0.069 / 0.058  0.088 / 0.075  0.079/0.080 0.125/0.140
-    (unpadded (32, 3, 8, 32, 3) and (16, 1, 4, 28, 5) take the row tiles, _row_tiles_better, before this.)"""
+      (N, C_in, C_out, H=W, K)  f32 pad 0      f32 pad K//2   f64 pad 0      f64 pad K//2   dX f32        dX f64
+      (64, 64, 64, 28, 3)       34.1 / 33.9    38.6 / 38.7    70.4 / 70.7    81.1 / 79.8    37.2 / 36.6   78.2 / 77.3
+      (64, 16, 32, 28, 3)       5.27 / 4.86    5.44 / 5.03    9.73 / 9.76    10.6 / 10.2    5.10 / 5.29   10.3 / 10.4
+      (16, 8, 16, 64, 7)        7.15 / 7.20    8.16 / 8.83    14.4 / 14.4    16.7 / 17.4    7.84 / 8.47   15.5 / 19.2
+      (32, 3, 8, 32, 3)         0.343 / 0.340  0.354 / 0.359  0.685 / 0.559  0.765 / 0.636  0.243 / 0.268 0.506 / 0.441
+      (16, 1, 4, 28, 5)         0.042 / 0.036  0.054 / 0.045  0.069 / 0.058  0.088 / 0.075  0.079 / 0.080 0.125 / 0.140
+    With all KH*KW streams at the same offset (a wrong result, same work) (64, 64, 64, 28, 3) ran 33.6 ms and
+    (16, 8, 16, 64, 7) 6.58: the layout's ideal; software prefetch, huge pages, column-strip tile order, 6 x 2
+    and 8 x 1 / 12 x 1 tiles did not get nearer.
+    Unpadded (32, 3, 8, 32, 3) and float64 (16, 1, 4, 28, 5) take the row tiles (_row_tiles_better) first;
+    float64 (64, 64, 64, 28, 3) stays on BLAS (_wide_method)."""
     if not _WIDE_FAST:
         return False
     return C_in * KH * KW <= _SHIFT_MAX_REDUCTION or (dtype == np.float32 and KH * KW <= 9)
