@@ -295,16 +295,18 @@ def _shifted_better(C_in, KH, KW, dtype):
     each sample) instead of the wide rows (which compute (KW-1)/(OW+KW-1) of their outputs for nothing).
 
     Its tiles read KH*KW streams per input channel instead of KH, so they need L1 for a block of input channels
-    (_shift_ib): the wasted columns come back as L2 traffic except with 3x3 kernels in float32 or short
-    reductions (C_in*KH*KW <= _SHIFT_MAX_REDUCTION). The input gradient (dE_dY padded by K-1, larger planes)
-    ties on (64, 64, 64, 28, 3) and loses elsewhere (4-24%): it keeps the wide rows. Single-thread CPU-time medians (ms), AMD EPYC
-    Zen 4, AVX2 + FMA, wide / shifted, padding 0 and K//2:
+    (_shift_ib): the wasted columns come back as L2 traffic, and with several blocks each block re-reads and
+    rewrites y. It wins with short reductions (C_in*KH*KW <= _SHIFT_MAX_REDUCTION) and float32 3x3 layers whose
+    input channels fit one block; ties or loses elsewhere. The input gradient (dE_dY padded by K-1, larger
+    planes) ties on (64, 64, 64, 28, 3) and loses elsewhere (5-30%): it keeps the wide rows.
+    Single-thread CPU-time medians (ms), AMD EPYC Zen 4, AVX2 + FMA, wide / shifted (each timed on its second
+    of two calls, order alternated), padding 0 and K//2, and the input gradient:
       (N, C_in, C_out, H=W, K)  f32 pad 0      f32 pad K//2   f64 pad 0      f64 pad K//2   dX f32        dX f64
-      (64, 64, 64, 28, 3)       34.1 / 33.9    38.6 / 38.7    70.4 / 70.7    81.1 / 79.8    37.2 / 36.6   78.2 / 77.3
-      (64, 16, 32, 28, 3)       5.27 / 4.86    5.44 / 5.03    9.73 / 9.76    10.6 / 10.2    5.10 / 5.29   10.3 / 10.4
-      (16, 8, 16, 64, 7)        7.15 / 7.20    8.16 / 8.83    14.4 / 14.4    16.7 / 17.4    7.84 / 8.47   15.5 / 19.2
-      (32, 3, 8, 32, 3)         0.343 / 0.340  0.354 / 0.359  0.685 / 0.559  0.765 / 0.636  0.243 / 0.268 0.506 / 0.441
-      (16, 1, 4, 28, 5)         0.042 / 0.036  0.054 / 0.045  0.069 / 0.058  0.088 / 0.075  0.079 / 0.080 0.125 / 0.140
+      (64, 64, 64, 28, 3)       34.3 / 33.9    37.8 / 39.6    72.1 / 71.1    80.4 / 82.5    36.3 / 35.5   76.5 / 76.5
+      (64, 16, 32, 28, 3)       4.79 / 4.58    5.39 / 5.21    9.60 / 9.41    10.7 / 11.1    4.98 / 5.37   10.4 / 10.9
+      (16, 8, 16, 64, 7)        7.02 / 7.11    8.14 / 8.53    14.2 / 15.0    16.5 / 19.7    7.66 / 8.52   15.5 / 19.5
+      (32, 3, 8, 32, 3)         0.211 / 0.204  0.231 / 0.225  0.381 / 0.347  0.430 / 0.400  0.208 / 0.275 0.373 / 0.452
+      (16, 1, 4, 28, 5)         0.037 / 0.034  0.048 / 0.044  0.064 / 0.057  0.083 / 0.074  0.067 / 0.078 0.120 / 0.122
     With all KH*KW streams at the same offset (a wrong result, same work) (64, 64, 64, 28, 3) ran 33.6 ms and
     (16, 8, 16, 64, 7) 6.58: the layout's ideal; software prefetch, huge pages, column-strip tile order, 6 x 2
     and 8 x 1 / 12 x 1 tiles did not get nearer, nor did ceil(KW / M) copies of pitch OW + M - 1 (fewer streams,
@@ -313,7 +315,9 @@ def _shifted_better(C_in, KH, KW, dtype):
     float64 (64, 64, 64, 28, 3) stays on BLAS (_wide_method)."""
     if not _WIDE_FAST:
         return False
-    return C_in * KH * KW <= _SHIFT_MAX_REDUCTION or (dtype == np.float32 and KH * KW <= 9)
+    if C_in * KH * KW <= _SHIFT_MAX_REDUCTION:
+        return True
+    return dtype == np.float32 and KH * KW <= 9 and C_in <= _shift_ib(KH, KW, dtype)
 
 
 def _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype):

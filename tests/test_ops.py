@@ -425,7 +425,8 @@ def test_shifted_layout_choice():
 
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
     fast = ops._WIDE_FAST
-    assert ops._shifted_better(64, 3, 3, f32) == fast  # 3x3 float32: no wasted columns wins
+    assert ops._shifted_better(16, 3, 3, f32) == fast  # 3x3 float32, one block of input channels: no waste wins
+    assert not ops._shifted_better(64, 3, 3, f32)  # several blocks: y re-read per block, a tie with wide rows
     assert not ops._shifted_better(64, 3, 3, f64)  # float64, long reduction: L2 traffic eats the gain
     assert not ops._shifted_better(8, 7, 7, f32)  # 7x7: KH*KW streams per channel
     assert ops._shifted_better(1, 5, 5, f64) == fast  # short reduction
