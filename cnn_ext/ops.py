@@ -56,6 +56,10 @@ _DIRECT_MAX_OUTPUT = 36  # output pixels per map up to which method="auto" takes
 # AVX2 build; the SSE2 build keeps im2col + BLAS but for the tiniest layers.
 _WIDE_FAST = _ISA == "avx2"
 _WIDE_IB = int(os.environ.get("CNN_EXT_WIDE_IB", 32))  # input channels per block of the wide-row kernel
+_SHIFT_IB = int(os.environ.get("CNN_EXT_SHIFT_IB", 0))  # input channels per block of the shifted kernel (0: auto)
+_SHIFT_TAPS = 144  # channels x taps per block of the shifted-copies kernel (_shift_ib)
+_SHIFT_MAX_REDUCTION = 64  # C_in*KH*KW up to which the forward takes the shifted copies whatever the kernel
+_SHIFT_FB = int(os.environ.get("CNN_EXT_SHIFT_FB", 1 << 30))  # flat outputs per chunk of a plane
 _CHANNELS_MAX_TAPS = 9  # KH*KW up to which the channel-vector kernel can win
 _CHANNELS_MAX_PIXELS = 400  # output pixels per map up to which it wins
 _CHANNELS_DX_F64_MAX = 1024  # C_in * C_out up to which it wins the float64 input gradient
@@ -289,6 +293,36 @@ def _channels_better(grad, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
     return not grad or dtype == np.float32 or C_in * C_out <= _CHANNELS_DX_F64_MAX
 
 
+def _shifted_better(C_in, KH, KW, dtype):
+    """True when the forward should take the shifted-copies layout (_shifted_run: no wasted columns, KW copies of
+    each sample) instead of the wide rows (which compute (KW-1)/(OW+KW-1) of their outputs for nothing).
+
+    Its tiles read KH*KW streams per input channel instead of KH, so they need L1 for a block of input channels
+    (_shift_ib): the wasted columns come back as L2 traffic, and with several blocks each block re-reads and
+    rewrites y. It wins with short reductions (C_in*KH*KW <= _SHIFT_MAX_REDUCTION) and float32 3x3 layers whose
+    input channels fit one block; ties or loses elsewhere. The input gradient (dE_dY padded by K-1, larger
+    planes) ties on (64, 64, 64, 28, 3) and loses elsewhere (5-30%): it keeps the wide rows.
+    Single-thread CPU-time medians (ms), AMD EPYC Zen 4, AVX2 + FMA, wide / shifted (each timed on its second
+    of two calls, order alternated), padding 0 and K//2, and the input gradient:
+      (N, C_in, C_out, H=W, K)  f32 pad 0      f32 pad K//2   f64 pad 0      f64 pad K//2   dX f32        dX f64
+      (64, 64, 64, 28, 3)       34.3 / 33.9    37.8 / 39.6    72.1 / 71.1    80.4 / 82.5    36.3 / 35.5   76.5 / 76.5
+      (64, 16, 32, 28, 3)       4.79 / 4.58    5.39 / 5.21    9.60 / 9.41    10.7 / 11.1    4.98 / 5.37   10.4 / 10.9
+      (16, 8, 16, 64, 7)        7.02 / 7.11    8.14 / 8.53    14.2 / 15.0    16.5 / 19.7    7.66 / 8.52   15.5 / 19.5
+      (32, 3, 8, 32, 3)         0.211 / 0.204  0.231 / 0.225  0.381 / 0.347  0.430 / 0.400  0.208 / 0.275 0.373 / 0.452
+      (16, 1, 4, 28, 5)         0.037 / 0.034  0.048 / 0.044  0.064 / 0.057  0.083 / 0.074  0.067 / 0.078 0.120 / 0.122
+    With all KH*KW streams at the same offset (a wrong result, same work) (64, 64, 64, 28, 3) ran 33.6 ms and
+    (16, 8, 16, 64, 7) 6.58: the layout's ideal; software prefetch, huge pages, column-strip tile order, 6 x 2
+    and 8 x 1 / 12 x 1 tiles did not get nearer, nor did ceil(KW / M) copies of pitch OW + M - 1 (fewer streams,
+    some waste; (16, 8, 16, 64, 7) M = 3: 7.30 ms, M = 4: 7.37, wide 7.20).
+    Unpadded (32, 3, 8, 32, 3) and float64 (16, 1, 4, 28, 5) take the row tiles (_row_tiles_better) first;
+    float64 (64, 64, 64, 28, 3) stays on BLAS (_wide_method)."""
+    if not _WIDE_FAST:
+        return False
+    if C_in * KH * KW <= _SHIFT_MAX_REDUCTION:
+        return True
+    return dtype == np.float32 and KH * KW <= 9 and C_in <= _shift_ib(KH, KW, dtype)
+
+
 def _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype):
     """True when the unpadded forward should take the older row-tiled kernel (tiles of JB channels x 2 vectors
     of one output row, overlapping at row and channel ends, stored straight into y) instead of the wide-row one:
@@ -328,6 +362,28 @@ def _wide_run(x, k, b, y, top, left, nt, dtype):
     xpad = np.zeros((nt, C_in * Hp * Wp + TB + KW), dtype=dtype)
     wide = np.empty((nt, C_out * Fr), dtype=dtype)
     _conv.conv2d_forward_wide(x, k, b, y, xpad, wide, top, left, _WIDE_IB, nt)
+
+
+def _shift_ib(KH, KW, dtype):
+    """Input channels per block of the shifted-copies kernel: a block's KH*KW streams per channel must stay in L1
+    between a tile and the next (float32 (16, 8, 16, 64, 7): 2 channels 7.0 ms, 8: 8.3; (64, 64, 64, 28, 3):
+    16 channels 34.6 ms, 8: 35.5, 32: 42.5; float64 half as many: its input gradient 77.3 ms with 8, 90.4
+    with 16)."""
+    taps = _SHIFT_TAPS if dtype == np.float32 else _SHIFT_TAPS // 2
+    return _SHIFT_IB or max(1, min(32, taps // (KH * KW)))
+
+
+def _shifted_run(x, k, b, y, top, left, nt, dtype):
+    """The shifted-copies direct kernel (stride 1): per-thread zeroed slabs of KW shifted copies of the sample
+    and a staging tile for the plane tails; tiles accumulate straight into y."""
+    C_in = x.shape[1]
+    KH, KW = k.shape[2:]
+    OH, OW = y.shape[2:]
+    JB, TB = _conv.shifted_tile(dtype == np.float32)
+    size = _conv.shifted_slab_size(min(C_in, _shift_ib(KH, KW, dtype)), OH, OW, KH, KW, dtype == np.float32)
+    xs = np.zeros((nt, size), dtype=dtype)
+    stage = np.empty((nt, JB * TB), dtype=dtype)
+    _conv.conv2d_forward_shifted(x, k, b, y, xs, stage, top, left, _shift_ib(KH, KW, dtype), _SHIFT_FB, nt)
 
 
 def _channel_vector_run(x, k, b, y, top, left, nt, dtype):
@@ -387,7 +443,8 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto"):
     padding : 'valid', 'same', int, (ph, pw) or ((top, bottom), (left, right)), default 0 ('valid')
         Zero padding; 'same' (stride 1 only) keeps H x W, putting the odd extra row/column at the end.
     method : {'auto', 'direct', 'gemm'}
-        'direct': the wide-row register-tiled kernel (stride 1, any padding); 'gemm': im2col + BLAS;
+        'direct': the register-tiled direct kernels (wide rows or shifted copies, stride 1, any padding);
+        'gemm': im2col + BLAS;
         'auto' picks by shape.
 
     Returns
@@ -422,7 +479,10 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto"):
     nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)
     unpadded = (top, bottom, left, right) == (0, 0, 0, 0)
     if not use_gemm and not (unpadded and _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype)):
-        run = _channel_vector_run if _channels_better(False, C_in, C_out, H, W, KH, KW, OH, OW, dtype) else _wide_run
+        if _channels_better(False, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
+            run = _channel_vector_run
+        else:
+            run = _shifted_run if _shifted_better(C_in, KH, KW, dtype) else _wide_run
         run(_contiguous(x, dtype), _contiguous(k, dtype), _contiguous(b, dtype), y, top, left, nt, dtype)
         return y
     scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)

@@ -6,7 +6,8 @@ here takes typed memoryviews, releases the GIL for the whole loop and never rais
 Two methods per operation:
   * direct  (stride 1): forward and input gradient: the wide-row kernel (register tiles along the flat index
             of a per-thread zero-padded copy of the sample, any padding; dX is the forward of padded dy with
-            rotated kernels), or the channel-vector kernel (vectors over output channels) on small maps;
+            rotated kernels), its shifted-copies variant (KW shifted copies of the sample: no wasted
+            columns, tiles accumulate into y), or the channel-vector kernel (vectors over output channels) on small maps;
             the unpadded forward also has row tiles; dK row loops (no padding);
   * gemm    (any stride / padding): per-sample im2col / col2im in a per-thread slab + one BLAS call
             (scipy.linalg.cython_blas, held to one thread by the caller while OpenMP runs).
@@ -941,6 +942,222 @@ def conv2d_forward_wide(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, 
             for n in prange(N, schedule='static', num_threads=num_threads):
                 _forward_wide_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
                                   &xpad[threadid(), 0], &wide[threadid(), 0], &g, Hp, Wp, IB)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shifted-copies direct forward (stride 1, any zero padding), also the input gradient for stride 1
+#
+# Each sample is copied KW times into a per-thread slab, xs[i, kw, r*OW + q] = x_pad[i, r, q + kw] (row
+# pitch OW, Hp rows per copy), zero where x_pad is padding. Output pixel f = p*OW + q reads
+# xs[i, kw, f + kh*OW]: contiguous along f with y's own pitch, so no column is computed and dropped (the wide
+# rows lose (KW-1)/Wp) and tiles accumulate straight into y[n, j] (bias first, then each block of input
+# channels adds to it: sums in the order bias, i, kh, kw, whatever the block size). The tail of a plane
+# (F = OH*OW not a whole number of tiles) goes through a small staging tile so nothing is written past the
+# plane. Cost: KW copies of each sample (the slab C_in*KW*Hp*OW + slack).
+# ---------------------------------------------------------------------------------------------------
+
+cdef extern from *:
+    """
+    /* Shifted-copies tile: nj <= CNN_EXT_WJB output channels x CNN_EXT_WNV vectors along f (the wide
+     * tile's shape). The accumulators start from the bias (first block) or from o (the partial sums of
+     * the previous blocks, row pitch ldo) and are stored back to o. xs points at f0 of channel 0's first
+     * copy; copy kw of channel i is at i*xstride + kw*A. */
+    #ifndef CNN_EXT_SJB
+    #define CNN_EXT_SJB 4
+    #define CNN_EXT_SNV 3
+    #endif
+    #define CNN_EXT_SHIFT_CALL(NAME, NJ) \\
+        NAME##_fixed(xs, k, b, o, ldo, xstride, A, OW, C_in, KH, KW, kh0, kh1, i0, i1, j0, first, NJ)
+    #define CNN_EXT_DEFINE_SHIFT_TILE(NAME, T, V)                                                         \\
+    CNN_EXT_TILE_INLINE void NAME##_fixed(const T* xs, const T* k, const T* b, T* o, Py_ssize_t ldo,    \\
+                                          Py_ssize_t xstride, Py_ssize_t A, Py_ssize_t OW,              \\
+                                          Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, \\
+                                          Py_ssize_t kh1, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,  \\
+                                          int first, const Py_ssize_t nj) {                             \\
+        const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T)), CKK = C_in * KH * KW;                  \\
+        V acc[CNN_EXT_SJB][CNN_EXT_SNV], xv[CNN_EXT_SNV];                                                \\
+        Py_ssize_t i, kh, kw, jj, v;                                                                     \\
+        for (jj = 0; jj < nj; jj++)                                                                      \\
+            for (v = 0; v < CNN_EXT_SNV; v++)                                                            \\
+                if (first) acc[jj][v] = CNN_EXT_SPLAT(V, b[j0 + jj]);                                    \\
+                else acc[jj][v] = *(const V*)(o + jj * ldo + v * L);                                     \\
+        for (i = i0; i < i1; i++) {                                                                      \\
+            const T* xi = xs + i * xstride;                                                              \\
+            const T* ki = k + (j0 * C_in + i) * KH * KW;                                                 \\
+            for (kh = kh0; kh < kh1; kh++) {                                                             \\
+                const T* kr = ki + kh * KW;                                                              \\
+                for (kw = 0; kw < KW; kw++) {                                                            \\
+                    const T* xr = xi + kw * A + kh * OW;                                                 \\
+                    for (v = 0; v < CNN_EXT_SNV; v++)                                                    \\
+                        xv[v] = *(const V*)(xr + v * L);                                                 \\
+                    for (jj = 0; jj < nj; jj++) {                                                        \\
+                        const T w = kr[jj * CKK + kw];                                                   \\
+                        for (v = 0; v < CNN_EXT_SNV; v++)                                                \\
+                            acc[jj][v] += w * xv[v];                                                     \\
+                    }                                                                                    \\
+                }                                                                                        \\
+            }                                                                                            \\
+        }                                                                                                \\
+        for (jj = 0; jj < nj; jj++)                                                                      \\
+            for (v = 0; v < CNN_EXT_SNV; v++)                                                            \\
+                *(V*)(o + jj * ldo + v * L) = acc[jj][v];                                                \\
+    }                                                                                                    \\
+    static void NAME(const T* xs, const T* k, const T* b, T* o, Py_ssize_t ldo, Py_ssize_t xstride,     \\
+                     Py_ssize_t A, Py_ssize_t OW, Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW,         \\
+                     Py_ssize_t kh0, Py_ssize_t kh1, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,        \\
+                     int first, Py_ssize_t nj) {                                                         \\
+        switch (nj < CNN_EXT_SJB ? nj : CNN_EXT_SJB) {                                                   \\
+        CNN_EXT_SHIFT_CASES(NAME)                                                                        \\
+        default: CNN_EXT_SHIFT_CALL(NAME, CNN_EXT_SJB); break;                                           \\
+        }                                                                                                \\
+    }
+    /* the cases 1 .. CNN_EXT_SJB - 1 of the switch above */
+    #define CNN_EXT_SC(NAME, NJ) case NJ: CNN_EXT_SHIFT_CALL(NAME, NJ); break;
+    #if CNN_EXT_SJB == 1
+    #define CNN_EXT_SHIFT_CASES(NAME) 
+    #elif CNN_EXT_SJB == 2
+    #define CNN_EXT_SHIFT_CASES(NAME) CNN_EXT_SC(NAME, 1)
+    #elif CNN_EXT_SJB == 3
+    #define CNN_EXT_SHIFT_CASES(NAME) CNN_EXT_SC(NAME, 1) CNN_EXT_SC(NAME, 2)
+    #elif CNN_EXT_SJB == 4
+    #define CNN_EXT_SHIFT_CASES(NAME) CNN_EXT_SC(NAME, 1) CNN_EXT_SC(NAME, 2) CNN_EXT_SC(NAME, 3)
+    #elif CNN_EXT_SJB == 6
+    #define CNN_EXT_SHIFT_CASES(NAME) CNN_EXT_SC(NAME, 1) CNN_EXT_SC(NAME, 2) CNN_EXT_SC(NAME, 3) CNN_EXT_SC(NAME, 4) CNN_EXT_SC(NAME, 5)
+    #elif CNN_EXT_SJB == 8
+    #define CNN_EXT_SHIFT_CASES(NAME) CNN_EXT_SC(NAME, 1) CNN_EXT_SC(NAME, 2) CNN_EXT_SC(NAME, 3) CNN_EXT_SC(NAME, 4) CNN_EXT_SC(NAME, 5) CNN_EXT_SC(NAME, 6) CNN_EXT_SC(NAME, 7)
+    #elif CNN_EXT_SJB == 12
+    #define CNN_EXT_SHIFT_CASES(NAME) CNN_EXT_SC(NAME, 1) CNN_EXT_SC(NAME, 2) CNN_EXT_SC(NAME, 3) CNN_EXT_SC(NAME, 4) CNN_EXT_SC(NAME, 5) CNN_EXT_SC(NAME, 6) CNN_EXT_SC(NAME, 7) CNN_EXT_SC(NAME, 8) CNN_EXT_SC(NAME, 9) CNN_EXT_SC(NAME, 10) CNN_EXT_SC(NAME, 11)
+    #else
+    #error "CNN_EXT_SJB must be 1, 2, 3, 4, 6, 8 or 12"
+    #endif
+    CNN_EXT_DEFINE_SHIFT_TILE(cnn_ext_shift_tile_f, float, cnn_ext_vf)
+    CNN_EXT_DEFINE_SHIFT_TILE(cnn_ext_shift_tile_d, double, cnn_ext_vd)
+    """
+    void _shift_tile_f "cnn_ext_shift_tile_f"(
+        const float* xs, const float* k, const float* b, float* o, Py_ssize_t ldo, Py_ssize_t xstride,
+        Py_ssize_t A, Py_ssize_t OW, Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0,
+        Py_ssize_t kh1, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, int first, Py_ssize_t nj) noexcept nogil
+    void _shift_tile_d "cnn_ext_shift_tile_d"(
+        const double* xs, const double* k, const double* b, double* o, Py_ssize_t ldo, Py_ssize_t xstride,
+        Py_ssize_t A, Py_ssize_t OW, Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0,
+        Py_ssize_t kh1, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, int first, Py_ssize_t nj) noexcept nogil
+    enum: CNN_EXT_SJB         # output channels per shifted-copies tile
+    enum: CNN_EXT_SNV         # vectors along the flat output index per shifted-copies tile
+
+
+def shifted_tile(bint single):
+    """(output channels, flat outputs) of the shifted-copies tile in this build (float32 if single)."""
+    return (CNN_EXT_SJB, CNN_EXT_SNV * (CNN_EXT_LANES_F if single else CNN_EXT_LANES_D))
+
+
+def shifted_slab_size(Py_ssize_t C_in, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW, bint single):
+    """Elements of one thread's shifted-copies slab for blocks of C_in input channels: C_in*KW*Hp*OW plus one
+    tile of slack (the last tile's vector loads reach TB - 2 past the copies)."""
+    cdef Py_ssize_t TB = CNN_EXT_SNV * (CNN_EXT_LANES_F if single else CNN_EXT_LANES_D)
+    return C_in * KW * (OH + KH - 1) * OW + TB
+
+
+cdef inline void _shift_tile(const floating* xs, const floating* k, const floating* b, floating* o,
+                             Py_ssize_t ldo, Py_ssize_t xstride, Py_ssize_t A, const Geom* g,
+                             Py_ssize_t kh0, Py_ssize_t kh1, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
+                             bint first, Py_ssize_t nj) noexcept nogil:
+    if floating is float:
+        _shift_tile_f(xs, k, b, o, ldo, xstride, A, g.OW, g.C_in, g.KH, g.KW, kh0, kh1, i0, i1, j0, first, nj)
+    else:
+        _shift_tile_d(xs, k, b, o, ldo, xstride, A, g.OW, g.C_in, g.KH, g.KW, kh0, kh1, i0, i1, j0, first, nj)
+
+
+cdef void _forward_shifted_one(const floating* x, const floating* k, const floating* b, floating* y,
+                               floating* xs, floating* stage, const Geom* g, Py_ssize_t IB,
+                               Py_ssize_t FB) noexcept nogil:
+    """y[j] = b[j] + Σ_i xcorr_valid(pad(x[i]), k[j, i]) through shifted copies, tiles written into y.
+
+    Input channels go in blocks of IB: each block is copied into the slab xs (IB channels of KW copies,
+    shifted_slab_size; zero outside the parts copied here, which are the same for every block and sample:
+    the caller zeroes it once) just before its tiles run, so the slab stays in L2 (copying whole samples
+    first cost (16, 8, 16, 64, 7) 15%: 830 KiB per sample). The first block starts from the bias, the
+    others add to y. Planes go in chunks of FB flat outputs (whole tiles), all output channels per chunk.
+    stage holds one tile (CNN_EXT_SJB x TB) for the tail of each plane.
+    """
+    cdef Py_ssize_t lanes = CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D
+    cdef Py_ssize_t TB = CNN_EXT_SNV * lanes
+    cdef Py_ssize_t C_in = g.C_in, C_out = g.C_out, H = g.H, W = g.W, OH = g.OH, OW = g.OW
+    cdef Py_ssize_t Hp = OH + g.KH - 1, A = Hp * OW, xstride = g.KW * Hp * OW, F = OH * OW, KK = g.KH * g.KW
+    cdef Py_ssize_t i, r, q, kw, qlo, qhi, i0, i1, j0, jj, nj, f0, kh0, kh1, plo, phi, rem, fc, fe
+    cdef bint first
+    cdef floating* dst
+    cdef const floating* src
+    cdef const floating* kb
+    i0 = 0
+    while i0 < C_in:
+        i1 = min(C_in, i0 + IB)
+        first = i0 == 0
+        kb = k + i0 * KK  # the tiles see channels [0, i1 - i0) of the slab with the kernels' channel pitch
+        for i in range(i0, i1):
+            for kw in range(g.KW):
+                qlo = max(0, g.PW - kw)  # columns q with 0 <= q + kw - PW < W
+                qhi = min(OW, W + g.PW - kw)
+                if qhi <= qlo:
+                    continue
+                for r in range(H):
+                    dst = xs + (i - i0) * xstride + kw * A + (r + g.PH) * OW
+                    src = x + (i * H + r) * W + kw - g.PW
+                    for q in range(qlo, qhi):
+                        dst[q] = src[q]
+        fc = 0
+        while fc < F:
+            fe = min(F, fc + FB)
+            j0 = 0
+            while j0 < C_out:
+                nj = min(CNN_EXT_SJB, C_out - j0)
+                f0 = fc
+                plo = fc // OW  # output rows of the tile's first and last outputs (no division per tile)
+                phi = plo
+                while f0 < fe:
+                    while (plo + 1) * OW <= f0:
+                        plo += 1
+                    while phi < OH - 1 and (phi + 1) * OW <= f0 + TB - 1:
+                        phi += 1
+                    # kernel rows meeting only padding rows for every output row of the tile add zeros: skipped
+                    kh0 = max(0, g.PH - phi)
+                    kh1 = min(g.KH, g.PH + H - plo)
+                    if f0 + TB <= F:
+                        _shift_tile(xs + f0, kb, b, y + j0 * F + f0, F, xstride, A, g, kh0, kh1, 0, i1 - i0, j0,
+                                    first, nj)
+                    else:  # the plane's tail, through the staging tile (lanes past the plane dropped)
+                        rem = F - f0
+                        if not first:
+                            for jj in range(nj):
+                                memcpy(stage + jj * TB, y + (j0 + jj) * F + f0, rem * sizeof(floating))
+                        _shift_tile(xs + f0, kb, b, stage, TB, xstride, A, g, kh0, kh1, 0, i1 - i0, j0, first, nj)
+                        for jj in range(nj):
+                            memcpy(y + (j0 + jj) * F + f0, stage + jj * TB, rem * sizeof(floating))
+                    f0 += TB
+                j0 += CNN_EXT_SJB
+            fc = fe
+        i0 = i1
+
+
+def conv2d_forward_shifted(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
+                           const floating[:, :, :, ::1] k,      # IN  (C_out, C_in, KH, KW)
+                           const floating[::1] b,               # IN  (C_out,)
+                           floating[:, :, :, ::1] y,            # OUT (N, C_out, OH, OW)
+                           floating[:, ::1] xs,                 # TMP (threads, shifted_slab_size), zeroed
+                           floating[:, ::1] stage,              # TMP (threads, CNN_EXT_SJB * TB)
+                           Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t IB, Py_ssize_t FB, int num_threads):
+    """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left
+    (bottom and right follow from y's shape), through shifted copies of each sample."""
+    cdef Py_ssize_t TB = CNN_EXT_SNV * (CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D)
+    cdef Py_ssize_t n, N = x.shape[0]
+    cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], k.shape[0], k.shape[2], k.shape[3],
+                        y.shape[2], y.shape[3], 1, 1, PT, PL)
+    if N == 0:
+        return
+    FB = max(1, FB // TB) * TB  # whole tiles per chunk of the plane
+    with nogil:
+        for n in prange(N, schedule='static', num_threads=num_threads):
+            _forward_shifted_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
+                                 &xs[threadid(), 0], &stage[threadid(), 0], &g, IB, FB)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -359,6 +359,81 @@ def test_wide_kernel_against_einsum(monkeypatch, shape, pad, dtype, block):
         assert_array_equal(a, a0)
 
 
+# The shifted-copies forward (KW shifted copies of the padded sample, row pitch OW): tiles of SJB = 4 channels x
+# TB = 24 float32 / 12 float64 flat outputs accumulate straight into y; the tail of a plane (OH*OW not a whole
+# number of tiles) goes through a staging tile. Cases: tails of every length, planes shorter than one vector,
+# C_out off the tile, asymmetric padding, K = 1, kernel == input, input-channel blocks of 1 / 3 / 32.
+SHIFT_CASES = WIDE_CASES[:11] + [
+    ((2, 3, 6, 5, 5, 1, 1), (0, 0, 0, 0)),  # F = 25: one tile + a 1-output tail (float32)
+    ((1, 2, 5, 2, 3, 2, 2), (0, 0, 0, 0)),  # F = 2 < one vector: only the tail
+    ((2, 7, 3, 6, 9, 3, 3), (1, 1, 1, 1)),  # F = 54 = 2 * 24 + 6
+    ((1, 33, 10, 7, 8, 3, 2), (2, 1, 0, 1)),  # 33 input channels: blocks 32 + 1 (and 11 x 3)
+]
+
+
+@pytest.mark.parametrize("shape,pad", SHIFT_CASES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("block", [1, 3, 32])
+def test_shifted_kernel_against_einsum(monkeypatch, shape, pad, dtype, block):
+    """The shifted-copies kernel itself, as the forward and as the input gradient (the forward of dE_dY padded by
+    K-1-padding with the transposed, rotated kernels), with input channels in blocks of 1, 3 or 32."""
+    from cnn_ext import ops
+
+    monkeypatch.setattr(ops, "_SHIFT_IB", block)
+    N, C_in, C_out, H, W, KH, KW = shape
+    rng = np.random.default_rng(sum(shape) + sum(pad) + 7)
+    x, k, b, _ = data(rng, *shape, dtype=dtype)
+    x64, k64, b64 = (a.astype(np.float64) for a in (x, k, b))
+    ref = einsum_forward(x64, k64, b64, (1, 1), pad)
+    x0, k0, b0 = x.copy(), k.copy(), b.copy()
+    y = np.full_like(ref, np.nan, dtype=dtype)
+    ops._shifted_run(x, k, b, y, pad[0], pad[2], 1, np.dtype(dtype))
+    assert_allclose(y, ref, **TOL[dtype])
+    for a, a0 in ((x, x0), (k, k0), (b, b0)):
+        assert_array_equal(a, a0)
+    if max(pad[:2]) <= KH - 1 and max(pad[2:]) <= KW - 1:
+        dy = rng.standard_normal(ref.shape).astype(dtype)
+        _, dx_ref = linear_maps(x.shape, k64, (1, 1), pad)
+        k_rot = np.ascontiguousarray(k[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        dx = np.full((N, C_in, H, W), np.nan, dtype=dtype)
+        ops._shifted_run(dy, k_rot, np.zeros(C_in, dtype=dtype), dx, KH - 1 - pad[0], KW - 1 - pad[2], 1,
+                         np.dtype(dtype))
+        assert_allclose(dx, dx_ref(dy.astype(np.float64)), **TOL[dtype])
+
+
+@pytest.mark.parametrize("shape,pad", [((5, 33, 9, 13, 11, 3, 3), (1, 1, 1, 1)), ((4, 2, 5, 9, 31, 5, 5), (2, 0, 1, 3)),
+                                       ((3, 4, 3, 20, 20, 1, 1), (0, 0, 0, 0))])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_shifted_kernel_does_not_depend_on_thread_count(shape, pad, dtype):
+    from cnn_ext import ops
+
+    rng = np.random.default_rng(9)
+    x, k, b, _ = data(rng, *shape, dtype=dtype)
+    ref = einsum_forward(*(a.astype(np.float64) for a in (x, k, b)), (1, 1), pad)
+    results = []
+    for nt in (1, 2, 3):
+        y = np.full_like(ref, np.nan, dtype=dtype)
+        ops._shifted_run(x, k, b, y, pad[0], pad[2], nt, np.dtype(dtype))
+        results.append(y)
+    for other in results[1:]:
+        assert_array_equal(results[0], other)
+    assert_allclose(results[0], ref, **TOL[dtype])
+
+
+def test_shifted_layout_choice():
+    from cnn_ext import ops
+
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    fast = ops._WIDE_FAST
+    assert ops._shifted_better(16, 3, 3, f32) == fast  # 3x3 float32, one block of input channels: no waste wins
+    assert not ops._shifted_better(64, 3, 3, f32)  # several blocks: y re-read per block, a tie with wide rows
+    assert not ops._shifted_better(64, 3, 3, f64)  # float64, long reduction: L2 traffic eats the gain
+    assert not ops._shifted_better(8, 7, 7, f32)  # 7x7: KH*KW streams per channel
+    assert ops._shifted_better(1, 5, 5, f64) == fast  # short reduction
+    assert ops._shift_ib(3, 3, f32) == 16 and ops._shift_ib(7, 7, f32) == 2 and ops._shift_ib(1, 1, f32) == 32
+    assert ops._shift_ib(3, 3, f64) == 8 and ops._shift_ib(7, 7, f64) == 1
+
+
 @pytest.mark.parametrize("shape", [(40, 5, 3, 12, 21, 3, 3), (24, 16, 16, 6, 7, 3, 3)])  # wide, channel-vector
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_direct_padded_forward_and_input_gradient_do_not_depend_on_thread_count(shape, dtype, restore_threads):
