@@ -74,6 +74,26 @@ def conv2d_input_gradient(
     BLAS + col2im, or (stride 1, no padding) scatter loops that only win on tiny layers; the stride-1 direct
     method is otherwise the forward kernels on padded dy (see cnn_ext.ops)."""
 
+def kgrad_wide_scratch_size(C_in: int, C_out: int, OH: int, OW: int, KH: int, KW: int, single: bool,
+                            shifted: bool) -> int:
+    """Elements of one thread's slab for conv2d_kernel_gradient_wide: padded x, widened dy, vector partials."""
+
+def conv2d_kernel_gradient_wide(
+    dy: NDArray[_F],  # IN  (N, C_out, OH, OW)
+    x: NDArray[_F],  # IN  (N, C_in, H, W)
+    dk: NDArray[_F],  # OUT (C_out, C_in, KH, KW)
+    partial: NDArray[_F],  # TMP (nchunk, C_out*C_in*KH*KW)
+    scratch: NDArray[_F],  # TMP (threads, kgrad_wide_scratch_size), zeros
+    PH: int,
+    PW: int,
+    shifted: bool,
+    nj: int,
+    nt: int,
+    num_threads: int,
+) -> None:
+    """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]), stride 1, zero padding (PH top, PW left; the bottom /
+    right padding follows from the shapes), by wide-row register tiles, summed in fixed chunks."""
+
 def conv2d_forward_wide(
     x: NDArray[_F],  # IN  (N, C_in, H, W)
     k: NDArray[_F],  # IN  (C_out, C_in, KH, KW)
