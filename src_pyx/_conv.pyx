@@ -939,7 +939,7 @@ def conv2d_forward_wide(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, 
                 _forward_wide_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
                                   &xpad[0, 0], &wide[0, 0], &g, Hp, Wp, IB)
         else:
-            for n in prange(N, schedule='static', num_threads=num_threads):
+            for n in prange(N, schedule='dynamic', num_threads=num_threads):
                 _forward_wide_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
                                   &xpad[threadid(), 0], &wide[threadid(), 0], &g, Hp, Wp, IB)
 
@@ -1160,7 +1160,7 @@ def conv2d_forward_shifted(const floating[:, :, :, ::1] x,      # IN  (N, C_in, 
                 _forward_shifted_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
                                      &xs[0, 0], &stage[0, 0], &g, IB, FB)
         else:
-            for n in prange(N, schedule='static', num_threads=num_threads):
+            for n in prange(N, schedule='dynamic', num_threads=num_threads):
                 _forward_shifted_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
                                      &xs[threadid(), 0], &stage[threadid(), 0], &g, IB, FB)
 
@@ -1313,7 +1313,7 @@ def conv2d_forward_cv(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
                 _forward_cv_one(&x[n, 0, 0, 0], &kp[0, 0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
                                 &xpad[0, 0], &stage[0, 0], &g, Hp, Wp)
         else:
-            for n in prange(N, schedule='static', num_threads=num_threads):
+            for n in prange(N, schedule='dynamic', num_threads=num_threads):
                 _forward_cv_one(&x[n, 0, 0, 0], &kp[0, 0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
                                 &xpad[threadid(), 0], &stage[threadid(), 0], &g, Hp, Wp)
 
@@ -1396,7 +1396,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
                 else:
                     _forward_direct_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0], &g)
         else:
-            for n in prange(N, schedule='static', num_threads=num_threads):
+            for n in prange(N, schedule='dynamic', num_threads=num_threads):
                 if use_gemm:
                     _forward_gemm_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
                                       &scratch[threadid(), 0], &g, block)
@@ -1569,7 +1569,7 @@ def conv2d_input_gradient(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, O
                 else:
                     _igrad_direct_one(&dy[n, 0, 0, 0], &k[0, 0, 0, 0], &dx[n, 0, 0, 0], &g)
         else:
-            for n in prange(N, schedule='static', num_threads=num_threads):
+            for n in prange(N, schedule='dynamic', num_threads=num_threads):
                 if use_gemm:
                     _igrad_gemm_one(&dy[n, 0, 0, 0], &k[0, 0, 0, 0], &dx[n, 0, 0, 0],
                                     &scratch[threadid(), 0], &g, block)
