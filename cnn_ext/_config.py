@@ -9,6 +9,8 @@ import threading
 
 from ._kernels import conv as _conv
 
+_OPENMP = bool(_conv.openmp_enabled())  # fixed at build time; read once (every kernel call asks for the threads)
+
 _lock = threading.RLock()
 _blas_libs = None
 _num_threads = None
@@ -20,7 +22,7 @@ def get_num_threads():
     global _num_threads
     if _num_threads is None:
         _num_threads = max(1, _conv.openmp_max_threads())  # OMP_NUM_THREADS, else all cores; 1 without OpenMP
-    return _num_threads if _conv.openmp_enabled() else 1
+    return _num_threads if _OPENMP else 1
 
 
 def set_num_threads(n):
