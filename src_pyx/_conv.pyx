@@ -200,6 +200,34 @@ cdef extern from *:
     #define CNN_EXT_LANES_F ((Py_ssize_t)(sizeof(cnn_ext_vf) / sizeof(float)))
     #define CNN_EXT_LANES_D ((Py_ssize_t)(sizeof(cnn_ext_vd) / sizeof(double)))
 
+    /* The reduction every forward tile runs (row, wide, one-channel, shifted): for i in [i0, i1),
+     * kh in [kh0, kh1), kw < KW, in that order,
+     *   acc[jj][v] += k[kb + i*KHKW + kh*KW + kw + jj*CKK] * x[xb + i*XS + kh*HS + kw*WS + v*L]
+     * for jj < NJ, v < NV (XV >= NV vectors of x are loaded per step, then NJ weights broadcast). */
+    #define CNN_EXT_TILE_REDUCE(T, V, acc, XV, NJ, NV, xb, XS, HS, WS, kb, KHKW, CKK, KW, i0, i1, kh0, kh1) \\
+        do {                                                                                             \\
+            const Py_ssize_t L_ = (Py_ssize_t)(sizeof(V) / sizeof(T));                                   \\
+            V xv_[XV];                                                                                   \\
+            Py_ssize_t i_, kh_, kw_, jj_, v_;                                                            \\
+            for (i_ = (i0); i_ < (i1); i_++) {                                                           \\
+                const T* xi_ = (xb) + i_ * (XS);                                                         \\
+                const T* ki_ = (kb) + i_ * (KHKW);                                                       \\
+                for (kh_ = (kh0); kh_ < (kh1); kh_++) {                                                  \\
+                    const T* kr_ = ki_ + kh_ * (KW);                                                     \\
+                    for (kw_ = 0; kw_ < (KW); kw_++) {                                                   \\
+                        const T* xr_ = xi_ + kh_ * (HS) + kw_ * (WS);                                    \\
+                        for (v_ = 0; v_ < (NV); v_++)                                                    \\
+                            xv_[v_] = *(const V*)(xr_ + v_ * L_);                                        \\
+                        for (jj_ = 0; jj_ < (NJ); jj_++) {                                               \\
+                            const T w_ = kr_[jj_ * (CKK) + kw_];                                         \\
+                            for (v_ = 0; v_ < (NV); v_++)                                                \\
+                                acc[jj_][v_] += w_ * xv_[v_];                                            \\
+                        }                                                                                \\
+                    }                                                                                    \\
+                }                                                                                        \\
+            }                                                                                            \\
+        } while (0)
+
     #define CNN_EXT_DEFINE_FORWARD_TILE(NAME, T, V)                                                       \\
     CNN_EXT_TILE_INLINE void NAME##_fixed(const T* x, const T* k, const T* b, T* y,                      \\
                                           Py_ssize_t C_in, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,   \\
@@ -207,26 +235,13 @@ cdef extern from *:
                                           Py_ssize_t p, Py_ssize_t q0,                                  \\
                                           const Py_ssize_t nj, const Py_ssize_t nv) {                   \\
         const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T)), CKK = C_in * KH * KW;                  \\
-        V acc[CNN_EXT_JB][CNN_EXT_NV], xv[CNN_EXT_NV];                                                   \\
-        Py_ssize_t i, kh, kw, jj, v;                                                                     \\
+        V acc[CNN_EXT_JB][CNN_EXT_NV];                                                                   \\
+        Py_ssize_t jj, v;                                                                                \\
         for (jj = 0; jj < nj; jj++)                                                                      \\
             for (v = 0; v < nv; v++)                                                                     \\
                 acc[jj][v] = CNN_EXT_SPLAT(V, b[j0 + jj]);                                               \\
-        for (i = 0; i < C_in; i++) {                                                                     \\
-            for (kh = 0; kh < KH; kh++) {                                                                \\
-                const T* xr = x + (i * H + p + kh) * W + q0;                                             \\
-                const T* kr = k + ((j0 * C_in + i) * KH + kh) * KW;                                      \\
-                for (kw = 0; kw < KW; kw++) {                                                            \\
-                    for (v = 0; v < nv; v++)                                                             \\
-                        xv[v] = *(const V*)(xr + kw + v * L);                                            \\
-                    for (jj = 0; jj < nj; jj++) {                                                        \\
-                        const T w = kr[jj * CKK + kw];                                                   \\
-                        for (v = 0; v < nv; v++)                                                         \\
-                            acc[jj][v] += w * xv[v];                                                     \\
-                    }                                                                                    \\
-                }                                                                                        \\
-            }                                                                                            \\
-        }                                                                                                \\
+        CNN_EXT_TILE_REDUCE(T, V, acc, CNN_EXT_NV, nj, nv, x + p * W + q0, H * W, W, 1,                  \\
+                            k + j0 * CKK, KH * KW, CKK, KW, 0, C_in, 0, KH);                             \\
         for (jj = 0; jj < nj; jj++)                                                                      \\
             for (v = 0; v < nv; v++)                                                                     \\
                 *(V*)(y + ((j0 + jj) * OH + p) * OW + q0 + v * L) = acc[jj][v];                          \\
@@ -716,30 +731,15 @@ cdef extern from *:
                                           Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t f0,   \\
                                           int first, const Py_ssize_t nj) {                             \\
         const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T)), CKK = C_in * KH * KW;                  \\
-        V acc[CNN_EXT_WJB][CNN_EXT_WNV], xv[CNN_EXT_WNV];                                                \\
-        Py_ssize_t i, kh, kw, jj, v;                                                                     \\
+        V acc[CNN_EXT_WJB][CNN_EXT_WNV];                                                                 \\
+        Py_ssize_t jj, v;                                                                                \\
         T* o = wide + j0 * ldw + f0;                                                                     \\
         for (jj = 0; jj < nj; jj++)                                                                      \\
             for (v = 0; v < CNN_EXT_WNV; v++)                                                            \\
                 if (first) acc[jj][v] = CNN_EXT_SPLAT(V, (T)0);                                          \\
                 else acc[jj][v] = *(const V*)(o + jj * ldw + v * L);                                     \\
-        for (i = i0; i < i1; i++) {                                                                      \\
-            const T* xi = xp + i * plane + f0;                                                           \\
-            const T* ki = k + (j0 * C_in + i) * KH * KW;                                                 \\
-            for (kh = kh0; kh < kh1; kh++) {                                                             \\
-                const T* xr = xi + kh * Wp;                                                              \\
-                const T* kr = ki + kh * KW;                                                              \\
-                for (kw = 0; kw < KW; kw++) {                                                            \\
-                    for (v = 0; v < CNN_EXT_WNV; v++)                                                    \\
-                        xv[v] = *(const V*)(xr + kw + v * L);                                            \\
-                    for (jj = 0; jj < nj; jj++) {                                                        \\
-                        const T w = kr[jj * CKK + kw];                                                   \\
-                        for (v = 0; v < CNN_EXT_WNV; v++)                                                \\
-                            acc[jj][v] += w * xv[v];                                                     \\
-                    }                                                                                    \\
-                }                                                                                        \\
-            }                                                                                            \\
-        }                                                                                                \\
+        CNN_EXT_TILE_REDUCE(T, V, acc, CNN_EXT_WNV, nj, CNN_EXT_WNV, xp + f0, plane, Wp, 1,              \\
+                            k + j0 * CKK, KH * KW, CKK, KW, i0, i1, kh0, kh1);                           \\
         for (jj = 0; jj < nj; jj++)                                                                      \\
             for (v = 0; v < CNN_EXT_WNV; v++)                                                            \\
                 *(V*)(o + jj * ldw + v * L) = acc[jj][v];                                                \\
@@ -751,31 +751,16 @@ cdef extern from *:
                            Py_ssize_t Wp, Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, \\
                            Py_ssize_t kh1, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t f0,   \\
                            int first) {                                                                  \\
-        const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T));                                       \\
-        V acc[CNN_EXT_WJB][CNN_EXT_WNV];                                                                 \\
-        Py_ssize_t i, kh, kw, s, v;                                                                      \\
+        const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T)), NV1 = CNN_EXT_WJB * CNN_EXT_WNV;      \\
+        V acc[1][CNN_EXT_WJB * CNN_EXT_WNV];                                                             \\
+        Py_ssize_t v;                                                                                    \\
         T* o = wide + j0 * ldw + f0;                                                                     \\
-        for (s = 0; s < CNN_EXT_WJB; s++)                                                                \\
-            for (v = 0; v < CNN_EXT_WNV; v++)                                                            \\
-                if (first) acc[s][v] = CNN_EXT_SPLAT(V, (T)0);                                           \\
-                else acc[s][v] = *(const V*)(o + (s * CNN_EXT_WNV + v) * L);                             \\
-        for (i = i0; i < i1; i++) {                                                                      \\
-            const T* xi = xp + i * plane + f0;                                                           \\
-            const T* ki = k + (j0 * C_in + i) * KH * KW;                                                 \\
-            for (kh = kh0; kh < kh1; kh++) {                                                             \\
-                const T* xr = xi + kh * Wp;                                                              \\
-                const T* kr = ki + kh * KW;                                                              \\
-                for (kw = 0; kw < KW; kw++) {                                                            \\
-                    const T w = kr[kw];                                                                  \\
-                    for (s = 0; s < CNN_EXT_WJB; s++)                                                    \\
-                        for (v = 0; v < CNN_EXT_WNV; v++)                                                \\
-                            acc[s][v] += w * *(const V*)(xr + kw + (s * CNN_EXT_WNV + v) * L);           \\
-                }                                                                                        \\
-            }                                                                                            \\
-        }                                                                                                \\
-        for (s = 0; s < CNN_EXT_WJB; s++)                                                                \\
-            for (v = 0; v < CNN_EXT_WNV; v++)                                                            \\
-                *(V*)(o + (s * CNN_EXT_WNV + v) * L) = acc[s][v];                                        \\
+        for (v = 0; v < NV1; v++)                                                                        \\
+            if (first) acc[0][v] = CNN_EXT_SPLAT(V, (T)0); else acc[0][v] = *(const V*)(o + v * L);     \\
+        CNN_EXT_TILE_REDUCE(T, V, acc, CNN_EXT_WJB * CNN_EXT_WNV, 1, NV1, xp + f0, plane, Wp, 1,         \\
+                            k + j0 * C_in * KH * KW, KH * KW, C_in * KH * KW, KW, i0, i1, kh0, kh1);     \\
+        for (v = 0; v < NV1; v++)                                                                        \\
+            *(V*)(o + v * L) = acc[0][v];                                                                \\
     }                                                                                                    \\
     static void NAME(const T* xp, const T* k, T* wide, Py_ssize_t ldw, Py_ssize_t plane, Py_ssize_t Wp, \\
                      Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1,      \\
@@ -975,29 +960,14 @@ cdef extern from *:
                                           Py_ssize_t kh1, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,  \\
                                           int first, const Py_ssize_t nj) {                             \\
         const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T)), CKK = C_in * KH * KW;                  \\
-        V acc[CNN_EXT_SJB][CNN_EXT_SNV], xv[CNN_EXT_SNV];                                                \\
-        Py_ssize_t i, kh, kw, jj, v;                                                                     \\
+        V acc[CNN_EXT_SJB][CNN_EXT_SNV];                                                                 \\
+        Py_ssize_t jj, v;                                                                                \\
         for (jj = 0; jj < nj; jj++)                                                                      \\
             for (v = 0; v < CNN_EXT_SNV; v++)                                                            \\
                 if (first) acc[jj][v] = CNN_EXT_SPLAT(V, b[j0 + jj]);                                    \\
                 else acc[jj][v] = *(const V*)(o + jj * ldo + v * L);                                     \\
-        for (i = i0; i < i1; i++) {                                                                      \\
-            const T* xi = xs + i * xstride;                                                              \\
-            const T* ki = k + (j0 * C_in + i) * KH * KW;                                                 \\
-            for (kh = kh0; kh < kh1; kh++) {                                                             \\
-                const T* kr = ki + kh * KW;                                                              \\
-                for (kw = 0; kw < KW; kw++) {                                                            \\
-                    const T* xr = xi + kw * A + kh * OW;                                                 \\
-                    for (v = 0; v < CNN_EXT_SNV; v++)                                                    \\
-                        xv[v] = *(const V*)(xr + v * L);                                                 \\
-                    for (jj = 0; jj < nj; jj++) {                                                        \\
-                        const T w = kr[jj * CKK + kw];                                                   \\
-                        for (v = 0; v < CNN_EXT_SNV; v++)                                                \\
-                            acc[jj][v] += w * xv[v];                                                     \\
-                    }                                                                                    \\
-                }                                                                                        \\
-            }                                                                                            \\
-        }                                                                                                \\
+        CNN_EXT_TILE_REDUCE(T, V, acc, CNN_EXT_SNV, nj, CNN_EXT_SNV, xs, xstride, OW, A,                 \\
+                            k + j0 * CKK, KH * KW, CKK, KW, i0, i1, kh0, kh1);                           \\
         for (jj = 0; jj < nj; jj++)                                                                      \\
             for (v = 0; v < CNN_EXT_SNV; v++)                                                            \\
                 *(V*)(o + jj * ldo + v * L) = acc[jj][v];                                                \\
