@@ -109,6 +109,28 @@ def conv2d_forward_wide(
     """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left
     (bottom and right follow from y's shape: Hp = OH + KH - 1, Wp = OW + KW - 1)."""
 
+def shifted_tile(single: bool) -> tuple[int, int]:
+    """(output channels, flat outputs) of the shifted-copies tile in this build (float32 if single)."""
+
+def shifted_slab_size(C_in: int, OH: int, OW: int, KH: int, KW: int, single: bool) -> int:
+    """Elements of one thread's shifted-copies slab for blocks of C_in input channels: C_in*KW*Hp*OW plus one
+    tile of slack (the last tile's vector loads reach TB - 2 past the copies)."""
+
+def conv2d_forward_shifted(
+    x: NDArray[_F],  # IN  (N, C_in, H, W)
+    k: NDArray[_F],  # IN  (C_out, C_in, KH, KW)
+    b: NDArray[_F],  # IN  (C_out,)
+    y: NDArray[_F],  # OUT (N, C_out, OH, OW)
+    xs: NDArray[_F],  # TMP (threads, shifted_slab_size), zeroed
+    stage: NDArray[_F],  # TMP (threads, CNN_EXT_SJB * TB)
+    PT: int,
+    PL: int,
+    IB: int,
+    num_threads: int,
+) -> None:
+    """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left
+    (bottom and right follow from y's shape), through shifted copies of each sample."""
+
 def conv2d_forward_cv(
     x: NDArray[_F],  # IN  (N, C_in, H, W)
     kp: NDArray[_F],  # IN  (C_out / JW, C_in, KH, KW, JW) packed kernels, JW = channel_tile()

@@ -5,6 +5,7 @@ from ._conv import (
     conv2d_bias_gradient as conv2d_bias_gradient,
     conv2d_forward as conv2d_forward,
     conv2d_forward_cv as conv2d_forward_cv,
+    conv2d_forward_shifted as conv2d_forward_shifted,
     conv2d_forward_wide as conv2d_forward_wide,
     conv2d_input_gradient as conv2d_input_gradient,
     conv2d_kernel_gradient as conv2d_kernel_gradient,
@@ -14,5 +15,7 @@ from ._conv import (
     matmul as matmul,
     openmp_enabled as openmp_enabled,
     openmp_max_threads as openmp_max_threads,
+    shifted_slab_size as shifted_slab_size,
+    shifted_tile as shifted_tile,
     wide_tile as wide_tile,
 )

@@ -58,7 +58,6 @@ _WIDE_IB = int(os.environ.get("CNN_EXT_WIDE_IB", 32))  # input channels per bloc
 _SHIFT_IB = int(os.environ.get("CNN_EXT_SHIFT_IB", 0))  # input channels per block of the shifted kernel (0: auto)
 _SHIFT_TAPS = 144  # channels x taps per block of the shifted-copies kernel (_shift_ib)
 _SHIFT_MAX_REDUCTION = 64  # C_in*KH*KW up to which the forward takes the shifted copies whatever the kernel
-_SHIFT_FB = int(os.environ.get("CNN_EXT_SHIFT_FB", 1 << 30))  # flat outputs per chunk of a plane
 _CHANNELS_MAX_TAPS = 9  # KH*KW up to which the channel-vector kernel can win
 _CHANNELS_MAX_PIXELS = 400  # output pixels per map up to which it wins
 _CHANNELS_DX_F64_MAX = 1024  # C_in * C_out up to which it wins the float64 input gradient
@@ -382,7 +381,7 @@ def _shifted_run(x, k, b, y, top, left, nt, dtype):
     size = _conv.shifted_slab_size(min(C_in, _shift_ib(KH, KW, dtype)), OH, OW, KH, KW, dtype == np.float32)
     xs = np.zeros((nt, size), dtype=dtype)
     stage = np.empty((nt, JB * TB), dtype=dtype)
-    _conv.conv2d_forward_shifted(x, k, b, y, xs, stage, top, left, _shift_ib(KH, KW, dtype), _SHIFT_FB, nt)
+    _conv.conv2d_forward_shifted(x, k, b, y, xs, stage, top, left, _shift_ib(KH, KW, dtype), nt)
 
 
 def _channel_vector_run(x, k, b, y, top, left, nt, dtype):
