@@ -174,6 +174,12 @@ def _contiguous(arr, dtype):
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
+def _tiny(OH, OW, C_in, C_out):
+    """The tutorial's toy layer and its like: maps of a few pixels and channels, where the plain row loops (no
+    setup, no BLAS call) beat every tiled kernel."""
+    return OH * OW <= _DIRECT_MAX_OUTPUT and C_in * C_out <= _DIRECT_TINY_CHANNELS
+
+
 def _kgrad_method(method, stride1, unpadded, OH, OW, C_in, C_out, KH, KW, dtype):
     """Kernel gradient: 'rows' (direct row loops), 'wide' / 'shifted' (the two layouts of the register-tiled
     direct kernel, stride 1, any padding) or 'gemm'; method='direct' takes the tiled kernel."""
@@ -205,7 +211,7 @@ def _kgrad_method(method, stride1, unpadded, OH, OW, C_in, C_out, KH, KW, dtype)
     # Layout: shifted copies (no wasted columns, KW copies of x) beat wide rows once C_out*KH is large
     # (float32 (64, 64, 64, 28, 3) 34.7 vs 35.5 ms; float64 (16, 16, 16, 32, 5) 5.04 vs 5.70) and lose by up
     # to 20% on few output channels (float32 (16, 8, 4, 32, 5) 0.331 vs 0.269).
-    tiny = OH * OW <= _DIRECT_MAX_OUTPUT and C_in * C_out <= _DIRECT_TINY_CHANNELS
+    tiny = _tiny(OH, OW, C_in, C_out)
     if method == "auto" and not (_KGRAD_TILED and stride1):
         return "rows" if tiny and unpadded else "gemm"
     if method == "auto" and tiny and unpadded:
@@ -253,7 +259,7 @@ def _wide_method(method, wide_ok, why, N, C_in, C_out, H, W, KH, KW, OH, OW, dty
         return method
     if not wide_ok:
         return "gemm"
-    if OH * OW <= _DIRECT_MAX_OUTPUT and C_in * C_out <= _DIRECT_TINY_CHANNELS:
+    if _tiny(OH, OW, C_in, C_out):
         return "direct"
     if not _WIDE_FAST:
         return "gemm"
@@ -481,7 +487,7 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto"):
     unpadded = (top, bottom, left, right) == (0, 0, 0, 0)
     # tiny unpadded layers (the tutorial's toy one, float64: 2.8 us in the row loops, 3.4 wide, 4.6 shifted)
     # and the row tiles' shapes run in conv2d_forward; the others in the wide / shifted / channel kernels
-    tiny = OH * OW <= _DIRECT_MAX_OUTPUT and C_in * C_out <= _DIRECT_TINY_CHANNELS
+    tiny = _tiny(OH, OW, C_in, C_out)
     if not use_gemm and not (unpadded and (tiny or _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype))):
         if _channels_better(False, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
             run = _channel_vector_run
@@ -651,7 +657,7 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
         return dx
     nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)
     # tiny unpadded layers (the tutorial's toy one: 9 vs 11 us) keep the scatter loops, which need no setup
-    if not use_gemm and not (OH * OW <= _DIRECT_MAX_OUTPUT and C_in * C_out <= _DIRECT_TINY_CHANNELS
+    if not use_gemm and not (_tiny(OH, OW, C_in, C_out)
                              and (top, bottom, left, right) == (0, 0, 0, 0)):
         k_rot = np.ascontiguousarray(np.asarray(k, dtype=dtype)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         run = _channel_vector_run if _channels_better(True, C_in, C_out, H, W, KH, KW, OH, OW, dtype) else _wide_run
