@@ -35,6 +35,14 @@ _CONTROLLER = ThreadpoolController()
 # So multi-threaded samples wait SPIN_PAUSE for them to go to sleep; single-threaded ones only _PAUSE.
 _PAUSE = 0.001
 SPIN_PAUSE = 0.15
+# ...and after that pause, the peer itself runs untimed for WARM_TIME (whole calls, at least one; none for
+# calls over WARM_MAX) before its timed sample. Cores idle for 20+ ms come back slowly on this virtual
+# machine: a 2-thread call right after a 50 ms sleep took 9.8 ms median where back-to-back calls take
+# 2.4 ms (cnn_ext's float32 kernel gradient of (64,16,32,28,3)), and a plain 2-thread busy loop showed the
+# worker starting 2-3.5 ms late on the master's core. A training loop calls back to back, so the sample
+# should time warm cores; every peer gets the same warm-up.
+WARM_TIME = 0.01
+WARM_MAX = 0.1
 
 
 @contextmanager
@@ -147,14 +155,17 @@ def interleaved(fns, repeats, min_time, caps=None, clock=time.perf_counter, paus
 
     Each Stats carries ``other_load``: the cores other processes used during the whole measurement.
     ``pause`` (seconds before each sample) defaults to SPIN_PAUSE when the libraries run more than one
-    thread (cnn_ext.get_num_threads() > 1), else _PAUSE.
+    thread (cnn_ext.get_num_threads() > 1), else _PAUSE; after it, the peer warms up for WARM_TIME.
     """
     caps = caps or {}
     if pause is None:
         pause = SPIN_PAUSE if cnn_ext.get_num_threads() > 1 else _PAUSE
     meter = LoadMeter()
     names = list(fns)
-    numbers = {name: calibrate(fns[name], min_time)[0] for name in names}
+    numbers, warms = {}, {}
+    for name in names:
+        numbers[name], t = calibrate(fns[name], min_time)
+        warms[name] = 0 if t > WARM_MAX else max(1, int(np.ceil(WARM_TIME / max(t, 1e-9))))
     samples = {name: [] for name in names}
     for r in range(repeats):
         order = names[r % len(names):] + names[:r % len(names)]
@@ -162,6 +173,8 @@ def interleaved(fns, repeats, min_time, caps=None, clock=time.perf_counter, paus
             if len(samples[name]) >= caps.get(name, repeats):
                 continue
             time.sleep(pause)
+            for _ in range(warms[name]):
+                fns[name]()
             samples[name].append(time_call(fns[name], numbers[name], clock))
     load = meter.others()
     out = {name: Stats(samples[name]) for name in names}
