@@ -94,6 +94,9 @@ def conv2d_kernel_gradient_wide(
     """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]), stride 1, zero padding (PH top, PW left; the bottom /
     right padding follows from the shapes), by wide-row register tiles, summed in fixed chunks."""
 
+def wide_pitch(W: int, OW: int, KW: int, PL: int) -> int:
+    """Row pitch of the wide kernel's slab: W + max(left, right padding) (the paddings' zeros share slots)."""
+
 def conv2d_forward_wide(
     x: NDArray[_F],  # IN  (N, C_in, H, W)
     k: NDArray[_F],  # IN  (C_out, C_in, KH, KW)

@@ -18,4 +18,5 @@ from ._conv import (
     shifted_slab_size as shifted_slab_size,
     shifted_tile as shifted_tile,
     wide_tile as wide_tile,
+    wide_pitch as wide_pitch,
 )

@@ -360,7 +360,7 @@ def _wide_run(x, k, b, y, top, left, nt, dtype):
     N, C_in, H, W = x.shape
     C_out, _, KH, KW = k.shape
     OH, OW = y.shape[2:]
-    Hp, Wp = OH + KH - 1, OW + KW - 1
+    Hp, Wp = OH + KH - 1, _conv.wide_pitch(W, OW, KW, left)
     JB, TB = _TILES[dtype]["wide"]
     Fr = -(-OH * Wp // TB) * TB
     xpad = np.zeros((nt, C_in * Hp * Wp + TB + KW), dtype=dtype)

@@ -698,10 +698,11 @@ def conv2d_kernel_gradient_wide(const floating[:, :, :, ::1] dy,     # IN  (N, C
 # ---------------------------------------------------------------------------------------------------
 # Wide-row direct forward (stride 1, any zero padding), also the input gradient for stride 1
 #
-# Each sample is copied into a per-thread zero-padded slab xp[C_in, Hp, Wp] (+ slack). Output pixel
-# (p, q) reads xp[i, p*Wp + q + kh*Wp + kw]: over the flat index f = p*Wp + q, taken for every q < Wp
-# (columns q >= OW are computed and dropped), a vector of outputs f..f+L-1 is one contiguous load per
-# (i, kh, kw). Register tiles run along f across row ends: no lane is lost except (Wp - OW)/Wp.
+# Each sample is copied into a per-thread zero-padded slab xp[C_in, Hp, Wp] (+ slack), Wp the row pitch
+# (wide_pitch: W + max(left, right padding), the two paddings' zeros share slots). Output pixel (p, q) reads
+# xp[i, p*Wp + q + kh*Wp + kw]: over the flat index f = p*Wp + q, taken for every q < Wp (columns q >= OW are
+# computed and dropped), a vector of outputs f..f+L-1 is one contiguous load per (i, kh, kw). Register
+# tiles run along f across row ends: no lane is lost except (Wp - OW)/Wp.
 # ---------------------------------------------------------------------------------------------------
 
 cdef extern from *:
@@ -903,6 +904,19 @@ cdef inline void _wide_rows_out(const floating* wide, const floating* b, floatin
                 dst[q] = bj + wr[q]
 
 
+cpdef Py_ssize_t wide_pitch(Py_ssize_t W, Py_ssize_t OW, Py_ssize_t KW, Py_ssize_t PL) noexcept nogil:
+    """Row pitch of the wide kernel's slab for input width W, output width OW, kernel width KW, left padding
+    PL: W + max(PL, PR) with PR = OW + KW - 1 - W - PL the right padding.
+
+    A row's right padding and the next row's left padding are both zeros, so they can share slots: row r's
+    data sits at r*pitch + PL, and output column q reads slots q .. q + KW - 1 of its row, which run at most
+    min(PL, PR) slots into the next row's left padding. With the full padded width W + PL + PR the wide rows
+    would compute and drop KW - 1 columns per row; with this pitch they drop KW - 1 - min(PL, PR): none for
+    the input gradient (dE_dY padded by KW - 1 on both sides), half as many for 'same' padding."""
+    cdef Py_ssize_t PR = OW + KW - 1 - W - PL
+    return W + (PL if PL > PR else PR)
+
+
 def conv2d_forward_wide(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
                         const floating[:, :, :, ::1] k,      # IN  (C_out, C_in, KH, KW)
                         const floating[::1] b,               # IN  (C_out,)
@@ -913,7 +927,8 @@ def conv2d_forward_wide(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, 
     """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left
     (bottom and right follow from y's shape: Hp = OH + KH - 1, Wp = OW + KW - 1)."""
     cdef Py_ssize_t n, N = x.shape[0]
-    cdef Py_ssize_t Hp = y.shape[2] + k.shape[2] - 1, Wp = y.shape[3] + k.shape[3] - 1
+    cdef Py_ssize_t Hp = y.shape[2] + k.shape[2] - 1
+    cdef Py_ssize_t Wp = wide_pitch(x.shape[3], y.shape[3], k.shape[3], PL)
     cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], k.shape[0], k.shape[2], k.shape[3],
                         y.shape[2], y.shape[3], 1, 1, PT, PL)
     if N == 0:

@@ -310,6 +310,8 @@ WIDE_CASES = [
     ((1, 40, 6, 5, 9, 2, 2), (1, 1, 1, 1)),  # C_in 40 > the input-channel block
     ((1, 1, 1, 1, 1, 1, 1), (0, 0, 0, 0)),
     ((1, 2, 3, 3, 4, 2, 2), (4, 3, 5, 0)),  # padding > kernel: tiles wholly inside the padding
+    ((2, 3, 5, 4, 9, 1, 5), (0, 0, 4, 4)),  # no row padding: a row's reads run into the next row / channel
+    ((1, 2, 6, 5, 8, 3, 5), (1, 1, 3, 1)),  # left and right paddings of different widths share slots
     # channel-vector kernel (C_out a multiple of 16 float32 / 8 float64): rows of 1 to 6-pixel chunks
     ((2, 3, 16, 6, 7, 3, 3), (1, 1, 1, 1)),  # OW 7: chunks 4 + 3
     ((1, 16, 32, 5, 9, 3, 2), (0, 1, 2, 0)),  # dX with 16 output channels too
