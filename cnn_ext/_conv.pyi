@@ -95,7 +95,8 @@ def conv2d_kernel_gradient_wide(
     right padding follows from the shapes), by wide-row register tiles, summed in fixed chunks."""
 
 def wide_pitch(W: int, OW: int, KW: int, PL: int) -> int:
-    """Row pitch of the wide kernel's slab: W + max(left, right padding) (the paddings' zeros share slots)."""
+    """Row pitch of the wide kernel's slab: the padded width less the slots a row's right and the next row's
+    left padding share (min(left, right, KW - 1))."""
 
 def conv2d_forward_wide(
     x: NDArray[_F],  # IN  (N, C_in, H, W)

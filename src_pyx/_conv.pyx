@@ -699,10 +699,10 @@ def conv2d_kernel_gradient_wide(const floating[:, :, :, ::1] dy,     # IN  (N, C
 # Wide-row direct forward (stride 1, any zero padding), also the input gradient for stride 1
 #
 # Each sample is copied into a per-thread zero-padded slab xp[C_in, Hp, Wp] (+ slack), Wp the row pitch
-# (wide_pitch: W + max(left, right padding), the two paddings' zeros share slots). Output pixel (p, q) reads
-# xp[i, p*Wp + q + kh*Wp + kw]: over the flat index f = p*Wp + q, taken for every q < Wp (columns q >= OW are
-# computed and dropped), a vector of outputs f..f+L-1 is one contiguous load per (i, kh, kw). Register
-# tiles run along f across row ends: no lane is lost except (Wp - OW)/Wp.
+# (wide_pitch: the padded width less the slots a row's right and the next row's left padding share).
+# Output pixel (p, q) reads xp[i, p*Wp + q + kh*Wp + kw]: over the flat index f = p*Wp + q, taken for every
+# q < Wp (columns q >= OW are computed and dropped), a vector of outputs f..f+L-1 is one contiguous load per
+# (i, kh, kw). Register tiles run along f across row ends: no lane is lost except (Wp - OW)/Wp.
 # ---------------------------------------------------------------------------------------------------
 
 cdef extern from *:
@@ -906,15 +906,17 @@ cdef inline void _wide_rows_out(const floating* wide, const floating* b, floatin
 
 cpdef Py_ssize_t wide_pitch(Py_ssize_t W, Py_ssize_t OW, Py_ssize_t KW, Py_ssize_t PL) noexcept nogil:
     """Row pitch of the wide kernel's slab for input width W, output width OW, kernel width KW, left padding
-    PL: W + max(PL, PR) with PR = OW + KW - 1 - W - PL the right padding.
+    PL: W + PL + PR - s with PR = OW + KW - 1 - W - PL the right padding and s = min(PL, PR, KW - 1).
 
-    A row's right padding and the next row's left padding are both zeros, so they can share slots: row r's
-    data sits at r*pitch + PL, and output column q reads slots q .. q + KW - 1 of its row, which run at most
-    min(PL, PR) slots into the next row's left padding. With the full padded width W + PL + PR the wide rows
-    would compute and drop KW - 1 columns per row; with this pitch they drop KW - 1 - min(PL, PR): none for
-    the input gradient (dE_dY padded by KW - 1 on both sides), half as many for 'same' padding."""
+    A row's right padding and the next row's left padding are both zeros, so they can share s slots: row r's
+    data sits at r*pitch + PL, and output column q < OW <= pitch reads slots q .. q + KW - 1 of its row, which
+    run at most s slots into the next row's left padding (s <= PL). s <= KW - 1 keeps OW <= pitch (each
+    output row inside its own pitch). With the full padded width the wide rows would compute and drop KW - 1
+    columns per row; with this pitch they drop KW - 1 - s: none for the input gradient (dE_dY padded by
+    KW - 1 on both sides), half as many for 'same' padding."""
     cdef Py_ssize_t PR = OW + KW - 1 - W - PL
-    return W + (PL if PL > PR else PR)
+    cdef Py_ssize_t s = min(PL, PR, KW - 1)
+    return W + PL + PR - s
 
 
 def conv2d_forward_wide(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)

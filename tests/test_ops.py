@@ -104,7 +104,7 @@ def data(rng, N, C_in, C_out, H, W, KH, KW, dtype=np.float64, OH=None, OW=None):
     x = rng.standard_normal((N, C_in, H, W)).astype(dtype)
     k = rng.standard_normal((C_out, C_in, KH, KW)).astype(dtype)
     b = rng.standard_normal(C_out).astype(dtype)
-    dy = rng.standard_normal((N, C_out, OH or H - KH + 1, OW or W - KW + 1)).astype(dtype)
+    dy = rng.standard_normal((N, C_out, OH or max(1, H - KH + 1), OW or max(1, W - KW + 1))).astype(dtype)
     return x, k, b, dy
 
 
@@ -312,6 +312,8 @@ WIDE_CASES = [
     ((1, 2, 3, 3, 4, 2, 2), (4, 3, 5, 0)),  # padding > kernel: tiles wholly inside the padding
     ((2, 3, 5, 4, 9, 1, 5), (0, 0, 4, 4)),  # no row padding: a row's reads run into the next row / channel
     ((1, 2, 6, 5, 8, 3, 5), (1, 1, 3, 1)),  # left and right paddings of different widths share slots
+    ((2, 8, 4, 1, 1, 3, 3), (4, 4, 4, 4)),  # both paddings > kernel - 1: only KW - 1 slots shared
+    ((1, 3, 5, 4, 6, 2, 3), (1, 2, 5, 3)),  # left 5, right 3 >= KW
     # channel-vector kernel (C_out a multiple of 16 float32 / 8 float64): rows of 1 to 6-pixel chunks
     ((2, 3, 16, 6, 7, 3, 3), (1, 1, 1, 1)),  # OW 7: chunks 4 + 3
     ((1, 16, 32, 5, 9, 3, 2), (0, 1, 2, 0)),  # dX with 16 output channels too
@@ -351,7 +353,11 @@ def test_wide_kernel_against_einsum(monkeypatch, shape, pad, dtype, block):
         assert_allclose(y, ref, **TOL[dtype])
         assert_allclose(dx, ref_dx, **TOL[dtype])
     y = np.empty_like(ref, dtype=dtype)  # the wide kernel itself, where 'direct' may take another one
-    ops._wide_run(x, k, b, y, pad[0], pad[2], 1, np.dtype(dtype))
+    empty = np.empty
+    with monkeypatch.context() as m:  # its work buffers poisoned: every output must be computed
+        m.setattr(ops.np, "empty", lambda shape, dtype=float: np.full(shape, np.nan, dtype=dtype))
+        ops._wide_run(x, k, b, y, pad[0], pad[2], 1, np.dtype(dtype))
+    assert np.empty is empty
     assert_allclose(y, ref, **TOL[dtype])
     if C_out % cnn_ext.ops._conv.channel_tile(dtype == np.float32) == 0:  # the channel-vector kernel itself
         y = np.full_like(ref, np.nan, dtype=dtype)
