@@ -109,8 +109,8 @@ cdef void _im2col(const floating* x, floating* cols, const Geom* g,
                     r = p * g.SH + kh - g.PH
                     if r < 0 or r >= g.H:
                         lo = hi = q1
-                    else:
-                        lo = max(q0, qlo)
+                    else:  # q0 <= lo <= hi <= q1 (a block can end before the row's valid columns start)
+                        lo = min(max(q0, qlo), q1)
                         hi = max(lo, min(q1, qhi))
                     for q in range(q0, lo):
                         row[t + q - q0] = 0
@@ -147,7 +147,7 @@ cdef void _col2im(const floating* cols, floating* x, const Geom* g,
                     q1 = min(g.OW, q0 + npix - t)
                     r = p * g.SH + kh - g.PH
                     if 0 <= r < g.H:
-                        lo = max(q0, qlo)
+                        lo = min(max(q0, qlo), q1)
                         hi = max(lo, min(q1, qhi))
                         base = r * g.W + kw - g.PW
                         if g.SW == 1:

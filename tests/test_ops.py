@@ -842,6 +842,47 @@ def test_gemm_pixel_blocks(monkeypatch, block, shape, stride, padding, pad):
     assert_allclose(y_ref, einsum_forward(x, k, b, stride, pad), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("block", [1, 2, 3, 7])
+@pytest.mark.parametrize("stride,pad", [(1, (1, 1, 12, 12)), (2, (10, 10, 10, 10)), (2, (0, 3, 9, 2)),
+                                        ((1, 2), (2, 0, 0, 11))])
+def test_gemm_blocks_ending_in_the_padding(monkeypatch, block, stride, pad):
+    """A block of output pixels that ends before its row's first valid column (wide left padding) writes
+    nothing past its end. Found by an audit as heap corruption ('double free', stride 2, padding 50, 9x9
+    kernels on 8x8 images); here the per-thread slabs carry a guard that must stay untouched."""
+    from cnn_ext import ops
+
+    rng = np.random.default_rng(block)
+    x, k, b, _ = data(rng, 2, 3, 2, 6, 5, 3, 4)
+    padding = ((pad[0], pad[1]), (pad[2], pad[3]))
+    kw = dict(stride=stride, padding=padding, method="gemm")
+    y_ref = einsum_forward(x, k, b, _ints2(stride), pad)
+    dy = rng.standard_normal(y_ref.shape)
+    dk_ref = conv2d_kernel_gradient(dy, x, kernel_size=(3, 4), **kw)  # whole-image blocks
+    dx_ref = conv2d_input_gradient(dy, k, input_size=(6, 5), **kw)
+    guards = []
+    scratch = ops._scratch
+
+    def guarded(*args):
+        s = scratch(*args)
+        big = np.full((s.shape[0], s.shape[1] + 64), 7.0, dtype=s.dtype)
+        guards.append(big)
+        return big[:, :s.shape[1]]
+
+    monkeypatch.setattr(ops, "_scratch", guarded)
+    monkeypatch.setattr(ops, "_COLS_BLOCK_BYTES", block * 3 * 3 * 4 * 8)
+    monkeypatch.setattr(ops, "_MIN_BLOCK", 1)
+    assert_allclose(conv2d_forward(x, k, b, **kw), y_ref, **TOL[np.float64])
+    assert_allclose(conv2d_kernel_gradient(dy, x, kernel_size=(3, 4), **kw), dk_ref, rtol=1e-12, atol=1e-12)
+    assert_allclose(conv2d_input_gradient(dy, k, input_size=(6, 5), **kw), dx_ref, rtol=1e-12, atol=1e-12)
+    assert len(guards) == 3
+    for big in guards:
+        assert (big[:, -64:] == 7.0).all()
+
+
+def _ints2(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
 def test_small_calls_stay_on_one_thread(monkeypatch):
     """A parallel region costs more than tiny work: the thread count follows the work."""
     from cnn_ext import ops
