@@ -164,6 +164,7 @@ def matmul(
     c: NDArray[_F],  # OUT (M, N)
     trans_a: bool,
     trans_b: bool,
+    nblk: int,
     num_threads: int,
 ) -> None:
-    """c = op(a) @ op(b); column block t of c is computed by thread t with its own BLAS call."""
+    """c = op(a) @ op(b) in nblk column blocks, one BLAS call each, shared out over the threads."""

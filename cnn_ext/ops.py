@@ -36,6 +36,8 @@ _METHODS = ("auto", "direct", "gemm")
 _COLS_BLOCK_BYTES = int(os.environ.get("CNN_EXT_COLS_BLOCK_BYTES", 8 * 1024 * 1024))
 _MIN_BLOCK = 64  # output pixels
 _MATMUL_WORK_FACTOR = 5  # a matmul splits only from 5x the work per thread of a convolution (measured below)
+_MATMUL_BLOCK_COLS = 64  # Dense products: output columns per block at least (one BLAS call per block)
+_MATMUL_MAX_BLOCKS = 4
 _MIN_WORK_PER_THREAD = int(os.environ.get("CNN_EXT_MIN_WORK_PER_THREAD", 200_000))  # multiply-adds
 # Bias gradient: elements per thread from which a second thread pays (2 threads / 1, µs, quiet machine:
 # (32, 8, 30, 30) float32 10.4 / 16.7, float64 18.6 / 29.0; (16, 4, 24, 24) float32 3.9 / 2.4)
@@ -413,16 +415,21 @@ def _threads(parts, work=None):
 
 
 def _matmul(a, b, trans_a=False, trans_b=False):
-    """op(a) @ op(b) for the Dense layers (a and b already in one float dtype): large products have their output
-    columns split over the kernels' threads, one single-threaded BLAS call each; small ones are one BLAS call."""
+    """op(a) @ op(b) for the Dense layers (a and b already in one float dtype): large products are cut into
+    column blocks, one single-threaded BLAS call each, shared out over the kernels' threads; small ones are one
+    BLAS call. The blocks follow from the shape alone, never from the thread count, so the result is bitwise
+    the same on any number of threads (a split by thread count moved float64 Dense outputs by up to 1.8e-14
+    between 1 and 2 threads: BLAS rounds a block's edge columns differently)."""
     M = a.shape[1] if trans_a else a.shape[0]
     K = a.shape[0] if trans_a else a.shape[1]
     N = b.shape[0] if trans_b else b.shape[1]
-    nt = 1 if max(M, N, K) > _INT_MAX else _threads(N, M * N * K // _MATMUL_WORK_FACTOR)
-    if nt == 1 or a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
+    nblk = 1 if max(M, N, K) > _INT_MAX else min(_MATMUL_MAX_BLOCKS, N // _MATMUL_BLOCK_COLS,
+                                                  M * N * K // (_MIN_WORK_PER_THREAD * _MATMUL_WORK_FACTOR))
+    if nblk <= 1 or a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
         return (a.T if trans_a else a) @ (b.T if trans_b else b)
     c = np.empty((M, N), dtype=a.dtype)
-    _run(True, _conv.matmul, np.ascontiguousarray(a), np.ascontiguousarray(b), c, trans_a, trans_b, nt)
+    _run(True, _conv.matmul, np.ascontiguousarray(a), np.ascontiguousarray(b), c, trans_a, trans_b, nblk,
+         _threads(nblk))
     return c
 
 

@@ -1565,20 +1565,27 @@ def conv2d_input_gradient(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, O
 def matmul(const floating[:, ::1] a,       # IN  (M, K), or (K, M) if trans_a
            const floating[:, ::1] b,       # IN  (K, N), or (N, K) if trans_b
            floating[:, ::1] c,             # OUT (M, N)
-           bint trans_a, bint trans_b, int num_threads):
-    """c = op(a) @ op(b); column block t of c is computed by thread t with its own BLAS call."""
+           bint trans_a, bint trans_b, Py_ssize_t nblk, int num_threads):
+    """c = op(a) @ op(b) in nblk column blocks, each one BLAS call, shared out over num_threads threads
+    (the blocks do not depend on the thread count: neither does the result)."""
     cdef Py_ssize_t M = c.shape[0], N = c.shape[1]
     cdef Py_ssize_t K = a.shape[0] if trans_a else a.shape[1]
-    cdef Py_ssize_t t, nt = max(1, min(<Py_ssize_t>num_threads, N))
+    cdef Py_ssize_t t
+    nblk = max(1, min(nblk, N))
     if M == 0 or N == 0:
         return
     if K == 0:
         c[:, :] = 0
         return
     with nogil:
-        for t in prange(nt, schedule='static', num_threads=nt):
-            _matmul_block(&a[0, 0], &b[0, 0], &c[0, 0], M, N, K, trans_a, trans_b,
-                          (t * N) // nt, ((t + 1) * N) // nt)
+        if num_threads == 1:
+            for t in range(nblk):
+                _matmul_block(&a[0, 0], &b[0, 0], &c[0, 0], M, N, K, trans_a, trans_b,
+                              (t * N) // nblk, ((t + 1) * N) // nblk)
+        else:
+            for t in prange(nblk, schedule='dynamic', num_threads=num_threads):
+                _matmul_block(&a[0, 0], &b[0, 0], &c[0, 0], M, N, K, trans_a, trans_b,
+                              (t * N) // nblk, ((t + 1) * N) // nblk)
 
 
 cdef void _matmul_block(const floating* a, const floating* b, floating* c, Py_ssize_t M, Py_ssize_t N,

@@ -959,12 +959,16 @@ def test_dense_matmul_split_over_threads(monkeypatch, restore_threads, dtype, M,
             a = rng.standard_normal((K, M) if trans_a else (M, K)).astype(dtype)
             b = rng.standard_normal((N, K) if trans_b else (K, N)).astype(dtype)
             expected = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+            results = []
             for n in (1, 2, 3):
                 cnn_ext.set_num_threads(n)
                 got = ops._matmul(a, b, trans_a, trans_b)
                 assert got.shape == (M, N) and got.dtype == dtype
                 assert_allclose(got, expected, rtol=1e-4 if dtype == np.float32 else 1e-12,
                                 atol=1e-3 if dtype == np.float32 else 1e-10)
+                results.append(got)
+            for other in results[1:]:  # bitwise the same on any thread count
+                assert_array_equal(results[0], other)
     # a strided operand is copied, not misread
     a = rng.standard_normal((M, 2 * K)).astype(dtype)[:, ::2]
     b = rng.standard_normal((K, N)).astype(dtype)
