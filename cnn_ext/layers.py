@@ -24,6 +24,7 @@ from scipy.linalg import blas as _blas
 from scipy.special import expit
 
 from .ops import (
+    _check_alloc,
     _ints,
     _matmul,
     _padding,
@@ -102,8 +103,10 @@ def _rng(rng, seed):
     return np.random  # the module's standard_normal / uniform use the global state
 
 
-def _init_params(init, rng, w_shape, b_shape, fan_in, fan_out, tutorial_scale, dtype):
-    """Weights and biases drawn in float64 (same values for both dtypes up to rounding), then cast."""
+def _init_params(init, rng, w_shape, b_shape, fan_in, fan_out, tutorial_scale, dtype, what):
+    """Weights and biases drawn in float64 (same values for both dtypes up to rounding), then cast; ``what()``
+    names the weights and the constructor arguments for the error on weights too large to allocate."""
+    _check_alloc(w_shape, np.float64, what)
     if init is None:
         w = tutorial_scale * rng.standard_normal(w_shape)
         b = tutorial_scale * rng.standard_normal(b_shape)
@@ -299,7 +302,9 @@ class Conv2D(_ParamLayer):
         self.dtype = _float_dtype(dtype)
         KH, KW = self.kernel_size
         self.k, self.b = _init_params(init, _rng(rng, seed), (self.c_out, self.c_in, KH, KW), (self.c_out,),
-                                      self.c_in * KH * KW, self.c_out * KH * KW, 1.0, self.dtype)
+                                      self.c_in * KH * KW, self.c_out * KH * KW, 1.0, self.dtype,
+                                      lambda: f"Conv2D: c_in={self.c_in}, c_out={self.c_out}, "
+                                              f"kernel_size={self.kernel_size} give kernels")
 
     def forward(self, x):
         """``y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i])``; x (N, c_in, H, W) -> y (N, c_out, OH, OW)."""
@@ -367,7 +372,8 @@ class Dense(_ParamLayer):
         self.init = init
         self.dtype = _float_dtype(dtype)
         self.w, self.b = _init_params(init, _rng(rng, seed), (self.n_in, self.n_out), (self.n_out,),
-                                      self.n_in, self.n_out, 0.1, self.dtype)
+                                      self.n_in, self.n_out, 0.1, self.dtype,
+                                      lambda: f"Dense: n_in={self.n_in}, n_out={self.n_out} give weights")
 
     def forward(self, x):
         """``y = x @ w + b``; x (N, n_in) -> y (N, n_out)."""
