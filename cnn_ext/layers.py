@@ -16,6 +16,7 @@ Layers never modify the arrays they are given. A layer with parameters casts its
 dtype (float64 by default, or float32), so a float32 network runs in float32 end to end; activations keep
 the float dtype they receive.
 """
+import math
 import numbers
 import operator
 
@@ -140,6 +141,14 @@ def _json_value(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _batch_mean(dy):
+    """Mean over the batch axis; zeros for an empty batch (as :func:`conv2d_bias_gradient` gives), not NumPy's NaN
+    and warning, so an update on an empty batch leaves the parameters as they are."""
+    if dy.shape[0] == 0:
+        return np.zeros(dy.shape[1:], dtype=dy.dtype)
+    return dy.mean(axis=0)
 
 
 def _sgd_step(p, g, learning_rate):
@@ -359,7 +368,7 @@ class Dense(_ParamLayer):
     ------
     x (N, n_in) -> y (N, n_out). ``backward(dE_dY, need_dX=True)`` returns ``{"dW", "dB", "dX"}`` with the
     tutorial's conventions: ``dW = xᵀ·dE_dY`` (summed over the batch), ``dB`` = batch mean of dE_dY,
-    ``dX = dE_dY·wᵀ``.
+    ``dX = dE_dY·wᵀ``. An empty batch (N = 0) gives zero dW and dB, as in :class:`Conv2D`.
     """
 
     _config_keys = ("n_in", "n_out", "init")
@@ -393,11 +402,11 @@ class Dense(_ParamLayer):
         # went from 2.13 to 1.85 ms on 2 threads). float32: one sgemm each, with dX as (w·dyᵀ)ᵀ, which OpenBLAS
         # runs 1.6-2x faster than dy·wᵀ for Dense(2304, 256) at batch 16 (splitting measured slower there).
         if self.dtype == np.float64:
-            grads = {"dW": _matmul(x, dy, trans_a=True), "dB": dy.mean(axis=0)}
+            grads = {"dW": _matmul(x, dy, trans_a=True), "dB": _batch_mean(dy)}
             if need_dX:
                 grads["dX"] = _matmul(dy, self.w, trans_b=True)
             return grads
-        grads = {"dW": x.T @ dy, "dB": dy.mean(axis=0)}
+        grads = {"dW": x.T @ dy, "dB": _batch_mean(dy)}
         if need_dX:
             grads["dX"] = np.ascontiguousarray((self.w @ dy.T).T)
         return grads
@@ -418,7 +427,7 @@ class Flatten(Layer):
         x = _as_float(x)
         if x.ndim < 2:
             raise self._shape_error("x", "(N, ...) with at least 2 dimensions", x.shape)
-        y = x.reshape(x.shape[0], -1)
+        y = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: NumPy cannot infer it when N = 0
         self._x, self._y_shape = x, y.shape
         return y
 
@@ -523,6 +532,8 @@ class Softmax(_Activation):
     def _f(self, x):
         if not -x.ndim <= self.axis < x.ndim:
             raise ValueError(f"{self!r}: axis {self.axis} is out of range for x of shape {x.shape}")
+        if x.size == 0:  # e.g. an empty batch along axis: nothing to normalise (and max has no identity)
+            return np.empty_like(x)
         y = x - x.max(axis=self.axis, keepdims=True)
         np.exp(y, out=y)
         y /= y.sum(axis=self.axis, keepdims=True)
