@@ -29,6 +29,7 @@ from .ops import (
     _ints,
     _matmul,
     _padding,
+    _padding_spec,
     conv2d_bias_gradient,
     conv2d_forward,
     conv2d_input_gradient,
@@ -266,7 +267,9 @@ class Conv2D(_ParamLayer):
         Input and output channels.
     kernel_size : int or (int, int)
     stride : int or (int, int), default 1
-    padding : 'valid', 'same', int or (int, int), default 'valid'
+    padding : 'valid', 'same', int, (int, int) or ((top, bottom), (left, right)), default 'valid'
+        NumPy integers and integer arrays are accepted for these three; the layer keeps them as plain Python
+        ints, tuples and lower-case strings (so ``get_config()`` is JSON and save / load round-trips).
     dilation, groups : 1
         Accepted for PyTorch-style calls; any other value raises ``NotImplementedError``.
     init : None, 'he_normal', 'he_uniform', 'glorot_normal' or 'glorot_uniform'
@@ -303,10 +306,10 @@ class Conv2D(_ParamLayer):
         self.c_out = _positive_int(c_out, "c_out")
         self.kernel_size = _ints(kernel_size, "kernel_size", 1)
         self.stride = _ints(stride, "stride", 1)
-        if isinstance(padding, list):  # from a JSON config
-            padding = tuple(tuple(p) if isinstance(p, list) else p for p in padding)
-        _padding(padding, *self.kernel_size, self.stride)  # raises on a bad value
-        self.padding = padding
+        # plain Python ints, tuples and strings (NumPy integers and arrays too, and lists from a JSON config), so
+        # that get_config() is JSON-serialisable and save / load round-trips
+        self.padding = _padding_spec(padding)
+        _padding(self.padding, *self.kernel_size, self.stride)  # 'same' with stride > 1 raises
         self.init = init
         self.dtype = _float_dtype(dtype)
         KH, KW = self.kernel_size
@@ -343,7 +346,7 @@ class Conv2D(_ParamLayer):
 
     def extra_repr(self):
         s = f"{self.c_in}, {self.c_out}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if not (isinstance(self.padding, str) and self.padding.lower() == "valid"):
+        if self.padding != "valid":
             s += f", padding={self.padding!r}"
         return s + self._repr_tail()
 

@@ -137,25 +137,40 @@ def _padding(padding, KH, KW, stride):
     """(top, bottom, left, right) from 'valid', 'same', an int, (ph, pw) or ((top, bottom), (left, right))."""
     if type(padding) is int and 0 <= padding <= _INT_MAX:  # the common case, without the generic checks (~1 µs)
         return (padding,) * 4
+    spec = _padding_spec(padding)
+    if spec == "valid":
+        return (0, 0, 0, 0)
+    if spec == "same":
+        if stride != (1, 1):
+            raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
+        return ((KH - 1) // 2, KH - 1 - (KH - 1) // 2, (KW - 1) // 2, KW - 1 - (KW - 1) // 2)
+    if type(spec) is int:
+        return (spec,) * 4
+    if type(spec[0]) is tuple:
+        return spec[0] + spec[1]
+    return (spec[0], spec[0], spec[1], spec[1])
+
+
+def _padding_spec(padding):
+    """``padding`` checked and in plain Python form, as the layers keep it (JSON-serialisable, NumPy integers and
+    arrays of ints included): 'valid' / 'same' (lower case), an int, (ph, pw) or ((top, bottom), (left, right))."""
     if isinstance(padding, str):
         mode = padding.lower()
-        if mode == "valid":
-            return (0, 0, 0, 0)
-        if mode == "same":
-            if stride != (1, 1):
-                raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
-            return ((KH - 1) // 2, KH - 1 - (KH - 1) // 2, (KW - 1) // 2, KW - 1 - (KW - 1) // 2)
-        raise ValueError(f"padding must be 'valid', 'same', an int or a pair, got {padding!r}")
+        if mode not in ("valid", "same"):
+            raise ValueError(f"padding must be 'valid', 'same', an int or a pair, got {padding!r}")
+        return mode
     try:
         pairs = [tuple(p) for p in padding]
     except TypeError:
         pairs = None
     if pairs is not None and len(pairs) == 2 and all(len(p) == 2 for p in pairs):
-        top, bottom = _ints(pairs[0], "padding", 0)
-        left, right = _ints(pairs[1], "padding", 0)
-        return (top, bottom, left, right)
+        return (_ints(pairs[0], "padding", 0), _ints(pairs[1], "padding", 0))
     ph, pw = _ints(padding, "padding", 0)
-    return (ph, ph, pw, pw)
+    try:
+        operator.index(padding)
+    except TypeError:  # a pair
+        return (ph, pw)
+    return ph
 
 
 def conv2d_output_shape(input_hw, kernel_hw, stride=1, padding=0):

@@ -1,5 +1,8 @@
 """Edge inputs: int arguments beyond 32 bits and shapes too large to allocate (ValueError naming the arguments,
-before any allocation), and empty batches through every layer, the network and the losses."""
+before any allocation), empty batches through every layer, the network and the losses, and NumPy-typed layer
+arguments that must survive save/load."""
+import json
+
 import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
@@ -23,10 +26,12 @@ from cnn_ext import (
     conv2d_kernel_gradient,
     conv2d_output_shape,
     get_current_accuracy,
+    load,
     maxpool2d_backward,
     maxpool2d_forward,
     mse,
     mse_loss,
+    save,
 )
 
 INT_MAX = 2**31 - 1
@@ -209,3 +214,60 @@ def test_accuracy_of_no_samples_is_a_value_error_and_empty_batches_count_for_not
     x = np.random.default_rng(0).standard_normal((3, 2, 4, 4))
     predicted = np.argmax(net.forward(x), axis=1)
     assert get_current_accuracy(net, [X0, x], [labels, predicted]) == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPy-typed layer arguments: kept as plain Python values, so get_config() is JSON and save/load round-trips
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,stored", [
+    (dict(padding=np.array([1, 2])), (1, 2)),  # was kept as the array: save failed "not JSON-serialisable"
+    (dict(padding=np.array([[1, 0], [2, 1]])), ((1, 0), (2, 1))),
+    (dict(padding=((np.int32(1), np.int32(1)), np.array([0, 2]))), ((1, 1), (0, 2))),
+    (dict(padding=[np.int64(1), np.uint8(2)]), (1, 2)),
+    (dict(padding=np.int64(1)), 1),
+    (dict(padding=np.array(2)), 2),
+    (dict(padding=[[1, 0], [2, 1]]), ((1, 0), (2, 1))),  # as JSON gives it back
+    (dict(padding="SAME"), "same"),
+    (dict(padding="Valid"), "valid"),
+    (dict(padding=np.str_("same")), "same"),
+    (dict(stride=np.array([2, 1]), kernel_size=np.array([3, 2])), "valid"),
+    (dict(stride=np.int16(2), kernel_size=(np.int8(3), 3)), "valid"),
+])
+def test_conv2d_numpy_arguments_are_plain_and_round_trip(tmp_path, kwargs, stored):
+    kwargs = dict(kwargs)
+    layer = Conv2D(np.int64(2), np.int32(3), kwargs.pop("kernel_size", 3), seed=0, **kwargs)
+    assert layer.padding == stored
+    for value in (layer.padding, layer.stride, layer.kernel_size, layer.c_in, layer.c_out):
+        assert type(value) in (int, str, tuple)
+        assert all(type(v) in (int, tuple) for v in (value if isinstance(value, tuple) else ()))
+    cfg = layer.get_config()
+    assert json.loads(json.dumps(cfg)) == cfg
+    net = Network([layer])
+    back = load(save(net, tmp_path / "m.npz"))[0]
+    assert (back.padding, back.stride, back.kernel_size) == (layer.padding, layer.stride, layer.kernel_size)
+    assert_array_equal(back.k, layer.k)
+    x = np.random.default_rng(1).standard_normal((2, 2, 7, 6))
+    assert_array_equal(back.forward(x), layer.forward(x))
+    assert repr(back) == repr(layer)
+
+
+@pytest.mark.parametrize("cls", [MaxPool2D, AvgPool2D])
+def test_pooling_numpy_arguments_are_plain_and_round_trip(tmp_path, cls):
+    layer = cls(np.array([2, 3]), stride=np.int64(1))
+    assert (layer.kernel_size, layer.stride) == ((2, 3), (1, 1))
+    assert {type(v) for v in layer.kernel_size + layer.stride} == {int}
+    back = load(save(Network([layer]), tmp_path / "p.npz"))[0]
+    assert (back.kernel_size, back.stride) == (layer.kernel_size, layer.stride)
+
+
+@pytest.mark.parametrize("padding,exc,match", [
+    (np.array([1, 2, 3]), ValueError, r"padding must be an int or a pair of ints"),
+    (np.array([1.0, 2.0]), TypeError, r"padding must be an int or a pair of ints"),
+    (np.array([-1, 2]), ValueError, r"padding must be >= 0"),
+    (np.array([True, False]), TypeError, r"padding must be an int or a pair of ints"),
+    ("full", ValueError, r"padding must be 'valid', 'same', an int or a pair, got 'full'"),
+])
+def test_conv2d_bad_numpy_padding_is_refused_at_construction(padding, exc, match):
+    with pytest.raises(exc, match=match):
+        Conv2D(1, 1, 3, padding=padding)
