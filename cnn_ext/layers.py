@@ -19,6 +19,7 @@ the float dtype they receive.
 import math
 import numbers
 import operator
+from collections.abc import Mapping
 
 import numpy as np
 from scipy.linalg import blas as _blas
@@ -152,6 +153,30 @@ def _batch_mean(dy):
     return dy.mean(axis=0)
 
 
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _learning_rate(learning_rate, grads, owner, order):
+    """``learning_rate`` of plain SGD as a float, checked before any parameter changes: a real number (NumPy
+    scalars and 0-d arrays included) that is finite. 0 leaves the parameters as they are and a negative rate
+    ascends the gradient: both allowed. Errors quote ``{owner}.update({order})``: Network.update and Layer.update
+    take their two arguments in opposite orders, so a swap gets named when it looks like one."""
+    if type(learning_rate) is float and math.isfinite(learning_rate):  # the common case (~0.1 µs)
+        return learning_rate
+    call = f"{owner}.update({order})"
+    if not _is_real(learning_rate):
+        arr = learning_rate if isinstance(learning_rate, np.ndarray) else None
+        if arr is None or arr.ndim != 0 or arr.dtype.kind not in "iuf":
+            swapped = _is_real(grads) or isinstance(learning_rate, (list, tuple, Mapping))
+            hint = "; did you swap the arguments?" if swapped else ""
+            raise TypeError(f"{call}: learning_rate must be a real number, got {type(learning_rate).__name__}{hint}")
+    lr = float(learning_rate)
+    if not math.isfinite(lr):
+        raise ValueError(f"{call}: learning_rate must be finite, got {lr}")
+    return lr
+
+
 def _sgd_step(p, g, learning_rate):
     """``p -= learning_rate * g`` in place (the same array object stays: optimizers and users hold it).
 
@@ -190,7 +215,16 @@ class Layer:
         raise NotImplementedError
 
     def update(self, grads, learning_rate):
-        """Plain SGD in place: ``p -= learning_rate * grads[grad_key]`` for each parameter."""
+        """Plain SGD in place: ``p -= learning_rate * grads[grad_key]`` for each parameter.
+
+        ``grads`` is the dict ``backward`` returned; ``learning_rate`` any finite real number (note the order:
+        :meth:`cnn_ext.Network.update` takes ``(learning_rate, grads)``). Swapped or mistyped arguments raise
+        ``TypeError``, a NaN or infinite rate ``ValueError``, even for layers without parameters.
+        """
+        learning_rate = _learning_rate(learning_rate, grads, type(self).__name__, "grads, learning_rate")
+        if not isinstance(grads, Mapping):
+            raise TypeError(f"{type(self).__name__}.update(grads, learning_rate): grads must be the dict backward "
+                            f"returned, got {type(grads).__name__}")
         for name, key, p in self.parameters():
             try:
                 g = grads[key]

@@ -1,11 +1,11 @@
 """Edge inputs: int arguments beyond 32 bits and shapes too large to allocate (ValueError naming the arguments,
-before any allocation), empty batches through every layer, the network and the losses, and NumPy-typed layer
-arguments that must survive save/load."""
+before any allocation), empty batches through every layer, the network and the losses, NumPy-typed layer
+arguments that must survive save/load, and the argument checks of Network.update / Layer.update."""
 import json
 
 import numpy as np
 import pytest
-from numpy.testing import assert_array_equal
+from numpy.testing import assert_allclose, assert_array_equal
 
 from cnn_ext import (
     AvgPool2D,
@@ -271,3 +271,85 @@ def test_pooling_numpy_arguments_are_plain_and_round_trip(tmp_path, cls):
 def test_conv2d_bad_numpy_padding_is_refused_at_construction(padding, exc, match):
     with pytest.raises(exc, match=match):
         Conv2D(1, 1, 3, padding=padding)
+
+
+# ---------------------------------------------------------------------------------------------
+# update: Network.update(learning_rate, grads) and Layer.update(grads, learning_rate) name swapped or mistyped
+# arguments; the learning rate is any finite real number
+# ---------------------------------------------------------------------------------------------
+
+def stepped_net():
+    net = Network([Conv2D(1, 2, 2, seed=0), ReLU(), Flatten(), Dense(8, 3, seed=1)])
+    y = net.forward(np.random.default_rng(0).standard_normal((4, 1, 3, 3)))
+    return net, net.backward(np.ones(y.shape))
+
+
+def params_of(net):
+    return [p.copy() for _, _, p in net.parameters()]
+
+
+def assert_unchanged(net, before):
+    for (name, _, p), old in zip(net.parameters(), before):
+        assert_array_equal(p, old, err_msg=name)
+
+
+NET_CALL = r"Network\.update\(learning_rate, grads\): "
+
+
+@pytest.mark.parametrize("args,exc,match", [
+    # swapped: was "'float' object is not iterable"
+    (lambda g: (g, 0.1), TypeError, NET_CALL + r"learning_rate must be a real number, got list; did you swap the "
+                                              r"arguments\?"),
+    (lambda g: (tuple(g), np.float32(0.1)), TypeError, r"got tuple; did you swap the arguments\?"),
+    (lambda g: ("0.1", g), TypeError, NET_CALL + r"learning_rate must be a real number, got str$"),
+    (lambda g: (None, g), TypeError, r"learning_rate must be a real number, got NoneType$"),
+    (lambda g: (True, g), TypeError, r"learning_rate must be a real number, got bool$"),
+    (lambda g: (np.array([0.1]), g), TypeError, r"learning_rate must be a real number, got ndarray$"),
+    (lambda g: (0.1, 0.1), TypeError, NET_CALL + r"grads must be the list of per-layer dicts backward returned, "
+                                                 r"got float"),
+    (lambda g: (0.1, g[0]), TypeError, r"grads must be the list .* got dict"),
+    (lambda g: (0.1, None), TypeError, r"grads must be the list .* got NoneType"),
+    (lambda g: (float("nan"), g), ValueError, NET_CALL + r"learning_rate must be finite, got nan"),
+    (lambda g: (np.inf, g), ValueError, r"learning_rate must be finite, got inf"),
+    (lambda g: (-np.float32(np.inf), g), ValueError, r"learning_rate must be finite, got -inf"),
+])
+def test_network_update_names_swapped_and_bad_arguments_before_any_change(args, exc, match):
+    net, grads = stepped_net()
+    before = params_of(net)
+    with pytest.raises(exc, match=match):
+        net.update(*args(grads))
+    assert_unchanged(net, before)
+
+
+@pytest.mark.parametrize("layer", [Dense(8, 3, seed=1), ReLU(), MaxPool2D(2)], ids=repr)
+@pytest.mark.parametrize("args,exc,match", [
+    (lambda g: (0.1, g), TypeError, r"\.update\(grads, learning_rate\): learning_rate must be a real number, got "
+                                    r"dict; did you swap the arguments\?"),
+    (lambda g: (g, [0.1]), TypeError, r"learning_rate must be a real number, got list; did you swap"),
+    (lambda g: (g, "0.1"), TypeError, r"learning_rate must be a real number, got str$"),
+    (lambda g: ([g], 0.1), TypeError, r"\.update\(grads, learning_rate\): grads must be the dict backward "
+                                      r"returned, got list"),
+    (lambda g: (None, 0.1), TypeError, r"grads must be the dict backward returned, got NoneType"),
+    (lambda g: (g, float("nan")), ValueError, r"learning_rate must be finite, got nan"),
+    (lambda g: (g, -np.inf), ValueError, r"learning_rate must be finite, got -inf"),
+])
+def test_layer_update_names_swapped_and_bad_arguments(layer, args, exc, match):
+    # layers without parameters used to accept anything in silence
+    grads = {"dW": np.ones((8, 3)), "dB": np.ones(3)} if isinstance(layer, Dense) else {"dX": np.ones(1)}
+    before = [p.copy() for _, _, p in layer.parameters()]
+    with pytest.raises(exc, match=rf"{type(layer).__name__}{match}" if match.startswith(r"\.") else match):
+        layer.update(*args(grads))
+    for (name, _, p), old in zip(layer.parameters(), before):
+        assert_array_equal(p, old, err_msg=name)
+
+
+@pytest.mark.parametrize("lr", [0.5, np.float32(0.5), np.float64(0.5), np.array(0.5), 1, np.int64(1), 0, -0.5])
+def test_any_finite_real_learning_rate_is_sgd(lr):
+    # 0 leaves the parameters alone; a negative rate ascends the gradient (allowed, as p -= lr * g says)
+    net, grads = stepped_net()
+    before = params_of(net)
+    net.update(lr, grads)
+    rate = float(lr)
+    for (name, key, p), old in zip(net.parameters(), before):
+        i = int(name.split(".")[0])
+        assert_allclose(p, old - rate * grads[i][key], rtol=1e-15, atol=1e-15, err_msg=name)  # axpy may fuse
