@@ -16,17 +16,21 @@ Layers never modify the arrays they are given. A layer with parameters casts its
 dtype (float64 by default, or float32), so a float32 network runs in float32 end to end; activations keep
 the float dtype they receive.
 """
+import math
 import numbers
 import operator
+from collections.abc import Mapping
 
 import numpy as np
 from scipy.linalg import blas as _blas
 from scipy.special import expit
 
 from .ops import (
+    _check_alloc,
     _ints,
     _matmul,
     _padding,
+    _padding_spec,
     conv2d_bias_gradient,
     conv2d_forward,
     conv2d_input_gradient,
@@ -102,8 +106,10 @@ def _rng(rng, seed):
     return np.random  # the module's standard_normal / uniform use the global state
 
 
-def _init_params(init, rng, w_shape, b_shape, fan_in, fan_out, tutorial_scale, dtype):
-    """Weights and biases drawn in float64 (same values for both dtypes up to rounding), then cast."""
+def _init_params(init, rng, w_shape, b_shape, fan_in, fan_out, tutorial_scale, dtype, what):
+    """Weights and biases drawn in float64 (same values for both dtypes up to rounding), then cast; ``what()``
+    names the weights and the constructor arguments for the error on weights too large to allocate."""
+    _check_alloc(w_shape, np.float64, what)
     if init is None:
         w = tutorial_scale * rng.standard_normal(w_shape)
         b = tutorial_scale * rng.standard_normal(b_shape)
@@ -137,6 +143,38 @@ def _json_value(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _batch_mean(dy):
+    """Mean over the batch axis; zeros for an empty batch (as :func:`conv2d_bias_gradient` gives), not NumPy's NaN
+    and warning, so an update on an empty batch leaves the parameters as they are."""
+    if dy.shape[0] == 0:
+        return np.zeros(dy.shape[1:], dtype=dy.dtype)
+    return dy.mean(axis=0)
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _learning_rate(learning_rate, grads, owner, order):
+    """``learning_rate`` of plain SGD as a float, checked before any parameter changes: a real number (NumPy
+    scalars and 0-d arrays included) that is finite. 0 leaves the parameters as they are and a negative rate
+    ascends the gradient: both allowed. Errors quote ``{owner}.update({order})``: Network.update and Layer.update
+    take their two arguments in opposite orders, so a swap gets named when it looks like one."""
+    if type(learning_rate) is float and math.isfinite(learning_rate):  # the common case (~0.1 µs)
+        return learning_rate
+    call = f"{owner}.update({order})"
+    if not _is_real(learning_rate):
+        arr = learning_rate if isinstance(learning_rate, np.ndarray) else None
+        if arr is None or arr.ndim != 0 or arr.dtype.kind not in "iuf":
+            swapped = _is_real(grads) or isinstance(learning_rate, (list, tuple, Mapping))
+            hint = "; did you swap the arguments?" if swapped else ""
+            raise TypeError(f"{call}: learning_rate must be a real number, got {type(learning_rate).__name__}{hint}")
+    lr = float(learning_rate)
+    if not math.isfinite(lr):
+        raise ValueError(f"{call}: learning_rate must be finite, got {lr}")
+    return lr
 
 
 def _sgd_step(p, g, learning_rate):
@@ -177,7 +215,16 @@ class Layer:
         raise NotImplementedError
 
     def update(self, grads, learning_rate):
-        """Plain SGD in place: ``p -= learning_rate * grads[grad_key]`` for each parameter."""
+        """Plain SGD in place: ``p -= learning_rate * grads[grad_key]`` for each parameter.
+
+        ``grads`` is the dict ``backward`` returned; ``learning_rate`` any finite real number (note the order:
+        :meth:`cnn_ext.Network.update` takes ``(learning_rate, grads)``). Swapped or mistyped arguments raise
+        ``TypeError``, a NaN or infinite rate ``ValueError``, even for layers without parameters.
+        """
+        learning_rate = _learning_rate(learning_rate, grads, type(self).__name__, "grads, learning_rate")
+        if not isinstance(grads, Mapping):
+            raise TypeError(f"{type(self).__name__}.update(grads, learning_rate): grads must be the dict backward "
+                            f"returned, got {type(grads).__name__}")
         for name, key, p in self.parameters():
             try:
                 g = grads[key]
@@ -254,7 +301,9 @@ class Conv2D(_ParamLayer):
         Input and output channels.
     kernel_size : int or (int, int)
     stride : int or (int, int), default 1
-    padding : 'valid', 'same', int or (int, int), default 'valid'
+    padding : 'valid', 'same', int, (int, int) or ((top, bottom), (left, right)), default 'valid'
+        NumPy integers and integer arrays are accepted for these three; the layer keeps them as plain Python
+        ints, tuples and lower-case strings (so ``get_config()`` is JSON and save / load round-trips).
     dilation, groups : 1
         Accepted for PyTorch-style calls; any other value raises ``NotImplementedError``.
     init : None, 'he_normal', 'he_uniform', 'glorot_normal' or 'glorot_uniform'
@@ -291,15 +340,17 @@ class Conv2D(_ParamLayer):
         self.c_out = _positive_int(c_out, "c_out")
         self.kernel_size = _ints(kernel_size, "kernel_size", 1)
         self.stride = _ints(stride, "stride", 1)
-        if isinstance(padding, list):  # from a JSON config
-            padding = tuple(tuple(p) if isinstance(p, list) else p for p in padding)
-        _padding(padding, *self.kernel_size, self.stride)  # raises on a bad value
-        self.padding = padding
+        # plain Python ints, tuples and strings (NumPy integers and arrays too, and lists from a JSON config), so
+        # that get_config() is JSON-serialisable and save / load round-trips
+        self.padding = _padding_spec(padding)
+        _padding(self.padding, *self.kernel_size, self.stride)  # 'same' with stride > 1 raises
         self.init = init
         self.dtype = _float_dtype(dtype)
         KH, KW = self.kernel_size
         self.k, self.b = _init_params(init, _rng(rng, seed), (self.c_out, self.c_in, KH, KW), (self.c_out,),
-                                      self.c_in * KH * KW, self.c_out * KH * KW, 1.0, self.dtype)
+                                      self.c_in * KH * KW, self.c_out * KH * KW, 1.0, self.dtype,
+                                      lambda: f"Conv2D: c_in={self.c_in}, c_out={self.c_out}, "
+                                              f"kernel_size={self.kernel_size} give kernels")
 
     def forward(self, x):
         """``y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i])``; x (N, c_in, H, W) -> y (N, c_out, OH, OW)."""
@@ -329,7 +380,7 @@ class Conv2D(_ParamLayer):
 
     def extra_repr(self):
         s = f"{self.c_in}, {self.c_out}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if not (isinstance(self.padding, str) and self.padding.lower() == "valid"):
+        if self.padding != "valid":
             s += f", padding={self.padding!r}"
         return s + self._repr_tail()
 
@@ -354,7 +405,7 @@ class Dense(_ParamLayer):
     ------
     x (N, n_in) -> y (N, n_out). ``backward(dE_dY, need_dX=True)`` returns ``{"dW", "dB", "dX"}`` with the
     tutorial's conventions: ``dW = xᵀ·dE_dY`` (summed over the batch), ``dB`` = batch mean of dE_dY,
-    ``dX = dE_dY·wᵀ``.
+    ``dX = dE_dY·wᵀ``. An empty batch (N = 0) gives zero dW and dB, as in :class:`Conv2D`.
     """
 
     _config_keys = ("n_in", "n_out", "init")
@@ -367,7 +418,8 @@ class Dense(_ParamLayer):
         self.init = init
         self.dtype = _float_dtype(dtype)
         self.w, self.b = _init_params(init, _rng(rng, seed), (self.n_in, self.n_out), (self.n_out,),
-                                      self.n_in, self.n_out, 0.1, self.dtype)
+                                      self.n_in, self.n_out, 0.1, self.dtype,
+                                      lambda: f"Dense: n_in={self.n_in}, n_out={self.n_out} give weights")
 
     def forward(self, x):
         """``y = x @ w + b``; x (N, n_in) -> y (N, n_out)."""
@@ -387,11 +439,11 @@ class Dense(_ParamLayer):
         # went from 2.13 to 1.85 ms on 2 threads). float32: one sgemm each, with dX as (w·dyᵀ)ᵀ, which OpenBLAS
         # runs 1.6-2x faster than dy·wᵀ for Dense(2304, 256) at batch 16 (splitting measured slower there).
         if self.dtype == np.float64:
-            grads = {"dW": _matmul(x, dy, trans_a=True), "dB": dy.mean(axis=0)}
+            grads = {"dW": _matmul(x, dy, trans_a=True), "dB": _batch_mean(dy)}
             if need_dX:
                 grads["dX"] = _matmul(dy, self.w, trans_b=True)
             return grads
-        grads = {"dW": x.T @ dy, "dB": dy.mean(axis=0)}
+        grads = {"dW": x.T @ dy, "dB": _batch_mean(dy)}
         if need_dX:
             grads["dX"] = np.ascontiguousarray((self.w @ dy.T).T)
         return grads
@@ -412,7 +464,7 @@ class Flatten(Layer):
         x = _as_float(x)
         if x.ndim < 2:
             raise self._shape_error("x", "(N, ...) with at least 2 dimensions", x.shape)
-        y = x.reshape(x.shape[0], -1)
+        y = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: NumPy cannot infer it when N = 0
         self._x, self._y_shape = x, y.shape
         return y
 
@@ -517,6 +569,8 @@ class Softmax(_Activation):
     def _f(self, x):
         if not -x.ndim <= self.axis < x.ndim:
             raise ValueError(f"{self!r}: axis {self.axis} is out of range for x of shape {x.shape}")
+        if x.size == 0:  # e.g. an empty batch along axis: nothing to normalise (and max has no identity)
+            return np.empty_like(x)
         y = x - x.max(axis=self.axis, keepdims=True)
         np.exp(y, out=y)
         y /= y.sum(axis=self.axis, keepdims=True)

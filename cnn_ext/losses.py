@@ -22,7 +22,7 @@ def _pair(prediction, target):
     if p.shape != t.shape:
         raise ValueError(f"prediction has shape {p.shape} but target has shape {t.shape}")
     if p.size == 0:
-        raise ValueError(f"prediction must not be empty, got shape {p.shape}")
+        raise ValueError(f"prediction must not be empty (a mean over no elements is undefined), got shape {p.shape}")
     return p, t
 
 
@@ -129,6 +129,12 @@ def get_current_accuracy(network, X_test, y_test, batch_size=256):
     Returns
     -------
     accuracy : float in [0, 1] (multiply by 100 for a percentage)
+
+    Raises
+    ------
+    ValueError
+        When there are no samples at all (the accuracy of nothing is undefined, not 0 or 1); empty batches among
+        others count for nothing.
     """
     if isinstance(X_test, (list, tuple)):
         if not isinstance(y_test, (list, tuple)) or len(X_test) != len(y_test):
@@ -150,5 +156,5 @@ def get_current_accuracy(network, X_test, y_test, batch_size=256):
         correct += int(np.count_nonzero(np.argmax(out, axis=1) == labels))
         total += labels.shape[0]
     if total == 0:
-        raise ValueError("get_current_accuracy: no test samples")
+        raise ValueError("get_current_accuracy: no test samples (the accuracy of 0 samples is undefined)")
     return correct / total

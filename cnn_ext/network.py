@@ -12,10 +12,12 @@ The first layer's input gradient is never used, so when that layer's ``backward`
 called with ``need_dX=False`` (for the tutorial's MNIST network that was a third of the step time).
 """
 import inspect
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 from ._config import blas_single_thread
+from .layers import _learning_rate
 
 __all__ = ["Network"]
 
@@ -81,7 +83,16 @@ class Network:
         return grads
 
     def update(self, learning_rate, grads):
-        """Plain SGD: ``layers[i].update(grads[i], learning_rate)`` for every layer."""
+        """Plain SGD: ``layers[i].update(grads[i], learning_rate)`` for every layer.
+
+        ``learning_rate`` is any finite real number (note the order: a layer's ``update`` takes
+        ``(grads, learning_rate)``); ``grads`` the list :meth:`backward` returned. Swapped or mistyped arguments
+        raise ``TypeError``, a NaN or infinite rate ``ValueError``, before any parameter changes.
+        """
+        learning_rate = _learning_rate(learning_rate, grads, "Network", "learning_rate, grads")
+        if isinstance(grads, (Mapping, str, bytes)) or not isinstance(grads, Iterable):
+            raise TypeError(f"Network.update(learning_rate, grads): grads must be the list of per-layer dicts "
+                            f"backward returned, got {type(grads).__name__}")
         grads = list(grads)
         if len(grads) != len(self.layers):
             raise ValueError(f"update: got {len(grads)} gradient dicts for {len(self.layers)} layers")

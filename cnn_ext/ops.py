@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 _INT_MAX = 2**31 - 1  # BLAS takes 32-bit int sizes
+_MAX_BYTES = np.iinfo(np.intp).max  # the largest array NumPy can describe
 _NCHUNK = 16  # batch reductions: fixed chunks, summed in order, whatever the thread count
 _METHODS = ("auto", "direct", "gemm")
 # im2col works on blocks of output pixels so the per-thread slab stays bounded on large images (224x224x64
@@ -109,8 +110,12 @@ def _check_ndim(arr, ndim, name, layout):
 
 
 def _ints(value, name, minimum, length=2):
-    """An int or a pair of ints, each >= minimum, as a tuple."""
-    if type(value) is int and value >= minimum:  # the common case, without the generic checks (~0.5 µs)
+    """An int or a pair of ints, each in [minimum, 2**31 - 1], as a tuple of Python ints.
+
+    Sizes, strides and paddings end up in the kernels' loops and BLAS's 32-bit int arguments: a larger value is a
+    ValueError naming the argument (instead of an OverflowError, or NumPy's refusal of a too-big array, later).
+    """
+    if type(value) is int and minimum <= value <= _INT_MAX:  # the common case, without the generic checks (~0.5 µs)
         return (value,) * length
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
@@ -125,32 +130,49 @@ def _ints(value, name, minimum, length=2):
             raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     if any(v < minimum for v in vals):
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if any(v > _INT_MAX for v in vals):
+        raise ValueError(f"{name} must be <= 2**31 - 1 = {_INT_MAX} (the kernels' 32-bit sizes), got {value!r}")
     return vals
 
 
 def _padding(padding, KH, KW, stride):
     """(top, bottom, left, right) from 'valid', 'same', an int, (ph, pw) or ((top, bottom), (left, right))."""
-    if type(padding) is int and padding >= 0:  # the common case, without the generic checks (~1 µs)
+    if type(padding) is int and 0 <= padding <= _INT_MAX:  # the common case, without the generic checks (~1 µs)
         return (padding,) * 4
+    spec = _padding_spec(padding)
+    if spec == "valid":
+        return (0, 0, 0, 0)
+    if spec == "same":
+        if stride != (1, 1):
+            raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
+        return ((KH - 1) // 2, KH - 1 - (KH - 1) // 2, (KW - 1) // 2, KW - 1 - (KW - 1) // 2)
+    if type(spec) is int:
+        return (spec,) * 4
+    if type(spec[0]) is tuple:
+        return spec[0] + spec[1]
+    return (spec[0], spec[0], spec[1], spec[1])
+
+
+def _padding_spec(padding):
+    """``padding`` checked and in plain Python form, as the layers keep it (JSON-serialisable, NumPy integers and
+    arrays of ints included): 'valid' / 'same' (lower case), an int, (ph, pw) or ((top, bottom), (left, right))."""
     if isinstance(padding, str):
         mode = padding.lower()
-        if mode == "valid":
-            return (0, 0, 0, 0)
-        if mode == "same":
-            if stride != (1, 1):
-                raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
-            return ((KH - 1) // 2, KH - 1 - (KH - 1) // 2, (KW - 1) // 2, KW - 1 - (KW - 1) // 2)
-        raise ValueError(f"padding must be 'valid', 'same', an int or a pair, got {padding!r}")
+        if mode not in ("valid", "same"):
+            raise ValueError(f"padding must be 'valid', 'same', an int or a pair, got {padding!r}")
+        return mode
     try:
         pairs = [tuple(p) for p in padding]
     except TypeError:
         pairs = None
     if pairs is not None and len(pairs) == 2 and all(len(p) == 2 for p in pairs):
-        top, bottom = _ints(pairs[0], "padding", 0)
-        left, right = _ints(pairs[1], "padding", 0)
-        return (top, bottom, left, right)
+        return (_ints(pairs[0], "padding", 0), _ints(pairs[1], "padding", 0))
     ph, pw = _ints(padding, "padding", 0)
-    return (ph, ph, pw, pw)
+    try:
+        operator.index(padding)
+    except TypeError:  # a pair
+        return (ph, pw)
+    return ph
 
 
 def conv2d_output_shape(input_hw, kernel_hw, stride=1, padding=0):
@@ -169,7 +191,27 @@ def _out_hw(H, W, KH, KW, SH, SW, top, bottom, left, right, xname, kname, xshape
         ks = kshape if kshape is not None else (KH, KW)
         pad = f" (padded to {Hp}x{Wp})" if (top, bottom, left, right) != (0, 0, 0, 0) else ""
         raise ValueError(f"{kname} {ks} is larger than {xname} {xs}{pad}: kernel {KH}x{KW} > input {Hp}x{Wp}")
-    return ((Hp - KH) // SH + 1, (Wp - KW) // SW + 1)
+    OH, OW = (Hp - KH) // SH + 1, (Wp - KW) // SW + 1
+    if max(H, W, KH, KW, OH, OW) > _INT_MAX:  # derived sizes: the arguments themselves are checked by _ints
+        xs = xshape if xshape is not None else (H, W)
+        ks = kshape if kshape is not None else (KH, KW)
+        pad = f", padding {(top, bottom, left, right)}" if (top, bottom, left, right) != (0, 0, 0, 0) else ""
+        raise ValueError(f"{xname} {xs} with {kname} {ks}{pad} and stride {(SH, SW)}: input {H}x{W}, kernel "
+                         f"{KH}x{KW}, output {OH}x{OW}; sizes must be <= 2**31 - 1 = {_INT_MAX}")
+    return (OH, OW)
+
+
+def _check_alloc(shape, dtype, what):
+    """ValueError, before any allocation, for an array NumPy cannot even create: more bytes than an intp holds
+    (NumPy's own errors, 'array is too big' or 'Maximum allowed dimension exceeded', name no argument).
+    ``what()`` returns the start of the message (a callable: formatting shapes on every call would cost more
+    than a tiny layer's whole forward)."""
+    size = 1
+    for d in shape:
+        size *= d
+    nbytes = size * np.dtype(dtype).itemsize
+    if nbytes > _MAX_BYTES:
+        raise ValueError(f"{what()} of shape {tuple(shape)}: {nbytes} bytes, more than can be allocated ({_MAX_BYTES})")
 
 
 def _contiguous(arr, dtype):
@@ -487,6 +529,8 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto"):
     method = _wide_method(method, (SH, SW) == (1, 1), "stride 1", N, C_in, C_out, H, W, KH, KW, OH, OW, dtype,
                           grad=False)
     use_gemm = method == "gemm"
+    _check_alloc((N, C_out, OH, OW), dtype, lambda: f"conv2d_forward: x {x.shape} with kernels {k.shape}, "
+                 f"stride {(SH, SW)} and padding {(top, bottom, left, right)} gives y")
     y = np.empty((N, C_out, OH, OW), dtype=dtype)
     if N == 0:
         return y
@@ -558,6 +602,8 @@ def conv2d_kernel_gradient(dE_dY, x, *, stride=1, padding=0, kernel_size=None, m
                          f"{KH}x{KW} kernel gives {(eOH, eOW)}")
     impl = _kgrad_method(method, (SH, SW) == (1, 1), (top, bottom, left, right) == (0, 0, 0, 0),
                          OH, OW, C_in, C_out, KH, KW, dtype)
+    _check_alloc((C_out, C_in, KH, KW), dtype, lambda: f"conv2d_kernel_gradient: dE_dY {dy.shape} and x "
+                 f"{x.shape} with padding {(top, bottom, left, right)} give dK")
     dk = np.empty((C_out, C_in, KH, KW), dtype=dtype)
     nchunk = max(1, min(N, _NCHUNK))
     nt = _threads(nchunk, N * C_out * OH * OW * C_in * KH * KW)
@@ -654,6 +700,8 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
     if (eOH, eOW) != (OH, OW):
         raise ValueError(f"dE_dY has spatial shape {(OH, OW)} (shape {dy.shape}) but an input of {(H, W)} with "
                          f"kernels {k.shape} gives {(eOH, eOW)}")
+    _check_alloc((N, C_in, H, W), dtype, lambda: f"conv2d_input_gradient: dE_dY {dy.shape} with kernels "
+                 f"{k.shape}, stride {(SH, SW)} and padding {(top, bottom, left, right)} gives dX")
     # stride 1: dX is the forward of dE_dY zero-padded by K-1-padding with the transposed, 180°-rotated kernels
     pads = (KH - 1 - top, KH - 1 - bottom, KW - 1 - left, KW - 1 - right)
     method = _wide_method(method, (SH, SW) == (1, 1) and min(pads) >= 0, "stride 1 and padding <= kernel size - 1",

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _pool
 from .layers import Layer, register_layer
-from .ops import _as_array, _check_ndim, _compute_dtype, _contiguous, _ints, _out_hw, _threads
+from .ops import _as_array, _check_alloc, _check_ndim, _compute_dtype, _contiguous, _ints, _out_hw, _threads
 
 __all__ = [
     "maxpool2d_forward",
@@ -216,6 +216,8 @@ def avgpool2d_backward(dE_dY, kernel_size, stride=None, *, input_size=None):
         H, W = _ints(input_size, "input_size", 1)
     expected = (N, C, *_pool_out_hw(H, W, *ksize, *stride, "input_size", (H, W)))
     _check_grad_shape(dy, expected, f"an input of {(H, W)} with kernel_size {ksize}, stride {stride}")
+    _check_alloc((N, C, H, W), dtype, lambda: f"avgpool2d_backward: dE_dY {dy.shape} with kernel_size {ksize}, "
+                 f"stride {stride} gives dX")
     return _backward(dy, None, (N, C, H, W), dtype, ksize, stride, False)
 
 
