@@ -706,7 +706,9 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
     pads = (KH - 1 - top, KH - 1 - bottom, KW - 1 - left, KW - 1 - right)
     method = _wide_method(method, (SH, SW) == (1, 1) and min(pads) >= 0, "stride 1 and padding <= kernel size - 1",
                           N, C_in, C_out, H, W, KH, KW, OH, OW, dtype, grad=True)
-    use_gemm = method == "gemm"
+    # The direct kernels run on dE_dY zero-padded by K-1: an inf or NaN in the kernels would meet those zeros
+    # (inf * 0 = NaN) where the full convolution has no product at all; BLAS + col2im forms only the real ones.
+    use_gemm = method == "gemm" or not np.isfinite(k).all()
     dx = np.empty((N, C_in, H, W), dtype=dtype)
     if N == 0:
         return dx

@@ -995,6 +995,35 @@ def test_kernel_gradient_inf_in_x_only_reaches_its_taps(dtype, padding):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,padding", [((1, 1, 1, 8, 8, 3, 3), 0), ((2, 3, 4, 9, 7, 3, 2), 0),
+                                           ((2, 16, 16, 6, 6, 3, 3), 1), ((16, 1, 4, 28, 28, 5, 5), 2)])
+def test_input_gradient_nonfinite_kernel_only_reaches_its_products(dtype, shape, padding):
+    """dX = Σ_j conv_full(dE_dY[n, j], k[j, i]) has no product with padding: an inf / NaN in the kernels makes
+    exactly the outputs it is multiplied into non-finite (found by an audit: the direct kernels, which pad
+    dE_dY by K-1 with zeros, gave NaN at 32 outputs where there are none)."""
+    N, C_in, C_out, H, W, KH, KW = shape
+    rng = np.random.default_rng(sum(shape))
+    k = rng.standard_normal((C_out, C_in, KH, KW)).astype(dtype)
+    k[0, 0, 0, 0] = np.inf
+    k[-1, -1, -1, 1] = np.nan
+    OH, OW = H + 2 * padding - KH + 1, W + 2 * padding - KW + 1
+    dy = rng.uniform(0.5, 1.5, (N, C_out, OH, OW)).astype(dtype)  # > 0: inf * dy stays +inf
+    ref = np.zeros((N, C_in, H + 2 * padding, W + 2 * padding))  # the products, one by one
+    for kh in range(KH):
+        for kw in range(KW):
+            ref[:, :, kh:kh + OH, kw:kw + OW] += np.einsum("njpq,ji->nipq", dy.astype(np.float64),
+                                                           k[:, :, kh, kw].astype(np.float64))
+    ref = ref[:, :, padding:padding + H, padding:padding + W]
+    assert np.isnan(ref).any() and np.isinf(ref).any() and np.isfinite(ref).any()
+    for method in ("auto", "direct", "gemm"):
+        got = conv2d_input_gradient(dy, k, padding=padding, method=method)
+        assert_array_equal(np.isnan(got), np.isnan(ref))
+        assert_array_equal(np.isposinf(got), np.isposinf(ref))
+        fin = np.isfinite(ref)
+        assert_allclose(got[fin], ref[fin], **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", [
     # N, C_in, C_out, H, W, KH, KW, padding: one output channel left in the wide kernel (the forward's C_out,
     # the input gradient's C_in), planes shorter and longer than its WJB-tile run, several input-channel blocks
