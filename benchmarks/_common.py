@@ -36,11 +36,11 @@ _CONTROLLER = ThreadpoolController()
 _PAUSE = 0.001
 SPIN_PAUSE = 0.15
 # ...and after that pause, the peer itself runs untimed for WARM_TIME (whole calls, at least one; none for
-# calls over WARM_MAX) before its timed sample. Cores idle for 20+ ms come back slowly on this virtual
-# machine: a 2-thread call right after a 50 ms sleep took 9.8 ms median where back-to-back calls take
-# 2.4 ms (cnn_ext's float32 kernel gradient of (64,16,32,28,3)), and a plain 2-thread busy loop showed the
-# worker starting 2-3.5 ms late on the master's core. A training loop calls back to back, so the sample
-# should time warm cores; every peer gets the same warm-up.
+# calls over WARM_MAX) before its timed sample. The first 2-thread call after 20+ ms idle is slow on this
+# virtual machine: 9.8 ms median right after a 50 ms sleep where back-to-back calls take 2.4 ms (cnn_ext's
+# float32 kernel gradient of (64,16,32,28,3)); the woken worker can land on the master's core (a plain
+# 2-thread OpenMP busy loop showed it starting 2-3.5 ms late there). A training loop calls back to back, so
+# the sample times warm threads; every peer gets the same warm-up.
 WARM_TIME = 0.01
 WARM_MAX = 0.1
 
