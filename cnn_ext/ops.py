@@ -706,9 +706,7 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
     pads = (KH - 1 - top, KH - 1 - bottom, KW - 1 - left, KW - 1 - right)
     method = _wide_method(method, (SH, SW) == (1, 1) and min(pads) >= 0, "stride 1 and padding <= kernel size - 1",
                           N, C_in, C_out, H, W, KH, KW, OH, OW, dtype, grad=True)
-    # The direct kernels run on dE_dY zero-padded by K-1: an inf or NaN in the kernels would meet those zeros
-    # (inf * 0 = NaN) where the full convolution has no product at all; BLAS + col2im forms only the real ones.
-    use_gemm = method == "gemm" or not np.isfinite(k).all()
+    use_gemm = method == "gemm"
     dx = np.empty((N, C_in, H, W), dtype=dtype)
     if N == 0:
         return dx
@@ -716,10 +714,16 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
     # tiny unpadded layers (the tutorial's toy one: 9 vs 11 us) keep the scatter loops, which need no setup
     if not use_gemm and not (_tiny(OH, OW, C_in, C_out)
                              and (top, bottom, left, right) == (0, 0, 0, 0)):
-        k_rot = np.ascontiguousarray(np.asarray(k, dtype=dtype)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        run = _channel_vector_run if _channels_better(True, C_in, C_out, H, W, KH, KW, OH, OW, dtype) else _wide_run
-        run(_contiguous(dy, dtype), k_rot, np.zeros(C_in, dtype=dtype), dx, pads[0], pads[2], nt, dtype)
-        return dx
+        # These kernels run on dE_dY zero-padded by K-1: an inf or NaN in the kernels would meet those zeros
+        # (inf * 0 = NaN) where the full convolution has no product at all; BLAS + col2im (and the scatter
+        # loops) form only the real products.
+        if np.isfinite(k).all():
+            k_rot = np.ascontiguousarray(np.asarray(k, dtype=dtype)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+            run = (_channel_vector_run if _channels_better(True, C_in, C_out, H, W, KH, KW, OH, OW, dtype)
+                   else _wide_run)
+            run(_contiguous(dy, dtype), k_rot, np.zeros(C_in, dtype=dtype), dx, pads[0], pads[2], nt, dtype)
+            return dx
+        use_gemm = True
     scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
     _run(use_gemm, _conv.conv2d_input_gradient, _contiguous(dy, dtype), _contiguous(k, dtype), dx, scratch,
          SH, SW, top, left, use_gemm, nt)
