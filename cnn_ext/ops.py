@@ -209,6 +209,8 @@ def _check_alloc(shape, dtype, what):
     size = 1
     for d in shape:
         size *= d
+    if size <= _MAX_BYTES // 8:  # the common case: fits whatever the itemsize
+        return
     nbytes = size * np.dtype(dtype).itemsize
     if nbytes > _MAX_BYTES:
         raise ValueError(f"{what()} of shape {tuple(shape)}: {nbytes} bytes, more than can be allocated ({_MAX_BYTES})")
@@ -387,11 +389,18 @@ def _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype):
     return row < 0.95 * wide or (row <= wide and C_in * KH * KW <= _ROW_TILES_SHORT)
 
 
+_NO_SCRATCH = {}  # (dtype, threads) -> the direct loops' placeholder slab
+
+
 def _scratch(use_gemm, nt, CKK, P, C_out, dtype):
     """Per-thread slabs for the kernels: im2col blocks of (CKK x block) output pixels, about _COLS_BLOCK_BYTES
     each, for the GEMM path (whose BLAS sizes must fit 32-bit ints); a placeholder for the direct loops."""
-    if not use_gemm:
-        return np.empty((nt, 1), dtype=dtype)
+    if not use_gemm:  # the direct loops never touch it (only take row addresses): one shared array per shape
+        key = (np.dtype(dtype), nt)
+        slab = _NO_SCRATCH.get(key)
+        if slab is None:
+            slab = _NO_SCRATCH.setdefault(key, np.empty((nt, 1), dtype=dtype))
+        return slab
     if max(CKK, P, C_out) > _INT_MAX:
         raise ValueError(f"array extents {(CKK, P, C_out)} exceed the 32-bit sizes BLAS accepts")
     block = max(1, min(P, _COLS_BLOCK_BYTES // (CKK * np.dtype(dtype).itemsize)))
