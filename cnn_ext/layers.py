@@ -222,9 +222,16 @@ class Layer:
         ``TypeError``, a NaN or infinite rate ``ValueError``, even for layers without parameters.
         """
         learning_rate = _learning_rate(learning_rate, grads, type(self).__name__, "grads, learning_rate")
+        for p, g in self._grad_pairs(grads):
+            _sgd_step(p, g, learning_rate)
+
+    def _grad_pairs(self, grads):
+        """``[(parameter, gradient)]`` for an update, every key and shape checked before any parameter changes
+        (:meth:`cnn_ext.Network.update` checks every layer's this way before updating the first)."""
         if not isinstance(grads, Mapping):
             raise TypeError(f"{type(self).__name__}.update(grads, learning_rate): grads must be the dict backward "
                             f"returned, got {type(grads).__name__}")
+        pairs = []
         for name, key, p in self.parameters():
             try:
                 g = grads[key]
@@ -233,7 +240,8 @@ class Layer:
             g = np.asarray(g)
             if g.shape != p.shape:
                 raise ValueError(f"{self!r}.update: {key} has shape {g.shape} but {name} has shape {p.shape}")
-            _sgd_step(p, g, learning_rate)
+            pairs.append((p, g))
+        return pairs
 
     # -- protocol ------------------------------------------------------------------------------
     def parameters(self):

@@ -96,6 +96,10 @@ class Network:
         grads = list(grads)
         if len(grads) != len(self.layers):
             raise ValueError(f"update: got {len(grads)} gradient dicts for {len(self.layers)} layers")
+        for layer, g in zip(self.layers, grads):  # all or nothing: a bad dict of a later layer changes no layer
+            check = getattr(layer, "_grad_pairs", None)
+            if check is not None:
+                check(g)
         with blas_single_thread():
             for layer, g in zip(self.layers, grads):
                 layer.update(g, learning_rate)

@@ -353,3 +353,26 @@ def test_any_finite_real_learning_rate_is_sgd(lr):
     for (name, key, p), old in zip(net.parameters(), before):
         i = int(name.split(".")[0])
         assert_allclose(p, old - rate * grads[i][key], rtol=1e-15, atol=1e-15, err_msg=name)  # axpy may fuse
+
+
+def test_network_update_is_all_or_nothing():
+    """A bad gradient dict of a later layer is refused before the earlier layers change (audit finding)."""
+    net = Network([Dense(4, 3, seed=0), Sigmoid(), Dense(3, 2, seed=1)])  # every gradient nonzero
+    x = np.ones((5, 4))
+    grads = net.backward(net.forward(x) - 1.0)
+    before = [p.copy() for layer in net.layers for _, _, p in layer.parameters()]
+    bad = [dict(g) for g in grads]
+    bad[2]["dW"] = np.zeros((2, 3))  # transposed
+    with pytest.raises(ValueError, match=r"dW has shape \(2, 3\) but w has shape \(3, 2\)"):
+        net.update(0.1, bad)
+    missing = [dict(g) for g in grads]
+    del missing[2]["dB"]
+    with pytest.raises(ValueError, match="grads has no 'dB'"):
+        net.update(0.1, missing)
+    after = [p for layer in net.layers for _, _, p in layer.parameters()]
+    for b, a in zip(before, after):
+        assert_array_equal(a, b)
+    net.update(0.1, grads)  # the good dicts still update: the last layer's bias gradient is mean(y - 1) != 0
+    last_b = net.layers[2].b
+    assert not np.array_equal(last_b, before[-1])
+    assert_allclose(last_b, before[-1] - 0.1 * grads[2]["dB"])
