@@ -157,18 +157,19 @@ def _is_real(value):
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
-def _learning_rate(learning_rate, grads, owner, order):
+def _learning_rate(learning_rate, grads, owner, order, call=None):
     """``learning_rate`` of plain SGD as a float, checked before any parameter changes: a real number (NumPy
     scalars and 0-d arrays included) that is finite. 0 leaves the parameters as they are and a negative rate
     ascends the gradient: both allowed. Errors quote ``{owner}.update({order})``: Network.update and Layer.update
-    take their two arguments in opposite orders, so a swap gets named when it looks like one."""
+    take their two arguments in opposite orders, so a swap gets named when it looks like one; or ``call`` (fit)."""
     if type(learning_rate) is float and math.isfinite(learning_rate):  # the common case (~0.1 µs)
         return learning_rate
-    call = f"{owner}.update({order})"
+    update = call is None  # else the caller's own name (fit), where there is nothing to swap
+    call = call or f"{owner}.update({order})"
     if not _is_real(learning_rate):
         arr = learning_rate if isinstance(learning_rate, np.ndarray) else None
         if arr is None or arr.ndim != 0 or arr.dtype.kind not in "iuf":
-            swapped = _is_real(grads) or isinstance(learning_rate, (list, tuple, Mapping))
+            swapped = update and (_is_real(grads) or isinstance(learning_rate, (list, tuple, Mapping)))
             hint = "; did you swap the arguments?" if swapped else ""
             raise TypeError(f"{call}: learning_rate must be a real number, got {type(learning_rate).__name__}{hint}")
     lr = float(learning_rate)

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from .layers import _learning_rate
 from .losses import _labels_of, mse, mse_loss, softmax_cross_entropy
 
 __all__ = ["fit"]
@@ -127,6 +128,8 @@ def fit(network, X, y, *, epochs, batch_size=32, loss="softmax_cross_entropy", o
         raise ValueError("give exactly one of optimizer (e.g. Adam()) or learning_rate (plain SGD)")
     if optimizer is not None and not callable(getattr(optimizer, "step", None)):
         raise TypeError(f"optimizer must have a step(network, grads) method, got {type(optimizer).__name__}")
+    if learning_rate is not None:  # checked now, not at the first update after a whole forward and backward
+        learning_rate = _learning_rate(learning_rate, None, None, None, call="fit")
     if early_stopping is not None:
         early_stopping = _positive_int(early_stopping, "early_stopping")
     loss_fn = _loss_fn(loss)

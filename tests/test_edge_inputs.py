@@ -376,3 +376,22 @@ def test_network_update_is_all_or_nothing():
     last_b = net.layers[2].b
     assert not np.array_equal(last_b, before[-1])
     assert_allclose(last_b, before[-1] - 0.1 * grads[2]["dB"])
+
+
+@pytest.mark.parametrize("lr,exc,match", [
+    (float("nan"), ValueError, r"^fit: learning_rate must be finite, got nan$"),
+    (np.inf, ValueError, r"^fit: learning_rate must be finite"),
+    ("0.1", TypeError, r"^fit: learning_rate must be a real number, got str$"),
+    ([0.1], TypeError, r"^fit: learning_rate must be a real number, got list$"),
+])
+def test_fit_checks_the_learning_rate_before_training(lr, exc, match):
+    """Refused at the call, before a forward and backward pass (which used to run first)."""
+    from cnn_ext import fit
+
+    net = Network([Dense(3, 2, seed=0)])
+    calls = []
+    forward = net.forward
+    net.forward = lambda x: calls.append(1) or forward(x)
+    with pytest.raises(exc, match=match):
+        fit(net, np.ones((4, 3)), np.array([0, 1, 0, 1]), epochs=1, learning_rate=lr, progress=False)
+    assert calls == []
