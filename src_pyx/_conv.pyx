@@ -713,14 +713,12 @@ cdef extern from *:
      * back there. AVX2 (16 ymm): 4 x 3 = 12 accumulators + 3 x + 1 weight; measured against 6 x 2 and
      * 3 x 4 (see cnn_ext/ops.py). 32 vector registers (AVX-512) leave room for bigger tiles.
      * Reads reach up to C_in*Hp*Wp + WNV*L + KW - 3 past xp: the slab has that slack, zeroed. */
-    #ifndef CNN_EXT_WJB
     #if defined(__AVX512F__)
     #define CNN_EXT_WJB 6
     #define CNN_EXT_WNV 4
     #else
     #define CNN_EXT_WJB 4
     #define CNN_EXT_WNV 3
-    #endif
     #endif
 
     #define CNN_EXT_WIDE_CALL(NAME, NJ) \\
@@ -767,26 +765,19 @@ cdef extern from *:
                      Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1,      \\
                      Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t f0, int first, Py_ssize_t nj) { \\
         switch (nj < CNN_EXT_WJB ? nj : CNN_EXT_WJB) {                                                   \\
-        case 1: CNN_EXT_WIDE_CALL(NAME, 1); break;                                                         \\
-        case 2: CNN_EXT_WIDE_CALL(NAME, 2); break;                                                         \\
-        CNN_EXT_WIDE_CASES(NAME)                                                                         \\
+        CNN_EXT_NJ_CASES(CNN_EXT_WJB, CNN_EXT_WIDE_CALL, NAME)                                           \\
         default: CNN_EXT_WIDE_CALL(NAME, CNN_EXT_WJB); break;                                               \\
         }                                                                                                \\
     }
-    /* the cases 3 .. CNN_EXT_WJB - 1 of the switch above */
-    #if CNN_EXT_WJB == 6
-    #define CNN_EXT_WIDE_CASES(NAME)                                                                       \\
-        case 3: CNN_EXT_WIDE_CALL(NAME, 3); break;                                                         \\
-        case 4: CNN_EXT_WIDE_CALL(NAME, 4); break;                                                         \\
-        case 5: CNN_EXT_WIDE_CALL(NAME, 5); break;
-    #elif CNN_EXT_WJB == 4
-    #define CNN_EXT_WIDE_CASES(NAME)                                                                       \\
-        case 3: CNN_EXT_WIDE_CALL(NAME, 3); break;
-    #elif CNN_EXT_WJB == 3
-    #define CNN_EXT_WIDE_CASES(NAME)
-    #else
-    #error "CNN_EXT_WJB must be 3, 4 or 6"
-    #endif
+    /* The cases nj = 1 .. JB - 1 of a tile's switch over its channel count (JB = 3, 4 or 6 defined): each calls
+     * CALL(NAME, nj), a copy of the tile with nj a literal. */
+    #define CNN_EXT_NJ_CASE(CALL, NAME, NJ) case NJ: CALL(NAME, NJ); break;
+    #define CNN_EXT_NJ_CASES_3(CALL, NAME) CNN_EXT_NJ_CASE(CALL, NAME, 1) CNN_EXT_NJ_CASE(CALL, NAME, 2)
+    #define CNN_EXT_NJ_CASES_4(CALL, NAME) CNN_EXT_NJ_CASES_3(CALL, NAME) CNN_EXT_NJ_CASE(CALL, NAME, 3)
+    #define CNN_EXT_NJ_CASES_6(CALL, NAME) \\
+        CNN_EXT_NJ_CASES_4(CALL, NAME) CNN_EXT_NJ_CASE(CALL, NAME, 4) CNN_EXT_NJ_CASE(CALL, NAME, 5)
+    #define CNN_EXT_NJ_CASES_(JB, CALL, NAME) CNN_EXT_NJ_CASES_##JB(CALL, NAME)
+    #define CNN_EXT_NJ_CASES(JB, CALL, NAME) CNN_EXT_NJ_CASES_(JB, CALL, NAME)
     CNN_EXT_DEFINE_WIDE_TILE(cnn_ext_wide_tile_f, float, cnn_ext_vf)
     CNN_EXT_DEFINE_WIDE_TILE(cnn_ext_wide_tile_d, double, cnn_ext_vd)
     """
@@ -927,7 +918,7 @@ def conv2d_forward_wide(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, 
                         floating[:, ::1] wide,               # TMP (threads, C_out*Fr)
                         Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t IB, int num_threads):
     """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left
-    (bottom and right follow from y's shape: Hp = OH + KH - 1, Wp = OW + KW - 1)."""
+    (bottom and right follow from y's shape: Hp = OH + KH - 1; the row pitch Wp is wide_pitch)."""
     cdef Py_ssize_t n, N = x.shape[0]
     cdef Py_ssize_t Hp = y.shape[2] + k.shape[2] - 1
     cdef Py_ssize_t Wp = wide_pitch(x.shape[3], y.shape[3], k.shape[3], PL)
@@ -960,14 +951,12 @@ def conv2d_forward_wide(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, 
 
 cdef extern from *:
     """
-    /* Shifted-copies tile: nj <= CNN_EXT_WJB output channels x CNN_EXT_WNV vectors along f (the wide
+    /* Shifted-copies tile: nj <= CNN_EXT_SJB output channels x CNN_EXT_SNV vectors along f (the AVX2 wide
      * tile's shape). The accumulators start from the bias (first block) or from o (the partial sums of
      * the previous blocks, row pitch ldo) and are stored back to o. xs points at f0 of channel 0's first
      * copy; copy kw of channel i is at i*xstride + kw*A. */
-    #ifndef CNN_EXT_SJB
     #define CNN_EXT_SJB 4
     #define CNN_EXT_SNV 3
-    #endif
     #define CNN_EXT_SHIFT_CALL(NAME, NJ) \\
         NAME##_fixed(xs, k, b, o, ldo, xstride, A, OW, C_in, KH, KW, kh0, kh1, i0, i1, j0, first, NJ)
     #define CNN_EXT_DEFINE_SHIFT_TILE(NAME, T, V)                                                         \\
@@ -994,29 +983,10 @@ cdef extern from *:
                      Py_ssize_t kh0, Py_ssize_t kh1, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,        \\
                      int first, Py_ssize_t nj) {                                                         \\
         switch (nj < CNN_EXT_SJB ? nj : CNN_EXT_SJB) {                                                   \\
-        CNN_EXT_SHIFT_CASES(NAME)                                                                        \\
+        CNN_EXT_NJ_CASES(CNN_EXT_SJB, CNN_EXT_SHIFT_CALL, NAME)                                          \\
         default: CNN_EXT_SHIFT_CALL(NAME, CNN_EXT_SJB); break;                                           \\
         }                                                                                                \\
     }
-    /* the cases 1 .. CNN_EXT_SJB - 1 of the switch above */
-    #define CNN_EXT_SC(NAME, NJ) case NJ: CNN_EXT_SHIFT_CALL(NAME, NJ); break;
-    #if CNN_EXT_SJB == 1
-    #define CNN_EXT_SHIFT_CASES(NAME) 
-    #elif CNN_EXT_SJB == 2
-    #define CNN_EXT_SHIFT_CASES(NAME) CNN_EXT_SC(NAME, 1)
-    #elif CNN_EXT_SJB == 3
-    #define CNN_EXT_SHIFT_CASES(NAME) CNN_EXT_SC(NAME, 1) CNN_EXT_SC(NAME, 2)
-    #elif CNN_EXT_SJB == 4
-    #define CNN_EXT_SHIFT_CASES(NAME) CNN_EXT_SC(NAME, 1) CNN_EXT_SC(NAME, 2) CNN_EXT_SC(NAME, 3)
-    #elif CNN_EXT_SJB == 6
-    #define CNN_EXT_SHIFT_CASES(NAME) CNN_EXT_SC(NAME, 1) CNN_EXT_SC(NAME, 2) CNN_EXT_SC(NAME, 3) CNN_EXT_SC(NAME, 4) CNN_EXT_SC(NAME, 5)
-    #elif CNN_EXT_SJB == 8
-    #define CNN_EXT_SHIFT_CASES(NAME) CNN_EXT_SC(NAME, 1) CNN_EXT_SC(NAME, 2) CNN_EXT_SC(NAME, 3) CNN_EXT_SC(NAME, 4) CNN_EXT_SC(NAME, 5) CNN_EXT_SC(NAME, 6) CNN_EXT_SC(NAME, 7)
-    #elif CNN_EXT_SJB == 12
-    #define CNN_EXT_SHIFT_CASES(NAME) CNN_EXT_SC(NAME, 1) CNN_EXT_SC(NAME, 2) CNN_EXT_SC(NAME, 3) CNN_EXT_SC(NAME, 4) CNN_EXT_SC(NAME, 5) CNN_EXT_SC(NAME, 6) CNN_EXT_SC(NAME, 7) CNN_EXT_SC(NAME, 8) CNN_EXT_SC(NAME, 9) CNN_EXT_SC(NAME, 10) CNN_EXT_SC(NAME, 11)
-    #else
-    #error "CNN_EXT_SJB must be 1, 2, 3, 4, 6, 8 or 12"
-    #endif
     CNN_EXT_DEFINE_SHIFT_TILE(cnn_ext_shift_tile_f, float, cnn_ext_vf)
     CNN_EXT_DEFINE_SHIFT_TILE(cnn_ext_shift_tile_d, double, cnn_ext_vd)
     """
