@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from ._config import blas_single_thread
-from .layers import _learning_rate
+from .layers import Layer, _learning_rate, _sgd_step
 
 __all__ = ["Network"]
 
@@ -96,13 +96,17 @@ class Network:
         grads = list(grads)
         if len(grads) != len(self.layers):
             raise ValueError(f"update: got {len(grads)} gradient dicts for {len(self.layers)} layers")
-        for layer, g in zip(self.layers, grads):  # all or nothing: a bad dict of a later layer changes no layer
-            check = getattr(layer, "_grad_pairs", None)
-            if check is not None:
-                check(g)
+        # All or nothing: every layer's dict is checked (once) before the first parameter changes; a layer with
+        # its own update rule gets its dict as it is.
+        steps = [(None, layer._grad_pairs(g)) if getattr(type(layer), "update", None) is Layer.update
+                 else (layer, g) for layer, g in zip(self.layers, grads)]
         with blas_single_thread():
-            for layer, g in zip(self.layers, grads):
-                layer.update(g, learning_rate)
+            for layer, g in steps:
+                if layer is not None:
+                    layer.update(g, learning_rate)
+                    continue
+                for p, d in g:
+                    _sgd_step(p, d, learning_rate)
 
     def predict(self, x, batch_size=256):
         """Forward pass over ``x`` in chunks of ``batch_size`` samples (bounded memory), concatenated.

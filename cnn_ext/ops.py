@@ -397,10 +397,9 @@ def _scratch(use_gemm, nt, CKK, P, C_out, dtype):
     each, for the GEMM path (whose BLAS sizes must fit 32-bit ints); a placeholder for the direct loops."""
     if not use_gemm:  # the direct loops never touch it (only take row addresses): one shared array per shape
         key = (np.dtype(dtype), nt)
-        slab = _NO_SCRATCH.get(key)
-        if slab is None:
-            slab = _NO_SCRATCH.setdefault(key, np.empty((nt, 1), dtype=dtype))
-        return slab
+        if key not in _NO_SCRATCH:
+            _NO_SCRATCH[key] = np.empty((nt, 1), dtype=dtype)
+        return _NO_SCRATCH[key]
     if max(CKK, P, C_out) > _INT_MAX:
         raise ValueError(f"array extents {(CKK, P, C_out)} exceed the 32-bit sizes BLAS accepts")
     block = max(1, min(P, _COLS_BLOCK_BYTES // (CKK * np.dtype(dtype).itemsize)))

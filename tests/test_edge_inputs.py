@@ -395,3 +395,30 @@ def test_fit_checks_the_learning_rate_before_training(lr, exc, match):
     with pytest.raises(exc, match=match):
         fit(net, np.ones((4, 3)), np.array([0, 1, 0, 1]), epochs=1, learning_rate=lr, progress=False)
     assert calls == []
+
+
+def test_network_update_calls_a_layers_own_update_rule():
+    """A layer that overrides update gets its dict and the rate; the others are plain SGD."""
+    from cnn_ext.layers import Layer
+
+    class Halving(Layer):  # a custom layer with its own update rule
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def forward(self, x):
+            return x
+
+        def backward(self, dE_dY, need_dX=True):
+            return {"dX": dE_dY}
+
+        def update(self, grads, learning_rate):
+            self.calls.append((grads, learning_rate))
+
+    custom = Halving()
+    net = Network([Dense(3, 2, seed=0), custom])
+    grads = net.backward(net.forward(np.ones((4, 3))) - 1.0)
+    b0 = net.layers[0].b.copy()
+    net.update(0.5, grads)
+    assert custom.calls == [(grads[1], 0.5)]
+    assert_allclose(net.layers[0].b, b0 - 0.5 * grads[0]["dB"])
