@@ -855,7 +855,7 @@ def test_gemm_blocks_ending_in_the_padding(monkeypatch, block, stride, pad):
     x, k, b, _ = data(rng, 2, 3, 2, 6, 5, 3, 4)
     padding = ((pad[0], pad[1]), (pad[2], pad[3]))
     kw = dict(stride=stride, padding=padding, method="gemm")
-    y_ref = einsum_forward(x, k, b, _ints2(stride), pad)
+    y_ref = einsum_forward(x, k, b, ops._ints(stride, "stride", 1), pad)
     dy = rng.standard_normal(y_ref.shape)
     dk_ref = conv2d_kernel_gradient(dy, x, kernel_size=(3, 4), **kw)  # whole-image blocks
     dx_ref = conv2d_input_gradient(dy, k, input_size=(6, 5), **kw)
@@ -877,10 +877,6 @@ def test_gemm_blocks_ending_in_the_padding(monkeypatch, block, stride, pad):
     assert len(guards) == 3
     for big in guards:
         assert (big[:, -64:] == 7.0).all()
-
-
-def _ints2(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def test_small_calls_stay_on_one_thread(monkeypatch):
