@@ -50,7 +50,9 @@ _KGRAD_TILED = _ISA == "avx2"
 _KGRAD_TILE_CHANNELS, _KGRAD_TILE_TAPS = 4, 3
 _KGRAD_SHIFTED_MIN_F32 = 128  # C_out * KH from which the shifted-copies layout beats wide rows
 _KGRAD_SHIFTED_MIN_F64 = 56
-_KGRAD_MIN_VECTORS = 48  # SIMD vectors per output plane from which the tiled kernel beats gemm at any width
+_KGRAD_SLAB_BYTES = int(os.environ.get("CNN_EXT_KGRAD_SLAB_BYTES", 512 * 1024))  # samples' slabs per dK pass
+_KGRAD_SAMPLES = int(os.environ.get("CNN_EXT_KGRAD_SAMPLES", 0))  # samples per dK pass (0: _kgrad_samples)
+_KGRAD_MIN_VECTORS = 40  # SIMD vectors per pass (planes x samples) from which the tiled kernel beats gemm at any width
 _KGRAD_MAX_PARTIAL_BYTES = 128 * 1024  # vector partials up to which it wins on smaller planes
 _KGRAD_MAX_PARTIAL_BYTES_ANY = 32 * 1024 * 1024  # per-thread partials beyond which auto takes gemm (memory)
 _DIRECT_MAX_OUTPUT = 36  # output pixels per map up to which method="auto" takes the direct loops
@@ -226,7 +228,7 @@ def _tiny(OH, OW, C_in, C_out):
     return OH * OW <= _DIRECT_MAX_OUTPUT and C_in * C_out <= _DIRECT_TINY_CHANNELS
 
 
-def _kgrad_method(method, stride1, unpadded, OH, OW, C_in, C_out, KH, KW, dtype):
+def _kgrad_method(method, stride1, unpadded, N, OH, OW, C_in, C_out, KH, KW, dtype):
     """Kernel gradient: 'rows' (direct row loops), 'wide' / 'shifted' (the two layouts of the register-tiled
     direct kernel, stride 1, any padding) or 'gemm'; method='direct' takes the tiled kernel."""
     if method not in _METHODS:
@@ -262,14 +264,30 @@ def _kgrad_method(method, stride1, unpadded, OH, OW, C_in, C_out, KH, KW, dtype)
         return "rows" if tiny and unpadded else "gemm"
     if method == "auto" and tiny and unpadded:
         return "rows"
-    lanes = _conv.direct_tile_lanes(dtype == np.float32)
-    vectors = -(-OH * OW // lanes)
+    single = dtype == np.float32
+    lanes = _conv.direct_tile_lanes(single)
+    limit = _KGRAD_SHIFTED_MIN_F32 if single else _KGRAD_SHIFTED_MIN_F64
+    shifted = C_out * KH >= limit
+    # vectors a tile runs over between two visits of the partials: a plane per sample of the pass
+    vectors = -(-OH * OW // lanes) * _kgrad_samples(C_in, C_out, OH, OW, KH, KW, single, shifted,
+                                                      N // max(1, min(N, _NCHUNK)))
     partial_bytes = C_out * C_in * KH * KW * lanes * np.dtype(dtype).itemsize
     if method == "auto" and (vectors < _KGRAD_MIN_VECTORS and partial_bytes > _KGRAD_MAX_PARTIAL_BYTES
                              or partial_bytes > _KGRAD_MAX_PARTIAL_BYTES_ANY):
         return "gemm"
-    limit = _KGRAD_SHIFTED_MIN_F32 if dtype == np.float32 else _KGRAD_SHIFTED_MIN_F64
-    return "shifted" if C_out * KH >= limit else "wide"
+    return "shifted" if shifted else "wide"
+
+
+def _kgrad_samples(C_in, C_out, OH, OW, KH, KW, single, shifted, per_chunk):
+    """Samples per pass of the tiled kernel gradient (its tiles keep their accumulators over them, so the
+    vector partials are read and written once per pass): as many as a chunk holds, while their slabs stay
+    within _KGRAD_SLAB_BYTES. Depends on the shape only (the sums' order must not follow the thread count)."""
+    if _KGRAD_SAMPLES:
+        return _KGRAD_SAMPLES
+    one = _conv.kgrad_wide_scratch_size(C_in, C_out, OH, OW, KH, KW, single, shifted, 1)
+    partials = C_out * C_in * KH * KW * _conv.direct_tile_lanes(single)
+    per_sample = (one - partials) * (4 if single else 8)
+    return max(1, min(per_chunk, _KGRAD_SLAB_BYTES // max(per_sample, 1)))
 
 
 def _wide_method(method, wide_ok, why, N, C_in, C_out, H, W, KH, KW, OH, OW, dtype, grad):
@@ -609,7 +627,7 @@ def conv2d_kernel_gradient(dE_dY, x, *, stride=1, padding=0, kernel_size=None, m
         raise ValueError(f"dE_dY has spatial shape {(OH, OW)} (shape {dy.shape}) but x {x.shape} with a "
                          f"{KH}x{KW} kernel gives {(eOH, eOW)}")
     impl = _kgrad_method(method, (SH, SW) == (1, 1), (top, bottom, left, right) == (0, 0, 0, 0),
-                         OH, OW, C_in, C_out, KH, KW, dtype)
+                         N, OH, OW, C_in, C_out, KH, KW, dtype)
     _check_alloc((C_out, C_in, KH, KW), dtype, lambda: f"conv2d_kernel_gradient: dE_dY {dy.shape} and x "
                  f"{x.shape} with padding {(top, bottom, left, right)} give dK")
     dk = np.empty((C_out, C_in, KH, KW), dtype=dtype)
@@ -619,10 +637,12 @@ def conv2d_kernel_gradient(dE_dY, x, *, stride=1, padding=0, kernel_size=None, m
         # per-thread slabs: padded (or shifted) x, widened dE_dY, vector partials; zeros where nothing is copied
         partial = np.empty((nchunk, C_out * C_in * KH * KW), dtype=dtype)
         shifted = impl == "shifted"
-        scratch = np.zeros((nt, _conv.kgrad_wide_scratch_size(C_in, C_out, OH, OW, KH, KW, dtype == np.float32,
-                                                              shifted)), dtype=dtype)
+        single = dtype == np.float32
+        ns = _kgrad_samples(C_in, C_out, OH, OW, KH, KW, single, shifted, N // nchunk)
+        scratch = np.zeros((nt, _conv.kgrad_wide_scratch_size(C_in, C_out, OH, OW, KH, KW, single, shifted, ns)),
+                           dtype=dtype)
         _conv.conv2d_kernel_gradient_wide(_contiguous(dy, dtype), _contiguous(x, dtype), dk, partial, scratch,
-                                          top, left, shifted, _KGRAD_TILE_CHANNELS, _KGRAD_TILE_TAPS, nt)
+                                          top, left, shifted, _KGRAD_TILE_CHANNELS, _KGRAD_TILE_TAPS, ns, nt)
         if np.isfinite(dk).all():
             return dk
         # The tiled layouts also multiply zeros (the widened dE_dY's extra columns) by x values a tap does not

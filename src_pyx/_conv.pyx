@@ -418,13 +418,13 @@ cdef extern from *:
     #define CNN_EXT_DEFINE_KGRAD_TILE(NAME, T, V)                                                         \\
     CNN_EXT_TILE_INLINE void NAME##_fixed(const T* dyw, Py_ssize_t dstride, const T* xr, Py_ssize_t a0,  \\
                                           Py_ssize_t b0, Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B,      \\
-                                          Py_ssize_t nvec, T* vacc, int init,                            \\
-                                          const Py_ssize_t nj, const Py_ssize_t nt) {                    \\
+                                          Py_ssize_t nvec, Py_ssize_t ns, Py_ssize_t sdy, Py_ssize_t sx, \\
+                                          T* vacc, int init, const Py_ssize_t nj, const Py_ssize_t nt) { \\
         const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T));                                        \\
         V acc[CNN_EXT_KJ][CNN_EXT_KT], xv[CNN_EXT_KT];                                                   \\
         const T* xp[CNN_EXT_KT];                                                                         \\
         const T* dp[CNN_EXT_KJ];                                                                         \\
-        Py_ssize_t jj, t, f, n = nvec * L, b = b0, o = a0 * A + b0 * B;                                  \\
+        Py_ssize_t jj, t, f, s, n = nvec * L, b = b0, o = a0 * A + b0 * B;                               \\
         for (t = 0; t < nt; t++) {  /* taps (a, b) from (a0, b0) on, b < Bn fastest; no division */      \\
             xp[t] = xr + o;                                                                              \\
             b++; o += B;                                                                                 \\
@@ -435,14 +435,20 @@ cdef extern from *:
             for (t = 0; t < nt; t++)                                                                     \\
                 acc[jj][t] = CNN_EXT_SPLAT(V, (T)0);                                                     \\
         }                                                                                                \\
-        for (f = 0; f < n; f += L) {                                                                     \\
-            for (t = 0; t < nt; t++)                                                                     \\
-                xv[t] = *(const V*)(xp[t] + f);                                                          \\
-            for (jj = 0; jj < nj; jj++) {                                                                \\
-                const V d = *(const V*)(dp[jj] + f);                                                     \\
+        for (s = 0; s < ns; s++) {  /* the samples' slabs one after another, sx / sdy apart */             \\
+            for (f = 0; f < n; f += L) {                                                                 \\
                 for (t = 0; t < nt; t++)                                                                 \\
-                    acc[jj][t] += d * xv[t];                                                             \\
+                    xv[t] = *(const V*)(xp[t] + f);                                                      \\
+                for (jj = 0; jj < nj; jj++) {                                                            \\
+                    const V d = *(const V*)(dp[jj] + f);                                                 \\
+                    for (t = 0; t < nt; t++)                                                             \\
+                        acc[jj][t] += d * xv[t];                                                         \\
+                }                                                                                        \\
             }                                                                                            \\
+            for (t = 0; t < nt; t++)                                                                     \\
+                xp[t] += sx;                                                                             \\
+            for (jj = 0; jj < nj; jj++)                                                                  \\
+                dp[jj] += sdy;                                                                           \\
         }                                                                                                \\
         if (init) {                                                                                      \\
             for (jj = 0; jj < nj; jj++)                                                                  \\
@@ -458,15 +464,15 @@ cdef extern from *:
         }                                                                                                \\
     }                                                                                                    \\
     static void NAME(const T* dyw, Py_ssize_t dstride, const T* xr, Py_ssize_t a0, Py_ssize_t b0,        \\
-                     Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B, Py_ssize_t nvec, T* vacc, int init,      \\
-                     Py_ssize_t nj,                                                                      \\
-                     Py_ssize_t nt) {                                                                    \\
+                     Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B, Py_ssize_t nvec, Py_ssize_t ns,          \\
+                     Py_ssize_t sdy, Py_ssize_t sx, T* vacc, int init, Py_ssize_t nj, Py_ssize_t nt) {   \\
         switch ((nj < CNN_EXT_KJ ? nj : CNN_EXT_KJ) * 8 + (nt < CNN_EXT_KT ? nt : CNN_EXT_KT)) {         \\
         CNN_EXT_KGRAD_CASES(NAME)                                                                        \\
         }                                                                                                \\
     }
     #define CNN_EXT_KGRAD_CASE(NAME, J, TT) \\
-        case J * 8 + TT: NAME##_fixed(dyw, dstride, xr, a0, b0, Bn, A, B, nvec, vacc, init, J, TT); break;
+        case J * 8 + TT: NAME##_fixed(dyw, dstride, xr, a0, b0, Bn, A, B, nvec, ns, sdy, sx, vacc, init, J, TT); \\
+            break;
     #define CNN_EXT_KGRAD_CASES_J(NAME, J) \\
         CNN_EXT_KGRAD_CASE(NAME, J, 1) CNN_EXT_KGRAD_CASE(NAME, J, 2) CNN_EXT_KGRAD_CASE(NAME, J, 3)
     #define CNN_EXT_KGRAD_CASES(NAME) \\
@@ -499,10 +505,12 @@ cdef extern from *:
     enum: CNN_EXT_KT          # taps per dK tile (nt = 1..3)
     void _kgrad_tile_f "cnn_ext_kgrad_tile_f"(
         const float* dyw, Py_ssize_t dstride, const float* xr, Py_ssize_t a0, Py_ssize_t b0, Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B,
-        Py_ssize_t nvec, float* vacc, int init, Py_ssize_t nj, Py_ssize_t nt) noexcept nogil
+        Py_ssize_t nvec, Py_ssize_t ns, Py_ssize_t sdy, Py_ssize_t sx, float* vacc, int init, Py_ssize_t nj,
+        Py_ssize_t nt) noexcept nogil
     void _kgrad_tile_d "cnn_ext_kgrad_tile_d"(
         const double* dyw, Py_ssize_t dstride, const double* xr, Py_ssize_t a0, Py_ssize_t b0, Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B,
-        Py_ssize_t nvec, double* vacc, int init, Py_ssize_t nj, Py_ssize_t nt) noexcept nogil
+        Py_ssize_t nvec, Py_ssize_t ns, Py_ssize_t sdy, Py_ssize_t sx, double* vacc, int init, Py_ssize_t nj,
+        Py_ssize_t nt) noexcept nogil
     void _lane_sums_f "cnn_ext_lane_sums_f"(const float* vacc, float* out, Py_ssize_t nrow, Py_ssize_t nj,
                                             Py_ssize_t ostride) noexcept nogil
     void _lane_sums_d "cnn_ext_lane_sums_d"(const double* vacc, double* out, Py_ssize_t nrow, Py_ssize_t nj,
@@ -549,35 +557,35 @@ cdef inline WideGeom _wide_geom(const Geom* g, Py_ssize_t L, bint shifted, Py_ss
 
 
 def kgrad_wide_scratch_size(Py_ssize_t C_in, Py_ssize_t C_out, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH,
-                            Py_ssize_t KW, bint single, bint shifted):
-    """Elements of one thread's slab for conv2d_kernel_gradient_wide: padded x, widened dy, vector partials."""
+                            Py_ssize_t KW, bint single, bint shifted, Py_ssize_t ns=1):
+    """Elements of one thread's slab for conv2d_kernel_gradient_wide with ns samples per tile: ns padded (or
+    shifted) copies of x, ns widened dy, the vector partials."""
     cdef Geom g = _geom(C_in, OH + KH - 1, OW + KW - 1, C_out, KH, KW, OH, OW, 1, 1, 0, 0)
     cdef WideGeom w = _wide_geom(&g, CNN_EXT_LANES_F if single else CNN_EXT_LANES_D, shifted, 1, 1)
-    return w.xsize + C_out * w.F + C_out * C_in * KH * KW * w.L
+    return ns * (w.xsize + C_out * w.F) + C_out * C_in * KH * KW * w.L
 
 
 cdef inline void _kgrad_tile(const floating* dyw, Py_ssize_t dstride, const floating* xr, Py_ssize_t a0,
-                             Py_ssize_t b0, Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B, Py_ssize_t nvec, floating* vacc,
+                             Py_ssize_t b0, Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B, Py_ssize_t nvec,
+                             Py_ssize_t ns, Py_ssize_t sdy, Py_ssize_t sx, floating* vacc,
                              bint init, Py_ssize_t nj, Py_ssize_t nt) noexcept nogil:
-    """vacc[t, jj, :] += Σ_{f < nvec*L, lanes} dyw[jj*dstride + f] xr[f + a*A + b*B], jj < nj, t < nt, for
-    the nt taps (a, b) from (a0, b0) on in row-major order (b < Bn); = instead of += if init"""
+    """vacc[t, jj, :] += Σ_{s < ns} Σ_{f < nvec*L, lanes} dyw[s*sdy + jj*dstride + f] xr[s*sx + f + a*A + b*B],
+    jj < nj, t < nt, for the nt taps (a, b) from (a0, b0) on in row-major order (b < Bn); = instead of += if
+    init"""
     if floating is float:
-        _kgrad_tile_f(dyw, dstride, xr, a0, b0, Bn, A, B, nvec, vacc, init, nj, nt)
+        _kgrad_tile_f(dyw, dstride, xr, a0, b0, Bn, A, B, nvec, ns, sdy, sx, vacc, init, nj, nt)
     else:
-        _kgrad_tile_d(dyw, dstride, xr, a0, b0, Bn, A, B, nvec, vacc, init, nj, nt)
+        _kgrad_tile_d(dyw, dstride, xr, a0, b0, Bn, A, B, nvec, ns, sdy, sx, vacc, init, nj, nt)
 
 
-cdef void _kgrad_wide_one(const floating* x, const floating* dy, floating* xp, floating* dyw, floating* vacc,
-                          bint first, const Geom* g, const WideGeom* w) noexcept nogil:
-    """vacc[j0, (i, a, b), jj, lane] += Σ_{f ≡ lane} dyw[j, f] xp[i, f + a*A + b*B] for one sample
-    (j = j0 + jj; the tiles of a block of nj channels are contiguous in vacc; (a, b) = (kh, kw) or (kw, kh)).
-
-    xp and dyw hold zeros outside the parts copied here (the caller's slabs are zeroed once; the parts
-    copied are the same for every sample). first: vacc is overwritten instead of added to.
-    """
-    cdef Py_ssize_t i, j, p, q, j0, nj, t0, nt, a0, b0, kw, r, qlo, qhi
-    cdef Py_ssize_t C_in = g.C_in, C_out = g.C_out, KK = g.KH * g.KW, W = g.W, H = g.H
-    cdef Py_ssize_t OH = g.OH, OW = g.OW, Wp = w.Wp, F = w.F, L = w.L
+cdef void _kgrad_wide_copy(const floating* x, const floating* dy, floating* xp, floating* dyw,
+                           const Geom* g, const WideGeom* w) noexcept nogil:
+    """One sample into its slabs: x into xp (padded planes, or the KW shifted copies), dy into dyw (rows at
+    the pitch w.pitch). xp and dyw hold zeros outside the parts copied here (the caller's slabs are zeroed
+    once; the parts copied are the same for every sample)."""
+    cdef Py_ssize_t i, j, p, q, kw, r, qlo, qhi
+    cdef Py_ssize_t C_in = g.C_in, C_out = g.C_out, W = g.W, H = g.H
+    cdef Py_ssize_t OH = g.OH, OW = g.OW, Wp = w.Wp, F = w.F
     cdef floating* dst
     cdef const floating* src
     if w.shifted:
@@ -607,6 +615,16 @@ cdef void _kgrad_wide_one(const floating* x, const floating* dy, floating* xp, f
         for j in range(C_out):
             for p in range(OH):
                 memcpy(dyw + j * F + p * w.pitch, dy + (j * OH + p) * OW, OW * sizeof(floating))
+
+
+cdef void _kgrad_wide_tiles(const floating* xp, const floating* dyw, floating* vacc, Py_ssize_t ns, bint first,
+                            const Geom* g, const WideGeom* w) noexcept nogil:
+    """vacc[j0, (i, a, b), jj, lane] += Σ_{s < ns} Σ_{f ≡ lane} dyw_s[j, f] xp_s[i, f + a*A + b*B] over the ns
+    samples in the slabs (sample s at xp + s*xsize, dyw + s*C_out*F), j = j0 + jj; the tiles of a block of
+    nj channels are contiguous in vacc; (a, b) = (kh, kw) or (kw, kh). first: vacc is overwritten.
+    The tiles keep their accumulators over all ns samples: vacc is read and written once per ns samples."""
+    cdef Py_ssize_t i, j0, nj, t0, nt, a0, b0
+    cdef Py_ssize_t C_in = g.C_in, C_out = g.C_out, KK = g.KH * g.KW, F = w.F, L = w.L
     # Whole planes per tile: blocking f into L1-sized pieces (1-4 KiB rows) was 3-15% slower than streaming
     # the tile's rows from L2 (more flushes of the accumulators).
     j0 = 0
@@ -621,7 +639,8 @@ cdef void _kgrad_wide_one(const floating* x, const floating* dy, floating* xp, f
                 if KK - t0 == w.nt + 1 and w.nt > 2:  # 3k + 1 taps (5x5, 7x7): end with 2 + 2, not 3 + 1
                     nt = 2                             # (one tap is 4 accumulators: FMA-latency bound)
                 _kgrad_tile(dyw + j0 * F, F, xp + i * w.xstride, a0, b0, w.Bn, w.A, w.B, w.nvec,
-                            vacc + (j0 * C_in * KK + (i * KK + t0) * nj) * L, first, nj, nt)
+                            ns, C_out * F, w.xsize, vacc + (j0 * C_in * KK + (i * KK + t0) * nj) * L, first,
+                            nj, nt)
                 t0 += nt
                 b0 += nt
                 while b0 >= w.Bn:
@@ -631,16 +650,22 @@ cdef void _kgrad_wide_one(const floating* x, const floating* dy, floating* xp, f
 
 
 cdef void _kgrad_wide_chunk(const floating* dy, const floating* x, floating* part, floating* slab,
-                            Py_ssize_t lo, Py_ssize_t hi, const Geom* g, const WideGeom* w) noexcept nogil:
-    """part[(j, i, kh, kw)] = Σ_{n in [lo, hi)} dK terms of sample n: vector partials over the chunk, then
-    each entry's L lanes summed pairwise in a fixed order."""
-    cdef Py_ssize_t n, j0, nj, CKK = g.C_in * g.KH * g.KW, L = w.L
-    cdef Py_ssize_t xs = g.C_in * g.H * g.W, ys = g.C_out * g.OH * g.OW
+                            Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t ns, const Geom* g,
+                            const WideGeom* w) noexcept nogil:
+    """part[(j, i, kh, kw)] = Σ_{n in [lo, hi)} dK terms of sample n: vector partials over the chunk (groups
+    of ns samples per tile pass), then each entry's L lanes summed pairwise in a fixed order."""
+    cdef Py_ssize_t n, s, m, j0, nj, CKK = g.C_in * g.KH * g.KW, L = w.L
+    cdef Py_ssize_t xs = g.C_in * g.H * g.W, ys = g.C_out * g.OH * g.OW, F = w.F
     cdef floating* xp = slab
-    cdef floating* dyw = slab + w.xsize
-    cdef floating* vacc = dyw + g.C_out * w.F
-    for n in range(lo, hi):  # never empty (at most N chunks): the first sample initialises vacc
-        _kgrad_wide_one(x + n * xs, dy + n * ys, xp, dyw, vacc, n == lo, g, w)
+    cdef floating* dyw = slab + ns * w.xsize
+    cdef floating* vacc = dyw + ns * g.C_out * F
+    n = lo
+    while n < hi:  # never empty (at most N chunks): the first group initialises vacc
+        m = min(ns, hi - n)
+        for s in range(m):
+            _kgrad_wide_copy(x + (n + s) * xs, dy + (n + s) * ys, xp + s * w.xsize, dyw + s * g.C_out * F, g, w)
+        _kgrad_wide_tiles(xp, dyw, vacc, m, n == lo, g, w)
+        n += m
     j0 = 0
     while j0 < g.C_out:  # vacc holds each block of nj channels as [(i, kh, kw), jj, lane]
         nj = min(w.nj, g.C_out - j0)
@@ -657,9 +682,10 @@ def conv2d_kernel_gradient_wide(const floating[:, :, :, ::1] dy,     # IN  (N, C
                                 floating[:, ::1] partial,            # TMP (nchunk, C_out*C_in*KH*KW)
                                 floating[:, ::1] scratch,            # TMP (threads, kgrad_wide_scratch_size), zeros
                                 Py_ssize_t PH, Py_ssize_t PW, bint shifted, Py_ssize_t nj, Py_ssize_t nt,
-                                int num_threads):
+                                Py_ssize_t ns, int num_threads):
     """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]), stride 1, zero padding (PH top, PW left; the bottom /
-    right padding follows from the shapes), by wide-row register tiles, summed in fixed chunks."""
+    right padding follows from the shapes), by wide-row register tiles over ns samples at a time (the slab
+    holds ns samples, kgrad_wide_scratch_size(..., ns)), summed in fixed chunks."""
     cdef Py_ssize_t N = x.shape[0], nchunk = partial.shape[0], c, t, kh, kw
     cdef Py_ssize_t KK = dk.shape[0] * dk.shape[1] * dk.shape[2] * dk.shape[3], KHW = dk.shape[2] * dk.shape[3]
     cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], dk.shape[0], dk.shape[2], dk.shape[3],
@@ -668,6 +694,8 @@ def conv2d_kernel_gradient_wide(const floating[:, :, :, ::1] dy,     # IN  (N, C
                                  min(nj, <Py_ssize_t>CNN_EXT_KJ), min(nt, <Py_ssize_t>CNN_EXT_KT))
     cdef floating* out = &dk[0, 0, 0, 0]
     cdef floating inv_n
+    if ns < 1 or scratch.shape[1] < ns * (w.xsize + g.C_out * w.F) + KK * w.L:
+        raise ValueError(f"scratch {scratch.shape} too small for {ns} samples per tile")
     for t in range(KK):
         out[t] = 0
     if N == 0:
@@ -677,11 +705,11 @@ def conv2d_kernel_gradient_wide(const floating[:, :, :, ::1] dy,     # IN  (N, C
         if num_threads == 1:  # no parallel region (entering one costs ~0.7 µs even for one thread)
             for c in range(nchunk):
                 _kgrad_wide_chunk(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[c, 0], &scratch[0, 0],
-                                  (c * N) // nchunk, ((c + 1) * N) // nchunk, &g, &w)
+                                  (c * N) // nchunk, ((c + 1) * N) // nchunk, ns, &g, &w)
         else:
             for c in prange(nchunk, schedule='dynamic', num_threads=num_threads):
                 _kgrad_wide_chunk(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[c, 0], &scratch[threadid(), 0],
-                                  (c * N) // nchunk, ((c + 1) * N) // nchunk, &g, &w)
+                                  (c * N) // nchunk, ((c + 1) * N) // nchunk, ns, &g, &w)
         for c in range(nchunk):
             if shifted:  # partial holds (j, i, kw, kh)
                 for t in range(KK // KHW):

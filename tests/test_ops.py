@@ -237,7 +237,7 @@ def test_tiled_kernel_gradient_against_einsum(case, padding, dtype, kgrad_layout
     before = (x.copy(), dy.copy())
     dk_ref, _ = linear_maps(x.shape, k.astype(np.float64), (1, 1), pad)
     ref = dk_ref(dy.astype(np.float64), x.astype(np.float64))
-    assert ops._kgrad_method("direct", True, pad == (0, 0, 0, 0), OH, OW, C_in, C_out, KH, KW,
+    assert ops._kgrad_method("direct", True, pad == (0, 0, 0, 0), N, OH, OW, C_in, C_out, KH, KW,
                              np.dtype(dtype)) == kgrad_layout
     dk = conv2d_kernel_gradient(dy, x, padding=padding, kernel_size=(KH, KW), method="direct")
     assert dk.dtype == dtype and dk.shape == (C_out, C_in, KH, KW)
@@ -263,6 +263,43 @@ def test_tiled_kernel_gradient_does_not_depend_on_thread_count(dtype, padding, k
         assert_array_equal(results[0], other)  # bitwise: fixed chunks, lanes summed in a fixed order
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N", [17, 40, 70])
+def test_tiled_kernel_gradient_several_samples_per_pass(dtype, N, kgrad_layout, monkeypatch, restore_threads):
+    """Tiles that keep their accumulators over ns samples (uneven chunks, a last group smaller than ns) give
+    the one-sample-per-pass result up to rounding, and a result independent of the thread count."""
+    from cnn_ext import ops
+
+    rng = np.random.default_rng(N)
+    x, _, _, _ = data(rng, N, 3, 5, 9, 8, 3, 2, dtype=dtype)
+    x = x + 0.5
+    dy = rng.standard_normal((N, 5, 9, 8)).astype(dtype)
+    dk_ref, _ = linear_maps(x.shape, np.zeros((5, 3, 3, 2)), (1, 1), (1, 1, 0, 1))
+    ref = dk_ref(dy.astype(np.float64), x.astype(np.float64))
+    for ns in (1, 2, 3, 5):
+        monkeypatch.setattr(ops, "_KGRAD_SAMPLES", ns)
+        results = []
+        for n in (1, 2, 3):
+            cnn_ext.set_num_threads(n)
+            results.append(conv2d_kernel_gradient(dy, x, padding=((1, 1), (0, 1)), kernel_size=(3, 2),
+                                                  method="direct"))
+        assert_allclose(results[0], ref, **TOL[dtype])
+        for other in results[1:]:
+            assert_array_equal(results[0], other)
+
+
+def test_tiled_kernel_gradient_refuses_a_short_slab():
+    from cnn_ext import _conv
+
+    x = np.zeros((4, 2, 6, 6), np.float32)
+    dy = np.zeros((4, 3, 4, 4), np.float32)
+    size = _conv.kgrad_wide_scratch_size(2, 3, 4, 4, 3, 3, True, False, 2)
+    assert size > _conv.kgrad_wide_scratch_size(2, 3, 4, 4, 3, 3, True, False, 1)
+    with pytest.raises(ValueError, match="too small for 2 samples"):
+        _conv.conv2d_kernel_gradient_wide(dy, x, np.empty((3, 2, 3, 3), np.float32), np.empty((4, 54), np.float32),
+                                          np.zeros((1, size - 1), np.float32), 0, 0, False, 4, 3, 2, 1)
+
+
 def test_tiled_kernel_gradient_reads_strided_and_readonly_inputs():
     rng = np.random.default_rng(22)
     x, _, _, dy = data(rng, 5, 3, 6, 10, 9, 3, 3, dtype=np.float32)
@@ -281,17 +318,21 @@ def test_kernel_gradient_method_choice():
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
     tiled = ops._KGRAD_TILED
     # the tutorial's toy layer keeps the row loops; strided layers the GEMM
-    assert ops._kgrad_method("auto", True, True, 2, 2, 1, 4, 2, 2, f32) == "rows"
-    assert ops._kgrad_method("auto", False, False, 13, 13, 64, 64, 3, 3, f32) == "gemm"
-    assert ops._kgrad_method("gemm", True, True, 26, 26, 64, 64, 3, 3, f32) == "gemm"
-    big = ops._kgrad_method("auto", True, True, 26, 26, 64, 64, 3, 3, f32)
-    few = ops._kgrad_method("auto", True, False, 24, 24, 1, 4, 5, 5, f64)
+    assert ops._kgrad_method("auto", True, True, 16, 2, 2, 1, 4, 2, 2, f32) == "rows"
+    assert ops._kgrad_method("auto", False, False, 16, 13, 13, 64, 64, 3, 3, f32) == "gemm"
+    assert ops._kgrad_method("gemm", True, True, 16, 26, 26, 64, 64, 3, 3, f32) == "gemm"
+    big = ops._kgrad_method("auto", True, True, 16, 26, 26, 64, 64, 3, 3, f32)
+    few = ops._kgrad_method("auto", True, False, 16, 24, 24, 1, 4, 5, 5, f64)
     assert (big, few) == (("shifted", "wide") if tiled else ("gemm", "gemm"))
-    assert ops._kgrad_method("direct", True, False, 24, 24, 1, 4, 5, 5, f32) == "wide"  # any build
+    assert ops._kgrad_method("direct", True, False, 16, 24, 24, 1, 4, 5, 5, f32) == "wide"  # any build
     # small maps with many channels: gemm (the tiled kernel's partials outgrow L2), unless forced
-    assert ops._kgrad_method("auto", True, True, 5, 5, 128, 128, 3, 3, f32) == "gemm"
-    assert ops._kgrad_method("direct", True, True, 5, 5, 128, 128, 3, 3, f32) == "shifted"
-    assert ops._kgrad_method("auto", True, True, 10, 10, 16, 16, 3, 3, f32) == ("wide" if tiled else "gemm")
+    assert ops._kgrad_method("auto", True, True, 16, 5, 5, 128, 128, 3, 3, f32) == "gemm"
+    assert ops._kgrad_method("direct", True, True, 16, 5, 5, 128, 128, 3, 3, f32) == "shifted"
+    assert ops._kgrad_method("auto", True, True, 16, 10, 10, 16, 16, 3, 3, f32) == ("wide" if tiled else "gemm")
+    # several samples per pass (N = 64: chunks of 4) make a 14x14 plane's tiles long enough for the tiled
+    # kernel; one sample per chunk (N = 16) leaves it to gemm
+    assert ops._kgrad_method("auto", True, False, 64, 14, 14, 32, 64, 3, 3, f32) == ("shifted" if tiled else "gemm")
+    assert ops._kgrad_method("auto", True, False, 16, 14, 14, 32, 64, 3, 3, f32) == "gemm"
     with pytest.raises(ValueError, match="method='direct' needs stride 1"):
         conv2d_kernel_gradient(np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 5, 5)), stride=2, kernel_size=2,
                                method="direct")
