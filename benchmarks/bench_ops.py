@@ -39,6 +39,11 @@ LARGE_GFLOP = 0.1  # a shape is "large" when one forward pass is at least this m
 MEMORY_SHAPE = (64, 64, 64, 28, 3)
 TOL = {np.float64: 1e-9, np.float32: 2e-4}
 BUSY = 0.3  # other processes' load (cores) above which a multi-threaded row is flagged unreliable
+# The row's own GEMM peak: a numpy.matmul timed in the same interleaved rounds as the row's peers. This VM's
+# speed moves with its host's load by 20-30 % from one minute to the next (float32 2-thread GEMM read 161
+# and 206 GFLOP/s in two runs 5 minutes apart), so a peak taken once at the start judged 2-thread rows against
+# whatever the host was doing then.
+GEMM_REF = "GEMM"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,11 +223,16 @@ def check(name, op, got, ref, dtype):
 # ----------------------------------------------------------------------------------------------
 
 def run_config(shape, dtype, nthreads, ops, peers, repeats, min_time, tutorial_budget, verify_tutorial,
-               clock=time.perf_counter):
-    """Returns {op: {peer: (Stats, note)}} for one shape, dtype and thread count."""
+               clock=time.perf_counter, gemm_size=None):
+    """Returns {op: {peer: Stats}} for one shape, dtype and thread count. With gemm_size, the rows of large
+    shapes (but not the bias gradient) also time a gemm_size² numpy.matmul interleaved with the peers: the
+    row's own GEMM peak (key GEMM_REF), measured in the same rounds as the operations it judges."""
     x, k, b, dy = make_case(shape, dtype)
     N = shape[0]
     results = {}
+    if gemm_size and is_large(shape):
+        rng = np.random.default_rng(0)
+        ga, gb = (rng.standard_normal((gemm_size, gemm_size)).astype(dtype) for _ in range(2))
     with C.threads(nthreads):
         fns = {p: PEER_OPS[p](x, k, b, dy) for p in peers if p != "tutorial"}
         for op in ops:
@@ -242,6 +252,8 @@ def run_config(shape, dtype, nthreads, ops, peers, repeats, min_time, tutorial_b
                 if m < N:
                     notes["tutorial"] = f"~ (n={m} of {N}, ×{N / m:.3g})"
                 caps["tutorial"] = repeats if C.time_call(fn, 1) < 0.05 else min(repeats, 3)
+            if gemm_size and is_large(shape) and op != "bias_grad":
+                timed[GEMM_REF] = lambda: np.matmul(ga, gb)
             for fn in timed.values():  # warm-up
                 fn()
             stats = C.interleaved(timed, repeats, min_time, caps, clock)
@@ -430,14 +442,16 @@ def main(argv=None):
     lines += C.machine_report()
 
     peaks = {}
-    peak_rows = []
+    peak_rows, row_peaks = [], []
+    gemm_size = 1024 if args.quick else 1536
     for dtype in dtypes:
         for t in args.threads:
-            g = C.gemm_peak(dtype, t, size=1024 if args.quick else 1536, repeats=repeats)
+            g = C.gemm_peak(dtype, t, size=gemm_size, repeats=repeats)
             peaks[(dtype, t)] = max(g.values())
             peak_rows.append([np.dtype(dtype).name, t] + [f"{g.get(n, float('nan')):.1f}"
                                                           for n in ("numpy.matmul", "torch.mm")])
-    lines += ["", "### Measured GEMM peak (GFLOP/s, median; the larger one is the row's 100%)", ""]
+    lines += ["", f"### Measured GEMM peak at the start ({gemm_size}² products, GFLOP/s, median; the larger one "
+                  "is the 100% of rows without their own GEMM reference)", ""]
     lines += C.markdown_table(["dtype", "threads", "numpy.matmul (OpenBLAS)", "torch.mm (MKL)"], peak_rows)
 
     header = ["shape (N,Cin,Cout,H,K)", "op", "dtype", "thr", "cnn_ext (IQR)"]
@@ -452,7 +466,7 @@ def main(argv=None):
                     C.wait_quiet(args.wait_quiet)
                 clock = time.thread_time if (args.clock == "cpu" and t == 1) else time.perf_counter
                 res = run_config(shape, dtype, t, args.ops, peers, repeats, min_time, budget,
-                                 verify_tutorial=(i == 0), clock=clock)
+                                 verify_tutorial=(i == 0), clock=clock, gemm_size=gemm_size)
                 for op in args.ops:
                     st = res[op]
                     cnn = st["cnn_ext"]
@@ -463,7 +477,13 @@ def main(argv=None):
                         row += [C.fmt_time(s.median) + (f" {s.note}" if s.note else ""),
                                 C.fmt_ratio(s.median / cnn.median)]
                     gf = op_gflop(shape, op)
-                    peak = peaks[(dtype, t)]
+                    if GEMM_REF in st:
+                        peak = 2.0 * gemm_size ** 3 / st[GEMM_REF].median / 1e9
+                        row_peaks.append([str(shape), op, np.dtype(dtype).name, t, f"{peak:.1f}",
+                                          f"±{st[GEMM_REF].spread_pct() / 2:.0f}%",
+                                          f"{100 * peak / peaks[(dtype, t)]:.0f}%"])
+                    else:
+                        peak = peaks[(dtype, t)]
                     row.append(f"{gf / cnn.median:.1f} ({100 * gf / cnn.median / peak:.0f}%)")
                     row.append(f"{gf / st['torch'].median:.1f} ({100 * gf / st['torch'].median / peak:.0f}%)"
                                if "torch" in st else "—")
@@ -488,6 +508,12 @@ def main(argv=None):
                   "processes kept busy during that row's measurement (the 2 cores are shared; a 2-thread result "
                   "with load above ~0.3 is unreliable). 'Large' shapes "
                   f"(≥ {LARGE_GFLOP} GFLOP per forward): {[s for s in shapes if is_large(s)]}."]
+
+    if row_peaks:
+        lines += ["", f"### GEMM peak of each large-shape row ({gemm_size}² numpy.matmul timed in the same "
+                      "interleaved rounds as that row's peers; the row's 100%)", ""]
+        lines += C.markdown_table(["shape", "op", "dtype", "thr", "GFLOP/s", "IQR/2", "vs the start's peak"],
+                                  row_peaks)
 
     met = [v for v in verdicts if v[5]]
     missed = [v for v in verdicts if not v[5]]
