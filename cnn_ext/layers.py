@@ -147,13 +147,13 @@ def _as_float(x, name="x"):
 def _fused(kernel, arrays, *args):
     """A new array shaped like ``arrays[0]`` filled by ``kernel(*arrays flat, out flat, *args, threads)``, or None
     (the caller then takes NumPy) for small arrays and for any array that is not C-contiguous and aligned in the
-    dtype of the first (the kernels read every array as one flat run of that dtype)."""
+    dtype and shape of the first (the kernels read every array as one flat run of that dtype and length)."""
     first = arrays[0]
     n = first.size
     if n < _FUSED_MIN:
         return None
     for a in arrays:
-        if a.dtype != first.dtype or not (a.flags.c_contiguous and a.flags.aligned):
+        if a.dtype != first.dtype or a.shape != first.shape or not (a.flags.c_contiguous and a.flags.aligned):
             return None
     out = np.empty(first.shape, dtype=first.dtype)
     threads = max(1, min(get_num_threads(), n // _FUSED_PER_THREAD))

@@ -300,3 +300,11 @@ def test_layers_from_several_python_threads_equal_serial(fused_everywhere):
     for got, want in zip(results, serial):
         for g, w in zip(got, want):
             assert_bitwise(g, w)
+
+
+def test_fused_helper_refuses_arrays_of_another_shape():
+    """The kernels trust their lengths: a mismatched pair must never reach them (it would read past an array)."""
+    x = np.ones(layers._FUSED_MIN * 2, dtype=np.float32)
+    assert layers._fused(_elementwise.relu_backward, (x, x[: layers._FUSED_MIN])) is None
+    assert layers._fused(_elementwise.relu_backward, (x, x.reshape(2, -1))) is None
+    assert_bitwise(layers._fused(_elementwise.relu_backward, (x, -x)), -x)
