@@ -28,7 +28,7 @@ import textwrap
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-MODULES = ["_conv", "_pool"]  # one entry per src_pyx/<name>.pyx, compiled for the baseline ISA
+MODULES = ["_conv", "_pool", "_elementwise"]  # one entry per src_pyx/<name>.pyx, compiled for the baseline ISA
 
 
 def _flag(name):

@@ -25,6 +25,8 @@ import numpy as np
 from scipy.linalg import blas as _blas
 from scipy.special import expit
 
+from . import _elementwise
+from ._config import get_num_threads
 from .ops import (
     _check_alloc,
     _ints,
@@ -54,6 +56,12 @@ __all__ = [
 LAYER_TYPES = {}
 _AXPY = {"f": _blas.saxpy, "d": _blas.daxpy}
 INITS = ("he_normal", "he_uniform", "glorot_normal", "glorot_uniform")
+# Activations take the fused one-pass kernels of cnn_ext._elementwise from _FUSED_MIN elements: below, NumPy's call
+# costs less than setting up the memoryviews (layer calls on 1 thread, µs, NumPy / fused: ReLU forward float32 8192
+# elements 6.2 / 5.9, 16384 10.6 / 6.9; Sigmoid backward float64 16384 14.6 / 11.6). One more thread per
+# _FUSED_PER_THREAD elements (ReLU backward float32, 1 / 2 threads: 65536 elements 9.9 / 7.7, 131072 23.6 / 15.6).
+_FUSED_MIN = 16_384
+_FUSED_PER_THREAD = 65_536
 
 
 def register_layer(cls):
@@ -134,6 +142,23 @@ def _as_float(x, name="x"):
     if arr.dtype != np.float32 and arr.dtype != np.float64:
         arr = arr.astype(np.float64)
     return arr
+
+
+def _fused(kernel, arrays, *args):
+    """A new array shaped like ``arrays[0]`` filled by ``kernel(*arrays flat, out flat, *args, threads)``, or None
+    (the caller then takes NumPy) for small arrays and for any array that is not C-contiguous and aligned in the
+    dtype and shape of the first (the kernels read every array as one flat run of that dtype and length)."""
+    first = arrays[0]
+    n = first.size
+    if n < _FUSED_MIN:
+        return None
+    for a in arrays:
+        if a.dtype != first.dtype or a.shape != first.shape or not (a.flags.c_contiguous and a.flags.aligned):
+            return None
+    out = np.empty(first.shape, dtype=first.dtype)
+    threads = max(1, min(get_num_threads(), n // _FUSED_PER_THREAD))
+    kernel(*[a.reshape(-1) for a in arrays], out.reshape(-1), *args, threads)
+    return out
 
 
 def _json_value(value):
@@ -501,11 +526,13 @@ class ReLU(_Activation):
     """``y = max(x, 0)``; ``dX = dE_dY · [x > 0]``."""
 
     def _f(self, x):
-        return np.maximum(x, 0)
+        y = _fused(_elementwise.relu_forward, (x,))
+        return np.maximum(x, 0) if y is None else y
 
     def _df(self, x, y, dy):
-        # a product with the mask: 7x faster than np.where on (64, 32, 28, 28) float32 (0.8 vs 6.2 ms)
-        return dy * (x > 0)
+        # the fused kernel computes the same product with the mask (dy * 0 is -0.0 for dy < 0, NaN for inf)
+        dx = _fused(_elementwise.relu_backward, (x, dy))
+        return dy * (x > 0) if dx is None else dx
 
 
 @register_layer
@@ -521,10 +548,12 @@ class LeakyReLU(_Activation):
         self.alpha = float(alpha)
 
     def _f(self, x):
-        return np.where(x > 0, x, x * x.dtype.type(self.alpha))
+        y = _fused(_elementwise.leaky_relu_forward, (x,), self.alpha)
+        return np.where(x > 0, x, x * x.dtype.type(self.alpha)) if y is None else y
 
     def _df(self, x, y, dy):
-        return np.where(x > 0, dy, dy * dy.dtype.type(self.alpha))
+        dx = _fused(_elementwise.leaky_relu_backward, (x, dy), self.alpha)
+        return np.where(x > 0, dy, dy * dy.dtype.type(self.alpha)) if dx is None else dx
 
 
 @register_layer
@@ -535,9 +564,11 @@ class Sigmoid(_Activation):
         return expit(x)
 
     def _df(self, x, y, dy):
-        dx = 1 - y
-        dx *= y
-        dx *= dy
+        dx = _fused(_elementwise.sigmoid_backward, (y, dy))
+        if dx is None:
+            dx = 1 - y
+            dx *= y
+            dx *= dy
         return dx
 
 
@@ -549,9 +580,11 @@ class Tanh(_Activation):
         return np.tanh(x)
 
     def _df(self, x, y, dy):
-        dx = y * y
-        np.subtract(1, dx, out=dx)
-        dx *= dy
+        dx = _fused(_elementwise.tanh_backward, (y, dy))
+        if dx is None:
+            dx = y * y
+            np.subtract(1, dx, out=dx)
+            dx *= dy
         return dx
 
 

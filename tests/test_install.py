@@ -22,7 +22,7 @@ import cnn_ext
 from cnn_ext import _kernels
 
 # Keep in sync with MODULES / AVX2_MODULES in setup.py.
-BASELINE_MODULES = ["_conv", "_pool"]
+BASELINE_MODULES = ["_conv", "_pool", "_elementwise"]
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
 PKG_DIR = Path(cnn_ext.__file__).resolve().parent
