@@ -74,10 +74,13 @@ if missing or generated or not pyx or not tests:
 EOF
 
 step "wheel contents: compiled kernels, stubs, no sources"
-"$WORK/tools/bin/python" - "${WHEEL[0]}" <<'EOF'
+"$WORK/tools/bin/python" - "${WHEEL[0]}" "$ROOT" <<'EOF'
 import platform, sys, zipfile
+from pathlib import Path
 names = zipfile.ZipFile(sys.argv[1]).namelist()
-need = ["cnn_ext/_conv.", "cnn_ext/_pool."] + (["cnn_ext/_conv_avx2."] if platform.machine() == "x86_64" else [])
+# one compiled module per src_pyx/<name>.pyx (the *_avx2 variants on x86-64 only)
+need = [f"cnn_ext/{p.stem}." for p in sorted(Path(sys.argv[2], "src_pyx").glob("*.pyx"))
+        if not p.stem.endswith("_avx2") or platform.machine() == "x86_64"]
 bad = [n for n in names if n.endswith((".pyx", ".c"))]
 lacking = [p for p in need if not any(n.startswith(p) and n.endswith(".so") for n in names)]
 lacking += [f for f in ("cnn_ext/py.typed", "cnn_ext/_conv.pyi") if f not in names]
