@@ -7,7 +7,10 @@ releases the GIL for the whole loop and never raises. Every (sample, channel) pl
 uses every thread); nothing is reduced across planes, so results do not depend on the thread count.
 Ties in max pooling: the first maximum in row-major window order wins (strict `>` scan); a NaN wins over
 any number, the first NaN over later ones, so NaN propagates as in PyTorch. Argmax positions are int32 (H*W is
-guarded in Python) so that the float32 select loop vectorises with lanes of one width.
+guarded in Python) so that they share the vector lanes of float32 values.
+Windows two columns wide with stride 2 (2x2 above all) run the vector rows of the C block below (contiguous loads
+deinterleaved in registers); every other shape runs the generic loops. The module is built twice, baseline and
+AVX2 (cnn_ext._pool_avx2, picked at import by cnn_ext._kernels): 8-float vectors halve the work of the rows.
 """
 from cython cimport floating
 from cython.parallel cimport prange
@@ -24,6 +27,295 @@ cdef inline PoolGeom _pgeom(Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_
     return g
 
 
+cdef extern from *:
+    """
+    /* Rows of 2-wide, stride-2 windows (KW == SW == 2, any KH and SH), one body for float and double.
+     *
+     * One step handles L = lanes consecutive outputs of an output row: per window row it loads the 2L contiguous
+     * inputs as two GNU vectors and deinterleaves them (__builtin_shufflevector) into the even (kw = 0) and odd
+     * (kw = 1) columns, so every load is contiguous (the generic loops read x[q*SW] and do not vectorise).
+     * Max: each window row is reduced first (kw = 1 taken over kw = 0 only when strictly greater, or NaN over a
+     * number), then the rows are merged in kh order with the same rule; as that rule picks the first element of
+     * the largest class of a total preorder (NaN above every number), merging in row-major order gives the
+     * same pick as one row-major scan. Average: the same chain of additions as the generic loops (0, then kh,
+     * kw in row-major order), then the same division. The last block of a row overlaps the previous one
+     * instead of running a scalar tail: it recomputes and stores the same values (needs OW >= L).
+     * The average's gradient (KH <= SH) writes every dx element once: dy / (2*KH) + 0, the + 0 making it
+     * bitwise the zero-then-add of the generic loops (-0 -> +0). The max gradient keeps the generic
+     * zero-then-scatter (measured: as fast or faster than a vector select per element).
+     * CNN_POOL_MIN_OW_* is 0 where GNU vectors or __builtin_shufflevector are missing (MSVC): the callers
+     * then keep the generic loops. */
+    #if defined(__AVX__)
+    #define CNN_POOL_VEC_BYTES 32
+    #else
+    #define CNN_POOL_VEC_BYTES 16
+    #endif
+    #if (defined(__GNUC__) || defined(__clang__)) && defined(__has_builtin)
+    #if __has_builtin(__builtin_shufflevector)
+    #define CNN_POOL_SIMD 1
+    #endif
+    #endif
+
+    #ifdef CNN_POOL_SIMD
+    /* 16-byte vectors always (SSE2 / NEON), 32-byte ones too in the AVX build: a row takes the widest whose
+     * lanes fit in OW (14x14 maps pool to 7 outputs a row, fewer than 8 floats). */
+    typedef float cnn_pool_vf4 __attribute__((vector_size(16), aligned(4), may_alias));
+    typedef double cnn_pool_vd2 __attribute__((vector_size(16), aligned(8), may_alias));
+    typedef int cnn_pool_mi4 __attribute__((vector_size(16), aligned(4), may_alias));
+    #define CNN_POOL_EVEN_F4(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6)
+    #define CNN_POOL_ODD_F4(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7)
+    #define CNN_POOL_DUPLO_F4(a) __builtin_shufflevector(a, a, 0, 0, 1, 1)
+    #define CNN_POOL_DUPHI_F4(a) __builtin_shufflevector(a, a, 2, 2, 3, 3)
+    #define CNN_POOL_EVEN_D2(a, b) __builtin_shufflevector(a, b, 0, 2)
+    #define CNN_POOL_ODD_D2(a, b) __builtin_shufflevector(a, b, 1, 3)
+    #define CNN_POOL_DUPLO_D2(a) __builtin_shufflevector(a, a, 0, 0)
+    #define CNN_POOL_DUPHI_D2(a) __builtin_shufflevector(a, a, 1, 1)
+    #if CNN_POOL_VEC_BYTES == 32
+    typedef float cnn_pool_vf8 __attribute__((vector_size(32), aligned(4), may_alias));
+    typedef double cnn_pool_vd4 __attribute__((vector_size(32), aligned(8), may_alias));
+    typedef int cnn_pool_mi8 __attribute__((vector_size(32), aligned(4), may_alias));
+    #define CNN_POOL_EVEN_F8(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14)
+    #define CNN_POOL_ODD_F8(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15)
+    #define CNN_POOL_DUPLO_F8(a) __builtin_shufflevector(a, a, 0, 0, 1, 1, 2, 2, 3, 3)
+    #define CNN_POOL_DUPHI_F8(a) __builtin_shufflevector(a, a, 4, 4, 5, 5, 6, 6, 7, 7)
+    #define CNN_POOL_EVEN_D4(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6)
+    #define CNN_POOL_ODD_D4(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7)
+    #define CNN_POOL_DUPLO_D4(a) __builtin_shufflevector(a, a, 0, 0, 1, 1)
+    #define CNN_POOL_DUPHI_D4(a) __builtin_shufflevector(a, a, 2, 2, 3, 3)
+    #endif
+    #define CNN_POOL_MIN_OW_F 4
+    #define CNN_POOL_MIN_OW_D 2
+
+    /* All-ones int32 lanes (MI) where v must replace the running max b: v > b, or v is NaN and b is not.
+     * Masks are combined as int32 lanes even for double: gcc folds the three double compares into one
+     * boolean vector and, in the SSE2 build, materialises it with scalar code (measured: slower than the
+     * generic loops); each compare cast on its own stays one cmppd. */
+    #define CNN_POOL_TAKE(MI, v, b) ((MI)((v) > (b)) | ((MI)((v) != (v)) & (MI)((b) == (b))))
+    #define CNN_POOL_SEL(V, MI, m, a, b) ((V)(((MI)(a) & (m)) | ((MI)(b) & ~(m))))
+
+    /* Window positions (flat r*W + c, int32 as stored) live in int32 lanes MI, NI of them: for float lane j
+     * belongs to output lane j; for double the two int32 halves of output lane j/2 hold the same value (so a
+     * double compare mask applies to them unchanged). LANE(j) is that output lane; SI stores one position
+     * per output lane (L of them). */
+    #define CNN_POOL_LANE_F(j) (j)
+    #define CNN_POOL_LANE_D(j) ((j) / 2)
+    #define CNN_POOL_DEFINE_POSITIONS(NAME, MI, L)                                                        \\
+    static inline void NAME##_storei_f(int* p, MI v) { *(MI*)p = v; }                                     \\
+    static inline void NAME##_storei_d(int* p, MI v) {                                                    \\
+        int k;                                                                                            \\
+        for (k = 0; k < (L); k++)                                                                         \\
+            p[k] = v[2 * k];                                                                              \\
+    }
+
+    /* T scalar, V its vector, MI / NI its position lanes; E / O deinterleave, DL / DH duplicate the low /
+     * high half of a V; LANE, SI as above. */
+    #define CNN_POOL_DEFINE_ROWS2(NAME, T, V, MI, NI, E, O, DL, DH, LANE, SI)                             \\
+    static inline __attribute__((always_inline)) void NAME##_max_fixed(                                   \\
+            const T* x, T* y, int* idx, Py_ssize_t W, Py_ssize_t r0, Py_ssize_t KH, Py_ssize_t OW,        \\
+            const int want_idx) {                                                                         \\
+        const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T));                                         \\
+        MI lane2;                                                                                         \\
+        Py_ssize_t j, kh, q0 = 0;                                                                         \\
+        for (j = 0; j < NI; j++)                                                                          \\
+            lane2[j] = (int)(2 * LANE(j));                                                                \\
+        for (;;) {                                                                                        \\
+            const T* xr;                                                                                  \\
+            V a, b, e, o, best, h;                                                                        \\
+            MI t, u, pos, bi;                                                                             \\
+            if (q0 + L > OW)                                                                              \\
+                q0 = OW - L;                                                                              \\
+            xr = x + r0 * W + 2 * q0;                                                                     \\
+            pos = lane2 + (int)(r0 * W + 2 * q0);                                                         \\
+            a = *(const V*)xr; b = *(const V*)(xr + L);                                                   \\
+            e = E(a, b); o = O(a, b);                                                                     \\
+            t = CNN_POOL_TAKE(MI, o, e);                                                                  \\
+            best = CNN_POOL_SEL(V, MI, t, o, e);                                                          \\
+            bi = pos - t;                                                                                 \\
+            for (kh = 1; kh < KH; kh++) {                                                                 \\
+                xr += W; pos += (int)W;                                                                   \\
+                a = *(const V*)xr; b = *(const V*)(xr + L);                                               \\
+                e = E(a, b); o = O(a, b);                                                                 \\
+                t = CNN_POOL_TAKE(MI, o, e);                                                              \\
+                h = CNN_POOL_SEL(V, MI, t, o, e);                                                         \\
+                u = CNN_POOL_TAKE(MI, h, best);                                                           \\
+                best = CNN_POOL_SEL(V, MI, u, h, best);                                                   \\
+                if (want_idx)                                                                             \\
+                    bi = (bi & ~u) | ((pos - t) & u);                                                     \\
+            }                                                                                             \\
+            *(V*)(y + q0) = best;                                                                         \\
+            if (want_idx)                                                                                 \\
+                SI(idx + q0, bi);                                                                         \\
+            q0 += L;                                                                                      \\
+            if (q0 >= OW)                                                                                 \\
+                break;                                                                                    \\
+        }                                                                                                 \\
+    }                                                                                                     \\
+    static void NAME##_max(const T* x, T* y, int* idx, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH,        \\
+                           Py_ssize_t OH, Py_ssize_t OW, int want_idx) {                                  \\
+        Py_ssize_t p;                                                                                     \\
+        for (p = 0; p < OH; p++) {                                                                        \\
+            if (want_idx)                                                                                 \\
+                NAME##_max_fixed(x, y + p * OW, idx + p * OW, W, p * SH, KH, OW, 1);                      \\
+            else                                                                                          \\
+                NAME##_max_fixed(x, y + p * OW, idx, W, p * SH, KH, OW, 0);                               \\
+        }                                                                                                 \\
+    }                                                                                                     \\
+    static inline __attribute__((always_inline)) void NAME##_avg_row(                                     \\
+            const T* x, T* y, Py_ssize_t W, Py_ssize_t r0, Py_ssize_t KH, Py_ssize_t OW) {                \\
+        const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T));                                         \\
+        const V cnt = (V){0} + (T)(2 * KH), zero = (V){0};                                                \\
+        Py_ssize_t kh, q0 = 0;                                                                            \\
+        for (;;) {                                                                                        \\
+            const T* xr;                                                                                  \\
+            V a, b, s = zero;                                                                             \\
+            if (q0 + L > OW)                                                                              \\
+                q0 = OW - L;                                                                              \\
+            xr = x + r0 * W + 2 * q0;                                                                     \\
+            for (kh = 0; kh < KH; kh++, xr += W) {                                                        \\
+                a = *(const V*)xr; b = *(const V*)(xr + L);                                               \\
+                s = s + E(a, b);                                                                          \\
+                s = s + O(a, b);                                                                          \\
+            }                                                                                             \\
+            *(V*)(y + q0) = s / cnt;                                                                      \\
+            q0 += L;                                                                                      \\
+            if (q0 >= OW)                                                                                 \\
+                break;                                                                                    \\
+        }                                                                                                 \\
+    }                                                                                                     \\
+    static void NAME##_avg(const T* x, T* y, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH, Py_ssize_t OH,   \\
+                           Py_ssize_t OW) {                                                               \\
+        Py_ssize_t p;                                                                                     \\
+        for (p = 0; p < OH; p++)                                                                          \\
+            NAME##_avg_row(x, y + p * OW, W, p * SH, KH, OW);                                             \\
+    }                                                                                                     \\
+    /* the whole dx plane of disjoint windows (KH <= SH): dx[r, 2q + kw] = dy[p, q] / (2*KH) + 0 on window \\
+     * rows, 0 on the last column when W is odd and on the rows no window reaches */                      \\
+    static void NAME##_avg_grad(const T* dy, T* dx, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,            \\
+                                Py_ssize_t SH, Py_ssize_t OH, Py_ssize_t OW) {                            \\
+        const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T));                                         \\
+        const V cnt = (V){0} + (T)(2 * KH), zero = (V){0};                                                \\
+        Py_ssize_t r, c, q0, p = 0, kh = 0;                                                               \\
+        for (r = 0; r < H; r++) {                                                                         \\
+            T* dxr = dx + r * W;                                                                          \\
+            c = 0;                                                                                        \\
+            if (p < OH && kh < KH) {                                                                      \\
+                for (q0 = 0;;) {                                                                          \\
+                    V d;                                                                                  \\
+                    if (q0 + L > OW)                                                                      \\
+                        q0 = OW - L;                                                                      \\
+                    d = *(const V*)(dy + p * OW + q0) / cnt;                                              \\
+                    *(V*)(dxr + 2 * q0) = DL(d) + zero;                                                   \\
+                    *(V*)(dxr + 2 * q0 + L) = DH(d) + zero;                                               \\
+                    q0 += L;                                                                              \\
+                    if (q0 >= OW)                                                                         \\
+                        break;                                                                            \\
+                }                                                                                         \\
+                c = 2 * OW;                                                                               \\
+            }                                                                                             \\
+            for (; c < W; c++)                                                                            \\
+                dxr[c] = 0;                                                                               \\
+            if (++kh == SH) {                                                                             \\
+                kh = 0;                                                                                   \\
+                p++;                                                                                      \\
+            }                                                                                             \\
+        }                                                                                                 \\
+    }
+    CNN_POOL_DEFINE_POSITIONS(cnn_pool_p4, cnn_pool_mi4, 2)
+    CNN_POOL_DEFINE_ROWS2(cnn_pool_f4, float, cnn_pool_vf4, cnn_pool_mi4, 4, CNN_POOL_EVEN_F4, CNN_POOL_ODD_F4,
+                          CNN_POOL_DUPLO_F4, CNN_POOL_DUPHI_F4, CNN_POOL_LANE_F, cnn_pool_p4_storei_f)
+    CNN_POOL_DEFINE_ROWS2(cnn_pool_d2, double, cnn_pool_vd2, cnn_pool_mi4, 4, CNN_POOL_EVEN_D2, CNN_POOL_ODD_D2,
+                          CNN_POOL_DUPLO_D2, CNN_POOL_DUPHI_D2, CNN_POOL_LANE_D, cnn_pool_p4_storei_d)
+    #if CNN_POOL_VEC_BYTES == 32
+    CNN_POOL_DEFINE_POSITIONS(cnn_pool_p8, cnn_pool_mi8, 4)
+    CNN_POOL_DEFINE_ROWS2(cnn_pool_f8, float, cnn_pool_vf8, cnn_pool_mi8, 8, CNN_POOL_EVEN_F8, CNN_POOL_ODD_F8,
+                          CNN_POOL_DUPLO_F8, CNN_POOL_DUPHI_F8, CNN_POOL_LANE_F, cnn_pool_p8_storei_f)
+    CNN_POOL_DEFINE_ROWS2(cnn_pool_d4, double, cnn_pool_vd4, cnn_pool_mi8, 8, CNN_POOL_EVEN_D4, CNN_POOL_ODD_D4,
+                          CNN_POOL_DUPLO_D4, CNN_POOL_DUPHI_D4, CNN_POOL_LANE_D, cnn_pool_p8_storei_d)
+    #define CNN_POOL_WIDE(OW, LANES, WIDE, NARROW, ARGS) do { if ((OW) >= (LANES)) WIDE ARGS; else NARROW ARGS; } while (0)
+    #else
+    #define CNN_POOL_WIDE(OW, LANES, WIDE, NARROW, ARGS) NARROW ARGS
+    #endif
+    /* the entry points: the widest vectors that fit in OW (>= CNN_POOL_MIN_OW_*, checked by the caller) */
+    #define CNN_POOL_DEFINE_ENTRIES(NAME, T, WIDE, NARROW, WL)                                            \\
+    static void NAME##_max(const T* x, T* y, int* idx, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH,        \\
+                           Py_ssize_t OH, Py_ssize_t OW, int want_idx) {                                  \\
+        CNN_POOL_WIDE(OW, WL, WIDE##_max, NARROW##_max, (x, y, idx, W, KH, SH, OH, OW, want_idx));        \\
+    }                                                                                                     \\
+    static void NAME##_avg(const T* x, T* y, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH, Py_ssize_t OH,   \\
+                           Py_ssize_t OW) {                                                               \\
+        CNN_POOL_WIDE(OW, WL, WIDE##_avg, NARROW##_avg, (x, y, W, KH, SH, OH, OW));                       \\
+    }                                                                                                     \\
+    static void NAME##_avg_grad(const T* dy, T* dx, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,            \\
+                                Py_ssize_t SH, Py_ssize_t OH, Py_ssize_t OW) {                            \\
+        CNN_POOL_WIDE(OW, WL, WIDE##_avg_grad, NARROW##_avg_grad, (dy, dx, H, W, KH, SH, OH, OW));        \\
+    }
+    CNN_POOL_DEFINE_ENTRIES(cnn_pool_rows2_f, float, cnn_pool_f8, cnn_pool_f4, 8)
+    CNN_POOL_DEFINE_ENTRIES(cnn_pool_rows2_d, double, cnn_pool_d4, cnn_pool_d2, 4)
+    #else
+    #define CNN_POOL_MIN_OW_F 0
+    #define CNN_POOL_MIN_OW_D 0
+    #define CNN_POOL_NO_ROWS2(NAME, T)                                                                    \\
+    static void NAME##_max(const T* x, T* y, int* idx, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH,        \\
+                           Py_ssize_t OH, Py_ssize_t OW, int want_idx) {}                                 \\
+    static void NAME##_avg(const T* x, T* y, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH, Py_ssize_t OH,   \\
+                           Py_ssize_t OW) {}                                                              \\
+    static void NAME##_avg_grad(const T* dy, T* dx, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,            \\
+                                Py_ssize_t SH, Py_ssize_t OH, Py_ssize_t OW) {}
+    CNN_POOL_NO_ROWS2(cnn_pool_rows2_f, float)
+    CNN_POOL_NO_ROWS2(cnn_pool_rows2_d, double)
+    #endif
+    """
+    enum: CNN_POOL_MIN_OW_F   # narrowest output row of the float vector rows (4; 0: none in this build)
+    enum: CNN_POOL_MIN_OW_D
+    void _rows2_max_f "cnn_pool_rows2_f_max"(const float* x, float* y, int* idx, Py_ssize_t W, Py_ssize_t KH,
+                                             Py_ssize_t SH, Py_ssize_t OH, Py_ssize_t OW, int want_idx) noexcept nogil
+    void _rows2_max_d "cnn_pool_rows2_d_max"(const double* x, double* y, int* idx, Py_ssize_t W, Py_ssize_t KH,
+                                             Py_ssize_t SH, Py_ssize_t OH, Py_ssize_t OW, int want_idx) noexcept nogil
+    void _rows2_avg_f "cnn_pool_rows2_f_avg"(const float* x, float* y, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH,
+                                             Py_ssize_t OH, Py_ssize_t OW) noexcept nogil
+    void _rows2_avg_d "cnn_pool_rows2_d_avg"(const double* x, double* y, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH,
+                                             Py_ssize_t OH, Py_ssize_t OW) noexcept nogil
+    void _rows2_avg_grad_f "cnn_pool_rows2_f_avg_grad"(const float* dy, float* dx, Py_ssize_t H, Py_ssize_t W,
+                                                       Py_ssize_t KH, Py_ssize_t SH, Py_ssize_t OH,
+                                                       Py_ssize_t OW) noexcept nogil
+    void _rows2_avg_grad_d "cnn_pool_rows2_d_avg_grad"(const double* dy, double* dx, Py_ssize_t H, Py_ssize_t W,
+                                                       Py_ssize_t KH, Py_ssize_t SH, Py_ssize_t OH,
+                                                       Py_ssize_t OW) noexcept nogil
+
+
+cdef inline bint _rows2_ok(const floating* x, const PoolGeom* g) noexcept nogil:
+    """True when the vector rows for KW == SW == 2 apply (any KH, SH): rows of at least one 16-byte vector;
+    x only picks the dtype."""
+    cdef Py_ssize_t min_ow = CNN_POOL_MIN_OW_F if floating is float else CNN_POOL_MIN_OW_D
+    return g.KW == 2 and g.SW == 2 and min_ow > 0 and g.OW >= min_ow
+
+
+cdef inline void _rows2_max(const floating* x, floating* y, int* idx, bint want_idx,
+                            const PoolGeom* g) noexcept nogil:
+    """y[p, q], idx[p, q] = first max of x[p*SH : p*SH+KH, 2q : 2q+2] (row-major); needs _rows2_ok"""
+    if floating is float:
+        _rows2_max_f(x, y, idx, g.W, g.KH, g.SH, g.OH, g.OW, want_idx)
+    else:
+        _rows2_max_d(x, y, idx, g.W, g.KH, g.SH, g.OH, g.OW, want_idx)
+
+
+cdef inline void _rows2_avg(const floating* x, floating* y, const PoolGeom* g) noexcept nogil:
+    """y[p, q] = (1 / (2*KH)) Σ x[p*SH : p*SH+KH, 2q : 2q+2] (row-major chain from 0); needs _rows2_ok"""
+    if floating is float:
+        _rows2_avg_f(x, y, g.W, g.KH, g.SH, g.OH, g.OW)
+    else:
+        _rows2_avg_d(x, y, g.W, g.KH, g.SH, g.OH, g.OW)
+
+
+cdef inline void _rows2_avg_grad(const floating* dy, floating* dx, const PoolGeom* g) noexcept nogil:
+    """the dx plane of disjoint windows: dy[p, q] / (2*KH) over window (p, q), 0 elsewhere; needs _rows2_ok
+    and KH <= SH"""
+    if floating is float:
+        _rows2_avg_grad_f(dy, dx, g.H, g.W, g.KH, g.SH, g.OH, g.OW)
+    else:
+        _rows2_avg_grad_d(dy, dx, g.H, g.W, g.KH, g.SH, g.OH, g.OW)
+
+
 # ---------------------------------------------------------------------------------------------------
 # one plane
 # ---------------------------------------------------------------------------------------------------
@@ -32,8 +324,9 @@ cdef void _max_plane(const floating* x, floating* y, int* idx, bint want_idx,
                      const PoolGeom* g) noexcept nogil:
     """y[p, q] = max_{kh, kw} x[p*SH + kh, q*SW + kw]; idx[p, q] = flat index (in the H*W plane) of the first max.
 
-    Window offsets are visited in row-major order, each as one branch-free sweep along the output row (the
-    compiler vectorises it): strict '>' keeps the first max; 'v != v' lets the first NaN win and stay.
+    KW == SW == 2: the vector rows of the C block. Otherwise window offsets are visited in row-major order, each
+    as one branch-free sweep along the output row: strict '>' keeps the first max; 'v != v' lets the first NaN
+    win and stay.
     """
     cdef Py_ssize_t p, q, kh, kw, base, W = g.W, SW = g.SW, OW = g.OW
     cdef const floating* xrow
@@ -41,6 +334,9 @@ cdef void _max_plane(const floating* x, floating* y, int* idx, bint want_idx,
     cdef int* irow
     cdef floating v, b
     cdef bint take
+    if _rows2_ok(x, g):
+        _rows2_max(x, y, idx, want_idx, g)
+        return
     for p in range(g.OH):
         yrow = y + p * OW
         irow = idx + p * OW if want_idx else idx
@@ -82,12 +378,50 @@ cdef void _max_grad_plane(const floating* dy, const int* idx, floating* dx,
         dx[idx[t]] += dy[t]
 
 
+cdef void _avg_grad_plane_disjoint(const floating* dy, floating* dx, const PoolGeom* g) noexcept nogil:
+    """dx[r, c] = dy[p, q] / (KH*KW) for the window (p, q) holding (r, c), else 0 (KH <= SH, KW <= SW).
+
+    Windows do not overlap, so each dx element is written once, row by row (no zero pass, no scatter);
+    `+ 0` keeps the bits of the zero-then-add loops (-0 -> +0).
+    """
+    cdef Py_ssize_t r, c, p, q, kh, kw, base, H = g.H, W = g.W, OW = g.OW, KW = g.KW, SW = g.SW
+    cdef floating cnt = <floating>(g.KH * g.KW)
+    cdef floating share
+    cdef floating* dxrow
+    cdef const floating* dyrow
+    if _rows2_ok(dy, g):
+        _rows2_avg_grad(dy, dx, g)
+        return
+    for r in range(H):
+        p = r // g.SH
+        kh = r - p * g.SH
+        dxrow = dx + r * W
+        c = 0
+        if p < g.OH and kh < g.KH:
+            dyrow = dy + p * OW
+            for q in range(OW):
+                base = q * SW
+                while c < base:
+                    dxrow[c] = 0
+                    c += 1
+                share = dyrow[q] / cnt + 0
+                for kw in range(KW):
+                    dxrow[base + kw] = share
+                c = base + KW
+        while c < W:
+            dxrow[c] = 0
+            c += 1
+
+
 cdef void _avg_plane(const floating* x, floating* y, const PoolGeom* g) noexcept nogil:
     """y[p, q] = (1 / (KH*KW)) Σ_{kh, kw} x[p*SH + kh, q*SW + kw]"""
     cdef Py_ssize_t p, q, kh, kw
     cdef floating cnt = <floating>(g.KH * g.KW)
     cdef floating s
     cdef const floating* xrow
+    if _rows2_ok(x, g):
+        _rows2_avg(x, y, g)
+        return
     for p in range(g.OH):
         for q in range(g.OW):
             s = 0
@@ -148,15 +482,20 @@ def pool2d_backward(const floating[:, :, :, ::1] dy,   # IN  (N, C, OH, OW), OH,
                     Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
                     bint use_max, int num_threads):
     """dx[n, c] = dy[n, c] scattered to the first-max positions idx (use_max), or each dy[n, c, p, q] / (KH*KW)
-    spread over its window; zeros where nothing lands."""
+    spread over its window; zeros where nothing lands. Average pooling over disjoint windows (KH <= SH,
+    KW <= SW) writes dx once, row by row; max pooling zeroes the plane and adds dy at idx (measured faster
+    than writing each window once: a zero pass is a memset, and idx may point anywhere in the plane)."""
     cdef Py_ssize_t t, planes = dx.shape[0] * dx.shape[1]
     cdef Py_ssize_t HW = dx.shape[2] * dx.shape[3], P = dy.shape[2] * dy.shape[3]
     cdef PoolGeom g = _pgeom(dx.shape[2], dx.shape[3], dy.shape[2], dy.shape[3], KH, KW, SH, SW)
+    cdef bint disjoint = KH <= SH and KW <= SW
     if planes == 0 or HW == 0:
         return
     with nogil:
         for t in prange(planes, schedule='static', num_threads=num_threads):
             if use_max:
                 _max_grad_plane(&dy[0, 0, 0, 0] + t * P, &idx[0] + t * P, &dx[0, 0, 0, 0] + t * HW, &g)
+            elif disjoint:
+                _avg_grad_plane_disjoint(&dy[0, 0, 0, 0] + t * P, &dx[0, 0, 0, 0] + t * HW, &g)
             else:
                 _avg_grad_plane(&dy[0, 0, 0, 0] + t * P, &dx[0, 0, 0, 0] + t * HW, &g)
