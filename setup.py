@@ -53,7 +53,7 @@ def _target_is_x86_64():
 # The same kernels again with AVX2 + FMA, as a separate module chosen at run time when the CPU has them
 # (never -march=native: a wheel must run on every x86-64). CNN_EXT_NO_AVX2=1 skips it.
 X86_64 = _target_is_x86_64()
-AVX2_MODULES = {"_conv_avx2": "_conv"} if X86_64 and not _flag("CNN_EXT_NO_AVX2") else {}
+AVX2_MODULES = {"_conv_avx2": "_conv", "_pool_avx2": "_pool"} if X86_64 and not _flag("CNN_EXT_NO_AVX2") else {}
 
 DEBUG = _flag("CNN_EXT_DEBUG")
 NO_OPENMP = _flag("CNN_EXT_NO_OPENMP")

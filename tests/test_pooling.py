@@ -578,3 +578,13 @@ def test_fast_paths_are_bitwise_independent_of_the_thread_count(dtype, kernels, 
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert a.tobytes() == b.tobytes()
+
+
+def test_pooling_runs_the_build_picked_for_this_cpu():
+    import cnn_ext.pooling
+    from cnn_ext import _kernels
+
+    assert cnn_ext.pooling._pool is _kernels.pool
+    expected = "cnn_ext._pool_avx2" if _kernels.ISA == "avx2" else "cnn_ext._pool"
+    assert _kernels.pool.__name__ == expected
+    assert _kernels.conv.__name__ == expected.replace("_pool", "_conv")
