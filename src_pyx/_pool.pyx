@@ -8,8 +8,9 @@ uses every thread); nothing is reduced across planes, so results do not depend o
 Ties in max pooling: the first maximum in row-major window order wins (strict `>` scan); a NaN wins over
 any number, the first NaN over later ones, so NaN propagates as in PyTorch. Argmax positions are int32 (H*W is
 guarded in Python) so that they share the vector lanes of float32 values.
-Windows two columns wide with stride 2 (2x2 above all) run the vector rows of the C block below (contiguous loads
-deinterleaved in registers); every other shape runs the generic loops. The module is built twice, baseline and
+Windows two or three columns wide with the same stride (KW == SW: 2x2 above all, 3x3, (2, 3), (3, 2), any KH
+and SH) run the vector rows of the C block below (contiguous loads deinterleaved in registers); every other
+shape runs the generic loops. The module is built twice, baseline and
 AVX2 (cnn_ext._pool_avx2, picked at import by cnn_ext._kernels): 8-float vectors halve the work of the rows.
 """
 from cython cimport floating
@@ -29,18 +30,18 @@ cdef inline PoolGeom _pgeom(Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_
 
 cdef extern from *:
     """
-    /* Rows of 2-wide, stride-2 windows (KW == SW == 2, any KH and SH), one body for float and double.
+    /* Rows of K-wide, stride-K windows (KW == SW == K = 2 or 3, any KH and SH), one body for float and double.
      *
-     * One step handles L = lanes consecutive outputs of an output row: per window row it loads the 2L contiguous
-     * inputs as two GNU vectors and deinterleaves them (__builtin_shufflevector) into the even (kw = 0) and odd
-     * (kw = 1) columns, so every load is contiguous (the generic loops read x[q*SW] and do not vectorise).
-     * Max: each window row is reduced first (kw = 1 taken over kw = 0 only when strictly greater, or NaN over a
+     * One step handles L = lanes consecutive outputs of an output row: per window row it loads the K*L
+     * contiguous inputs as K GNU vectors and deinterleaves them (__builtin_shufflevector) into the K columns
+     * kw, so every load is contiguous (the generic loops read x[q*SW] and do not vectorise).
+     * Max: each window row is reduced first (a later kw taken only when strictly greater, or NaN over a
      * number), then the rows are merged in kh order with the same rule; as that rule picks the first element of
      * the largest class of a total preorder (NaN above every number), merging in row-major order gives the
      * same pick as one row-major scan. Average: the same chain of additions as the generic loops (0, then kh,
      * kw in row-major order), then the same division. The last block of a row overlaps the previous one
      * instead of running a scalar tail: it recomputes and stores the same values (needs OW >= L).
-     * The average's gradient (KH <= SH) writes every dx element once: dy / (2*KH) + 0, the + 0 making it
+     * The average's gradient (K = 2, KH <= SH) writes every dx element once: dy / (2*KH) + 0, the + 0 making it
      * bitwise the zero-then-add of the generic loops (-0 -> +0). The max gradient keeps the generic
      * zero-then-scatter (measured: as fast or faster than a vector select per element).
      * CNN_POOL_MIN_OW_* is 0 where GNU vectors or __builtin_shufflevector are missing (MSVC): the callers
@@ -70,6 +71,12 @@ cdef extern from *:
     #define CNN_POOL_ODD_D2(a, b) __builtin_shufflevector(a, b, 1, 3)
     #define CNN_POOL_DUPLO_D2(a) __builtin_shufflevector(a, a, 0, 0)
     #define CNN_POOL_DUPHI_D2(a) __builtin_shufflevector(a, a, 1, 1)
+    #define CNN_POOL_COL3_0_F4(a, b, c) __builtin_shufflevector(__builtin_shufflevector(a, b, 0, 3, 6, 0), c, 0, 1, 2, 5)
+    #define CNN_POOL_COL3_1_F4(a, b, c) __builtin_shufflevector(__builtin_shufflevector(a, b, 1, 4, 7, 0), c, 0, 1, 2, 6)
+    #define CNN_POOL_COL3_2_F4(a, b, c) __builtin_shufflevector(__builtin_shufflevector(a, b, 2, 5, 0, 0), c, 0, 1, 4, 7)
+    #define CNN_POOL_COL3_0_D2(a, b, c) __builtin_shufflevector(__builtin_shufflevector(a, b, 0, 3), c, 0, 1)
+    #define CNN_POOL_COL3_1_D2(a, b, c) __builtin_shufflevector(__builtin_shufflevector(a, b, 1, 0), c, 0, 2)
+    #define CNN_POOL_COL3_2_D2(a, b, c) __builtin_shufflevector(__builtin_shufflevector(a, b, 2, 0), c, 0, 3)
     #if CNN_POOL_VEC_BYTES == 32
     typedef float cnn_pool_vf8 __attribute__((vector_size(32), aligned(4), may_alias));
     typedef double cnn_pool_vd4 __attribute__((vector_size(32), aligned(8), may_alias));
@@ -82,9 +89,34 @@ cdef extern from *:
     #define CNN_POOL_ODD_D4(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7)
     #define CNN_POOL_DUPLO_D4(a) __builtin_shufflevector(a, a, 0, 0, 1, 1)
     #define CNN_POOL_DUPHI_D4(a) __builtin_shufflevector(a, a, 2, 2, 3, 3)
+    #define CNN_POOL_COL3_0_F8(a, b, c) __builtin_shufflevector(__builtin_shufflevector(a, b, 0, 3, 6, 9, 12, 15, 0, 0), c, 0, 1, 2, 3, 4, 5, 10, 13)
+    #define CNN_POOL_COL3_1_F8(a, b, c) __builtin_shufflevector(__builtin_shufflevector(a, b, 1, 4, 7, 10, 13, 0, 0, 0), c, 0, 1, 2, 3, 4, 8, 11, 14)
+    #define CNN_POOL_COL3_2_F8(a, b, c) __builtin_shufflevector(__builtin_shufflevector(a, b, 2, 5, 8, 11, 14, 0, 0, 0), c, 0, 1, 2, 3, 4, 9, 12, 15)
+    #define CNN_POOL_COL3_0_D4(a, b, c) __builtin_shufflevector(__builtin_shufflevector(a, b, 0, 3, 6, 0), c, 0, 1, 2, 5)
+    #define CNN_POOL_COL3_1_D4(a, b, c) __builtin_shufflevector(__builtin_shufflevector(a, b, 1, 4, 7, 0), c, 0, 1, 2, 6)
+    #define CNN_POOL_COL3_2_D4(a, b, c) __builtin_shufflevector(__builtin_shufflevector(a, b, 2, 5, 0, 0), c, 0, 1, 4, 7)
     #endif
     #define CNN_POOL_MIN_OW_F 4
     #define CNN_POOL_MIN_OW_D 2
+    /* c[kw] = the kw-th column of the L windows (K wide, stride K) of one row: the K*L contiguous inputs from
+     * xr, deinterleaved (K = 3: two shuffles per column, as one takes only two vectors) */
+    #define CNN_POOL_COLS2(V, L, E, O, xr, c)                                                             \\
+        do { V a_ = *(const V*)(xr), b_ = *(const V*)((xr) + (L)); (c)[0] = E(a_, b_); (c)[1] = O(a_, b_); } while (0)
+    #define CNN_POOL_COLS3(V, L, S, xr, c)                                                                \\
+        do { \\
+            V a_ = *(const V*)(xr), b_ = *(const V*)((xr) + (L)), c_ = *(const V*)((xr) + 2 * (L));       \\
+            (c)[0] = CNN_POOL_COL3_0_##S(a_, b_, c_);                                                     \\
+            (c)[1] = CNN_POOL_COL3_1_##S(a_, b_, c_);                                                     \\
+            (c)[2] = CNN_POOL_COL3_2_##S(a_, b_, c_);                                                     \\
+        } while (0)
+    #define CNN_POOL_COLS_K2_F4(xr, c) CNN_POOL_COLS2(cnn_pool_vf4, 4, CNN_POOL_EVEN_F4, CNN_POOL_ODD_F4, xr, c)
+    #define CNN_POOL_COLS_K2_D2(xr, c) CNN_POOL_COLS2(cnn_pool_vd2, 2, CNN_POOL_EVEN_D2, CNN_POOL_ODD_D2, xr, c)
+    #define CNN_POOL_COLS_K2_F8(xr, c) CNN_POOL_COLS2(cnn_pool_vf8, 8, CNN_POOL_EVEN_F8, CNN_POOL_ODD_F8, xr, c)
+    #define CNN_POOL_COLS_K2_D4(xr, c) CNN_POOL_COLS2(cnn_pool_vd4, 4, CNN_POOL_EVEN_D4, CNN_POOL_ODD_D4, xr, c)
+    #define CNN_POOL_COLS_K3_F4(xr, c) CNN_POOL_COLS3(cnn_pool_vf4, 4, F4, xr, c)
+    #define CNN_POOL_COLS_K3_D2(xr, c) CNN_POOL_COLS3(cnn_pool_vd2, 2, D2, xr, c)
+    #define CNN_POOL_COLS_K3_F8(xr, c) CNN_POOL_COLS3(cnn_pool_vf8, 8, F8, xr, c)
+    #define CNN_POOL_COLS_K3_D4(xr, c) CNN_POOL_COLS3(cnn_pool_vd4, 4, D4, xr, c)
 
     /* All-ones int32 lanes (MI) where v must replace the running max b: v > b, or v is NaN and b is not.
      * Masks are combined as int32 lanes even for double: gcc folds the three double compares into one
@@ -107,40 +139,50 @@ cdef extern from *:
             p[k] = v[2 * k];                                                                              \\
     }
 
-    /* T scalar, V its vector, MI / NI its position lanes; E / O deinterleave, DL / DH duplicate the low /
-     * high half of a V; LANE, SI as above. */
-    #define CNN_POOL_DEFINE_ROWS2(NAME, T, V, MI, NI, E, O, DL, DH, LANE, SI)                             \\
+    /* T scalar, V its vector, MI / NI its position lanes; windows K wide with stride K (K = 2, 3, any KH and
+     * SH); COLS loads the columns of one window row, LANE, SI as above. Max: each window row is reduced over
+     * kw, then the rows are merged in kh order, both with CNN_POOL_TAKE. */
+    #define CNN_POOL_DEFINE_ROWS(NAME, K, T, V, MI, NI, COLS, LANE, SI)                                   \\
+    static inline __attribute__((always_inline)) void NAME##_hrow(                                        \\
+            const T* xr, MI pos, V* h, MI* hi, const int want_idx) {                                      \\
+        V cols[K];                                                                                        \\
+        MI t;                                                                                             \\
+        int kw;                                                                                           \\
+        COLS(xr, cols);                                                                                   \\
+        *h = cols[0];                                                                                     \\
+        *hi = pos;                                                                                        \\
+        for (kw = 1; kw < (K); kw++) {                                                                    \\
+            t = CNN_POOL_TAKE(MI, cols[kw], *h);                                                          \\
+            *h = CNN_POOL_SEL(V, MI, t, cols[kw], *h);                                                    \\
+            if (want_idx)                                                                                 \\
+                *hi = (*hi & ~t) | ((pos + kw) & t);                                                      \\
+        }                                                                                                 \\
+    }                                                                                                     \\
     static inline __attribute__((always_inline)) void NAME##_max_fixed(                                   \\
             const T* x, T* y, int* idx, Py_ssize_t W, Py_ssize_t r0, Py_ssize_t KH, Py_ssize_t OW,        \\
             const int want_idx) {                                                                         \\
         const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T));                                         \\
-        MI lane2;                                                                                         \\
+        MI laneK;                                                                                         \\
         Py_ssize_t j, kh, q0 = 0;                                                                         \\
         for (j = 0; j < NI; j++)                                                                          \\
-            lane2[j] = (int)(2 * LANE(j));                                                                \\
+            laneK[j] = (int)((K) * LANE(j));                                                              \\
         for (;;) {                                                                                        \\
             const T* xr;                                                                                  \\
-            V a, b, e, o, best, h;                                                                        \\
-            MI t, u, pos, bi;                                                                             \\
+            V best, h;                                                                                    \\
+            MI t, pos, bi, hi;                                                                            \\
             if (q0 + L > OW)                                                                              \\
                 q0 = OW - L;                                                                              \\
-            xr = x + r0 * W + 2 * q0;                                                                     \\
-            pos = lane2 + (int)(r0 * W + 2 * q0);                                                         \\
-            a = *(const V*)xr; b = *(const V*)(xr + L);                                                   \\
-            e = E(a, b); o = O(a, b);                                                                     \\
-            t = CNN_POOL_TAKE(MI, o, e);                                                                  \\
-            best = CNN_POOL_SEL(V, MI, t, o, e);                                                          \\
-            bi = pos - t;                                                                                 \\
+            xr = x + r0 * W + (K) * q0;                                                                   \\
+            pos = laneK + (int)(r0 * W + (K) * q0);                                                       \\
+            NAME##_hrow(xr, pos, &best, &bi, want_idx);                                                   \\
             for (kh = 1; kh < KH; kh++) {                                                                 \\
-                xr += W; pos += (int)W;                                                                   \\
-                a = *(const V*)xr; b = *(const V*)(xr + L);                                               \\
-                e = E(a, b); o = O(a, b);                                                                 \\
-                t = CNN_POOL_TAKE(MI, o, e);                                                              \\
-                h = CNN_POOL_SEL(V, MI, t, o, e);                                                         \\
-                u = CNN_POOL_TAKE(MI, h, best);                                                           \\
-                best = CNN_POOL_SEL(V, MI, u, h, best);                                                   \\
+                xr += W;                                                                                  \\
+                pos += (int)W;                                                                            \\
+                NAME##_hrow(xr, pos, &h, &hi, want_idx);                                                  \\
+                t = CNN_POOL_TAKE(MI, h, best);                                                           \\
+                best = CNN_POOL_SEL(V, MI, t, h, best);                                                   \\
                 if (want_idx)                                                                             \\
-                    bi = (bi & ~u) | ((pos - t) & u);                                                     \\
+                    bi = (bi & ~t) | (hi & t);                                                            \\
             }                                                                                             \\
             *(V*)(y + q0) = best;                                                                         \\
             if (want_idx)                                                                                 \\
@@ -160,36 +202,34 @@ cdef extern from *:
                 NAME##_max_fixed(x, y + p * OW, idx, W, p * SH, KH, OW, 0);                               \\
         }                                                                                                 \\
     }                                                                                                     \\
-    static inline __attribute__((always_inline)) void NAME##_avg_row(                                     \\
-            const T* x, T* y, Py_ssize_t W, Py_ssize_t r0, Py_ssize_t KH, Py_ssize_t OW) {                \\
-        const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T));                                         \\
-        const V cnt = (V){0} + (T)(2 * KH), zero = (V){0};                                                \\
-        Py_ssize_t kh, q0 = 0;                                                                            \\
-        for (;;) {                                                                                        \\
-            const T* xr;                                                                                  \\
-            V a, b, s = zero;                                                                             \\
-            if (q0 + L > OW)                                                                              \\
-                q0 = OW - L;                                                                              \\
-            xr = x + r0 * W + 2 * q0;                                                                     \\
-            for (kh = 0; kh < KH; kh++, xr += W) {                                                        \\
-                a = *(const V*)xr; b = *(const V*)(xr + L);                                               \\
-                s = s + E(a, b);                                                                          \\
-                s = s + O(a, b);                                                                          \\
-            }                                                                                             \\
-            *(V*)(y + q0) = s / cnt;                                                                      \\
-            q0 += L;                                                                                      \\
-            if (q0 >= OW)                                                                                 \\
-                break;                                                                                    \\
-        }                                                                                                 \\
-    }                                                                                                     \\
     static void NAME##_avg(const T* x, T* y, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH, Py_ssize_t OH,   \\
                            Py_ssize_t OW) {                                                               \\
-        Py_ssize_t p;                                                                                     \\
-        for (p = 0; p < OH; p++)                                                                          \\
-            NAME##_avg_row(x, y + p * OW, W, p * SH, KH, OW);                                             \\
-    }                                                                                                     \\
-    /* the whole dx plane of disjoint windows (KH <= SH): dx[r, 2q + kw] = dy[p, q] / (2*KH) + 0 on window \\
-     * rows, 0 on the last column when W is odd and on the rows no window reaches */                      \\
+        const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T));                                         \\
+        const V cnt = (V){0} + (T)((K) * KH), zero = (V){0};                                              \\
+        Py_ssize_t p, kh, kw, q0;                                                                         \\
+        for (p = 0; p < OH; p++) {                                                                        \\
+            for (q0 = 0;;) {                                                                              \\
+                const T* xr;                                                                              \\
+                V cols[K], s = zero;                                                                      \\
+                if (q0 + L > OW)                                                                          \\
+                    q0 = OW - L;                                                                          \\
+                xr = x + p * SH * W + (K) * q0;                                                           \\
+                for (kh = 0; kh < KH; kh++, xr += W) {                                                    \\
+                    COLS(xr, cols);                                                                       \\
+                    for (kw = 0; kw < (K); kw++)                                                          \\
+                        s = s + cols[kw];                                                                 \\
+                }                                                                                         \\
+                *(V*)(y + p * OW + q0) = s / cnt;                                                         \\
+                q0 += L;                                                                                  \\
+                if (q0 >= OW)                                                                             \\
+                    break;                                                                                \\
+            }                                                                                             \\
+        }                                                                                                 \\
+    }
+
+    /* the whole dx plane of disjoint 2-wide windows (KH <= SH): dx[r, 2q + kw] = dy[p, q] / (2*KH) + 0 on
+     * window rows, 0 on the last column when W is odd and on the rows no window reaches */
+    #define CNN_POOL_DEFINE_AVG_GRAD2(NAME, T, V, DL, DH)                                                 \\
     static void NAME##_avg_grad(const T* dy, T* dx, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,            \\
                                 Py_ssize_t SH, Py_ssize_t OH, Py_ssize_t OW) {                            \\
         const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T));                                         \\
@@ -220,100 +260,112 @@ cdef extern from *:
             }                                                                                             \\
         }                                                                                                 \\
     }
-    CNN_POOL_DEFINE_POSITIONS(cnn_pool_p4, cnn_pool_mi4, 2)
-    CNN_POOL_DEFINE_ROWS2(cnn_pool_f4, float, cnn_pool_vf4, cnn_pool_mi4, 4, CNN_POOL_EVEN_F4, CNN_POOL_ODD_F4,
-                          CNN_POOL_DUPLO_F4, CNN_POOL_DUPHI_F4, CNN_POOL_LANE_F, cnn_pool_p4_storei_f)
-    CNN_POOL_DEFINE_ROWS2(cnn_pool_d2, double, cnn_pool_vd2, cnn_pool_mi4, 4, CNN_POOL_EVEN_D2, CNN_POOL_ODD_D2,
-                          CNN_POOL_DUPLO_D2, CNN_POOL_DUPHI_D2, CNN_POOL_LANE_D, cnn_pool_p4_storei_d)
+
+    /* everything for one vector width: float rows FN, double rows DN, positions PN (MI, NI int32 lanes,
+     * LD doubles a vector), the shuffle macros of suffixes SF / SD */
+    #define CNN_POOL_DEFINE_WIDTH(FN, DN, PN, VF, VD, MI, NI, LD, SF, SD)                                 \\
+    CNN_POOL_DEFINE_POSITIONS(PN, MI, LD)                                                                 \\
+    CNN_POOL_DEFINE_ROWS(FN##_k2, 2, float, VF, MI, NI, CNN_POOL_COLS_K2_##SF, CNN_POOL_LANE_F, PN##_storei_f) \\
+    CNN_POOL_DEFINE_ROWS(DN##_k2, 2, double, VD, MI, NI, CNN_POOL_COLS_K2_##SD, CNN_POOL_LANE_D, PN##_storei_d) \\
+    CNN_POOL_DEFINE_ROWS(FN##_k3, 3, float, VF, MI, NI, CNN_POOL_COLS_K3_##SF, CNN_POOL_LANE_F, PN##_storei_f) \\
+    CNN_POOL_DEFINE_ROWS(DN##_k3, 3, double, VD, MI, NI, CNN_POOL_COLS_K3_##SD, CNN_POOL_LANE_D, PN##_storei_d) \\
+    CNN_POOL_DEFINE_AVG_GRAD2(FN##_k2, float, VF, CNN_POOL_DUPLO_##SF, CNN_POOL_DUPHI_##SF)               \\
+    CNN_POOL_DEFINE_AVG_GRAD2(DN##_k2, double, VD, CNN_POOL_DUPLO_##SD, CNN_POOL_DUPHI_##SD)
+    CNN_POOL_DEFINE_WIDTH(cnn_pool_f4, cnn_pool_d2, cnn_pool_p4, cnn_pool_vf4, cnn_pool_vd2, cnn_pool_mi4, 4, 2, F4, D2)
     #if CNN_POOL_VEC_BYTES == 32
-    CNN_POOL_DEFINE_POSITIONS(cnn_pool_p8, cnn_pool_mi8, 4)
-    CNN_POOL_DEFINE_ROWS2(cnn_pool_f8, float, cnn_pool_vf8, cnn_pool_mi8, 8, CNN_POOL_EVEN_F8, CNN_POOL_ODD_F8,
-                          CNN_POOL_DUPLO_F8, CNN_POOL_DUPHI_F8, CNN_POOL_LANE_F, cnn_pool_p8_storei_f)
-    CNN_POOL_DEFINE_ROWS2(cnn_pool_d4, double, cnn_pool_vd4, cnn_pool_mi8, 8, CNN_POOL_EVEN_D4, CNN_POOL_ODD_D4,
-                          CNN_POOL_DUPLO_D4, CNN_POOL_DUPHI_D4, CNN_POOL_LANE_D, cnn_pool_p8_storei_d)
+    CNN_POOL_DEFINE_WIDTH(cnn_pool_f8, cnn_pool_d4, cnn_pool_p8, cnn_pool_vf8, cnn_pool_vd4, cnn_pool_mi8, 8, 4, F8, D4)
     #define CNN_POOL_WIDE(OW, LANES, WIDE, NARROW, ARGS) do { if ((OW) >= (LANES)) WIDE ARGS; else NARROW ARGS; } while (0)
     #else
     #define CNN_POOL_WIDE(OW, LANES, WIDE, NARROW, ARGS) NARROW ARGS
     #endif
-    /* the entry points: the widest vectors that fit in OW (>= CNN_POOL_MIN_OW_*, checked by the caller) */
-    #define CNN_POOL_DEFINE_ENTRIES(NAME, T, WIDE, NARROW, WL)                                            \\
+    /* the entry points: K = KW = SW (2 or 3), the widest vectors that fit in OW (OW >= CNN_POOL_MIN_OW_*,
+     * checked by the caller); the average gradient for K = 2 only */
+    #define CNN_POOL_DEFINE_ENTRIES(NAME, T, W8, W4, WL)                                                  \\
     static void NAME##_max(const T* x, T* y, int* idx, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH,        \\
-                           Py_ssize_t OH, Py_ssize_t OW, int want_idx) {                                  \\
-        CNN_POOL_WIDE(OW, WL, WIDE##_max, NARROW##_max, (x, y, idx, W, KH, SH, OH, OW, want_idx));        \\
+                           Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t K, int want_idx) {                    \\
+        if (K == 3)                                                                                       \\
+            CNN_POOL_WIDE(OW, WL, W8##_k3_max, W4##_k3_max, (x, y, idx, W, KH, SH, OH, OW, want_idx));    \\
+        else                                                                                              \\
+            CNN_POOL_WIDE(OW, WL, W8##_k2_max, W4##_k2_max, (x, y, idx, W, KH, SH, OH, OW, want_idx));    \\
     }                                                                                                     \\
     static void NAME##_avg(const T* x, T* y, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH, Py_ssize_t OH,   \\
-                           Py_ssize_t OW) {                                                               \\
-        CNN_POOL_WIDE(OW, WL, WIDE##_avg, NARROW##_avg, (x, y, W, KH, SH, OH, OW));                       \\
+                           Py_ssize_t OW, Py_ssize_t K) {                                                 \\
+        if (K == 3)                                                                                       \\
+            CNN_POOL_WIDE(OW, WL, W8##_k3_avg, W4##_k3_avg, (x, y, W, KH, SH, OH, OW));                   \\
+        else                                                                                              \\
+            CNN_POOL_WIDE(OW, WL, W8##_k2_avg, W4##_k2_avg, (x, y, W, KH, SH, OH, OW));                   \\
     }                                                                                                     \\
     static void NAME##_avg_grad(const T* dy, T* dx, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,            \\
                                 Py_ssize_t SH, Py_ssize_t OH, Py_ssize_t OW) {                            \\
-        CNN_POOL_WIDE(OW, WL, WIDE##_avg_grad, NARROW##_avg_grad, (dy, dx, H, W, KH, SH, OH, OW));        \\
+        CNN_POOL_WIDE(OW, WL, W8##_k2_avg_grad, W4##_k2_avg_grad, (dy, dx, H, W, KH, SH, OH, OW));        \\
     }
-    CNN_POOL_DEFINE_ENTRIES(cnn_pool_rows2_f, float, cnn_pool_f8, cnn_pool_f4, 8)
-    CNN_POOL_DEFINE_ENTRIES(cnn_pool_rows2_d, double, cnn_pool_d4, cnn_pool_d2, 4)
+    CNN_POOL_DEFINE_ENTRIES(cnn_pool_rows_f, float, cnn_pool_f8, cnn_pool_f4, 8)
+    CNN_POOL_DEFINE_ENTRIES(cnn_pool_rows_d, double, cnn_pool_d4, cnn_pool_d2, 4)
     #else
     #define CNN_POOL_MIN_OW_F 0
     #define CNN_POOL_MIN_OW_D 0
-    #define CNN_POOL_NO_ROWS2(NAME, T)                                                                    \\
+    #define CNN_POOL_NO_ROWS(NAME, T)                                                                     \\
     static void NAME##_max(const T* x, T* y, int* idx, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH,        \\
-                           Py_ssize_t OH, Py_ssize_t OW, int want_idx) {}                                 \\
+                           Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t K, int want_idx) {}                   \\
     static void NAME##_avg(const T* x, T* y, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH, Py_ssize_t OH,   \\
-                           Py_ssize_t OW) {}                                                              \\
+                           Py_ssize_t OW, Py_ssize_t K) {}                                                \\
     static void NAME##_avg_grad(const T* dy, T* dx, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,            \\
                                 Py_ssize_t SH, Py_ssize_t OH, Py_ssize_t OW) {}
-    CNN_POOL_NO_ROWS2(cnn_pool_rows2_f, float)
-    CNN_POOL_NO_ROWS2(cnn_pool_rows2_d, double)
+    CNN_POOL_NO_ROWS(cnn_pool_rows_f, float)
+    CNN_POOL_NO_ROWS(cnn_pool_rows_d, double)
     #endif
     """
     enum: CNN_POOL_MIN_OW_F   # narrowest output row of the float vector rows (4; 0: none in this build)
     enum: CNN_POOL_MIN_OW_D
-    void _rows2_max_f "cnn_pool_rows2_f_max"(const float* x, float* y, int* idx, Py_ssize_t W, Py_ssize_t KH,
-                                             Py_ssize_t SH, Py_ssize_t OH, Py_ssize_t OW, int want_idx) noexcept nogil
-    void _rows2_max_d "cnn_pool_rows2_d_max"(const double* x, double* y, int* idx, Py_ssize_t W, Py_ssize_t KH,
-                                             Py_ssize_t SH, Py_ssize_t OH, Py_ssize_t OW, int want_idx) noexcept nogil
-    void _rows2_avg_f "cnn_pool_rows2_f_avg"(const float* x, float* y, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH,
-                                             Py_ssize_t OH, Py_ssize_t OW) noexcept nogil
-    void _rows2_avg_d "cnn_pool_rows2_d_avg"(const double* x, double* y, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH,
-                                             Py_ssize_t OH, Py_ssize_t OW) noexcept nogil
-    void _rows2_avg_grad_f "cnn_pool_rows2_f_avg_grad"(const float* dy, float* dx, Py_ssize_t H, Py_ssize_t W,
-                                                       Py_ssize_t KH, Py_ssize_t SH, Py_ssize_t OH,
-                                                       Py_ssize_t OW) noexcept nogil
-    void _rows2_avg_grad_d "cnn_pool_rows2_d_avg_grad"(const double* dy, double* dx, Py_ssize_t H, Py_ssize_t W,
-                                                       Py_ssize_t KH, Py_ssize_t SH, Py_ssize_t OH,
-                                                       Py_ssize_t OW) noexcept nogil
+    void _rows_max_f "cnn_pool_rows_f_max"(const float* x, float* y, int* idx, Py_ssize_t W, Py_ssize_t KH,
+                                           Py_ssize_t SH, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t K,
+                                           int want_idx) noexcept nogil
+    void _rows_max_d "cnn_pool_rows_d_max"(const double* x, double* y, int* idx, Py_ssize_t W, Py_ssize_t KH,
+                                           Py_ssize_t SH, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t K,
+                                           int want_idx) noexcept nogil
+    void _rows_avg_f "cnn_pool_rows_f_avg"(const float* x, float* y, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH,
+                                           Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t K) noexcept nogil
+    void _rows_avg_d "cnn_pool_rows_d_avg"(const double* x, double* y, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH,
+                                           Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t K) noexcept nogil
+    void _rows_avg_grad_f "cnn_pool_rows_f_avg_grad"(const float* dy, float* dx, Py_ssize_t H, Py_ssize_t W,
+                                                     Py_ssize_t KH, Py_ssize_t SH, Py_ssize_t OH,
+                                                     Py_ssize_t OW) noexcept nogil
+    void _rows_avg_grad_d "cnn_pool_rows_d_avg_grad"(const double* dy, double* dx, Py_ssize_t H, Py_ssize_t W,
+                                                     Py_ssize_t KH, Py_ssize_t SH, Py_ssize_t OH,
+                                                     Py_ssize_t OW) noexcept nogil
 
 
-cdef inline bint _rows2_ok(const floating* x, const PoolGeom* g) noexcept nogil:
-    """True when the vector rows for KW == SW == 2 apply (any KH, SH): rows of at least one 16-byte vector;
+cdef inline bint _rows_ok(const floating* x, const PoolGeom* g) noexcept nogil:
+    """True when the vector rows apply: KW == SW == 2 or 3 (any KH, SH), rows of at least one 16-byte vector;
     x only picks the dtype."""
     cdef Py_ssize_t min_ow = CNN_POOL_MIN_OW_F if floating is float else CNN_POOL_MIN_OW_D
-    return g.KW == 2 and g.SW == 2 and min_ow > 0 and g.OW >= min_ow
+    return g.KW == g.SW and (g.KW == 2 or g.KW == 3) and min_ow > 0 and g.OW >= min_ow
 
 
-cdef inline void _rows2_max(const floating* x, floating* y, int* idx, bint want_idx,
-                            const PoolGeom* g) noexcept nogil:
-    """y[p, q], idx[p, q] = first max of x[p*SH : p*SH+KH, 2q : 2q+2] (row-major); needs _rows2_ok"""
+cdef inline void _rows_max(const floating* x, floating* y, int* idx, bint want_idx,
+                           const PoolGeom* g) noexcept nogil:
+    """y[p, q], idx[p, q] = first max of x[p*SH : p*SH+KH, K*q : K*q+K] (row-major); needs _rows_ok"""
     if floating is float:
-        _rows2_max_f(x, y, idx, g.W, g.KH, g.SH, g.OH, g.OW, want_idx)
+        _rows_max_f(x, y, idx, g.W, g.KH, g.SH, g.OH, g.OW, g.KW, want_idx)
     else:
-        _rows2_max_d(x, y, idx, g.W, g.KH, g.SH, g.OH, g.OW, want_idx)
+        _rows_max_d(x, y, idx, g.W, g.KH, g.SH, g.OH, g.OW, g.KW, want_idx)
 
 
-cdef inline void _rows2_avg(const floating* x, floating* y, const PoolGeom* g) noexcept nogil:
-    """y[p, q] = (1 / (2*KH)) Σ x[p*SH : p*SH+KH, 2q : 2q+2] (row-major chain from 0); needs _rows2_ok"""
+cdef inline void _rows_avg(const floating* x, floating* y, const PoolGeom* g) noexcept nogil:
+    """y[p, q] = (1 / (K*KH)) Σ x[p*SH : p*SH+KH, K*q : K*q+K] (row-major chain from 0); needs _rows_ok"""
     if floating is float:
-        _rows2_avg_f(x, y, g.W, g.KH, g.SH, g.OH, g.OW)
+        _rows_avg_f(x, y, g.W, g.KH, g.SH, g.OH, g.OW, g.KW)
     else:
-        _rows2_avg_d(x, y, g.W, g.KH, g.SH, g.OH, g.OW)
+        _rows_avg_d(x, y, g.W, g.KH, g.SH, g.OH, g.OW, g.KW)
 
 
-cdef inline void _rows2_avg_grad(const floating* dy, floating* dx, const PoolGeom* g) noexcept nogil:
-    """the dx plane of disjoint windows: dy[p, q] / (2*KH) over window (p, q), 0 elsewhere; needs _rows2_ok
-    and KH <= SH"""
+cdef inline void _rows_avg_grad(const floating* dy, floating* dx, const PoolGeom* g) noexcept nogil:
+    """the dx plane of disjoint windows: dy[p, q] / (2*KH) over window (p, q), 0 elsewhere; needs _rows_ok,
+    KW == 2 and KH <= SH"""
     if floating is float:
-        _rows2_avg_grad_f(dy, dx, g.H, g.W, g.KH, g.SH, g.OH, g.OW)
+        _rows_avg_grad_f(dy, dx, g.H, g.W, g.KH, g.SH, g.OH, g.OW)
     else:
-        _rows2_avg_grad_d(dy, dx, g.H, g.W, g.KH, g.SH, g.OH, g.OW)
+        _rows_avg_grad_d(dy, dx, g.H, g.W, g.KH, g.SH, g.OH, g.OW)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -324,9 +376,9 @@ cdef void _max_plane(const floating* x, floating* y, int* idx, bint want_idx,
                      const PoolGeom* g) noexcept nogil:
     """y[p, q] = max_{kh, kw} x[p*SH + kh, q*SW + kw]; idx[p, q] = flat index (in the H*W plane) of the first max.
 
-    KW == SW == 2: the vector rows of the C block. Otherwise window offsets are visited in row-major order, each
-    as one branch-free sweep along the output row: strict '>' keeps the first max; 'v != v' lets the first NaN
-    win and stay.
+    KW == SW == 2 or 3: the vector rows of the C block. Otherwise window offsets are visited in row-major
+    order, each as one branch-free sweep along the output row: strict '>' keeps the first max; 'v != v' lets
+    the first NaN win and stay.
     """
     cdef Py_ssize_t p, q, kh, kw, base, W = g.W, SW = g.SW, OW = g.OW
     cdef const floating* xrow
@@ -334,8 +386,8 @@ cdef void _max_plane(const floating* x, floating* y, int* idx, bint want_idx,
     cdef int* irow
     cdef floating v, b
     cdef bint take
-    if _rows2_ok(x, g):
-        _rows2_max(x, y, idx, want_idx, g)
+    if _rows_ok(x, g):
+        _rows_max(x, y, idx, want_idx, g)
         return
     for p in range(g.OH):
         yrow = y + p * OW
@@ -381,16 +433,16 @@ cdef void _max_grad_plane(const floating* dy, const int* idx, floating* dx,
 cdef void _avg_plane(const floating* x, floating* y, const PoolGeom* g) noexcept nogil:
     """y[p, q] = (1 / (KH*KW)) Σ_{kh, kw} x[p*SH + kh, q*SW + kw]
 
-    KW == SW == 2: the vector rows of the C block. Otherwise one sweep along the output row per window offset,
-    in row-major order, so every output still sums 0, then its window in row-major order (the order of the
+    KW == SW == 2 or 3: the vector rows of the C block. Otherwise one sweep along the output row per window
+    offset, in row-major order, so every output still sums 0, then its window in row-major order (the order of the
     vector rows); a loop over each window instead gets gathers from gcc in the AVX2 build (slower for double).
     """
     cdef Py_ssize_t p, q, kh, kw, OW = g.OW, SW = g.SW
     cdef floating cnt = <floating>(g.KH * g.KW)
     cdef floating* yrow
     cdef const floating* xrow
-    if _rows2_ok(x, g):
-        _rows2_avg(x, y, g)
+    if _rows_ok(x, g):
+        _rows_avg(x, y, g)
         return
     for p in range(g.OH):
         yrow = y + p * OW
@@ -479,12 +531,12 @@ def pool2d_backward(const floating[:, :, :, ::1] dy,   # IN  (N, C, OH, OW), OH,
     cdef bint rows2
     if planes == 0 or HW == 0:
         return
-    rows2 = KH <= SH and _rows2_ok(&dy[0, 0, 0, 0], &g)
+    rows2 = KW == 2 and KH <= SH and _rows_ok(&dy[0, 0, 0, 0], &g)
     with nogil:
         for t in prange(planes, schedule='static', num_threads=num_threads):
             if use_max:
                 _max_grad_plane(&dy[0, 0, 0, 0] + t * P, &idx[0] + t * P, &dx[0, 0, 0, 0] + t * HW, &g)
             elif rows2:
-                _rows2_avg_grad(&dy[0, 0, 0, 0] + t * P, &dx[0, 0, 0, 0] + t * HW, &g)
+                _rows_avg_grad(&dy[0, 0, 0, 0] + t * P, &dx[0, 0, 0, 0] + t * HW, &g)
             else:
                 _avg_grad_plane(&dy[0, 0, 0, 0] + t * P, &dx[0, 0, 0, 0] + t * HW, &g)

@@ -455,6 +455,10 @@ FAST_CASES = [
     (28, 28, 2, None), (3, 34, 2, None), (3, 35, 2, None),
     (9, 20, (3, 2), None), (10, 21, (2, 2), (3, 2)), (7, 19, (1, 2), None), (8, 16, (3, 2), (2, 2)),
     (9, 9, 3, None), (10, 11, 3, None), (8, 9, (2, 3), None), (7, 13, (2, 3), (3, 4)),
+    # KW == SW == 3: the 3-wide vector rows (rows of 4..17 outputs), remainders, KH != 3, SH != KH
+    (9, 12, 3, None), (6, 26, 3, None), (7, 29, 3, None), (12, 51, 3, None), (27, 27, 3, None),
+    (5, 24, (2, 3), None), (6, 41, (2, 3), None), (4, 15, (1, 3), None), (8, 21, 3, (2, 3)),
+    (11, 22, (2, 3), (4, 3)),
 ]
 
 
@@ -486,26 +490,27 @@ def test_fast_paths_match_the_reference_exactly(case, dtype, kernels):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_every_nan_pattern_of_a_2x2_window(dtype, kernels):
-    """All 16 subsets of NaN positions in a 2x2 window, at every output column of a row wider than one vector:
-    NaN wins over numbers, the first NaN (row-major) over later ones; -inf and +inf around it."""
-    patterns = [[(m >> b) & 1 for b in range(4)] for m in range(16)]
-    base = np.array([[1.0, 5.0], [5.0, -np.inf]], dtype=dtype)
-    x = np.empty((len(patterns), 1, 2, 2 * 17), dtype=dtype)
+@pytest.mark.parametrize("window", [(2, 2), (2, 3), (3, 3)])
+def test_every_nan_pattern_of_a_window(window, dtype, kernels):
+    """All subsets of NaN positions in a window, at every output column of a row wider than one vector:
+    NaN wins over numbers, the first NaN (row-major) over later ones; ties of 5 and -inf around it."""
+    KH, KW = window
+    OW, n = 9, KH * KW
+    patterns = [[(m >> b) & 1 for b in range(n)] for m in range(2**n)]
     rng = np.random.default_rng(7)
+    x = np.empty((len(patterns), 1, KH, KW * OW), dtype=dtype)
     for i, pat in enumerate(patterns):
-        for q in range(17):
-            w = (base[:, ::-1] if rng.random() < 0.5 else base).copy()
-            w[np.array(pat, bool).reshape(2, 2)] = np.nan
-            x[i, 0, :, 2 * q:2 * q + 2] = w
-    y, idx = maxpool2d_forward(x, 2, return_indices=True)
-    assert_array_equal(y, ref_max(x, 2))  # NaN compares equal to NaN in assert_array_equal
-    assert_array_equal(idx, ref_max_indices(x, 2))
+        for q in range(OW):
+            w = rng.choice(np.array([1.0, 5.0, 5.0, -np.inf], dtype=dtype), size=(KH, KW))
+            w[np.array(pat, bool).reshape(KH, KW)] = np.nan
+            x[i, 0, :, KW * q:KW * q + KW] = w
+    y, idx = maxpool2d_forward(x, window, return_indices=True)
+    assert_array_equal(y, ref_max(x, window))  # NaN compares equal to NaN in assert_array_equal
+    assert_array_equal(idx, ref_max_indices(x, window))
     assert np.isnan(y[1:, 0]).all() and not np.isnan(y[0, 0]).any()
-    first_nan = [pat.index(1) for pat in patterns[1:]]
-    for i, k in enumerate(first_nan, start=1):
-        r, c = divmod(k, 2)
-        assert_array_equal(idx[i, 0, 0], r * 34 + 2 * np.arange(17) + c)
+    for i, pat in enumerate(patterns[1:], start=1):
+        r, c = divmod(pat.index(1), KW)
+        assert_array_equal(idx[i, 0, 0], r * KW * OW + KW * np.arange(OW) + c)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
