@@ -1,7 +1,8 @@
 """Build the Cython kernels of cnn_ext.
 
 Each src_pyx/*.pyx file is one extension module inside the package (cnn_ext._conv, ...); on x86-64 the
-convolution kernels are compiled a second time with AVX2 + FMA (cnn_ext._conv_avx2, picked at run time).
+convolution and pooling kernels are compiled a second time with AVX2 + FMA (cnn_ext._conv_avx2 and
+cnn_ext._pool_avx2, picked together at run time by cnn_ext._kernels).
 
 OpenMP, per platform (the flag is compile-tested; without it the build falls back to serial kernels):
   * Linux / other gcc or clang:  -fopenmp  (auditwheel grafts libgomp into the wheel);
