@@ -263,17 +263,24 @@ cdef extern from *:
 
     /* everything for one vector width: float rows FN, double rows DN, positions PN (MI, NI int32 lanes,
      * LD doubles a vector), the shuffle macros of suffixes SF / SD */
-    #define CNN_POOL_DEFINE_WIDTH(FN, DN, PN, VF, VD, MI, NI, LD, SF, SD)                                 \\
+    #define CNN_POOL_DEFINE_WIDTH(FN, DN, PN, VF, VD, MI, NI, LD, SF, SD, SID)                                   \\
     CNN_POOL_DEFINE_POSITIONS(PN, MI, LD)                                                                 \\
     CNN_POOL_DEFINE_ROWS(FN##_k2, 2, float, VF, MI, NI, CNN_POOL_COLS_K2_##SF, CNN_POOL_LANE_F, PN##_storei_f) \\
-    CNN_POOL_DEFINE_ROWS(DN##_k2, 2, double, VD, MI, NI, CNN_POOL_COLS_K2_##SD, CNN_POOL_LANE_D, PN##_storei_d) \\
+    CNN_POOL_DEFINE_ROWS(DN##_k2, 2, double, VD, MI, NI, CNN_POOL_COLS_K2_##SD, CNN_POOL_LANE_D, SID)          \\
     CNN_POOL_DEFINE_ROWS(FN##_k3, 3, float, VF, MI, NI, CNN_POOL_COLS_K3_##SF, CNN_POOL_LANE_F, PN##_storei_f) \\
-    CNN_POOL_DEFINE_ROWS(DN##_k3, 3, double, VD, MI, NI, CNN_POOL_COLS_K3_##SD, CNN_POOL_LANE_D, PN##_storei_d) \\
+    CNN_POOL_DEFINE_ROWS(DN##_k3, 3, double, VD, MI, NI, CNN_POOL_COLS_K3_##SD, CNN_POOL_LANE_D, SID)          \\
     CNN_POOL_DEFINE_AVG_GRAD2(FN##_k2, float, VF, CNN_POOL_DUPLO_##SF, CNN_POOL_DUPHI_##SF)               \\
     CNN_POOL_DEFINE_AVG_GRAD2(DN##_k2, double, VD, CNN_POOL_DUPLO_##SD, CNN_POOL_DUPHI_##SD)
-    CNN_POOL_DEFINE_WIDTH(cnn_pool_f4, cnn_pool_d2, cnn_pool_p4, cnn_pool_vf4, cnn_pool_vd2, cnn_pool_mi4, 4, 2, F4, D2)
+    CNN_POOL_DEFINE_WIDTH(cnn_pool_f4, cnn_pool_d2, cnn_pool_p4, cnn_pool_vf4, cnn_pool_vd2, cnn_pool_mi4, 4, 2, F4, D2,
+                          cnn_pool_p4_storei_d)
     #if CNN_POOL_VEC_BYTES == 32
-    CNN_POOL_DEFINE_WIDTH(cnn_pool_f8, cnn_pool_d4, cnn_pool_p8, cnn_pool_vf8, cnn_pool_vd4, cnn_pool_mi8, 8, 4, F8, D4)
+    /* 32-byte double rows store their 4 positions with one shuffle into a 16-byte int vector (the lane by lane
+     * store of the 16-byte rows is kept there: 8-byte int vectors become scalar code in SSE2) */
+    static inline void cnn_pool_storei_d4(int* p, cnn_pool_mi8 v) {
+        *(cnn_pool_mi4*)p = __builtin_shufflevector(v, v, 0, 2, 4, 6);
+    }
+    CNN_POOL_DEFINE_WIDTH(cnn_pool_f8, cnn_pool_d4, cnn_pool_p8, cnn_pool_vf8, cnn_pool_vd4, cnn_pool_mi8, 8, 4, F8, D4,
+                          cnn_pool_storei_d4)
     #define CNN_POOL_WIDE(OW, LANES, WIDE, NARROW, ARGS) do { if ((OW) >= (LANES)) WIDE ARGS; else NARROW ARGS; } while (0)
     #else
     #define CNN_POOL_WIDE(OW, LANES, WIDE, NARROW, ARGS) NARROW ARGS
