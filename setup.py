@@ -1,7 +1,8 @@
 """Build the Cython kernels of cnn_ext.
 
 Each src_pyx/*.pyx file is one extension module inside the package (cnn_ext._conv, ...); on x86-64 the
-convolution kernels are compiled a second time with AVX2 + FMA (cnn_ext._conv_avx2, picked at run time).
+convolution and pooling kernels are compiled a second time with AVX2 + FMA (cnn_ext._conv_avx2 and
+cnn_ext._pool_avx2, picked together at run time by cnn_ext._kernels).
 
 OpenMP, per platform (the flag is compile-tested; without it the build falls back to serial kernels):
   * Linux / other gcc or clang:  -fopenmp  (auditwheel grafts libgomp into the wheel);
@@ -53,7 +54,7 @@ def _target_is_x86_64():
 # The same kernels again with AVX2 + FMA, as a separate module chosen at run time when the CPU has them
 # (never -march=native: a wheel must run on every x86-64). CNN_EXT_NO_AVX2=1 skips it.
 X86_64 = _target_is_x86_64()
-AVX2_MODULES = {"_conv_avx2": "_conv"} if X86_64 and not _flag("CNN_EXT_NO_AVX2") else {}
+AVX2_MODULES = {"_conv_avx2": "_conv", "_pool_avx2": "_pool"} if X86_64 and not _flag("CNN_EXT_NO_AVX2") else {}
 
 DEBUG = _flag("CNN_EXT_DEBUG")
 NO_OPENMP = _flag("CNN_EXT_NO_OPENMP")

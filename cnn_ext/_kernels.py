@@ -1,4 +1,5 @@
-"""Run-time choice of the compiled kernel module: AVX2 + FMA build when the CPU has both, else baseline.
+"""Run-time choice of the compiled kernel modules (convolution, pooling): AVX2 + FMA builds when the CPU has
+both, else baseline.
 
 NumPy's own CPU-feature detection decides (the same one its SIMD dispatch uses). CNN_EXT_KERNELS=baseline
 forces the portable build, e.g. to compare the two.
@@ -6,6 +7,7 @@ forces the portable build, e.g. to compare the two.
 import os
 
 from . import _conv as baseline
+from . import _pool as baseline_pool
 
 
 def _cpu_has_avx2_fma():
@@ -20,14 +22,15 @@ def _cpu_has_avx2_fma():
 
 
 def _select():
+    """(convolution module, pooling module, ISA name)."""
     if os.environ.get("CNN_EXT_KERNELS", "").lower() != "baseline" and _cpu_has_avx2_fma():
         try:
-            from . import _conv_avx2
+            from . import _conv_avx2, _pool_avx2
 
-            return _conv_avx2, "avx2"
-        except ImportError:  # built without the variant (non-x86 or CNN_EXT_NO_AVX2=1)
+            return _conv_avx2, _pool_avx2, "avx2"
+        except ImportError:  # built without the variants (non-x86 or CNN_EXT_NO_AVX2=1)
             pass
-    return baseline, "baseline"
+    return baseline, baseline_pool, "baseline"
 
 
-conv, ISA = _select()
+conv, pool, ISA = _select()

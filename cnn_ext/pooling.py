@@ -14,7 +14,7 @@ Checks raise ``ValueError`` (shapes, values) or ``TypeError`` (types) naming the
 """
 import numpy as np
 
-from . import _pool
+from ._kernels import pool as _pool
 from .layers import Layer, register_layer
 from .ops import _as_array, _check_alloc, _check_ndim, _compute_dtype, _contiguous, _ints, _out_hw, _threads
 

@@ -393,3 +393,203 @@ def test_layer_errors(cls):
         layer.backward(np.zeros((1, 1, 3, 3)))
     with pytest.raises(ValueError, match="stride must be >= 1"):
         cls(2, stride=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# the vector rows of KW == SW == 2 (both kernel builds) and the disjoint-window average gradient
+# ----------------------------------------------------------------------------------------------
+
+def _kernel_modules():
+    import importlib
+
+    from cnn_ext import _kernels
+
+    names = ["_pool"]
+    if _kernels._cpu_has_avx2_fma():
+        try:
+            importlib.import_module("cnn_ext._pool_avx2")
+            names.append("_pool_avx2")
+        except ImportError:  # built without the AVX2 variant
+            pass
+    return [importlib.import_module(f"cnn_ext.{n}") for n in names]
+
+
+@pytest.fixture(params=_kernel_modules(), ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def kernels(request, monkeypatch):
+    """Run the test on each compiled pooling build this CPU can execute (baseline, AVX2)."""
+    import cnn_ext.pooling
+
+    monkeypatch.setattr(cnn_ext.pooling, "_pool", request.param)
+    return request.param
+
+
+def ref_avg_sequential(x, ks, st_=None):
+    """The mean in the kernels' order, in x's dtype: ((0 + w[0, 0]) + w[0, 1] + ... + w[KH-1, KW-1]) / (KH*KW),
+    so that it equals the kernels bitwise."""
+    win, (KH, KW), _ = _windows(x, ks, st_)
+    s = np.zeros(win.shape[:4], dtype=x.dtype)
+    for kh in range(KH):
+        for kw in range(KW):
+            s = s + win[..., kh, kw]
+    return s / x.dtype.type(KH * KW)
+
+
+def ref_avg_backward_disjoint(dy, x_shape, ks, st_=None):
+    """dy / (KH*KW) + 0 on every window element, 0 elsewhere, in dy's dtype (disjoint windows only)."""
+    KH, KW = _pair(ks)
+    SH, SW = _pair(ks if st_ is None else st_)
+    dx = np.zeros(x_shape, dtype=dy.dtype)
+    share = dy / dy.dtype.type(KH * KW) + dy.dtype.type(0)
+    for kh in range(KH):
+        for kw in range(KW):
+            dx[:, :, kh:kh + SH * dy.shape[2]:SH, kw:kw + SW * dy.shape[3]:SW] = share
+    return dx
+
+
+# (H, W, kernel_size, stride): output rows from 1 to 17 wide (narrower and wider than one vector of 4 / 8
+# floats, 2 / 4 doubles, with and without an overlapping last block), odd sizes with a dropped row / column,
+# KH != 2 and SH != KH with KW == SW == 2, and other disjoint windows
+FAST_CASES = [
+    (2, 2, 2, None), (4, 6, 2, None), (4, 8, 2, None), (5, 9, 2, None), (6, 14, 2, None), (7, 15, 2, None),
+    (14, 14, 2, None), (8, 16, 2, None), (9, 17, 2, None), (6, 18, 2, None), (4, 26, 2, None),
+    (28, 28, 2, None), (3, 34, 2, None), (3, 35, 2, None),
+    (9, 20, (3, 2), None), (10, 21, (2, 2), (3, 2)), (7, 19, (1, 2), None), (8, 16, (3, 2), (2, 2)),
+    (9, 9, 3, None), (10, 11, 3, None), (8, 9, (2, 3), None), (7, 13, (2, 3), (3, 4)),
+    # KW == SW == 3: the 3-wide vector rows (rows of 4..17 outputs), remainders, KH != 3, SH != KH
+    (9, 12, 3, None), (6, 26, 3, None), (7, 29, 3, None), (12, 51, 3, None), (27, 27, 3, None),
+    (5, 24, (2, 3), None), (6, 41, (2, 3), None), (4, 15, (1, 3), None), (8, 21, 3, (2, 3)),
+    (11, 22, (2, 3), (4, 3)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", FAST_CASES, ids=str)
+def test_fast_paths_match_the_reference_exactly(case, dtype, kernels):
+    H, W, ks, st_ = case
+    rng = np.random.default_rng(H * 1000 + W)
+    # few distinct values: ties everywhere, in every window position (the first one must win)
+    x = rng.integers(-3, 3, (2, 3, H, W)).astype(dtype)
+    x_before = x.copy()
+    y, idx = maxpool2d_forward(x, ks, st_, return_indices=True)
+    assert_array_equal(y, ref_max(x, ks, st_))
+    assert_array_equal(idx, ref_max_indices(x, ks, st_))
+    assert_array_equal(maxpool2d_forward(x, ks, st_), y)  # the path without indices
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    assert_array_equal(maxpool2d_backward(dy, x, ks, st_), ref_max_backward(dy, x, ks, st_).astype(dtype))
+    assert_array_equal(maxpool2d_backward(dy, x, ks, st_, indices=idx),
+                       ref_max_backward(dy, x, ks, st_).astype(dtype))
+    xr = rng.standard_normal(x.shape).astype(dtype)
+    assert_array_equal(avgpool2d_forward(xr, ks, st_), ref_avg_sequential(xr, ks, st_))
+    dxa = avgpool2d_backward(dy, ks, st_, input_size=(H, W))
+    (KH, KW), (SH, SW) = _pair(ks), _pair(ks if st_ is None else st_)
+    if KH <= SH and KW <= SW:
+        assert_array_equal(dxa, ref_avg_backward_disjoint(dy, x.shape, ks, st_))
+    else:  # overlapping rows: the generic add loops
+        assert_allclose(dxa, ref_avg_backward(dy.astype(np.float64), x.shape, ks, st_), **TOL[dtype])
+    assert_array_equal(x, x_before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("window", [(2, 2), (2, 3), (3, 3)])
+def test_every_nan_pattern_of_a_window(window, dtype, kernels):
+    """All subsets of NaN positions in a window, at every output column of a row wider than one vector:
+    NaN wins over numbers, the first NaN (row-major) over later ones; ties of 5 and -inf around it."""
+    KH, KW = window
+    OW, n = 9, KH * KW
+    patterns = [[(m >> b) & 1 for b in range(n)] for m in range(2**n)]
+    rng = np.random.default_rng(7)
+    x = np.empty((len(patterns), 1, KH, KW * OW), dtype=dtype)
+    for i, pat in enumerate(patterns):
+        for q in range(OW):
+            w = rng.choice(np.array([1.0, 5.0, 5.0, -np.inf], dtype=dtype), size=(KH, KW))
+            w[np.array(pat, bool).reshape(KH, KW)] = np.nan
+            x[i, 0, :, KW * q:KW * q + KW] = w
+    y, idx = maxpool2d_forward(x, window, return_indices=True)
+    assert_array_equal(y, ref_max(x, window))  # NaN compares equal to NaN in assert_array_equal
+    assert_array_equal(idx, ref_max_indices(x, window))
+    assert np.isnan(y[1:, 0]).all() and not np.isnan(y[0, 0]).any()
+    for i, pat in enumerate(patterns[1:], start=1):
+        r, c = divmod(pat.index(1), KW)
+        assert_array_equal(idx[i, 0, 0], r * KW * OW + KW * np.arange(OW) + c)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_infinities_and_constant_planes(dtype, kernels):
+    x = np.full((1, 2, 6, 18), -np.inf, dtype=dtype)
+    x[0, 1] = 3.0
+    y, idx = maxpool2d_forward(x, 2, return_indices=True)
+    assert_array_equal(y[0, 0], -np.inf)
+    assert_array_equal(y[0, 1], 3.0)
+    top_left = (np.arange(3)[:, None] * 2 * 18 + np.arange(9) * 2)
+    assert_array_equal(idx[0, 0], top_left)
+    assert_array_equal(idx[0, 1], top_left)
+    dx = maxpool2d_backward(np.ones_like(y), x, 2)
+    assert_array_equal(dx[0, :, ::2, ::2], 1)
+    assert dx.sum() == y.size
+    x[0, 0, 5, 17] = np.inf
+    assert maxpool2d_forward(x, 2)[0, 0, 2, 8] == np.inf
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_signed_zeros_keep_the_bits_of_the_generic_loops(dtype, kernels):
+    """The average starts its sum from +0 and the disjoint gradient adds +0, as the generic loops do: an all
+    -0.0 window averages to +0.0 and a -0.0 gradient spreads as +0.0; max pooling keeps the -0.0 it picks."""
+    x = np.full((1, 1, 4, 16), -0.0, dtype=dtype)
+    assert not np.signbit(avgpool2d_forward(x, 2)).any()
+    assert not np.signbit(avgpool2d_backward(np.full((1, 1, 2, 8), -0.0, dtype=dtype), 2)).any()
+    assert np.signbit(maxpool2d_forward(x, 2)).all()
+
+
+@pytest.mark.parametrize("layout", ["strided", "fortran", "readonly"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_paths_on_non_contiguous_inputs(layout, dtype, kernels):
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal((3, 4, 30, 36)).astype(dtype)
+    if layout == "strided":
+        x = base[::2, ::2, ::2, ::2]  # (2, 2, 15, 18)
+    elif layout == "fortran":
+        x = np.asfortranarray(base)
+    else:
+        x = base.copy()
+        x.flags.writeable = False
+    dy = np.asfortranarray(rng.standard_normal(ref_max(x, 2).shape).astype(dtype))
+    x_before, dy_before = x.copy(), dy.copy()
+    assert_array_equal(maxpool2d_forward(x, 2), ref_max(x, 2))
+    assert_array_equal(avgpool2d_forward(x, 2), ref_avg_sequential(np.ascontiguousarray(x), 2))
+    assert_array_equal(maxpool2d_backward(dy, x, 2), ref_max_backward(dy, x, 2).astype(dtype))
+    assert_array_equal(avgpool2d_backward(dy, 2, input_size=x.shape[2:]), ref_avg_backward_disjoint(dy, x.shape, 2))
+    assert_array_equal(x, x_before)
+    assert_array_equal(dy, dy_before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_paths_are_bitwise_independent_of_the_thread_count(dtype, kernels, small_work_threads):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3, 5, 14, 29)).astype(dtype)
+    x[0, 1, 3, 4] = np.nan
+    dy = rng.standard_normal((3, 5, 7, 14)).astype(dtype)
+    dy3 = rng.standard_normal((3, 5, 4, 9)).astype(dtype)
+    results = []
+    previous = set_num_threads(1)
+    try:
+        for nt in (1, 2, 3):
+            set_num_threads(nt)
+            y, idx = maxpool2d_forward(x, 2, return_indices=True)
+            results.append((y, idx, maxpool2d_backward(dy, x, 2), avgpool2d_forward(x, 2),
+                            avgpool2d_backward(dy, 2, input_size=x.shape[2:]),
+                            maxpool2d_forward(x, 3), avgpool2d_backward(dy3, 3, input_size=x.shape[2:])))
+    finally:
+        set_num_threads(previous)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.tobytes() == b.tobytes()
+
+
+def test_pooling_runs_the_build_picked_for_this_cpu():
+    import cnn_ext.pooling
+    from cnn_ext import _kernels
+
+    assert cnn_ext.pooling._pool is _kernels.pool
+    expected = "cnn_ext._pool_avx2" if _kernels.ISA == "avx2" else "cnn_ext._pool"
+    assert _kernels.pool.__name__ == expected
+    assert _kernels.conv.__name__ == expected.replace("_pool", "_conv")
