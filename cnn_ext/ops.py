@@ -218,6 +218,24 @@ def _check_alloc(shape, dtype, what):
         raise ValueError(f"{what()} of shape {tuple(shape)}: {nbytes} bytes, more than can be allocated ({_MAX_BYTES})")
 
 
+def _output(out, shape, dtype, inputs, names):
+    """``out`` checked as the destination of a result of this shape and dtype (a new array if None)."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
+    if out.shape != shape or out.dtype != dtype:
+        raise ValueError(f"out has shape {out.shape} and dtype {out.dtype}; the result has shape {shape} and "
+                         f"dtype {np.dtype(dtype)}")
+    if not (out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError(f"out must be C-contiguous and writeable (shape {out.shape})")
+    for a, name in zip(inputs, names):
+        if np.may_share_memory(out, a):
+            raise ValueError(f"out shares memory with {name} (shape {a.shape}); the result would overwrite its "
+                             f"own input")
+    return out
+
+
 def _contiguous(arr, dtype):
     return np.ascontiguousarray(arr, dtype=dtype)
 
@@ -513,7 +531,7 @@ def _run(use_gemm, fn, *args):
 # the operations
 # ----------------------------------------------------------------------------------------------
 
-def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto"):
+def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto", out=None):
     """Batched 2-D cross-correlation plus bias: the forward pass of a convolution layer.
 
     Parameters
@@ -528,13 +546,16 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto"):
         'direct': the register-tiled direct kernels (wide rows or shifted copies, stride 1, any padding);
         'gemm': im2col + BLAS;
         'auto' picks by shape.
+    out : ndarray, optional
+        Where to write y: C-contiguous, writeable, of y's shape and dtype, sharing no memory with the inputs.
+        Reusing one array across calls saves a fresh allocation (and its page faults) per call.
 
     Returns
     -------
     y : ndarray, shape (N, C_out, OH, OW)
         ``y[n, j] = bias[j] + Σ_i xcorr(x[n, i], kernels[j, i])`` with
         ``OH = (H + pad_top + pad_bottom - KH) // SH + 1`` (``H - KH + 1`` by default), same for OW.
-        float32 if every input is float32, else float64.
+        float32 if every input is float32, else float64. ``out`` when given.
     """
     x, k, b = _as_array(x, "x"), _as_array(kernels, "kernels"), _as_array(bias, "bias")
     dtype = _compute_dtype((x, k, b), ("x", "kernels", "bias"))
@@ -557,7 +578,7 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto"):
     use_gemm = method == "gemm"
     _check_alloc((N, C_out, OH, OW), dtype, lambda: f"conv2d_forward: x {x.shape} with kernels {k.shape}, "
                  f"stride {(SH, SW)} and padding {(top, bottom, left, right)} gives y")
-    y = np.empty((N, C_out, OH, OW), dtype=dtype)
+    y = _output(out, (N, C_out, OH, OW), dtype, (x, k, b), ("x", "kernels", "bias"))
     if N == 0:
         return y
     nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)
@@ -684,7 +705,7 @@ def conv2d_bias_gradient(dE_dY):
     return db
 
 
-def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=None, method="auto"):
+def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=None, method="auto", out=None):
     """Gradient of the loss with respect to the layer's input (not averaged).
 
     Parameters
@@ -698,11 +719,14 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
     method : {'auto', 'direct', 'gemm'}
         'direct' (stride 1, padding <= kernel size - 1): the forward's wide-row kernel on dE_dY padded by
         kernel size - 1 - padding with the transposed, 180°-rotated kernels; 'gemm': BLAS + col2im.
+    out : ndarray, optional
+        Where to write dX, as in :func:`conv2d_forward`.
 
     Returns
     -------
     dX : ndarray, shape (N, C_in, H, W)
-        ``dX[n, i] = Σ_j conv_full(dE_dY[n, j], kernels[j, i])`` (the adjoint of the forward map).
+        ``dX[n, i] = Σ_j conv_full(dE_dY[n, j], kernels[j, i])`` (the adjoint of the forward map); ``out``
+        when given.
     """
     dy, k = _as_array(dE_dY, "dE_dY"), _as_array(kernels, "kernels")
     dtype = _compute_dtype((dy, k), ("dE_dY", "kernels"))
@@ -735,7 +759,7 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
     method = _wide_method(method, (SH, SW) == (1, 1) and min(pads) >= 0, "stride 1 and padding <= kernel size - 1",
                           N, C_in, C_out, H, W, KH, KW, OH, OW, dtype, grad=True)
     use_gemm = method == "gemm"
-    dx = np.empty((N, C_in, H, W), dtype=dtype)
+    dx = _output(out, (N, C_in, H, W), dtype, (dy, k), ("dE_dY", "kernels"))
     if N == 0:
         return dx
     nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)

@@ -15,7 +15,7 @@ Checks raise ``ValueError`` (shapes, values) or ``TypeError`` (types) naming the
 import numpy as np
 
 from ._kernels import pool as _pool
-from .layers import Layer, register_layer
+from .layers import Layer, _spare, register_layer
 from .ops import _as_array, _check_alloc, _check_ndim, _compute_dtype, _contiguous, _ints, _out_hw, _threads
 
 __all__ = [
@@ -75,24 +75,29 @@ def _check_plane(x_shape):
                          f"records")
 
 
-def _forward(x, dtype, ksize, stride, use_max, want_indices=False):
-    """(y, int32 first-max positions or None) for a checked x."""
+def _empty(layer, key, shape, dtype):
+    return np.empty(shape, dtype=dtype) if layer is None else _spare(layer, key, shape, dtype)
+
+
+def _forward(x, dtype, ksize, stride, use_max, want_indices=False, layer=None):
+    """(y, int32 first-max positions or None) for a checked x; with a layer, in its spare arrays."""
     N, C, H, W = x.shape
     OH, OW = _pool_out_hw(H, W, *ksize, *stride, "x", x.shape)
-    y = np.empty((N, C, OH, OW), dtype=dtype)
+    y = _empty(layer, "y", (N, C, OH, OW), dtype)
     if want_indices:
         _check_plane(x.shape)
-    idx = np.empty((N, C, OH, OW), dtype=np.int32) if want_indices else None
+    idx = _empty(layer, "idx", (N, C, OH, OW), np.int32) if want_indices else None
     if y.size:
         _pool.pool2d_forward(_contiguous(x, dtype), y, _NO_INDICES if idx is None else idx.reshape(-1),
                              *ksize, *stride, use_max, _threads(N * C, y.size * ksize[0] * ksize[1]))
     return y, idx
 
 
-def _backward(dy, idx, input_shape, dtype, ksize, stride, use_max):
-    """dX for a checked dy (N, C, OH, OW) with OH, OW >= 1; idx (max pooling only) from :func:`_forward`."""
+def _backward(dy, idx, input_shape, dtype, ksize, stride, use_max, layer=None):
+    """dX for a checked dy (N, C, OH, OW) with OH, OW >= 1; idx (max pooling only) from :func:`_forward`;
+    with a layer, in its spare array."""
     N, C = dy.shape[:2]
-    dx = np.empty(input_shape, dtype=dtype)
+    dx = _empty(layer, "dX", input_shape, dtype)
     _pool.pool2d_backward(_contiguous(dy, dtype), _NO_INDICES if idx is None else idx.reshape(-1), dx,
                           *ksize, *stride, use_max, _threads(N * C, dy.size * ksize[0] * ksize[1]))
     return dx
@@ -242,7 +247,7 @@ class _Pool2D(Layer):
             _pool_out_hw(*x.shape[2:], *self.kernel_size, *self.stride, "x", x.shape)
         except ValueError as exc:
             raise ValueError(f"{self!r}: input of shape {np.shape(x)}: {exc}") from None
-        y, self._idx = _forward(x, dtype, self.kernel_size, self.stride, self._use_max, self._use_max)
+        y, self._idx = _forward(x, dtype, self.kernel_size, self.stride, self._use_max, self._use_max, self)
         self._x, self._y_shape = x, y.shape
         return y
 
@@ -250,7 +255,7 @@ class _Pool2D(Layer):
         x = self._cached_input()
         dtype = _compute_dtype((x,), ("x",))
         dy = self._grad_output(dE_dY, dtype)
-        return {"dX": _backward(dy, self._idx, x.shape, dtype, self.kernel_size, self.stride, self._use_max)}
+        return {"dX": _backward(dy, self._idx, x.shape, dtype, self.kernel_size, self.stride, self._use_max, self)}
 
     def extra_repr(self):
         s = f"kernel_size={self.kernel_size}"

@@ -1,0 +1,182 @@
+"""Layers reuse their large output arrays across steps only when nothing else refers to them; ops take out=."""
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+
+import cnn_ext
+from cnn_ext import (
+    Adam,
+    Conv2D,
+    Dense,
+    Flatten,
+    MaxPool2D,
+    Network,
+    ReLU,
+    Sigmoid,
+    conv2d_forward,
+    conv2d_input_gradient,
+    softmax_cross_entropy,
+)
+from cnn_ext import layers as L
+
+BIG = (8, 16, 48, 48)  # 1.2 MB in float32: above layers._SPARE_MIN_BYTES
+
+
+def _addr(a):
+    return a.__array_interface__["data"][0]
+
+
+def _layers_and_inputs(rng):
+    """(layer, x) pairs whose forward output and input gradient are large enough to be reused."""
+    x = rng.standard_normal(BIG).astype(np.float32)
+    return [
+        (ReLU(), x),
+        (Sigmoid(), x),
+        (MaxPool2D(2), rng.standard_normal((8, 16, 96, 96)).astype(np.float32)),
+        (Conv2D(16, 16, 3, padding="same", dtype=np.float32, seed=0), x),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_outputs_the_caller_keeps_are_never_reused(case):
+    rng = np.random.default_rng(case)
+    layer, x = _layers_and_inputs(rng)[case]
+    kept, expected = [], []
+    for step in range(5):
+        xs = x + step  # a different input each step
+        y = layer.forward(xs)
+        dy = np.full(y.shape, step + 1.0, dtype=y.dtype)
+        dx = layer.backward(dy)["dX"]
+        kept.append((y, dx))
+        fresh = type(layer)(**layer.get_config())
+        for name, _, p in layer.parameters():
+            getattr(fresh, name)[...] = p
+        expected.append((fresh.forward(xs).copy(), fresh.backward(dy)["dX"].copy()))
+    addrs = {_addr(a) for pair in kept for a in pair}
+    assert len(addrs) == 2 * len(kept)  # every kept output its own memory
+    for (y, dx), (y_ref, dx_ref) in zip(kept, expected):
+        assert_array_equal(y, y_ref)
+        assert_array_equal(dx, dx_ref)
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_outputs_dropped_by_the_caller_are_reused(case):
+    rng = np.random.default_rng(10 + case)
+    layer, x = _layers_and_inputs(rng)[case]
+    seen = []
+    for step in range(6):
+        y = layer.forward(x)
+        dx = layer.backward(np.ones_like(y))["dX"]
+        seen.append((_addr(y), _addr(dx)))
+        del y, dx
+    # the layer's cache keeps the last output alive while the next is made: two arrays take turns
+    assert len({a for a, _ in seen[2:]}) <= 2
+    assert len({b for _, b in seen[2:]}) <= 2
+
+
+def test_a_view_keeps_its_array_from_being_reused():
+    layer = ReLU()
+    x = np.random.default_rng(3).standard_normal(BIG).astype(np.float32)
+    view = layer.forward(x)[1:3]  # only a view survives
+    before = view.copy()
+    for step in range(4):
+        layer.forward(-x - step)
+    assert_array_equal(view, before)
+
+
+def test_a_changed_batch_size_gets_arrays_of_its_shape():
+    layer = ReLU()
+    rng = np.random.default_rng(4)
+    for n in (8, 5, 8, 5, 8):
+        x = rng.standard_normal((n,) + BIG[1:]).astype(np.float32)
+        y = layer.forward(x)
+        assert y.shape == x.shape
+        assert_array_equal(y, np.maximum(x, 0))
+    assert all(len(pool) <= L._SPARES_PER_OUTPUT for pool in layer._spares.values())
+
+
+def _mnist_like_net(seed):
+    kw = dict(init="he_normal", seed=seed, dtype=np.float32)
+    return Network([Conv2D(1, 32, 3, padding="same", **kw), ReLU(), MaxPool2D(2),
+                    Conv2D(32, 16, 3, padding="same", **kw), ReLU(), MaxPool2D(2),
+                    Flatten(), Dense(16 * 7 * 7, 10, **kw)])
+
+
+def test_training_with_and_without_reuse_is_bitwise_the_same(monkeypatch):
+    rng = np.random.default_rng(5)
+    batches = [(rng.random((64, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 64)) for _ in range(3)]
+    results = []
+    for reuse in (True, False):
+        monkeypatch.setattr(L, "REUSE_BUFFERS", reuse)
+        net, opt, losses = _mnist_like_net(0), Adam(1e-3), []
+        for _ in range(2):
+            for x, y in batches:
+                loss, g = softmax_cross_entropy(net.forward(x), y)
+                opt.step(net, net.backward(g))
+                losses.append(loss)
+        results.append((losses, [p.copy() for layer in net.layers for _, _, p in layer.parameters()]))
+    assert results[0][0] == results[1][0]
+    for a, b in zip(results[0][1], results[1][1]):
+        assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------
+# out= of the operations
+# ----------------------------------------------------------------------------------------------
+
+def test_forward_and_input_gradient_write_into_out():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 4, 9, 8))
+    k = rng.standard_normal((5, 4, 3, 3))
+    b = rng.standard_normal(5)
+    y_ref = conv2d_forward(x, k, b, padding=1)
+    out = np.full(y_ref.shape, np.nan)
+    y = conv2d_forward(x, k, b, padding=1, out=out)
+    assert y is out
+    assert_array_equal(y, y_ref)
+    dy = rng.standard_normal(y_ref.shape)
+    dx_ref = conv2d_input_gradient(dy, k, padding=1)
+    out = np.full(x.shape, np.nan)
+    dx = conv2d_input_gradient(dy, k, padding=1, out=out)
+    assert dx is out
+    assert_array_equal(dx, dx_ref)
+
+
+@pytest.mark.parametrize("bad, err, match", [
+    ([[0.0]], TypeError, "out must be a NumPy array"),
+    (np.zeros((3, 5, 9, 9)), ValueError, r"out has shape \(3, 5, 9, 9\).*result has shape \(3, 5, 9, 8\)"),
+    (np.zeros((3, 5, 9, 8), np.float32), ValueError, "dtype float32.*dtype float64"),
+    (np.zeros((3, 5, 9, 16))[..., ::2], ValueError, "C-contiguous and writeable"),
+])
+def test_a_bad_out_is_refused(bad, err, match):
+    rng = np.random.default_rng(7)
+    x, k, b = rng.standard_normal((3, 4, 9, 8)), rng.standard_normal((5, 4, 3, 3)), np.zeros(5)
+    with pytest.raises(err, match=match):
+        conv2d_forward(x, k, b, padding=1, out=bad)
+
+
+def test_out_overlapping_an_input_is_refused_and_the_input_kept():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 3, 6, 6))
+    k = rng.standard_normal((3, 3, 3, 3))
+    before = x.copy()
+    with pytest.raises(ValueError, match="out shares memory with x"):
+        conv2d_forward(x, k, np.zeros(3), padding=1, out=x)
+    assert_array_equal(x, before)
+    dy = rng.standard_normal((2, 3, 6, 6))
+    with pytest.raises(ValueError, match="out shares memory with dE_dY"):
+        conv2d_input_gradient(dy, k, padding=1, out=dy)
+    readonly = np.zeros((2, 3, 6, 6))
+    readonly.setflags(write=False)
+    with pytest.raises(ValueError, match="writeable"):
+        conv2d_input_gradient(dy, k, padding=1, out=readonly)
+
+
+def test_small_outputs_are_not_pooled():
+    layer = ReLU()
+    layer.forward(np.ones((64, 64), np.float32))  # 16 KB: NumPy path, no spare
+    assert not getattr(layer, "_spares", {})
+    conv = Conv2D(1, 2, 3, dtype=np.float32, seed=0)
+    conv.forward(np.ones((2, 1, 8, 8), np.float32))
+    assert not getattr(conv, "_spares", {})
+    assert cnn_ext.layers.REUSE_BUFFERS
