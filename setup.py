@@ -98,11 +98,17 @@ def openmp_flags(compiler_type):
     return ["-fopenmp"], ["-fopenmp"]
 
 
-def optimisation_flags(compiler_type, avx2=False):
-    if compiler_type == "msvc":
+# Modules whose results must match NumPy's bit for bit: no contraction of a*b + c into one FMA, which gcc does
+# by default wherever the target has FMA (arm64; x86-64 only with -mfma), and clang within an expression.
+EXACT_MODULES = {"_elementwise"}
+
+
+def optimisation_flags(compiler_type, avx2=False, exact=False):
+    if compiler_type == "msvc":  # MSVC contracts only under /fp:fast or /fp:contract
         return ["/O2"] + (["/arch:AVX2"] if avx2 else [])
     # -O3 vectorises the row loops; no -march=native: wheels must run on any x86-64 / arm64.
-    return ["-O3", "-Wno-unreachable-code", "-Wno-unused-function"] + (["-mavx2", "-mfma"] if avx2 else [])
+    return (["-O3", "-Wno-unreachable-code", "-Wno-unused-function"] + (["-mavx2", "-mfma"] if avx2 else [])
+            + (["-ffp-contract=off"] if exact else []))
 
 
 class BuildExt(build_ext):
@@ -143,8 +149,9 @@ class BuildExt(build_ext):
               f" AVX2 variant: {'yes' if AVX2_MODULES else 'no'}")
         self._cythonize()
         for ext in self.extensions:
-            avx2 = ext.name.split(".")[-1] in AVX2_MODULES
-            ext.extra_compile_args = optimisation_flags(ctype, avx2) + (flags[0] if flags else [])
+            name = ext.name.split(".")[-1]
+            ext.extra_compile_args = (optimisation_flags(ctype, name in AVX2_MODULES, name in EXACT_MODULES)
+                                      + (flags[0] if flags else []))
             ext.extra_link_args = flags[1] if flags else []
         super().build_extensions()
 
