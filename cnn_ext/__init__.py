@@ -1,6 +1,6 @@
 """cnn_ext: fast convolutional-network layers for NumPy users, with a Cython core."""
 from ._version import __version__
-from ._config import get_num_threads, set_num_threads, show_config
+from ._config import get_buffer_reuse, get_num_threads, set_buffer_reuse, set_num_threads, show_config
 from .ops import (
     conv2d_bias_gradient,
     conv2d_forward,
@@ -43,7 +43,9 @@ __all__ = [
     "conv2d_bias_gradient",
     "conv2d_input_gradient",
     "conv2d_output_shape",
+    "get_buffer_reuse",
     "get_num_threads",
+    "set_buffer_reuse",
     "set_num_threads",
     "show_config",
     # layers, network and losses (the tutorial's names)

@@ -7,6 +7,8 @@ two never oversubscribe the cores.
 import operator
 import threading
 
+import numpy as np
+
 from ._kernels import conv as _conv
 
 _OPENMP = bool(_conv.openmp_enabled())  # fixed at build time; read once (every kernel call asks for the threads)
@@ -42,6 +44,28 @@ def set_num_threads(n):
     previous = get_num_threads()
     _num_threads = n
     return previous
+
+
+def set_buffer_reuse(enabled):
+    """Turn on or off (and empty the pool of) the reuse of large result arrays nobody holds any more (see
+    ``cnn_ext._reuse``): layers' outputs and the results of conv2d_forward / conv2d_input_gradient. Returns
+    the previous setting. It cannot be turned on where reference counts cannot tell (free-threaded builds)."""
+    from . import _reuse
+
+    if not isinstance(enabled, (bool, np.bool_)):
+        raise TypeError(f"enabled must be True or False, got {enabled!r}")
+    previous = _reuse.ENABLED
+    _reuse.ENABLED = bool(enabled) and _reuse.FREE_REFCOUNT is not None
+    if not _reuse.ENABLED:
+        _reuse.OUTPUTS.clear()
+    return previous
+
+
+def get_buffer_reuse():
+    """Whether large result arrays are reused (see :func:`set_buffer_reuse`)."""
+    from . import _reuse
+
+    return _reuse.ENABLED
 
 
 def _threadpool_controller():

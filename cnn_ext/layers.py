@@ -19,14 +19,14 @@ the float dtype they receive.
 import math
 import numbers
 import operator
-import sys
 from collections.abc import Mapping
 
 import numpy as np
 from scipy.linalg import blas as _blas
 from scipy.special import expit
 
-from . import _elementwise
+from . import _elementwise, _reuse
+from ._reuse import spare
 from ._config import get_num_threads
 from .ops import (
     _check_alloc,
@@ -146,60 +146,11 @@ def _as_float(x, name="x"):
     return arr
 
 
-# Layers write their large outputs (activations and input gradients) into arrays they allocated at an earlier
-# step once nothing else holds those any more (_spare). A fresh multi-megabyte array is fresh memory: glibc maps
-# it anew and the kernel page-faults and zeroes every 4 KiB page on first touch, on both threads at once.
-# Measured on the MNIST CNN of examples/train_mnist_cnn.py (float32, batch 64, Adam), ms per step, reuse /
-# fresh arrays, three alternated runs: 2 threads 17.9-24.6 / 24.1-27.4, 1 thread 29.0-37.0 / 38.1-42.7 (a
-# noisy hour; glibc with trimming turned off, which keeps freed pages mapped, read the same: 19.3-22.5 ms on
-# 2 threads). Inside such a step ReLU.backward on (64, 32, 28, 28) took 1.26-1.65 ms, 0.14 ms when timed
-# alone on reused memory.
-_SPARE_MIN_BYTES = 1 << 20  # smaller arrays: malloc's free lists already hand back mapped memory
-_SPARES_PER_OUTPUT = 3  # a step needs 2 (the last step's output is still cached by the next layer)
-
-
-def _free_refcount():
-    """sys.getrefcount of an array only a list refers to, read the way _spare reads it (the count of the
-    argument itself differs between Python versions); None where reference counts cannot tell (no
-    sys.getrefcount, or a free-threaded build, whose counts are deferred)."""
-    if not hasattr(sys, "getrefcount") or not getattr(sys, "_is_gil_enabled", lambda: True)():
-        return None
-    pool = [np.empty(0)]
-    return sys.getrefcount(pool[0])
-
-
-_FREE_REFCOUNT = _free_refcount()
-REUSE_BUFFERS = _FREE_REFCOUNT is not None
-
-
-def _spare(layer, key, shape, dtype):
-    """An uninitialised array for the layer's output ``key``: one the layer made earlier if no one but the layer
-    refers to it any more (no caller, no cache, no view: its reference count says so), else a new one, kept for
-    later steps (up to _SPARES_PER_OUTPUT per key). Arrays a caller still holds, even through a view, are
-    never handed out again."""
-    dtype = np.dtype(dtype)
-    if not REUSE_BUFFERS or math.prod(shape) * dtype.itemsize < _SPARE_MIN_BYTES:
-        return np.empty(shape, dtype=dtype)
-    pool = layer.__dict__.setdefault("_spares", {}).setdefault(key, [])
-    free = None
-    for i in range(len(pool)):
-        if sys.getrefcount(pool[i]) == _FREE_REFCOUNT:  # only the list refers to it
-            if pool[i].shape == shape and pool[i].dtype == dtype:
-                return pool[i]
-            free = i
-    out = np.empty(shape, dtype=dtype)
-    if free is not None:  # a free one of another shape (the batch size changed): replace it
-        pool[free] = out
-    elif len(pool) < _SPARES_PER_OUTPUT:
-        pool.append(out)
-    return out
-
-
 def _fused(kernel, arrays, *args, layer=None, key=None):
     """An array shaped like ``arrays[0]`` filled by ``kernel(*arrays flat, out flat, *args, threads)``, or None
     (the caller then takes NumPy) for small arrays and for any array that is not C-contiguous and aligned in the
     dtype and shape of the first (the kernels read every array as one flat run of that dtype and length). With a
-    layer, the output is the layer's spare ``key`` (see _spare)."""
+    layer, the output is the layer's spare ``key`` (see cnn_ext._reuse)."""
     first = arrays[0]
     n = first.size
     if n < _FUSED_MIN:
@@ -207,8 +158,7 @@ def _fused(kernel, arrays, *args, layer=None, key=None):
     for a in arrays:
         if a.dtype != first.dtype or a.shape != first.shape or not (a.flags.c_contiguous and a.flags.aligned):
             return None
-    out = (np.empty(first.shape, dtype=first.dtype) if layer is None
-           else _spare(layer, key, first.shape, first.dtype))
+    out = np.empty(first.shape, dtype=first.dtype) if layer is None else spare(layer, key, first.shape, first.dtype)
     threads = max(1, min(get_num_threads(), n // _FUSED_PER_THREAD))
     kernel(*[a.reshape(-1) for a in arrays], out.reshape(-1), *args, threads)
     return out
@@ -446,7 +396,7 @@ class Conv2D(_ParamLayer):
             raise self._shape_error("x", f"(N, {self.c_in}, H, W)", x.shape)
         try:
             out = None
-            if 4 * x.shape[0] * self.c_out * x.shape[2] * x.shape[3] * self.dtype.itemsize >= _SPARE_MIN_BYTES:
+            if 4 * x.shape[0] * self.c_out * x.shape[2] * x.shape[3] * self.dtype.itemsize >= _reuse.MIN_BYTES:
                 # a large output (under 4x the input's maps unless heavily padded): the layer's spare array
                 OH, OW = conv2d_output_shape(x.shape[2:], self.kernel_size, self.stride, self.padding)
                 out = self._spare_output("y", (x.shape[0], self.c_out, OH, OW))
@@ -471,10 +421,11 @@ class Conv2D(_ParamLayer):
         return grads
 
     def _spare_output(self, key, shape):
-        """The layer's spare array for a large output (see _spare); None (the op allocates) for small ones."""
-        if not REUSE_BUFFERS or math.prod(shape) * self.dtype.itemsize < _SPARE_MIN_BYTES:
+        """The layer's spare array for a large output (see cnn_ext._reuse); None (the op allocates) for small
+        ones."""
+        if not _reuse.ENABLED or math.prod(shape) * self.dtype.itemsize < _reuse.MIN_BYTES:
             return None
-        return _spare(self, key, shape, self.dtype)
+        return spare(self, key, shape, self.dtype)
 
     def extra_repr(self):
         s = f"{self.c_in}, {self.c_out}, kernel_size={self.kernel_size}, stride={self.stride}"

@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from . import _reuse
 from ._kernels import ISA as _ISA, conv as _conv
 from ._config import blas_single_thread, get_num_threads
 
@@ -219,9 +220,10 @@ def _check_alloc(shape, dtype, what):
 
 
 def _output(out, shape, dtype, inputs, names):
-    """``out`` checked as the destination of a result of this shape and dtype (a new array if None)."""
+    """``out`` checked as the destination of a result of this shape and dtype; if None, an array from the
+    results' pool (a new one, or one handed out before that nobody holds any more: cnn_ext._reuse)."""
     if out is None:
-        return np.empty(shape, dtype=dtype)
+        return _reuse.OUTPUTS.empty(shape, dtype)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
     if out.shape != shape or out.dtype != dtype:

@@ -15,7 +15,8 @@ Checks raise ``ValueError`` (shapes, values) or ``TypeError`` (types) naming the
 import numpy as np
 
 from ._kernels import pool as _pool
-from .layers import Layer, _spare, register_layer
+from ._reuse import spare
+from .layers import Layer, register_layer
 from .ops import _as_array, _check_alloc, _check_ndim, _compute_dtype, _contiguous, _ints, _out_hw, _threads
 
 __all__ = [
@@ -76,7 +77,7 @@ def _check_plane(x_shape):
 
 
 def _empty(layer, key, shape, dtype):
-    return np.empty(shape, dtype=dtype) if layer is None else _spare(layer, key, shape, dtype)
+    return np.empty(shape, dtype=dtype) if layer is None else spare(layer, key, shape, dtype)
 
 
 def _forward(x, dtype, ksize, stride, use_max, want_indices=False, layer=None):

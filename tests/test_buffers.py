@@ -17,9 +17,9 @@ from cnn_ext import (
     conv2d_input_gradient,
     softmax_cross_entropy,
 )
-from cnn_ext import layers as L
+from cnn_ext import _reuse
 
-BIG = (8, 16, 48, 48)  # 1.2 MB in float32: above layers._SPARE_MIN_BYTES
+BIG = (8, 16, 48, 48)  # 1.2 MB in float32: above _reuse.MIN_BYTES
 
 
 def _addr(a):
@@ -92,7 +92,7 @@ def test_a_changed_batch_size_gets_arrays_of_its_shape():
         y = layer.forward(x)
         assert y.shape == x.shape
         assert_array_equal(y, np.maximum(x, 0))
-    assert all(len(pool) <= L._SPARES_PER_OUTPUT for pool in layer._spares.values())
+    assert all(len(pool) <= _reuse.SPARES_PER_OUTPUT for pool in layer._spares.values())
 
 
 def _mnist_like_net(seed):
@@ -107,7 +107,7 @@ def test_training_with_and_without_reuse_is_bitwise_the_same(monkeypatch):
     batches = [(rng.random((64, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 64)) for _ in range(3)]
     results = []
     for reuse in (True, False):
-        monkeypatch.setattr(L, "REUSE_BUFFERS", reuse)
+        monkeypatch.setattr(_reuse, "ENABLED", reuse)
         net, opt, losses = _mnist_like_net(0), Adam(1e-3), []
         for _ in range(2):
             for x, y in batches:
@@ -179,4 +179,93 @@ def test_small_outputs_are_not_pooled():
     conv = Conv2D(1, 2, 3, dtype=np.float32, seed=0)
     conv.forward(np.ones((2, 1, 8, 8), np.float32))
     assert not getattr(conv, "_spares", {})
-    assert cnn_ext.layers.REUSE_BUFFERS
+    assert cnn_ext.get_buffer_reuse()
+
+
+# ----------------------------------------------------------------------------------------------
+# the operations' results pool
+# ----------------------------------------------------------------------------------------------
+
+def _conv_case(rng, dtype=np.float32):
+    x = rng.standard_normal((8, 16, 40, 40)).astype(dtype)  # y: 8 x 16 x 40 x 40 float32 = 0.8 MB ... x 2
+    k = rng.standard_normal((32, 16, 3, 3)).astype(dtype)
+    return x, k, np.zeros(32, dtype)
+
+
+def test_results_nobody_holds_are_handed_out_again_and_held_ones_never():
+    _reuse.OUTPUTS.clear()
+    rng = np.random.default_rng(9)
+    x, k, b = _conv_case(rng)
+    kept = [conv2d_forward(x + i, k, b, padding=1) for i in range(4)]  # all held: four distinct arrays
+    assert len({_addr(y) for y in kept}) == 4
+    for i, y in enumerate(kept):
+        assert_array_equal(y, conv2d_forward(x + i, k, b, padding=1))
+    del kept
+    seen = set()
+    for i in range(6):
+        y = conv2d_forward(x, k, b, padding=1)  # the previous y is still bound while the next is made
+        seen.add(_addr(y))
+    assert len(seen) <= 2
+    view = y[0]
+    del y
+    before = view.copy()
+    for i in range(4):
+        conv2d_forward(x - i, k, b, padding=1)
+    assert_array_equal(view, before)  # a surviving view keeps its array out of the pool
+    assert _reuse.OUTPUTS.nbytes <= _reuse.POOL_MAX_BYTES
+
+
+def test_input_gradient_results_come_from_the_pool_too():
+    _reuse.OUTPUTS.clear()
+    rng = np.random.default_rng(10)
+    x, k, b = _conv_case(rng)
+    dy = rng.standard_normal((8, 32, 40, 40)).astype(np.float32)
+    first = conv2d_input_gradient(dy, k, padding=1)
+    addr, ref = _addr(first), first.copy()
+    del first
+    again = conv2d_input_gradient(dy, k, padding=1)
+    assert _addr(again) == addr
+    assert_array_equal(again, ref)
+
+
+def test_turning_reuse_off_empties_the_pool_and_allocates_afresh():
+    rng = np.random.default_rng(11)
+    x, k, b = _conv_case(rng)
+    conv2d_forward(x, k, b, padding=1)
+    try:
+        assert cnn_ext.set_buffer_reuse(False) is True
+        assert _reuse.OUTPUTS.nbytes == 0 and not cnn_ext.get_buffer_reuse()
+        addrs = set()
+        for _ in range(3):
+            y = conv2d_forward(x, k, b, padding=1)
+            addrs.add(id(y))
+            assert _reuse.OUTPUTS.nbytes == 0
+        with pytest.raises(TypeError, match="enabled must be True or False"):
+            cnn_ext.set_buffer_reuse("no")
+    finally:
+        cnn_ext.set_buffer_reuse(True)
+    assert cnn_ext.get_buffer_reuse()
+
+
+def test_pool_is_safe_under_python_threads():
+    import threading
+
+    _reuse.OUTPUTS.clear()
+    rng = np.random.default_rng(12)
+    x, k, b = _conv_case(rng)
+    inputs = [x + i for i in range(4)]
+    refs = [conv2d_forward(xi, k, b, padding=1).copy() for xi in inputs]
+    errors = []
+
+    def work(i):
+        for _ in range(5):
+            y = conv2d_forward(inputs[i], k, b, padding=1)
+            if not np.array_equal(y, refs[i]):
+                errors.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
