@@ -46,6 +46,11 @@ def _large(shape, dtype):
     return math.prod(shape) * dtype.itemsize >= MIN_BYTES
 
 
+def _small(shape):
+    """Too small to take part whatever the dtype (the quick test every call makes first: ~0.1 µs)."""
+    return math.prod(shape) * 8 < MIN_BYTES
+
+
 def _find_free(pool, shape, dtype):
     """(index of a free array of this shape and dtype or None, index of a free array of any other or None)."""
     other = None
@@ -61,8 +66,10 @@ def spare(layer, key, shape, dtype):
     """An uninitialised array for the layer's output ``key``: one the layer made earlier if only the layer
     refers to it, else a new one, kept for later steps (up to SPARES_PER_OUTPUT per key; a free one of
     another shape, after a change of batch size, is replaced)."""
+    if not ENABLED or _small(shape):
+        return np.empty(shape, dtype=dtype)
     dtype = np.dtype(dtype)
-    if not ENABLED or not _large(shape, dtype):
+    if not _large(shape, dtype):
         return np.empty(shape, dtype=dtype)
     pool = layer.__dict__.setdefault("_spares", {}).setdefault(key, [])
     same, other = _find_free(pool, shape, dtype)
@@ -86,8 +93,10 @@ class _Pool:
         self._lock = threading.Lock()
 
     def empty(self, shape, dtype):
+        if not ENABLED or _small(shape):
+            return np.empty(shape, dtype=dtype)
         dtype = np.dtype(dtype)
-        if not ENABLED or not _large(shape, dtype):
+        if not _large(shape, dtype):
             return np.empty(shape, dtype=dtype)
         key = (tuple(shape), dtype.str)
         with self._lock:
