@@ -73,7 +73,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     _, title, default_target, default_epochs = DATASETS[args.dataset]
-    epochs = args.epochs or default_epochs
+    if any(v is not None and v < 1 for v in (args.epochs, args.threads, args.batch_size)):
+        parser.error("--epochs, --threads and --batch-size must be >= 1")
+    epochs = default_epochs if args.epochs is None else args.epochs
     target = default_target if args.target is None else args.target
     if args.threads is not None:
         cnn_ext.set_num_threads(args.threads)

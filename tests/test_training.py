@@ -107,6 +107,15 @@ def test_mnist_example_on_shipped_sample(tmp_path, capsys, monkeypatch):
 
 
 @needs_examples
+@pytest.mark.parametrize("flag", ["--epochs", "--threads", "--batch-size"])
+def test_mnist_cnn_example_refuses_counts_below_one(flag, capsys):
+    example = load_example("train_mnist_cnn")
+    with pytest.raises(SystemExit):  # before any data is read (--epochs 0 ran the default 6 epochs)
+        example.main([flag, "0", "--no-download", "--data-dir", "/nonexistent"])
+    assert "--epochs, --threads and --batch-size must be >= 1" in capsys.readouterr().err
+
+
+@needs_examples
 def test_mnist_example_exit_code_and_argument_errors(tmp_path, capsys):
     example = load_example("train_mnist")
     argv = ["--data-dir", str(tmp_path), "--no-download", "--epochs", "1", "--plot", str(tmp_path / "c.png")]
