@@ -142,8 +142,9 @@ def show_config(quiet=False):
 
     Prints them too unless ``quiet=True``. Keys: ``version``, ``kernels`` (the active kernel build:
     ``"avx2"`` or ``"baseline"``, see ``CNN_EXT_KERNELS``), ``kernel_module``, ``openmp`` (compiled in),
-    ``num_threads`` (what the kernels use), ``openmp_max_threads``, ``blas`` (the BLAS libraries loaded in
-    this process, from threadpoolctl), ``python``, ``platform``, ``numpy``, ``scipy``, ``threadpoolctl``.
+    ``num_threads`` (what the kernels use), ``openmp_max_threads``, ``pool_module`` (the pooling kernels'
+    build), ``buffer_reuse`` (see :func:`set_buffer_reuse`), ``blas`` (the BLAS libraries loaded in this
+    process, from threadpoolctl), ``python``, ``platform``, ``numpy``, ``scipy``, ``threadpoolctl``.
     """
     import platform
     import sys
@@ -162,6 +163,8 @@ def show_config(quiet=False):
         "openmp": bool(_conv.openmp_enabled()),
         "num_threads": get_num_threads(),
         "openmp_max_threads": int(_conv.openmp_max_threads()),
+        "pool_module": _kernels.pool.__name__,
+        "buffer_reuse": get_buffer_reuse(),
         "blas": blas_info(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -171,8 +174,8 @@ def show_config(quiet=False):
     }
     if not quiet:
         lines = [f"cnn_ext {info['version']}"]
-        for key in ("kernels", "kernel_module", "openmp", "num_threads", "openmp_max_threads",
-                    "python", "platform", "numpy", "scipy", "threadpoolctl"):
+        for key in ("kernels", "kernel_module", "pool_module", "openmp", "num_threads", "openmp_max_threads",
+                    "buffer_reuse", "python", "platform", "numpy", "scipy", "threadpoolctl"):
             lines.append(f"  {key + ':':<20}{info[key]}")
         lines.append(f"  {'blas:':<20}{'' if info['blas'] else 'none loaded'}".rstrip())
         for lib in info["blas"]:

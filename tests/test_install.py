@@ -131,6 +131,8 @@ def test_show_config_reports_the_build(capsys):
     assert info["version"] == cnn_ext.__version__
     assert info["kernels"] == _kernels.ISA
     assert info["kernel_module"] == _kernels.conv.__name__
+    assert info["pool_module"] == _kernels.pool.__name__
+    assert info["buffer_reuse"] is cnn_ext.get_buffer_reuse()
     assert info["numpy"] == np.__version__
     import scipy
 
