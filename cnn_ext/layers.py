@@ -236,6 +236,12 @@ class Layer:
         self._x = None      # forward input (as used, in the computation dtype)
         self._y_shape = None
 
+    def __getstate__(self):
+        """Pickle and deepcopy without the spare output arrays (cnn_ext._reuse): scratch, not state."""
+        state = self.__dict__.copy()
+        state.pop("_spares", None)
+        return state
+
     # -- the tutorial's interface ------------------------------------------------------------
     def forward(self, x):
         raise NotImplementedError

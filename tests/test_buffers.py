@@ -269,3 +269,16 @@ def test_pool_is_safe_under_python_threads():
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_copies_and_pickles_leave_the_spares_behind():
+    import copy
+    import pickle
+
+    layer = ReLU()
+    x = np.random.default_rng(13).standard_normal(BIG).astype(np.float32)
+    y = layer.forward(x)
+    assert layer._spares
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert not hasattr(clone, "_spares")
+        assert_array_equal(clone.backward(np.ones_like(y))["dX"], (x > 0).astype(np.float32))
