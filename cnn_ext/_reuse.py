@@ -12,7 +12,8 @@ on 2 threads: 17.7 ms into an array written before, 22.3 ms into fresh memory; 3
   any more (not the caller, not a view, not a cache) is handed out again; at most ``POOL_PER_SHAPE`` arrays per
   shape and ``POOL_MAX_BYTES`` in all are kept alive between calls.
 
-An array the caller still holds, even through a view, is never handed out again. Only arrays of at least
+An array the caller still holds, even through a view or a memoryview, is never handed out again (a weak
+reference does not hold it: through one, a dropped result can show a later call's values). Only arrays of at least
 ``MIN_BYTES`` take part (below, malloc's free lists already return mapped memory). Reference counts cannot
 tell on free-threaded builds (deferred counts) or without ``sys.getrefcount``: there nothing is reused.
 :func:`cnn_ext.set_buffer_reuse` turns both off (and empties the pool).
