@@ -9,6 +9,7 @@ import threading
 
 import numpy as np
 
+from . import _reuse
 from ._kernels import conv as _conv
 
 _OPENMP = bool(_conv.openmp_enabled())  # fixed at build time; read once (every kernel call asks for the threads)
@@ -50,8 +51,6 @@ def set_buffer_reuse(enabled):
     """Turn on or off (and empty the pool of) the reuse of large result arrays nobody holds any more (see
     ``cnn_ext._reuse``): layers' outputs and the results of conv2d_forward / conv2d_input_gradient. Returns
     the previous setting. It cannot be turned on where reference counts cannot tell (free-threaded builds)."""
-    from . import _reuse
-
     if not isinstance(enabled, (bool, np.bool_)):
         raise TypeError(f"enabled must be True or False, got {enabled!r}")
     previous = _reuse.ENABLED
@@ -63,8 +62,6 @@ def set_buffer_reuse(enabled):
 
 def get_buffer_reuse():
     """Whether large result arrays are reused (see :func:`set_buffer_reuse`)."""
-    from . import _reuse
-
     return _reuse.ENABLED
 
 

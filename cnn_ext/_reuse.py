@@ -43,13 +43,14 @@ FREE_REFCOUNT = _free_refcount()
 ENABLED = FREE_REFCOUNT is not None
 
 
-def _large(shape, dtype):
-    return math.prod(shape) * dtype.itemsize >= MIN_BYTES
-
-
-def _small(shape):
-    """Too small to take part whatever the dtype (the quick test every call makes first: ~0.1 µs)."""
-    return math.prod(shape) * 8 < MIN_BYTES
+def taking_part(shape, dtype):
+    """The dtype (as np.dtype) when reuse is on and an array of this shape and dtype is large enough to take
+    part, else None. The size test runs first, for any dtype (~0.1 µs: most arrays are small)."""
+    n = math.prod(shape)
+    if not ENABLED or n * 8 < MIN_BYTES:
+        return None
+    dtype = np.dtype(dtype)
+    return dtype if n * dtype.itemsize >= MIN_BYTES else None
 
 
 def _find_free(pool, shape, dtype):
@@ -67,11 +68,9 @@ def spare(layer, key, shape, dtype):
     """An uninitialised array for the layer's output ``key``: one the layer made earlier if only the layer
     refers to it, else a new one, kept for later steps (up to SPARES_PER_OUTPUT per key; a free one of
     another shape, after a change of batch size, is replaced)."""
-    if not ENABLED or _small(shape):
+    if taking_part(shape, dtype) is None:
         return np.empty(shape, dtype=dtype)
     dtype = np.dtype(dtype)
-    if not _large(shape, dtype):
-        return np.empty(shape, dtype=dtype)
     pool = layer.__dict__.setdefault("_spares", {}).setdefault(key, [])
     same, other = _find_free(pool, shape, dtype)
     if same is not None:
@@ -94,11 +93,9 @@ class _Pool:
         self._lock = threading.Lock()
 
     def empty(self, shape, dtype):
-        if not ENABLED or _small(shape):
+        if taking_part(shape, dtype) is None:
             return np.empty(shape, dtype=dtype)
         dtype = np.dtype(dtype)
-        if not _large(shape, dtype):
-            return np.empty(shape, dtype=dtype)
         key = (tuple(shape), dtype.str)
         with self._lock:
             pool = self._arrays.setdefault(key, [])

@@ -429,9 +429,7 @@ class Conv2D(_ParamLayer):
     def _spare_output(self, key, shape):
         """The layer's spare array for a large output (see cnn_ext._reuse); None (the op allocates) for small
         ones."""
-        if not _reuse.ENABLED or math.prod(shape) * self.dtype.itemsize < _reuse.MIN_BYTES:
-            return None
-        return spare(self, key, shape, self.dtype)
+        return None if _reuse.taking_part(shape, self.dtype) is None else spare(self, key, shape, self.dtype)
 
     def extra_repr(self):
         s = f"{self.c_in}, {self.c_out}, kernel_size={self.kernel_size}, stride={self.stride}"

@@ -306,10 +306,9 @@ def _kgrad_samples(C_in, C_out, OH, OW, KH, KW, single, shifted, per_chunk):
     within _KGRAD_SLAB_BYTES. Depends on the shape only (the sums' order must not follow the thread count)."""
     if _KGRAD_SAMPLES:
         return _KGRAD_SAMPLES
-    one = _conv.kgrad_wide_scratch_size(C_in, C_out, OH, OW, KH, KW, single, shifted, 1)
-    partials = C_out * C_in * KH * KW * _conv.direct_tile_lanes(single)
-    per_sample = (one - partials) * (4 if single else 8)
-    return max(1, min(per_chunk, _KGRAD_SLAB_BYTES // max(per_sample, 1)))
+    size = lambda ns: _conv.kgrad_wide_scratch_size(C_in, C_out, OH, OW, KH, KW, single, shifted, ns)
+    per_sample = (size(2) - size(1)) * (4 if single else 8)  # one more sample's slabs, in bytes
+    return max(1, min(per_chunk, _KGRAD_SLAB_BYTES // per_sample))
 
 
 def _wide_method(method, wide_ok, why, N, C_in, C_out, H, W, KH, KW, OH, OW, dtype, grad):
