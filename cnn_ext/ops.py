@@ -522,6 +522,45 @@ def _matmul(a, b, trans_a=False, trans_b=False):
     return c
 
 
+# Plans: an operation's checks and choices (output shape, method, tile sizes, threads) follow from the shapes,
+# the dtype, the arguments and the thread count only, and cost more in Python than a small layer's whole
+# kernel (the tutorial's toy forward: 8.4 µs per call with them, 2.7 in the kernel). Each is made once per
+# combination and kept here; a call then only converts its arrays and runs. Module settings are read when a
+# plan is made. None turns the cache off (tests that change those settings do).
+_PLANS = {}
+_PLANS_MAX = 512  # distinct combinations kept (then the cache starts over)
+_PLAIN = frozenset((int, str, type(None)))
+
+
+def _keyable(value):
+    """Whether a stride / padding / size / method argument can be a cache key as it is: built of exact ints,
+    strings and None only. Values that compare equal to those but mean something else (True == 1, 1.0 == 1,
+    NumPy scalars and arrays) must go through the checks, which refuse or convert them, on every call."""
+    if type(value) in _PLAIN:
+        return True
+    return type(value) is tuple and all(_keyable(v) for v in value)
+
+
+def _plan(make, shapes, dtype, options):
+    """make(*shapes, dtype, *options), from the cache when the same shapes, dtype, options (stride, padding,
+    sizes, method) and thread count were seen before. Refusals (ValueError / TypeError) are never cached: the
+    next call checks again."""
+    plans = _PLANS
+    if plans is None:
+        return make(*shapes, dtype, *options)
+    for a in options:  # a loop: a generator costs ~0.5 µs here
+        if type(a) not in _PLAIN and not _keyable(a):
+            return make(*shapes, dtype, *options)
+    key = (make, get_num_threads(), shapes, dtype, options)
+    plan = plans.get(key)
+    if plan is None:
+        plan = make(*shapes, dtype, *options)
+        if len(plans) >= _PLANS_MAX:
+            plans.clear()
+        plans[key] = plan
+    return plan
+
+
 def _run(use_gemm, fn, *args):
     if not use_gemm:  # no BLAS inside: no thread limits to set (and no context manager to enter)
         fn(*args)
@@ -565,25 +604,31 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto", out=
     _check_ndim(x, 4, "x", "(N, C_in, H, W)")
     _check_ndim(k, 4, "kernels", "(C_out, C_in, KH, KW)")
     _check_ndim(b, 1, "bias", "(C_out,)")
-    N, C_in, H, W = x.shape
-    C_out, Ck, KH, KW = k.shape
-    if k.size == 0:
-        raise ValueError(f"kernels must not be empty, got shape {k.shape}")
+    shape, run = _plan(_forward_plan, (x.shape, k.shape, b.shape), dtype, (stride, padding, method))
+    y = _output(out, shape, dtype, (x, k, b), ("x", "kernels", "bias"))
+    if shape[0]:
+        run(_contiguous(x, dtype), _contiguous(k, dtype), _contiguous(b, dtype), y)
+    return y
+
+
+def _forward_plan(xshape, kshape, bshape, dtype, stride, padding, method):
+    """conv2d_forward's checks and choices, from the shapes and arguments: (y's shape, run(x, k, b, y))."""
+    N, C_in, H, W = xshape
+    C_out, Ck, KH, KW = kshape
+    if C_out * Ck * KH * KW == 0:
+        raise ValueError(f"kernels must not be empty, got shape {kshape}")
     if Ck != C_in:
-        raise ValueError(f"x has {C_in} channels (shape {x.shape}) but kernels expect {Ck} (shape {k.shape})")
-    if b.shape[0] != C_out:
-        raise ValueError(f"bias has {b.shape[0]} entries (shape {b.shape}) but kernels have {C_out} output channels (shape {k.shape})")
+        raise ValueError(f"x has {C_in} channels (shape {xshape}) but kernels expect {Ck} (shape {kshape})")
+    if bshape[0] != C_out:
+        raise ValueError(f"bias has {bshape[0]} entries (shape {bshape}) but kernels have {C_out} output channels (shape {kshape})")
     SH, SW = _ints(stride, "stride", 1)
     top, bottom, left, right = _padding(padding, KH, KW, (SH, SW))
-    OH, OW = _out_hw(H, W, KH, KW, SH, SW, top, bottom, left, right, "x", "kernels", x.shape, k.shape)
+    OH, OW = _out_hw(H, W, KH, KW, SH, SW, top, bottom, left, right, "x", "kernels", xshape, kshape)
     method = _wide_method(method, (SH, SW) == (1, 1), "stride 1", N, C_in, C_out, H, W, KH, KW, OH, OW, dtype,
                           grad=False)
     use_gemm = method == "gemm"
-    _check_alloc((N, C_out, OH, OW), dtype, lambda: f"conv2d_forward: x {x.shape} with kernels {k.shape}, "
+    _check_alloc((N, C_out, OH, OW), dtype, lambda: f"conv2d_forward: x {xshape} with kernels {kshape}, "
                  f"stride {(SH, SW)} and padding {(top, bottom, left, right)} gives y")
-    y = _output(out, (N, C_out, OH, OW), dtype, (x, k, b), ("x", "kernels", "bias"))
-    if N == 0:
-        return y
     nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)
     unpadded = (top, bottom, left, right) == (0, 0, 0, 0)
     # tiny unpadded layers (the tutorial's toy one, float64: 2.8 us in the row loops, 3.4 wide, 4.6 shifted)
@@ -591,15 +636,17 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto", out=
     tiny = _tiny(OH, OW, C_in, C_out)
     if not use_gemm and not (unpadded and (tiny or _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype))):
         if _channels_better(False, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
-            run = _channel_vector_run
+            kernel = _channel_vector_run
         else:
-            run = _shifted_run if _shifted_better(C_in, KH, KW, dtype) else _wide_run
-        run(_contiguous(x, dtype), _contiguous(k, dtype), _contiguous(b, dtype), y, top, left, nt, dtype)
-        return y
-    scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
-    _run(use_gemm, _conv.conv2d_forward, _contiguous(x, dtype), _contiguous(k, dtype), _contiguous(b, dtype),
-         y, scratch, SH, SW, top, left, use_gemm, nt)
-    return y
+            kernel = _shifted_run if _shifted_better(C_in, KH, KW, dtype) else _wide_run
+
+        def run(x, k, b, y):
+            kernel(x, k, b, y, top, left, nt, dtype)
+    else:
+        def run(x, k, b, y):
+            scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
+            _run(use_gemm, _conv.conv2d_forward, x, k, b, y, scratch, SH, SW, top, left, use_gemm, nt)
+    return (N, C_out, OH, OW), run
 
 
 def conv2d_kernel_gradient(dE_dY, x, *, stride=1, padding=0, kernel_size=None, method="auto"):
@@ -629,12 +676,20 @@ def conv2d_kernel_gradient(dE_dY, x, *, stride=1, padding=0, kernel_size=None, m
     dtype = _compute_dtype((dy, x), ("dE_dY", "x"))
     _check_ndim(dy, 4, "dE_dY", "(N, C_out, OH, OW)")
     _check_ndim(x, 4, "x", "(N, C_in, H, W)")
-    N, C_out, OH, OW = dy.shape
-    Nx, C_in, H, W = x.shape
+    shape, run = _plan(_kgrad_plan, (dy.shape, x.shape), dtype, (stride, padding, kernel_size, method))
+    dk = np.empty(shape, dtype=dtype)
+    run(_contiguous(dy, dtype), _contiguous(x, dtype), dk)
+    return dk
+
+
+def _kgrad_plan(dyshape, xshape, dtype, stride, padding, kernel_size, method):
+    """conv2d_kernel_gradient's checks and choices: (dK's shape, run(dy, x, dk))."""
+    N, C_out, OH, OW = dyshape
+    Nx, C_in, H, W = xshape
     if Nx != N:
-        raise ValueError(f"dE_dY has batch size {N} (shape {dy.shape}) but x has {Nx} (shape {x.shape})")
+        raise ValueError(f"dE_dY has batch size {N} (shape {dyshape}) but x has {Nx} (shape {xshape})")
     if C_out == 0 or C_in == 0:
-        raise ValueError(f"dE_dY {dy.shape} and x {x.shape} must have at least one channel each")
+        raise ValueError(f"dE_dY {dyshape} and x {xshape} must have at least one channel each")
     SH, SW = _ints(stride, "stride", 1)
     if kernel_size is None:
         if (SH, SW) != (1, 1) or isinstance(padding, str) and padding.lower() == "same":
@@ -642,44 +697,50 @@ def conv2d_kernel_gradient(dE_dY, x, *, stride=1, padding=0, kernel_size=None, m
         top, bottom, left, right = _padding(padding, 1, 1, (SH, SW))
         KH, KW = H + top + bottom - OH + 1, W + left + right - OW + 1
         if KH < 1 or KW < 1 or OH < 1 or OW < 1:
-            raise ValueError(f"dE_dY {dy.shape} is larger than x {x.shape} allows: no kernel size fits")
+            raise ValueError(f"dE_dY {dyshape} is larger than x {xshape} allows: no kernel size fits")
     else:
         KH, KW = _ints(kernel_size, "kernel_size", 1)
         top, bottom, left, right = _padding(padding, KH, KW, (SH, SW))
-    eOH, eOW = _out_hw(H, W, KH, KW, SH, SW, top, bottom, left, right, "x", "kernel_size", x.shape, (KH, KW))
+    eOH, eOW = _out_hw(H, W, KH, KW, SH, SW, top, bottom, left, right, "x", "kernel_size", xshape, (KH, KW))
     if (eOH, eOW) != (OH, OW):
-        raise ValueError(f"dE_dY has spatial shape {(OH, OW)} (shape {dy.shape}) but x {x.shape} with a "
+        raise ValueError(f"dE_dY has spatial shape {(OH, OW)} (shape {dyshape}) but x {xshape} with a "
                          f"{KH}x{KW} kernel gives {(eOH, eOW)}")
     impl = _kgrad_method(method, (SH, SW) == (1, 1), (top, bottom, left, right) == (0, 0, 0, 0),
                          N, OH, OW, C_in, C_out, KH, KW, dtype)
-    _check_alloc((C_out, C_in, KH, KW), dtype, lambda: f"conv2d_kernel_gradient: dE_dY {dy.shape} and x "
-                 f"{x.shape} with padding {(top, bottom, left, right)} give dK")
-    dk = np.empty((C_out, C_in, KH, KW), dtype=dtype)
+    _check_alloc((C_out, C_in, KH, KW), dtype, lambda: f"conv2d_kernel_gradient: dE_dY {dyshape} and x "
+                 f"{xshape} with padding {(top, bottom, left, right)} give dK")
     nchunk = max(1, min(N, _NCHUNK))
     nt = _threads(nchunk, N * C_out * OH * OW * C_in * KH * KW)
-    if impl in ("wide", "shifted"):
+    size = C_out * C_in * KH * KW
+
+    def run_loops(dy, x, dk, use_gemm):
+        # per-chunk partial sums; the direct loops keep one per output column too (summed in order at the end)
+        partial = np.empty((nchunk, size * (1 if use_gemm else OW)), dtype=dtype)
+        scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
+        _run(use_gemm, _conv.conv2d_kernel_gradient, dy, x, dk, partial, scratch, SH, SW, top, left, use_gemm,
+             nt)
+
+    if impl not in ("wide", "shifted"):
+        use_gemm = impl == "gemm"
+        return (C_out, C_in, KH, KW), lambda dy, x, dk: run_loops(dy, x, dk, use_gemm)
+    shifted = impl == "shifted"
+    single = dtype == np.float32
+    ns = _kgrad_samples(C_in, C_out, OH, OW, KH, KW, single, shifted, N // nchunk)
+    slab = _conv.kgrad_wide_scratch_size(C_in, C_out, OH, OW, KH, KW, single, shifted, ns)
+
+    def run_tiled(dy, x, dk):
         # per-thread slabs: padded (or shifted) x, widened dE_dY, vector partials; zeros where nothing is copied
-        partial = np.empty((nchunk, C_out * C_in * KH * KW), dtype=dtype)
-        shifted = impl == "shifted"
-        single = dtype == np.float32
-        ns = _kgrad_samples(C_in, C_out, OH, OW, KH, KW, single, shifted, N // nchunk)
-        scratch = np.zeros((nt, _conv.kgrad_wide_scratch_size(C_in, C_out, OH, OW, KH, KW, single, shifted, ns)),
-                           dtype=dtype)
-        _conv.conv2d_kernel_gradient_wide(_contiguous(dy, dtype), _contiguous(x, dtype), dk, partial, scratch,
-                                          top, left, shifted, _KGRAD_TILE_CHANNELS, _KGRAD_TILE_TAPS, ns, nt)
-        if np.isfinite(dk).all():
-            return dk
-        # The tiled layouts also multiply zeros (the widened dE_dY's extra columns) by x values a tap does not
-        # reach: 0 * x is 0, except for an inf or NaN in x, which would turn such a tap into NaN. Only then is
-        # dK non-finite; im2col reaches exactly the right values, so recompute that way.
-        impl = "gemm"
-    use_gemm = impl == "gemm"
-    # per-chunk partial sums; the direct loops keep one per output column too (summed in order at the end)
-    partial = np.empty((nchunk, C_out * C_in * KH * KW * (1 if use_gemm else OW)), dtype=dtype)
-    scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
-    _run(use_gemm, _conv.conv2d_kernel_gradient, _contiguous(dy, dtype), _contiguous(x, dtype), dk, partial,
-         scratch, SH, SW, top, left, use_gemm, nt)
-    return dk
+        partial = np.empty((nchunk, size), dtype=dtype)
+        scratch = np.zeros((nt, slab), dtype=dtype)
+        _conv.conv2d_kernel_gradient_wide(dy, x, dk, partial, scratch, top, left, shifted, _KGRAD_TILE_CHANNELS,
+                                          _KGRAD_TILE_TAPS, ns, nt)
+        if not np.isfinite(dk).all():
+            # The tiled layouts also multiply zeros (the widened dE_dY's extra columns) by x values a tap does
+            # not reach: 0 * x is 0, except for an inf or NaN in x, which would turn such a tap into NaN. Only
+            # then is dK non-finite; im2col reaches exactly the right values, so recompute that way.
+            run_loops(dy, x, dk, True)
+
+    return (C_out, C_in, KH, KW), run_tiled
 
 
 def conv2d_bias_gradient(dE_dY):
@@ -735,51 +796,62 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
     dtype = _compute_dtype((dy, k), ("dE_dY", "kernels"))
     _check_ndim(dy, 4, "dE_dY", "(N, C_out, OH, OW)")
     _check_ndim(k, 4, "kernels", "(C_out, C_in, KH, KW)")
-    N, C_out, OH, OW = dy.shape
-    Ck, C_in, KH, KW = k.shape
-    if k.size == 0:
-        raise ValueError(f"kernels must not be empty, got shape {k.shape}")
+    shape, run = _plan(_igrad_plan, (dy.shape, k.shape), dtype, (stride, padding, input_size, method))
+    dx = _output(out, shape, dtype, (dy, k), ("dE_dY", "kernels"))
+    if shape[0]:
+        run(_contiguous(dy, dtype), _contiguous(k, dtype), dx)
+    return dx
+
+
+def _igrad_plan(dyshape, kshape, dtype, stride, padding, input_size, method):
+    """conv2d_input_gradient's checks and choices: (dX's shape, run(dy, k, dx))."""
+    N, C_out, OH, OW = dyshape
+    Ck, C_in, KH, KW = kshape
+    if Ck * C_in * KH * KW == 0:
+        raise ValueError(f"kernels must not be empty, got shape {kshape}")
     if Ck != C_out:
-        raise ValueError(f"dE_dY has {C_out} channels (shape {dy.shape}) but kernels have {Ck} output channels (shape {k.shape})")
+        raise ValueError(f"dE_dY has {C_out} channels (shape {dyshape}) but kernels have {Ck} output channels (shape {kshape})")
     if OH < 1 or OW < 1:
-        raise ValueError(f"dE_dY must have a non-empty spatial shape, got {dy.shape}")
+        raise ValueError(f"dE_dY must have a non-empty spatial shape, got {dyshape}")
     SH, SW = _ints(stride, "stride", 1)
     top, bottom, left, right = _padding(padding, KH, KW, (SH, SW))
     if input_size is None:
         H, W = (OH - 1) * SH + KH - top - bottom, (OW - 1) * SW + KW - left - right
         if H < 1 or W < 1:
-            raise ValueError(f"dE_dY {dy.shape} with kernels {k.shape} and padding {padding!r} gives no valid input size")
+            raise ValueError(f"dE_dY {dyshape} with kernels {kshape} and padding {padding!r} gives no valid input size")
     else:
         H, W = _ints(input_size, "input_size", 1)
-    eOH, eOW = _out_hw(H, W, KH, KW, SH, SW, top, bottom, left, right, "input_size", "kernels", (H, W), k.shape)
+    eOH, eOW = _out_hw(H, W, KH, KW, SH, SW, top, bottom, left, right, "input_size", "kernels", (H, W), kshape)
     if (eOH, eOW) != (OH, OW):
-        raise ValueError(f"dE_dY has spatial shape {(OH, OW)} (shape {dy.shape}) but an input of {(H, W)} with "
-                         f"kernels {k.shape} gives {(eOH, eOW)}")
-    _check_alloc((N, C_in, H, W), dtype, lambda: f"conv2d_input_gradient: dE_dY {dy.shape} with kernels "
-                 f"{k.shape}, stride {(SH, SW)} and padding {(top, bottom, left, right)} gives dX")
+        raise ValueError(f"dE_dY has spatial shape {(OH, OW)} (shape {dyshape}) but an input of {(H, W)} with "
+                         f"kernels {kshape} gives {(eOH, eOW)}")
+    _check_alloc((N, C_in, H, W), dtype, lambda: f"conv2d_input_gradient: dE_dY {dyshape} with kernels "
+                 f"{kshape}, stride {(SH, SW)} and padding {(top, bottom, left, right)} gives dX")
     # stride 1: dX is the forward of dE_dY zero-padded by K-1-padding with the transposed, 180°-rotated kernels
     pads = (KH - 1 - top, KH - 1 - bottom, KW - 1 - left, KW - 1 - right)
     method = _wide_method(method, (SH, SW) == (1, 1) and min(pads) >= 0, "stride 1 and padding <= kernel size - 1",
                           N, C_in, C_out, H, W, KH, KW, OH, OW, dtype, grad=True)
     use_gemm = method == "gemm"
-    dx = _output(out, (N, C_in, H, W), dtype, (dy, k), ("dE_dY", "kernels"))
-    if N == 0:
-        return dx
     nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)
+
+    def run_loops(dy, k, dx, use_gemm):
+        scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
+        _run(use_gemm, _conv.conv2d_input_gradient, dy, k, dx, scratch, SH, SW, top, left, use_gemm, nt)
+
     # tiny unpadded layers (the tutorial's toy one: 9 vs 11 us) keep the scatter loops, which need no setup
-    if not use_gemm and not (_tiny(OH, OW, C_in, C_out)
-                             and (top, bottom, left, right) == (0, 0, 0, 0)):
+    if use_gemm or _tiny(OH, OW, C_in, C_out) and (top, bottom, left, right) == (0, 0, 0, 0):
+        return (N, C_in, H, W), lambda dy, k, dx: run_loops(dy, k, dx, use_gemm)
+    kernel = (_channel_vector_run if _channels_better(True, C_in, C_out, H, W, KH, KW, OH, OW, dtype)
+              else _wide_run)
+
+    def run_direct(dy, k, dx):
         # These kernels run on dE_dY zero-padded by K-1: an inf or NaN in the kernels would meet those zeros
         # (inf * 0 = NaN) where the full convolution has no product at all; BLAS + col2im (and the scatter
         # loops) form only the real products.
-        if np.isfinite(k).all():
-            k_rot = np.ascontiguousarray(np.asarray(k, dtype=dtype)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-            run = (_channel_vector_run if _channels_better(True, C_in, C_out, H, W, KH, KW, OH, OW, dtype)
-                   else _wide_run)
-            run(_contiguous(dy, dtype), k_rot, np.zeros(C_in, dtype=dtype), dx, pads[0], pads[2], nt, dtype)
-            return dx
-        use_gemm = True
-    scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
-    _run(use_gemm, _conv.conv2d_input_gradient, _contiguous(dy, dtype), _contiguous(k, dtype), dx, scratch,
-         SH, SW, top, left, use_gemm, nt)
-    return dx
+        if not np.isfinite(k).all():
+            run_loops(dy, k, dx, True)
+            return
+        k_rot = np.ascontiguousarray(k[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        kernel(dy, k_rot, np.zeros(C_in, dtype=dtype), dx, pads[0], pads[2], nt, dtype)
+
+    return (N, C_in, H, W), run_direct
