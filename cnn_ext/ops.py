@@ -419,7 +419,23 @@ def _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype):
     C_in*KH*KW is short, so the wide kernel's per-tile costs (store to and copy from the wide buffer) show.
     Rows under 2 vectors and C_out > 32 lose (see _wide_method)."""
     lanes = _TILES[dtype]["lanes"]
-    if not _WIDE_FAST or OW < 2 * lanes or C_out > _ROW_TILES_MAX_C_OUT:
+    if not _WIDE_FAST or OW < 2 * lanes:
+        return False
+    if C_in == 1:
+        # One input channel: tiles of 3 vectors (12 accumulators: a reduction of only KH*KW steps needs them) from
+        # rows of 3 vectors on, read straight from x. They win when whole tiles fit the row (overlapping tails
+        # recompute up to a tile), whatever C_out. 1-thread CPU-time medians, us, current auto / rows:
+        #   (N, C_in, C_out, H=W, K)  float64        float32        (N, C_in, C_out, H=W, K)  float64        float32
+        #   (16, 1, 4, 28, 5)         53.1 / 52.5    39.4 / 31.8    (16, 1, 16, 28, 5)        287 / 286      168 / 148
+        #   (16, 1, 6, 20, 5)         59.9 / 67.4    36.9 / 31.5    (8, 1, 64, 28, 5)         585 / 550      299 / 284
+        #   (32, 1, 2, 28, 5)         122 / 119      85.8 / 67.3    (16, 1, 8, 32, 3)         108 / 106      76.4 / 79.4
+        #   (16, 1, 4, 28, 3)         47.5 / 48.3    31.1 / 36.4    (16, 1, 9, 17, 4)         67.0 / 95.4    45.5 / 66.1
+        #   (64, 1, 32, 28, 3)        1279 / 1490    881 / 1310     (16, 1, 4, 40, 7)         190 / 191      172 / 168
+        # Rows of 24 fit whole tiles in both dtypes, rows of 16 in float32 (2 vectors); rows of 26, 30, 14 and 34
+        # do not. (float64 (16, 1, 4, 28, 5): its tiles of 3 vectors against 2, 63.8 -> 55.8 us.)
+        QB = (3 if OW >= 3 * lanes else 2) * lanes
+        return OW % QB == 0
+    if C_out > _ROW_TILES_MAX_C_OUT:
         return False
     JB, TB = _TILES[dtype]["wide"]
     row = -(-OW // (2 * lanes)) * 2 * lanes * (-(-C_out // JB) * JB if C_out >= JB else C_out)

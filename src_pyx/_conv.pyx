@@ -171,7 +171,8 @@ cdef extern from *:
      *
      * nj <= CNN_EXT_JB output channels x nv <= CNN_EXT_NV SIMD vectors of output columns of one output row:
      * the nj*nv accumulators stay in vector registers over the whole (i, kh, kw) reduction; each step
-     * loads nv x vectors and broadcasts nj weights (8 accumulators + 2 x + 1 weight of the 16 registers).
+     * loads nv x vectors and broadcasts nj weights (8 accumulators + 2 x + 1 weight of the 16 registers;
+     * 12 + 3 + 1 with nv = 3, taken for one input channel only).
      * gcc does not keep a C array of scalars in registers once it has vectorised it (measured: the tile ran
      * through the stack, 2x slower than the row loops), but it does keep an array of GNU vectors
      * (vector_size) once the constant-trip loops are unrolled: in the -mavx2 build the inner loop is
@@ -185,7 +186,7 @@ cdef extern from *:
     #define CNN_EXT_VEC_BYTES 16
     #endif
     #define CNN_EXT_JB 4
-    #define CNN_EXT_NV 2
+    #define CNN_EXT_NV 3
     #if defined(__GNUC__) || defined(__clang__)
     typedef float cnn_ext_vf __attribute__((vector_size(CNN_EXT_VEC_BYTES), aligned(4), may_alias));
     typedef double cnn_ext_vd __attribute__((vector_size(CNN_EXT_VEC_BYTES), aligned(8), may_alias));
@@ -249,7 +250,7 @@ cdef extern from *:
     static void NAME(const T* x, const T* k, const T* b, T* y, Py_ssize_t C_in, Py_ssize_t H,            \\
                      Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW,           \\
                      Py_ssize_t j0, Py_ssize_t p, Py_ssize_t q0, Py_ssize_t nj, Py_ssize_t nv) {         \\
-        switch ((nv < 2 ? 0 : 4) + (nj < 4 ? nj : 4)) {                                                  \\
+        switch ((nv < 2 ? 0 : nv < 3 ? 4 : 8) + (nj < 4 ? nj : 4)) {                                     \\
         case 1: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 1, 1); break;            \\
         case 2: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 2, 1); break;            \\
         case 3: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 3, 1); break;            \\
@@ -257,14 +258,18 @@ cdef extern from *:
         case 5: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 1, 2); break;            \\
         case 6: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 2, 2); break;            \\
         case 7: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 3, 2); break;            \\
-        default: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 4, 2); break;           \\
+        case 8: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 4, 2); break;            \\
+        case 9: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 1, 3); break;            \\
+        case 10: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 2, 3); break;           \\
+        case 11: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 3, 3); break;           \\
+        default: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 4, 3); break;           \\
         }                                                                                                \\
     }
     CNN_EXT_DEFINE_FORWARD_TILE(cnn_ext_forward_tile_f, float, cnn_ext_vf)
     CNN_EXT_DEFINE_FORWARD_TILE(cnn_ext_forward_tile_d, double, cnn_ext_vd)
     """
     enum: CNN_EXT_JB          # channels per tile (the switch above covers nj = 1..4)
-    enum: CNN_EXT_NV          # vectors of columns per tile (nv = 1, 2)
+    enum: CNN_EXT_NV          # vectors of columns per tile (nv = 1, 2, 3)
     enum: CNN_EXT_LANES_F     # float lanes per vector of this build (8 AVX2, 4 SSE2, 1 without GNU vectors)
     enum: CNN_EXT_LANES_D
     void _forward_tile_f "cnn_ext_forward_tile_f"(
@@ -297,7 +302,7 @@ cdef void _forward_direct_one(const floating* x, const floating* k, const floati
     """y[j] = b[j] + Σ_i xcorr_valid(x[i], k[j, i])
 
     Register tiles of JB channels x QB = nv SIMD vectors of columns of one output row (see the C block
-    above; nv = 1 for rows narrower than 2 vectors). The last tile of a row, and the last channel block,
+    above; nv = 1 for rows narrower than 2 vectors, 3 for one input channel on rows of 3 vectors or more). The last tile of a row, and the last channel block,
     overlap the previous one instead of running a narrower loop: they recompute, with the same operations
     in the same order, values already stored. Fewer than JB channels: one tile of C_out channels. Rows
     narrower than one vector: the row loops below.
@@ -310,7 +315,9 @@ cdef void _forward_direct_one(const floating* x, const floating* k, const floati
     cdef const floating* xrow
     cdef const floating* kji
     if OW >= lanes:
-        nv = CNN_EXT_NV if OW >= CNN_EXT_NV * lanes else 1
+        # 3 vectors (12 accumulators) only for one input channel: its reduction (KH*KW steps) is too short to
+        # hide the tile's setup and the FMA latency with 8; the other layers keep the measured 2
+        nv = 3 if g.C_in == 1 and OW >= 3 * lanes else 2 if OW >= 2 * lanes else 1
         QB = nv * lanes
         j0 = 0
         while j0 < C_out:

@@ -714,17 +714,6 @@ def test_empty_batch():
 # threads
 # ---------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def restore_threads(monkeypatch):
-    """Restores the thread count, and lets even small test cases run on several threads."""
-    from cnn_ext import ops
-
-    monkeypatch.setattr(ops, "_MIN_WORK_PER_THREAD", 1)
-    previous = cnn_ext.get_num_threads()
-    yield
-    cnn_ext.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_results_do_not_depend_on_thread_count(method, dtype, restore_threads):
