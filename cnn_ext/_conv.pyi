@@ -152,6 +152,24 @@ def conv2d_forward_cv(
     """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left;
     kp[jb, i, kh, kw, l] = k[jb*JW + l, i, kh, kw] with JW = channel_tile(); C_out a multiple of JW."""
 
+def conv2d_forward_band(
+    x: NDArray[_F],  # IN  (N, C_in, H, W)
+    k: NDArray[_F],  # IN  (1, C_in, KH, KW)
+    b: NDArray[_F],  # IN  (1,)
+    y: NDArray[_F],  # OUT (N, 1, OH, OW)
+    xpad: NDArray[_F],  # TMP (threads, C_in*Hp*Wp), zeroed
+    PT: int,
+    PL: int,
+    num_threads: int,
+) -> None:
+    """y[n, 0] = b[0] + Σ_i xcorr(x[n, i], k[0, i]), stride 1, zero padding PT on top and PL on the left
+    (bottom and right follow from y's shape: Hp = OH + KH - 1, Wp = OW + KW - 1); OH >= band_tile()[0],
+    OW >= band_tile()[1]."""
+
+def band_tile(single: bool) -> tuple[int, int]:
+    """(output rows, SIMD lanes) of the row-band tile in this build (float32 if single): it needs OH >= rows and
+    OW >= lanes."""
+
 def channel_tile(single: bool) -> int:
     """Output channels per channel-vector tile in this build (float32 if single): C_out must be a multiple."""
 

@@ -69,7 +69,8 @@ _CHANNELS_MAX_PIXELS = 400  # output pixels per map up to which it wins
 _CHANNELS_DX_F64_MAX = 1024  # C_in * C_out up to which it wins the float64 input gradient
 # per-dtype tile sizes of this build, looked up once (a call to the module costs as much as a tiny layer's work)
 _TILES = {np.dtype(dt): dict(lanes=_conv.direct_tile_lanes(dt is np.float32), wide=_conv.wide_tile(dt is np.float32),
-                             channels=_conv.channel_tile(dt is np.float32)) for dt in (np.float32, np.float64)}
+                             channels=_conv.channel_tile(dt is np.float32), band=_conv.band_tile(dt is np.float32))
+          for dt in (np.float32, np.float64)}
 _ROW_TILES_MAX_C_OUT = 32  # output channels up to which the older row-tiled forward can beat BLAS
 _ROW_TILES_SHORT = 128  # C_in*KH*KW up to which it wins ties in computed outputs with the wide kernel
 _WIDE_F64_MAX_CHANNELS = 2048  # float64 forward on maps > 400 pixels: C_in * C_out from which BLAS is kept
@@ -497,6 +498,39 @@ def _shifted_run(x, k, b, y, top, left, nt, dtype):
     _conv.conv2d_forward_shifted(x, k, b, y, xs, stage, top, left, _shift_ib(KH, KW, dtype), nt)
 
 
+def _band_better(C_in, H, W, KH, dtype):
+    """True when the input gradient of a one-input-channel layer (its dX has one channel) should take the row-band
+    kernel (_band_run: tiles of 4 output rows sharing each loaded input row, 1 + 4/nv loads per nv FMAs instead
+    of 1 + 1/12 per 1) instead of the wide rows' one-channel tile: kernels of 4 rows or more (every band has rows
+    feeding all 4 of its output rows), rows split into 2- and 3-vector tiles (a 1-vector tile, 4 accumulators, is
+    FMA-latency bound: a tie). 1-thread CPU-time medians, us, wide (or channel-vector) / band:
+      (N, C_in, C_out, H=W, K)  float64         float32          (N, C_in, C_out, H=W, K)  float64        float32
+      (16, 1, 4, 28, 5)         101.6 / 81.6    57.2 / 51.4      (16, 1, 1, 28, 5)         42.3 / 30.8    27.4 / 22.1
+      (16, 1, 16, 28, 5)        323 / 287       183 / 182        (16, 1, 4, 24, 5) same    85.0 / 62.9    52.5 / 37.6
+      (16, 1, 32, 28, 5) same   754 / 641       415 / 366        (8, 1, 8, 40, 7)          295 / 266      162 / 137
+      (4, 1, 6, 20, 5)          26.6 / 22.5     19.5 / 20.0*     (* a 1-vector tile in the row: wide kept)
+    2 threads (wall) the same ties or wins ((16, 1, 4, 28, 5) 74.9 / 73.5 and 51.4 / 47.4). 3x3 kernels win on one
+    thread ((16, 1, 8, 32, 3) 129 / 115, (64, 1, 32, 28, 3) same 2025 / 1890) but lose on two, float64 most
+    ((64, 1, 32, 28, 3) same 1079 / 1408, (16, 1, 32, 28, 3) 256 / 339): they keep the wide rows."""
+    if not _WIDE_FAST or C_in != 1:
+        return False
+    rows, lanes = _TILES[dtype]["band"]
+    if H < rows or W < lanes or KH < rows:
+        return False
+    # the split of _conv._forward_band_one: ceil(W / lanes) vectors over ceil(vectors / 3) tiles, evenly
+    nvec = -(-W // lanes)
+    ntile = max(-(-nvec // 3), 2 if W % lanes else 1)
+    return nvec // ntile >= 2
+
+
+def _band_run(x, k, b, y, top, left, nt, dtype):
+    """The row-band direct kernel (stride 1, one output channel): per-thread zeroed padded slabs."""
+    C_in = x.shape[1]
+    Hp, Wp = y.shape[2] + k.shape[2] - 1, y.shape[3] + k.shape[3] - 1
+    xpad = np.zeros((nt, C_in * Hp * Wp), dtype=dtype)
+    _conv.conv2d_forward_band(x, k, b, y, xpad, top, left, nt)
+
+
 def _channel_vector_run(x, k, b, y, top, left, nt, dtype):
     """The channel-vector direct kernel (stride 1, C_out a multiple of _conv.channel_tile): packed kernels and
     per-thread zeroed padded slabs."""
@@ -790,8 +824,12 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
         # loops) form only the real products.
         if np.isfinite(k).all():
             k_rot = np.ascontiguousarray(np.asarray(k, dtype=dtype)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-            run = (_channel_vector_run if _channels_better(True, C_in, C_out, H, W, KH, KW, OH, OW, dtype)
-                   else _wide_run)
+            if _band_better(C_in, H, W, KH, dtype):
+                run = _band_run
+            elif _channels_better(True, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
+                run = _channel_vector_run
+            else:
+                run = _wide_run
             run(_contiguous(dy, dtype), k_rot, np.zeros(C_in, dtype=dtype), dx, pads[0], pads[2], nt, dtype)
             return dx
         use_gemm = True

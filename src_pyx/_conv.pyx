@@ -7,7 +7,8 @@ Two methods per operation:
   * direct  (stride 1): forward and input gradient: the wide-row kernel (register tiles along the flat index
             of a per-thread zero-padded copy of the sample, any padding; dX is the forward of padded dy with
             rotated kernels), its shifted-copies variant (KW shifted copies of the sample: no wasted
-            columns, tiles accumulate into y), or the channel-vector kernel (vectors over output channels) on small maps;
+            columns, tiles accumulate into y), or the channel-vector kernel (vectors over output channels) on small maps,
+            or for one output channel (dX of a one-input-channel layer) the row-band kernel (4 output rows per tile);
             the unpadded forward also has row tiles; dK row loops (no padding);
   * gemm    (any stride / padding): per-sample im2col / col2im in a per-thread slab + one BLAS call
             (scipy.linalg.cython_blas, held to one thread by the caller while OpenMP runs).
@@ -841,6 +842,21 @@ def wide_tile(bint single):
     return (CNN_EXT_WJB, CNN_EXT_WNV * (CNN_EXT_LANES_F if single else CNN_EXT_LANES_D))
 
 
+cdef inline void _copy_padded(const floating* x, floating* xp, const Geom* g, Py_ssize_t plane,
+                              Py_ssize_t Wp) noexcept nogil:
+    """xp[i, r + PH, c + PW] = x[i, r, c] (planes of pitch plane, rows of pitch Wp): the interior of a zero-padded
+    slab (short rows: an inline, vectorised loop, not a memcpy call per row)."""
+    cdef Py_ssize_t i, r, c
+    cdef floating* dst
+    cdef const floating* src
+    for i in range(g.C_in):
+        for r in range(g.H):
+            dst = xp + i * plane + (r + g.PH) * Wp + g.PW
+            src = x + (i * g.H + r) * g.W
+            for c in range(g.W):
+                dst[c] = src[c]
+
+
 cdef void _forward_wide_one(const floating* x, const floating* k, const floating* b, floating* y,
                             floating* xp, floating* wide, const Geom* g, Py_ssize_t Hp, Py_ssize_t Wp,
                             Py_ssize_t IB) noexcept nogil:
@@ -855,18 +871,11 @@ cdef void _forward_wide_one(const floating* x, const floating* k, const floating
     cdef Py_ssize_t lanes = CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D
     cdef Py_ssize_t TB = CNN_EXT_WNV * lanes
     cdef Py_ssize_t C_in = g.C_in, C_out = g.C_out, H = g.H, W = g.W, OH = g.OH, OW = g.OW
-    cdef Py_ssize_t plane = Hp * Wp, F = g.OH * Wp, Fr, i, r, c, i0, i1, j0, f0, kh0, kh1, pdone, pend, plo, phi
+    cdef Py_ssize_t plane = Hp * Wp, F = g.OH * Wp, Fr, i0, i1, j0, f0, kh0, kh1, pdone, pend, plo, phi
     cdef Py_ssize_t step
     cdef bint one
-    cdef floating* dst
-    cdef const floating* src
     Fr = (F + TB - 1) // TB * TB
-    for i in range(C_in):
-        for r in range(H):
-            dst = xp + i * plane + (r + g.PH) * Wp + g.PW
-            src = x + (i * H + r) * W
-            for c in range(W):
-                dst[c] = src[c]
+    _copy_padded(x, xp, g, plane, Wp)
     i0 = 0
     while i0 < C_in:
         i1 = min(C_in, i0 + IB)
@@ -1151,6 +1160,158 @@ def conv2d_forward_shifted(const floating[:, :, :, ::1] x,      # IN  (N, C_in, 
 
 
 # ---------------------------------------------------------------------------------------------------
+# Row-band direct forward for one output channel (stride 1, any zero padding): the input gradient of a
+# one-input-channel layer (dX has one channel, summing the layer's C_out padded dE_dY planes)
+#
+# With one output channel a loaded input vector meets one weight per output vector: the wide tile's
+# 12 vectors of one channel load 13 vectors (12 x + 1 weight) per 12 FMAs. A band tile holds NR = 4 output
+# rows x nv <= 3 vectors of columns instead: input row r of the band feeds output row rr with kernel row
+# r - rr, so each row's nv vectors are loaded once per kw and used by up to 4 output rows (nv + 4 loads per
+# 4*nv FMAs). Input rows wholly in the padding are skipped row by row (the wide kernel skips a kernel row
+# only when it meets padding for every output row of its tile). Tiles store straight into y: the last
+# column tile of a row and the last band end at the edge (overlapping the previous one, recomputing values
+# already stored with the same operations in the same order, up to the sign of a zero sum).
+# ---------------------------------------------------------------------------------------------------
+
+cdef extern from *:
+    """
+    #define CNN_EXT_BR 4   /* output rows per band tile (the cases below are written for 4) */
+    #define CNN_EXT_BNV 3  /* vectors of columns per band tile, at most */
+    /* Rows LO..HI of the band (literals) take input row r: acc[rr] += k[r - rr, kw] * x[r, kw + ...]. */
+    #define CNN_EXT_BAND_ROWS(T, V, LO, HI)                                                                \\
+        for (kw = 0; kw < KW; kw++) {                                                                    \\
+            for (v = 0; v < NV; v++)                                                                     \\
+                xv[v] = *(const V*)(xr + kw + v * L);                                                    \\
+            for (rr = (LO); rr <= (HI); rr++) {                                                          \\
+                const T w = ki[(r - rr) * KW + kw];                                                      \\
+                for (v = 0; v < NV; v++)                                                                 \\
+                    acc[rr][v] += w * xv[v];                                                             \\
+            }                                                                                            \\
+        }
+    #define CNN_EXT_BAND_CASE(T, V, LO, HI) case (LO) * 4 + (HI): CNN_EXT_BAND_ROWS(T, V, LO, HI) break;
+    #define CNN_EXT_DEFINE_BAND_TILE(NAME, T, V)                                                          \\
+    CNN_EXT_TILE_INLINE void NAME##_fixed(const T* xp, const T* k, T bias, T* y, Py_ssize_t ldy,        \\
+                                          Py_ssize_t plane, Py_ssize_t Wp, Py_ssize_t C_in,             \\
+                                          Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t r0, Py_ssize_t r1,   \\
+                                          const Py_ssize_t NV) {                                        \\
+        const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T));                                        \\
+        V acc[CNN_EXT_BR][CNN_EXT_BNV], xv[CNN_EXT_BNV];                                                 \\
+        Py_ssize_t i, r, kw, rr, v;                                                                      \\
+        for (rr = 0; rr < CNN_EXT_BR; rr++)                                                              \\
+            for (v = 0; v < NV; v++)                                                                     \\
+                acc[rr][v] = CNN_EXT_SPLAT(V, bias);                                                     \\
+        for (i = 0; i < C_in; i++) {                                                                     \\
+            const T* ki = k + i * KH * KW;                                                               \\
+            for (r = r0; r < r1; r++) {                                                                  \\
+                const T* xr = xp + i * plane + r * Wp;                                                   \\
+                const Py_ssize_t lo = r - KH + 1 > 0 ? r - KH + 1 : 0;                                   \\
+                const Py_ssize_t hi = r < CNN_EXT_BR - 1 ? r : CNN_EXT_BR - 1;                           \\
+                switch (lo * 4 + hi) {                                                                   \\
+                CNN_EXT_BAND_CASE(T, V, 0, 0) CNN_EXT_BAND_CASE(T, V, 0, 1)                              \\
+                CNN_EXT_BAND_CASE(T, V, 0, 2) CNN_EXT_BAND_CASE(T, V, 0, 3)                              \\
+                CNN_EXT_BAND_CASE(T, V, 1, 1) CNN_EXT_BAND_CASE(T, V, 1, 2)                              \\
+                CNN_EXT_BAND_CASE(T, V, 1, 3) CNN_EXT_BAND_CASE(T, V, 2, 2)                              \\
+                CNN_EXT_BAND_CASE(T, V, 2, 3) CNN_EXT_BAND_CASE(T, V, 3, 3)                              \\
+                /* every 0 <= lo <= hi <= 3 as literals, so acc stays in registers */                    \\
+                }                                                                                        \\
+            }                                                                                            \\
+        }                                                                                                \\
+        for (rr = 0; rr < CNN_EXT_BR; rr++)                                                              \\
+            for (v = 0; v < NV; v++)                                                                     \\
+                *(V*)(y + rr * ldy + v * L) = acc[rr][v];                                                \\
+    }                                                                                                    \\
+    static void NAME(const T* xp, const T* k, T bias, T* y, Py_ssize_t ldy, Py_ssize_t plane,           \\
+                     Py_ssize_t Wp, Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t r0,        \\
+                     Py_ssize_t r1, Py_ssize_t nv) {                                                     \\
+        switch (nv) {                                                                                    \\
+        case 1: NAME##_fixed(xp, k, bias, y, ldy, plane, Wp, C_in, KH, KW, r0, r1, 1); break;            \\
+        case 2: NAME##_fixed(xp, k, bias, y, ldy, plane, Wp, C_in, KH, KW, r0, r1, 2); break;            \\
+        default: NAME##_fixed(xp, k, bias, y, ldy, plane, Wp, C_in, KH, KW, r0, r1, 3); break;           \\
+        }                                                                                                \\
+    }
+    CNN_EXT_DEFINE_BAND_TILE(cnn_ext_band_tile_f, float, cnn_ext_vf)
+    CNN_EXT_DEFINE_BAND_TILE(cnn_ext_band_tile_d, double, cnn_ext_vd)
+    """
+    enum: CNN_EXT_BR          # output rows per band tile
+    enum: CNN_EXT_BNV         # vectors of columns per band tile, at most
+    void _band_tile_f "cnn_ext_band_tile_f"(
+        const float* xp, const float* k, float bias, float* y, Py_ssize_t ldy, Py_ssize_t plane, Py_ssize_t Wp,
+        Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t nv) noexcept nogil
+    void _band_tile_d "cnn_ext_band_tile_d"(
+        const double* xp, const double* k, double bias, double* y, Py_ssize_t ldy, Py_ssize_t plane,
+        Py_ssize_t Wp, Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t r0, Py_ssize_t r1,
+        Py_ssize_t nv) noexcept nogil
+
+
+def band_tile(bint single):
+    """(output rows, SIMD lanes) of the row-band tile in this build (float32 if single): it needs OH >= rows and
+    OW >= lanes."""
+    return (CNN_EXT_BR, CNN_EXT_LANES_F if single else CNN_EXT_LANES_D)
+
+
+cdef void _forward_band_one(const floating* x, const floating* k, const floating* b, floating* y,
+                            floating* xp, const Geom* g, Py_ssize_t Hp, Py_ssize_t Wp) noexcept nogil:
+    """y[0] = b[0] + Σ_i xcorr_valid(pad(x[i]), k[0, i]) (one output channel) by row-band tiles.
+
+    xp (C_in x Hp x Wp, Wp = OW + KW - 1) is zero outside the interior, which is all this writes. The OW
+    columns split into ceil(OW / lanes) vectors, shared out as evenly as possible over tiles of at most
+    CNN_EXT_BNV (7 vectors: 3 + 2 + 2, not 3 + 3 + 1: a one-vector tile has too few accumulators), the last
+    tile ending at column OW."""
+    cdef Py_ssize_t L = CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D
+    cdef Py_ssize_t NR = CNN_EXT_BR
+    cdef Py_ssize_t C_in = g.C_in, H = g.H, W = g.W, OH = g.OH, OW = g.OW, KH = g.KH
+    cdef Py_ssize_t plane = Hp * Wp, p0, c0, r0, r1, nvec, ntile, t, nv, done
+    _copy_padded(x, xp, g, plane, Wp)
+    nvec = (OW + L - 1) // L
+    ntile = (nvec + CNN_EXT_BNV - 1) // CNN_EXT_BNV
+    if ntile == 1 and OW % L:  # one tile of nvec vectors would not fit: two (OW > L)
+        ntile = 2
+    p0 = 0
+    while p0 < OH:
+        p0 = min(p0, OH - NR)
+        # input rows p0 + r of the band outside [PH, PH + H) are padding: skipped
+        r0 = max(0, g.PH - p0)
+        r1 = min(NR + KH - 1, g.PH + H - p0)
+        done = 0
+        for t in range(ntile):
+            nv = (nvec - done) // (ntile - t)  # the remaining vectors shared out evenly (the larger tiles last)
+            c0 = min(done * L, OW - nv * L)
+            if floating is float:
+                _band_tile_f(xp + p0 * Wp + c0, k, b[0], y + p0 * OW + c0, OW, plane, Wp, C_in, KH, g.KW,
+                             r0, r1, nv)
+            else:
+                _band_tile_d(xp + p0 * Wp + c0, k, b[0], y + p0 * OW + c0, OW, plane, Wp, C_in, KH, g.KW,
+                             r0, r1, nv)
+            done += nv
+        p0 += NR
+
+
+def conv2d_forward_band(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
+                        const floating[:, :, :, ::1] k,      # IN  (1, C_in, KH, KW)
+                        const floating[::1] b,               # IN  (1,)
+                        floating[:, :, :, ::1] y,            # OUT (N, 1, OH, OW)
+                        floating[:, ::1] xpad,               # TMP (threads, C_in*Hp*Wp), zeroed
+                        Py_ssize_t PT, Py_ssize_t PL, int num_threads):
+    """y[n, 0] = b[0] + Σ_i xcorr(x[n, i], k[0, i]), stride 1, zero padding PT on top and PL on the left
+    (bottom and right follow from y's shape: Hp = OH + KH - 1, Wp = OW + KW - 1); OH >= band_tile()[0],
+    OW >= band_tile()[1]."""
+    cdef Py_ssize_t n, N = x.shape[0]
+    cdef Py_ssize_t Hp = y.shape[2] + k.shape[2] - 1, Wp = y.shape[3] + k.shape[3] - 1
+    cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], 1, k.shape[2], k.shape[3],
+                        y.shape[2], y.shape[3], 1, 1, PT, PL)
+    if N == 0:
+        return
+    with nogil:
+        if num_threads == 1:  # no parallel region (entering one costs ~0.7 µs even for one thread)
+            for n in range(N):
+                _forward_band_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0], &xpad[0, 0], &g, Hp, Wp)
+        else:
+            for n in prange(N, schedule='dynamic', num_threads=num_threads):
+                _forward_band_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0], &xpad[threadid(), 0],
+                                  &g, Hp, Wp)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Channel-vector direct forward (stride 1, any zero padding): vectors over output channels
 #
 # The same padded slab as the wide-row kernel, but a tile is CNN_EXT_CJV vectors of consecutive output
@@ -1245,15 +1406,10 @@ cdef void _forward_cv_one(const floating* x, const floating* kp, const floating*
     32x32 maps ran 2x slower)."""
     cdef Py_ssize_t JW = CNN_EXT_CJV * (CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D)
     cdef Py_ssize_t C_in = g.C_in, C_out = g.C_out, H = g.H, W = g.W, OH = g.OH, OW = g.OW
-    cdef Py_ssize_t plane = Hp * Wp, i, r, c, j0, p, q0, nq, kh0, kh1, nchunk, chunk, l
+    cdef Py_ssize_t plane = Hp * Wp, c, j0, p, q0, nq, kh0, kh1, nchunk, chunk, l
     cdef floating* dst
     cdef const floating* src
-    for i in range(C_in):
-        for r in range(H):
-            dst = xp + i * plane + (r + g.PH) * Wp + g.PW
-            src = x + (i * H + r) * W
-            for c in range(W):
-                dst[c] = src[c]
+    _copy_padded(x, xp, g, plane, Wp)
     nchunk = (OW + CNN_EXT_CNQ - 1) // CNN_EXT_CNQ
     j0 = 0
     while j0 < C_out:

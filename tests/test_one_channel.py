@@ -150,3 +150,26 @@ def test_inputs_are_not_modified(dtype):
     run_all(x, k, b, dy, "valid", "auto")
     for a, c in zip((x, k, b, dy), copies):
         assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("H,W,KH,KW,padding", [
+    (4, 4, 1, 1, 0), (5, 8, 2, 2, 0), (6, 12, 3, 3, "same"), (7, 20, 5, 5, 2), (9, 28, 5, 5, 0),
+    (10, 17, 2, 4, ((1, 0), (2, 1))), (13, 33, 7, 3, 1), (4, 40, 4, 6, 0), (11, 9, 3, 2, 0),
+])
+def test_band_kernel_every_tile_split(monkeypatch, restore_threads, dtype, H, W, KH, KW, padding):
+    """The row-band input gradient on rows of any number of vectors (1-, 2- and 3-vector tiles, the last one
+    ending at the row's end) and bands overlapping at the bottom, forced where ops would keep the wide rows."""
+    rows, lanes = ops._TILES[np.dtype(dtype)]["band"]
+    if not ops._WIDE_FAST or H < rows or W < lanes:
+        pytest.skip("no band kernel for this shape in this build")
+    monkeypatch.setattr(ops, "_band_better", lambda C_in, H, W, KH, dtype: True)
+    for C_out in (1, 3, 5):
+        x, k, b, dy, pad = make((3, C_out, H, W, KH, KW, padding), dtype, seed=4)
+        ref = ref_input_gradient(dy, k, H, W, pad)
+        results = []
+        for n in (1, 2):
+            cnn_ext.set_num_threads(n)
+            results.append(conv2d_input_gradient(dy, k, padding=padding, input_size=(H, W)))
+        assert_allclose(results[0], ref, **TOL[dtype])
+        assert_array_equal(results[0], results[1])
