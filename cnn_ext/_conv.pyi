@@ -75,9 +75,9 @@ def conv2d_input_gradient(
     method is otherwise the forward kernels on padded dy (see cnn_ext.ops)."""
 
 def kgrad_wide_scratch_size(C_in: int, C_out: int, OH: int, OW: int, KH: int, KW: int, single: bool,
-                            shifted: bool, ns: int = 1) -> int:
+                            layout: int, ns: int = 1) -> int:
     """Elements of one thread's slab for conv2d_kernel_gradient_wide with ns samples per tile: ns padded (or
-    shifted) copies of x, ns widened dy, the vector partials."""
+    shifted) copies of x, ns widened dy (none for the output-rows layout 2), the vector partials."""
 
 def conv2d_kernel_gradient_wide(
     dy: NDArray[_F],  # IN  (N, C_out, OH, OW)
@@ -87,15 +87,16 @@ def conv2d_kernel_gradient_wide(
     scratch: NDArray[_F],  # TMP (threads, kgrad_wide_scratch_size), zeros
     PH: int,
     PW: int,
-    shifted: bool,
+    layout: int,
     nj: int,
     nt: int,
     ns: int,
     num_threads: int,
 ) -> None:
     """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]), stride 1, zero padding (PH top, PW left; the bottom /
-    right padding follows from the shapes), by wide-row register tiles over ns samples at a time (the slab
-    holds ns samples, kgrad_wide_scratch_size(..., ns)), summed in fixed chunks."""
+    right padding follows from the shapes), by register tiles over ns samples at a time (the slab holds ns
+    samples, kgrad_wide_scratch_size(..., ns)), summed in fixed chunks. layout: 0 wide rows, 1 shifted copies,
+    2 output rows (OW a whole number of SIMD vectors)."""
 
 def wide_pitch(W: int, OW: int, KW: int, PL: int) -> int:
     """Row pitch of the wide kernel's slab: the padded width less the slots a row's right and the next row's

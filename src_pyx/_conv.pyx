@@ -417,6 +417,8 @@ cdef extern from *:
      * vector registers over nvec vectors of f; each step loads nt x vectors (at the taps' offsets
      * a*A + b*B, unaligned) and nj dy vectors and issues nj*nt FMAs (4 x 3: 12 accumulators + 3 x + 1 dy
      * of the 16 ymm registers; in the -mavx2 build the loop is 7 vmovups + 12 vfmadd231ps, no stack access).
+     * The plane is nrow rows of nvec vectors (drow, xrow apart): one row for the flat slabs of the wide and
+     * shifted layouts, the output rows for one input channel read in place (see _kgrad_rows_chunk).
      * nj and nt are literals in every copy (the switch), so the constant-trip loops unroll and the arrays
      * of vectors live in registers. The tile then stores (init: first sample of the chunk) or adds its
      * accumulators to vacc[(t*nj + jj)*L + lane] (contiguous, so the hardware prefetches it). */
@@ -426,13 +428,14 @@ cdef extern from *:
     #define CNN_EXT_DEFINE_KGRAD_TILE(NAME, T, V)                                                         \\
     CNN_EXT_TILE_INLINE void NAME##_fixed(const T* dyw, Py_ssize_t dstride, const T* xr, Py_ssize_t a0,  \\
                                           Py_ssize_t b0, Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B,      \\
-                                          Py_ssize_t nvec, Py_ssize_t ns, Py_ssize_t sdy, Py_ssize_t sx, \\
+                                          Py_ssize_t nvec, Py_ssize_t nrow, Py_ssize_t drow,             \\
+                                          Py_ssize_t xrow, Py_ssize_t ns, Py_ssize_t sdy, Py_ssize_t sx, \\
                                           T* vacc, int init, const Py_ssize_t nj, const Py_ssize_t nt) { \\
         const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T));                                        \\
         V acc[CNN_EXT_KJ][CNN_EXT_KT], xv[CNN_EXT_KT];                                                   \\
         const T* xp[CNN_EXT_KT];                                                                         \\
         const T* dp[CNN_EXT_KJ];                                                                         \\
-        Py_ssize_t jj, t, f, s, n = nvec * L, b = b0, o = a0 * A + b0 * B;                               \\
+        Py_ssize_t jj, t, f, s, r, n = nvec * L, b = b0, o = a0 * A + b0 * B;                            \\
         for (t = 0; t < nt; t++) {  /* taps (a, b) from (a0, b0) on, b < Bn fastest; no division */      \\
             xp[t] = xr + o;                                                                              \\
             b++; o += B;                                                                                 \\
@@ -444,13 +447,16 @@ cdef extern from *:
                 acc[jj][t] = CNN_EXT_SPLAT(V, (T)0);                                                     \\
         }                                                                                                \\
         for (s = 0; s < ns; s++) {  /* the samples' slabs one after another, sx / sdy apart */             \\
-            for (f = 0; f < n; f += L) {                                                                 \\
-                for (t = 0; t < nt; t++)                                                                 \\
-                    xv[t] = *(const V*)(xp[t] + f);                                                      \\
-                for (jj = 0; jj < nj; jj++) {                                                            \\
-                    const V d = *(const V*)(dp[jj] + f);                                                 \\
+            for (r = 0; r < nrow; r++) {  /* rows of n elements, drow / xrow apart (1 row: the plane) */ \\
+                const Py_ssize_t ro = r * drow, xo = r * xrow;                                           \\
+                for (f = 0; f < n; f += L) {                                                             \\
                     for (t = 0; t < nt; t++)                                                             \\
-                        acc[jj][t] += d * xv[t];                                                         \\
+                        xv[t] = *(const V*)(xp[t] + xo + f);                                             \\
+                    for (jj = 0; jj < nj; jj++) {                                                        \\
+                        const V d = *(const V*)(dp[jj] + ro + f);                                        \\
+                        for (t = 0; t < nt; t++)                                                         \\
+                            acc[jj][t] += d * xv[t];                                                     \\
+                    }                                                                                    \\
                 }                                                                                        \\
             }                                                                                            \\
             for (t = 0; t < nt; t++)                                                                     \\
@@ -472,14 +478,16 @@ cdef extern from *:
         }                                                                                                \\
     }                                                                                                    \\
     static void NAME(const T* dyw, Py_ssize_t dstride, const T* xr, Py_ssize_t a0, Py_ssize_t b0,        \\
-                     Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B, Py_ssize_t nvec, Py_ssize_t ns,          \\
-                     Py_ssize_t sdy, Py_ssize_t sx, T* vacc, int init, Py_ssize_t nj, Py_ssize_t nt) {   \\
+                     Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B, Py_ssize_t nvec, Py_ssize_t nrow,        \\
+                     Py_ssize_t drow, Py_ssize_t xrow, Py_ssize_t ns, Py_ssize_t sdy, Py_ssize_t sx,     \\
+                     T* vacc, int init, Py_ssize_t nj, Py_ssize_t nt) {                                  \\
         switch ((nj < CNN_EXT_KJ ? nj : CNN_EXT_KJ) * 8 + (nt < CNN_EXT_KT ? nt : CNN_EXT_KT)) {         \\
         CNN_EXT_KGRAD_CASES(NAME)                                                                        \\
         }                                                                                                \\
     }
     #define CNN_EXT_KGRAD_CASE(NAME, J, TT) \\
-        case J * 8 + TT: NAME##_fixed(dyw, dstride, xr, a0, b0, Bn, A, B, nvec, ns, sdy, sx, vacc, init, J, TT); \\
+        case J * 8 + TT: NAME##_fixed(dyw, dstride, xr, a0, b0, Bn, A, B, nvec, nrow, drow, xrow, ns, sdy, sx, \\
+                                      vacc, init, J, TT);                                               \\
             break;
     #define CNN_EXT_KGRAD_CASES_J(NAME, J) \\
         CNN_EXT_KGRAD_CASE(NAME, J, 1) CNN_EXT_KGRAD_CASE(NAME, J, 2) CNN_EXT_KGRAD_CASE(NAME, J, 3)
@@ -513,12 +521,12 @@ cdef extern from *:
     enum: CNN_EXT_KT          # taps per dK tile (nt = 1..3)
     void _kgrad_tile_f "cnn_ext_kgrad_tile_f"(
         const float* dyw, Py_ssize_t dstride, const float* xr, Py_ssize_t a0, Py_ssize_t b0, Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B,
-        Py_ssize_t nvec, Py_ssize_t ns, Py_ssize_t sdy, Py_ssize_t sx, float* vacc, int init, Py_ssize_t nj,
-        Py_ssize_t nt) noexcept nogil
+        Py_ssize_t nvec, Py_ssize_t nrow, Py_ssize_t drow, Py_ssize_t xrow, Py_ssize_t ns, Py_ssize_t sdy,
+        Py_ssize_t sx, float* vacc, int init, Py_ssize_t nj, Py_ssize_t nt) noexcept nogil
     void _kgrad_tile_d "cnn_ext_kgrad_tile_d"(
         const double* dyw, Py_ssize_t dstride, const double* xr, Py_ssize_t a0, Py_ssize_t b0, Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B,
-        Py_ssize_t nvec, Py_ssize_t ns, Py_ssize_t sdy, Py_ssize_t sx, double* vacc, int init, Py_ssize_t nj,
-        Py_ssize_t nt) noexcept nogil
+        Py_ssize_t nvec, Py_ssize_t nrow, Py_ssize_t drow, Py_ssize_t xrow, Py_ssize_t ns, Py_ssize_t sdy,
+        Py_ssize_t sx, double* vacc, int init, Py_ssize_t nj, Py_ssize_t nt) noexcept nogil
     void _lane_sums_f "cnn_ext_lane_sums_f"(const float* vacc, float* out, Py_ssize_t nrow, Py_ssize_t nj,
                                             Py_ssize_t ostride) noexcept nogil
     void _lane_sums_d "cnn_ext_lane_sums_d"(const double* vacc, double* out, Py_ssize_t nrow, Py_ssize_t nj,
@@ -526,26 +534,44 @@ cdef extern from *:
 
 
 ctypedef struct WideGeom:
-    Py_ssize_t Hp, Wp, L, pitch, F, xstride, xsize, nvec, nj, nt, A, B, Bn, Na
-    bint shifted
+    Py_ssize_t Hp, Wp, L, pitch, F, xstride, xsize, dysize, nvec, nrow, drow, xrow, nj, nt, A, B, Bn, Na
+    bint shifted, rows
     # Hp, Wp: padded input; L: lanes; pitch: dyw row pitch; F: dyw channel pitch (OH*pitch rounded up to L);
-    # xstride: xp channel pitch; xsize: xp with its zero slack; nvec = F / L;
+    # xstride: xp channel pitch; xsize: xp with its zero slack; dysize: dyw of one sample (0: dy read in place);
+    # the plane: nrow rows of nvec vectors, drow (dyw) and xrow (xp) apart;
     # nj, nt: tile; tap (a, b) (a < Na, b < Bn) is read at xp offset a*A + b*B.
 
 
-cdef inline WideGeom _wide_geom(const Geom* g, Py_ssize_t L, bint shifted, Py_ssize_t nj,
+cdef inline WideGeom _wide_geom(const Geom* g, Py_ssize_t L, int layout, Py_ssize_t nj,
                                 Py_ssize_t nt) noexcept nogil:
     """The layout of one sample (stride 1: Hp = OH + KH - 1, Wp = OW + KW - 1).
 
-    wide rows (shifted = 0): dyw pitch Wp; xp[i] = padded x[i] (Hp x Wp); taps (a, b) = (kh, kw) at kh*Wp + kw.
-    shifted copies (shifted = 1): dyw pitch OW (no waste); xp[i, kw] = padded x[i, :, kw:kw + OW] (Hp x OW),
+    wide rows (layout 0): dyw pitch Wp; xp[i] = padded x[i] (Hp x Wp); taps (a, b) = (kh, kw) at kh*Wp + kw.
+    shifted copies (layout 1): dyw pitch OW (no waste); xp[i, kw] = padded x[i, :, kw:kw + OW] (Hp x OW),
     one copy per kw; taps (a, b) = (kw, kh) at kw*Hp*OW + kh*OW, so vacc holds dK with (kh, kw) swapped.
+    output rows (layout 2, OW a whole number of vectors): dy read in place, row by row (OH rows of OW / L
+    vectors: no waste, no copy); x read in place too when unpadded, else padded as for wide rows.
     """
     cdef WideGeom w
+    cdef bint shifted = layout == 1
     w.Hp = g.OH + g.KH - 1
     w.Wp = g.OW + g.KW - 1
     w.L = L
     w.shifted = shifted
+    w.rows = layout == 2
+    w.nrow, w.drow, w.xrow = 1, 0, 0
+    if w.rows:
+        w.pitch = g.OW
+        w.F = g.OH * g.OW
+        w.A, w.B, w.Bn, w.Na = w.Wp, 1, g.KW, g.KH
+        w.xstride = w.Hp * w.Wp
+        w.xsize = g.C_in * w.xstride  # rows end within their plane: no slack
+        w.dysize = 0
+        w.nvec = g.OW // L
+        w.nrow, w.drow, w.xrow = g.OH, g.OW, w.Wp
+        w.nj = nj
+        w.nt = nt
+        return w
     w.pitch = g.OW if shifted else w.Wp
     w.F = (g.OH * w.pitch + L - 1) // L * L
     if shifted:
@@ -558,6 +584,7 @@ cdef inline WideGeom _wide_geom(const Geom* g, Py_ssize_t L, bint shifted, Py_ss
         w.xstride = w.Hp * w.Wp
         # the last vector of the last tap of the last channel ends at C_in*xstride + KW + L - 3
         w.xsize = g.C_in * w.xstride + L + g.KW
+    w.dysize = g.C_out * w.F
     w.nvec = w.F // L
     w.nj = nj
     w.nt = nt
@@ -565,25 +592,26 @@ cdef inline WideGeom _wide_geom(const Geom* g, Py_ssize_t L, bint shifted, Py_ss
 
 
 def kgrad_wide_scratch_size(Py_ssize_t C_in, Py_ssize_t C_out, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH,
-                            Py_ssize_t KW, bint single, bint shifted, Py_ssize_t ns=1):
+                            Py_ssize_t KW, bint single, int layout, Py_ssize_t ns=1):
     """Elements of one thread's slab for conv2d_kernel_gradient_wide with ns samples per tile: ns padded (or
-    shifted) copies of x, ns widened dy, the vector partials."""
+    shifted) copies of x, ns widened dy (none for the output-rows layout 2), the vector partials."""
     cdef Geom g = _geom(C_in, OH + KH - 1, OW + KW - 1, C_out, KH, KW, OH, OW, 1, 1, 0, 0)
-    cdef WideGeom w = _wide_geom(&g, CNN_EXT_LANES_F if single else CNN_EXT_LANES_D, shifted, 1, 1)
-    return ns * (w.xsize + C_out * w.F) + C_out * C_in * KH * KW * w.L
+    cdef WideGeom w = _wide_geom(&g, CNN_EXT_LANES_F if single else CNN_EXT_LANES_D, layout, 1, 1)
+    return ns * (w.xsize + w.dysize) + C_out * C_in * KH * KW * w.L
 
 
 cdef inline void _kgrad_tile(const floating* dyw, Py_ssize_t dstride, const floating* xr, Py_ssize_t a0,
                              Py_ssize_t b0, Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B, Py_ssize_t nvec,
+                             Py_ssize_t nrow, Py_ssize_t drow, Py_ssize_t xrow,
                              Py_ssize_t ns, Py_ssize_t sdy, Py_ssize_t sx, floating* vacc,
                              bint init, Py_ssize_t nj, Py_ssize_t nt) noexcept nogil:
-    """vacc[t, jj, :] += Σ_{s < ns} Σ_{f < nvec*L, lanes} dyw[s*sdy + jj*dstride + f] xr[s*sx + f + a*A + b*B],
-    jj < nj, t < nt, for the nt taps (a, b) from (a0, b0) on in row-major order (b < Bn); = instead of += if
-    init"""
+    """vacc[t, jj, :] += Σ_{s < ns} Σ_{r < nrow} Σ_{f < nvec*L, lanes}
+    dyw[s*sdy + jj*dstride + r*drow + f] xr[s*sx + r*xrow + f + a*A + b*B], jj < nj, t < nt, for the nt taps
+    (a, b) from (a0, b0) on in row-major order (b < Bn); = instead of += if init"""
     if floating is float:
-        _kgrad_tile_f(dyw, dstride, xr, a0, b0, Bn, A, B, nvec, ns, sdy, sx, vacc, init, nj, nt)
+        _kgrad_tile_f(dyw, dstride, xr, a0, b0, Bn, A, B, nvec, nrow, drow, xrow, ns, sdy, sx, vacc, init, nj, nt)
     else:
-        _kgrad_tile_d(dyw, dstride, xr, a0, b0, Bn, A, B, nvec, ns, sdy, sx, vacc, init, nj, nt)
+        _kgrad_tile_d(dyw, dstride, xr, a0, b0, Bn, A, B, nvec, nrow, drow, xrow, ns, sdy, sx, vacc, init, nj, nt)
 
 
 cdef void _kgrad_wide_copy(const floating* x, const floating* dy, floating* xp, floating* dyw,
@@ -616,6 +644,8 @@ cdef void _kgrad_wide_copy(const floating* x, const floating* dy, floating* xp, 
         for i in range(C_in):
             for p in range(H):
                 memcpy(xp + i * w.xstride + (p + g.PH) * Wp + g.PW, x + (i * H + p) * W, W * sizeof(floating))
+    if w.rows:  # dy is read in place
+        return
     if w.pitch == OW:
         for j in range(C_out):
             memcpy(dyw + j * F, dy + j * OH * OW, OH * OW * sizeof(floating))
@@ -646,7 +676,7 @@ cdef void _kgrad_wide_tiles(const floating* xp, const floating* dyw, floating* v
                 nt = min(w.nt, KK - t0)
                 if KK - t0 == w.nt + 1 and w.nt > 2:  # 3k + 1 taps (5x5, 7x7): end with 2 + 2, not 3 + 1
                     nt = 2                             # (one tap is 4 accumulators: FMA-latency bound)
-                _kgrad_tile(dyw + j0 * F, F, xp + i * w.xstride, a0, b0, w.Bn, w.A, w.B, w.nvec,
+                _kgrad_tile(dyw + j0 * F, F, xp + i * w.xstride, a0, b0, w.Bn, w.A, w.B, w.nvec, w.nrow, w.drow, w.xrow,
                             ns, C_out * F, w.xsize, vacc + (j0 * C_in * KK + (i * KK + t0) * nj) * L, first,
                             nj, nt)
                 t0 += nt
@@ -663,16 +693,21 @@ cdef void _kgrad_wide_chunk(const floating* dy, const floating* x, floating* par
     """part[(j, i, kh, kw)] = Σ_{n in [lo, hi)} dK terms of sample n: vector partials over the chunk (groups
     of ns samples per tile pass), then each entry's L lanes summed pairwise in a fixed order."""
     cdef Py_ssize_t n, s, m, j0, nj, CKK = g.C_in * g.KH * g.KW, L = w.L
-    cdef Py_ssize_t xs = g.C_in * g.H * g.W, ys = g.C_out * g.OH * g.OW, F = w.F
+    cdef Py_ssize_t xs = g.C_in * g.H * g.W, ys = g.C_out * g.OH * g.OW
     cdef floating* xp = slab
     cdef floating* dyw = slab + ns * w.xsize
-    cdef floating* vacc = dyw + ns * g.C_out * F
+    cdef floating* vacc = dyw + ns * w.dysize
+    # the output-rows layout reads dy in place, and x too when unpadded (the tiles' x pitch is then W)
+    cdef bint x_in_place = w.rows and g.PH == 0 and g.PW == 0 and g.H == w.Hp and g.W == w.Wp
     n = lo
     while n < hi:  # never empty (at most N chunks): the first group initialises vacc
         m = min(ns, hi - n)
-        for s in range(m):
-            _kgrad_wide_copy(x + (n + s) * xs, dy + (n + s) * ys, xp + s * w.xsize, dyw + s * g.C_out * F, g, w)
-        _kgrad_wide_tiles(xp, dyw, vacc, m, n == lo, g, w)
+        if x_in_place:
+            _kgrad_wide_tiles(x + n * xs, dy + n * ys, vacc, m, n == lo, g, w)
+        else:
+            for s in range(m):
+                _kgrad_wide_copy(x + (n + s) * xs, dy + (n + s) * ys, xp + s * w.xsize, dyw + s * w.dysize, g, w)
+            _kgrad_wide_tiles(xp, dy + n * ys if w.rows else dyw, vacc, m, n == lo, g, w)
         n += m
     j0 = 0
     while j0 < g.C_out:  # vacc holds each block of nj channels as [(i, kh, kw), jj, lane]
@@ -689,21 +724,25 @@ def conv2d_kernel_gradient_wide(const floating[:, :, :, ::1] dy,     # IN  (N, C
                                 floating[:, :, :, ::1] dk,           # OUT (C_out, C_in, KH, KW)
                                 floating[:, ::1] partial,            # TMP (nchunk, C_out*C_in*KH*KW)
                                 floating[:, ::1] scratch,            # TMP (threads, kgrad_wide_scratch_size), zeros
-                                Py_ssize_t PH, Py_ssize_t PW, bint shifted, Py_ssize_t nj, Py_ssize_t nt,
+                                Py_ssize_t PH, Py_ssize_t PW, int layout, Py_ssize_t nj, Py_ssize_t nt,
                                 Py_ssize_t ns, int num_threads):
     """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]), stride 1, zero padding (PH top, PW left; the bottom /
-    right padding follows from the shapes), by wide-row register tiles over ns samples at a time (the slab
-    holds ns samples, kgrad_wide_scratch_size(..., ns)), summed in fixed chunks."""
+    right padding follows from the shapes), by register tiles over ns samples at a time (the slab holds ns
+    samples, kgrad_wide_scratch_size(..., ns)), summed in fixed chunks. layout: 0 wide rows, 1 shifted copies,
+    2 output rows (OW a whole number of SIMD vectors; see _wide_geom)."""
+    cdef bint shifted = layout == 1
     cdef Py_ssize_t N = x.shape[0], nchunk = partial.shape[0], c, t, kh, kw
     cdef Py_ssize_t KK = dk.shape[0] * dk.shape[1] * dk.shape[2] * dk.shape[3], KHW = dk.shape[2] * dk.shape[3]
     cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], dk.shape[0], dk.shape[2], dk.shape[3],
                         dy.shape[2], dy.shape[3], 1, 1, PH, PW)
-    cdef WideGeom w = _wide_geom(&g, CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D, shifted,
+    cdef WideGeom w = _wide_geom(&g, CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D, layout,
                                  min(nj, <Py_ssize_t>CNN_EXT_KJ), min(nt, <Py_ssize_t>CNN_EXT_KT))
     cdef floating* out = &dk[0, 0, 0, 0]
     cdef floating inv_n
-    if ns < 1 or scratch.shape[1] < ns * (w.xsize + g.C_out * w.F) + KK * w.L:
+    if ns < 1 or scratch.shape[1] < ns * (w.xsize + w.dysize) + KK * w.L:
         raise ValueError(f"scratch {scratch.shape} too small for {ns} samples per tile")
+    if w.rows and g.OW % w.L:
+        raise ValueError(f"the output-rows layout needs whole vectors of {w.L} per row, got OW = {g.OW}")
     for t in range(KK):
         out[t] = 0
     if N == 0:

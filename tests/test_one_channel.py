@@ -32,6 +32,9 @@ CASES = [
     (2, 7, 40, 40, 7, 7, "valid"),  # rows of 34: overlapping row tails
     (3, 8, 20, 37, 5, 3, 1),
     (2, 4, 9, 30, 2, 5, ((0, 1), (4, 0))),
+    (2, 3, 5, 8, 1, 1, "valid"),  # 1x1 kernel on rows of 8: whole vectors in both dtypes
+    (3, 2, 14, 16, 3, 3, "same"),  # padded rows of 16
+    (37, 2, 10, 8, 3, 1, ((1, 1), (0, 0))),  # N = 37: uneven reduction chunks
 ]
 
 
