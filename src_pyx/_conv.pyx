@@ -1215,12 +1215,22 @@ def conv2d_forward_shifted(const floating[:, :, :, ::1] x,      # IN  (N, C_in, 
 cdef extern from *:
     """
     #define CNN_EXT_BR 4   /* output rows per band tile (the cases below are written for 4) */
+    /* The point of the band is that each loaded x vector serves up to 4 rows; left alone, gcc folds the load
+     * into every FMA instead (vfmadd231pd mem, w, acc: one load per FMA, load-port bound). An empty asm that
+     * takes the vector in a register and gives it back makes it load once. Other compilers: a no-op. */
+    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+    #define CNN_EXT_IN_REGISTER(v) __asm__("" : "+x"(v))
+    #else
+    #define CNN_EXT_IN_REGISTER(v) ((void)0)
+    #endif
     #define CNN_EXT_BNV 3  /* vectors of columns per band tile, at most */
     /* Rows LO..HI of the band (literals) take input row r: acc[rr] += k[r - rr, kw] * x[r, kw + ...]. */
     #define CNN_EXT_BAND_ROWS(T, V, LO, HI)                                                                \\
         for (kw = 0; kw < KW; kw++) {                                                                    \\
-            for (v = 0; v < NV; v++)                                                                     \\
+            for (v = 0; v < NV; v++) {                                                                   \\
                 xv[v] = *(const V*)(xr + kw + v * L);                                                    \\
+                CNN_EXT_IN_REGISTER(xv[v]);                                                              \\
+            }                                                                                            \\
             for (rr = (LO); rr <= (HI); rr++) {                                                          \\
                 const T w = ki[(r - rr) * KW + kw];                                                      \\
                 for (v = 0; v < NV; v++)                                                                 \\
@@ -1338,6 +1348,8 @@ def conv2d_forward_band(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, 
     cdef Py_ssize_t Hp = y.shape[2] + k.shape[2] - 1, Wp = y.shape[3] + k.shape[3] - 1
     cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], 1, k.shape[2], k.shape[3],
                         y.shape[2], y.shape[3], 1, 1, PT, PL)
+    if xpad.shape[1] < g.C_in * Hp * Wp or xpad.shape[0] < num_threads:
+        raise ValueError(f"xpad {xpad.shape} too small for {num_threads} slabs of {g.C_in} x {Hp} x {Wp}")
     if N == 0:
         return
     with nogil:
