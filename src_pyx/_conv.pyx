@@ -199,6 +199,14 @@ cdef extern from *:
     #define CNN_EXT_SPLAT(V, s) ((V)(s))
     #define CNN_EXT_TILE_INLINE static __forceinline
     #endif
+    /* A loaded vector meant to serve several FMAs: left alone, gcc may fold its load into each of them
+     * (vfmadd231pd mem, w, acc: one load per FMA, load-port bound). An empty asm that takes the vector in a
+     * register and gives it back makes it load once (GNU C on x86; other compilers: a no-op). */
+    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+    #define CNN_EXT_IN_REGISTER(v) __asm__("" : "+x"(v))
+    #else
+    #define CNN_EXT_IN_REGISTER(v) ((void)0)
+    #endif
     #define CNN_EXT_LANES_F ((Py_ssize_t)(sizeof(cnn_ext_vf) / sizeof(float)))
     #define CNN_EXT_LANES_D ((Py_ssize_t)(sizeof(cnn_ext_vd) / sizeof(double)))
 
@@ -450,10 +458,13 @@ cdef extern from *:
             for (r = 0; r < nrow; r++) {  /* rows of n elements, drow / xrow apart (1 row: the plane) */ \\
                 const Py_ssize_t ro = r * drow, xo = r * xrow;                                           \\
                 for (f = 0; f < n; f += L) {                                                             \\
-                    for (t = 0; t < nt; t++)                                                             \\
+                    for (t = 0; t < nt; t++) {                                                           \\
                         xv[t] = *(const V*)(xp[t] + xo + f);                                             \\
+                        CNN_EXT_IN_REGISTER(xv[t]);                                                      \\
+                    }                                                                                    \\
                     for (jj = 0; jj < nj; jj++) {                                                        \\
-                        const V d = *(const V*)(dp[jj] + ro + f);                                        \\
+                        V d = *(const V*)(dp[jj] + ro + f);                                              \\
+                        CNN_EXT_IN_REGISTER(d);                                                          \\
                         for (t = 0; t < nt; t++)                                                         \\
                             acc[jj][t] += d * xv[t];                                                     \\
                     }                                                                                    \\
@@ -1215,14 +1226,6 @@ def conv2d_forward_shifted(const floating[:, :, :, ::1] x,      # IN  (N, C_in, 
 cdef extern from *:
     """
     #define CNN_EXT_BR 4   /* output rows per band tile (the cases below are written for 4) */
-    /* The point of the band is that each loaded x vector serves up to 4 rows; left alone, gcc folds the load
-     * into every FMA instead (vfmadd231pd mem, w, acc: one load per FMA, load-port bound). An empty asm that
-     * takes the vector in a register and gives it back makes it load once. Other compilers: a no-op. */
-    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-    #define CNN_EXT_IN_REGISTER(v) __asm__("" : "+x"(v))
-    #else
-    #define CNN_EXT_IN_REGISTER(v) ((void)0)
-    #endif
     #define CNN_EXT_BNV 3  /* vectors of columns per band tile, at most */
     /* Rows LO..HI of the band (literals) take input row r: acc[rr] += k[r - rr, kw] * x[r, kw + ...]. */
     #define CNN_EXT_BAND_ROWS(T, V, LO, HI)                                                                \\
