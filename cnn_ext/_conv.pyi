@@ -75,9 +75,9 @@ def conv2d_input_gradient(
     method is otherwise the forward kernels on padded dy (see cnn_ext.ops)."""
 
 def kgrad_wide_scratch_size(C_in: int, C_out: int, OH: int, OW: int, KH: int, KW: int, single: bool,
-                            shifted: bool, ns: int = 1) -> int:
+                            layout: int, ns: int = 1) -> int:
     """Elements of one thread's slab for conv2d_kernel_gradient_wide with ns samples per tile: ns padded (or
-    shifted) copies of x, ns widened dy, the vector partials."""
+    shifted) copies of x, ns widened dy (none for the output-rows layout 2), the vector partials."""
 
 def conv2d_kernel_gradient_wide(
     dy: NDArray[_F],  # IN  (N, C_out, OH, OW)
@@ -87,15 +87,16 @@ def conv2d_kernel_gradient_wide(
     scratch: NDArray[_F],  # TMP (threads, kgrad_wide_scratch_size), zeros
     PH: int,
     PW: int,
-    shifted: bool,
+    layout: int,
     nj: int,
     nt: int,
     ns: int,
     num_threads: int,
 ) -> None:
     """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]), stride 1, zero padding (PH top, PW left; the bottom /
-    right padding follows from the shapes), by wide-row register tiles over ns samples at a time (the slab
-    holds ns samples, kgrad_wide_scratch_size(..., ns)), summed in fixed chunks."""
+    right padding follows from the shapes), by register tiles over ns samples at a time (the slab holds ns
+    samples, kgrad_wide_scratch_size(..., ns)), summed in fixed chunks. layout: 0 wide rows, 1 shifted copies,
+    2 output rows (OW a whole number of SIMD vectors)."""
 
 def wide_pitch(W: int, OW: int, KW: int, PL: int) -> int:
     """Row pitch of the wide kernel's slab: the padded width less the slots a row's right and the next row's
@@ -151,6 +152,24 @@ def conv2d_forward_cv(
 ) -> None:
     """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left;
     kp[jb, i, kh, kw, l] = k[jb*JW + l, i, kh, kw] with JW = channel_tile(); C_out a multiple of JW."""
+
+def conv2d_forward_band(
+    x: NDArray[_F],  # IN  (N, C_in, H, W)
+    k: NDArray[_F],  # IN  (1, C_in, KH, KW)
+    b: NDArray[_F],  # IN  (1,)
+    y: NDArray[_F],  # OUT (N, 1, OH, OW)
+    xpad: NDArray[_F],  # TMP (threads, C_in*Hp*Wp), zeroed
+    PT: int,
+    PL: int,
+    num_threads: int,
+) -> None:
+    """y[n, 0] = b[0] + Σ_i xcorr(x[n, i], k[0, i]), stride 1, zero padding PT on top and PL on the left
+    (bottom and right follow from y's shape: Hp = OH + KH - 1, Wp = OW + KW - 1); OH >= band_tile()[0],
+    OW >= band_tile()[1]."""
+
+def band_tile(single: bool) -> tuple[int, int]:
+    """(output rows, SIMD lanes) of the row-band tile in this build (float32 if single): it needs OH >= rows and
+    OW >= lanes."""
 
 def channel_tile(single: bool) -> int:
     """Output channels per channel-vector tile in this build (float32 if single): C_out must be a multiple."""

@@ -1,9 +1,11 @@
 """Type stubs for cnn_ext._conv_avx2: src_pyx/_conv.pyx compiled with AVX2 + FMA (x86-64 only), same API."""
 from ._conv import (
     SUM_LANES as SUM_LANES,
+    band_tile as band_tile,
     channel_tile as channel_tile,
     conv2d_bias_gradient as conv2d_bias_gradient,
     conv2d_forward as conv2d_forward,
+    conv2d_forward_band as conv2d_forward_band,
     conv2d_forward_cv as conv2d_forward_cv,
     conv2d_forward_shifted as conv2d_forward_shifted,
     conv2d_forward_wide as conv2d_forward_wide,

@@ -49,6 +49,8 @@ _BIAS_MIN_PER_THREAD = 64_000
 # ymm registers; 6 x 2 and 3 x 4 tiles were 20-60% slower: gcc folds their extra loads into the FMAs).
 _KGRAD_TILED = _ISA == "avx2"
 _KGRAD_TILE_CHANNELS, _KGRAD_TILE_TAPS = 4, 3
+_KGRAD_LAYOUTS = {"wide": 0, "shifted": 1, "row_tiles": 2}  # the tiled kernel's layouts (_conv._wide_geom)
+_KGRAD_ROW_TILES = True  # one input channel, rows of whole vectors: the output-rows layout (_kgrad_method)
 _KGRAD_SHIFTED_MIN_F32 = 128  # C_out * KH from which the shifted-copies layout beats wide rows
 _KGRAD_SHIFTED_MIN_F64 = 56
 _KGRAD_SLAB_BYTES = int(os.environ.get("CNN_EXT_KGRAD_SLAB_BYTES", 512 * 1024))  # samples' slabs per dK pass
@@ -69,7 +71,8 @@ _CHANNELS_MAX_PIXELS = 400  # output pixels per map up to which it wins
 _CHANNELS_DX_F64_MAX = 1024  # C_in * C_out up to which it wins the float64 input gradient
 # per-dtype tile sizes of this build, looked up once (a call to the module costs as much as a tiny layer's work)
 _TILES = {np.dtype(dt): dict(lanes=_conv.direct_tile_lanes(dt is np.float32), wide=_conv.wide_tile(dt is np.float32),
-                             channels=_conv.channel_tile(dt is np.float32)) for dt in (np.float32, np.float64)}
+                             channels=_conv.channel_tile(dt is np.float32), band=_conv.band_tile(dt is np.float32))
+          for dt in (np.float32, np.float64)}
 _ROW_TILES_MAX_C_OUT = 32  # output channels up to which the older row-tiled forward can beat BLAS
 _ROW_TILES_SHORT = 128  # C_in*KH*KW up to which it wins ties in computed outputs with the wide kernel
 _WIDE_F64_MAX_CHANNELS = 2048  # float64 forward on maps > 400 pixels: C_in * C_out from which BLAS is kept
@@ -297,16 +300,27 @@ def _kgrad_method(method, stride1, unpadded, N, OH, OW, C_in, C_out, KH, KW, dty
     if method == "auto" and (vectors < _KGRAD_MIN_VECTORS and partial_bytes > _KGRAD_MAX_PARTIAL_BYTES
                              or partial_bytes > _KGRAD_MAX_PARTIAL_BYTES_ANY):
         return "gemm"
+    if C_in == 1 and OW % lanes == 0 and _KGRAD_ROW_TILES:
+        # One input channel, rows of whole vectors: the output-rows layout reads dE_dY (and unpadded x) in place
+        # row by row, no copy and no wasted column (wide rows waste (KW - 1) / (OW + KW - 1) of the work on few
+        # channels; the other layers keep the rule above). 1-thread CPU-time medians, us, wide or shifted / rows:
+        #   (N, C_in, C_out, H=W, K)  float64        float32        (N, C_in, C_out, H=W, K)  float64      float32
+        #   (16, 1, 4, 28, 5)         73.3 / 52.9    45.2 / 37.1    (16, 1, 8, 26, 3)         63.3 / 41.8  38.3 / 27.9
+        #   (16, 1, 16, 28, 5)        231 / 178      146 / 113      (16, 1, 1, 28, 5)         42.3 / 35.0  29.5 / 24.3
+        #   (16, 1, 4, 24, 5) same    71.0 / 56.7    44.5 / 35.8    (4, 1, 6, 20, 5)          24.6 / 20.7  19.7 / 16.7
+        #   (64, 1, 32, 28, 3) same   1252 / 1061    (OW = 28)      (64, 1, 32, 32, 3) same   1974 / 1397  836 / 596
+        #   (16, 1, 32, 28, 5) same   548 / 514      (OW = 28)      (8, 1, 8, 38, 7)          173 / 175    106 / 84.0
+        return "row_tiles"
     return "shifted" if shifted else "wide"
 
 
-def _kgrad_samples(C_in, C_out, OH, OW, KH, KW, single, shifted, per_chunk):
+def _kgrad_samples(C_in, C_out, OH, OW, KH, KW, single, layout, per_chunk):
     """Samples per pass of the tiled kernel gradient (its tiles keep their accumulators over them, so the
     vector partials are read and written once per pass): as many as a chunk holds, while their slabs stay
     within _KGRAD_SLAB_BYTES. Depends on the shape only (the sums' order must not follow the thread count)."""
     if _KGRAD_SAMPLES:
         return _KGRAD_SAMPLES
-    size = lambda ns: _conv.kgrad_wide_scratch_size(C_in, C_out, OH, OW, KH, KW, single, shifted, ns)
+    size = lambda ns: _conv.kgrad_wide_scratch_size(C_in, C_out, OH, OW, KH, KW, single, layout, ns)
     per_sample = (size(2) - size(1)) * (4 if single else 8)  # one more sample's slabs, in bytes
     return max(1, min(per_chunk, _KGRAD_SLAB_BYTES // per_sample))
 
@@ -419,7 +433,23 @@ def _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype):
     C_in*KH*KW is short, so the wide kernel's per-tile costs (store to and copy from the wide buffer) show.
     Rows under 2 vectors and C_out > 32 lose (see _wide_method)."""
     lanes = _TILES[dtype]["lanes"]
-    if not _WIDE_FAST or OW < 2 * lanes or C_out > _ROW_TILES_MAX_C_OUT:
+    if not _WIDE_FAST or OW < 2 * lanes:
+        return False
+    if C_in == 1:
+        # One input channel: tiles of 3 vectors (12 accumulators: a reduction of only KH*KW steps needs them) from
+        # rows of 3 vectors on, read straight from x. They win when whole tiles fit the row (overlapping tails
+        # recompute up to a tile), whatever C_out. 1-thread CPU-time medians, us, current auto / rows:
+        #   (N, C_in, C_out, H=W, K)  float64        float32        (N, C_in, C_out, H=W, K)  float64        float32
+        #   (16, 1, 4, 28, 5)         53.1 / 52.5    39.4 / 31.8    (16, 1, 16, 28, 5)        287 / 286      168 / 148
+        #   (16, 1, 6, 20, 5)         59.9 / 67.4    36.9 / 31.5    (8, 1, 64, 28, 5)         585 / 550      299 / 284
+        #   (32, 1, 2, 28, 5)         122 / 119      85.8 / 67.3    (16, 1, 8, 32, 3)         108 / 106      76.4 / 79.4
+        #   (16, 1, 4, 28, 3)         47.5 / 48.3    31.1 / 36.4    (16, 1, 9, 17, 4)         67.0 / 95.4    45.5 / 66.1
+        #   (64, 1, 32, 28, 3)        1279 / 1490    881 / 1310     (16, 1, 4, 40, 7)         190 / 191      172 / 168
+        # Rows of 24 fit whole tiles in both dtypes, rows of 16 in float32 (2 vectors); rows of 26, 30, 14 and 34
+        # do not. (float64 (16, 1, 4, 28, 5): its tiles of 3 vectors against 2, 63.8 -> 55.8 us.)
+        QB = (3 if OW >= 3 * lanes else 2) * lanes
+        return OW % QB == 0
+    if C_out > _ROW_TILES_MAX_C_OUT:
         return False
     JB, TB = _TILES[dtype]["wide"]
     row = -(-OW // (2 * lanes)) * 2 * lanes * (-(-C_out // JB) * JB if C_out >= JB else C_out)
@@ -479,6 +509,39 @@ def _shifted_run(x, k, b, y, top, left, nt, dtype):
     xs = np.zeros((nt, size), dtype=dtype)
     stage = np.empty((nt, JB * TB), dtype=dtype)
     _conv.conv2d_forward_shifted(x, k, b, y, xs, stage, top, left, _shift_ib(KH, KW, dtype), nt)
+
+
+def _band_better(C_in, H, W, KH, dtype):
+    """True when the input gradient of a one-input-channel layer (its dX has one channel) should take the row-band
+    kernel (_band_run: tiles of 4 output rows sharing each loaded input row, 1 + 4/nv loads per nv FMAs instead
+    of 1 + 1/12 per 1) instead of the wide rows' one-channel tile: kernels of 4 rows or more (every band has rows
+    feeding all 4 of its output rows), rows split into 2- and 3-vector tiles (a 1-vector tile, 4 accumulators, is
+    FMA-latency bound: a tie). 1-thread CPU-time medians, us, wide (or channel-vector) / band:
+      (N, C_in, C_out, H=W, K)  float64         float32          (N, C_in, C_out, H=W, K)  float64        float32
+      (16, 1, 4, 28, 5)         101.6 / 81.6    57.2 / 51.4      (16, 1, 1, 28, 5)         42.3 / 30.8    27.4 / 22.1
+      (16, 1, 16, 28, 5)        323 / 287       183 / 182        (16, 1, 4, 24, 5) same    85.0 / 62.9    52.5 / 37.6
+      (16, 1, 32, 28, 5) same   754 / 641       415 / 366        (8, 1, 8, 40, 7)          295 / 266      162 / 137
+      (4, 1, 6, 20, 5)          26.6 / 22.5     19.5 / 20.0*     (* a 1-vector tile in the row: wide kept)
+    2 threads (wall) the same ties or wins ((16, 1, 4, 28, 5) 74.9 / 73.5 and 51.4 / 47.4). 3x3 kernels win on one
+    thread ((16, 1, 8, 32, 3) 129 / 115, (64, 1, 32, 28, 3) same 2025 / 1890) but lose on two, float64 most
+    ((64, 1, 32, 28, 3) same 1079 / 1408, (16, 1, 32, 28, 3) 256 / 339): they keep the wide rows."""
+    if not _WIDE_FAST or C_in != 1:
+        return False
+    rows, lanes = _TILES[dtype]["band"]
+    if H < rows or W < lanes or KH < rows:
+        return False
+    # the split of _conv._forward_band_one: ceil(W / lanes) vectors over ceil(vectors / 3) tiles, evenly
+    nvec = -(-W // lanes)
+    ntile = max(-(-nvec // 3), 2 if W % lanes else 1)
+    return nvec // ntile >= 2
+
+
+def _band_run(x, k, b, y, top, left, nt, dtype):
+    """The row-band direct kernel (stride 1, one output channel): per-thread zeroed padded slabs."""
+    C_in = x.shape[1]
+    Hp, Wp = y.shape[2] + k.shape[2] - 1, y.shape[3] + k.shape[3] - 1
+    xpad = np.zeros((nt, C_in * Hp * Wp), dtype=dtype)
+    _conv.conv2d_forward_band(x, k, b, y, xpad, top, left, nt)
 
 
 def _channel_vector_run(x, k, b, y, top, left, nt, dtype):
@@ -720,19 +783,19 @@ def _kgrad_plan(dyshape, xshape, dtype, stride, padding, kernel_size, method):
         _run(use_gemm, _conv.conv2d_kernel_gradient, dy, x, dk, partial, scratch, SH, SW, top, left, use_gemm,
              nt)
 
-    if impl not in ("wide", "shifted"):
+    if impl not in _KGRAD_LAYOUTS:
         use_gemm = impl == "gemm"
         return (C_out, C_in, KH, KW), lambda dy, x, dk: run_loops(dy, x, dk, use_gemm)
-    shifted = impl == "shifted"
+    layout = _KGRAD_LAYOUTS[impl]
     single = dtype == np.float32
-    ns = _kgrad_samples(C_in, C_out, OH, OW, KH, KW, single, shifted, N // nchunk)
-    slab = _conv.kgrad_wide_scratch_size(C_in, C_out, OH, OW, KH, KW, single, shifted, ns)
+    ns = _kgrad_samples(C_in, C_out, OH, OW, KH, KW, single, layout, N // nchunk)
+    slab = _conv.kgrad_wide_scratch_size(C_in, C_out, OH, OW, KH, KW, single, layout, ns)
 
     def run_tiled(dy, x, dk):
         # per-thread slabs: padded (or shifted) x, widened dE_dY, vector partials; zeros where nothing is copied
         partial = np.empty((nchunk, size), dtype=dtype)
         scratch = np.zeros((nt, slab), dtype=dtype)
-        _conv.conv2d_kernel_gradient_wide(dy, x, dk, partial, scratch, top, left, shifted, _KGRAD_TILE_CHANNELS,
+        _conv.conv2d_kernel_gradient_wide(dy, x, dk, partial, scratch, top, left, layout, _KGRAD_TILE_CHANNELS,
                                           _KGRAD_TILE_TAPS, ns, nt)
         if not np.isfinite(dk).all():
             # The tiled layouts also multiply zeros (the widened dE_dY's extra columns) by x values a tap does
@@ -841,8 +904,12 @@ def _igrad_plan(dyshape, kshape, dtype, stride, padding, input_size, method):
     # tiny unpadded layers (the tutorial's toy one: 9 vs 11 us) keep the scatter loops, which need no setup
     if use_gemm or _tiny(OH, OW, C_in, C_out) and (top, bottom, left, right) == (0, 0, 0, 0):
         return (N, C_in, H, W), lambda dy, k, dx: run_loops(dy, k, dx, use_gemm)
-    kernel = (_channel_vector_run if _channels_better(True, C_in, C_out, H, W, KH, KW, OH, OW, dtype)
-              else _wide_run)
+    if _band_better(C_in, H, W, KH, dtype):
+        kernel = _band_run
+    elif _channels_better(True, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
+        kernel = _channel_vector_run
+    else:
+        kernel = _wide_run
 
     def run_direct(dy, k, dx):
         # These kernels run on dE_dY zero-padded by K-1: an inf or NaN in the kernels would meet those zeros

@@ -7,7 +7,8 @@ Two methods per operation:
   * direct  (stride 1): forward and input gradient: the wide-row kernel (register tiles along the flat index
             of a per-thread zero-padded copy of the sample, any padding; dX is the forward of padded dy with
             rotated kernels), its shifted-copies variant (KW shifted copies of the sample: no wasted
-            columns, tiles accumulate into y), or the channel-vector kernel (vectors over output channels) on small maps;
+            columns, tiles accumulate into y), or the channel-vector kernel (vectors over output channels) on small maps,
+            or for one output channel (dX of a one-input-channel layer) the row-band kernel (4 output rows per tile);
             the unpadded forward also has row tiles; dK row loops (no padding);
   * gemm    (any stride / padding): per-sample im2col / col2im in a per-thread slab + one BLAS call
             (scipy.linalg.cython_blas, held to one thread by the caller while OpenMP runs).
@@ -171,7 +172,8 @@ cdef extern from *:
      *
      * nj <= CNN_EXT_JB output channels x nv <= CNN_EXT_NV SIMD vectors of output columns of one output row:
      * the nj*nv accumulators stay in vector registers over the whole (i, kh, kw) reduction; each step
-     * loads nv x vectors and broadcasts nj weights (8 accumulators + 2 x + 1 weight of the 16 registers).
+     * loads nv x vectors and broadcasts nj weights (8 accumulators + 2 x + 1 weight of the 16 registers;
+     * 12 + 3 + 1 with nv = 3, taken for one input channel only).
      * gcc does not keep a C array of scalars in registers once it has vectorised it (measured: the tile ran
      * through the stack, 2x slower than the row loops), but it does keep an array of GNU vectors
      * (vector_size) once the constant-trip loops are unrolled: in the -mavx2 build the inner loop is
@@ -185,7 +187,7 @@ cdef extern from *:
     #define CNN_EXT_VEC_BYTES 16
     #endif
     #define CNN_EXT_JB 4
-    #define CNN_EXT_NV 2
+    #define CNN_EXT_NV 3
     #if defined(__GNUC__) || defined(__clang__)
     typedef float cnn_ext_vf __attribute__((vector_size(CNN_EXT_VEC_BYTES), aligned(4), may_alias));
     typedef double cnn_ext_vd __attribute__((vector_size(CNN_EXT_VEC_BYTES), aligned(8), may_alias));
@@ -196,6 +198,14 @@ cdef extern from *:
     typedef double cnn_ext_vd;
     #define CNN_EXT_SPLAT(V, s) ((V)(s))
     #define CNN_EXT_TILE_INLINE static __forceinline
+    #endif
+    /* A loaded vector meant to serve several FMAs: left alone, gcc may fold its load into each of them
+     * (vfmadd231pd mem, w, acc: one load per FMA, load-port bound). An empty asm that takes the vector in a
+     * register and gives it back makes it load once (GNU C on x86; other compilers: a no-op). */
+    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+    #define CNN_EXT_IN_REGISTER(v) __asm__("" : "+x"(v))
+    #else
+    #define CNN_EXT_IN_REGISTER(v) ((void)0)
     #endif
     #define CNN_EXT_LANES_F ((Py_ssize_t)(sizeof(cnn_ext_vf) / sizeof(float)))
     #define CNN_EXT_LANES_D ((Py_ssize_t)(sizeof(cnn_ext_vd) / sizeof(double)))
@@ -249,7 +259,7 @@ cdef extern from *:
     static void NAME(const T* x, const T* k, const T* b, T* y, Py_ssize_t C_in, Py_ssize_t H,            \\
                      Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW,           \\
                      Py_ssize_t j0, Py_ssize_t p, Py_ssize_t q0, Py_ssize_t nj, Py_ssize_t nv) {         \\
-        switch ((nv < 2 ? 0 : 4) + (nj < 4 ? nj : 4)) {                                                  \\
+        switch ((nv < 2 ? 0 : nv < 3 ? 4 : 8) + (nj < 4 ? nj : 4)) {                                     \\
         case 1: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 1, 1); break;            \\
         case 2: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 2, 1); break;            \\
         case 3: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 3, 1); break;            \\
@@ -257,14 +267,18 @@ cdef extern from *:
         case 5: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 1, 2); break;            \\
         case 6: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 2, 2); break;            \\
         case 7: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 3, 2); break;            \\
-        default: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 4, 2); break;           \\
+        case 8: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 4, 2); break;            \\
+        case 9: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 1, 3); break;            \\
+        case 10: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 2, 3); break;           \\
+        case 11: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 3, 3); break;           \\
+        default: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 4, 3); break;           \\
         }                                                                                                \\
     }
     CNN_EXT_DEFINE_FORWARD_TILE(cnn_ext_forward_tile_f, float, cnn_ext_vf)
     CNN_EXT_DEFINE_FORWARD_TILE(cnn_ext_forward_tile_d, double, cnn_ext_vd)
     """
     enum: CNN_EXT_JB          # channels per tile (the switch above covers nj = 1..4)
-    enum: CNN_EXT_NV          # vectors of columns per tile (nv = 1, 2)
+    enum: CNN_EXT_NV          # vectors of columns per tile (nv = 1, 2, 3)
     enum: CNN_EXT_LANES_F     # float lanes per vector of this build (8 AVX2, 4 SSE2, 1 without GNU vectors)
     enum: CNN_EXT_LANES_D
     void _forward_tile_f "cnn_ext_forward_tile_f"(
@@ -297,7 +311,7 @@ cdef void _forward_direct_one(const floating* x, const floating* k, const floati
     """y[j] = b[j] + Σ_i xcorr_valid(x[i], k[j, i])
 
     Register tiles of JB channels x QB = nv SIMD vectors of columns of one output row (see the C block
-    above; nv = 1 for rows narrower than 2 vectors). The last tile of a row, and the last channel block,
+    above; nv = 1 for rows narrower than 2 vectors, 3 for one input channel on rows of 3 vectors or more). The last tile of a row, and the last channel block,
     overlap the previous one instead of running a narrower loop: they recompute, with the same operations
     in the same order, values already stored. Fewer than JB channels: one tile of C_out channels. Rows
     narrower than one vector: the row loops below.
@@ -310,7 +324,9 @@ cdef void _forward_direct_one(const floating* x, const floating* k, const floati
     cdef const floating* xrow
     cdef const floating* kji
     if OW >= lanes:
-        nv = CNN_EXT_NV if OW >= CNN_EXT_NV * lanes else 1
+        # 3 vectors (12 accumulators) only for one input channel: its reduction (KH*KW steps) is too short to
+        # hide the tile's setup and the FMA latency with 8; the other layers keep the measured 2
+        nv = 3 if g.C_in == 1 and OW >= 3 * lanes else 2 if OW >= 2 * lanes else 1
         QB = nv * lanes
         j0 = 0
         while j0 < C_out:
@@ -409,6 +425,8 @@ cdef extern from *:
      * vector registers over nvec vectors of f; each step loads nt x vectors (at the taps' offsets
      * a*A + b*B, unaligned) and nj dy vectors and issues nj*nt FMAs (4 x 3: 12 accumulators + 3 x + 1 dy
      * of the 16 ymm registers; in the -mavx2 build the loop is 7 vmovups + 12 vfmadd231ps, no stack access).
+     * The plane is nrow rows of nvec vectors (drow, xrow apart): one row for the flat slabs of the wide and
+     * shifted layouts, the output rows for one input channel read in place (see _kgrad_rows_chunk).
      * nj and nt are literals in every copy (the switch), so the constant-trip loops unroll and the arrays
      * of vectors live in registers. The tile then stores (init: first sample of the chunk) or adds its
      * accumulators to vacc[(t*nj + jj)*L + lane] (contiguous, so the hardware prefetches it). */
@@ -418,13 +436,14 @@ cdef extern from *:
     #define CNN_EXT_DEFINE_KGRAD_TILE(NAME, T, V)                                                         \\
     CNN_EXT_TILE_INLINE void NAME##_fixed(const T* dyw, Py_ssize_t dstride, const T* xr, Py_ssize_t a0,  \\
                                           Py_ssize_t b0, Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B,      \\
-                                          Py_ssize_t nvec, Py_ssize_t ns, Py_ssize_t sdy, Py_ssize_t sx, \\
+                                          Py_ssize_t nvec, Py_ssize_t nrow, Py_ssize_t drow,             \\
+                                          Py_ssize_t xrow, Py_ssize_t ns, Py_ssize_t sdy, Py_ssize_t sx, \\
                                           T* vacc, int init, const Py_ssize_t nj, const Py_ssize_t nt) { \\
         const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T));                                        \\
         V acc[CNN_EXT_KJ][CNN_EXT_KT], xv[CNN_EXT_KT];                                                   \\
         const T* xp[CNN_EXT_KT];                                                                         \\
         const T* dp[CNN_EXT_KJ];                                                                         \\
-        Py_ssize_t jj, t, f, s, n = nvec * L, b = b0, o = a0 * A + b0 * B;                               \\
+        Py_ssize_t jj, t, f, s, r, n = nvec * L, b = b0, o = a0 * A + b0 * B;                            \\
         for (t = 0; t < nt; t++) {  /* taps (a, b) from (a0, b0) on, b < Bn fastest; no division */      \\
             xp[t] = xr + o;                                                                              \\
             b++; o += B;                                                                                 \\
@@ -436,13 +455,19 @@ cdef extern from *:
                 acc[jj][t] = CNN_EXT_SPLAT(V, (T)0);                                                     \\
         }                                                                                                \\
         for (s = 0; s < ns; s++) {  /* the samples' slabs one after another, sx / sdy apart */             \\
-            for (f = 0; f < n; f += L) {                                                                 \\
-                for (t = 0; t < nt; t++)                                                                 \\
-                    xv[t] = *(const V*)(xp[t] + f);                                                      \\
-                for (jj = 0; jj < nj; jj++) {                                                            \\
-                    const V d = *(const V*)(dp[jj] + f);                                                 \\
-                    for (t = 0; t < nt; t++)                                                             \\
-                        acc[jj][t] += d * xv[t];                                                         \\
+            for (r = 0; r < nrow; r++) {  /* rows of n elements, drow / xrow apart (1 row: the plane) */ \\
+                const Py_ssize_t ro = r * drow, xo = r * xrow;                                           \\
+                for (f = 0; f < n; f += L) {                                                             \\
+                    for (t = 0; t < nt; t++) {                                                           \\
+                        xv[t] = *(const V*)(xp[t] + xo + f);                                             \\
+                        CNN_EXT_IN_REGISTER(xv[t]);                                                      \\
+                    }                                                                                    \\
+                    for (jj = 0; jj < nj; jj++) {                                                        \\
+                        V d = *(const V*)(dp[jj] + ro + f);                                              \\
+                        CNN_EXT_IN_REGISTER(d);                                                          \\
+                        for (t = 0; t < nt; t++)                                                         \\
+                            acc[jj][t] += d * xv[t];                                                     \\
+                    }                                                                                    \\
                 }                                                                                        \\
             }                                                                                            \\
             for (t = 0; t < nt; t++)                                                                     \\
@@ -464,14 +489,16 @@ cdef extern from *:
         }                                                                                                \\
     }                                                                                                    \\
     static void NAME(const T* dyw, Py_ssize_t dstride, const T* xr, Py_ssize_t a0, Py_ssize_t b0,        \\
-                     Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B, Py_ssize_t nvec, Py_ssize_t ns,          \\
-                     Py_ssize_t sdy, Py_ssize_t sx, T* vacc, int init, Py_ssize_t nj, Py_ssize_t nt) {   \\
+                     Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B, Py_ssize_t nvec, Py_ssize_t nrow,        \\
+                     Py_ssize_t drow, Py_ssize_t xrow, Py_ssize_t ns, Py_ssize_t sdy, Py_ssize_t sx,     \\
+                     T* vacc, int init, Py_ssize_t nj, Py_ssize_t nt) {                                  \\
         switch ((nj < CNN_EXT_KJ ? nj : CNN_EXT_KJ) * 8 + (nt < CNN_EXT_KT ? nt : CNN_EXT_KT)) {         \\
         CNN_EXT_KGRAD_CASES(NAME)                                                                        \\
         }                                                                                                \\
     }
     #define CNN_EXT_KGRAD_CASE(NAME, J, TT) \\
-        case J * 8 + TT: NAME##_fixed(dyw, dstride, xr, a0, b0, Bn, A, B, nvec, ns, sdy, sx, vacc, init, J, TT); \\
+        case J * 8 + TT: NAME##_fixed(dyw, dstride, xr, a0, b0, Bn, A, B, nvec, nrow, drow, xrow, ns, sdy, sx, \\
+                                      vacc, init, J, TT);                                               \\
             break;
     #define CNN_EXT_KGRAD_CASES_J(NAME, J) \\
         CNN_EXT_KGRAD_CASE(NAME, J, 1) CNN_EXT_KGRAD_CASE(NAME, J, 2) CNN_EXT_KGRAD_CASE(NAME, J, 3)
@@ -505,12 +532,12 @@ cdef extern from *:
     enum: CNN_EXT_KT          # taps per dK tile (nt = 1..3)
     void _kgrad_tile_f "cnn_ext_kgrad_tile_f"(
         const float* dyw, Py_ssize_t dstride, const float* xr, Py_ssize_t a0, Py_ssize_t b0, Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B,
-        Py_ssize_t nvec, Py_ssize_t ns, Py_ssize_t sdy, Py_ssize_t sx, float* vacc, int init, Py_ssize_t nj,
-        Py_ssize_t nt) noexcept nogil
+        Py_ssize_t nvec, Py_ssize_t nrow, Py_ssize_t drow, Py_ssize_t xrow, Py_ssize_t ns, Py_ssize_t sdy,
+        Py_ssize_t sx, float* vacc, int init, Py_ssize_t nj, Py_ssize_t nt) noexcept nogil
     void _kgrad_tile_d "cnn_ext_kgrad_tile_d"(
         const double* dyw, Py_ssize_t dstride, const double* xr, Py_ssize_t a0, Py_ssize_t b0, Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B,
-        Py_ssize_t nvec, Py_ssize_t ns, Py_ssize_t sdy, Py_ssize_t sx, double* vacc, int init, Py_ssize_t nj,
-        Py_ssize_t nt) noexcept nogil
+        Py_ssize_t nvec, Py_ssize_t nrow, Py_ssize_t drow, Py_ssize_t xrow, Py_ssize_t ns, Py_ssize_t sdy,
+        Py_ssize_t sx, double* vacc, int init, Py_ssize_t nj, Py_ssize_t nt) noexcept nogil
     void _lane_sums_f "cnn_ext_lane_sums_f"(const float* vacc, float* out, Py_ssize_t nrow, Py_ssize_t nj,
                                             Py_ssize_t ostride) noexcept nogil
     void _lane_sums_d "cnn_ext_lane_sums_d"(const double* vacc, double* out, Py_ssize_t nrow, Py_ssize_t nj,
@@ -518,26 +545,44 @@ cdef extern from *:
 
 
 ctypedef struct WideGeom:
-    Py_ssize_t Hp, Wp, L, pitch, F, xstride, xsize, nvec, nj, nt, A, B, Bn, Na
-    bint shifted
+    Py_ssize_t Hp, Wp, L, pitch, F, xstride, xsize, dysize, nvec, nrow, drow, xrow, nj, nt, A, B, Bn, Na
+    bint shifted, rows
     # Hp, Wp: padded input; L: lanes; pitch: dyw row pitch; F: dyw channel pitch (OH*pitch rounded up to L);
-    # xstride: xp channel pitch; xsize: xp with its zero slack; nvec = F / L;
+    # xstride: xp channel pitch; xsize: xp with its zero slack; dysize: dyw of one sample (0: dy read in place);
+    # the plane: nrow rows of nvec vectors, drow (dyw) and xrow (xp) apart;
     # nj, nt: tile; tap (a, b) (a < Na, b < Bn) is read at xp offset a*A + b*B.
 
 
-cdef inline WideGeom _wide_geom(const Geom* g, Py_ssize_t L, bint shifted, Py_ssize_t nj,
+cdef inline WideGeom _wide_geom(const Geom* g, Py_ssize_t L, int layout, Py_ssize_t nj,
                                 Py_ssize_t nt) noexcept nogil:
     """The layout of one sample (stride 1: Hp = OH + KH - 1, Wp = OW + KW - 1).
 
-    wide rows (shifted = 0): dyw pitch Wp; xp[i] = padded x[i] (Hp x Wp); taps (a, b) = (kh, kw) at kh*Wp + kw.
-    shifted copies (shifted = 1): dyw pitch OW (no waste); xp[i, kw] = padded x[i, :, kw:kw + OW] (Hp x OW),
+    wide rows (layout 0): dyw pitch Wp; xp[i] = padded x[i] (Hp x Wp); taps (a, b) = (kh, kw) at kh*Wp + kw.
+    shifted copies (layout 1): dyw pitch OW (no waste); xp[i, kw] = padded x[i, :, kw:kw + OW] (Hp x OW),
     one copy per kw; taps (a, b) = (kw, kh) at kw*Hp*OW + kh*OW, so vacc holds dK with (kh, kw) swapped.
+    output rows (layout 2, OW a whole number of vectors): dy read in place, row by row (OH rows of OW / L
+    vectors: no waste, no copy); x read in place too when unpadded, else padded as for wide rows.
     """
     cdef WideGeom w
+    cdef bint shifted = layout == 1
     w.Hp = g.OH + g.KH - 1
     w.Wp = g.OW + g.KW - 1
     w.L = L
     w.shifted = shifted
+    w.rows = layout == 2
+    w.nrow, w.drow, w.xrow = 1, 0, 0
+    if w.rows:
+        w.pitch = g.OW
+        w.F = g.OH * g.OW
+        w.A, w.B, w.Bn, w.Na = w.Wp, 1, g.KW, g.KH
+        w.xstride = w.Hp * w.Wp
+        w.xsize = g.C_in * w.xstride  # rows end within their plane: no slack
+        w.dysize = 0
+        w.nvec = g.OW // L
+        w.nrow, w.drow, w.xrow = g.OH, g.OW, w.Wp
+        w.nj = nj
+        w.nt = nt
+        return w
     w.pitch = g.OW if shifted else w.Wp
     w.F = (g.OH * w.pitch + L - 1) // L * L
     if shifted:
@@ -550,6 +595,7 @@ cdef inline WideGeom _wide_geom(const Geom* g, Py_ssize_t L, bint shifted, Py_ss
         w.xstride = w.Hp * w.Wp
         # the last vector of the last tap of the last channel ends at C_in*xstride + KW + L - 3
         w.xsize = g.C_in * w.xstride + L + g.KW
+    w.dysize = g.C_out * w.F
     w.nvec = w.F // L
     w.nj = nj
     w.nt = nt
@@ -557,25 +603,26 @@ cdef inline WideGeom _wide_geom(const Geom* g, Py_ssize_t L, bint shifted, Py_ss
 
 
 def kgrad_wide_scratch_size(Py_ssize_t C_in, Py_ssize_t C_out, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH,
-                            Py_ssize_t KW, bint single, bint shifted, Py_ssize_t ns=1):
+                            Py_ssize_t KW, bint single, int layout, Py_ssize_t ns=1):
     """Elements of one thread's slab for conv2d_kernel_gradient_wide with ns samples per tile: ns padded (or
-    shifted) copies of x, ns widened dy, the vector partials."""
+    shifted) copies of x, ns widened dy (none for the output-rows layout 2), the vector partials."""
     cdef Geom g = _geom(C_in, OH + KH - 1, OW + KW - 1, C_out, KH, KW, OH, OW, 1, 1, 0, 0)
-    cdef WideGeom w = _wide_geom(&g, CNN_EXT_LANES_F if single else CNN_EXT_LANES_D, shifted, 1, 1)
-    return ns * (w.xsize + C_out * w.F) + C_out * C_in * KH * KW * w.L
+    cdef WideGeom w = _wide_geom(&g, CNN_EXT_LANES_F if single else CNN_EXT_LANES_D, layout, 1, 1)
+    return ns * (w.xsize + w.dysize) + C_out * C_in * KH * KW * w.L
 
 
 cdef inline void _kgrad_tile(const floating* dyw, Py_ssize_t dstride, const floating* xr, Py_ssize_t a0,
                              Py_ssize_t b0, Py_ssize_t Bn, Py_ssize_t A, Py_ssize_t B, Py_ssize_t nvec,
+                             Py_ssize_t nrow, Py_ssize_t drow, Py_ssize_t xrow,
                              Py_ssize_t ns, Py_ssize_t sdy, Py_ssize_t sx, floating* vacc,
                              bint init, Py_ssize_t nj, Py_ssize_t nt) noexcept nogil:
-    """vacc[t, jj, :] += Σ_{s < ns} Σ_{f < nvec*L, lanes} dyw[s*sdy + jj*dstride + f] xr[s*sx + f + a*A + b*B],
-    jj < nj, t < nt, for the nt taps (a, b) from (a0, b0) on in row-major order (b < Bn); = instead of += if
-    init"""
+    """vacc[t, jj, :] += Σ_{s < ns} Σ_{r < nrow} Σ_{f < nvec*L, lanes}
+    dyw[s*sdy + jj*dstride + r*drow + f] xr[s*sx + r*xrow + f + a*A + b*B], jj < nj, t < nt, for the nt taps
+    (a, b) from (a0, b0) on in row-major order (b < Bn); = instead of += if init"""
     if floating is float:
-        _kgrad_tile_f(dyw, dstride, xr, a0, b0, Bn, A, B, nvec, ns, sdy, sx, vacc, init, nj, nt)
+        _kgrad_tile_f(dyw, dstride, xr, a0, b0, Bn, A, B, nvec, nrow, drow, xrow, ns, sdy, sx, vacc, init, nj, nt)
     else:
-        _kgrad_tile_d(dyw, dstride, xr, a0, b0, Bn, A, B, nvec, ns, sdy, sx, vacc, init, nj, nt)
+        _kgrad_tile_d(dyw, dstride, xr, a0, b0, Bn, A, B, nvec, nrow, drow, xrow, ns, sdy, sx, vacc, init, nj, nt)
 
 
 cdef void _kgrad_wide_copy(const floating* x, const floating* dy, floating* xp, floating* dyw,
@@ -608,6 +655,8 @@ cdef void _kgrad_wide_copy(const floating* x, const floating* dy, floating* xp, 
         for i in range(C_in):
             for p in range(H):
                 memcpy(xp + i * w.xstride + (p + g.PH) * Wp + g.PW, x + (i * H + p) * W, W * sizeof(floating))
+    if w.rows:  # dy is read in place
+        return
     if w.pitch == OW:
         for j in range(C_out):
             memcpy(dyw + j * F, dy + j * OH * OW, OH * OW * sizeof(floating))
@@ -638,7 +687,7 @@ cdef void _kgrad_wide_tiles(const floating* xp, const floating* dyw, floating* v
                 nt = min(w.nt, KK - t0)
                 if KK - t0 == w.nt + 1 and w.nt > 2:  # 3k + 1 taps (5x5, 7x7): end with 2 + 2, not 3 + 1
                     nt = 2                             # (one tap is 4 accumulators: FMA-latency bound)
-                _kgrad_tile(dyw + j0 * F, F, xp + i * w.xstride, a0, b0, w.Bn, w.A, w.B, w.nvec,
+                _kgrad_tile(dyw + j0 * F, F, xp + i * w.xstride, a0, b0, w.Bn, w.A, w.B, w.nvec, w.nrow, w.drow, w.xrow,
                             ns, C_out * F, w.xsize, vacc + (j0 * C_in * KK + (i * KK + t0) * nj) * L, first,
                             nj, nt)
                 t0 += nt
@@ -655,16 +704,21 @@ cdef void _kgrad_wide_chunk(const floating* dy, const floating* x, floating* par
     """part[(j, i, kh, kw)] = Σ_{n in [lo, hi)} dK terms of sample n: vector partials over the chunk (groups
     of ns samples per tile pass), then each entry's L lanes summed pairwise in a fixed order."""
     cdef Py_ssize_t n, s, m, j0, nj, CKK = g.C_in * g.KH * g.KW, L = w.L
-    cdef Py_ssize_t xs = g.C_in * g.H * g.W, ys = g.C_out * g.OH * g.OW, F = w.F
+    cdef Py_ssize_t xs = g.C_in * g.H * g.W, ys = g.C_out * g.OH * g.OW
     cdef floating* xp = slab
     cdef floating* dyw = slab + ns * w.xsize
-    cdef floating* vacc = dyw + ns * g.C_out * F
+    cdef floating* vacc = dyw + ns * w.dysize
+    # the output-rows layout reads dy in place, and x too when unpadded (the tiles' x pitch is then W)
+    cdef bint x_in_place = w.rows and g.PH == 0 and g.PW == 0 and g.H == w.Hp and g.W == w.Wp
     n = lo
     while n < hi:  # never empty (at most N chunks): the first group initialises vacc
         m = min(ns, hi - n)
-        for s in range(m):
-            _kgrad_wide_copy(x + (n + s) * xs, dy + (n + s) * ys, xp + s * w.xsize, dyw + s * g.C_out * F, g, w)
-        _kgrad_wide_tiles(xp, dyw, vacc, m, n == lo, g, w)
+        if x_in_place:
+            _kgrad_wide_tiles(x + n * xs, dy + n * ys, vacc, m, n == lo, g, w)
+        else:
+            for s in range(m):
+                _kgrad_wide_copy(x + (n + s) * xs, dy + (n + s) * ys, xp + s * w.xsize, dyw + s * w.dysize, g, w)
+            _kgrad_wide_tiles(xp, dy + n * ys if w.rows else dyw, vacc, m, n == lo, g, w)
         n += m
     j0 = 0
     while j0 < g.C_out:  # vacc holds each block of nj channels as [(i, kh, kw), jj, lane]
@@ -681,21 +735,25 @@ def conv2d_kernel_gradient_wide(const floating[:, :, :, ::1] dy,     # IN  (N, C
                                 floating[:, :, :, ::1] dk,           # OUT (C_out, C_in, KH, KW)
                                 floating[:, ::1] partial,            # TMP (nchunk, C_out*C_in*KH*KW)
                                 floating[:, ::1] scratch,            # TMP (threads, kgrad_wide_scratch_size), zeros
-                                Py_ssize_t PH, Py_ssize_t PW, bint shifted, Py_ssize_t nj, Py_ssize_t nt,
+                                Py_ssize_t PH, Py_ssize_t PW, int layout, Py_ssize_t nj, Py_ssize_t nt,
                                 Py_ssize_t ns, int num_threads):
     """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]), stride 1, zero padding (PH top, PW left; the bottom /
-    right padding follows from the shapes), by wide-row register tiles over ns samples at a time (the slab
-    holds ns samples, kgrad_wide_scratch_size(..., ns)), summed in fixed chunks."""
+    right padding follows from the shapes), by register tiles over ns samples at a time (the slab holds ns
+    samples, kgrad_wide_scratch_size(..., ns)), summed in fixed chunks. layout: 0 wide rows, 1 shifted copies,
+    2 output rows (OW a whole number of SIMD vectors; see _wide_geom)."""
+    cdef bint shifted = layout == 1
     cdef Py_ssize_t N = x.shape[0], nchunk = partial.shape[0], c, t, kh, kw
     cdef Py_ssize_t KK = dk.shape[0] * dk.shape[1] * dk.shape[2] * dk.shape[3], KHW = dk.shape[2] * dk.shape[3]
     cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], dk.shape[0], dk.shape[2], dk.shape[3],
                         dy.shape[2], dy.shape[3], 1, 1, PH, PW)
-    cdef WideGeom w = _wide_geom(&g, CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D, shifted,
+    cdef WideGeom w = _wide_geom(&g, CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D, layout,
                                  min(nj, <Py_ssize_t>CNN_EXT_KJ), min(nt, <Py_ssize_t>CNN_EXT_KT))
     cdef floating* out = &dk[0, 0, 0, 0]
     cdef floating inv_n
-    if ns < 1 or scratch.shape[1] < ns * (w.xsize + g.C_out * w.F) + KK * w.L:
+    if ns < 1 or scratch.shape[1] < ns * (w.xsize + w.dysize) + KK * w.L:
         raise ValueError(f"scratch {scratch.shape} too small for {ns} samples per tile")
+    if w.rows and g.OW % w.L:
+        raise ValueError(f"the output-rows layout needs whole vectors of {w.L} per row, got OW = {g.OW}")
     for t in range(KK):
         out[t] = 0
     if N == 0:
@@ -834,6 +892,21 @@ def wide_tile(bint single):
     return (CNN_EXT_WJB, CNN_EXT_WNV * (CNN_EXT_LANES_F if single else CNN_EXT_LANES_D))
 
 
+cdef inline void _copy_padded(const floating* x, floating* xp, const Geom* g, Py_ssize_t plane,
+                              Py_ssize_t Wp) noexcept nogil:
+    """xp[i, r + PH, c + PW] = x[i, r, c] (planes of pitch plane, rows of pitch Wp): the interior of a zero-padded
+    slab (short rows: an inline, vectorised loop, not a memcpy call per row)."""
+    cdef Py_ssize_t i, r, c
+    cdef floating* dst
+    cdef const floating* src
+    for i in range(g.C_in):
+        for r in range(g.H):
+            dst = xp + i * plane + (r + g.PH) * Wp + g.PW
+            src = x + (i * g.H + r) * g.W
+            for c in range(g.W):
+                dst[c] = src[c]
+
+
 cdef void _forward_wide_one(const floating* x, const floating* k, const floating* b, floating* y,
                             floating* xp, floating* wide, const Geom* g, Py_ssize_t Hp, Py_ssize_t Wp,
                             Py_ssize_t IB) noexcept nogil:
@@ -848,18 +921,11 @@ cdef void _forward_wide_one(const floating* x, const floating* k, const floating
     cdef Py_ssize_t lanes = CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D
     cdef Py_ssize_t TB = CNN_EXT_WNV * lanes
     cdef Py_ssize_t C_in = g.C_in, C_out = g.C_out, H = g.H, W = g.W, OH = g.OH, OW = g.OW
-    cdef Py_ssize_t plane = Hp * Wp, F = g.OH * Wp, Fr, i, r, c, i0, i1, j0, f0, kh0, kh1, pdone, pend, plo, phi
+    cdef Py_ssize_t plane = Hp * Wp, F = g.OH * Wp, Fr, i0, i1, j0, f0, kh0, kh1, pdone, pend, plo, phi
     cdef Py_ssize_t step
     cdef bint one
-    cdef floating* dst
-    cdef const floating* src
     Fr = (F + TB - 1) // TB * TB
-    for i in range(C_in):
-        for r in range(H):
-            dst = xp + i * plane + (r + g.PH) * Wp + g.PW
-            src = x + (i * H + r) * W
-            for c in range(W):
-                dst[c] = src[c]
+    _copy_padded(x, xp, g, plane, Wp)
     i0 = 0
     while i0 < C_in:
         i1 = min(C_in, i0 + IB)
@@ -1144,6 +1210,162 @@ def conv2d_forward_shifted(const floating[:, :, :, ::1] x,      # IN  (N, C_in, 
 
 
 # ---------------------------------------------------------------------------------------------------
+# Row-band direct forward for one output channel (stride 1, any zero padding): the input gradient of a
+# one-input-channel layer (dX has one channel, summing the layer's C_out padded dE_dY planes)
+#
+# With one output channel a loaded input vector meets one weight per output vector: the wide tile's
+# 12 vectors of one channel load 13 vectors (12 x + 1 weight) per 12 FMAs. A band tile holds NR = 4 output
+# rows x nv <= 3 vectors of columns instead: input row r of the band feeds output row rr with kernel row
+# r - rr, so each row's nv vectors are loaded once per kw and used by up to 4 output rows (nv + 4 loads per
+# 4*nv FMAs). Input rows wholly in the padding are skipped row by row (the wide kernel skips a kernel row
+# only when it meets padding for every output row of its tile). Tiles store straight into y: the last
+# column tile of a row and the last band end at the edge (overlapping the previous one, recomputing values
+# already stored with the same operations in the same order, up to the sign of a zero sum).
+# ---------------------------------------------------------------------------------------------------
+
+cdef extern from *:
+    """
+    #define CNN_EXT_BR 4   /* output rows per band tile (the cases below are written for 4) */
+    #define CNN_EXT_BNV 3  /* vectors of columns per band tile, at most */
+    /* Rows LO..HI of the band (literals) take input row r: acc[rr] += k[r - rr, kw] * x[r, kw + ...]. */
+    #define CNN_EXT_BAND_ROWS(T, V, LO, HI)                                                                \\
+        for (kw = 0; kw < KW; kw++) {                                                                    \\
+            for (v = 0; v < NV; v++) {                                                                   \\
+                xv[v] = *(const V*)(xr + kw + v * L);                                                    \\
+                CNN_EXT_IN_REGISTER(xv[v]);                                                              \\
+            }                                                                                            \\
+            for (rr = (LO); rr <= (HI); rr++) {                                                          \\
+                const T w = ki[(r - rr) * KW + kw];                                                      \\
+                for (v = 0; v < NV; v++)                                                                 \\
+                    acc[rr][v] += w * xv[v];                                                             \\
+            }                                                                                            \\
+        }
+    #define CNN_EXT_BAND_CASE(T, V, LO, HI) case (LO) * 4 + (HI): CNN_EXT_BAND_ROWS(T, V, LO, HI) break;
+    #define CNN_EXT_DEFINE_BAND_TILE(NAME, T, V)                                                          \\
+    CNN_EXT_TILE_INLINE void NAME##_fixed(const T* xp, const T* k, T bias, T* y, Py_ssize_t ldy,        \\
+                                          Py_ssize_t plane, Py_ssize_t Wp, Py_ssize_t C_in,             \\
+                                          Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t r0, Py_ssize_t r1,   \\
+                                          const Py_ssize_t NV) {                                        \\
+        const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T));                                        \\
+        V acc[CNN_EXT_BR][CNN_EXT_BNV], xv[CNN_EXT_BNV];                                                 \\
+        Py_ssize_t i, r, kw, rr, v;                                                                      \\
+        for (rr = 0; rr < CNN_EXT_BR; rr++)                                                              \\
+            for (v = 0; v < NV; v++)                                                                     \\
+                acc[rr][v] = CNN_EXT_SPLAT(V, bias);                                                     \\
+        for (i = 0; i < C_in; i++) {                                                                     \\
+            const T* ki = k + i * KH * KW;                                                               \\
+            for (r = r0; r < r1; r++) {                                                                  \\
+                const T* xr = xp + i * plane + r * Wp;                                                   \\
+                const Py_ssize_t lo = r - KH + 1 > 0 ? r - KH + 1 : 0;                                   \\
+                const Py_ssize_t hi = r < CNN_EXT_BR - 1 ? r : CNN_EXT_BR - 1;                           \\
+                switch (lo * 4 + hi) {                                                                   \\
+                CNN_EXT_BAND_CASE(T, V, 0, 0) CNN_EXT_BAND_CASE(T, V, 0, 1)                              \\
+                CNN_EXT_BAND_CASE(T, V, 0, 2) CNN_EXT_BAND_CASE(T, V, 0, 3)                              \\
+                CNN_EXT_BAND_CASE(T, V, 1, 1) CNN_EXT_BAND_CASE(T, V, 1, 2)                              \\
+                CNN_EXT_BAND_CASE(T, V, 1, 3) CNN_EXT_BAND_CASE(T, V, 2, 2)                              \\
+                CNN_EXT_BAND_CASE(T, V, 2, 3) CNN_EXT_BAND_CASE(T, V, 3, 3)                              \\
+                /* every 0 <= lo <= hi <= 3 as literals, so acc stays in registers */                    \\
+                }                                                                                        \\
+            }                                                                                            \\
+        }                                                                                                \\
+        for (rr = 0; rr < CNN_EXT_BR; rr++)                                                              \\
+            for (v = 0; v < NV; v++)                                                                     \\
+                *(V*)(y + rr * ldy + v * L) = acc[rr][v];                                                \\
+    }                                                                                                    \\
+    static void NAME(const T* xp, const T* k, T bias, T* y, Py_ssize_t ldy, Py_ssize_t plane,           \\
+                     Py_ssize_t Wp, Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t r0,        \\
+                     Py_ssize_t r1, Py_ssize_t nv) {                                                     \\
+        switch (nv) {                                                                                    \\
+        case 1: NAME##_fixed(xp, k, bias, y, ldy, plane, Wp, C_in, KH, KW, r0, r1, 1); break;            \\
+        case 2: NAME##_fixed(xp, k, bias, y, ldy, plane, Wp, C_in, KH, KW, r0, r1, 2); break;            \\
+        default: NAME##_fixed(xp, k, bias, y, ldy, plane, Wp, C_in, KH, KW, r0, r1, 3); break;           \\
+        }                                                                                                \\
+    }
+    CNN_EXT_DEFINE_BAND_TILE(cnn_ext_band_tile_f, float, cnn_ext_vf)
+    CNN_EXT_DEFINE_BAND_TILE(cnn_ext_band_tile_d, double, cnn_ext_vd)
+    """
+    enum: CNN_EXT_BR          # output rows per band tile
+    enum: CNN_EXT_BNV         # vectors of columns per band tile, at most
+    void _band_tile_f "cnn_ext_band_tile_f"(
+        const float* xp, const float* k, float bias, float* y, Py_ssize_t ldy, Py_ssize_t plane, Py_ssize_t Wp,
+        Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t nv) noexcept nogil
+    void _band_tile_d "cnn_ext_band_tile_d"(
+        const double* xp, const double* k, double bias, double* y, Py_ssize_t ldy, Py_ssize_t plane,
+        Py_ssize_t Wp, Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t r0, Py_ssize_t r1,
+        Py_ssize_t nv) noexcept nogil
+
+
+def band_tile(bint single):
+    """(output rows, SIMD lanes) of the row-band tile in this build (float32 if single): it needs OH >= rows and
+    OW >= lanes."""
+    return (CNN_EXT_BR, CNN_EXT_LANES_F if single else CNN_EXT_LANES_D)
+
+
+cdef void _forward_band_one(const floating* x, const floating* k, const floating* b, floating* y,
+                            floating* xp, const Geom* g, Py_ssize_t Hp, Py_ssize_t Wp) noexcept nogil:
+    """y[0] = b[0] + Σ_i xcorr_valid(pad(x[i]), k[0, i]) (one output channel) by row-band tiles.
+
+    xp (C_in x Hp x Wp, Wp = OW + KW - 1) is zero outside the interior, which is all this writes. The OW
+    columns split into ceil(OW / lanes) vectors, shared out as evenly as possible over tiles of at most
+    CNN_EXT_BNV (7 vectors: 3 + 2 + 2, not 3 + 3 + 1: a one-vector tile has too few accumulators), the last
+    tile ending at column OW."""
+    cdef Py_ssize_t L = CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D
+    cdef Py_ssize_t NR = CNN_EXT_BR
+    cdef Py_ssize_t C_in = g.C_in, H = g.H, W = g.W, OH = g.OH, OW = g.OW, KH = g.KH
+    cdef Py_ssize_t plane = Hp * Wp, p0, c0, r0, r1, nvec, ntile, t, nv, done
+    _copy_padded(x, xp, g, plane, Wp)
+    nvec = (OW + L - 1) // L
+    ntile = (nvec + CNN_EXT_BNV - 1) // CNN_EXT_BNV
+    if ntile == 1 and OW % L:  # one tile of nvec vectors would not fit: two (OW > L)
+        ntile = 2
+    p0 = 0
+    while p0 < OH:
+        p0 = min(p0, OH - NR)
+        # input rows p0 + r of the band outside [PH, PH + H) are padding: skipped
+        r0 = max(0, g.PH - p0)
+        r1 = min(NR + KH - 1, g.PH + H - p0)
+        done = 0
+        for t in range(ntile):
+            nv = (nvec - done) // (ntile - t)  # the remaining vectors shared out evenly (the larger tiles last)
+            c0 = min(done * L, OW - nv * L)
+            if floating is float:
+                _band_tile_f(xp + p0 * Wp + c0, k, b[0], y + p0 * OW + c0, OW, plane, Wp, C_in, KH, g.KW,
+                             r0, r1, nv)
+            else:
+                _band_tile_d(xp + p0 * Wp + c0, k, b[0], y + p0 * OW + c0, OW, plane, Wp, C_in, KH, g.KW,
+                             r0, r1, nv)
+            done += nv
+        p0 += NR
+
+
+def conv2d_forward_band(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
+                        const floating[:, :, :, ::1] k,      # IN  (1, C_in, KH, KW)
+                        const floating[::1] b,               # IN  (1,)
+                        floating[:, :, :, ::1] y,            # OUT (N, 1, OH, OW)
+                        floating[:, ::1] xpad,               # TMP (threads, C_in*Hp*Wp), zeroed
+                        Py_ssize_t PT, Py_ssize_t PL, int num_threads):
+    """y[n, 0] = b[0] + Σ_i xcorr(x[n, i], k[0, i]), stride 1, zero padding PT on top and PL on the left
+    (bottom and right follow from y's shape: Hp = OH + KH - 1, Wp = OW + KW - 1); OH >= band_tile()[0],
+    OW >= band_tile()[1]."""
+    cdef Py_ssize_t n, N = x.shape[0]
+    cdef Py_ssize_t Hp = y.shape[2] + k.shape[2] - 1, Wp = y.shape[3] + k.shape[3] - 1
+    cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], 1, k.shape[2], k.shape[3],
+                        y.shape[2], y.shape[3], 1, 1, PT, PL)
+    if xpad.shape[1] < g.C_in * Hp * Wp or xpad.shape[0] < num_threads:
+        raise ValueError(f"xpad {xpad.shape} too small for {num_threads} slabs of {g.C_in} x {Hp} x {Wp}")
+    if N == 0:
+        return
+    with nogil:
+        if num_threads == 1:  # no parallel region (entering one costs ~0.7 µs even for one thread)
+            for n in range(N):
+                _forward_band_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0], &xpad[0, 0], &g, Hp, Wp)
+        else:
+            for n in prange(N, schedule='dynamic', num_threads=num_threads):
+                _forward_band_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0], &xpad[threadid(), 0],
+                                  &g, Hp, Wp)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Channel-vector direct forward (stride 1, any zero padding): vectors over output channels
 #
 # The same padded slab as the wide-row kernel, but a tile is CNN_EXT_CJV vectors of consecutive output
@@ -1238,15 +1460,10 @@ cdef void _forward_cv_one(const floating* x, const floating* kp, const floating*
     32x32 maps ran 2x slower)."""
     cdef Py_ssize_t JW = CNN_EXT_CJV * (CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D)
     cdef Py_ssize_t C_in = g.C_in, C_out = g.C_out, H = g.H, W = g.W, OH = g.OH, OW = g.OW
-    cdef Py_ssize_t plane = Hp * Wp, i, r, c, j0, p, q0, nq, kh0, kh1, nchunk, chunk, l
+    cdef Py_ssize_t plane = Hp * Wp, c, j0, p, q0, nq, kh0, kh1, nchunk, chunk, l
     cdef floating* dst
     cdef const floating* src
-    for i in range(C_in):
-        for r in range(H):
-            dst = xp + i * plane + (r + g.PH) * Wp + g.PW
-            src = x + (i * H + r) * W
-            for c in range(W):
-                dst[c] = src[c]
+    _copy_padded(x, xp, g, plane, Wp)
     nchunk = (OW + CNN_EXT_CNQ - 1) // CNN_EXT_CNQ
     j0 = 0
     while j0 < C_out:

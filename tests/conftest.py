@@ -1,5 +1,7 @@
-"""Shared test setup."""
+"""Fixtures shared by the test modules."""
 import pytest
+
+import cnn_ext
 
 
 @pytest.fixture(autouse=True)
@@ -10,7 +12,19 @@ def _fresh_plans(request):
     and exercise it."""
     from cnn_ext import ops
 
-    ops._PLANS.clear() if ops._PLANS is not None else None
+    if ops._PLANS is not None:
+        ops._PLANS.clear()
     if "monkeypatch" in request.fixturenames:
         request.getfixturevalue("monkeypatch").setattr(ops, "_PLANS", None)
     yield
+
+
+@pytest.fixture
+def restore_threads(monkeypatch):
+    """Restores the thread count, and lets even small test cases run on several threads."""
+    from cnn_ext import ops
+
+    monkeypatch.setattr(ops, "_MIN_WORK_PER_THREAD", 1)
+    previous = cnn_ext.get_num_threads()
+    yield
+    cnn_ext.set_num_threads(previous)

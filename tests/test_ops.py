@@ -218,6 +218,7 @@ def kgrad_layout(request, monkeypatch):
     from cnn_ext import ops
 
     limit = 0 if request.param == "shifted" else 10**9
+    monkeypatch.setattr(ops, "_KGRAD_ROW_TILES", False)  # one input channel's layout: tests/test_one_channel.py
     monkeypatch.setattr(ops, "_KGRAD_SHIFTED_MIN_F32", limit)
     monkeypatch.setattr(ops, "_KGRAD_SHIFTED_MIN_F64", limit)
     return request.param
@@ -323,8 +324,10 @@ def test_kernel_gradient_method_choice():
     assert ops._kgrad_method("gemm", True, True, 16, 26, 26, 64, 64, 3, 3, f32) == "gemm"
     big = ops._kgrad_method("auto", True, True, 16, 26, 26, 64, 64, 3, 3, f32)
     few = ops._kgrad_method("auto", True, False, 16, 24, 24, 1, 4, 5, 5, f64)
-    assert (big, few) == (("shifted", "wide") if tiled else ("gemm", "gemm"))
-    assert ops._kgrad_method("direct", True, False, 16, 24, 24, 1, 4, 5, 5, f32) == "wide"  # any build
+    assert (big, few) == (("shifted", "row_tiles") if tiled else ("gemm", "gemm"))
+    # one input channel: the output-rows layout on rows of whole vectors, else wide rows (any build)
+    assert ops._kgrad_method("direct", True, False, 16, 24, 24, 1, 4, 5, 5, f32) == "row_tiles"
+    assert ops._kgrad_method("direct", True, False, 16, 25, 25, 1, 4, 5, 5, f32) == "wide"
     # small maps with many channels: gemm (the tiled kernel's partials outgrow L2), unless forced
     assert ops._kgrad_method("auto", True, True, 16, 5, 5, 128, 128, 3, 3, f32) == "gemm"
     assert ops._kgrad_method("direct", True, True, 16, 5, 5, 128, 128, 3, 3, f32) == "shifted"
@@ -713,17 +716,6 @@ def test_empty_batch():
 # ---------------------------------------------------------------------------------------------
 # threads
 # ---------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def restore_threads(monkeypatch):
-    """Restores the thread count, and lets even small test cases run on several threads."""
-    from cnn_ext import ops
-
-    monkeypatch.setattr(ops, "_MIN_WORK_PER_THREAD", 1)
-    previous = cnn_ext.get_num_threads()
-    yield
-    cnn_ext.set_num_threads(previous)
-
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
