@@ -256,24 +256,23 @@ cdef extern from *:
             for (v = 0; v < nv; v++)                                                                     \\
                 *(V*)(y + ((j0 + jj) * OH + p) * OW + q0 + v * L) = acc[jj][v];                          \\
     }                                                                                                    \\
+    /* rows p .. p + np - 1 of the tile's columns, one switch for all of them */                         \\
     static void NAME(const T* x, const T* k, const T* b, T* y, Py_ssize_t C_in, Py_ssize_t H,            \\
                      Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW,           \\
-                     Py_ssize_t j0, Py_ssize_t p, Py_ssize_t q0, Py_ssize_t nj, Py_ssize_t nv) {         \\
+                     Py_ssize_t j0, Py_ssize_t p, Py_ssize_t np, Py_ssize_t q0, Py_ssize_t nj,           \\
+                     Py_ssize_t nv) {                                                                    \\
+        Py_ssize_t pp;                                                                                   \\
         switch ((nv < 2 ? 0 : nv < 3 ? 4 : 8) + (nj < 4 ? nj : 4)) {                                     \\
-        case 1: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 1, 1); break;            \\
-        case 2: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 2, 1); break;            \\
-        case 3: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 3, 1); break;            \\
-        case 4: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 4, 1); break;            \\
-        case 5: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 1, 2); break;            \\
-        case 6: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 2, 2); break;            \\
-        case 7: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 3, 2); break;            \\
-        case 8: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 4, 2); break;            \\
-        case 9: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 1, 3); break;            \\
-        case 10: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 2, 3); break;           \\
-        case 11: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 3, 3); break;           \\
-        default: NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, p, q0, 4, 3); break;           \\
+        CNN_EXT_FWD_CASE(NAME, 1, 1, 1) CNN_EXT_FWD_CASE(NAME, 2, 2, 1) CNN_EXT_FWD_CASE(NAME, 3, 3, 1)  \\
+        CNN_EXT_FWD_CASE(NAME, 4, 4, 1) CNN_EXT_FWD_CASE(NAME, 5, 1, 2) CNN_EXT_FWD_CASE(NAME, 6, 2, 2)  \\
+        CNN_EXT_FWD_CASE(NAME, 7, 3, 2) CNN_EXT_FWD_CASE(NAME, 8, 4, 2) CNN_EXT_FWD_CASE(NAME, 9, 1, 3)  \\
+        CNN_EXT_FWD_CASE(NAME, 10, 2, 3) CNN_EXT_FWD_CASE(NAME, 11, 3, 3)                               \\
+        default: CNN_EXT_FWD_ROWS(NAME, 4, 3); break;                                                    \\
         }                                                                                                \\
     }
+    #define CNN_EXT_FWD_ROWS(NAME, NJ, NV) \\
+        for (pp = p; pp < p + np; pp++) NAME##_fixed(x, k, b, y, C_in, H, W, KH, KW, OH, OW, j0, pp, q0, NJ, NV)
+    #define CNN_EXT_FWD_CASE(NAME, C, NJ, NV) case C: CNN_EXT_FWD_ROWS(NAME, NJ, NV); break;
     CNN_EXT_DEFINE_FORWARD_TILE(cnn_ext_forward_tile_f, float, cnn_ext_vf)
     CNN_EXT_DEFINE_FORWARD_TILE(cnn_ext_forward_tile_d, double, cnn_ext_vd)
     """
@@ -284,11 +283,11 @@ cdef extern from *:
     void _forward_tile_f "cnn_ext_forward_tile_f"(
         const float* x, const float* k, const float* b, float* y, Py_ssize_t C_in, Py_ssize_t H,
         Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW,
-        Py_ssize_t j0, Py_ssize_t p, Py_ssize_t q0, Py_ssize_t nj, Py_ssize_t nv) noexcept nogil
+        Py_ssize_t j0, Py_ssize_t p, Py_ssize_t np, Py_ssize_t q0, Py_ssize_t nj, Py_ssize_t nv) noexcept nogil
     void _forward_tile_d "cnn_ext_forward_tile_d"(
         const double* x, const double* k, const double* b, double* y, Py_ssize_t C_in, Py_ssize_t H,
         Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW,
-        Py_ssize_t j0, Py_ssize_t p, Py_ssize_t q0, Py_ssize_t nj, Py_ssize_t nv) noexcept nogil
+        Py_ssize_t j0, Py_ssize_t p, Py_ssize_t np, Py_ssize_t q0, Py_ssize_t nj, Py_ssize_t nv) noexcept nogil
 
 
 def direct_tile_lanes(bint single):
@@ -297,13 +296,13 @@ def direct_tile_lanes(bint single):
 
 
 cdef inline void _forward_tile(const floating* x, const floating* k, const floating* b, floating* y,
-                               const Geom* g, Py_ssize_t j0, Py_ssize_t p, Py_ssize_t q0,
+                               const Geom* g, Py_ssize_t j0, Py_ssize_t p, Py_ssize_t np, Py_ssize_t q0,
                                Py_ssize_t nj, Py_ssize_t nv) noexcept nogil:
-    """y[j0:j0+nj, p, q0:q0+nv*lanes] = b + Σ_{i, kh, kw} k[j, i, kh, kw] x[i, p + kh, q0 + q + kw]"""
+    """y[j0:j0+nj, p:p+np, q0:q0+nv*lanes] = b + Σ_{i, kh, kw} k[j, i, kh, kw] x[i, p + kh, q0 + q + kw]"""
     if floating is float:
-        _forward_tile_f(x, k, b, y, g.C_in, g.H, g.W, g.KH, g.KW, g.OH, g.OW, j0, p, q0, nj, nv)
+        _forward_tile_f(x, k, b, y, g.C_in, g.H, g.W, g.KH, g.KW, g.OH, g.OW, j0, p, np, q0, nj, nv)
     else:
-        _forward_tile_d(x, k, b, y, g.C_in, g.H, g.W, g.KH, g.KW, g.OH, g.OW, j0, p, q0, nj, nv)
+        _forward_tile_d(x, k, b, y, g.C_in, g.H, g.W, g.KH, g.KW, g.OH, g.OW, j0, p, np, q0, nj, nv)
 
 
 cdef void _forward_direct_one(const floating* x, const floating* k, const floating* b, floating* y,
@@ -311,10 +310,14 @@ cdef void _forward_direct_one(const floating* x, const floating* k, const floati
     """y[j] = b[j] + Σ_i xcorr_valid(x[i], k[j, i])
 
     Register tiles of JB channels x QB = nv SIMD vectors of columns of one output row (see the C block
-    above; nv = 1 for rows narrower than 2 vectors, 3 for one input channel on rows of 3 vectors or more). The last tile of a row, and the last channel block,
-    overlap the previous one instead of running a narrower loop: they recompute, with the same operations
+    above; nv = 1 for rows narrower than 2 vectors, 3 for one input channel on rows of 3 vectors or more).
+    The last tile of a row, and the last channel block, overlap the previous one instead of running a
+    narrower loop: they recompute, with the same operations
     in the same order, values already stored. Fewer than JB channels: one tile of C_out channels. Rows
     narrower than one vector: the row loops below.
+    The tiles go strip by strip (QB columns, all rows, one call and one switch per strip; consecutive tiles
+    share KH - 1 input rows) rather than row by row: one input channel (16, 1, 4, 28, 5) float64 54.6 -> 45.2
+    us, float32 32.1 -> 26.0; (32, 3, 8, 32, 3) 0.88 / 0.79.
     """
     cdef Py_ssize_t lanes = CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D
     cdef Py_ssize_t i, j, j0, nj, nv, QB, p, q, q0, kh, kw
@@ -332,12 +335,11 @@ cdef void _forward_direct_one(const floating* x, const floating* k, const floati
         while j0 < C_out:
             nj = min(<Py_ssize_t>CNN_EXT_JB, C_out)
             j0 = min(j0, C_out - nj)
-            for p in range(OH):
-                q0 = 0
-                while q0 < OW:
-                    q0 = min(q0, OW - QB)
-                    _forward_tile(x, k, b, y, g, j0, p, q0, nj, nv)
-                    q0 += QB
+            q0 = 0
+            while q0 < OW:  # a strip of columns down all the rows per call (see the docstring)
+                q0 = min(q0, OW - QB)
+                _forward_tile(x, k, b, y, g, j0, 0, OH, q0, nj, nv)
+                q0 += QB
             j0 += nj
         return
     for j in range(C_out):
