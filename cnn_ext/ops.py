@@ -74,6 +74,7 @@ _TILES = {np.dtype(dt): dict(lanes=_conv.direct_tile_lanes(dt is np.float32), wi
                              channels=_conv.channel_tile(dt is np.float32), band=_conv.band_tile(dt is np.float32))
           for dt in (np.float32, np.float64)}
 _ROW_TILES_MAX_C_OUT = 32  # output channels up to which the older row-tiled forward can beat BLAS
+_ROW_TILES_ONE_CHANNEL_MIN_OW = 20  # one input channel: row widths from which the row tiles win with any tail
 _ROW_TILES_SHORT = 128  # C_in*KH*KW up to which it wins ties in computed outputs with the wide kernel
 _WIDE_F64_MAX_CHANNELS = 2048  # float64 forward on maps > 400 pixels: C_in * C_out from which BLAS is kept
 _WIDE_DX_SMALL_F32 = 1024  # C_in * C_out up to which the float32 dX takes the wide kernel on any map
@@ -437,18 +438,19 @@ def _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype):
         return False
     if C_in == 1:
         # One input channel: tiles of 3 vectors (12 accumulators: a reduction of only KH*KW steps needs them) from
-        # rows of 3 vectors on, read straight from x. They win when whole tiles fit the row (overlapping tails
-        # recompute up to a tile), whatever C_out. 1-thread CPU-time medians, us, current auto / rows:
-        #   (N, C_in, C_out, H=W, K)  float64        float32        (N, C_in, C_out, H=W, K)  float64        float32
-        #   (16, 1, 4, 28, 5)         53.1 / 52.5    39.4 / 31.8    (16, 1, 16, 28, 5)        287 / 286      168 / 148
-        #   (16, 1, 6, 20, 5)         59.9 / 67.4    36.9 / 31.5    (8, 1, 64, 28, 5)         585 / 550      299 / 284
-        #   (32, 1, 2, 28, 5)         122 / 119      85.8 / 67.3    (16, 1, 8, 32, 3)         108 / 106      76.4 / 79.4
-        #   (16, 1, 4, 28, 3)         47.5 / 48.3    31.1 / 36.4    (16, 1, 9, 17, 4)         67.0 / 95.4    45.5 / 66.1
-        #   (64, 1, 32, 28, 3)        1279 / 1490    881 / 1310     (16, 1, 4, 40, 7)         190 / 191      172 / 168
-        # Rows of 24 fit whole tiles in both dtypes, rows of 16 in float32 (2 vectors); rows of 26, 30, 14 and 34
-        # do not. (float64 (16, 1, 4, 28, 5): its tiles of 3 vectors against 2, 63.8 -> 55.8 us.)
+        # rows of 3 vectors on, read straight from x, strip by strip. They win on rows of whole tiles and on any row
+        # of 20 outputs or more (the overlapping last tile recomputes up to a tile), whatever C_out; narrower rows
+        # with a tail keep the shifted / wide kernels. 1-thread CPU-time medians, us, shifted or wide / rows:
+        #   (N, C_in, C_out, H=W, K)  float64        float32        (N, C_in, C_out, H=W, K)  float64      float32
+        #   (16, 1, 4, 28, 5)         42.5 / 42.1    24.7 / 24.6    (16, 1, 8, 32, 3)         102 / 67.7   60.9 / 47.9
+        #   (16, 1, 4, 28, 3)         46.6 / 30.9    29.2 / 22.8    (16, 1, 4, 40, 7)         195 / 150    106 / 99.9
+        #   (64, 1, 32, 28, 3)        1133 / 902     545 / 539      (16, 1, 8, 22, 3)         61.7 / 31.1  30.5 / 25.4
+        #   (16, 1, 4, 24, 5)         78.8 / 53.9    32.4 / 28.3    (8, 1, 64, 28, 5)         294 / 294    152 / 151
+        #   (16, 1, 6, 20, 5)         51.5 / 54.7    23.1 / 23.0    (16, 1, 9, 17, 4)         43.5 / 48.6  29.6 / 31.5
+        # (the last two rows: 16 and 14 outputs; float64 (16, 1, 4, 28, 5) with tiles of 3 vectors against 2,
+        # row by row: 63.8 -> 55.8 us)
         QB = (3 if OW >= 3 * lanes else 2) * lanes
-        return OW % QB == 0
+        return OW % QB == 0 or OW >= _ROW_TILES_ONE_CHANNEL_MIN_OW
     if C_out > _ROW_TILES_MAX_C_OUT:
         return False
     JB, TB = _TILES[dtype]["wide"]
