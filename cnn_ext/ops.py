@@ -427,12 +427,12 @@ def _shifted_better(C_in, KH, KW, dtype):
     return dtype == np.float32 and KH * KW <= 9 and C_in <= _shift_ib(KH, KW, dtype)
 
 
-def _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype):
-    """True when the unpadded forward should take the older row-tiled kernel (tiles of JB channels x 2 vectors
-    of one output row, overlapping at row and channel ends, stored straight into y) instead of the wide-row one:
-    when its tiles compute fewer outputs (rows a whole number of its tiles wide), or as many and the reduction
-    C_in*KH*KW is short, so the wide kernel's per-tile costs (store to and copy from the wide buffer) show.
-    Rows under 2 vectors and C_out > 32 lose (see _wide_method)."""
+def _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype, padded=False):
+    """True when the unpadded forward (padded: one input channel only) should take the older row-tiled kernel
+    (tiles of JB channels x 2 vectors of one output row, overlapping at row and channel ends, stored straight
+    into y) instead of the wide-row one: when its tiles compute fewer outputs (rows a whole number of its tiles
+    wide), or as many and the reduction C_in*KH*KW is short, so the wide kernel's per-tile costs (store to and
+    copy from the wide buffer) show. Rows under 2 vectors and C_out > 32 lose (see _wide_method)."""
     lanes = _TILES[dtype]["lanes"]
     if not _WIDE_FAST or OW < 2 * lanes:
         return False
@@ -449,7 +449,14 @@ def _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype):
         #   (16, 1, 6, 20, 5)         51.5 / 54.7    23.1 / 23.0    (16, 1, 9, 17, 4)         43.5 / 48.6  29.6 / 31.5
         # (the last two rows: 16 and 14 outputs; float64 (16, 1, 4, 28, 5) with tiles of 3 vectors against 2,
         # row by row: 63.8 -> 55.8 us)
+        # Padded (on a zero-padded copy of each sample, _padded_rows_run): whole tiles, or 3x3 kernels on rows of
+        # >= 20; the shifted copies, which need no padded copy, keep the others. prev (shifted) / rows, us:
+        #   (64, 1, 32, 28, 3) same   1274 / 1133    615 / 594      (16, 1, 8, 32, 3) same    107 / 75.1   61.5 / 51.7
+        #   (16, 1, 4, 24, 5) pad 2   60.3 / 45.1    38.1 / 26.5    (16, 1, 4, 28, 5) same    80.6 / 73.1  49.0 / 50.6
+        #   (8, 1, 16, 40, 7) same    443 / 463      229 / 229      (16, 1, 6, 20, 5) same    69.0 / 68.5  44.1 / 51.6
         QB = (3 if OW >= 3 * lanes else 2) * lanes
+        if padded:
+            return OW % QB == 0 or KH * KW <= 9 and OW >= _ROW_TILES_ONE_CHANNEL_MIN_OW
         return OW % QB == 0 or OW >= _ROW_TILES_ONE_CHANNEL_MIN_OW
     if C_out > _ROW_TILES_MAX_C_OUT:
         return False
@@ -536,6 +543,13 @@ def _band_better(C_in, H, W, KH, dtype):
     nvec = -(-W // lanes)
     ntile = max(-(-nvec // 3), 2 if W % lanes else 1)
     return nvec // ntile >= 2
+
+
+def _padded_rows_run(x, k, b, y, top, left, nt, dtype):
+    """The row-tiled direct forward on a zero-padded copy of each sample (per-thread zeroed slabs)."""
+    Hp, Wp = y.shape[2] + k.shape[2] - 1, y.shape[3] + k.shape[3] - 1
+    xpad = np.zeros((nt, x.shape[1] * Hp * Wp), dtype=dtype)
+    _conv.conv2d_forward_rows_padded(x, k, b, y, xpad, top, left, nt)
 
 
 def _band_run(x, k, b, y, top, left, nt, dtype):
@@ -655,7 +669,9 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto", out=
     # and the row tiles' shapes run in conv2d_forward; the others in the wide / shifted / channel kernels
     tiny = _tiny(OH, OW, C_in, C_out)
     if not use_gemm and not (unpadded and (tiny or _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype))):
-        if _channels_better(False, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
+        if C_in == 1 and _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype, padded=True):
+            run = _padded_rows_run
+        elif _channels_better(False, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
             run = _channel_vector_run
         else:
             run = _shifted_run if _shifted_better(C_in, KH, KW, dtype) else _wide_run

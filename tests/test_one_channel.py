@@ -35,6 +35,7 @@ CASES = [
     (2, 3, 5, 8, 1, 1, "valid"),  # 1x1 kernel on rows of 8: whole vectors in both dtypes
     (3, 2, 14, 16, 3, 3, "same"),  # padded rows of 16
     (37, 2, 10, 8, 3, 1, ((1, 1), (0, 0))),  # N = 37: uneven reduction chunks
+    (3, 4, 22, 22, 3, 3, ((2, 0), (1, 1))),  # padded row tiles with a row tail, padding on top only
 ]
 
 
@@ -121,7 +122,7 @@ def test_results_do_not_depend_on_thread_count(case, dtype, restore_threads):
             assert_array_equal(a, c)  # bitwise
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[5], CASES[6], CASES[9]])
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[5], CASES[6], CASES[9], CASES[-1]])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_nonfinite_values_propagate(case, dtype):
     """inf / NaN reach exactly the outputs whose sums contain them (patterns as in the float64 oracle)."""
