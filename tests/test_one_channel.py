@@ -3,6 +3,8 @@ kernels and routing (cnn_ext.ops) against an einsum oracle, both dtypes, any pad
 non-finite values."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.testing import assert_allclose, assert_array_equal
 
@@ -177,3 +179,22 @@ def test_band_kernel_every_tile_split(monkeypatch, restore_threads, dtype, H, W,
             results.append(conv2d_input_gradient(dy, k, padding=padding, input_size=(H, W)))
         assert_allclose(results[0], ref, **TOL[dtype])
         assert_array_equal(results[0], results[1])
+
+
+@st.composite
+def one_channel_cases(draw):
+    """Random one-input-channel layers: sizes around the tiles' widths, any padding up to K - 1 per side."""
+    KH, KW = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    H, W = draw(st.integers(KH, 34)), draw(st.integers(KW, 34))
+    pad = tuple(draw(st.integers(0, K - 1)) for K in (KH, KH, KW, KW))
+    return (draw(st.integers(1, 5)), draw(st.integers(1, 9)), H, W, KH, KW, ((pad[0], pad[1]), (pad[2], pad[3])))
+
+
+@settings(max_examples=60, deadline=None)
+@given(one_channel_cases(), st.sampled_from([np.float64, np.float32]))
+def test_random_one_channel_layers(case, dtype):
+    x, k, b, dy, pad = make(case, dtype, seed=5)
+    y, dk, _, dx = run_all(x, k, b, dy, case[-1], "auto")
+    assert_allclose(y, ref_forward(x, k, b, pad), **TOL[dtype])
+    assert_allclose(dk, ref_kernel_gradient(dy, x, *k.shape[2:], pad), **TOL[dtype])
+    assert_allclose(dx, ref_input_gradient(dy, k, *x.shape[2:], pad), **TOL[dtype])
