@@ -1272,9 +1272,15 @@ def conv2d_forward_shifted(const floating[:, :, :, ::1] x,      # IN  (N, C_in, 
 cdef extern from *:
     """
     #define CNN_EXT_BR 4   /* output rows per band tile (the cases below are written for 4) */
+    #if defined(__GNUC__) && !defined(__clang__)
+    #define CNN_EXT_UNROLL _Pragma("GCC unroll 8")
+    #else
+    #define CNN_EXT_UNROLL
+    #endif
     #define CNN_EXT_BNV 3  /* vectors of columns per band tile, at most */
     /* Rows LO..HI of the band (literals) take input row r: acc[rr] += k[r - rr, kw] * x[r, kw + ...]. */
     #define CNN_EXT_BAND_ROWS(T, V, LO, HI)                                                                \\
+        CNN_EXT_UNROLL                                                                                   \\
         for (kw = 0; kw < KW; kw++) {                                                                    \\
             for (v = 0; v < NV; v++) {                                                                   \\
                 xv[v] = *(const V*)(xr + kw + v * L);                                                    \\
