@@ -418,7 +418,7 @@ def _shifted_better(C_in, KH, KW, dtype):
     (16, 8, 16, 64, 7) 6.58: the layout's ideal; software prefetch, huge pages, column-strip tile order, 6 x 2
     and 8 x 1 / 12 x 1 tiles did not get nearer, nor did ceil(KW / M) copies of pitch OW + M - 1 (fewer streams,
     some waste; (16, 8, 16, 64, 7) M = 3: 7.30 ms, M = 4: 7.37, wide 7.20).
-    Unpadded (32, 3, 8, 32, 3) and float64 (16, 1, 4, 28, 5) take the row tiles (_row_tiles_better) first;
+    Unpadded (32, 3, 8, 32, 3) and (16, 1, 4, 28, 5) take the row tiles (_row_tiles_better) first;
     float64 (64, 64, 64, 28, 3) stays on BLAS (_wide_method)."""
     if not _WIDE_FAST:
         return False
