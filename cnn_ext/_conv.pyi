@@ -153,6 +153,20 @@ def conv2d_forward_cv(
     """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left;
     kp[jb, i, kh, kw, l] = k[jb*JW + l, i, kh, kw] with JW = channel_tile(); C_out a multiple of JW."""
 
+def conv2d_forward_rows_padded(
+    x: NDArray[_F],  # IN  (N, C_in, H, W)
+    k: NDArray[_F],  # IN  (C_out, C_in, KH, KW)
+    b: NDArray[_F],  # IN  (C_out,)
+    y: NDArray[_F],  # OUT (N, C_out, OH, OW)
+    xpad: NDArray[_F],  # TMP (threads, C_in*Hp*Wp), zeroed
+    PT: int,
+    PL: int,
+    num_threads: int,
+) -> None:
+    """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left
+    (bottom and right follow from y's shape: Hp = OH + KH - 1, Wp = OW + KW - 1): the row tiles of the
+    unpadded forward on a zero-padded copy of each sample (a slab per thread)."""
+
 def conv2d_forward_band(
     x: NDArray[_F],  # IN  (N, C_in, H, W)
     k: NDArray[_F],  # IN  (1, C_in, KH, KW)

@@ -7,6 +7,7 @@ from ._conv import (
     conv2d_forward as conv2d_forward,
     conv2d_forward_band as conv2d_forward_band,
     conv2d_forward_cv as conv2d_forward_cv,
+    conv2d_forward_rows_padded as conv2d_forward_rows_padded,
     conv2d_forward_shifted as conv2d_forward_shifted,
     conv2d_forward_wide as conv2d_forward_wide,
     conv2d_input_gradient as conv2d_input_gradient,

@@ -74,6 +74,7 @@ _TILES = {np.dtype(dt): dict(lanes=_conv.direct_tile_lanes(dt is np.float32), wi
                              channels=_conv.channel_tile(dt is np.float32), band=_conv.band_tile(dt is np.float32))
           for dt in (np.float32, np.float64)}
 _ROW_TILES_MAX_C_OUT = 32  # output channels up to which the older row-tiled forward can beat BLAS
+_ROW_TILES_ONE_CHANNEL_MIN_OW = 20  # one input channel: row widths from which the row tiles win with any tail
 _ROW_TILES_SHORT = 128  # C_in*KH*KW up to which it wins ties in computed outputs with the wide kernel
 _WIDE_F64_MAX_CHANNELS = 2048  # float64 forward on maps > 400 pixels: C_in * C_out from which BLAS is kept
 _WIDE_DX_SMALL_F32 = 1024  # C_in * C_out up to which the float32 dX takes the wide kernel on any map
@@ -417,7 +418,7 @@ def _shifted_better(C_in, KH, KW, dtype):
     (16, 8, 16, 64, 7) 6.58: the layout's ideal; software prefetch, huge pages, column-strip tile order, 6 x 2
     and 8 x 1 / 12 x 1 tiles did not get nearer, nor did ceil(KW / M) copies of pitch OW + M - 1 (fewer streams,
     some waste; (16, 8, 16, 64, 7) M = 3: 7.30 ms, M = 4: 7.37, wide 7.20).
-    Unpadded (32, 3, 8, 32, 3) and float64 (16, 1, 4, 28, 5) take the row tiles (_row_tiles_better) first;
+    Unpadded (32, 3, 8, 32, 3) and (16, 1, 4, 28, 5) take the row tiles (_row_tiles_better) first;
     float64 (64, 64, 64, 28, 3) stays on BLAS (_wide_method)."""
     if not _WIDE_FAST:
         return False
@@ -426,29 +427,37 @@ def _shifted_better(C_in, KH, KW, dtype):
     return dtype == np.float32 and KH * KW <= 9 and C_in <= _shift_ib(KH, KW, dtype)
 
 
-def _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype):
-    """True when the unpadded forward should take the older row-tiled kernel (tiles of JB channels x 2 vectors
-    of one output row, overlapping at row and channel ends, stored straight into y) instead of the wide-row one:
-    when its tiles compute fewer outputs (rows a whole number of its tiles wide), or as many and the reduction
-    C_in*KH*KW is short, so the wide kernel's per-tile costs (store to and copy from the wide buffer) show.
-    Rows under 2 vectors and C_out > 32 lose (see _wide_method)."""
+def _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype, padded=False):
+    """True when the unpadded forward (padded: one input channel only) should take the older row-tiled kernel
+    (tiles of JB channels x 2 vectors of one output row, overlapping at row and channel ends, stored straight
+    into y) instead of the wide-row one: when its tiles compute fewer outputs (rows a whole number of its tiles
+    wide), or as many and the reduction C_in*KH*KW is short, so the wide kernel's per-tile costs (store to and
+    copy from the wide buffer) show. Rows under 2 vectors and C_out > 32 lose (see _wide_method)."""
     lanes = _TILES[dtype]["lanes"]
     if not _WIDE_FAST or OW < 2 * lanes:
         return False
     if C_in == 1:
         # One input channel: tiles of 3 vectors (12 accumulators: a reduction of only KH*KW steps needs them) from
-        # rows of 3 vectors on, read straight from x. They win when whole tiles fit the row (overlapping tails
-        # recompute up to a tile), whatever C_out. 1-thread CPU-time medians, us, current auto / rows:
-        #   (N, C_in, C_out, H=W, K)  float64        float32        (N, C_in, C_out, H=W, K)  float64        float32
-        #   (16, 1, 4, 28, 5)         53.1 / 52.5    39.4 / 31.8    (16, 1, 16, 28, 5)        287 / 286      168 / 148
-        #   (16, 1, 6, 20, 5)         59.9 / 67.4    36.9 / 31.5    (8, 1, 64, 28, 5)         585 / 550      299 / 284
-        #   (32, 1, 2, 28, 5)         122 / 119      85.8 / 67.3    (16, 1, 8, 32, 3)         108 / 106      76.4 / 79.4
-        #   (16, 1, 4, 28, 3)         47.5 / 48.3    31.1 / 36.4    (16, 1, 9, 17, 4)         67.0 / 95.4    45.5 / 66.1
-        #   (64, 1, 32, 28, 3)        1279 / 1490    881 / 1310     (16, 1, 4, 40, 7)         190 / 191      172 / 168
-        # Rows of 24 fit whole tiles in both dtypes, rows of 16 in float32 (2 vectors); rows of 26, 30, 14 and 34
-        # do not. (float64 (16, 1, 4, 28, 5): its tiles of 3 vectors against 2, 63.8 -> 55.8 us.)
+        # rows of 3 vectors on, read straight from x, strip by strip. They win on rows of whole tiles and on any row
+        # of 20 outputs or more (the overlapping last tile recomputes up to a tile), whatever C_out; narrower rows
+        # with a tail keep the shifted / wide kernels. 1-thread CPU-time medians, us, shifted or wide / rows:
+        #   (N, C_in, C_out, H=W, K)  float64        float32        (N, C_in, C_out, H=W, K)  float64      float32
+        #   (16, 1, 4, 28, 5)         42.5 / 42.1    24.7 / 24.6    (16, 1, 8, 32, 3)         102 / 67.7   60.9 / 47.9
+        #   (16, 1, 4, 28, 3)         46.6 / 30.9    29.2 / 22.8    (16, 1, 4, 40, 7)         195 / 150    106 / 99.9
+        #   (64, 1, 32, 28, 3)        1133 / 902     545 / 539      (16, 1, 8, 22, 3)         61.7 / 31.1  30.5 / 25.4
+        #   (16, 1, 4, 24, 5)         78.8 / 53.9    32.4 / 28.3    (8, 1, 64, 28, 5)         294 / 294    152 / 151
+        #   (16, 1, 6, 20, 5)         51.5 / 54.7    23.1 / 23.0    (16, 1, 9, 17, 4)         43.5 / 48.6  29.6 / 31.5
+        # (the last two rows: 16 and 14 outputs; float64 (16, 1, 4, 28, 5) with tiles of 3 vectors against 2,
+        # row by row: 63.8 -> 55.8 us)
+        # Padded (on a zero-padded copy of each sample, _padded_rows_run): whole tiles, or 3x3 kernels on rows of
+        # >= 20; the shifted copies, which need no padded copy, keep the others. prev (shifted) / rows, us:
+        #   (64, 1, 32, 28, 3) same   1274 / 1133    615 / 594      (16, 1, 8, 32, 3) same    107 / 75.1   61.5 / 51.7
+        #   (16, 1, 4, 24, 5) pad 2   60.3 / 45.1    38.1 / 26.5    (16, 1, 4, 28, 5) same    80.6 / 73.1  49.0 / 50.6
+        #   (8, 1, 16, 40, 7) same    443 / 463      229 / 229      (16, 1, 6, 20, 5) same    69.0 / 68.5  44.1 / 51.6
         QB = (3 if OW >= 3 * lanes else 2) * lanes
-        return OW % QB == 0
+        if padded:
+            return OW % QB == 0 or KH * KW <= 9 and OW >= _ROW_TILES_ONE_CHANNEL_MIN_OW
+        return OW % QB == 0 or OW >= _ROW_TILES_ONE_CHANNEL_MIN_OW
     if C_out > _ROW_TILES_MAX_C_OUT:
         return False
     JB, TB = _TILES[dtype]["wide"]
@@ -534,6 +543,13 @@ def _band_better(C_in, H, W, KH, dtype):
     nvec = -(-W // lanes)
     ntile = max(-(-nvec // 3), 2 if W % lanes else 1)
     return nvec // ntile >= 2
+
+
+def _padded_rows_run(x, k, b, y, top, left, nt, dtype):
+    """The row-tiled direct forward on a zero-padded copy of each sample (per-thread zeroed slabs)."""
+    Hp, Wp = y.shape[2] + k.shape[2] - 1, y.shape[3] + k.shape[3] - 1
+    xpad = np.zeros((nt, x.shape[1] * Hp * Wp), dtype=dtype)
+    _conv.conv2d_forward_rows_padded(x, k, b, y, xpad, top, left, nt)
 
 
 def _band_run(x, k, b, y, top, left, nt, dtype):
@@ -698,7 +714,9 @@ def _forward_plan(xshape, kshape, bshape, dtype, stride, padding, method):
     # and the row tiles' shapes run in conv2d_forward; the others in the wide / shifted / channel kernels
     tiny = _tiny(OH, OW, C_in, C_out)
     if not use_gemm and not (unpadded and (tiny or _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype))):
-        if _channels_better(False, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
+        if C_in == 1 and _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype, padded=True):
+            kernel = _padded_rows_run
+        elif _channels_better(False, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
             kernel = _channel_vector_run
         else:
             kernel = _shifted_run if _shifted_better(C_in, KH, KW, dtype) else _wide_run

@@ -3,6 +3,8 @@ kernels and routing (cnn_ext.ops) against an einsum oracle, both dtypes, any pad
 non-finite values."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.testing import assert_allclose, assert_array_equal
 
@@ -35,6 +37,7 @@ CASES = [
     (2, 3, 5, 8, 1, 1, "valid"),  # 1x1 kernel on rows of 8: whole vectors in both dtypes
     (3, 2, 14, 16, 3, 3, "same"),  # padded rows of 16
     (37, 2, 10, 8, 3, 1, ((1, 1), (0, 0))),  # N = 37: uneven reduction chunks
+    (3, 4, 22, 22, 3, 3, ((2, 0), (1, 1))),  # padded row tiles with a row tail, padding on top only
 ]
 
 
@@ -121,7 +124,7 @@ def test_results_do_not_depend_on_thread_count(case, dtype, restore_threads):
             assert_array_equal(a, c)  # bitwise
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[5], CASES[6], CASES[9]])
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[5], CASES[6], CASES[9], CASES[-1]])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_nonfinite_values_propagate(case, dtype):
     """inf / NaN reach exactly the outputs whose sums contain them (patterns as in the float64 oracle)."""
@@ -176,3 +179,22 @@ def test_band_kernel_every_tile_split(monkeypatch, restore_threads, dtype, H, W,
             results.append(conv2d_input_gradient(dy, k, padding=padding, input_size=(H, W)))
         assert_allclose(results[0], ref, **TOL[dtype])
         assert_array_equal(results[0], results[1])
+
+
+@st.composite
+def one_channel_cases(draw):
+    """Random one-input-channel layers: sizes around the tiles' widths, any padding up to K - 1 per side."""
+    KH, KW = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    H, W = draw(st.integers(KH, 34)), draw(st.integers(KW, 34))
+    pad = tuple(draw(st.integers(0, K - 1)) for K in (KH, KH, KW, KW))
+    return (draw(st.integers(1, 5)), draw(st.integers(1, 9)), H, W, KH, KW, ((pad[0], pad[1]), (pad[2], pad[3])))
+
+
+@settings(max_examples=60, deadline=None)
+@given(one_channel_cases(), st.sampled_from([np.float64, np.float32]))
+def test_random_one_channel_layers(case, dtype):
+    x, k, b, dy, pad = make(case, dtype, seed=5)
+    y, dk, _, dx = run_all(x, k, b, dy, case[-1], "auto")
+    assert_allclose(y, ref_forward(x, k, b, pad), **TOL[dtype])
+    assert_allclose(dk, ref_kernel_gradient(dy, x, *k.shape[2:], pad), **TOL[dtype])
+    assert_allclose(dx, ref_input_gradient(dy, k, *x.shape[2:], pad), **TOL[dtype])
