@@ -99,7 +99,8 @@ def test_errors_for_shapes_are_raised_every_time():
 
 
 def test_plans_follow_the_thread_count():
-    """The thread count is part of a plan: after set_num_threads a new plan is made (and results agree)."""
+    """The thread count is part of a plan: after set_num_threads a new plan is made (and results agree). A build
+    without OpenMP keeps one thread whatever is asked, and so one plan."""
     x, k, b = _data(N=16, C_in=8, C_out=16, H=20)
     prev = cnn_ext.get_num_threads()
     try:
@@ -107,10 +108,10 @@ def test_plans_follow_the_thread_count():
         y1 = conv2d_forward(x, k, b)
         cnn_ext.set_num_threads(2)
         y2 = conv2d_forward(x, k, b)
+        used = {1, cnn_ext.get_num_threads()}
     finally:
         cnn_ext.set_num_threads(prev)
-    threads = sorted(key[1] for key in ops._PLANS)
-    assert threads == [1, 2]
+    assert sorted(key[1] for key in ops._PLANS) == sorted(used)
     assert_array_equal(y1, y2)
 
 
