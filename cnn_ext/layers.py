@@ -164,6 +164,12 @@ def _fused(kernel, arrays, *args, layer=None, key=None):
     return out
 
 
+def _spare_like(layer, x, key):
+    """The layer's spare array ``key`` for a large result shaped like x (see cnn_ext._reuse), else None (the
+    ufunc then allocates): without it every call page-faults a fresh multi-megabyte result."""
+    return None if _reuse.taking_part(x.shape, x.dtype) is None else spare(layer, key, x.shape, x.dtype)
+
+
 def _json_value(value):
     """Tuples as lists and NumPy scalars as Python numbers, for JSON."""
     if isinstance(value, tuple):
@@ -580,7 +586,7 @@ class Sigmoid(_Activation):
     """``y = 1 / (1 + exp(-x))`` (overflow-free); ``dX = dE_dY · y · (1 - y)``."""
 
     def _f(self, x):
-        return expit(x)
+        return expit(x, out=_spare_like(self, x, "y"))
 
     def _df(self, x, y, dy):
         dx = _fused(_elementwise.sigmoid_backward, (y, dy), layer=self, key="dX")
@@ -596,7 +602,7 @@ class Tanh(_Activation):
     """``y = tanh(x)``; ``dX = dE_dY · (1 - y²)``."""
 
     def _f(self, x):
-        return np.tanh(x)
+        return np.tanh(x, out=_spare_like(self, x, "y"))
 
     def _df(self, x, y, dy):
         dx = _fused(_elementwise.tanh_backward, (y, dy), layer=self, key="dX")

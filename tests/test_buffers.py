@@ -13,6 +13,7 @@ from cnn_ext import (
     Network,
     ReLU,
     Sigmoid,
+    Tanh,
     conv2d_forward,
     conv2d_input_gradient,
     softmax_cross_entropy,
@@ -32,12 +33,13 @@ def _layers_and_inputs(rng):
     return [
         (ReLU(), x),
         (Sigmoid(), x),
+        (Tanh(), x),
         (MaxPool2D(2), rng.standard_normal((8, 16, 96, 96)).astype(np.float32)),
         (Conv2D(16, 16, 3, padding="same", dtype=np.float32, seed=0), x),
     ]
 
 
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(5))
 def test_outputs_the_caller_keeps_are_never_reused(case):
     rng = np.random.default_rng(case)
     layer, x = _layers_and_inputs(rng)[case]
@@ -59,7 +61,7 @@ def test_outputs_the_caller_keeps_are_never_reused(case):
         assert_array_equal(dx, dx_ref)
 
 
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(5))
 def test_outputs_dropped_by_the_caller_are_reused(case):
     rng = np.random.default_rng(10 + case)
     layer, x = _layers_and_inputs(rng)[case]
