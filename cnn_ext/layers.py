@@ -164,10 +164,10 @@ def _fused(kernel, arrays, *args, layer=None, key=None):
     return out
 
 
-def _spare_like(layer, x, key):
-    """The layer's spare array ``key`` for a large result shaped like x (see cnn_ext._reuse), else None (the
-    ufunc then allocates): without it every call page-faults a fresh multi-megabyte result."""
-    return None if _reuse.taking_part(x.shape, x.dtype) is None else spare(layer, key, x.shape, x.dtype)
+def _spare_or_none(layer, key, shape, dtype):
+    """The layer's spare array ``key`` for a large result (see cnn_ext._reuse), else None: a small result is
+    left to the op or ufunc that makes it (malloc's free lists already hand back mapped memory)."""
+    return None if _reuse.taking_part(shape, dtype) is None else spare(layer, key, shape, dtype)
 
 
 def _json_value(value):
@@ -411,7 +411,7 @@ class Conv2D(_ParamLayer):
             if 4 * x.shape[0] * self.c_out * x.shape[2] * x.shape[3] * self.dtype.itemsize >= _reuse.MIN_BYTES:
                 # a large output (under 4x the input's maps unless heavily padded): the layer's spare array
                 OH, OW = conv2d_output_shape(x.shape[2:], self.kernel_size, self.stride, self.padding)
-                out = self._spare_output("y", (x.shape[0], self.c_out, OH, OW))
+                out = _spare_or_none(self, "y", (x.shape[0], self.c_out, OH, OW), self.dtype)
             y = conv2d_forward(x, self.k, self.b, stride=self.stride, padding=self.padding, out=out)
         except ValueError as exc:  # e.g. the kernel is larger than the (padded) input
             raise ValueError(f"{self!r}: input of shape {x.shape}: {exc}") from None
@@ -429,13 +429,10 @@ class Conv2D(_ParamLayer):
         }
         if need_dX:
             grads["dX"] = conv2d_input_gradient(dy, self.k, stride=self.stride, padding=self.padding,
-                                                input_size=x.shape[2:], out=self._spare_output("dX", x.shape))
+                                                input_size=x.shape[2:],
+                                                out=_spare_or_none(self, "dX", x.shape, self.dtype))
         return grads
 
-    def _spare_output(self, key, shape):
-        """The layer's spare array for a large output (see cnn_ext._reuse); None (the op allocates) for small
-        ones."""
-        return None if _reuse.taking_part(shape, self.dtype) is None else spare(self, key, shape, self.dtype)
 
     def extra_repr(self):
         s = f"{self.c_in}, {self.c_out}, kernel_size={self.kernel_size}, stride={self.stride}"
@@ -586,7 +583,7 @@ class Sigmoid(_Activation):
     """``y = 1 / (1 + exp(-x))`` (overflow-free); ``dX = dE_dY · y · (1 - y)``."""
 
     def _f(self, x):
-        return expit(x, out=_spare_like(self, x, "y"))
+        return expit(x, out=_spare_or_none(self, "y", x.shape, x.dtype))
 
     def _df(self, x, y, dy):
         dx = _fused(_elementwise.sigmoid_backward, (y, dy), layer=self, key="dX")
@@ -602,7 +599,7 @@ class Tanh(_Activation):
     """``y = tanh(x)``; ``dX = dE_dY · (1 - y²)``."""
 
     def _f(self, x):
-        return np.tanh(x, out=_spare_like(self, x, "y"))
+        return np.tanh(x, out=_spare_or_none(self, "y", x.shape, x.dtype))
 
     def _df(self, x, y, dy):
         dx = _fused(_elementwise.tanh_backward, (y, dy), layer=self, key="dX")

@@ -295,7 +295,8 @@ def _kgrad_method(method, stride1, unpadded, N, OH, OW, C_in, C_out, KH, KW, dty
     limit = _KGRAD_SHIFTED_MIN_F32 if single else _KGRAD_SHIFTED_MIN_F64
     shifted = C_out * KH >= limit
     # vectors a tile runs over between two visits of the partials: a plane per sample of the pass
-    vectors = -(-OH * OW // lanes) * _kgrad_samples(C_in, C_out, OH, OW, KH, KW, single, shifted,
+    layout = _KGRAD_LAYOUTS["shifted" if shifted else "wide"]
+    vectors = -(-OH * OW // lanes) * _kgrad_samples(C_in, C_out, OH, OW, KH, KW, single, layout,
                                                       N // max(1, min(N, _NCHUNK)))
     partial_bytes = C_out * C_in * KH * KW * lanes * np.dtype(dtype).itemsize
     if method == "auto" and (vectors < _KGRAD_MIN_VECTORS and partial_bytes > _KGRAD_MAX_PARTIAL_BYTES
@@ -545,32 +546,31 @@ def _band_better(C_in, H, W, KH, dtype):
     return nvec // ntile >= 2
 
 
-def _padded_rows_run(x, k, b, y, top, left, nt, dtype):
-    """The row-tiled direct forward on a zero-padded copy of each sample (per-thread zeroed slabs)."""
+def _padded_slabs(x, k, y, nt, dtype):
+    """Per-thread zeroed slabs for one zero-padded sample (C_in x Hp x Wp, Hp = OH + KH - 1, Wp = OW + KW - 1):
+    the kernels write only the interior."""
     Hp, Wp = y.shape[2] + k.shape[2] - 1, y.shape[3] + k.shape[3] - 1
-    xpad = np.zeros((nt, x.shape[1] * Hp * Wp), dtype=dtype)
-    _conv.conv2d_forward_rows_padded(x, k, b, y, xpad, top, left, nt)
+    return np.zeros((nt, x.shape[1] * Hp * Wp), dtype=dtype)
+
+
+def _padded_rows_run(x, k, b, y, top, left, nt, dtype):
+    """The row-tiled direct forward on a zero-padded copy of each sample."""
+    _conv.conv2d_forward_rows_padded(x, k, b, y, _padded_slabs(x, k, y, nt, dtype), top, left, nt)
 
 
 def _band_run(x, k, b, y, top, left, nt, dtype):
-    """The row-band direct kernel (stride 1, one output channel): per-thread zeroed padded slabs."""
-    C_in = x.shape[1]
-    Hp, Wp = y.shape[2] + k.shape[2] - 1, y.shape[3] + k.shape[3] - 1
-    xpad = np.zeros((nt, C_in * Hp * Wp), dtype=dtype)
-    _conv.conv2d_forward_band(x, k, b, y, xpad, top, left, nt)
+    """The row-band direct kernel (stride 1, one output channel)."""
+    _conv.conv2d_forward_band(x, k, b, y, _padded_slabs(x, k, y, nt, dtype), top, left, nt)
 
 
 def _channel_vector_run(x, k, b, y, top, left, nt, dtype):
     """The channel-vector direct kernel (stride 1, C_out a multiple of _conv.channel_tile): packed kernels and
     per-thread zeroed padded slabs."""
-    N, C_in, H, W = x.shape
-    C_out, _, KH, KW = k.shape
+    C_out, C_in, KH, KW = k.shape
     JW = _TILES[dtype]["channels"]
     kp = np.ascontiguousarray(k.reshape(C_out // JW, JW, C_in, KH, KW).transpose(0, 2, 3, 4, 1))
-    Hp, Wp = y.shape[2] + KH - 1, y.shape[3] + KW - 1
-    xpad = np.zeros((nt, C_in * Hp * Wp), dtype=dtype)
     stage = np.empty((nt, JW * y.shape[3]), dtype=dtype)
-    _conv.conv2d_forward_cv(x, kp, b, y, xpad, stage, top, left, nt)
+    _conv.conv2d_forward_cv(x, kp, b, y, _padded_slabs(x, k, y, nt, dtype), stage, top, left, nt)
 
 
 def _threads(parts, work=None):

@@ -999,7 +999,7 @@ cdef void _forward_wide_one(const floating* x, const floating* k, const floating
     """
     cdef Py_ssize_t lanes = CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D
     cdef Py_ssize_t TB = CNN_EXT_WNV * lanes
-    cdef Py_ssize_t C_in = g.C_in, C_out = g.C_out, H = g.H, W = g.W, OH = g.OH, OW = g.OW
+    cdef Py_ssize_t C_in = g.C_in, C_out = g.C_out, H = g.H, OH = g.OH, OW = g.OW
     cdef Py_ssize_t plane = Hp * Wp, F = g.OH * Wp, Fr, i0, i1, j0, f0, kh0, kh1, pdone, pend, plo, phi
     cdef Py_ssize_t step
     cdef bint one
@@ -1391,7 +1391,7 @@ cdef void _forward_band_one(const floating* x, const floating* k, const floating
     tile ending at column OW."""
     cdef Py_ssize_t L = CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D
     cdef Py_ssize_t NR = CNN_EXT_BR
-    cdef Py_ssize_t C_in = g.C_in, H = g.H, W = g.W, OH = g.OH, OW = g.OW, KH = g.KH
+    cdef Py_ssize_t C_in = g.C_in, H = g.H, OH = g.OH, OW = g.OW, KH = g.KH
     cdef Py_ssize_t plane = Hp * Wp, p0, c0, r0, r1, nvec, ntile, t, nv, done
     _copy_padded(x, xp, g, plane, Wp)
     nvec = (OW + L - 1) // L
@@ -1538,7 +1538,7 @@ cdef void _forward_cv_one(const floating* x, const floating* kp, const floating*
     the lanes straight into y hits JW addresses OH*OW apart, the same L1 set when that is 4 KiB (float32
     32x32 maps ran 2x slower)."""
     cdef Py_ssize_t JW = CNN_EXT_CJV * (CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D)
-    cdef Py_ssize_t C_in = g.C_in, C_out = g.C_out, H = g.H, W = g.W, OH = g.OH, OW = g.OW
+    cdef Py_ssize_t C_in = g.C_in, C_out = g.C_out, H = g.H, OH = g.OH, OW = g.OW
     cdef Py_ssize_t plane = Hp * Wp, c, j0, p, q0, nq, kh0, kh1, nchunk, chunk, l
     cdef floating* dst
     cdef const floating* src
