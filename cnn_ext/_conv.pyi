@@ -92,11 +92,11 @@ def conv2d_kernel_gradient_wide(
     nt: int,
     ns: int,
     num_threads: int,
-) -> None:
+) -> bool:
     """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]), stride 1, zero padding (PH top, PW left; the bottom /
     right padding follows from the shapes), by register tiles over ns samples at a time (the slab holds ns
     samples, kgrad_wide_scratch_size(..., ns)), summed in fixed chunks. layout: 0 wide rows, 1 shifted copies,
-    2 output rows (OW a whole number of SIMD vectors)."""
+    2 output rows (OW a whole number of SIMD vectors). Returns whether every value of dk is finite."""
 
 def wide_pitch(W: int, OW: int, KW: int, PL: int) -> int:
     """Row pitch of the wide kernel's slab: the padded width less the slots a row's right and the next row's
@@ -166,6 +166,12 @@ def conv2d_forward_rows_padded(
     """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left
     (bottom and right follow from y's shape: Hp = OH + KH - 1, Wp = OW + KW - 1): the row tiles of the
     unpadded forward on a zero-padded copy of each sample (a slab per thread)."""
+
+def rotate_kernels(
+    k: NDArray[_F],  # IN  (C_out, C_in, KH, KW)
+    k_rot: NDArray[_F],  # OUT (C_in, C_out, KH, KW)
+) -> bool:
+    """k_rot[i, j] = k[j, i] rotated by 180° (the input gradient's kernels); whether every value is finite."""
 
 def conv2d_forward_band(
     x: NDArray[_F],  # IN  (N, C_in, H, W)

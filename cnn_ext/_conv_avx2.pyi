@@ -18,6 +18,7 @@ from ._conv import (
     matmul as matmul,
     openmp_enabled as openmp_enabled,
     openmp_max_threads as openmp_max_threads,
+    rotate_kernels as rotate_kernels,
     shifted_slab_size as shifted_slab_size,
     shifted_tile as shifted_tile,
     wide_tile as wide_tile,

@@ -534,7 +534,8 @@ def _band_better(C_in, H, W, KH, dtype):
       (4, 1, 6, 20, 5)          26.6 / 22.5     19.5 / 20.0*     (* a 1-vector tile in the row: wide kept)
     2 threads (wall) the same ties or wins ((16, 1, 4, 28, 5) 74.9 / 73.5 and 51.4 / 47.4). 3x3 kernels win on one
     thread ((16, 1, 8, 32, 3) 129 / 115, (64, 1, 32, 28, 3) same 2025 / 1890) but lose on two, float64 most
-    ((64, 1, 32, 28, 3) same 1079 / 1408, (16, 1, 32, 28, 3) 256 / 339): they keep the wide rows."""
+    ((64, 1, 32, 28, 3) same 1079 / 1408, (16, 1, 32, 28, 3) 256 / 339): they keep the wide rows. (Timed before
+    the band's own copies for 4- and 5-row kernels, which made those bands 5-20 % faster still.)"""
     if not _WIDE_FAST or C_in != 1:
         return False
     rows, lanes = _TILES[dtype]["band"]
@@ -813,9 +814,8 @@ def _kgrad_plan(dyshape, xshape, dtype, stride, padding, kernel_size, method):
         # per-thread slabs: padded (or shifted) x, widened dE_dY, vector partials; zeros where nothing is copied
         partial = np.empty((nchunk, size), dtype=dtype)
         scratch = np.zeros((nt, slab), dtype=dtype)
-        _conv.conv2d_kernel_gradient_wide(dy, x, dk, partial, scratch, top, left, layout, _KGRAD_TILE_CHANNELS,
-                                          _KGRAD_TILE_TAPS, ns, nt)
-        if not np.isfinite(dk).all():
+        if not _conv.conv2d_kernel_gradient_wide(dy, x, dk, partial, scratch, top, left, layout,
+                                                 _KGRAD_TILE_CHANNELS, _KGRAD_TILE_TAPS, ns, nt):
             # The tiled layouts also multiply zeros (the widened dE_dY's extra columns) by x values a tap does
             # not reach: 0 * x is 0, except for an inf or NaN in x, which would turn such a tap into NaN. Only
             # then is dK non-finite; im2col reaches exactly the right values, so recompute that way.
@@ -929,14 +929,17 @@ def _igrad_plan(dyshape, kshape, dtype, stride, padding, input_size, method):
     else:
         kernel = _wide_run
 
+    no_bias = np.zeros(C_in, dtype=dtype)
+    no_bias.flags.writeable = False
+
     def run_direct(dy, k, dx):
         # These kernels run on dE_dY zero-padded by K-1: an inf or NaN in the kernels would meet those zeros
         # (inf * 0 = NaN) where the full convolution has no product at all; BLAS + col2im (and the scatter
         # loops) form only the real products.
-        if not np.isfinite(k).all():
+        k_rot = np.empty((C_in, C_out, KH, KW), dtype=dtype)
+        if not _conv.rotate_kernels(k, k_rot):
             run_loops(dy, k, dx, True)
             return
-        k_rot = np.ascontiguousarray(k[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        kernel(dy, k_rot, np.zeros(C_in, dtype=dtype), dx, pads[0], pads[2], nt, dtype)
+        kernel(dy, k_rot, no_bias, dx, pads[0], pads[2], nt, dtype)
 
     return (N, C_in, H, W), run_direct

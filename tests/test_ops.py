@@ -301,6 +301,21 @@ def test_tiled_kernel_gradient_refuses_a_short_slab():
                                           np.zeros((1, size - 1), np.float32), 0, 0, False, 4, 3, 2, 1)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rotate_kernels_transposes_rotates_and_reports_nonfinite(dtype):
+    from cnn_ext.ops import _conv
+
+    k = np.arange(3 * 2 * 4 * 5, dtype=dtype).reshape(3, 2, 4, 5)
+    rot = np.empty((2, 3, 4, 5), dtype)
+    assert _conv.rotate_kernels(k, rot) is True
+    assert_array_equal(rot, k[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    for bad in (np.inf, -np.inf, np.nan):
+        kb = k.copy()
+        kb[2, 1, 3, 4] = bad  # the last element: every one is checked
+        assert _conv.rotate_kernels(kb, rot) is False
+        assert_array_equal(rot, kb[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+
+
 def test_tiled_kernel_gradient_reads_strided_and_readonly_inputs():
     rng = np.random.default_rng(22)
     x, _, _, dy = data(rng, 5, 3, 6, 10, 9, 3, 3, dtype=np.float32)
