@@ -84,6 +84,21 @@ def _blas_libraries():
     return _blas_libs
 
 
+def _set_blas_threads(lib, n):
+    """``lib.set_num_threads(n)``, then give up the control threadpoolctl (3.8+) takes with it.
+
+    threadpoolctl lets only one Python thread, the first to call ``set_num_threads`` and for as long as it lives,
+    change a process-wide (non-OpenMP) OpenBLAS pool; calls from any other thread silently do nothing. Kept, that
+    control made the main thread's first kernel call its owner: later calls from worker threads then ran their
+    kernels with every BLAS thread spinning, and the restore made by the last of several threads to leave was
+    dropped, leaving NumPy's BLAS on one thread for good. Every change here is made under ``_lock``.
+    """
+    lib.set_num_threads(n)
+    clear = getattr(lib, "clear_controlling_thread", None)  # threadpoolctl >= 3.8, OpenBLAS controllers
+    if clear is not None:
+        clear()  # releases only a control this thread holds
+
+
 class _BlasSingleThread:
     """Hold every BLAS library to one thread while at least one kernel call is inside.
 
@@ -102,7 +117,7 @@ class _BlasSingleThread:
                 self._saved = [(lib, lib.get_num_threads()) for lib in _blas_libraries()]
                 for lib, n in self._saved:
                     if n != 1:
-                        lib.set_num_threads(1)
+                        _set_blas_threads(lib, 1)
             self._depth += 1
         return self
 
@@ -112,7 +127,7 @@ class _BlasSingleThread:
             if self._depth == 0:
                 for lib, n in self._saved:
                     if n != 1:
-                        lib.set_num_threads(n)
+                        _set_blas_threads(lib, n)
                 self._saved = []
         return False
 

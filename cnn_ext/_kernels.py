@@ -5,6 +5,7 @@ NumPy's own CPU-feature detection decides (the same one its SIMD dispatch uses).
 forces the portable build, e.g. to compare the two.
 """
 import os
+import warnings
 
 from . import _conv as baseline
 from . import _pool as baseline_pool
@@ -21,9 +22,18 @@ def _cpu_has_avx2_fma():
     return bool(features.get("AVX2")) and bool(features.get("FMA3"))
 
 
+_CHOICES = ("", "auto", "avx2", "baseline")
+
+
 def _select():
     """(convolution module, pooling module, ISA name)."""
-    if os.environ.get("CNN_EXT_KERNELS", "").lower() != "baseline" and _cpu_has_avx2_fma():
+    choice = os.environ.get("CNN_EXT_KERNELS", "").strip().lower()
+    if choice not in _CHOICES:
+        # a typo (CNN_EXT_KERNELS=basline) used to pick the AVX2 build without a word: a comparison of the two
+        # builds would time the same kernels twice
+        warnings.warn(f"CNN_EXT_KERNELS={os.environ['CNN_EXT_KERNELS']!r} is not one of 'baseline', 'avx2' or "
+                      f"'auto'; ignored (the kernels are chosen by CPU)", RuntimeWarning, stacklevel=2)
+    if choice != "baseline" and _cpu_has_avx2_fma():
         try:
             from . import _conv_avx2, _pool_avx2
 

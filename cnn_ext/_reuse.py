@@ -64,23 +64,32 @@ def _find_free(pool, shape, dtype):
     return None, other
 
 
+_SPARES_LOCK = threading.Lock()
+
+
 def spare(layer, key, shape, dtype):
     """An uninitialised array for the layer's output ``key``: one the layer made earlier if only the layer
     refers to it, else a new one, kept for later steps (up to SPARES_PER_OUTPUT per key; a free one of
-    another shape, after a change of batch size, is replaced)."""
+    another shape, after a change of batch size, is replaced).
+
+    Under a lock, as in :class:`_Pool`: between the reference-count test and the return, another Python thread
+    running the same layer (inference on one shared network) could find the same array free and both would
+    write their outputs into it. The returned reference is taken before the lock is released.
+    """
     if taking_part(shape, dtype) is None:
         return np.empty(shape, dtype=dtype)
     dtype = np.dtype(dtype)
-    pool = layer.__dict__.setdefault("_spares", {}).setdefault(key, [])
-    same, other = _find_free(pool, shape, dtype)
-    if same is not None:
-        return pool[same]
-    out = np.empty(shape, dtype=dtype)
-    if other is not None:
-        pool[other] = out
-    elif len(pool) < SPARES_PER_OUTPUT:
-        pool.append(out)
-    return out
+    with _SPARES_LOCK:
+        pool = layer.__dict__.setdefault("_spares", {}).setdefault(key, [])
+        same, other = _find_free(pool, shape, dtype)
+        if same is not None:
+            return pool[same]
+        out = np.empty(shape, dtype=dtype)
+        if other is not None:
+            pool[other] = out
+        elif len(pool) < SPARES_PER_OUTPUT:
+            pool.append(out)
+        return out
 
 
 class _Pool:

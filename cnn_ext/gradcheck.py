@@ -207,6 +207,8 @@ def gradient_check(model, x, *, loss="sum_squares", eps=1e-6, rtol=1e-5, atol=1e
             raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     if eps == 0:
         raise ValueError("eps must be > 0")
+    if not np.isfinite(eps):  # an infinite step makes every central difference NaN: a report of NaN errors
+        raise ValueError(f"eps must be finite, got {eps!r}")
     if max_entries is not None and (not isinstance(max_entries, (int, np.integer)) or max_entries < 1):
         raise ValueError(f"max_entries must be None or a positive int, got {max_entries!r}")
     is_network = hasattr(model, "layers")
@@ -215,6 +217,8 @@ def gradient_check(model, x, *, loss="sum_squares", eps=1e-6, rtol=1e-5, atol=1e
     x = np.array(x, dtype=np.float64)  # our own copy: perturbed in place below
     if x.ndim == 0:
         raise ValueError("x must be a batch of inputs (at least 1-D), got a scalar")
+    if x.size == 0:  # nothing to perturb; the batch-mean candidate would divide by N = 0
+        raise ValueError(f"x must hold at least one input value, got shape {x.shape}")
     N = x.shape[0]
     loss_fn = _loss_fn(loss, seed)
 

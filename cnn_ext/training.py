@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from .layers import _learning_rate
-from .losses import _labels_of, mse, mse_loss, softmax_cross_entropy
+from .losses import _class_targets, _labels_of, mse, mse_loss, softmax_cross_entropy
 
 __all__ = ["fit"]
 
@@ -17,8 +17,11 @@ __all__ = ["fit"]
 def _one_hot_like(prediction, y):
     y = np.asarray(y)
     if y.ndim == 1 and prediction.ndim == 2:
+        # the labels checked as softmax_cross_entropy checks them: a negative label would otherwise index from the
+        # end (silently the last class), a label >= K raise a bare IndexError, and 1.5 be truncated to 1
+        idx, _ = _class_targets(y, *prediction.shape)
         t = np.zeros(prediction.shape, dtype=prediction.dtype)
-        t[np.arange(y.shape[0]), y.astype(np.intp)] = 1
+        t[np.arange(y.shape[0]), idx] = 1
         return t
     return y
 

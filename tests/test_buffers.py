@@ -284,3 +284,45 @@ def test_copies_and_pickles_leave_the_spares_behind():
     for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
         assert not hasattr(clone, "_spares")
         assert_array_equal(clone.backward(np.ones_like(y))["dX"], (x > 0).astype(np.float32))
+
+
+def test_a_layers_spare_goes_to_one_python_thread_at_a_time():
+    # Inference on one shared network from several threads: two threads in the same layer's spare() must never
+    # both get the same free array. A thread switch after the reference-count test (nothing refers to the array
+    # then) let a second thread find the array still free and take it too, and both outputs were written into
+    # one array. The switch is forced here: when the first thread's free-array search returns, it waits (up to
+    # 0.5 s) until the second thread's spare() has returned.
+    import sys
+    import threading
+
+    class Holder:
+        pass
+
+    layer, shape = Holder(), (256, 1024)  # 2 MiB of float64: takes part in reuse
+    assert _reuse.taking_part(shape, np.float64) is not None
+    _reuse.spare(layer, "y", shape, np.float64)  # the layer's first spare, free again at once
+    got, first_in_window, second_done = {}, threading.Event(), threading.Event()
+
+    def pause_after_the_search(frame, event, arg):
+        if event == "return" and frame.f_code is _reuse._find_free.__code__ and not first_in_window.is_set():
+            first_in_window.set()
+            second_done.wait(0.5)
+
+    def first():
+        sys.setprofile(pause_after_the_search)  # this thread only
+        try:
+            got["a"] = _reuse.spare(layer, "y", shape, np.float64)
+        finally:
+            sys.setprofile(None)
+
+    def second():
+        first_in_window.wait(5)
+        got["b"] = _reuse.spare(layer, "y", shape, np.float64)
+        second_done.set()
+
+    a, b = threading.Thread(target=first), threading.Thread(target=second)
+    a.start(), b.start()
+    a.join(), b.join()
+    assert first_in_window.is_set()
+    assert got["a"] is not got["b"]
+    assert not np.shares_memory(got["a"], got["b"])

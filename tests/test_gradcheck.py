@@ -126,6 +126,14 @@ def test_argument_errors():
         gradient_check(Tanh(), _x((2, 2)), max_entries=0)
     with pytest.raises(ValueError, match="x must be a batch"):
         gradient_check(Tanh(), 1.0)
+    # an empty batch was refused as "parameter arrays must be contiguous", which named neither x nor its shape
+    with pytest.raises(ValueError, match=r"x must hold at least one input value, got shape \(0, 3\)"):
+        gradient_check(Dense(3, 2, seed=0), np.zeros((0, 3)))
+    with pytest.raises(ValueError, match=r"x must hold at least one input value, got shape \(2, 0\)"):
+        gradient_check(Tanh(), np.zeros((2, 0)))
+    # an infinite step gave a failure report of NaN errors instead of an argument error
+    with pytest.raises(ValueError, match="eps must be finite"):
+        gradient_check(Tanh(), _x((2, 2)), eps=float("inf"))
 
     class NoDX(Tanh):
         def backward(self, dE_dY):

@@ -156,3 +156,18 @@ def test_installed_metadata():
     assert "numpy" in " ".join(importlib.metadata.requires("cnn_ext"))
     assert (PKG_DIR / "py.typed").is_file()
     assert (PKG_DIR / "_conv.pyi").is_file()
+
+
+@pytest.mark.parametrize("value, warned", [("basline", True), ("AVX", True), ("baseline", False), ("Baseline", False),
+                                           ("avx2", False), ("auto", False), ("", False)])
+def test_unknown_kernel_choice_is_reported(value, warned):
+    # CNN_EXT_KERNELS=basline (a typo) silently ran the AVX2 kernels
+    import subprocess
+    env = dict(os.environ, CNN_EXT_KERNELS=value)
+    code = "import cnn_ext._kernels as k; print(k.ISA)"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=str(PKG_DIR.parent))
+    assert done.returncode == 0, done.stderr
+    assert ("CNN_EXT_KERNELS" in done.stderr and "ignored" in done.stderr) is warned, done.stderr
+    if value.lower() == "baseline":
+        assert done.stdout.strip() == "baseline"

@@ -137,3 +137,25 @@ def test_argument_errors():
         fit(net, X, y, epochs=1, learning_rate=0.1, validation_data=(X, y[:3]))
     with pytest.raises(ValueError, match="early_stopping must be a positive int"):
         fit(net, X, y, epochs=1, learning_rate=0.1, early_stopping=0)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (-1, r"labels must be in \[0, 1\] for 2 classes, got values in \[-1, 1\]"),  # was: silently the last class
+    (2, r"labels must be in \[0, 1\] for 2 classes, got values in \[0, 2\]"),    # was: a bare IndexError
+    (0.5, "must be integer class indices"),                                       # was: silently truncated
+])
+def test_mse_loss_checks_integer_labels_as_softmax_cross_entropy_does(bad, message):
+    X, y = _data(16)
+    y = y.astype(np.float64) if isinstance(bad, float) else y.copy()
+    y[3] = bad if not isinstance(bad, float) else y[3] + bad
+    before = _params(net := _net())
+    for loss in ("mse", "softmax_cross_entropy"):
+        with pytest.raises(ValueError, match=message):
+            fit(net, X, y, epochs=1, batch_size=16, learning_rate=0.1, loss=loss, progress=False, verbose=False)
+    for p, q in zip(before, _params(net)):
+        assert_array_equal(p, q)
+    # and the same check on validation labels
+    X2, y2 = _data(16, seed=1)
+    with pytest.raises(ValueError, match=message):
+        fit(_net(), X2, y2, epochs=1, batch_size=16, learning_rate=0.1, loss="mse", validation_data=(X, y),
+            progress=False, verbose=False)

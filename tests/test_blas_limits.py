@@ -1,0 +1,80 @@
+"""cnn_ext holds the BLAS libraries to one thread while its kernels run, from whichever Python thread calls,
+and leaves them as it found them (threadpoolctl >= 3.8 lets only one "controlling" Python thread change a
+process-wide OpenBLAS pool: a control kept by cnn_ext made its limits silently fail in other threads)."""
+import threading
+
+import pytest
+
+from cnn_ext._config import _blas_libraries, blas_single_thread
+
+
+def _counts():
+    return [lib.get_num_threads() for lib in _blas_libraries()]
+
+
+def _set_all(n):
+    for lib in _blas_libraries():
+        lib.set_num_threads(n)
+        clear = getattr(lib, "clear_controlling_thread", None)
+        if clear is not None:
+            clear(force=True)
+
+
+@pytest.fixture
+def two_blas_threads():
+    if not _blas_libraries():
+        pytest.skip("no BLAS library found by threadpoolctl")
+    before = _counts()
+    _set_all(2)
+    if any(n != 2 for n in _counts()):
+        pytest.skip("the BLAS libraries cannot run 2 threads here")
+    yield
+    for lib, n in zip(_blas_libraries(), before):
+        lib.set_num_threads(n)
+        clear = getattr(lib, "clear_controlling_thread", None)
+        if clear is not None:
+            clear(force=True)
+
+
+def _in_thread(fn):
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn()))
+    t.start()
+    t.join()
+    return out[0]
+
+
+def _inside():
+    with blas_single_thread():
+        return _counts()
+
+
+def test_worker_thread_is_held_after_the_main_thread_was(two_blas_threads):
+    assert _inside() == [1] * len(_counts())  # the main thread first (took threadpoolctl's control and kept it)
+    assert _counts() == [2] * len(_counts())
+    assert _in_thread(_inside) == [1] * len(_counts())  # was [2, 2]: the worker's set_num_threads(1) ignored
+    assert _counts() == [2] * len(_counts())
+
+
+def test_overlapping_threads_restore_the_original_count(two_blas_threads):
+    a_in, b_in, a_out, b_out = threading.Event(), threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        with blas_single_thread():  # lowers to 1 (and so becomes threadpoolctl's controlling thread) ...
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+        b_out.wait(10)  # alive until the other thread has left (a dead thread loses its control)
+
+    def second():
+        a_in.wait(10)
+        with blas_single_thread():
+            b_in.set()
+            a_out.wait(10)
+        # ... and this thread, the last to leave, restores: that restore was dropped, leaving 1 for good
+        b_out.set()
+
+    a, b = threading.Thread(target=first), threading.Thread(target=second)
+    a.start(), b.start()
+    a.join(), b.join()
+    assert _counts() == [2] * len(_counts())
