@@ -167,6 +167,9 @@ def conv2d_forward_rows_padded(
     (bottom and right follow from y's shape: Hp = OH + KH - 1, Wp = OW + KW - 1): the row tiles of the
     unpadded forward on a zero-padded copy of each sample (a slab per thread)."""
 
+def all_finite(a: NDArray[_F]) -> bool:  # IN (n,)
+    """Whether no value of a is inf or NaN."""
+
 def rotate_kernels(
     k: NDArray[_F],  # IN  (C_out, C_in, KH, KW)
     k_rot: NDArray[_F],  # OUT (C_in, C_out, KH, KW)

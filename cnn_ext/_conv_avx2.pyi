@@ -1,6 +1,7 @@
 """Type stubs for cnn_ext._conv_avx2: src_pyx/_conv.pyx compiled with AVX2 + FMA (x86-64 only), same API."""
 from ._conv import (
     SUM_LANES as SUM_LANES,
+    all_finite as all_finite,
     band_tile as band_tile,
     channel_tile as channel_tile,
     conv2d_bias_gradient as conv2d_bias_gradient,

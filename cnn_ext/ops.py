@@ -172,8 +172,10 @@ def _padding_spec(padding):
         pairs = [tuple(p) for p in padding]
     except TypeError:
         pairs = None
-    if pairs is not None and len(pairs) == 2 and all(len(p) == 2 for p in pairs):
-        return (_ints(pairs[0], "padding", 0), _ints(pairs[1], "padding", 0))
+    if pairs is not None and len(pairs) == 2:
+        if all(len(p) == 2 for p in pairs):
+            return (_ints(pairs[0], "padding", 0), _ints(pairs[1], "padding", 0))
+        raise ValueError(f"padding as ((top, bottom), (left, right)) needs two pairs, got {padding!r}")
     ph, pw = _ints(padding, "padding", 0)
     try:
         operator.index(padding)
@@ -723,6 +725,13 @@ def _forward_plan(xshape, kshape, bshape, dtype, stride, padding, method):
             kernel = _shifted_run if _shifted_better(C_in, KH, KW, dtype) else _wide_run
 
         def run(x, k, b, y):
+            if not unpadded and not _conv.all_finite(k.reshape(-1)):
+                # The direct kernels skip some products with the zero padding (rows of taps that meet only
+                # padding); with an inf or NaN tap, 0 * inf is NaN in the definition (and in im2col, PyTorch):
+                # compute those layers the im2col way.
+                scratch = _scratch(True, nt, C_in * KH * KW, OH * OW, C_out, dtype)
+                _run(True, _conv.conv2d_forward, x, k, b, y, scratch, SH, SW, top, left, True, nt)
+                return
             kernel(x, k, b, y, top, left, nt, dtype)
     else:
         def run(x, k, b, y):

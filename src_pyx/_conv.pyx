@@ -1291,6 +1291,16 @@ def conv2d_forward_shifted(const floating[:, :, :, ::1] x,      # IN  (N, C_in, 
                                      &xs[threadid(), 0], &stage[threadid(), 0], &g, IB)
 
 
+def all_finite(const floating[::1] a):
+    """Whether no value of a is inf or NaN."""
+    cdef Py_ssize_t t
+    cdef bint finite = True
+    with nogil:
+        for t in range(a.shape[0]):
+            finite &= a[t] - a[t] == 0  # false for inf and NaN
+    return finite
+
+
 def rotate_kernels(const floating[:, :, :, ::1] k,   # IN  (C_out, C_in, KH, KW)
                    floating[:, :, :, ::1] k_rot):     # OUT (C_in, C_out, KH, KW)
     """k_rot[i, j] = k[j, i] rotated by 180°: the kernels of the input gradient as a forward (stride 1) of

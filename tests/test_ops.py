@@ -17,6 +17,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from scipy import signal
 
 import cnn_ext
+from cnn_ext import ops
 from cnn_ext import (
     conv2d_bias_gradient,
     conv2d_forward,
@@ -1089,3 +1090,48 @@ def test_wide_kernel_single_output_channel_runs(dtype, case):
     dy = rng.standard_normal(y.shape).astype(dtype)
     dx = conv2d_input_gradient(dy, k, padding=pad, method="direct")
     assert_allclose(dx, conv2d_input_gradient(dy, k, padding=pad, method="gemm"), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,padding", [((2, 3, 4, 10, 9, 3, 3), 1), ((2, 16, 32, 8, 8, 3, 3), 1),
+                                           ((16, 1, 4, 28, 28, 5, 5), 2), ((2, 2, 3, 12, 12, 3, 3), (2, 0)),
+                                           ((2, 8, 16, 20, 20, 5, 5), "same")])
+def test_forward_nonfinite_kernel_with_padding_reaches_every_output(dtype, shape, padding):
+    """With zero padding every output multiplies every tap, the padded positions by 0: an inf or NaN tap makes
+    its whole output channel non-finite (0 * inf = NaN), as im2col and PyTorch give. The direct kernels skip
+    the products of kernel rows that meet only padding; found by a QA pass (the shifted-copies kernel left 6
+    of 9 outputs of a row finite): such layers are computed the im2col way."""
+    N, C_in, C_out, H, W, KH, KW = shape
+    rng = np.random.default_rng(sum(shape))
+    x = rng.uniform(0.5, 1.5, (N, C_in, H, W)).astype(dtype)  # > 0: inf * x stays +inf
+    k = rng.standard_normal((C_out, C_in, KH, KW)).astype(dtype)
+    b = rng.standard_normal(C_out).astype(dtype)
+    k[0, 0, 0, 0] = np.inf
+    k[-1, -1, -1, 1] = np.nan
+    top, bottom, left, right = ops._padding(padding, KH, KW, (1, 1))
+    ref = einsum_forward(x.astype(np.float64), k.astype(np.float64), b.astype(np.float64),
+                         pad=(top, bottom, left, right))
+    assert np.isnan(ref[:, -1]).all() and not np.isfinite(ref[:, 0]).any()
+    for method in ("auto", "direct", "gemm"):
+        got = conv2d_forward(x, k, b, padding=padding, method=method)
+        assert_array_equal(np.isnan(got), np.isnan(ref))
+        assert_array_equal(np.isinf(got), np.isinf(ref))
+        fin = np.isfinite(ref)
+        assert_allclose(got[fin], ref[fin], **TOL[dtype])
+
+
+def test_all_finite():
+    for dtype in (np.float32, np.float64):
+        a = np.arange(7, dtype=dtype)
+        assert ops._conv.all_finite(a) is True and ops._conv.all_finite(a[:0]) is True
+        for bad in (np.inf, -np.inf, np.nan):
+            b = a.copy()
+            b[6] = bad
+            assert ops._conv.all_finite(b) is False
+
+
+@pytest.mark.parametrize("padding", [((1, 0), (0,)), ((1, 0), (0, 1, 2)), ((1,), (0, 1))])
+def test_misshapen_nested_padding_is_a_value_error(padding):
+    x, k, b = np.zeros((1, 1, 5, 5)), np.zeros((1, 1, 3, 3)), np.zeros(1)
+    with pytest.raises(ValueError, match="padding"):
+        conv2d_forward(x, k, b, padding=padding)
