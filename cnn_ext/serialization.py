@@ -121,6 +121,9 @@ def _build(i, entry, path):
         return cls(**cfg)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"load: {path!r}: layer {i} ({name}) cannot be built from {cfg!r}: {exc}") from None
+    except MemoryError as exc:  # a corrupt or crafted size (Dense(10**7, 10**7): 728 TiB of weights)
+        raise ValueError(f"load: {path!r}: layer {i} ({name}) built from {cfg!r} needs more memory than there "
+                         f"is ({exc}); the file is corrupt or not what it claims") from None
 
 
 def load(path):

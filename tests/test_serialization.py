@@ -102,6 +102,9 @@ def _set_spec(arrays, edit):
     (lambda a: _set_spec(a, lambda s: s["layers"][1].__setitem__(0, "Nope")), "layer 1 has unknown type 'Nope'"),
     (lambda a: _set_spec(a, lambda s: s["layers"][0][1].update(c_out=0)), r"layer 0 \(Conv2D\) cannot be built"),
     (lambda a: _set_spec(a, lambda s: s["layers"][0][1].update(bogus=1)), r"layer 0 \(Conv2D\) cannot be built"),
+    # a crafted size: 728 TiB of weights is a MemoryError at construction, reported as a bad file
+    (lambda a: _set_spec(a, lambda s: s["layers"][2][1].update(n_in=10**7, n_out=10**7)),
+     r"layer 2 \(Dense\) built from .* needs more memory than there is"),
     (lambda a: _set_spec(a, lambda s: s["layers"].__setitem__(0, "Conv2D")), "expected \\[class_name, config\\]"),
     (lambda a: _set_spec(a, lambda s: s.update(layers=[])), "no layers"),
 ])
