@@ -134,6 +134,10 @@ def test_argument_errors():
     # an infinite step gave a failure report of NaN errors instead of an argument error
     with pytest.raises(ValueError, match="eps must be finite"):
         gradient_check(Tanh(), _x((2, 2)), eps=float("inf"))
+    # not a model: an AttributeError from deep inside before
+    for bad in (object(), None, "Tanh", [Tanh()]):
+        with pytest.raises(TypeError, match="model must be a cnn_ext Network or a layer"):
+            gradient_check(bad, _x((2, 2)))
 
     class NoDX(Tanh):
         def backward(self, dE_dY):
