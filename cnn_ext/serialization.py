@@ -50,12 +50,13 @@ def save(network, path):
     ----------
     network : Network
         Every layer's class must be in :data:`cnn_ext.LAYER_TYPES` and have ``get_config()``.
-    path : str or os.PathLike
-        ``.npz`` is appended when missing, as :func:`numpy.savez` does.
+    path : str, os.PathLike or a binary file object
+        ``.npz`` is appended to a name when missing, as :func:`numpy.savez` does; a file object (open for
+        writing in binary mode, e.g. ``io.BytesIO``) is written as it is.
 
     Returns
     -------
-    path : str
+    path : str or the file object
         The file written.
     """
     if not isinstance(network, Network):
@@ -63,16 +64,27 @@ def save(network, path):
     arrays = {_ARCH_KEY: np.array(_architecture(network))}
     for name, _, arr in network.parameters():
         arrays[name] = np.asarray(arr)
-    path = os.fspath(path)
-    if not path.endswith(".npz"):
-        path += ".npz"
+    if not hasattr(path, "write"):
+        path = _fspath(path, "save")
+        if not path.endswith(".npz"):
+            path += ".npz"
     np.savez(path, **arrays)
     return path
 
 
+def _fspath(path, what):
+    """A file name as str, or TypeError naming the argument."""
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"{what}: path must be a file name (str or os.PathLike) or a binary file object, got "
+                        f"{type(path).__name__}") from None
+    return path.decode() if isinstance(path, bytes) else path
+
+
 def _read(path):
     """{key: array} from the file, or ValueError for anything that is not a readable pickle-free .npz."""
-    what = f"load: {os.fspath(path)!r} is not a readable cnn_ext network file"
+    what = f"load: {path!r} is not a readable cnn_ext network file"
     errors = (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError)
     try:
         data = np.load(path, allow_pickle=False)
@@ -129,6 +141,10 @@ def _build(i, entry, path):
 def load(path):
     """Rebuild the network saved by :func:`save` at ``path``.
 
+    Parameters
+    ----------
+    path : str, os.PathLike or a binary file object (as :func:`numpy.load` reads)
+
     Returns
     -------
     network : Network
@@ -142,8 +158,9 @@ def load(path):
         When the file is corrupt, not written by :func:`save`, names an unknown layer type, or its arrays do not
         match the parameters its architecture builds (missing, extra, wrong shape or dtype).
     """
+    if not hasattr(path, "read"):
+        path = _fspath(path, "load")
     arrays = _read(path)
-    path = os.fspath(path)
     spec = _layers_spec(arrays, path)
     if not spec:
         raise ValueError(f"load: {path!r} describes a network with no layers")

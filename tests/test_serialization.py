@@ -156,3 +156,24 @@ def test_save_errors(tmp_path):
     finally:
         del LAYER_TYPES["Weird"]
     assert not list(tmp_path.iterdir())  # nothing written on error
+
+
+def test_file_objects_and_path_types(tmp_path):
+    """A binary file object works both ways, as numpy.savez / numpy.load take one (save used to refuse it with
+    os.fspath's TypeError, which named no argument); anything else that is not a path is a TypeError."""
+    import io
+
+    net = Network([Conv2D(1, 2, 3, seed=0), Flatten(), Dense(8, 2, seed=1)])
+    x = np.random.default_rng(0).standard_normal((2, 1, 4, 4))
+    buf = io.BytesIO()
+    assert save(net, buf) is buf
+    buf.seek(0)
+    assert_array_equal(load(buf).forward(x), net.forward(x))
+    path = save(net, str(tmp_path / "n").encode())  # bytes names, as os.fspath takes them
+    assert path == str(tmp_path / "n.npz")
+    assert_array_equal(load(path.encode()).forward(x), net.forward(x))
+    for bad in (None, 3, 1.5):
+        with pytest.raises(TypeError, match="save: path must be a file name"):
+            save(net, bad)
+        with pytest.raises(TypeError, match="load: path must be a file name"):
+            load(bad)
