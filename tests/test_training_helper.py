@@ -159,3 +159,17 @@ def test_mse_loss_checks_integer_labels_as_softmax_cross_entropy_does(bad, messa
     with pytest.raises(ValueError, match=message):
         fit(_net(), X2, y2, epochs=1, batch_size=16, learning_rate=0.1, loss="mse", validation_data=(X, y),
             progress=False, verbose=False)
+
+
+def test_whole_number_float_labels_report_accuracy_as_integer_labels_do():
+    """The losses take (N,) float labels of whole numbers as class indices; fit reported accuracy None for
+    them (QA pass). The same run with int64 and float64 labels reports the same history."""
+    X, y = _data()
+    runs = [fit(_net(), X, labels, epochs=2, batch_size=16, learning_rate=0.1, seed=0, progress=False,
+                verbose=False, validation_data=(X[:50], labels[:50])) for labels in (y, y.astype(np.float64))]
+    assert runs[0]["accuracy"][-1] is not None
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert runs[0][key] == runs[1][key]
+    # fractional values are not labels: no accuracy, and the loss refuses them
+    with pytest.raises(ValueError, match="integer class indices"):
+        fit(_net(), X, y + 0.5, epochs=1, learning_rate=0.1, progress=False, verbose=False)
