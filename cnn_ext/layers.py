@@ -433,7 +433,6 @@ class Conv2D(_ParamLayer):
                                                 out=_spare_or_none(self, "dX", x.shape, self.dtype))
         return grads
 
-
     def extra_repr(self):
         s = f"{self.c_in}, {self.c_out}, kernel_size={self.kernel_size}, stride={self.stride}"
         if self.padding != "valid":

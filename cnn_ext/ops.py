@@ -716,28 +716,30 @@ def _forward_plan(xshape, kshape, bshape, dtype, stride, padding, method):
     # tiny unpadded layers (the tutorial's toy one, float64: 2.8 us in the row loops, 3.4 wide, 4.6 shifted)
     # and the row tiles' shapes run in conv2d_forward; the others in the wide / shifted / channel kernels
     tiny = _tiny(OH, OW, C_in, C_out)
-    if not use_gemm and not (unpadded and (tiny or _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype))):
-        if C_in == 1 and _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype, padded=True):
-            kernel = _padded_rows_run
-        elif _channels_better(False, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
-            kernel = _channel_vector_run
-        else:
-            kernel = _shifted_run if _shifted_better(C_in, KH, KW, dtype) else _wide_run
 
-        def run(x, k, b, y):
-            if not unpadded and not _conv.all_finite(k.reshape(-1)):
-                # The direct kernels skip some products with the zero padding (rows of taps that meet only
-                # padding); with an inf or NaN tap, 0 * inf is NaN in the definition (and in im2col, PyTorch):
-                # compute those layers the im2col way.
-                scratch = _scratch(True, nt, C_in * KH * KW, OH * OW, C_out, dtype)
-                _run(True, _conv.conv2d_forward, x, k, b, y, scratch, SH, SW, top, left, True, nt)
-                return
-            kernel(x, k, b, y, top, left, nt, dtype)
+    def run_loops(x, k, b, y, use_gemm):
+        scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
+        _run(use_gemm, _conv.conv2d_forward, x, k, b, y, scratch, SH, SW, top, left, use_gemm, nt)
+
+    if use_gemm or unpadded and (tiny or _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype)):
+        return (N, C_out, OH, OW), lambda x, k, b, y: run_loops(x, k, b, y, use_gemm)
+    if C_in == 1 and _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype, padded=True):
+        kernel = _padded_rows_run
+    elif _channels_better(False, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
+        kernel = _channel_vector_run
     else:
-        def run(x, k, b, y):
-            scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
-            _run(use_gemm, _conv.conv2d_forward, x, k, b, y, scratch, SH, SW, top, left, use_gemm, nt)
-    return (N, C_out, OH, OW), run
+        kernel = _shifted_run if _shifted_better(C_in, KH, KW, dtype) else _wide_run
+
+    def run_direct(x, k, b, y):
+        if not unpadded and not _conv.all_finite(k.reshape(-1)):
+            # The direct kernels skip some products with the zero padding (rows of taps that meet only
+            # padding); with an inf or NaN tap, 0 * inf is NaN in the definition (and in im2col, PyTorch):
+            # compute those layers the im2col way.
+            run_loops(x, k, b, y, True)
+            return
+        kernel(x, k, b, y, top, left, nt, dtype)
+
+    return (N, C_out, OH, OW), run_direct
 
 
 def conv2d_kernel_gradient(dE_dY, x, *, stride=1, padding=0, kernel_size=None, method="auto"):

@@ -365,6 +365,15 @@ cdef void _forward_direct_one(const floating* x, const floating* k, const floati
                             yrow[q] += w * xrow[q + kw]
 
 
+cdef inline bint _all_finite(const floating* a, Py_ssize_t n) noexcept nogil:
+    """Whether no a[t], t < n, is inf or NaN."""
+    cdef Py_ssize_t t
+    cdef bint finite = True
+    for t in range(n):
+        finite &= a[t] - a[t] == 0  # false for inf and NaN
+    return finite
+
+
 cdef int _check_slabs(Py_ssize_t rows, Py_ssize_t size, int num_threads, Py_ssize_t C_in, Py_ssize_t Hp,
                       Py_ssize_t Wp) except -1:
     """ValueError unless a (rows, size) scratch holds a zero-padded C_in x Hp x Wp slab per thread."""
@@ -821,7 +830,7 @@ def conv2d_kernel_gradient_wide(const floating[:, :, :, ::1] dy,     # IN  (N, C
     samples, kgrad_wide_scratch_size(..., ns)), summed in fixed chunks. layout: 0 wide rows, 1 shifted copies,
     2 output rows (OW a whole number of SIMD vectors; see _wide_geom). Returns whether every value of dk is
     finite (an inf or NaN in x meets the zeros the tiles multiply it by: the caller then recomputes)."""
-    cdef bint shifted = layout == 1, finite = True
+    cdef bint shifted = layout == 1
     cdef Py_ssize_t N = x.shape[0], nchunk = partial.shape[0], c, t, kh, kw
     cdef Py_ssize_t KK = dk.shape[0] * dk.shape[1] * dk.shape[2] * dk.shape[3], KHW = dk.shape[2] * dk.shape[3]
     cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], dk.shape[0], dk.shape[2], dk.shape[3],
@@ -859,8 +868,7 @@ def conv2d_kernel_gradient_wide(const floating[:, :, :, ::1] dy,     # IN  (N, C
                     out[t] += partial[c, t]
         for t in range(KK):
             out[t] *= inv_n
-            finite &= out[t] - out[t] == 0  # false for inf and NaN
-    return finite
+    return _all_finite(out, KK)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1293,12 +1301,9 @@ def conv2d_forward_shifted(const floating[:, :, :, ::1] x,      # IN  (N, C_in, 
 
 def all_finite(const floating[::1] a):
     """Whether no value of a is inf or NaN."""
-    cdef Py_ssize_t t
-    cdef bint finite = True
-    with nogil:
-        for t in range(a.shape[0]):
-            finite &= a[t] - a[t] == 0  # false for inf and NaN
-    return finite
+    if a.shape[0] == 0:
+        return True
+    return _all_finite(&a[0], a.shape[0])
 
 
 def rotate_kernels(const floating[:, :, :, ::1] k,   # IN  (C_out, C_in, KH, KW)
@@ -1307,17 +1312,13 @@ def rotate_kernels(const floating[:, :, :, ::1] k,   # IN  (C_out, C_in, KH, KW)
     dE_dY padded by K - 1 - padding. Returns whether every value is finite (an inf or NaN would meet that
     padding's zeros: the caller then takes a path without them)."""
     cdef Py_ssize_t j, i, a, c, C_out = k.shape[0], C_in = k.shape[1], KH = k.shape[2], KW = k.shape[3]
-    cdef floating v
-    cdef bint finite = True
     with nogil:
         for j in range(C_out):
             for i in range(C_in):
                 for a in range(KH):
                     for c in range(KW):
-                        v = k[j, i, a, c]
-                        k_rot[i, j, KH - 1 - a, KW - 1 - c] = v
-                        finite &= v - v == 0  # false for inf and NaN
-    return finite
+                        k_rot[i, j, KH - 1 - a, KW - 1 - c] = k[j, i, a, c]
+    return _all_finite(&k[0, 0, 0, 0], C_out * C_in * KH * KW)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1338,19 +1339,23 @@ cdef extern from *:
     """
     #define CNN_EXT_BR 4   /* output rows per band tile (the cases below are written for 4) */
     #define CNN_EXT_BNV 3  /* vectors of columns per band tile, at most */
-    /* Rows LO..HI of the band (literals) take input row r: acc[rr] += k[r - rr, kw] * x[r, kw + ...]. */
-    #define CNN_EXT_BAND_ROWS(T, V, LO, HI)                                                                \\
-        CNN_EXT_UNROLL                                                                                   \\
-        for (kw = 0; kw < KW; kw++) {                                                                    \\
-            for (v = 0; v < NV; v++) {                                                                   \\
-                xv[v] = *(const V*)(xr + kw + v * L);                                                    \\
-                CNN_EXT_IN_REGISTER(xv[v]);                                                              \\
-            }                                                                                            \\
-            for (rr = (LO); rr <= (HI); rr++) {                                                          \\
-                const T w = ki[(r - rr) * KW + kw];                                                      \\
-                for (v = 0; v < NV; v++)                                                                 \\
-                    acc[rr][v] += w * xv[v];                                                             \\
-            }                                                                                            \\
+    /* Band rows LO..HI take input row R at kernel column kw, its NV vectors loaded from XR:
+     * acc[rr] += k[R - rr, kw] * x[R, kw + ...]. */
+    #define CNN_EXT_BAND_STEP(T, V, XR, R, LO, HI)                                                      \\
+        for (v = 0; v < NV; v++) {                                                                      \\
+            xv[v] = *(const V*)((XR) + v * L);                                                          \\
+            CNN_EXT_IN_REGISTER(xv[v]);                                                                 \\
+        }                                                                                               \\
+        for (rr = (LO); rr <= (HI); rr++) {                                                             \\
+            const T w = ki[((R) - rr) * KW + kw];                                                       \\
+            for (v = 0; v < NV; v++)                                                                    \\
+                acc[rr][v] += w * xv[v];                                                                \\
+        }
+    /* Rows LO..HI of the band (literals) take input row r, all its kernel columns. */
+    #define CNN_EXT_BAND_ROWS(T, V, LO, HI)                                                             \\
+        CNN_EXT_UNROLL                                                                                  \\
+        for (kw = 0; kw < KW; kw++) {                                                                   \\
+            CNN_EXT_BAND_STEP(T, V, xr + kw, r, LO, HI)                                                 \\
         }
     #define CNN_EXT_BAND_CASE(T, V, LO, HI) case (LO) * 4 + (HI): CNN_EXT_BAND_ROWS(T, V, LO, HI) break;
     /* The same for kernels of KHL rows known at compile time (a literal in each copy of NAME##_kh): band row
@@ -1358,20 +1363,11 @@ cdef extern from *:
      * outer loop with the accumulators still in registers, and the FMAs of the band's rows interleave instead
      * of running one row's dependent chains after another (see NAME below). Rows past the band's last
      * (R >= KHL + BR - 1) compile to nothing; rows in the padding (outside [r0, r1)) are skipped unless FULL. */
-    #define CNN_EXT_BAND_KSTEP(T, V, R)                                                                    \\
-        if ((R) < KHL + CNN_EXT_BR - 1 && (FULL || ((R) >= r0 && (R) < r1))) {                             \\
-            const T* xr = xi + (R) * Wp + kw;                                                            \\
-            const Py_ssize_t lo = (R) - KHL + 1 > 0 ? (R) - KHL + 1 : 0;                                 \\
-            const Py_ssize_t hi = (R) < CNN_EXT_BR - 1 ? (R) : CNN_EXT_BR - 1;                           \\
-            for (v = 0; v < NV; v++) {                                                                   \\
-                xv[v] = *(const V*)(xr + v * L);                                                         \\
-                CNN_EXT_IN_REGISTER(xv[v]);                                                              \\
-            }                                                                                            \\
-            for (rr = lo; rr <= hi; rr++) {                                                              \\
-                const T w = ki[((R) - rr) * KW + kw];                                                    \\
-                for (v = 0; v < NV; v++)                                                                 \\
-                    acc[rr][v] += w * xv[v];                                                             \\
-            }                                                                                            \\
+    #define CNN_EXT_BAND_KSTEP(T, V, R)                                                                 \\
+        if ((R) < KHL + CNN_EXT_BR - 1 && (FULL || ((R) >= r0 && (R) < r1))) {                          \\
+            const Py_ssize_t lo = (R) - KHL + 1 > 0 ? (R) - KHL + 1 : 0;                                \\
+            const Py_ssize_t hi = (R) < CNN_EXT_BR - 1 ? (R) : CNN_EXT_BR - 1;                          \\
+            CNN_EXT_BAND_STEP(T, V, xi + (R) * Wp + kw, R, lo, hi)                                      \\
         }
     /* one (kernel rows, vectors) copy of the tile, for a full band or not */
     #define CNN_EXT_BAND_KCALL(NAME, KHL, NVL)                                                             \\
@@ -1798,7 +1794,7 @@ def conv2d_kernel_gradient(const floating[:, :, :, ::1] dy,     # IN  (N, C_out,
     for t in range(KK):
         out[t] = 0
     if N == 0:
-        return True
+        return
     with nogil:
         inv_n = (<floating>1) / N
         if num_threads == 1:  # no parallel region (entering one costs ~0.7 µs even for one thread)
