@@ -29,6 +29,8 @@ __all__ = [
 ]
 
 _INT_MAX = 2**31 - 1  # BLAS takes 32-bit int sizes
+_ND = np.ndarray
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 _MAX_BYTES = np.iinfo(np.intp).max  # the largest array NumPy can describe
 _NCHUNK = 16  # batch reductions: fixed chunks, summed in order, whatever the thread count
 _METHODS = ("auto", "direct", "gemm")
@@ -69,6 +71,14 @@ _SHIFT_MAX_REDUCTION = 64  # C_in*KH*KW up to which the forward takes the shifte
 _CHANNELS_MAX_TAPS = 9  # KH*KW up to which the channel-vector kernel can win
 _CHANNELS_MAX_PIXELS = 400  # output pixels per map up to which it wins
 _CHANNELS_DX_F64_MAX = 1024  # C_in * C_out up to which it wins the float64 input gradient
+# _conv's fused kernels by name and dtype: calling a dtype's own version skips Cython's dispatch on the
+# arguments' types (~0.2 µs a call, as much as a tiny layer's whole work)
+_TYPED = {name: {np.dtype(dt): getattr(_conv, name)["float" if dt is np.float32 else "double"]
+                 for dt in (np.float32, np.float64)}
+          for name in ("conv2d_forward", "conv2d_forward_wide", "conv2d_forward_shifted", "conv2d_forward_rows_padded",
+                       "conv2d_forward_band", "conv2d_forward_cv", "conv2d_kernel_gradient",
+                       "conv2d_kernel_gradient_wide", "conv2d_bias_gradient", "conv2d_input_gradient",
+                       "rotate_kernels", "all_finite")}
 # per-dtype tile sizes of this build, looked up once (a call to the module costs as much as a tiny layer's work)
 _TILES = {np.dtype(dt): dict(lanes=_conv.direct_tile_lanes(dt is np.float32), wide=_conv.wide_tile(dt is np.float32),
                              channels=_conv.channel_tile(dt is np.float32), band=_conv.band_tile(dt is np.float32))
@@ -242,6 +252,12 @@ def _output(out, shape, dtype, inputs, names):
             raise ValueError(f"out shares memory with {name} (shape {a.shape}); the result would overwrite its "
                              f"own input")
     return out
+
+
+def _small(size, dtype):
+    """Whether a result of this many elements is below the results' pool (_reuse.MIN_BYTES): a plain np.empty
+    then, decided once per plan (~0.3 µs a call)."""
+    return size * np.dtype(dtype).itemsize < _reuse.MIN_BYTES
 
 
 def _contiguous(arr, dtype):
@@ -498,7 +514,7 @@ def _wide_run(x, k, b, y, top, left, nt, dtype):
     Fr = -(-OH * Wp // TB) * TB
     xpad = np.zeros((nt, C_in * Hp * Wp + TB + KW), dtype=dtype)
     wide = np.empty((nt, C_out * Fr), dtype=dtype)
-    _conv.conv2d_forward_wide(x, k, b, y, xpad, wide, top, left, _WIDE_IB, nt)
+    _TYPED["conv2d_forward_wide"][dtype](x, k, b, y, xpad, wide, top, left, _WIDE_IB, nt)
 
 
 def _shift_ib(KH, KW, dtype):
@@ -520,7 +536,7 @@ def _shifted_run(x, k, b, y, top, left, nt, dtype):
     size = _conv.shifted_slab_size(min(C_in, _shift_ib(KH, KW, dtype)), OH, OW, KH, KW, dtype == np.float32)
     xs = np.zeros((nt, size), dtype=dtype)
     stage = np.empty((nt, JB * TB), dtype=dtype)
-    _conv.conv2d_forward_shifted(x, k, b, y, xs, stage, top, left, _shift_ib(KH, KW, dtype), nt)
+    _TYPED["conv2d_forward_shifted"][dtype](x, k, b, y, xs, stage, top, left, _shift_ib(KH, KW, dtype), nt)
 
 
 def _band_better(C_in, H, W, KH, dtype):
@@ -558,12 +574,12 @@ def _padded_slabs(x, k, y, nt, dtype):
 
 def _padded_rows_run(x, k, b, y, top, left, nt, dtype):
     """The row-tiled direct forward on a zero-padded copy of each sample."""
-    _conv.conv2d_forward_rows_padded(x, k, b, y, _padded_slabs(x, k, y, nt, dtype), top, left, nt)
+    _TYPED["conv2d_forward_rows_padded"][dtype](x, k, b, y, _padded_slabs(x, k, y, nt, dtype), top, left, nt)
 
 
 def _band_run(x, k, b, y, top, left, nt, dtype):
     """The row-band direct kernel (stride 1, one output channel)."""
-    _conv.conv2d_forward_band(x, k, b, y, _padded_slabs(x, k, y, nt, dtype), top, left, nt)
+    _TYPED["conv2d_forward_band"][dtype](x, k, b, y, _padded_slabs(x, k, y, nt, dtype), top, left, nt)
 
 
 def _channel_vector_run(x, k, b, y, top, left, nt, dtype):
@@ -573,7 +589,7 @@ def _channel_vector_run(x, k, b, y, top, left, nt, dtype):
     JW = _TILES[dtype]["channels"]
     kp = np.ascontiguousarray(k.reshape(C_out // JW, JW, C_in, KH, KW).transpose(0, 2, 3, 4, 1))
     stage = np.empty((nt, JW * y.shape[3]), dtype=dtype)
-    _conv.conv2d_forward_cv(x, kp, b, y, _padded_slabs(x, k, y, nt, dtype), stage, top, left, nt)
+    _TYPED["conv2d_forward_cv"][dtype](x, kp, b, y, _padded_slabs(x, k, y, nt, dtype), stage, top, left, nt)
 
 
 def _threads(parts, work=None):
@@ -623,17 +639,22 @@ def _keyable(value):
     return type(value) is tuple and all(_keyable(v) for v in value)
 
 
+def _key(make, shapes, dtype, options):
+    """A plan's key in _PLANS, or None when an option is not plain (_keyable)."""
+    for a in options:  # a loop: a generator costs ~0.5 µs here
+        if type(a) not in _PLAIN and not _keyable(a):
+            return None
+    return (make, get_num_threads(), shapes, dtype, options)
+
+
 def _plan(make, shapes, dtype, options):
     """make(*shapes, dtype, *options), from the cache when the same shapes, dtype, options (stride, padding,
     sizes, method) and thread count were seen before. Refusals (ValueError / TypeError) are never cached: the
     next call checks again."""
     plans = _PLANS
-    if plans is None:
+    key = None if plans is None else _key(make, shapes, dtype, options)
+    if key is None:
         return make(*shapes, dtype, *options)
-    for a in options:  # a loop: a generator costs ~0.5 µs here
-        if type(a) not in _PLAIN and not _keyable(a):
-            return make(*shapes, dtype, *options)
-    key = (make, get_num_threads(), shapes, dtype, options)
     plan = plans.get(key)
     if plan is None:
         plan = make(*shapes, dtype, *options)
@@ -641,6 +662,33 @@ def _plan(make, shapes, dtype, options):
             plans.clear()
         plans[key] = plan
     return plan
+
+
+def _cached(make, arrays, options):
+    """(dtype, shape, run) of the plan an earlier call made, when this call's arrays can go to the kernels as
+    they are (exact ndarrays, C-contiguous, all of one native float32 or float64 dtype: the builtin descriptors,
+    tested by identity) and its options are plain (_keyable); else None, and the call takes the full path
+    (conversions, checks, the plan). The common call, a layer's in a training loop, so skips the conversions
+    and checks. With the kernels' own versions by dtype (_TYPED) and plain np.empty results below the pool: the
+    tutorial's layer (16, 1, 4, 28, 5), float64, its four operations back to back, 98.5 -> 93 µs on 2 threads,
+    153 -> 147 µs on 1 (the old and new trees run in alternation, twice)."""
+    plans = _PLANS
+    a0 = arrays[0]
+    if plans is None or type(a0) is not _ND:
+        return None
+    dtype = a0.dtype
+    if dtype is not _F64 and dtype is not _F32:
+        return None
+    shapes = []
+    for a in arrays:
+        if type(a) is not _ND or a.dtype is not dtype or not a.flags.c_contiguous:
+            return None
+        shapes.append(a.shape)
+    for o in options:
+        if type(o) not in _PLAIN and not _keyable(o):
+            return None
+    plan = plans.get((make, get_num_threads(), tuple(shapes), dtype, options))
+    return None if plan is None else (dtype, *plan)
 
 
 def _run(use_gemm, fn, *args):
@@ -654,6 +702,9 @@ def _run(use_gemm, fn, *args):
 # ----------------------------------------------------------------------------------------------
 # the operations
 # ----------------------------------------------------------------------------------------------
+
+_FORWARD_NAMES = ("x", "kernels", "bias")
+
 
 def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto", out=None):
     """Batched 2-D cross-correlation plus bias: the forward pass of a convolution layer.
@@ -681,20 +732,29 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto", out=
         ``OH = (H + pad_top + pad_bottom - KH) // SH + 1`` (``H - KH + 1`` by default), same for OW.
         float32 if every input is float32, else float64. ``out`` when given.
     """
+    hit = _cached(_forward_plan, (x, kernels, bias), (stride, padding, method))
+    if hit is not None:
+        dtype, shape, run, small = hit
+        y = np.empty(shape, dtype) if out is None and small else _output(out, shape, dtype, (x, kernels, bias),
+                                                                           _FORWARD_NAMES)
+        if shape[0]:
+            run(x, kernels, bias, y)
+        return y
     x, k, b = _as_array(x, "x"), _as_array(kernels, "kernels"), _as_array(bias, "bias")
-    dtype = _compute_dtype((x, k, b), ("x", "kernels", "bias"))
+    dtype = _compute_dtype((x, k, b), _FORWARD_NAMES)
     _check_ndim(x, 4, "x", "(N, C_in, H, W)")
     _check_ndim(k, 4, "kernels", "(C_out, C_in, KH, KW)")
     _check_ndim(b, 1, "bias", "(C_out,)")
-    shape, run = _plan(_forward_plan, (x.shape, k.shape, b.shape), dtype, (stride, padding, method))
-    y = _output(out, shape, dtype, (x, k, b), ("x", "kernels", "bias"))
+    shape, run, _ = _plan(_forward_plan, (x.shape, k.shape, b.shape), dtype, (stride, padding, method))
+    y = _output(out, shape, dtype, (x, k, b), _FORWARD_NAMES)
     if shape[0]:
         run(_contiguous(x, dtype), _contiguous(k, dtype), _contiguous(b, dtype), y)
     return y
 
 
 def _forward_plan(xshape, kshape, bshape, dtype, stride, padding, method):
-    """conv2d_forward's checks and choices, from the shapes and arguments: (y's shape, run(x, k, b, y))."""
+    """conv2d_forward's checks and choices, from the shapes and arguments: (y's shape, run(x, k, b, y), whether y is
+    below the results' pool)."""
     N, C_in, H, W = xshape
     C_out, Ck, KH, KW = kshape
     if C_out * Ck * KH * KW == 0:
@@ -712,17 +772,23 @@ def _forward_plan(xshape, kshape, bshape, dtype, stride, padding, method):
     _check_alloc((N, C_out, OH, OW), dtype, lambda: f"conv2d_forward: x {xshape} with kernels {kshape}, "
                  f"stride {(SH, SW)} and padding {(top, bottom, left, right)} gives y")
     nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)
+    small = _small(N * C_out * OH * OW, dtype)
     unpadded = (top, bottom, left, right) == (0, 0, 0, 0)
     # tiny unpadded layers (the tutorial's toy one, float64: 2.8 us in the row loops, 3.4 wide, 4.6 shifted)
     # and the row tiles' shapes run in conv2d_forward; the others in the wide / shifted / channel kernels
     tiny = _tiny(OH, OW, C_in, C_out)
 
+    forward = _TYPED["conv2d_forward"][dtype]
+
     def run_loops(x, k, b, y, use_gemm):
         scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
-        _run(use_gemm, _conv.conv2d_forward, x, k, b, y, scratch, SH, SW, top, left, use_gemm, nt)
+        _run(use_gemm, forward, x, k, b, y, scratch, SH, SW, top, left, use_gemm, nt)
 
-    if use_gemm or unpadded and (tiny or _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype)):
-        return (N, C_out, OH, OW), lambda x, k, b, y: run_loops(x, k, b, y, use_gemm)
+    if use_gemm:
+        return (N, C_out, OH, OW), lambda x, k, b, y: run_loops(x, k, b, y, True), small
+    if unpadded and (tiny or _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype)):
+        no_scratch = _scratch(False, nt, C_in * KH * KW, OH * OW, C_out, dtype)  # no BLAS: no limits to set
+        return (N, C_out, OH, OW), lambda x, k, b, y: forward(x, k, b, y, no_scratch, SH, SW, 0, 0, False, nt), small
     if C_in == 1 and _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype, padded=True):
         kernel = _padded_rows_run
     elif _channels_better(False, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
@@ -730,8 +796,10 @@ def _forward_plan(xshape, kshape, bshape, dtype, stride, padding, method):
     else:
         kernel = _shifted_run if _shifted_better(C_in, KH, KW, dtype) else _wide_run
 
+    all_finite = _TYPED["all_finite"][dtype]
+
     def run_direct(x, k, b, y):
-        if not unpadded and not _conv.all_finite(k.reshape(-1)):
+        if not unpadded and not all_finite(k.reshape(-1)):
             # The direct kernels skip some products with the zero padding (rows of taps that meet only
             # padding); with an inf or NaN tap, 0 * inf is NaN in the definition (and in im2col, PyTorch):
             # compute those layers the im2col way.
@@ -739,7 +807,7 @@ def _forward_plan(xshape, kshape, bshape, dtype, stride, padding, method):
             return
         kernel(x, k, b, y, top, left, nt, dtype)
 
-    return (N, C_out, OH, OW), run_direct
+    return (N, C_out, OH, OW), run_direct, small
 
 
 def conv2d_kernel_gradient(dE_dY, x, *, stride=1, padding=0, kernel_size=None, method="auto"):
@@ -765,18 +833,24 @@ def conv2d_kernel_gradient(dE_dY, x, *, stride=1, padding=0, kernel_size=None, m
         ``dK[j, i] = (1/N) Σ_n xcorr(x[n, i], dE_dY[n, j])``: the true gradient (the tutorial's
         ``correlate2d(dE_dY, x)`` returns it rotated by 180° because SciPy swaps the operands).
     """
+    hit = _cached(_kgrad_plan, (dE_dY, x), (stride, padding, kernel_size, method))
+    if hit is not None:
+        dtype, shape, run, _ = hit
+        dk = np.empty(shape, dtype)
+        run(dE_dY, x, dk)
+        return dk
     dy, x = _as_array(dE_dY, "dE_dY"), _as_array(x, "x")
     dtype = _compute_dtype((dy, x), ("dE_dY", "x"))
     _check_ndim(dy, 4, "dE_dY", "(N, C_out, OH, OW)")
     _check_ndim(x, 4, "x", "(N, C_in, H, W)")
-    shape, run = _plan(_kgrad_plan, (dy.shape, x.shape), dtype, (stride, padding, kernel_size, method))
+    shape, run, _ = _plan(_kgrad_plan, (dy.shape, x.shape), dtype, (stride, padding, kernel_size, method))
     dk = np.empty(shape, dtype=dtype)
     run(_contiguous(dy, dtype), _contiguous(x, dtype), dk)
     return dk
 
 
 def _kgrad_plan(dyshape, xshape, dtype, stride, padding, kernel_size, method):
-    """conv2d_kernel_gradient's checks and choices: (dK's shape, run(dy, x, dk))."""
+    """conv2d_kernel_gradient's checks and choices: (dK's shape, run(dy, x, dk), True)."""
     N, C_out, OH, OW = dyshape
     Nx, C_in, H, W = xshape
     if Nx != N:
@@ -806,33 +880,35 @@ def _kgrad_plan(dyshape, xshape, dtype, stride, padding, kernel_size, method):
     nt = _threads(nchunk, N * C_out * OH * OW * C_in * KH * KW)
     size = C_out * C_in * KH * KW
 
+    kgrad = _TYPED["conv2d_kernel_gradient"][dtype]
+
     def run_loops(dy, x, dk, use_gemm):
         # per-chunk partial sums; the direct loops keep one per output column too (summed in order at the end)
-        partial = np.empty((nchunk, size * (1 if use_gemm else OW)), dtype=dtype)
+        partial = np.empty((nchunk, size * (1 if use_gemm else OW)), dtype)
         scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
-        _run(use_gemm, _conv.conv2d_kernel_gradient, dy, x, dk, partial, scratch, SH, SW, top, left, use_gemm,
-             nt)
+        _run(use_gemm, kgrad, dy, x, dk, partial, scratch, SH, SW, top, left, use_gemm, nt)
 
     if impl not in _KGRAD_LAYOUTS:
         use_gemm = impl == "gemm"
-        return (C_out, C_in, KH, KW), lambda dy, x, dk: run_loops(dy, x, dk, use_gemm)
+        return (C_out, C_in, KH, KW), lambda dy, x, dk: run_loops(dy, x, dk, use_gemm), True
     layout = _KGRAD_LAYOUTS[impl]
     single = dtype == np.float32
     ns = _kgrad_samples(C_in, C_out, OH, OW, KH, KW, single, layout, N // nchunk)
     slab = _conv.kgrad_wide_scratch_size(C_in, C_out, OH, OW, KH, KW, single, layout, ns)
 
+    tiled = _TYPED["conv2d_kernel_gradient_wide"][dtype]
+
     def run_tiled(dy, x, dk):
         # per-thread slabs: padded (or shifted) x, widened dE_dY, vector partials; zeros where nothing is copied
-        partial = np.empty((nchunk, size), dtype=dtype)
-        scratch = np.zeros((nt, slab), dtype=dtype)
-        if not _conv.conv2d_kernel_gradient_wide(dy, x, dk, partial, scratch, top, left, layout,
-                                                 _KGRAD_TILE_CHANNELS, _KGRAD_TILE_TAPS, ns, nt):
+        partial = np.empty((nchunk, size), dtype)
+        scratch = np.zeros((nt, slab), dtype)
+        if not tiled(dy, x, dk, partial, scratch, top, left, layout, _KGRAD_TILE_CHANNELS, _KGRAD_TILE_TAPS, ns, nt):
             # The tiled layouts also multiply zeros (the widened dE_dY's extra columns) by x values a tap does
             # not reach: 0 * x is 0, except for an inf or NaN in x, which would turn such a tap into NaN. Only
             # then is dK non-finite; im2col reaches exactly the right values, so recompute that way.
             run_loops(dy, x, dk, True)
 
-    return (C_out, C_in, KH, KW), run_tiled
+    return (C_out, C_in, KH, KW), run_tiled, True
 
 
 def conv2d_bias_gradient(dE_dY):
@@ -847,18 +923,27 @@ def conv2d_bias_gradient(dE_dY):
     dB : ndarray, shape (C_out,)
         ``dB[j] = (1/N) Σ_{n, p, q} dE_dY[n, j, p, q]`` (zeros when N = 0).
     """
-    dy = _as_array(dE_dY, "dE_dY")
-    dtype = _compute_dtype((dy,), ("dE_dY",))
-    _check_ndim(dy, 4, "dE_dY", "(N, C_out, OH, OW)")
-    N, C_out, OH, OW = dy.shape
-    db = np.empty(C_out, dtype=dtype)
+    dy = dE_dY
+    dtype = dy.dtype if type(dy) is _ND and dy.ndim == 4 and dy.flags.c_contiguous else None
+    if dtype is not _F64 and dtype is not _F32:  # else (the common call) ready for the kernel as it is
+        dy = _as_array(dE_dY, "dE_dY")
+        dtype = _compute_dtype((dy,), ("dE_dY",))
+        _check_ndim(dy, 4, "dE_dY", "(N, C_out, OH, OW)")
+        dy = _contiguous(dy, dtype)
+    C_out = dy.shape[1]
+    db = np.empty(C_out, dtype)
     if C_out == 0:
         return db
-    acc = np.empty((C_out, _conv.SUM_LANES), dtype=dtype)
+    acc = np.empty((C_out, _conv.SUM_LANES), dtype)
     # a sum reads each element once: it splits from fewer elements than a convolution's multiply-adds
     nt = _threads(C_out, dy.size * _MIN_WORK_PER_THREAD // _BIAS_MIN_PER_THREAD)
-    _conv.conv2d_bias_gradient(_contiguous(dy, dtype), db, acc, nt)
+    _TYPED["conv2d_bias_gradient"][dtype](dy, db, acc, nt)
     return db
+
+
+
+
+_IGRAD_NAMES = ("dE_dY", "kernels")
 
 
 def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=None, method="auto", out=None):
@@ -884,19 +969,28 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
         ``dX[n, i] = Σ_j conv_full(dE_dY[n, j], kernels[j, i])`` (the adjoint of the forward map); ``out``
         when given.
     """
+    hit = _cached(_igrad_plan, (dE_dY, kernels), (stride, padding, input_size, method))
+    if hit is not None:
+        dtype, shape, run, small = hit
+        dx = np.empty(shape, dtype) if out is None and small else _output(out, shape, dtype, (dE_dY, kernels),
+                                                                            _IGRAD_NAMES)
+        if shape[0]:
+            run(dE_dY, kernels, dx)
+        return dx
     dy, k = _as_array(dE_dY, "dE_dY"), _as_array(kernels, "kernels")
-    dtype = _compute_dtype((dy, k), ("dE_dY", "kernels"))
+    dtype = _compute_dtype((dy, k), _IGRAD_NAMES)
     _check_ndim(dy, 4, "dE_dY", "(N, C_out, OH, OW)")
     _check_ndim(k, 4, "kernels", "(C_out, C_in, KH, KW)")
-    shape, run = _plan(_igrad_plan, (dy.shape, k.shape), dtype, (stride, padding, input_size, method))
-    dx = _output(out, shape, dtype, (dy, k), ("dE_dY", "kernels"))
+    shape, run, _ = _plan(_igrad_plan, (dy.shape, k.shape), dtype, (stride, padding, input_size, method))
+    dx = _output(out, shape, dtype, (dy, k), _IGRAD_NAMES)
     if shape[0]:
         run(_contiguous(dy, dtype), _contiguous(k, dtype), dx)
     return dx
 
 
 def _igrad_plan(dyshape, kshape, dtype, stride, padding, input_size, method):
-    """conv2d_input_gradient's checks and choices: (dX's shape, run(dy, k, dx))."""
+    """conv2d_input_gradient's checks and choices: (dX's shape, run(dy, k, dx), whether dX is below the
+    results' pool)."""
     N, C_out, OH, OW = dyshape
     Ck, C_in, KH, KW = kshape
     if Ck * C_in * KH * KW == 0:
@@ -925,14 +1019,20 @@ def _igrad_plan(dyshape, kshape, dtype, stride, padding, input_size, method):
                           N, C_in, C_out, H, W, KH, KW, OH, OW, dtype, grad=True)
     use_gemm = method == "gemm"
     nt = _threads(N, N * C_out * OH * OW * C_in * KH * KW)
+    small = _small(N * C_in * H * W, dtype)
+
+    igrad = _TYPED["conv2d_input_gradient"][dtype]
 
     def run_loops(dy, k, dx, use_gemm):
         scratch = _scratch(use_gemm, nt, C_in * KH * KW, OH * OW, C_out, dtype)
-        _run(use_gemm, _conv.conv2d_input_gradient, dy, k, dx, scratch, SH, SW, top, left, use_gemm, nt)
+        _run(use_gemm, igrad, dy, k, dx, scratch, SH, SW, top, left, use_gemm, nt)
 
+    if use_gemm:
+        return (N, C_in, H, W), lambda dy, k, dx: run_loops(dy, k, dx, True), small
     # tiny unpadded layers (the tutorial's toy one: 9 vs 11 us) keep the scatter loops, which need no setup
-    if use_gemm or _tiny(OH, OW, C_in, C_out) and (top, bottom, left, right) == (0, 0, 0, 0):
-        return (N, C_in, H, W), lambda dy, k, dx: run_loops(dy, k, dx, use_gemm)
+    if _tiny(OH, OW, C_in, C_out) and (top, bottom, left, right) == (0, 0, 0, 0):
+        no_scratch = _scratch(False, nt, C_in * KH * KW, OH * OW, C_out, dtype)  # no BLAS: no limits to set
+        return (N, C_in, H, W), lambda dy, k, dx: igrad(dy, k, dx, no_scratch, SH, SW, 0, 0, False, nt), small
     if _band_better(C_in, H, W, KH, dtype):
         kernel = _band_run
     elif _channels_better(True, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
@@ -942,15 +1042,16 @@ def _igrad_plan(dyshape, kshape, dtype, stride, padding, input_size, method):
 
     no_bias = np.zeros(C_in, dtype=dtype)
     no_bias.flags.writeable = False
+    rotate, rot_shape = _TYPED["rotate_kernels"][dtype], (C_in, C_out, KH, KW)
 
     def run_direct(dy, k, dx):
         # These kernels run on dE_dY zero-padded by K-1: an inf or NaN in the kernels would meet those zeros
         # (inf * 0 = NaN) where the full convolution has no product at all; BLAS + col2im (and the scatter
         # loops) form only the real products.
-        k_rot = np.empty((C_in, C_out, KH, KW), dtype=dtype)
-        if not _conv.rotate_kernels(k, k_rot):
+        k_rot = np.empty(rot_shape, dtype)
+        if not rotate(k, k_rot):
             run_loops(dy, k, dx, True)
             return
         kernel(dy, k_rot, no_bias, dx, pads[0], pads[2], nt, dtype)
 
-    return (N, C_in, H, W), run_direct
+    return (N, C_in, H, W), run_direct, small

@@ -136,3 +136,92 @@ def test_a_cached_plan_still_checks_out():
     with pytest.raises(ValueError, match="shares memory with x"):
         conv2d_forward(x, k, b, out=x)  # y has x's shape here
     assert_array_equal(x, before)
+
+
+# ----------------------------------------------------------------------------------------------
+# the short path of a cached call (ops._cached): ready arrays skip the conversions, others never take it
+# ----------------------------------------------------------------------------------------------
+
+def _all_four(x, k, b, dy, **opts):
+    ks, xs = np.shape(k)[2:], np.shape(x)[2:]
+    return (conv2d_forward(x, k, b, **opts), conv2d_kernel_gradient(dy, x, kernel_size=ks, **opts),
+            cnn_ext.conv2d_bias_gradient(dy), conv2d_input_gradient(dy, k, input_size=xs, **opts))
+
+
+@pytest.mark.parametrize("opts", OPTIONS[:4])
+def test_ready_arrays_skip_the_conversions(monkeypatch, opts):
+    """Once a plan is cached, exact C-contiguous float arrays go straight to it: the conversions and checks
+    are not called (they are replaced by ones that raise), and the results are the full path's."""
+    monkeypatch.setattr(ops, "_PLANS", {})  # (the conftest turns the cache off for monkeypatching tests)
+    x, k, b = _data()
+    dy = np.cos(conv2d_forward(x, k, b, **opts))
+    full = _all_four(x, k, b, dy, **opts)
+
+    def no_call(*args):
+        raise AssertionError("the short path converted or checked again")
+
+    for name in ("_as_array", "_compute_dtype", "_check_ndim", "_contiguous", "_output"):
+        monkeypatch.setattr(ops, name, no_call)
+    for a, c in zip(full, _all_four(x, k, b, dy, **opts)):
+        assert_array_equal(a, c)
+
+
+def _variants(a):
+    """a as arrays the kernels cannot take as they are, each with a's values."""
+    fortran = np.asfortranarray(a)
+    strided = np.repeat(a, 2, axis=-1)[..., ::2]
+    swapped = a.astype(a.dtype.newbyteorder())
+    sub = a.view(type("Sub", (np.ndarray,), {}))
+    return {"fortran": fortran, "strided": strided, "byteswapped": swapped, "subclass": sub,
+            "float32": a.astype(np.float32), "list": a.tolist()}
+
+
+@pytest.mark.parametrize("which", ["x", "k", "dy"])
+def test_arrays_not_ready_take_the_full_path(which):
+    """After a plan is cached for float64 arrays, arrays of the same shapes in other layouts, byte orders,
+    subclasses, dtypes or as lists are converted, never read as if they were ready: the same values give
+    the same results (float32 only where every argument is float32, so float64 here)."""
+    x, k, b = _data()
+    dy = np.cos(conv2d_forward(x, k, b))
+    ref = _all_four(x, k, b, dy)
+    args = dict(x=x, k=k, dy=dy)
+    for name, v in _variants(args[which]).items():
+        got = _all_four(**dict(args, **{which: v}), b=b)
+        for op, r, g in zip(("y", "dK", "dB", "dX"), ref, got):
+            # dB reads dE_dY alone: float32 for a float32 dE_dY
+            assert g.dtype == (np.float32 if op == "dB" and which == "dy" and name == "float32"
+                               else np.float64), (name, op)
+            np.testing.assert_allclose(g, r, rtol=1e-6 if name == "float32" else 0, atol=1e-5 if name == "float32"
+                                       else 0, err_msg=name)
+
+
+def test_the_short_path_keeps_the_checks_of_out_and_of_options():
+    x, k, b = _data()
+    y = conv2d_forward(x, k, b)
+    dy = np.ones_like(y)
+    conv2d_input_gradient(dy, k)  # both plans cached
+    with pytest.raises(ValueError, match="out has shape"):
+        conv2d_forward(x, k, b, out=np.empty((3, 5, 7, 8)))
+    with pytest.raises(ValueError, match="out must be C-contiguous"):
+        conv2d_forward(x, k, b, out=np.empty(y.shape[::-1]).T)
+    d, k1 = np.ones((3, 5, 9, 9)), np.ones((5, 5, 1, 1))
+    conv2d_input_gradient(d, k1)  # a plan whose dX has dE_dY's shape
+    with pytest.raises(ValueError, match="shares memory with dE_dY"):
+        conv2d_input_gradient(d, k1, out=d)
+    with pytest.raises(TypeError):
+        conv2d_forward(x, k, b, stride=True)
+    with pytest.raises(TypeError, match="x must hold real numbers"):
+        conv2d_forward(x.astype(complex), k, b)
+
+
+def test_the_short_path_reads_its_inputs_only():
+    x, k, b = _data()
+    x.flags.writeable = k.flags.writeable = b.flags.writeable = False  # read-only arrays are ready too
+    y = conv2d_forward(x, k, b)
+    dy = np.cos(y)
+    dy.flags.writeable = False
+    before = [a.copy() for a in (x, k, b, dy)]
+    for _ in range(2):
+        _all_four(x, k, b, dy)
+    for a, c in zip((x, k, b, dy), before):
+        assert_array_equal(a, c)
