@@ -512,7 +512,7 @@ def _wide_run(x, k, b, y, top, left, nt, dtype):
     Hp, Wp = OH + KH - 1, _conv.wide_pitch(W, OW, KW, left)
     JB, TB = _TILES[dtype]["wide"]
     Fr = -(-OH * Wp // TB) * TB
-    xpad = np.zeros((nt, C_in * Hp * Wp + TB + KW), dtype=dtype)
+    xpad = _thread_slabs((nt, C_in * Hp * Wp + TB + KW), dtype)
     wide = np.empty((nt, C_out * Fr), dtype=dtype)
     _TYPED["conv2d_forward_wide"][dtype](x, k, b, y, xpad, wide, top, left, _WIDE_IB, nt)
 
@@ -565,16 +565,22 @@ def _band_better(C_in, H, W, KH, dtype):
     return nvec // ntile >= 2
 
 
+def _thread_slabs(shape, dtype):
+    """Per-thread slabs of a kernel that zeroes its own thread's slab (_conv._zero_slab): uninitialised."""
+    return np.empty(shape, dtype)
+
+
 def _padded_slabs(x, k, y, nt, dtype):
-    """Per-thread zeroed slabs for one zero-padded sample (C_in x Hp x Wp, Hp = OH + KH - 1, Wp = OW + KW - 1):
-    the kernels write only the interior."""
+    """Per-thread slabs for one zero-padded sample (C_in x Hp x Wp, Hp = OH + KH - 1, Wp = OW + KW - 1); the
+    kernels zero them in their own threads and write only the interior."""
     Hp, Wp = y.shape[2] + k.shape[2] - 1, y.shape[3] + k.shape[3] - 1
-    return np.zeros((nt, x.shape[1] * Hp * Wp), dtype=dtype)
+    return _thread_slabs((nt, x.shape[1] * Hp * Wp), dtype)
 
 
 def _padded_rows_run(x, k, b, y, top, left, nt, dtype):
     """The row-tiled direct forward on a zero-padded copy of each sample."""
-    _TYPED["conv2d_forward_rows_padded"][dtype](x, k, b, y, _padded_slabs(x, k, y, nt, dtype), top, left, nt)
+    _TYPED["conv2d_forward_rows_padded"][dtype](x, k, b, y, _padded_slabs(x, k, y, nt, dtype), top, left,
+                                                nt)
 
 
 def _band_run(x, k, b, y, top, left, nt, dtype):
@@ -589,7 +595,8 @@ def _channel_vector_run(x, k, b, y, top, left, nt, dtype):
     JW = _TILES[dtype]["channels"]
     kp = np.ascontiguousarray(k.reshape(C_out // JW, JW, C_in, KH, KW).transpose(0, 2, 3, 4, 1))
     stage = np.empty((nt, JW * y.shape[3]), dtype=dtype)
-    _TYPED["conv2d_forward_cv"][dtype](x, kp, b, y, _padded_slabs(x, k, y, nt, dtype), stage, top, left, nt)
+    _TYPED["conv2d_forward_cv"][dtype](x, kp, b, y, _padded_slabs(x, k, y, nt, dtype), stage, top, left,
+                                       nt)
 
 
 def _threads(parts, work=None):

@@ -17,9 +17,9 @@ Samples are split over OpenMP threads; reductions over the batch (dK, dB) go thr
 chunks summed in a fixed order, so results do not depend on the thread count.
 """
 from cython cimport floating
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport parallel, prange, threadid
 from scipy.linalg.cython_blas cimport sgemm, dgemm
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 cdef extern from *:
     """
@@ -374,6 +374,14 @@ cdef inline bint _all_finite(const floating* a, Py_ssize_t n) noexcept nogil:
     return finite
 
 
+cdef inline void _zero_slab(floating* xp, Py_ssize_t size) noexcept nogil:
+    """A thread's padded slab zeroed by that thread, at the start of its part of a call: the copies of the
+    samples then write only the interior. The zeros land in the cache of the core that reads them; zeroing
+    every thread's slab in the calling thread (np.zeros) cost the tutorial's input gradient, float64 on 2
+    threads, ~2 µs more: a serial memset, then the other core fetching its slab from the first one's cache."""
+    memset(xp, 0, size * sizeof(floating))
+
+
 cdef int _check_slabs(Py_ssize_t rows, Py_ssize_t size, int num_threads, Py_ssize_t C_in, Py_ssize_t Hp,
                       Py_ssize_t Wp) except -1:
     """ValueError unless a (rows, size) scratch holds a zero-padded C_in x Hp x Wp slab per thread."""
@@ -386,12 +394,12 @@ def conv2d_forward_rows_padded(const floating[:, :, :, ::1] x,      # IN  (N, C_
                                const floating[:, :, :, ::1] k,      # IN  (C_out, C_in, KH, KW)
                                const floating[::1] b,               # IN  (C_out,)
                                floating[:, :, :, ::1] y,            # OUT (N, C_out, OH, OW)
-                               floating[:, ::1] xpad,               # TMP (threads, C_in*Hp*Wp), zeroed
+                               floating[:, ::1] xpad,               # TMP (threads, C_in*Hp*Wp), any values
                                Py_ssize_t PT, Py_ssize_t PL, int num_threads):
     """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left
     (bottom and right follow from y's shape: Hp = OH + KH - 1, Wp = OW + KW - 1): the row tiles of the
-    unpadded forward on a zero-padded copy of each sample (a slab per thread)."""
-    cdef Py_ssize_t n, N = x.shape[0], KH = k.shape[2], KW = k.shape[3]
+    unpadded forward on a zero-padded copy of each sample (a slab per thread, zeroed here by its thread)."""
+    cdef Py_ssize_t n, t, N = x.shape[0], KH = k.shape[2], KW = k.shape[3]
     cdef Py_ssize_t Hp = y.shape[2] + KH - 1, Wp = y.shape[3] + KW - 1
     cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], k.shape[0], KH, KW, y.shape[2], y.shape[3],
                         1, 1, PT, PL)
@@ -402,13 +410,18 @@ def conv2d_forward_rows_padded(const floating[:, :, :, ::1] x,      # IN  (N, C_
         return
     with nogil:
         if num_threads == 1:  # no parallel region (entering one costs ~0.7 µs even for one thread)
+            _zero_slab(&xpad[0, 0], g.C_in * Hp * Wp)
             for n in range(N):
                 _forward_rows_padded_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0], &xpad[0, 0],
                                          &g, &gp)
         else:
-            for n in prange(N, schedule='dynamic', num_threads=num_threads):
-                _forward_rows_padded_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
-                                         &xpad[threadid(), 0], &g, &gp)
+            t = 0  # (each thread sets its own: private in the region)
+            with parallel(num_threads=num_threads):
+                t = threadid()
+                _zero_slab(&xpad[t, 0], g.C_in * Hp * Wp)
+                for n in prange(N, schedule='dynamic'):
+                    _forward_rows_padded_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0], &xpad[t, 0],
+                                             &g, &gp)
 
 
 cdef void _forward_rows_padded_one(const floating* x, const floating* k, const floating* b, floating* y,
@@ -1098,12 +1111,12 @@ def conv2d_forward_wide(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, 
                         const floating[:, :, :, ::1] k,      # IN  (C_out, C_in, KH, KW)
                         const floating[::1] b,               # IN  (C_out,)
                         floating[:, :, :, ::1] y,            # OUT (N, C_out, OH, OW)
-                        floating[:, ::1] xpad,               # TMP (threads, C_in*Hp*Wp + slack), zeroed
+                        floating[:, ::1] xpad,               # TMP (threads, C_in*Hp*Wp + slack), any values
                         floating[:, ::1] wide,               # TMP (threads, C_out*Fr)
                         Py_ssize_t PT, Py_ssize_t PL, Py_ssize_t IB, int num_threads):
     """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left
     (bottom and right follow from y's shape: Hp = OH + KH - 1; the row pitch Wp is wide_pitch)."""
-    cdef Py_ssize_t n, N = x.shape[0]
+    cdef Py_ssize_t n, t, N = x.shape[0]
     cdef Py_ssize_t Hp = y.shape[2] + k.shape[2] - 1
     cdef Py_ssize_t Wp = wide_pitch(x.shape[3], y.shape[3], k.shape[3], PL)
     cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], k.shape[0], k.shape[2], k.shape[3],
@@ -1112,13 +1125,18 @@ def conv2d_forward_wide(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, 
         return
     with nogil:
         if num_threads == 1:  # no parallel region (entering one costs ~0.7 µs even for one thread)
+            _zero_slab(&xpad[0, 0], xpad.shape[1])
             for n in range(N):
                 _forward_wide_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
                                   &xpad[0, 0], &wide[0, 0], &g, Hp, Wp, IB)
         else:
-            for n in prange(N, schedule='dynamic', num_threads=num_threads):
-                _forward_wide_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
-                                  &xpad[threadid(), 0], &wide[threadid(), 0], &g, Hp, Wp, IB)
+            t = 0  # (each thread sets its own: private in the region)
+            with parallel(num_threads=num_threads):
+                t = threadid()
+                _zero_slab(&xpad[t, 0], xpad.shape[1])
+                for n in prange(N, schedule='dynamic'):
+                    _forward_wide_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
+                                      &xpad[t, 0], &wide[t, 0], &g, Hp, Wp, IB)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1518,12 +1536,12 @@ def conv2d_forward_band(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, 
                         const floating[:, :, :, ::1] k,      # IN  (1, C_in, KH, KW)
                         const floating[::1] b,               # IN  (1,)
                         floating[:, :, :, ::1] y,            # OUT (N, 1, OH, OW)
-                        floating[:, ::1] xpad,               # TMP (threads, C_in*Hp*Wp), zeroed
+                        floating[:, ::1] xpad,               # TMP (threads, C_in*Hp*Wp), any values
                         Py_ssize_t PT, Py_ssize_t PL, int num_threads):
     """y[n, 0] = b[0] + Σ_i xcorr(x[n, i], k[0, i]), stride 1, zero padding PT on top and PL on the left
     (bottom and right follow from y's shape: Hp = OH + KH - 1, Wp = OW + KW - 1); OH >= band_tile()[0],
-    OW >= band_tile()[1]."""
-    cdef Py_ssize_t n, N = x.shape[0]
+    OW >= band_tile()[1]. Each thread zeroes its own slab first (_zero_slab)."""
+    cdef Py_ssize_t n, t, N = x.shape[0]
     cdef Py_ssize_t Hp = y.shape[2] + k.shape[2] - 1, Wp = y.shape[3] + k.shape[3] - 1
     cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], 1, k.shape[2], k.shape[3],
                         y.shape[2], y.shape[3], 1, 1, PT, PL)
@@ -1532,12 +1550,16 @@ def conv2d_forward_band(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, 
         return
     with nogil:
         if num_threads == 1:  # no parallel region (entering one costs ~0.7 µs even for one thread)
+            _zero_slab(&xpad[0, 0], g.C_in * Hp * Wp)
             for n in range(N):
                 _forward_band_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0], &xpad[0, 0], &g, Hp, Wp)
         else:
-            for n in prange(N, schedule='dynamic', num_threads=num_threads):
-                _forward_band_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0], &xpad[threadid(), 0],
-                                  &g, Hp, Wp)
+            t = 0  # (each thread sets its own: private in the region)
+            with parallel(num_threads=num_threads):
+                t = threadid()
+                _zero_slab(&xpad[t, 0], g.C_in * Hp * Wp)
+                for n in prange(N, schedule='dynamic'):
+                    _forward_band_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0], &xpad[t, 0], &g, Hp, Wp)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1665,12 +1687,12 @@ def conv2d_forward_cv(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
                       const floating[:, :, :, :, ::1] kp,  # IN  (C_out / JW, C_in, KH, KW, JW) packed kernels
                       const floating[::1] b,               # IN  (C_out,)
                       floating[:, :, :, ::1] y,            # OUT (N, C_out, OH, OW)
-                      floating[:, ::1] xpad,               # TMP (threads, C_in*Hp*Wp), zeroed
+                      floating[:, ::1] xpad,               # TMP (threads, C_in*Hp*Wp), any values
                       floating[:, ::1] stage,              # TMP (threads, JW*OW)
                       Py_ssize_t PT, Py_ssize_t PL, int num_threads):
     """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left;
     kp[jb, i, kh, kw, l] = k[jb*JW + l, i, kh, kw] with JW = channel_tile(); C_out a multiple of JW."""
-    cdef Py_ssize_t n, N = x.shape[0]
+    cdef Py_ssize_t n, t, N = x.shape[0]
     cdef Py_ssize_t KH = kp.shape[2], KW = kp.shape[3]
     cdef Py_ssize_t Hp = y.shape[2] + KH - 1, Wp = y.shape[3] + KW - 1
     cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], y.shape[1], KH, KW,
@@ -1679,13 +1701,18 @@ def conv2d_forward_cv(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
         return
     with nogil:
         if num_threads == 1:  # no parallel region (entering one costs ~0.7 µs even for one thread)
+            _zero_slab(&xpad[0, 0], xpad.shape[1])
             for n in range(N):
                 _forward_cv_one(&x[n, 0, 0, 0], &kp[0, 0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
                                 &xpad[0, 0], &stage[0, 0], &g, Hp, Wp)
         else:
-            for n in prange(N, schedule='dynamic', num_threads=num_threads):
-                _forward_cv_one(&x[n, 0, 0, 0], &kp[0, 0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
-                                &xpad[threadid(), 0], &stage[threadid(), 0], &g, Hp, Wp)
+            t = 0  # (each thread sets its own: private in the region)
+            with parallel(num_threads=num_threads):
+                t = threadid()
+                _zero_slab(&xpad[t, 0], xpad.shape[1])
+                for n in prange(N, schedule='dynamic'):
+                    _forward_cv_one(&x[n, 0, 0, 0], &kp[0, 0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
+                                    &xpad[t, 0], &stage[t, 0], &g, Hp, Wp)
 
 
 # ---------------------------------------------------------------------------------------------------

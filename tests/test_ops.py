@@ -1135,3 +1135,47 @@ def test_misshapen_nested_padding_is_a_value_error(padding):
     x, k, b = np.zeros((1, 1, 5, 5)), np.zeros((1, 1, 3, 3)), np.zeros(1)
     with pytest.raises(ValueError, match="padding"):
         conv2d_forward(x, k, b, padding=padding)
+
+
+SLAB_KERNELS = ("conv2d_forward_band", "conv2d_forward_rows_padded", "conv2d_forward_wide", "conv2d_forward_cv")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_slab_kernels_zero_their_own_slabs(monkeypatch, restore_threads, dtype):
+    """The padded-slab kernels (row bands, padded row tiles, wide rows, channel vectors) get uninitialised slabs
+    and zero them in their own threads: slabs full of NaN must not change a single result."""
+    ran = set()
+    for name in SLAB_KERNELS:
+        kernel = ops._TYPED[name][np.dtype(dtype)]
+
+        def record(*args, _name=name, _kernel=kernel):
+            ran.add(_name)
+            return _kernel(*args)
+
+        monkeypatch.setitem(ops._TYPED[name], np.dtype(dtype), record)
+    cases = [  # N, C_in, C_out, H, K, padding
+        (16, 1, 4, 28, 5, 0),     # the tutorial's layer: its dX takes the row bands
+        (3, 1, 4, 22, 3, "same"),  # one input channel, padded: the padded row tiles
+        (4, 8, 16, 10, 3, 1),     # channel vectors
+        (2, 3, 5, 12, 3, 1),      # wide rows
+        (5, 2, 3, 9, 4, ((2, 0), (1, 3))),
+    ]
+    rng = np.random.default_rng(7)
+    for nt in (1, 2):
+        cnn_ext.set_num_threads(nt)
+        for N, C_in, C_out, H, K, padding in cases:
+            x = rng.standard_normal((N, C_in, H, H)).astype(dtype)
+            k = rng.standard_normal((C_out, C_in, K, K)).astype(dtype)
+            b = rng.standard_normal(C_out).astype(dtype)
+            y_ref = conv2d_forward(x, k, b, padding=padding, method="gemm")
+            dy = rng.standard_normal(y_ref.shape).astype(dtype)
+            dx_ref = conv2d_input_gradient(dy, k, padding=padding, input_size=(H, H), method="gemm")
+            with monkeypatch.context() as m:
+                m.setattr(ops, "_thread_slabs", lambda shape, dt: np.full(shape, np.nan, dt))
+                y = conv2d_forward(x, k, b, padding=padding, method="direct")
+                dx = conv2d_input_gradient(dy, k, padding=padding, input_size=(H, H), method="direct")
+            tol = dict(rtol=1e-10, atol=1e-10) if dtype == np.float64 else dict(rtol=2e-5, atol=2e-4)
+            assert_allclose(y, y_ref, **tol, err_msg=str((N, C_in, C_out, H, K, padding, nt)))
+            assert_allclose(dx, dx_ref, **tol, err_msg=str((N, C_in, C_out, H, K, padding, nt)))
+    if ops._WIDE_FAST:  # the AVX2 build (the baseline build routes these through BLAS)
+        assert ran == set(SLAB_KERNELS)
