@@ -672,9 +672,9 @@ def _plan(make, shapes, dtype, options):
 
 
 def _cached(make, arrays, options):
-    """(dtype, shape, run) of the plan an earlier call made, when this call's arrays can go to the kernels as
-    they are (exact ndarrays, C-contiguous, all of one native float32 or float64 dtype: the builtin descriptors,
-    tested by identity) and its options are plain (_keyable); else None, and the call takes the full path
+    """(dtype, shape, run, small) of the plan an earlier call made, when this call's arrays can go to the
+    kernels as they are (exact ndarrays, C-contiguous, all of one native float32 or float64 dtype: the builtin
+    descriptors, tested by identity) and its options are plain (_keyable); else None, and the call takes the full path
     (conversions, checks, the plan). The common call, a layer's in a training loop, so skips the conversions
     and checks. With the kernels' own versions by dtype (_TYPED) and plain np.empty results below the pool: the
     tutorial's layer (16, 1, 4, 28, 5), float64, its four operations back to back, 98.5 -> 93 µs on 2 threads,
@@ -760,8 +760,8 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto", out=
 
 
 def _forward_plan(xshape, kshape, bshape, dtype, stride, padding, method):
-    """conv2d_forward's checks and choices, from the shapes and arguments: (y's shape, run(x, k, b, y), whether y is
-    below the results' pool)."""
+    """conv2d_forward's checks and choices, from the shapes and arguments: (y's shape, run(x, k, b, y), whether
+    y is below the results' pool)."""
     N, C_in, H, W = xshape
     C_out, Ck, KH, KW = kshape
     if C_out * Ck * KH * KW == 0:
@@ -795,7 +795,11 @@ def _forward_plan(xshape, kshape, bshape, dtype, stride, padding, method):
         return (N, C_out, OH, OW), lambda x, k, b, y: run_loops(x, k, b, y, True), small
     if unpadded and (tiny or _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype)):
         no_scratch = _scratch(False, nt, C_in * KH * KW, OH * OW, C_out, dtype)  # no BLAS: no limits to set
-        return (N, C_out, OH, OW), lambda x, k, b, y: forward(x, k, b, y, no_scratch, SH, SW, 0, 0, False, nt), small
+
+        def run_rows(x, k, b, y):
+            forward(x, k, b, y, no_scratch, SH, SW, 0, 0, False, nt)
+
+        return (N, C_out, OH, OW), run_rows, small
     if C_in == 1 and _row_tiles_better(C_in, OH, OW, C_out, KH, KW, dtype, padded=True):
         kernel = _padded_rows_run
     elif _channels_better(False, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
@@ -948,8 +952,6 @@ def conv2d_bias_gradient(dE_dY):
     return db
 
 
-
-
 _IGRAD_NAMES = ("dE_dY", "kernels")
 
 
@@ -1039,7 +1041,11 @@ def _igrad_plan(dyshape, kshape, dtype, stride, padding, input_size, method):
     # tiny unpadded layers (the tutorial's toy one: 9 vs 11 us) keep the scatter loops, which need no setup
     if _tiny(OH, OW, C_in, C_out) and (top, bottom, left, right) == (0, 0, 0, 0):
         no_scratch = _scratch(False, nt, C_in * KH * KW, OH * OW, C_out, dtype)  # no BLAS: no limits to set
-        return (N, C_in, H, W), lambda dy, k, dx: igrad(dy, k, dx, no_scratch, SH, SW, 0, 0, False, nt), small
+
+        def run_scatter(dy, k, dx):
+            igrad(dy, k, dx, no_scratch, SH, SW, 0, 0, False, nt)
+
+        return (N, C_in, H, W), run_scatter, small
     if _band_better(C_in, H, W, KH, dtype):
         kernel = _band_run
     elif _channels_better(True, C_in, C_out, H, W, KH, KW, OH, OW, dtype):
