@@ -134,6 +134,9 @@ def _ints(value, name, minimum, length=2):
     """
     if type(value) is int and minimum <= value <= _INT_MAX:  # the common case, without the generic checks (~0.5 µs)
         return (value,) * length
+    if (type(value) is tuple and length == 2 and len(value) == 2 and type(value[0]) is int  # a layer's pair
+            and type(value[1]) is int and minimum <= value[0] <= _INT_MAX and minimum <= value[1] <= _INT_MAX):
+        return value
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     try:
@@ -643,7 +646,11 @@ def _keyable(value):
     NumPy scalars and arrays) must go through the checks, which refuse or convert them, on every call."""
     if type(value) in _PLAIN:
         return True
-    return type(value) is tuple and all(_keyable(v) for v in value)
+    if type(value) is not tuple:
+        return False
+    if len(value) == 2 and type(value[0]) is int and type(value[1]) is int:  # a layer's pair, without a generator
+        return True
+    return all(_keyable(v) for v in value)
 
 
 def _key(make, shapes, dtype, options):

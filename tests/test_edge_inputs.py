@@ -422,3 +422,20 @@ def test_network_update_calls_a_layers_own_update_rule():
     net.update(0.5, grads)
     assert custom.calls == [(grads[1], 0.5)]
     assert_allclose(net.layers[0].b, b0 - 0.5 * grads[0]["dB"])
+
+
+@pytest.mark.parametrize("pair, error, match", [
+    ((0, 1), ValueError, "stride must be >= 1"),
+    ((1, -3), ValueError, "stride must be >= 1"),
+    ((1, 2**31), ValueError, TOO_BIG),
+    ((1, True), ValueError, "stride must be an int or a pair of ints"),
+    ((1.0, 1), TypeError, "stride must be an int or a pair of ints"),
+])
+def test_pairs_of_ints_are_checked_like_ints(pair, error, match):
+    """Pairs of exact ints take a short path through the checks (a layer's stride / kernel size): the values
+    are still checked; other pairs take the generic one."""
+    with pytest.raises(error, match=match):
+        conv2d_forward(X, K, B, stride=pair)
+    with pytest.raises(error, match=match):
+        conv2d_output_shape((5, 5), 3, stride=pair)
+    assert conv2d_output_shape((28, 27), (5, 4), (1, 2), "valid") == (24, 12)
