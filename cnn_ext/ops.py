@@ -508,7 +508,8 @@ def _scratch(use_gemm, nt, CKK, P, C_out, dtype):
 
 
 def _wide_run(x, k, b, y, top, left, nt, dtype):
-    """The wide-row direct kernel (stride 1): per-thread zeroed padded slabs and wide output buffers."""
+    """The wide-row direct kernel (stride 1): per-thread padded slabs (zeroed by their threads) and wide output
+    buffers."""
     N, C_in, H, W = x.shape
     C_out, _, KH, KW = k.shape
     OH, OW = y.shape[2:]
@@ -593,7 +594,7 @@ def _band_run(x, k, b, y, top, left, nt, dtype):
 
 def _channel_vector_run(x, k, b, y, top, left, nt, dtype):
     """The channel-vector direct kernel (stride 1, C_out a multiple of _conv.channel_tile): packed kernels and
-    per-thread zeroed padded slabs."""
+    per-thread padded slabs (zeroed by their threads)."""
     C_out, C_in, KH, KW = k.shape
     JW = _TILES[dtype]["channels"]
     kp = np.ascontiguousarray(k.reshape(C_out // JW, JW, C_in, KH, KW).transpose(0, 2, 3, 4, 1))
