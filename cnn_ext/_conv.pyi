@@ -107,7 +107,7 @@ def conv2d_forward_wide(
     k: NDArray[_F],  # IN  (C_out, C_in, KH, KW)
     b: NDArray[_F],  # IN  (C_out,)
     y: NDArray[_F],  # OUT (N, C_out, OH, OW)
-    xpad: NDArray[_F],  # TMP (threads, C_in*Hp*Wp + slack), zeroed
+    xpad: NDArray[_F],  # TMP (threads, C_in*Hp*Wp + slack), any values (each thread zeroes its own)
     wide: NDArray[_F],  # TMP (threads, C_out*Fr)
     PT: int,
     PL: int,
@@ -144,7 +144,7 @@ def conv2d_forward_cv(
     kp: NDArray[_F],  # IN  (C_out / JW, C_in, KH, KW, JW) packed kernels, JW = channel_tile()
     b: NDArray[_F],  # IN  (C_out,)
     y: NDArray[_F],  # OUT (N, C_out, OH, OW)
-    xpad: NDArray[_F],  # TMP (threads, C_in*Hp*Wp), zeroed
+    xpad: NDArray[_F],  # TMP (threads, C_in*Hp*Wp), any values (each thread zeroes its own)
     stage: NDArray[_F],  # TMP (threads, JW*OW)
     PT: int,
     PL: int,
@@ -158,7 +158,7 @@ def conv2d_forward_rows_padded(
     k: NDArray[_F],  # IN  (C_out, C_in, KH, KW)
     b: NDArray[_F],  # IN  (C_out,)
     y: NDArray[_F],  # OUT (N, C_out, OH, OW)
-    xpad: NDArray[_F],  # TMP (threads, C_in*Hp*Wp), zeroed
+    xpad: NDArray[_F],  # TMP (threads, C_in*Hp*Wp), any values (each thread zeroes its own)
     PT: int,
     PL: int,
     num_threads: int,
@@ -181,7 +181,7 @@ def conv2d_forward_band(
     k: NDArray[_F],  # IN  (1, C_in, KH, KW)
     b: NDArray[_F],  # IN  (1,)
     y: NDArray[_F],  # OUT (N, 1, OH, OW)
-    xpad: NDArray[_F],  # TMP (threads, C_in*Hp*Wp), zeroed
+    xpad: NDArray[_F],  # TMP (threads, C_in*Hp*Wp), any values (each thread zeroes its own)
     PT: int,
     PL: int,
     num_threads: int,

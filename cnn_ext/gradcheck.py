@@ -212,7 +212,7 @@ def gradient_check(model, x, *, loss="sum_squares", eps=1e-6, rtol=1e-5, atol=1e
     if max_entries is not None and (not isinstance(max_entries, (int, np.integer)) or max_entries < 1):
         raise ValueError(f"max_entries must be None or a positive int, got {max_entries!r}")
     is_network = hasattr(model, "layers")
-    if not is_network and not (callable(getattr(model, "forward", None)) and callable(getattr(model, "backward", None))):
+    if not is_network and not all(callable(getattr(model, m, None)) for m in ("forward", "backward")):
         raise TypeError(f"model must be a cnn_ext Network or a layer (with forward and backward), got "
                         f"{type(model).__name__}")
     model = _float64_copy(model)

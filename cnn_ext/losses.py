@@ -47,6 +47,12 @@ def mse(prediction, target):
     return float(np.vdot(d, d) / d.size)
 
 
+def _whole_numbers(t):
+    """Whether a real array holds whole numbers only (integer and bool dtypes always do): labels of shape (N,)
+    are then class indices."""
+    return t.dtype.kind != "f" or bool(np.all(t == np.round(t)))
+
+
 def _class_targets(labels, N, K):
     """One-hot (or probability) targets (N, K) from integer labels (N,) or from an (N, K) array."""
     t = np.asarray(labels)
@@ -55,7 +61,7 @@ def _class_targets(labels, N, K):
     if t.ndim == 1:
         if t.shape[0] != N:
             raise ValueError(f"labels has {t.shape[0]} entries (shape {t.shape}) but logits has {N} rows")
-        if t.dtype.kind == "f" and not np.all(t == np.round(t)):
+        if not _whole_numbers(t):
             raise ValueError("labels of shape (N,) must be integer class indices")
         idx = t.astype(np.intp)
         if N and (idx.min() < 0 or idx.max() >= K):

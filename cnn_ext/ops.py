@@ -238,11 +238,12 @@ def _check_alloc(shape, dtype, what):
         raise ValueError(f"{what()} of shape {tuple(shape)}: {nbytes} bytes, more than can be allocated ({_MAX_BYTES})")
 
 
-def _output(out, shape, dtype, inputs, names):
-    """``out`` checked as the destination of a result of this shape and dtype; if None, an array from the
-    results' pool (a new one, or one handed out before that nobody holds any more: cnn_ext._reuse)."""
+def _output(out, shape, dtype, inputs, names, small=False):
+    """``out`` checked as the destination of a result of this shape and dtype; if None, a new array when the
+    plan found it ``small`` (below the results' pool), else one from the pool (a new one, or one handed out
+    before that nobody holds any more: cnn_ext._reuse)."""
     if out is None:
-        return _reuse.OUTPUTS.empty(shape, dtype)
+        return np.empty(shape, dtype) if small else _reuse.OUTPUTS.empty(shape, dtype)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
     if out.shape != shape or out.dtype != dtype:
@@ -679,19 +680,10 @@ def _plan(make, shapes, dtype, options):
     return plan
 
 
-def _cached(make, arrays, options):
-    """(dtype, shape, run, small) of the plan an earlier call made, when this call's arrays can go to the
-    kernels as they are (exact ndarrays, C-contiguous, all of one native float32 or float64 dtype: the builtin
-    descriptors, tested by identity) and its options are plain (_keyable); else None, and the call takes the full path
-    (conversions, checks, the plan). The common call, a layer's in a training loop, so skips the conversions
-    and checks. With the kernels' own versions by dtype (_TYPED) and plain np.empty results below the pool: the
-    tutorial's layer (16, 1, 4, 28, 5), float64, its four operations back to back, 98.5 -> 93 µs on 2 threads,
-    153 -> 147 µs on 1 (the old and new trees run in alternation, twice)."""
-    plans = _PLANS
-    a0 = arrays[0]
-    if plans is None or type(a0) is not _ND:
-        return None
-    dtype = a0.dtype
+def _ready(arrays):
+    """(dtype, shapes) of arrays the kernels can take as they are (exact ndarrays, C-contiguous, all of one native
+    float32 or float64 dtype: the builtin descriptors, tested by identity), else None."""
+    dtype = arrays[0].dtype if type(arrays[0]) is _ND else None
     if dtype is not _F64 and dtype is not _F32:
         return None
     shapes = []
@@ -699,10 +691,22 @@ def _cached(make, arrays, options):
         if type(a) is not _ND or a.dtype is not dtype or not a.flags.c_contiguous:
             return None
         shapes.append(a.shape)
-    for o in options:
-        if type(o) not in _PLAIN and not _keyable(o):
-            return None
-    plan = plans.get((make, get_num_threads(), tuple(shapes), dtype, options))
+    return dtype, tuple(shapes)
+
+
+def _cached(make, arrays, options):
+    """(dtype, shape, run, small) of the plan an earlier call made, when this call's arrays are _ready and its
+    options plain (_key); else None, and the call takes the full path (conversions, checks, the plan). The
+    common call, a layer's in a training loop, so skips the conversions and checks. With the kernels' own
+    versions by dtype (_TYPED) and plain np.empty results below the pool: the tutorial's layer
+    (16, 1, 4, 28, 5), float64, its four operations back to back, 100 -> 94 µs on 2 threads, 153 -> 149 µs on
+    1 (medians of four runs alternating the old and new trees)."""
+    plans = _PLANS
+    ready = None if plans is None else _ready(arrays)
+    if ready is None:
+        return None
+    dtype, shapes = ready
+    plan = plans.get(_key(make, shapes, dtype, options))  # a None key (options not plain) finds no plan
     return None if plan is None else (dtype, *plan)
 
 
@@ -750,8 +754,7 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto", out=
     hit = _cached(_forward_plan, (x, kernels, bias), (stride, padding, method))
     if hit is not None:
         dtype, shape, run, small = hit
-        y = np.empty(shape, dtype) if out is None and small else _output(out, shape, dtype, (x, kernels, bias),
-                                                                           _FORWARD_NAMES)
+        y = _output(out, shape, dtype, (x, kernels, bias), _FORWARD_NAMES, small)
         if shape[0]:
             run(x, kernels, bias, y)
         return y
@@ -760,8 +763,8 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto", out=
     _check_ndim(x, 4, "x", "(N, C_in, H, W)")
     _check_ndim(k, 4, "kernels", "(C_out, C_in, KH, KW)")
     _check_ndim(b, 1, "bias", "(C_out,)")
-    shape, run, _ = _plan(_forward_plan, (x.shape, k.shape, b.shape), dtype, (stride, padding, method))
-    y = _output(out, shape, dtype, (x, k, b), _FORWARD_NAMES)
+    shape, run, small = _plan(_forward_plan, (x.shape, k.shape, b.shape), dtype, (stride, padding, method))
+    y = _output(out, shape, dtype, (x, k, b), _FORWARD_NAMES, small)
     if shape[0]:
         run(_contiguous(x, dtype), _contiguous(k, dtype), _contiguous(b, dtype), y)
     return y
@@ -943,8 +946,10 @@ def conv2d_bias_gradient(dE_dY):
         ``dB[j] = (1/N) Σ_{n, p, q} dE_dY[n, j, p, q]`` (zeros when N = 0).
     """
     dy = dE_dY
-    dtype = dy.dtype if type(dy) is _ND and dy.ndim == 4 and dy.flags.c_contiguous else None
-    if dtype is not _F64 and dtype is not _F32:  # else (the common call) ready for the kernel as it is
+    ready = _ready((dy,))
+    if ready is not None and dy.ndim == 4:  # the common call: the kernel takes dy as it is
+        dtype = ready[0]
+    else:
         dy = _as_array(dE_dY, "dE_dY")
         dtype = _compute_dtype((dy,), ("dE_dY",))
         _check_ndim(dy, 4, "dE_dY", "(N, C_out, OH, OW)")
@@ -989,8 +994,7 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
     hit = _cached(_igrad_plan, (dE_dY, kernels), (stride, padding, input_size, method))
     if hit is not None:
         dtype, shape, run, small = hit
-        dx = np.empty(shape, dtype) if out is None and small else _output(out, shape, dtype, (dE_dY, kernels),
-                                                                            _IGRAD_NAMES)
+        dx = _output(out, shape, dtype, (dE_dY, kernels), _IGRAD_NAMES, small)
         if shape[0]:
             run(dE_dY, kernels, dx)
         return dx
@@ -998,8 +1002,8 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
     dtype = _compute_dtype((dy, k), _IGRAD_NAMES)
     _check_ndim(dy, 4, "dE_dY", "(N, C_out, OH, OW)")
     _check_ndim(k, 4, "kernels", "(C_out, C_in, KH, KW)")
-    shape, run, _ = _plan(_igrad_plan, (dy.shape, k.shape), dtype, (stride, padding, input_size, method))
-    dx = _output(out, shape, dtype, (dy, k), _IGRAD_NAMES)
+    shape, run, small = _plan(_igrad_plan, (dy.shape, k.shape), dtype, (stride, padding, input_size, method))
+    dx = _output(out, shape, dtype, (dy, k), _IGRAD_NAMES, small)
     if shape[0]:
         run(_contiguous(dy, dtype), _contiguous(k, dtype), dx)
     return dx

@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from .layers import _learning_rate
-from .losses import _class_targets, _labels_of, mse, mse_loss, softmax_cross_entropy
+from .losses import _class_targets, _labels_of, _whole_numbers, mse, mse_loss, softmax_cross_entropy
 
 __all__ = ["fit"]
 
@@ -48,7 +48,7 @@ def _correct(prediction, y):
     """Number of rows whose argmax is the label (labels (N,) or one-hot (N, K)); None when not a classification."""
     y = np.asarray(y)
     # whole-number float labels are class indices too, as the losses take them
-    labels = y.ndim == 1 and (y.dtype.kind in "iu" or y.dtype.kind == "f" and np.all(y == np.round(y)))
+    labels = y.ndim == 1 and y.dtype.kind in "iuf" and _whole_numbers(y)
     if prediction.ndim != 2 or not (labels or y.shape == prediction.shape):
         return None
     return int(np.count_nonzero(np.argmax(prediction, axis=1) == _labels_of(y)))

@@ -378,7 +378,8 @@ cdef inline void _zero_slab(floating* xp, Py_ssize_t size) noexcept nogil:
     """A thread's padded slab zeroed by that thread, at the start of its part of a call: the copies of the
     samples then write only the interior. The zeros land in the cache of the core that reads them; zeroing
     every thread's slab in the calling thread (np.zeros) cost the tutorial's input gradient, float64 on 2
-    threads, ~2 µs more: a serial memset, then the other core fetching its slab from the first one's cache."""
+    threads, ~1 µs more (38.9 against 37.9 µs): a serial memset, then the other core fetching its slab from the
+    first one's cache."""
     memset(xp, 0, size * sizeof(floating))
 
 
@@ -410,7 +411,7 @@ def conv2d_forward_rows_padded(const floating[:, :, :, ::1] x,      # IN  (N, C_
         return
     with nogil:
         if num_threads == 1:  # no parallel region (entering one costs ~0.7 µs even for one thread)
-            _zero_slab(&xpad[0, 0], g.C_in * Hp * Wp)
+            _zero_slab(&xpad[0, 0], xpad.shape[1])
             for n in range(N):
                 _forward_rows_padded_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0], &xpad[0, 0],
                                          &g, &gp)
@@ -418,7 +419,7 @@ def conv2d_forward_rows_padded(const floating[:, :, :, ::1] x,      # IN  (N, C_
             t = 0  # (each thread sets its own: private in the region)
             with parallel(num_threads=num_threads):
                 t = threadid()
-                _zero_slab(&xpad[t, 0], g.C_in * Hp * Wp)
+                _zero_slab(&xpad[t, 0], xpad.shape[1])
                 for n in prange(N, schedule='dynamic'):
                     _forward_rows_padded_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0], &xpad[t, 0],
                                              &g, &gp)
@@ -1550,14 +1551,14 @@ def conv2d_forward_band(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, 
         return
     with nogil:
         if num_threads == 1:  # no parallel region (entering one costs ~0.7 µs even for one thread)
-            _zero_slab(&xpad[0, 0], g.C_in * Hp * Wp)
+            _zero_slab(&xpad[0, 0], xpad.shape[1])
             for n in range(N):
                 _forward_band_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0], &xpad[0, 0], &g, Hp, Wp)
         else:
             t = 0  # (each thread sets its own: private in the region)
             with parallel(num_threads=num_threads):
                 t = threadid()
-                _zero_slab(&xpad[t, 0], g.C_in * Hp * Wp)
+                _zero_slab(&xpad[t, 0], xpad.shape[1])
                 for n in prange(N, schedule='dynamic'):
                     _forward_band_one(&x[n, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0], &xpad[t, 0], &g, Hp, Wp)
 
