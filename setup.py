@@ -1,8 +1,9 @@
 """Build the Cython kernels of cnn_ext.
 
-Each src_pyx/*.pyx file is one extension module inside the package (cnn_ext._conv, ...); on x86-64 the
-convolution and pooling kernels are compiled a second time with AVX2 + FMA (cnn_ext._conv_avx2 and
-cnn_ext._pool_avx2, picked together at run time by cnn_ext._kernels).
+Each src_pyx/<name>.pyx is one extension module of the subpackage cnn_ext._kernels (MODULES below); on x86-64
+the convolution and pooling modules are compiled a second time with AVX2 + FMA from src_pyx/<name>_avx2.pyx
+(cnn_ext._kernels.<name>_avx2, picked together at run time by cnn_ext._kernels). The C tiles live in
+src_pyx/include/*.h, the shared Cython declarations (geometry, BLAS, the split over threads) in src_pyx/*.pxd.
 
 OpenMP, per platform (the flag is compile-tested; without it the build falls back to serial kernels):
   * Linux / other gcc or clang:  -fopenmp  (auditwheel grafts libgomp into the wheel);
@@ -29,7 +30,20 @@ import textwrap
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-MODULES = ["_conv", "_pool", "_elementwise"]  # one entry per src_pyx/<name>.pyx, compiled for the baseline ISA
+# cnn_ext._kernels.<name> from src_pyx/<name>.pyx: whether it has an AVX2 + FMA twin (<name>_avx2), and whether
+# its results must be bitwise NumPy's (no FMA contraction, see EXACT_FLAGS).
+MODULES = {
+    "gemm":        dict(twin=True,  exact=False),  # im2col / col2im + BLAS
+    "rows":        dict(twin=True,  exact=False),  # plain direct loops of small layers
+    "tiled":       dict(twin=True,  exact=False),  # register-tiled direct forward kernels
+    "kgrad":       dict(twin=True,  exact=False),  # register-tiled kernel gradient, bias gradient
+    "pooling":     dict(twin=True,  exact=False),  # max / average pooling
+    "dense":       dict(twin=False, exact=False),  # matmul for the Dense layers (BLAS does the arithmetic)
+    "elementwise": dict(twin=False, exact=True),   # fused activations, bitwise NumPy's
+    "openmp":      dict(twin=False, exact=False),  # what the build has: OpenMP or not
+}
+SRC = "src_pyx"
+INCLUDE = os.path.join(SRC, "include")  # the C headers of the tiles
 
 
 def _flag(name):
@@ -54,7 +68,7 @@ def _target_is_x86_64():
 # The same kernels again with AVX2 + FMA, as a separate module chosen at run time when the CPU has them
 # (never -march=native: a wheel must run on every x86-64). CNN_EXT_NO_AVX2=1 skips it.
 X86_64 = _target_is_x86_64()
-AVX2_MODULES = {"_conv_avx2": "_conv", "_pool_avx2": "_pool"} if X86_64 and not _flag("CNN_EXT_NO_AVX2") else {}
+AVX2 = X86_64 and not _flag("CNN_EXT_NO_AVX2")
 
 DEBUG = _flag("CNN_EXT_DEBUG")
 NO_OPENMP = _flag("CNN_EXT_NO_OPENMP")
@@ -98,9 +112,9 @@ def openmp_flags(compiler_type):
     return ["-fopenmp"], ["-fopenmp"]
 
 
-# Modules whose results must match NumPy's bit for bit: no contraction of a*b + c into one FMA, which gcc does
-# by default wherever the target has FMA (arm64; x86-64 only with -mfma), and clang within an expression.
-EXACT_MODULES = {"_elementwise"}
+# Modules whose results must match NumPy's bit for bit (MODULES[...]["exact"]): no contraction of a*b + c into one
+# FMA, which gcc does by default wherever the target has FMA (arm64; x86-64 only with -mfma), and clang within an
+# expression.
 
 
 def optimisation_flags(compiler_type, avx2=False, exact=False):
@@ -130,8 +144,9 @@ class BuildExt(build_ext):
 
         for ext in self.extensions:
             if any(src.endswith(".pyx") for src in ext.sources):
+                # include_path: the .pxd files, also when the .pyx is an _avx2 stub that includes its twin
                 (done,) = cythonize([Extension(ext.name, list(ext.sources))], compiler_directives=DIRECTIVES,
-                                    force=self.force)
+                                    include_path=[SRC], force=self.force)
                 ext.sources = done.sources
 
     def build_extensions(self):
@@ -146,12 +161,13 @@ class BuildExt(build_ext):
                 if REQUIRE_OPENMP:
                     raise RuntimeError("cnn_ext: CNN_EXT_REQUIRE_OPENMP=1 but OpenMP does not compile here")
         print(f"cnn_ext: OpenMP {'enabled' if flags else 'disabled: ' + why} ({ctype});"
-              f" AVX2 variant: {'yes' if AVX2_MODULES else 'no'}")
+              f" AVX2 variant: {'yes' if AVX2 else 'no'}")
         self._cythonize()
         for ext in self.extensions:
             name = ext.name.split(".")[-1]
-            ext.extra_compile_args = (optimisation_flags(ctype, name in AVX2_MODULES, name in EXACT_MODULES)
-                                      + (flags[0] if flags else []))
+            avx2 = name.endswith("_avx2")
+            exact = MODULES[name.removesuffix("_avx2")]["exact"]
+            ext.extra_compile_args = optimisation_flags(ctype, avx2, exact) + (flags[0] if flags else [])
             ext.extra_link_args = flags[1] if flags else []
         super().build_extensions()
 
@@ -169,7 +185,8 @@ DIRECTIVES = {
 def extensions():
     # .pyx sources; they are cythonized by BuildExt only when extensions are really built, so making the
     # sdist (or reading the metadata) writes no generated .c file.
-    return [Extension(f"cnn_ext.{name}", [f"src_pyx/{name}.pyx"]) for name in [*MODULES, *AVX2_MODULES]]
+    names = [*MODULES, *(f"{name}_avx2" for name, spec in MODULES.items() if spec["twin"] and AVX2)]
+    return [Extension(f"cnn_ext._kernels.{name}", [f"{SRC}/{name}.pyx"], include_dirs=[INCLUDE]) for name in names]
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

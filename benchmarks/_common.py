@@ -253,7 +253,7 @@ def machine_report():
         f"torch {torch.__version__ if torch is not None else 'not installed'}",
     ]
     try:
-        cfg = cnn_ext._config.show_config(quiet=True)
+        cfg = cnn_ext.show_config(quiet=True)
         mod = sys.modules.get(cfg.get("kernel_module") or "")
         built = (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(os.path.getmtime(mod.__file__)))
                  if mod is not None and getattr(mod, "__file__", None) else "?")

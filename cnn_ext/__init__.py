@@ -1,6 +1,8 @@
 """cnn_ext: fast convolutional-network layers for NumPy users, with a Cython core."""
 from ._version import __version__
-from ._config import get_buffer_reuse, get_num_threads, set_buffer_reuse, set_num_threads, show_config
+from ._compat import get_buffer_reuse, set_buffer_reuse
+from ._info import show_config
+from ._threads import get_num_threads, set_num_threads
 from .ops import (
     conv2d_bias_gradient,
     conv2d_forward,

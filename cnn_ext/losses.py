@@ -9,7 +9,7 @@ Gradients keep the prediction's float dtype (float32 in, float32 out).
 """
 import numpy as np
 
-from .layers import _as_float as _float
+from ._checks import as_float_array as _float
 
 __all__ = ["mse_loss", "mse", "softmax_cross_entropy", "get_current_accuracy"]
 
@@ -47,13 +47,13 @@ def mse(prediction, target):
     return float(np.vdot(d, d) / d.size)
 
 
-def _whole_numbers(t):
+def whole_numbers(t):
     """Whether a real array holds whole numbers only (integer and bool dtypes always do): labels of shape (N,)
     are then class indices."""
     return t.dtype.kind != "f" or bool(np.all(t == np.round(t)))
 
 
-def _class_targets(labels, N, K):
+def class_targets(labels, N, K):
     """One-hot (or probability) targets (N, K) from integer labels (N,) or from an (N, K) array."""
     t = np.asarray(labels)
     if t.dtype.kind not in "biuf":
@@ -61,7 +61,7 @@ def _class_targets(labels, N, K):
     if t.ndim == 1:
         if t.shape[0] != N:
             raise ValueError(f"labels has {t.shape[0]} entries (shape {t.shape}) but logits has {N} rows")
-        if not _whole_numbers(t):
+        if not whole_numbers(t):
             raise ValueError("labels of shape (N,) must be integer class indices")
         idx = t.astype(np.intp)
         if N and (idx.min() < 0 or idx.max() >= K):
@@ -92,7 +92,7 @@ def softmax_cross_entropy(logits, labels):
     if z.ndim != 2 or z.shape[0] == 0 or z.shape[1] == 0:
         raise ValueError(f"logits must be 2-D (N, K) and non-empty, got shape {z.shape}")
     N, K = z.shape
-    idx, t = _class_targets(labels, N, K)
+    idx, t = class_targets(labels, N, K)
     shifted = z - z.max(axis=1, keepdims=True)       # <= 0: exp cannot overflow
     p = np.exp(shifted)
     sum_p = p.sum(axis=1, keepdims=True)
@@ -110,7 +110,7 @@ def softmax_cross_entropy(logits, labels):
     return loss, p
 
 
-def _labels_of(y):
+def labels_of(y):
     """Integer class labels from integer labels (N,) or one-hot / scores (N, K)."""
     y = np.asarray(y)
     if y.ndim == 1:
@@ -155,7 +155,7 @@ def get_current_accuracy(network, X_test, y_test, batch_size=256):
         pairs = ((X_all[i:i + batch_size], y_all[i:i + batch_size]) for i in range(0, X_all.shape[0], batch_size))
     correct = total = 0
     for x, y in pairs:
-        labels = _labels_of(y)
+        labels = labels_of(y)
         out = np.asarray(network.forward(x))
         if out.ndim != 2 or out.shape[0] != labels.shape[0]:
             raise ValueError(f"network output has shape {out.shape} for {labels.shape[0]} labels: need (N, K)")

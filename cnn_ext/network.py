@@ -16,8 +16,9 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from ._config import blas_single_thread
-from .layers import Layer, _learning_rate, _sgd_step
+from . import _checks
+from ._threads import blas_single_thread
+from .layers.base import Layer, sgd_step
 
 __all__ = ["Network"]
 
@@ -89,7 +90,7 @@ class Network:
         ``(grads, learning_rate)``); ``grads`` the list :meth:`backward` returned. Swapped or mistyped arguments
         raise ``TypeError``, a NaN or infinite rate ``ValueError``, before any parameter changes.
         """
-        learning_rate = _learning_rate(learning_rate, grads, "Network", "learning_rate, grads")
+        learning_rate = _checks.learning_rate(learning_rate, grads, "Network", "learning_rate, grads")
         if isinstance(grads, (Mapping, str, bytes)) or not isinstance(grads, Iterable):
             raise TypeError(f"Network.update(learning_rate, grads): grads must be the list of per-layer dicts "
                             f"backward returned, got {type(grads).__name__}")
@@ -106,7 +107,7 @@ class Network:
                     layer.update(g, learning_rate)
                     continue
                 for p, d in g:
-                    _sgd_step(p, d, learning_rate)
+                    sgd_step(p, d, learning_rate)
 
     def predict(self, x, batch_size=256):
         """Forward pass over ``x`` in chunks of ``batch_size`` samples (bounded memory), concatenated.

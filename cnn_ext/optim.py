@@ -22,21 +22,11 @@ import numbers
 
 import numpy as np
 
-from ._config import blas_single_thread
-from .layers import _sgd_step
+from . import _checks
+from ._threads import blas_single_thread
+from .layers.base import sgd_step
 
 __all__ = ["Optimizer", "SGD", "Adam"]
-
-
-def _real(value, name, *, minimum=0.0, strict=False, maximum=None):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not np.isfinite(value) or value < minimum or (strict and value == minimum) or \
-            (maximum is not None and value >= maximum):
-        bounds = f"{'>' if strict else '>='} {minimum}" + (f" and < {maximum}" if maximum is not None else "")
-        raise ValueError(f"{name} must be {bounds}, got {value!r}")
-    return value
 
 
 def _layers_and_grads(model, grads):
@@ -71,8 +61,8 @@ class Optimizer:
     """
 
     def __init__(self, lr, weight_decay):
-        self.lr = _real(lr, "lr", strict=True)
-        self.weight_decay = _real(weight_decay, "weight_decay")
+        self.lr = _checks.real(lr, "lr", strict=True)
+        self.weight_decay = _checks.real(weight_decay, "weight_decay")
         self.steps = 0
         self._state = {}  # id(array) -> (array, state dict); holding the array keeps its id unique
 
@@ -165,7 +155,7 @@ class SGD(Optimizer):
 
     def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
         super().__init__(lr, weight_decay)
-        self.momentum = _real(momentum, "momentum")
+        self.momentum = _checks.real(momentum, "momentum")
         if not isinstance(nesterov, (bool, np.bool_)):
             raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
         if nesterov and self.momentum == 0.0:
@@ -194,7 +184,7 @@ class SGD(Optimizer):
                 d = buf
             else:
                 d = v
-        _sgd_step(p, d, self.lr)
+        sgd_step(p, d, self.lr)
 
     def __repr__(self):
         return (f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
@@ -225,8 +215,8 @@ class Adam(Optimizer):
             b1, b2 = betas
         except (TypeError, ValueError):
             raise TypeError(f"betas must be a pair of floats, got {betas!r}") from None
-        self.betas = (_real(b1, "betas[0]", maximum=1.0), _real(b2, "betas[1]", maximum=1.0))
-        self.eps = _real(eps, "eps")
+        self.betas = (_checks.real(b1, "betas[0]", maximum=1.0), _checks.real(b2, "betas[1]", maximum=1.0))
+        self.eps = _checks.real(eps, "eps")
 
     def _new_state(self, p):
         state = self._buffers(p, "scratch")
@@ -250,7 +240,7 @@ class Adam(Optimizer):
         buf *= 1.0 / math.sqrt(1.0 - b2 ** t)
         buf += self.eps
         np.divide(m, buf, out=buf)               # p -= lr / (1 - b1^t) * m / denom
-        _sgd_step(p, buf, self.lr / (1.0 - b1 ** t))
+        sgd_step(p, buf, self.lr / (1.0 - b1 ** t))
 
     def __repr__(self):
         return f"Adam(lr={self.lr}, betas={self.betas}, eps={self.eps}, weight_decay={self.weight_decay})"

@@ -1,4 +1,4 @@
-"""2-D max and average pooling (NCHW), validated here and computed by the Cython kernels in ``cnn_ext._pool``.
+"""2-D max and average pooling (NCHW): the operations and the layers, computed by ``cnn_ext._kernels.pooling``.
 
 Conventions (PyTorch's ``MaxPool2d`` / ``AvgPool2d`` with no padding, ``ceil_mode=False``):
 
@@ -9,15 +9,15 @@ Conventions (PyTorch's ``MaxPool2d`` / ``AvgPool2d`` with no padding, ``ceil_mod
   NaN counts as the maximum (the first NaN of a window), so NaN propagates;
 - average pooling divides by ``KH * KW`` (every window lies inside the input).
 
-Checks raise ``ValueError`` (shapes, values) or ``TypeError`` (types) naming the argument and the shapes, as in
-:mod:`cnn_ext.ops`, whose private helpers are reused. Inputs are never modified.
+Checks (:mod:`cnn_ext._checks`) raise ``ValueError`` (shapes, values) or ``TypeError`` (types) naming the
+argument and the shapes. Inputs are never modified.
 """
 import numpy as np
 
-from ._kernels import pool as _pool
-from ._reuse import spare
+from . import _checks
+from ._kernels import pooling as _pooling
+from ._threads import threads_for
 from .layers import Layer, register_layer
-from .ops import _as_array, _check_alloc, _check_ndim, _compute_dtype, _contiguous, _ints, _out_hw, _threads
 
 __all__ = [
     "maxpool2d_forward",
@@ -38,26 +38,26 @@ _INT32_MAX = 2**31 - 1  # argmax positions are int32 (one lane width with float3
 
 def _window(kernel_size, stride):
     """((KH, KW), (SH, SW)) with stride defaulting to kernel_size."""
-    KH, KW = _ints(kernel_size, "kernel_size", 1)
-    SH, SW = (KH, KW) if stride is None else _ints(stride, "stride", 1)
+    KH, KW = _checks.ints(kernel_size, "kernel_size", 1)
+    SH, SW = (KH, KW) if stride is None else _checks.ints(stride, "stride", 1)
     return (KH, KW), (SH, SW)
 
 
 def _pool_out_hw(H, W, KH, KW, SH, SW, xname, xshape):
-    return _out_hw(H, W, KH, KW, SH, SW, 0, 0, 0, 0, xname, "kernel_size", xshape, (KH, KW))
+    return _checks.output_hw(H, W, KH, KW, SH, SW, (0, 0, 0, 0), xname, "kernel_size", xshape, (KH, KW))
 
 
 def _input_4d(x, name):
-    x = _as_array(x, name)
-    dtype = _compute_dtype((x,), (name,))
-    _check_ndim(x, 4, name, "(N, C, H, W)")
+    x = _checks.as_real_array(x, name)
+    dtype = _checks.compute_dtype((x,), (name,))
+    _checks.check_ndim(x, 4, name, "(N, C, H, W)")
     return x, dtype
 
 
 def _grad_4d(dE_dY, ref_dtype_arrays=(), ref_names=()):
-    dy = _as_array(dE_dY, "dE_dY")
-    dtype = _compute_dtype((dy, *ref_dtype_arrays), ("dE_dY", *ref_names))
-    _check_ndim(dy, 4, "dE_dY", "(N, C, OH, OW)")
+    dy = _checks.as_real_array(dE_dY, "dE_dY")
+    dtype = _checks.compute_dtype((dy, *ref_dtype_arrays), ("dE_dY", *ref_names))
+    _checks.check_ndim(dy, 4, "dE_dY", "(N, C, OH, OW)")
     return dy, dtype
 
 
@@ -76,31 +76,26 @@ def _check_plane(x_shape):
                          f"records")
 
 
-def _empty(layer, key, shape, dtype):
-    return np.empty(shape, dtype=dtype) if layer is None else spare(layer, key, shape, dtype)
-
-
-def _forward(x, dtype, ksize, stride, use_max, want_indices=False, layer=None):
-    """(y, int32 first-max positions or None) for a checked x; with a layer, in its spare arrays."""
+def _forward(x, dtype, ksize, stride, use_max, want_indices=False):
+    """(y, int32 first-max positions or None) for a checked x."""
     N, C, H, W = x.shape
     OH, OW = _pool_out_hw(H, W, *ksize, *stride, "x", x.shape)
-    y = _empty(layer, "y", (N, C, OH, OW), dtype)
+    y = np.empty((N, C, OH, OW), dtype)
     if want_indices:
         _check_plane(x.shape)
-    idx = _empty(layer, "idx", (N, C, OH, OW), np.int32) if want_indices else None
+    idx = np.empty((N, C, OH, OW), np.int32) if want_indices else None
     if y.size:
-        _pool.pool2d_forward(_contiguous(x, dtype), y, _NO_INDICES if idx is None else idx.reshape(-1),
-                             *ksize, *stride, use_max, _threads(N * C, y.size * ksize[0] * ksize[1]))
+        _pooling.pool2d_forward(_checks.contiguous(x, dtype), y, _NO_INDICES if idx is None else idx.reshape(-1),
+                             *ksize, *stride, use_max, threads_for(N * C, y.size * ksize[0] * ksize[1]))
     return y, idx
 
 
-def _backward(dy, idx, input_shape, dtype, ksize, stride, use_max, layer=None):
-    """dX for a checked dy (N, C, OH, OW) with OH, OW >= 1; idx (max pooling only) from :func:`_forward`;
-    with a layer, in its spare array."""
+def _backward(dy, idx, input_shape, dtype, ksize, stride, use_max):
+    """dX for a checked dy (N, C, OH, OW) with OH, OW >= 1; idx (max pooling only) from :func:`_forward`."""
     N, C = dy.shape[:2]
-    dx = _empty(layer, "dX", input_shape, dtype)
-    _pool.pool2d_backward(_contiguous(dy, dtype), _NO_INDICES if idx is None else idx.reshape(-1), dx,
-                          *ksize, *stride, use_max, _threads(N * C, dy.size * ksize[0] * ksize[1]))
+    dx = np.empty(input_shape, dtype)
+    _pooling.pool2d_backward(_checks.contiguous(dy, dtype), _NO_INDICES if idx is None else idx.reshape(-1), dx,
+                          *ksize, *stride, use_max, threads_for(N * C, dy.size * ksize[0] * ksize[1]))
     return dx
 
 
@@ -162,7 +157,7 @@ def maxpool2d_backward(dE_dY, x, kernel_size, stride=None, *, indices=None):
         _, idx = _forward(x, dtype, ksize, stride, True, True)
     else:
         _check_plane(x.shape)
-        idx = _as_array(indices, "indices")
+        idx = _checks.as_real_array(indices, "indices")
         if idx.dtype.kind not in "iu":
             raise TypeError(f"indices must hold integers, got dtype {idx.dtype}")
         if idx.shape != dy.shape:
@@ -219,10 +214,10 @@ def avgpool2d_backward(dE_dY, kernel_size, stride=None, *, input_size=None):
     if input_size is None:
         H, W = (OH - 1) * stride[0] + ksize[0], (OW - 1) * stride[1] + ksize[1]
     else:
-        H, W = _ints(input_size, "input_size", 1)
+        H, W = _checks.ints(input_size, "input_size", 1)
     expected = (N, C, *_pool_out_hw(H, W, *ksize, *stride, "input_size", (H, W)))
     _check_grad_shape(dy, expected, f"an input of {(H, W)} with kernel_size {ksize}, stride {stride}")
-    _check_alloc((N, C, H, W), dtype, lambda: f"avgpool2d_backward: dE_dY {dy.shape} with kernel_size {ksize}, "
+    _checks.allocation((N, C, H, W), dtype, lambda: f"avgpool2d_backward: dE_dY {dy.shape} with kernel_size {ksize}, "
                  f"stride {stride} gives dX")
     return _backward(dy, None, (N, C, H, W), dtype, ksize, stride, False)
 
@@ -248,15 +243,15 @@ class _Pool2D(Layer):
             _pool_out_hw(*x.shape[2:], *self.kernel_size, *self.stride, "x", x.shape)
         except ValueError as exc:
             raise ValueError(f"{self!r}: input of shape {np.shape(x)}: {exc}") from None
-        y, self._idx = _forward(x, dtype, self.kernel_size, self.stride, self._use_max, self._use_max, self)
+        y, self._idx = _forward(x, dtype, self.kernel_size, self.stride, self._use_max, self._use_max)
         self._x, self._y_shape = x, y.shape
         return y
 
     def backward(self, dE_dY):
         x = self._cached_input()
-        dtype = _compute_dtype((x,), ("x",))
+        dtype = _checks.compute_dtype((x,), ("x",))
         dy = self._grad_output(dE_dY, dtype)
-        return {"dX": _backward(dy, self._idx, x.shape, dtype, self.kernel_size, self.stride, self._use_max, self)}
+        return {"dX": _backward(dy, self._idx, x.shape, dtype, self.kernel_size, self.stride, self._use_max)}
 
     def extra_repr(self):
         s = f"kernel_size={self.kernel_size}"

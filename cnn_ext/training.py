@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 
-from .layers import _learning_rate
-from .losses import _class_targets, _labels_of, _whole_numbers, mse, mse_loss, softmax_cross_entropy
+from . import _checks
+from .losses import class_targets, labels_of, mse, mse_loss, softmax_cross_entropy, whole_numbers
 
 __all__ = ["fit"]
 
@@ -19,7 +19,7 @@ def _one_hot_like(prediction, y):
     if y.ndim == 1 and prediction.ndim == 2:
         # the labels checked as softmax_cross_entropy checks them: a negative label would otherwise index from the
         # end (silently the last class), a label >= K raise a bare IndexError, and 1.5 be truncated to 1
-        idx, _ = _class_targets(y, *prediction.shape)
+        idx, _ = class_targets(y, *prediction.shape)
         t = np.zeros(prediction.shape, dtype=prediction.dtype)
         t[np.arange(y.shape[0]), idx] = 1
         return t
@@ -48,16 +48,10 @@ def _correct(prediction, y):
     """Number of rows whose argmax is the label (labels (N,) or one-hot (N, K)); None when not a classification."""
     y = np.asarray(y)
     # whole-number float labels are class indices too, as the losses take them
-    labels = y.ndim == 1 and y.dtype.kind in "iuf" and _whole_numbers(y)
+    labels = y.ndim == 1 and y.dtype.kind in "iuf" and whole_numbers(y)
     if prediction.ndim != 2 or not (labels or y.shape == prediction.shape):
         return None
-    return int(np.count_nonzero(np.argmax(prediction, axis=1) == _labels_of(y)))
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
+    return int(np.count_nonzero(np.argmax(prediction, axis=1) == labels_of(y)))
 
 
 def _progress(total, desc, enabled):
@@ -127,16 +121,16 @@ def fit(network, X, y, *, epochs, batch_size=32, loss="softmax_cross_entropy", o
         labels), ``val_loss``, ``val_accuracy`` (when validation data is given), ``time`` (seconds); plus
         ``epochs_run`` and ``best_epoch`` (1-based, by the monitored loss).
     """
-    epochs = _positive_int(epochs, "epochs")
-    batch_size = _positive_int(batch_size, "batch_size")
+    epochs = _checks.positive_int(epochs, "epochs")
+    batch_size = _checks.positive_int(batch_size, "batch_size")
     if (optimizer is None) == (learning_rate is None):
         raise ValueError("give exactly one of optimizer (e.g. Adam()) or learning_rate (plain SGD)")
     if optimizer is not None and not callable(getattr(optimizer, "step", None)):
         raise TypeError(f"optimizer must have a step(network, grads) method, got {type(optimizer).__name__}")
     if learning_rate is not None:  # checked now, not at the first update after a whole forward and backward
-        learning_rate = _learning_rate(learning_rate, None, None, None, call="fit")
+        learning_rate = _checks.learning_rate(learning_rate, None, None, None, call="fit")
     if early_stopping is not None:
-        early_stopping = _positive_int(early_stopping, "early_stopping")
+        early_stopping = _checks.positive_int(early_stopping, "early_stopping")
     loss_fn = _loss_fn(loss)
     X, y = np.asarray(X), np.asarray(y)
     if X.ndim == 0 or y.ndim == 0 or X.shape[0] != y.shape[0] or X.shape[0] == 0:

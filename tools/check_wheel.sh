@@ -44,7 +44,7 @@ WHEEL=("$WORK"/dist/*.whl)
     || fail "expected one sdist and one wheel in $WORK/dist"
 echo "built: $(basename "${SDIST[0]}") $(basename "${WHEEL[0]}")"
 
-step "sdist contents: .pyx sources, tests, examples, README, LICENSE, stubs; no generated .c / binaries"
+step "sdist contents: .pyx / .pxd / .h sources, tests, examples, README, LICENSE, stubs; no generated .c / binaries"
 "$WORK/tools/bin/python" - "$ROOT" "${SDIST[0]}" <<'EOF'
 import subprocess, sys, tarfile
 from pathlib import Path
@@ -58,7 +58,7 @@ try:   # the tracked files of the checkout (a clean clone has only those)
 except (OSError, subprocess.CalledProcessError):
     tracked = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
 required = {"README.md", "LICENSE", "pyproject.toml", "setup.py", "MANIFEST.in", "cnn_ext/py.typed",
-            "cnn_ext/_conv.pyi"}
+            "cnn_ext/_kernels/__init__.py", "cnn_ext/_kernels/tiled.pyi", "src_pyx/include/cnn_simd.h"}
 for f in tracked:
     if (f.startswith(("src_pyx/", "tests/", "examples/")) and not f.endswith((".c", ".cpp", ".png"))
             or f.startswith("cnn_ext/") and f.endswith((".py", ".pyi"))):
@@ -78,12 +78,12 @@ step "wheel contents: compiled kernels, stubs, no sources"
 import platform, sys, zipfile
 from pathlib import Path
 names = zipfile.ZipFile(sys.argv[1]).namelist()
-# one compiled module per src_pyx/<name>.pyx (the *_avx2 variants on x86-64 only)
-need = [f"cnn_ext/{p.stem}." for p in sorted(Path(sys.argv[2], "src_pyx").glob("*.pyx"))
+# one compiled module cnn_ext._kernels.<name> per src_pyx/<name>.pyx (the *_avx2 variants on x86-64 only)
+need = [f"cnn_ext/_kernels/{p.stem}." for p in sorted(Path(sys.argv[2], "src_pyx").glob("*.pyx"))
         if not p.stem.endswith("_avx2") or platform.machine() == "x86_64"]
-bad = [n for n in names if n.endswith((".pyx", ".c"))]
+bad = [n for n in names if n.endswith((".pyx", ".pxd", ".c", ".h"))]
 lacking = [p for p in need if not any(n.startswith(p) and n.endswith(".so") for n in names)]
-lacking += [f for f in ("cnn_ext/py.typed", "cnn_ext/_conv.pyi") if f not in names]
+lacking += [f for f in ("cnn_ext/py.typed", "cnn_ext/_kernels/tiled.pyi") if f not in names]
 print("\n".join(sorted(n for n in names if n.endswith((".so", ".pyi", "py.typed")))))
 if bad or lacking:
     sys.exit(f"wheel: lacking {lacking}, sources {bad}")

@@ -1,7 +1,7 @@
 """One-hot targets and the tutorial's list-of-batches form."""
 import numpy as np
 
-from ..layers import _float_dtype as _check_dtype, _positive_int
+from .._checks import float_dtype as _check_dtype, positive_int as _positive_int
 
 __all__ = ["one_hot", "batches"]
 

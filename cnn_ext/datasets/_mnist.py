@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..layers import _float_dtype as _check_dtype, _positive_int
+from .._checks import float_dtype as _check_dtype, positive_int as _positive_int
 
 __all__ = [
     "MNIST_MIRRORS",

@@ -1,7 +1,7 @@
 """The reference tutorial's toy dataset: noisy 3x3 line, cross and diamond patterns (4 classes)."""
 import numpy as np
 
-from ..layers import _float_dtype as _check_dtype, _positive_int
+from .._checks import float_dtype as _check_dtype, positive_int as _positive_int
 
 __all__ = ["SHAPE_NAMES", "SHAPE_BLUEPRINTS", "make_shapes"]
 

@@ -20,21 +20,7 @@ cdef enum Op:
     SIGMOID_GRAD    # dx = ((1 - y) * y) * dy                 (dx = 1 - y; dx *= y; dx *= dy)
     TANH_GRAD       # dx = (1 - y * y) * dy                   (dx = y * y; 1 - dx; dx *= dy)
 
-cdef extern from *:
-    """
-    #include <stdint.h>
-    #include <string.h>
-    /* *out = c ? a : b on the bits, in a form gcc vectorises for both widths (as plain `c ? x : x * alpha` it
-       sinks the product into the branch, cannot if-convert it under -ftrapping-math, and stays scalar) */
-    static inline void cnn_ext_select_f(float* out, int c, float a, float b) {
-        int32_t ia, ib, m = c ? (int32_t)-1 : (int32_t)0;
-        memcpy(&ia, &a, 4); memcpy(&ib, &b, 4); ia = (ia & m) | (ib & ~m); memcpy(out, &ia, 4);
-    }
-    static inline void cnn_ext_select_d(double* out, int c, double a, double b) {
-        int64_t ia, ib, m = c ? (int64_t)-1 : (int64_t)0;
-        memcpy(&ia, &a, 8); memcpy(&ib, &b, 8); ia = (ia & m) | (ib & ~m); memcpy(out, &ia, 8);
-    }
-    """
+cdef extern from "cnn_select.h":
     void cnn_ext_select_f(float* out, bint c, float a, float b) noexcept nogil
     void cnn_ext_select_d(double* out, bint c, double a, double b) noexcept nogil
 
@@ -93,7 +79,7 @@ cdef void _part(Op op, const floating* a, const floating* dy, floating* out, Py_
 cdef void _run(Op op, const floating* a, const floating* dy, floating* out, Py_ssize_t n, floating alpha,
                int num_threads) noexcept nogil:
     cdef Py_ssize_t t
-    if num_threads <= 1:  # no parallel region (entering one costs ~0.7 µs even for one thread)
+    if num_threads <= 1:  # no parallel region (entering one costs about a microsecond)
         _apply(op, a, dy, out, n, alpha)
         return
     for t in prange(num_threads, schedule='static', num_threads=num_threads):

@@ -1,18 +1,19 @@
-"""Thread count and build facts shared by every kernel call.
+"""The kernels' thread count and the BLAS limit.
 
-One threading layer at a time: the kernels split samples over OpenMP threads and each thread calls a
-single-threaded BLAS; while they run, the BLAS libraries are held to one thread (threadpoolctl) so the
-two never oversubscribe the cores.
+One threading layer at a time: the kernels split their work over OpenMP threads and each thread calls a
+single-threaded BLAS; while they run, the BLAS libraries are held to one thread (threadpoolctl) so the two never
+oversubscribe the cores.
 """
 import operator
 import threading
 
-import numpy as np
+from ._kernels import openmp as _openmp
 
-from . import _reuse
-from ._kernels import conv as _conv
+_OPENMP = bool(_openmp.openmp_enabled())  # fixed at build time
 
-_OPENMP = bool(_conv.openmp_enabled())  # fixed at build time; read once (every kernel call asks for the threads)
+# Multiply-adds per thread below which a second thread costs more than it saves (a parallel region costs
+# microseconds, far more when the cores are busy).
+MIN_WORK_PER_THREAD = 200_000
 
 _lock = threading.RLock()
 _blas_libs = None
@@ -24,7 +25,7 @@ def get_num_threads():
     """Number of threads the kernels use (``OMP_NUM_THREADS`` or all cores by default; 1 without OpenMP)."""
     global _num_threads
     if _num_threads is None:
-        _num_threads = max(1, _conv.openmp_max_threads())  # OMP_NUM_THREADS, else all cores; 1 without OpenMP
+        _num_threads = max(1, _openmp.openmp_max_threads())  # OMP_NUM_THREADS, else all cores; 1 without OpenMP
     return _num_threads if _OPENMP else 1
 
 
@@ -47,22 +48,13 @@ def set_num_threads(n):
     return previous
 
 
-def set_buffer_reuse(enabled):
-    """Turn on or off (and empty the pool of) the reuse of large result arrays nobody holds any more (see
-    ``cnn_ext._reuse``): layers' outputs and the results of conv2d_forward / conv2d_input_gradient. Returns
-    the previous setting. It cannot be turned on where reference counts cannot tell (free-threaded builds)."""
-    if not isinstance(enabled, (bool, np.bool_)):
-        raise TypeError(f"enabled must be True or False, got {enabled!r}")
-    previous = _reuse.ENABLED
-    _reuse.ENABLED = bool(enabled) and _reuse.FREE_REFCOUNT is not None
-    if not _reuse.ENABLED:
-        _reuse.OUTPUTS.clear()
-    return previous
-
-
-def get_buffer_reuse():
-    """Whether large result arrays are reused (see :func:`set_buffer_reuse`)."""
-    return _reuse.ENABLED
+def threads_for(parts, work=None):
+    """Threads for a call that splits ``parts`` independent units and ``work`` multiply-adds: at most one per
+    part and one per MIN_WORK_PER_THREAD."""
+    nt = min(get_num_threads(), parts)
+    if work is not None:
+        nt = min(nt, work // MIN_WORK_PER_THREAD)
+    return max(1, nt)
 
 
 def _threadpool_controller():
@@ -150,51 +142,3 @@ def blas_info():
         for info in _threadpool_controller().info()
         if info.get("user_api") == "blas"
     ]
-
-
-def show_config(quiet=False):
-    """Report how this cnn_ext was built and what it runs with; returns the facts as a dict.
-
-    Prints them too unless ``quiet=True``. Keys: ``version``, ``kernels`` (the active kernel build:
-    ``"avx2"`` or ``"baseline"``, see ``CNN_EXT_KERNELS``), ``kernel_module``, ``openmp`` (compiled in),
-    ``num_threads`` (what the kernels use), ``openmp_max_threads``, ``pool_module`` (the pooling kernels'
-    build), ``buffer_reuse`` (see :func:`set_buffer_reuse`), ``blas`` (the BLAS libraries loaded in this
-    process, from threadpoolctl), ``python``, ``platform``, ``numpy``, ``scipy``, ``threadpoolctl``.
-    """
-    import platform
-    import sys
-
-    import numpy
-    import scipy
-    import threadpoolctl
-
-    from . import _kernels
-    from ._version import __version__
-
-    info = {
-        "version": __version__,
-        "kernels": _kernels.ISA,
-        "kernel_module": _conv.__name__,
-        "openmp": bool(_conv.openmp_enabled()),
-        "num_threads": get_num_threads(),
-        "openmp_max_threads": int(_conv.openmp_max_threads()),
-        "pool_module": _kernels.pool.__name__,
-        "buffer_reuse": get_buffer_reuse(),
-        "blas": blas_info(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "numpy": numpy.__version__,
-        "scipy": scipy.__version__,
-        "threadpoolctl": threadpoolctl.__version__,
-    }
-    if not quiet:
-        lines = [f"cnn_ext {info['version']}"]
-        for key in ("kernels", "kernel_module", "pool_module", "openmp", "num_threads", "openmp_max_threads",
-                    "buffer_reuse", "python", "platform", "numpy", "scipy", "threadpoolctl"):
-            lines.append(f"  {key + ':':<20}{info[key]}")
-        lines.append(f"  {'blas:':<20}{'' if info['blas'] else 'none loaded'}".rstrip())
-        for lib in info["blas"]:
-            lines.append(f"    - {lib['internal_api']} {lib['version']} ({lib['threading_layer']},"
-                         f" {lib['num_threads']} threads) {lib['filepath']}")
-        print("\n".join(lines))
-    return info

@@ -1,0 +1,42 @@
+"""Type stubs for the compiled kernel module cnn_ext._kernels.pooling (src_pyx/pooling.pyx).
+
+Private: call the validated wrappers in cnn_ext.pooling. Every float array of one call has the same
+dtype, float32 or float64, and is C-contiguous; outputs (OUT) and scratch (TMP) are allocated by the caller.
+cnn_ext._kernels.pooling_avx2 is the same source compiled with AVX2 + FMA (x86-64), same API.
+"""
+from typing import TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+_F = TypeVar("_F", np.float32, np.float64)
+
+def pool2d_forward(
+    x: NDArray[_F],  # IN  (N, C, H, W)
+    y: NDArray[_F],  # OUT (N, C, OH, OW)
+    idx: NDArray[np.int32],  # OUT (N*C*OH*OW,) int32 first-max positions, or empty
+    KH: int,
+    KW: int,
+    SH: int,
+    SW: int,
+    use_max: bool,
+    num_threads: int,
+) -> None:
+    """y[n, c, p, q] = max (use_max) or mean of the (KH, KW) window at (p*SH, q*SW); with max and a non-empty
+    idx, idx = the flat H*W position of the window's first maximum."""
+
+def pool2d_backward(
+    dy: NDArray[_F],  # IN  (N, C, OH, OW), OH, OW >= 1
+    idx: NDArray[np.int32],  # IN  (N*C*OH*OW,) int32 from pool2d_forward (max only)
+    dx: NDArray[_F],  # OUT (N, C, H, W)
+    KH: int,
+    KW: int,
+    SH: int,
+    SW: int,
+    use_max: bool,
+    num_threads: int,
+) -> None:
+    """dx[n, c] = dy[n, c] scattered to the first-max positions idx (use_max), or each dy[n, c, p, q] / (KH*KW)
+    spread over its window; zeros where nothing lands. The average over disjoint 2-wide stride-2 windows
+    (KH <= SH) writes dx once, by the vector rows; everything else zeroes the plane and adds (measured
+    faster than writing each element once with a select: a zero pass is a memset)."""

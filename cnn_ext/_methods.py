@@ -1,0 +1,306 @@
+"""Which kernel computes a convolution: the methods, their tunables, and the choice for ``method="auto"``.
+
+Every method gives the same answer up to rounding (the tests run each one against an oracle); they differ in
+speed by shape. ``method="auto"`` picks from the shapes, the dtype and the build (AVX2 + FMA or baseline) only,
+never from the thread count, so results do not depend on it. ``method="direct"`` picks like auto among the
+direct methods. The measurements behind each rule are in ``benchmarks/results/methods.md``.
+
+A new method is one kernel file in ``src_pyx/``, one member of :class:`Method`, its name in the tuple of each
+operation it serves, one ``applicable`` condition, one runner in ``cnn_ext/_runners.py`` and, if auto should
+pick it, one rule below.
+"""
+import enum
+from typing import NamedTuple
+
+import numpy as np
+
+from ._kernels import ISA, kgrad, tiled
+
+
+class Method(str, enum.Enum):
+    """The kernels of the three convolution operations (values are the names ``method=`` takes)."""
+
+    GEMM = "gemm"                          # im2col / col2im + BLAS: any stride and padding
+    ROW_TILES = "row_tiles"                # forward: register tiles along output rows (stride 1, no padding);
+                                           # kernel gradient: the same tiles over rows of one input channel
+    ROW_TILES_PADDED = "row_tiles_padded"  # forward, one input channel: row tiles on a zero-padded copy
+    WIDE = "wide"                          # tiles along the flat index of a zero-padded slab (stride 1)
+    SHIFTED = "shifted"                    # KW shifted copies of the sample: no wasted columns (stride 1)
+    CHANNELS = "channels"                  # vectors over output channels, for small maps (stride 1)
+    BAND = "band"                          # input gradient of one input channel: 4 output rows per tile
+    SCATTER = "scatter"                    # input gradient of tiny layers: scatter loops (no setup)
+    LOOPS = "loops"                        # kernel gradient of tiny layers: plain row loops (no setup)
+
+
+FORWARD_METHODS = ("gemm", "row_tiles", "row_tiles_padded", "wide", "shifted", "channels")
+INPUT_GRADIENT_METHODS = ("gemm", "scatter", "wide", "band", "channels")
+KERNEL_GRADIENT_METHODS = ("gemm", "loops", "wide", "shifted", "row_tiles")
+_CHOICES = ("auto", "direct")
+
+# ---- tunables: each with the reason it has its value ---------------------------------------------
+FAST = ISA == "avx2"  # the direct kernels beat BLAS only with AVX2 + FMA; the baseline build keeps BLAS
+COLS_BLOCK_BYTES = 8 << 20  # im2col blocks: wide GEMMs beat L2-sized ones, but the slab stays bounded
+MIN_BLOCK = 64  # output pixels per im2col block at least: thin blocks make thin GEMMs
+TINY_PIXELS = 36  # output pixels per map up to which a tiny layer's plain loops beat every tiled kernel
+TINY_CHANNELS = 4  # C_in * C_out up to which the same holds
+ROW_TILES_MAX_C_OUT = 32  # output channels past which the row tiles lose to the wide rows
+ROW_TILES_MIN_OW_ONE_CHANNEL = 20  # one input channel: row width from which row tiles win despite a tail tile
+ROW_TILES_SHORT = 128  # C_in*KH*KW up to which row tiles win ties (the wide tiles' copy-out shows)
+WIDE_F64_MAX_CHANNELS = 2048  # float64 forward, maps > CHANNELS_MAX_PIXELS: C_in*C_out from which BLAS ties
+WIDE_DX_SMALL_F32 = 1024  # float32 dX: C_in*C_out up to which the wide rows win on any map
+WIDE_DX_SMALL_F64 = 512  # float64 dX (GEMM nearer its peak): the same, and only there
+WIDE_DX_MAX_WASTE = 1.5  # float32 dX: H*W / (OH*OW) (zeros multiplied outside the map) up to which wide wins
+CHANNELS_MAX_TAPS = 9  # KH*KW up to which vectors over output channels can win (7x7 kernels lose)
+CHANNELS_MAX_PIXELS = 400  # output pixels per map up to which they win (28x28 and larger: ties or losses)
+CHANNELS_DX_F64_MAX = 1024  # float64 dX: C_in*C_out up to which they win
+WIDE_IB = 32  # input channels per block of the wide-row kernel: its slab rows stay in L2
+SHIFT_TAPS = 144  # float32 channels x taps per block of the shifted kernel: a block's streams stay in L1
+SHIFT_MAX_REDUCTION = 64  # C_in*KH*KW up to which the shifted copies win whatever the kernel
+KGRAD_TILE_CHANNELS, KGRAD_TILE_TAPS = 4, 3  # 12 of the 16 ymm registers (6x2, 3x4 tiles lost)
+KGRAD_SHIFTED_MIN = {np.dtype(np.float32): 128, np.dtype(np.float64): 56}  # C_out*KH from which shifted wins
+KGRAD_SLAB_BYTES = 512 << 10  # per-thread slabs of one kernel-gradient pass stay in L2
+KGRAD_MIN_VECTORS = 40  # vectors per pass from which the tiled kernel gradient beats BLAS at any width
+KGRAD_MAX_PARTIAL_BYTES = 128 << 10  # vector partials up to which it wins on smaller planes
+KGRAD_MAX_PARTIAL_BYTES_ANY = 32 << 20  # per-thread partials past which BLAS is taken (memory)
+BIAS_MIN_PER_THREAD = 64_000  # elements per thread from which a second thread pays for the bias sums
+NCHUNK = 16  # batch reductions run over this many chunks summed in order: the same sums on any thread count
+
+KGRAD_LAYOUTS = {Method.WIDE: 0, Method.SHIFTED: 1, Method.ROW_TILES: 2}  # the tiled kernel gradient's layouts
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+TILES = {dt: dict(lanes=tiled.direct_tile_lanes(dt == np.float32), wide=tiled.wide_tile(dt == np.float32),
+                  channels=tiled.channel_tile(dt == np.float32), band=tiled.band_tile(dt == np.float32),
+                  shifted=tiled.shifted_tile(dt == np.float32))
+         for dt in _DTYPES}
+
+
+class Geometry(NamedTuple):
+    """One convolution's sizes: input (N, C_in, H, W), kernels (C_out, C_in, KH, KW), output (OH, OW)."""
+
+    N: int
+    C_in: int
+    C_out: int
+    H: int
+    W: int
+    KH: int
+    KW: int
+    OH: int
+    OW: int
+    SH: int
+    SW: int
+    pads: tuple  # (top, bottom, left, right)
+
+    @property
+    def stride1(self):
+        return self.SH == 1 and self.SW == 1
+
+    @property
+    def unpadded(self):
+        return not any(self.pads)
+
+    @property
+    def macs(self):
+        return self.N * self.C_out * self.OH * self.OW * self.C_in * self.KH * self.KW
+
+    @property
+    def transposed_pads(self):
+        """The padding of dE_dY under which the input gradient is a stride-1 forward (K - 1 - padding)."""
+        top, bottom, left, right = self.pads
+        return (self.KH - 1 - top, self.KH - 1 - bottom, self.KW - 1 - left, self.KW - 1 - right)
+
+
+def _tiny(g):
+    return g.OH * g.OW <= TINY_PIXELS and g.C_in * g.C_out <= TINY_CHANNELS
+
+
+# ---- which methods can run a call ----------------------------------------------------------------
+
+def _why_not(op, method, g, dtype):
+    """Why ``method`` cannot run this call of ``op`` ('forward', 'input_gradient', 'kernel_gradient'), or ''."""
+    if method is Method.GEMM:
+        return ""
+    if not g.stride1:
+        return "stride 1"
+    if op == "input_gradient" and min(g.transposed_pads) < 0:
+        return "padding <= kernel size - 1"
+    if method in (Method.SCATTER, Method.LOOPS) or (method is Method.ROW_TILES and op == "forward"):
+        return "" if g.unpadded else "no padding"
+    if method is Method.BAND:  # its tiles: one output channel (dX's: C_in) of at least rows x lanes
+        rows, lanes = TILES[dtype]["band"]
+        return "" if g.C_in == 1 and g.H >= rows and g.W >= lanes else \
+            f"one input channel of at least {rows} x {lanes} pixels"
+    if method is Method.ROW_TILES:  # kernel gradient
+        return "" if g.C_in == 1 and g.OW % TILES[dtype]["lanes"] == 0 else \
+            f"one input channel and an output width that is a multiple of {TILES[dtype]['lanes']}"
+    if method is Method.CHANNELS:
+        channels, JW = (g.C_in if op == "input_gradient" else g.C_out), TILES[dtype]["channels"]
+        return "" if channels % JW == 0 else f"{'input' if op == 'input_gradient' else 'output'} channels " \
+                                             f"in multiples of {JW}"
+    return ""
+
+
+def _forced(op, names, method, g, dtype):
+    if method not in names:
+        raise ValueError(f"method must be one of {_CHOICES + names}, got {method!r}")
+    method = Method(method)
+    why = _why_not(op, method, g, dtype)
+    if why:
+        raise ValueError(f"method={method.value!r} needs {why}; use 'gemm' or 'auto'")
+    return method
+
+
+# ---- the choices ---------------------------------------------------------------------------------
+
+def forward(method, g, dtype):
+    """The Method of conv2d_forward for a method argument ('auto', 'direct' or a name of FORWARD_METHODS)."""
+    if method not in _CHOICES:
+        return _forced("forward", FORWARD_METHODS, method, g, dtype)
+    if not g.stride1:
+        if method == "direct":
+            raise ValueError("method='direct' needs stride 1; use 'gemm' or 'auto'")
+        return Method.GEMM
+    if method == "auto" and not _tiny(g):
+        # float64 on large maps with many channels: a tie with BLAS, which keeps it
+        big64 = dtype == np.float64 and g.C_in * g.C_out >= WIDE_F64_MAX_CHANNELS and \
+            g.OH * g.OW > CHANNELS_MAX_PIXELS
+        if not FAST or big64:
+            return Method.GEMM
+    if g.unpadded and (_tiny(g) or _row_tiles_better(g, dtype)):
+        return Method.ROW_TILES
+    if g.C_in == 1 and _row_tiles_better(g, dtype, padded=True):
+        return Method.ROW_TILES_PADDED
+    if _channels_better(g, dtype, grad=False):
+        return Method.CHANNELS
+    return Method.SHIFTED if _shifted_better(g, dtype) else Method.WIDE
+
+
+def input_gradient(method, g, dtype):
+    """The Method of conv2d_input_gradient (a name of INPUT_GRADIENT_METHODS, 'auto' or 'direct')."""
+    if method not in _CHOICES:
+        return _forced("input_gradient", INPUT_GRADIENT_METHODS, method, g, dtype)
+    if not g.stride1 or min(g.transposed_pads) < 0:
+        if method == "direct":
+            raise ValueError("method='direct' needs stride 1 and padding <= kernel size - 1; use 'gemm' or 'auto'")
+        return Method.GEMM
+    if method == "auto" and not _tiny(g) and not _direct_dx_better(g, dtype):
+        return Method.GEMM
+    if _tiny(g) and g.unpadded:
+        return Method.SCATTER
+    if _band_better(g, dtype):
+        return Method.BAND
+    return Method.CHANNELS if _channels_better(g, dtype, grad=True) else Method.WIDE
+
+
+def kernel_gradient(method, g, dtype):
+    """The Method of conv2d_kernel_gradient (a name of KERNEL_GRADIENT_METHODS, 'auto' or 'direct')."""
+    if method not in _CHOICES:
+        return _forced("kernel_gradient", KERNEL_GRADIENT_METHODS, method, g, dtype)
+    if not g.stride1:
+        if method == "direct":
+            raise ValueError("method='direct' needs stride 1 for the kernel gradient; use 'gemm' or 'auto'")
+        return Method.GEMM
+    if method == "auto":
+        if _tiny(g) and g.unpadded:
+            return Method.LOOPS
+        if not FAST:  # the baseline build's tiled kernel gradient loses to BLAS on large layers
+            return Method.GEMM
+    lanes = TILES[dtype]["lanes"]
+    layout = Method.SHIFTED if g.C_out * g.KH >= KGRAD_SHIFTED_MIN[dtype] else Method.WIDE
+    vectors = -(-g.OH * g.OW // lanes) * kgrad_samples(g, dtype, layout)
+    partial_bytes = g.C_out * g.C_in * g.KH * g.KW * lanes * dtype.itemsize
+    # a tile adds its accumulators into the per-thread vector partials once per pass: with few vectors per pass
+    # and partials past L2, that traffic dominates
+    if method == "auto" and (vectors < KGRAD_MIN_VECTORS and partial_bytes > KGRAD_MAX_PARTIAL_BYTES
+                             or partial_bytes > KGRAD_MAX_PARTIAL_BYTES_ANY):
+        return Method.GEMM
+    if g.C_in == 1 and g.OW % lanes == 0:  # rows of whole vectors read in place: no copy, no wasted column
+        return Method.ROW_TILES
+    return layout
+
+
+# ---- the rules behind auto -----------------------------------------------------------------------
+
+def kgrad_samples(g, dtype, layout):
+    """Samples per pass of the tiled kernel gradient (its accumulators stay in registers over them): as many as
+    a batch chunk holds while their slabs fit KGRAD_SLAB_BYTES. From the shape only, so the order of the sums
+    does not follow the thread count."""
+    single = dtype == np.float32
+
+    def size(ns):
+        return kgrad.kgrad_wide_scratch_size(g.C_in, g.C_out, g.OH, g.OW, g.KH, g.KW, single,
+                                             KGRAD_LAYOUTS[layout], ns)
+
+    per_chunk = g.N // max(1, min(g.N, NCHUNK))
+    per_sample = (size(2) - size(1)) * dtype.itemsize
+    return max(1, min(per_chunk, KGRAD_SLAB_BYTES // per_sample))
+
+
+def _direct_dx_better(g, dtype):
+    """The input gradient runs the forward on dE_dY padded by K-1: it multiplies H*W/(OH*OW) times more terms,
+    so it loses to BLAS on small maps with many channels, in float64 (GEMM nearer its peak) soonest."""
+    if not FAST:
+        return False
+    if _channels_better(g, dtype, grad=True):
+        return True
+    if dtype == np.float64:
+        return g.C_in * g.C_out <= WIDE_DX_SMALL_F64
+    return g.C_in * g.C_out <= WIDE_DX_SMALL_F32 or g.H * g.W <= WIDE_DX_MAX_WASTE * g.OH * g.OW
+
+
+def _channels_better(g, dtype, grad):
+    """Vectors over output channels (no lane wasted when their count is a multiple of the vector) on small maps
+    with 3x3 or smaller kernels, where the wide rows' row-end columns and dX's zero taps cost most."""
+    if not FAST or g.KH * g.KW > CHANNELS_MAX_TAPS:
+        return False
+    channels, pixels = (g.C_in, g.H * g.W) if grad else (g.C_out, g.OH * g.OW)
+    if channels % TILES[dtype]["channels"] or pixels > CHANNELS_MAX_PIXELS:
+        return False
+    return not grad or dtype == np.float32 or g.C_in * g.C_out <= CHANNELS_DX_F64_MAX
+
+
+def shift_ib(g, dtype):
+    """Input channels per block of the shifted kernel: a block's KH*KW streams per channel stay in L1."""
+    taps = SHIFT_TAPS if dtype == np.float32 else SHIFT_TAPS // 2
+    return max(1, min(32, taps // (g.KH * g.KW)))
+
+
+def _shifted_better(g, dtype):
+    """Shifted copies (no wasted columns, KW streams per kernel row) win with short reductions and with float32
+    3x3 layers whose input channels fit one block; elsewhere the wide rows tie or win."""
+    if not FAST:
+        return False
+    if g.C_in * g.KH * g.KW <= SHIFT_MAX_REDUCTION:
+        return True
+    return dtype == np.float32 and g.KH * g.KW <= 9 and g.C_in <= shift_ib(g, dtype)
+
+
+def _row_tiles_better(g, dtype, padded=False):
+    """Row tiles (channels x 2 vectors of one output row, overlapping at row ends) win when they compute fewer
+    outputs than the wide rows, or as many with a short reduction; with one input channel, tiles of 3 vectors
+    win on rows of whole tiles or of ROW_TILES_MIN_OW_ONE_CHANNEL outputs and more."""
+    lanes = TILES[dtype]["lanes"]
+    if not FAST or g.OW < 2 * lanes:
+        return False
+    if g.C_in == 1:
+        QB = (3 if g.OW >= 3 * lanes else 2) * lanes
+        if padded:
+            return g.OW % QB == 0 or g.KH * g.KW <= 9 and g.OW >= ROW_TILES_MIN_OW_ONE_CHANNEL
+        return g.OW % QB == 0 or g.OW >= ROW_TILES_MIN_OW_ONE_CHANNEL
+    if g.C_out > ROW_TILES_MAX_C_OUT:
+        return False
+    JB, TB = TILES[dtype]["wide"]
+    row = -(-g.OW // (2 * lanes)) * 2 * lanes * (-(-g.C_out // JB) * JB if g.C_out >= JB else g.C_out)
+    wide = -(-g.OH * (g.OW + g.KW - 1) // TB) * TB / g.OH * g.C_out
+    return row < 0.95 * wide or (row <= wide and g.C_in * g.KH * g.KW <= ROW_TILES_SHORT)
+
+
+def _band_better(g, dtype):
+    """One-input-channel dX: bands of 4 output rows share each loaded input row (1 + 4/nv loads per nv FMAs);
+    they need kernels of 4 rows or more and rows of 2- and 3-vector tiles (a 1-vector tile is latency bound)."""
+    if not FAST or g.C_in != 1:
+        return False
+    rows, lanes = TILES[dtype]["band"]
+    if g.H < rows or g.W < lanes or g.KH < rows:
+        return False
+    nvec = -(-g.W // lanes)
+    ntile = max(-(-nvec // 3), 2 if g.W % lanes else 1)
+    return nvec // ntile >= 2

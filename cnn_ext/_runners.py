@@ -1,0 +1,198 @@
+"""How each method runs: its scratch arrays and its kernel call, for one convolution geometry.
+
+``forward(method, g, dtype, nt)`` and its two siblings return ``run(...)``, a function of the call's arrays that
+allocates the method's scratch and calls its kernel (``cnn_ext._kernels``). Every direct method that would
+multiply zero padding by an inf or NaN (0 * inf is NaN where the definition has no product at all) hands such
+calls to im2col + BLAS, which forms only the real products, so every method gives the same non-finite pattern.
+"""
+import numpy as np
+
+from . import _methods as M
+from ._kernels import gemm, kgrad, rows, tiled
+from ._methods import Method
+from . import _threads
+from ._threads import blas_single_thread, threads_for
+
+
+def _typed(kernel, dtype):
+    """The kernel's version for this dtype: skips Cython's dispatch on the arguments' types at every call."""
+    return kernel["float" if dtype == np.float32 else "double"]
+
+
+def _gemm_scratch(g, dtype, nt):
+    """Per-thread im2col slabs of C_in*KH*KW x block output pixels (about COLS_BLOCK_BYTES each)."""
+    ckk, P = g.C_in * g.KH * g.KW, g.OH * g.OW
+    block = max(1, min(P, M.COLS_BLOCK_BYTES // (ckk * dtype.itemsize)))
+    block = max(block, min(P, M.MIN_BLOCK))
+    return np.empty((nt, ckk * block), dtype=dtype)
+
+
+def _thread_slabs(shape, dtype):
+    """Per-thread slabs that the kernels zero in their own threads (the zeros land in the cache of the core
+    that reads them): uninitialised here."""
+    return np.empty(shape, dtype)
+
+
+def _padded_slabs(g, C, dtype, nt):
+    """Per-thread slabs for one zero-padded sample of C channels (Hp = OH + KH - 1, Wp = OW + KW - 1)."""
+    return _thread_slabs((nt, C * (g.OH + g.KH - 1) * (g.OW + g.KW - 1)), dtype)
+
+
+# ---- forward -------------------------------------------------------------------------------------
+
+def forward(method, g, dtype, nt):
+    """run(x, k, b, y) computing y = conv(x, k) + b with ``method`` on ``nt`` threads."""
+    top, _, left, _ = g.pads
+    run_gemm = _forward_gemm(g, dtype, nt)
+    if method is Method.GEMM:
+        return run_gemm
+    if method is Method.ROW_TILES:
+        kernel = _typed(rows.conv2d_forward_rows, dtype)
+        return lambda x, k, b, y: kernel(x, k, b, y, nt)
+    direct = _forward_direct(method, g, dtype, nt)
+    if g.unpadded:
+        return direct
+    all_finite = _typed(tiled.all_finite, dtype)
+
+    def run_padded(x, k, b, y):
+        if all_finite(k.reshape(-1)):
+            direct(x, k, b, y)
+        else:  # the direct kernels skip products with padding that an inf or NaN tap would make NaN
+            run_gemm(x, k, b, y)
+
+    return run_padded
+
+
+def _forward_gemm(g, dtype, nt):
+    kernel = _typed(gemm.conv2d_forward_gemm, dtype)
+    top, _, left, _ = g.pads
+
+    def run(x, k, b, y):
+        with blas_single_thread():
+            kernel(x, k, b, y, _gemm_scratch(g, dtype, nt), g.SH, g.SW, top, left, nt)
+
+    return run
+
+
+def _forward_direct(method, g, dtype, nt):
+    """run(x, k, b, y) for the stride-1 direct kernels on padded slabs (also dX's, on dE_dY padded by K-1)."""
+    top, _, left, _ = g.pads
+    if method is Method.ROW_TILES_PADDED:
+        kernel = _typed(rows.conv2d_forward_rows_padded, dtype)
+        return lambda x, k, b, y: kernel(x, k, b, y, _padded_slabs(g, g.C_in, dtype, nt), top, left, nt)
+    if method is Method.BAND:
+        kernel = _typed(tiled.conv2d_forward_band, dtype)
+        return lambda x, k, b, y: kernel(x, k, b, y, _padded_slabs(g, g.C_in, dtype, nt), top, left, nt)
+    if method is Method.CHANNELS:
+        kernel, JW = _typed(tiled.conv2d_forward_cv, dtype), M.TILES[dtype]["channels"]
+
+        def run_channels(x, k, b, y):
+            kp = np.ascontiguousarray(k.reshape(g.C_out // JW, JW, g.C_in, g.KH, g.KW).transpose(0, 2, 3, 4, 1))
+            stage = np.empty((nt, JW * g.OW), dtype=dtype)
+            kernel(x, kp, b, y, _padded_slabs(g, g.C_in, dtype, nt), stage, top, left, nt)
+
+        return run_channels
+    if method is Method.SHIFTED:
+        kernel, (JB, TB) = _typed(tiled.conv2d_forward_shifted, dtype), M.TILES[dtype]["shifted"]
+        ib = M.shift_ib(g, dtype)
+        size = tiled.shifted_slab_size(min(g.C_in, ib), g.OH, g.OW, g.KH, g.KW, dtype == np.float32)
+
+        def run_shifted(x, k, b, y):
+            xs = np.zeros((nt, size), dtype=dtype)
+            stage = np.empty((nt, JB * TB), dtype=dtype)
+            kernel(x, k, b, y, xs, stage, top, left, ib, nt)
+
+        return run_shifted
+    assert method is Method.WIDE, method
+    kernel, (JB, TB) = _typed(tiled.conv2d_forward_wide, dtype), M.TILES[dtype]["wide"]
+    Hp, Wp = g.OH + g.KH - 1, tiled.wide_pitch(g.W, g.OW, g.KW, left)
+    Fr = -(-g.OH * Wp // TB) * TB
+
+    def run_wide(x, k, b, y):
+        xpad = _thread_slabs((nt, g.C_in * Hp * Wp + TB + g.KW), dtype)
+        wide = np.empty((nt, g.C_out * Fr), dtype=dtype)
+        kernel(x, k, b, y, xpad, wide, top, left, M.WIDE_IB, nt)
+
+    return run_wide
+
+
+# ---- input gradient ------------------------------------------------------------------------------
+
+def input_gradient(method, g, dtype, nt):
+    """run(dy, k, dx) computing dX = conv_full(dE_dY, k) with ``method`` on ``nt`` threads."""
+    top, _, left, _ = g.pads
+    kernel = _typed(gemm.conv2d_input_gradient_gemm, dtype)
+
+    def run_gemm(dy, k, dx):
+        with blas_single_thread():
+            kernel(dy, k, dx, _gemm_scratch(g, dtype, nt), g.SH, g.SW, top, left, nt)
+
+    if method is Method.GEMM:
+        return run_gemm
+    if method is Method.SCATTER:
+        scatter = _typed(rows.conv2d_input_gradient_scatter, dtype)
+        return lambda dy, k, dx: scatter(dy, k, dx, nt)
+    # dX is the stride-1 forward of dE_dY zero-padded by K-1-padding with the transposed, 180°-rotated kernels
+    pads = g.transposed_pads
+    t = M.Geometry(g.N, g.C_out, g.C_in, g.OH, g.OW, g.KH, g.KW, g.H, g.W, 1, 1, pads)
+    direct = _forward_direct(method, t, dtype, nt)
+    rotate = _typed(tiled.rotate_kernels, dtype)
+    no_bias = np.zeros(g.C_in, dtype=dtype)
+    no_bias.flags.writeable = False
+
+    def run_direct(dy, k, dx):
+        k_rot = np.empty((g.C_in, g.C_out, g.KH, g.KW), dtype)
+        if rotate(k, k_rot):
+            direct(dy, k_rot, no_bias, dx)
+        else:  # an inf or NaN tap would meet the padding's zeros, where the full convolution has no product
+            run_gemm(dy, k, dx)
+
+    return run_direct
+
+
+# ---- kernel gradient -----------------------------------------------------------------------------
+
+def kernel_gradient(method, g, dtype, nt):
+    """run(dy, x, dk) computing dK = (1/N) Σ_n xcorr(x[n], dE_dY[n]) with ``method`` on ``nt`` threads; the
+    batch is summed in NCHUNK chunks added in order, whatever ``nt``."""
+    top, _, left, _ = g.pads
+    nchunk = max(1, min(g.N, M.NCHUNK))
+    size = g.C_out * g.C_in * g.KH * g.KW
+    kernel = _typed(gemm.conv2d_kernel_gradient_gemm, dtype)
+
+    def run_gemm(dy, x, dk):
+        partial = np.empty((nchunk, size), dtype)
+        with blas_single_thread():
+            kernel(dy, x, dk, partial, _gemm_scratch(g, dtype, nt), g.SH, g.SW, top, left, nt)
+
+    if method is Method.GEMM:
+        return run_gemm
+    if method is Method.LOOPS:
+        loops = _typed(rows.conv2d_kernel_gradient_rows, dtype)
+        # per-chunk partial sums with one per output column too (summed in order at the end)
+        return lambda dy, x, dk: loops(dy, x, dk, np.empty((nchunk, size * g.OW), dtype), nt)
+    layout = M.KGRAD_LAYOUTS[method]
+    ns = M.kgrad_samples(g, dtype, method)
+    slab = kgrad.kgrad_wide_scratch_size(g.C_in, g.C_out, g.OH, g.OW, g.KH, g.KW, dtype == np.float32, layout, ns)
+    tiles = _typed(kgrad.conv2d_kernel_gradient_wide, dtype)
+
+    def run_tiled(dy, x, dk):
+        partial = np.empty((nchunk, size), dtype)
+        scratch = np.zeros((nt, slab), dtype)
+        if not tiles(dy, x, dk, partial, scratch, top, left, layout, M.KGRAD_TILE_CHANNELS, M.KGRAD_TILE_TAPS,
+                     ns, nt):
+            # the tiles also multiply the widened dE_dY's zero columns by x values no tap reaches: only an inf
+            # or NaN there makes dK non-finite, and im2col reaches exactly the right values
+            run_gemm(dy, x, dk)
+
+    return run_tiled
+
+
+# ---- bias gradient -------------------------------------------------------------------------------
+
+def bias_gradient(dy, db):
+    """db[j] = (1/N) Σ_{n, p, q} dy[n, j, p, q] for a C-contiguous dy: per-channel lane sums added in order."""
+    acc = np.empty((db.shape[0], kgrad.SUM_LANES), dy.dtype)
+    # a sum reads each element once: a thread pays from fewer elements than a convolution's multiply-adds
+    nt = threads_for(db.shape[0], dy.size * _threads.MIN_WORK_PER_THREAD // M.BIAS_MIN_PER_THREAD)
+    _typed(kgrad.conv2d_bias_gradient, dy.dtype)(dy, db, acc, nt)

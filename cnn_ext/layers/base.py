@@ -1,0 +1,201 @@
+"""The layer protocol, the registry of layer types, and what every layer shares.
+
+Every layer has ``forward(x)``, ``backward(dE_dY) -> dict`` and ``update(grads, learning_rate)`` (plain in-place
+SGD), with the tutorial's names, gradient keys and conventions. The protocol other modules build on
+(optimizers, save/load, gradient checks, user layers):
+
+- ``parameters()`` -> list of ``(param_name, grad_key, ndarray)``, e.g. ``[("k", "dK", k), ("b", "dB", b)]``;
+  the arrays are updated in place, so the same objects live as long as the layer;
+- ``get_config()`` -> JSON-serialisable constructor kwargs with ``type(layer)(**cfg)`` rebuilding the layer;
+- ``LAYER_TYPES`` maps class names to classes; ``register_layer`` adds a class to it.
+
+Layers never modify the arrays they are given, and never write an array they returned again.
+"""
+from collections.abc import Mapping
+
+import numpy as np
+from scipy.linalg import blas as _blas
+
+from .. import _checks
+
+__all__ = ["LAYER_TYPES", "register_layer", "Layer", "ParamLayer", "batch_mean", "init_params", "random_source", "sgd_step"]
+
+LAYER_TYPES = {}
+INITS = ("he_normal", "he_uniform", "glorot_normal", "glorot_uniform")
+_AXPY = {"f": _blas.saxpy, "d": _blas.daxpy}
+
+
+def register_layer(cls):
+    """Add ``cls`` to :data:`LAYER_TYPES` under its class name (usable as a class decorator); returns ``cls``."""
+    if not isinstance(cls, type) or not issubclass(cls, Layer):
+        raise TypeError(f"register_layer expects a Layer subclass, got {cls!r}")
+    LAYER_TYPES[cls.__name__] = cls
+    return cls
+
+
+
+def random_source(rng, seed):
+    """A random source: ``rng`` (Generator or RandomState), a Generator from ``seed``, else NumPy's global state.
+
+    The global state is the tutorial's (``np.random.randn``), so ``np.random.seed(...)`` keeps working.
+    """
+    if rng is not None and seed is not None:
+        raise ValueError("give rng or seed, not both")
+    if rng is not None:
+        if not isinstance(rng, (np.random.Generator, np.random.RandomState)):
+            raise TypeError(f"rng must be a numpy.random.Generator or RandomState, got {type(rng).__name__}")
+        return rng
+    if seed is not None:
+        return np.random.default_rng(seed)
+    return np.random  # the module's standard_normal / uniform use the global state
+
+
+def init_params(init, rng, w_shape, b_shape, fan_in, fan_out, tutorial_scale, dtype, what):
+    """Weights and biases drawn in float64 (same values for both dtypes up to rounding), then cast; ``what()``
+    names the weights and the constructor arguments for the error on weights too large to allocate."""
+    _checks.allocation(w_shape, np.float64, what)
+    if init is None:
+        w = tutorial_scale * rng.standard_normal(w_shape)
+        b = tutorial_scale * rng.standard_normal(b_shape)
+    else:
+        if init not in INITS:
+            raise ValueError(f"init must be None or one of {INITS}, got {init!r}")
+        # He: Var = 2 / fan_in; Glorot: Var = 2 / (fan_in + fan_out); uniform(-a, a) has Var = a² / 3.
+        std = np.sqrt(2.0 / fan_in) if init.startswith("he") else np.sqrt(2.0 / (fan_in + fan_out))
+        if init.endswith("normal"):
+            w = std * rng.standard_normal(w_shape)
+        else:
+            w = rng.uniform(-np.sqrt(3.0) * std, np.sqrt(3.0) * std, w_shape)
+        b = np.zeros(b_shape)
+    return np.ascontiguousarray(w, dtype=dtype), np.ascontiguousarray(b, dtype=dtype)
+
+
+def _json_value(value):
+    """Tuples as lists and NumPy scalars as Python numbers, for JSON."""
+    if isinstance(value, tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def batch_mean(dy):
+    """Mean over the batch axis; zeros for an empty batch (as :func:`conv2d_bias_gradient` gives), not NumPy's NaN
+    and warning, so an update on an empty batch leaves the parameters as they are."""
+    if dy.shape[0] == 0:
+        return np.zeros(dy.shape[1:], dtype=dy.dtype)
+    return dy.mean(axis=0)
+
+
+def sgd_step(p, g, learning_rate):
+    """``p -= learning_rate * g`` in place (the same array object stays: optimizers and users hold it).
+
+    BLAS axpy does it in one pass without a temporary; a non-contiguous or non-float parameter takes the
+    NumPy path.
+    """
+    if p.flags.c_contiguous and p.flags.writeable and p.dtype in (np.float32, np.float64) and 0 < p.size < 2**31:
+        axpy = _AXPY[p.dtype.char]
+        axpy(np.ascontiguousarray(g, dtype=p.dtype).reshape(-1), p.reshape(-1), a=-float(learning_rate))
+    else:
+        p -= np.multiply(g, learning_rate, dtype=p.dtype, casting="same_kind")
+
+
+class Layer:
+    """Base class: input/gradient checks, the forward cache, SGD update, parameters, config and repr.
+
+    Subclasses implement ``forward`` and ``backward`` and, when they have parameters, ``parameters``;
+    ``get_config`` returns the constructor kwargs listed in ``_config_keys`` (attributes of the same name).
+    """
+
+    _config_keys = ()
+
+    def __init__(self):
+        self._x = None      # forward input (as used, in the computation dtype)
+        self._y_shape = None
+
+    # -- the tutorial's interface ------------------------------------------------------------
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dE_dY):
+        raise NotImplementedError
+
+    def update(self, grads, learning_rate):
+        """Plain SGD in place: ``p -= learning_rate * grads[grad_key]`` for each parameter.
+
+        ``grads`` is the dict ``backward`` returned; ``learning_rate`` any finite real number (note the order:
+        :meth:`cnn_ext.Network.update` takes ``(learning_rate, grads)``). Swapped or mistyped arguments raise
+        ``TypeError``, a NaN or infinite rate ``ValueError``, even for layers without parameters.
+        """
+        learning_rate = _checks.learning_rate(learning_rate, grads, type(self).__name__, "grads, learning_rate")
+        for p, g in self._grad_pairs(grads):
+            sgd_step(p, g, learning_rate)
+
+    def _grad_pairs(self, grads):
+        """``[(parameter, gradient)]`` for an update, every key and shape checked before any parameter changes
+        (:meth:`cnn_ext.Network.update` checks every layer's this way before updating the first)."""
+        if not isinstance(grads, Mapping):
+            raise TypeError(f"{type(self).__name__}.update(grads, learning_rate): grads must be the dict backward "
+                            f"returned, got {type(grads).__name__}")
+        pairs = []
+        for name, key, p in self.parameters():
+            try:
+                g = grads[key]
+            except (KeyError, TypeError):
+                raise ValueError(f"{self!r}.update: grads has no {key!r} (the gradient of {name})") from None
+            g = np.asarray(g)
+            if g.shape != p.shape:
+                raise ValueError(f"{self!r}.update: {key} has shape {g.shape} but {name} has shape {p.shape}")
+            pairs.append((p, g))
+        return pairs
+
+    # -- protocol ------------------------------------------------------------------------------
+    def parameters(self):
+        """List of ``(param_name, grad_key, ndarray)``; the arrays are the layer's own and are updated in place."""
+        return []
+
+    def get_config(self):
+        """JSON-serialisable constructor kwargs: ``type(layer)(**layer.get_config())`` rebuilds the layer."""
+        return {key: _json_value(getattr(self, key)) for key in self._config_keys}
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def extra_repr(self):
+        return ", ".join(f"{key}={getattr(self, key)!r}" for key in self._config_keys)
+
+    # -- shared checks -------------------------------------------------------------------------
+    def _cached_input(self):
+        if self._x is None:
+            raise RuntimeError(f"{self!r}: backward called before forward (nothing to differentiate yet)")
+        return self._x
+
+    def _grad_output(self, dE_dY, dtype):
+        """dE_dY as an array in ``dtype`` with the forward output's shape, else ValueError naming both shapes."""
+        dy = _checks.as_real_array(dE_dY, f"{self!r}: dE_dY")
+        if dy.shape != self._y_shape:
+            raise ValueError(f"{self!r}: dE_dY has shape {dy.shape} but the forward output had shape {self._y_shape}")
+        return dy.astype(dtype, copy=False)
+
+    def _shape_error(self, what, expected, got):
+        return ValueError(f"{self!r}: expected {what} of shape {expected}, got shape {got}")
+
+
+class ParamLayer(Layer):
+    """A layer with weights: ``_params`` names them, ``init`` and ``dtype`` go into the config and the repr."""
+
+    _params = ()  # ((param_name, grad_key), ...)
+
+    def parameters(self):
+        return [(name, key, getattr(self, name)) for name, key in self._params]
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["dtype"] = self.dtype.name
+        return cfg
+
+    def _repr_tail(self):
+        s = f", init={self.init!r}" if self.init is not None else ""
+        return s + (f", dtype={self.dtype.name}" if self.dtype != np.float64 else "")
+
+

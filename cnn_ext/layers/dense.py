@@ -1,0 +1,117 @@
+"""Fully connected layers: Dense and the Flatten in front of it."""
+import math
+
+import numpy as np
+
+from .. import _checks
+from .._kernels import dense as _dense
+from .. import _threads
+from .._threads import blas_single_thread, threads_for
+from .base import Layer, ParamLayer, batch_mean, init_params, random_source, register_layer
+
+__all__ = ["Dense", "Flatten"]
+
+# float64 products are cut into blocks of output columns, one single-threaded BLAS call each, shared over the
+# kernels' threads; the blocks follow from the shape alone, so the result is the same on any thread count
+_BLOCK_COLS = 64  # output columns per block at least
+_MAX_BLOCKS = 4
+_WORK_FACTOR = 5  # a product splits only from 5x the work per thread of a convolution (BLAS calls cost more)
+
+
+def _matmul(a, b, trans_a=False, trans_b=False):
+    """op(a) @ op(b) for arrays of one float dtype: large products in column blocks over the kernels' threads."""
+    M = a.shape[1] if trans_a else a.shape[0]
+    K = a.shape[0] if trans_a else a.shape[1]
+    N = b.shape[0] if trans_b else b.shape[1]
+    nblk = 1 if max(M, N, K) > _checks.INT_MAX else min(_MAX_BLOCKS, N // _BLOCK_COLS,
+                                                         M * N * K // (_threads.MIN_WORK_PER_THREAD * _WORK_FACTOR))
+    if nblk <= 1 or a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
+        return (a.T if trans_a else a) @ (b.T if trans_b else b)
+    c = np.empty((M, N), dtype=a.dtype)
+    with blas_single_thread():
+        _dense.matmul(np.ascontiguousarray(a), np.ascontiguousarray(b), c, trans_a, trans_b, nblk,
+                      threads_for(nblk))
+    return c
+
+
+@register_layer
+class Dense(ParamLayer):
+    """Fully connected layer: ``y = x @ w + b``.
+
+    Parameters
+    ----------
+    n_in, n_out : int
+    init : None, 'he_normal', 'he_uniform', 'glorot_normal' or 'glorot_uniform'
+        None is the tutorial's: w and b ~ 0.1 * N(0, 1). The others draw w and zero b.
+    rng, seed, dtype : as in :class:`Conv2D`
+
+    Attributes
+    ----------
+    w : ndarray, shape (n_in, n_out)
+    b : ndarray, shape (n_out,)
+
+    Shapes
+    ------
+    x (N, n_in) -> y (N, n_out). ``backward(dE_dY, need_dX=True)`` returns ``{"dW", "dB", "dX"}`` with the
+    tutorial's conventions: ``dW = xᵀ·dE_dY`` (summed over the batch), ``dB`` = batch mean of dE_dY,
+    ``dX = dE_dY·wᵀ``. An empty batch (N = 0) gives zero dW and dB, as in :class:`Conv2D`.
+    """
+
+    _config_keys = ("n_in", "n_out", "init")
+    _params = (("w", "dW"), ("b", "dB"))
+
+    def __init__(self, n_in, n_out, *, init=None, rng=None, seed=None, dtype=np.float64):
+        super().__init__()
+        self.n_in = _checks.positive_int(n_in, "n_in")
+        self.n_out = _checks.positive_int(n_out, "n_out")
+        self.init = init
+        self.dtype = _checks.float_dtype(dtype)
+        self.w, self.b = init_params(init, random_source(rng, seed), (self.n_in, self.n_out), (self.n_out,),
+                                      self.n_in, self.n_out, 0.1, self.dtype,
+                                      lambda: f"Dense: n_in={self.n_in}, n_out={self.n_out} give weights")
+
+    def forward(self, x):
+        """``y = x @ w + b``; x (N, n_in) -> y (N, n_out)."""
+        x = _checks.as_float_array(x, "x").astype(self.dtype, copy=False)
+        if x.ndim != 2 or x.shape[1] != self.n_in:
+            raise self._shape_error("x", f"(N, {self.n_in})", x.shape)
+        y = _matmul(x, self.w) if self.dtype == np.float64 else x @ self.w
+        y += self.b  # y is ours: add in place instead of allocating x @ w + b
+        self._x, self._y_shape = x, y.shape
+        return y
+
+    def backward(self, dE_dY, *, need_dX=True):
+        """``{"dW": xᵀ·dE_dY, "dB": mean_n dE_dY, "dX": dE_dY·wᵀ}``."""
+        x = self._cached_input()
+        dy = self._grad_output(dE_dY, self.dtype)
+        # float64: products split over the kernels' threads (_matmul); float32: one sgemm each, with dX as
+        # (w·dyᵀ)ᵀ, which OpenBLAS runs faster than dy·wᵀ on small batches (splitting measured slower there)
+        if self.dtype == np.float64:
+            grads = {"dW": _matmul(x, dy, trans_a=True), "dB": batch_mean(dy)}
+            if need_dX:
+                grads["dX"] = _matmul(dy, self.w, trans_b=True)
+            return grads
+        grads = {"dW": x.T @ dy, "dB": batch_mean(dy)}
+        if need_dX:
+            grads["dX"] = np.ascontiguousarray((self.w @ dy.T).T)
+        return grads
+
+    def extra_repr(self):
+        return f"n_in={self.n_in}, n_out={self.n_out}" + self._repr_tail()
+
+
+@register_layer
+class Flatten(Layer):
+    """Flattens every axis but the first: x (N, d1, d2, ...) -> y (N, d1·d2·...). Returns a view when it can."""
+
+    def forward(self, x):
+        x = _checks.as_float_array(x, "x")
+        if x.ndim < 2:
+            raise self._shape_error("x", "(N, ...) with at least 2 dimensions", x.shape)
+        y = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: NumPy cannot infer it when N = 0
+        self._x, self._y_shape = x, y.shape
+        return y
+
+    def backward(self, dE_dY):
+        x = self._cached_input()
+        return {"dX": self._grad_output(dE_dY, x.dtype).reshape(x.shape)}

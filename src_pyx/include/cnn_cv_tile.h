@@ -1,0 +1,68 @@
+/* Channel-vector tile of the direct forward (stride 1, padded slab): CNN_EXT_CJV vectors of consecutive output
+ * channels x nq <= CNN_EXT_CNQ output pixels of one row. Weights are vector loads from the packed kernels
+ * kp[C_out / JW, C_in, KH, KW, JW] (JW = CJV * lanes), inputs are broadcasts; nq is a literal in every copy
+ * (the switch), so the accumulators stay in registers. The lanes go to a one-row staging buffer. */
+#ifndef CNN_EXT_CV_TILE_H
+#define CNN_EXT_CV_TILE_H
+
+#include <string.h>  /* memcpy of a vector's lanes */
+#include "cnn_simd.h"
+
+#define CNN_EXT_CJV 2
+#define CNN_EXT_CNQ 6
+#define CNN_EXT_DEFINE_CV_TILE(NAME, T, V)                                                            \
+CNN_EXT_TILE_INLINE void NAME##_fixed(const T* xp, const T* kp, const T* b, T* stage, Py_ssize_t plane, \
+                                      Py_ssize_t Wp, Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, \
+                                      Py_ssize_t kh0, Py_ssize_t kh1, Py_ssize_t j0, Py_ssize_t p,  \
+                                      Py_ssize_t q0, Py_ssize_t OW, const Py_ssize_t nq) {          \
+    const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T)), JW = CNN_EXT_CJV * L;                  \
+    const Py_ssize_t KK = KH * KW;                                                                   \
+    V acc[CNN_EXT_CNQ][CNN_EXT_CJV], w[CNN_EXT_CJV];                                                 \
+    Py_ssize_t i, kh, kw, qq, v, l;                                                                  \
+    const T* kb = kp + j0 * C_in * KK;                                                               \
+    for (qq = 0; qq < nq; qq++)                                                                      \
+        for (v = 0; v < CNN_EXT_CJV; v++)                                                            \
+            acc[qq][v] = *(const V*)(b + j0 + v * L);                                                \
+    for (i = 0; i < C_in; i++) {                                                                     \
+        const T* xi = xp + i * plane + p * Wp + q0;                                                  \
+        const T* ki = kb + i * KK * JW;                                                              \
+        for (kh = kh0; kh < kh1; kh++) {                                                             \
+            const T* xr = xi + kh * Wp;                                                              \
+            const T* kr = ki + kh * KW * JW;                                                         \
+            for (kw = 0; kw < KW; kw++) {                                                            \
+                for (v = 0; v < CNN_EXT_CJV; v++)                                                    \
+                    w[v] = *(const V*)(kr + kw * JW + v * L);                                        \
+                for (qq = 0; qq < nq; qq++) {                                                        \
+                    const T xs = xr[kw + qq];                                                        \
+                    for (v = 0; v < CNN_EXT_CJV; v++)                                                \
+                        acc[qq][v] += xs * w[v];                                                     \
+                }                                                                                    \
+            }                                                                                        \
+        }                                                                                            \
+    }                                                                                                \
+    for (qq = 0; qq < nq; qq++)                                                                      \
+        for (v = 0; v < CNN_EXT_CJV; v++) {                                                          \
+            T lane[sizeof(V) / sizeof(T)];                                                           \
+            memcpy(lane, &acc[qq][v], sizeof(V));                                                    \
+            for (l = 0; l < L; l++)                                                                  \
+                stage[(v * L + l) * OW + q0 + qq] = lane[l];                                         \
+        }                                                                                            \
+}                                                                                                    \
+static void NAME(const T* xp, const T* kp, const T* b, T* stage, Py_ssize_t plane, Py_ssize_t Wp,    \
+                 Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1,      \
+                 Py_ssize_t j0, Py_ssize_t p, Py_ssize_t q0, Py_ssize_t OW, Py_ssize_t nq) {         \
+    switch (nq) {                                                                                    \
+    case 1: CNN_EXT_CV_CALL(NAME, 1); break;                                                         \
+    case 2: CNN_EXT_CV_CALL(NAME, 2); break;                                                         \
+    case 3: CNN_EXT_CV_CALL(NAME, 3); break;                                                         \
+    case 4: CNN_EXT_CV_CALL(NAME, 4); break;                                                         \
+    case 5: CNN_EXT_CV_CALL(NAME, 5); break;                                                         \
+    default: CNN_EXT_CV_CALL(NAME, 6); break;                                                        \
+    }                                                                                                \
+}
+#define CNN_EXT_CV_CALL(NAME, NQ) \
+    NAME##_fixed(xp, kp, b, stage, plane, Wp, C_in, KH, KW, kh0, kh1, j0, p, q0, OW, NQ)
+CNN_EXT_DEFINE_CV_TILE(cnn_ext_cv_tile_f, float, cnn_ext_vf)
+CNN_EXT_DEFINE_CV_TILE(cnn_ext_cv_tile_d, double, cnn_ext_vd)
+
+#endif  /* CNN_EXT_CV_TILE_H */
