@@ -22,9 +22,9 @@ def _fresh_plans(request):
 @pytest.fixture
 def restore_threads(monkeypatch):
     """Restores the thread count, and lets even small test cases run on several threads."""
-    from cnn_ext import ops
+    from cnn_ext import _threads
 
-    monkeypatch.setattr(ops, "_MIN_WORK_PER_THREAD", 1)
+    monkeypatch.setattr(_threads, "MIN_WORK_PER_THREAD", 1)
     previous = cnn_ext.get_num_threads()
     yield
     cnn_ext.set_num_threads(previous)

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from cnn_ext._config import _blas_libraries, blas_single_thread
+from cnn_ext._threads import _blas_libraries, blas_single_thread
 
 
 def _counts():

@@ -1,4 +1,4 @@
-"""The fused activation kernels (cnn_ext._elementwise) and the layers that use them: bitwise equal to the NumPy
+"""The fused activation kernels (cnn_ext._kernels.elementwise) and the layers that use them: bitwise equal to the NumPy
 formulas they replace (NaN positions and signed zeros included), on both dtypes, lengths off the vector width and
 the 64-element chunk bounds, 1/2/3 threads, non-contiguous / unaligned / read-only inputs, never writing an input."""
 import threading
@@ -9,7 +9,8 @@ from numpy.testing import assert_array_equal
 from scipy.special import expit
 
 import cnn_ext
-from cnn_ext import _elementwise, layers
+from cnn_ext._kernels import elementwise as _elementwise
+from cnn_ext.layers import activations
 from cnn_ext.layers import LeakyReLU, ReLU, Sigmoid, Tanh
 
 DTYPES = [np.float32, np.float64]
@@ -86,13 +87,6 @@ def restore_threads():
     cnn_ext.set_num_threads(previous)
 
 
-@pytest.fixture
-def fused_everywhere(monkeypatch):
-    """The layers take the kernels for any size and split even small arrays over every thread."""
-    monkeypatch.setattr(layers, "_FUSED_MIN", 1)
-    monkeypatch.setattr(layers, "_FUSED_PER_THREAD", 1)
-
-
 # ----------------------------------------------------------------------------------------------
 # the kernels themselves, on flat arrays
 # ----------------------------------------------------------------------------------------------
@@ -137,29 +131,27 @@ def test_kernel_bitwise_equals_numpy_formula(kernel, ref, names, extra, dtype, n
         assert_bitwise(a, b)
 
 
-def test_relu_kernels_on_spelled_out_special_values():
-    """np.maximum(-0.0, 0) is +0.0 and NaN stays NaN; dy * [x > 0] keeps the product's -0.0 and inf * 0 = NaN."""
+def test_relu_layers_on_spelled_out_special_values():
+    """np.maximum(-0.0, 0) is +0.0 and NaN stays NaN; dy * [x > 0] keeps the product's -0.0 and inf * 0 = NaN.
+    Tiled 4096 times: large enough for the fused kernels, and the small copy for NumPy's path."""
     for dtype in DTYPES:
-        x = np.array([-0.0, 0.0, np.nan, -np.inf, np.inf, -1.0, 1.0, -np.nan], dtype)
-        dy = np.array([-1.0, -0.0, np.inf, np.nan, -np.inf, -2.0, -0.0, 3.0], dtype)
-        y = np.empty_like(x)
-        _elementwise.relu_forward(x, y, 1)
-        assert_bitwise(y, np.array([0.0, 0.0, np.nan, 0.0, np.inf, 0.0, 1.0, np.nan], dtype))
-        dx = np.empty_like(x)
-        _elementwise.relu_backward(x, dy, dx, 1)
-        assert_bitwise(dx, np.array([-0.0, -0.0, np.nan, np.nan, -np.inf, -0.0, -0.0, 0.0], dtype))
-        _elementwise.leaky_relu_forward(x, y, 0.5, 1)
-        assert_bitwise(y, np.array([-0.0, 0.0, np.nan, -np.inf, np.inf, -0.5, 1.0, np.nan], dtype))
-        _elementwise.leaky_relu_backward(x, dy, dx, 0.5, 1)
-        assert_bitwise(dx, np.array([-0.5, -0.0, np.inf, np.nan, -np.inf, -1.0, -0.0, 1.5], dtype))
+        for reps in (1, 4096):
+            x = np.tile(np.array([-0.0, 0.0, np.nan, -np.inf, np.inf, -1.0, 1.0, -np.nan], dtype), reps)
+            dy = np.tile(np.array([-1.0, -0.0, np.inf, np.nan, -np.inf, -2.0, -0.0, 3.0], dtype), reps)
+            tile = lambda values: np.tile(np.array(values, dtype), reps)  # noqa: E731
+            with np.errstate(invalid="ignore"):
+                relu, leaky = ReLU(), LeakyReLU(0.5)
+                assert_bitwise(relu.forward(x), tile([0.0, 0.0, np.nan, 0.0, np.inf, 0.0, 1.0, np.nan]))
+                assert_bitwise(relu.backward(dy)["dX"], tile([-0.0, -0.0, np.nan, np.nan, -np.inf, -0.0, -0.0, 0.0]))
+                assert_bitwise(leaky.forward(x), tile([-0.0, 0.0, np.nan, -np.inf, np.inf, -0.5, 1.0, np.nan]))
+                assert_bitwise(leaky.backward(dy)["dX"], tile([-0.5, -0.0, np.inf, np.nan, -np.inf, -1.0, -0.0, 1.5]))
 
 
 def test_leaky_alpha_is_rounded_to_float32_first():
     """x * float32(alpha), as NumPy's float32 product: not x * alpha in double rounded once."""
     alpha = 0.1  # not a float32
-    x = -np.arange(1, 4097, dtype=np.float32) / 7
-    y = np.empty_like(x)
-    _elementwise.leaky_relu_forward(x, y, alpha, 1)
+    x = -np.arange(1, 40_961, dtype=np.float32) / 7
+    y = LeakyReLU(alpha).forward(x)
     assert_bitwise(y, x * np.float32(alpha))
     assert not np.array_equal(y, (x.astype(np.float64) * alpha).astype(np.float32))  # the case does tell them apart
 
@@ -197,10 +189,11 @@ def _check_layer(make, f, df, x, dy):
     return y, g["dX"]
 
 
-@pytest.mark.parametrize("shape", [(3, 5, 7, 11), (2, 3, 150, 151), (16, 100), (1001,)])
+# small arrays (NumPy) and large ones (the fused kernels, split over threads from ~2 * 65536 elements)
+@pytest.mark.parametrize("shape", [(3, 5, 7, 11), (16, 100), (1001,), (2, 3, 150, 151), (140_003,), (3, 65_537)])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("make,f,df", LAYERS, ids=LAYER_IDS)
-def test_layers_bitwise_on_every_thread_count(make, f, df, dtype, shape, fused_everywhere):
+def test_layers_bitwise_on_every_thread_count(make, f, df, dtype, shape):
     x, dy = readonly(data(shape, dtype, 1)), readonly(data(shape, dtype, 2))
     results = []
     for threads in (1, 2, 3):
@@ -222,7 +215,7 @@ def test_layers_with_default_thresholds(make, f, df, dtype):
 
 def _layouts(dtype):
     """Arrays no kernel can read as one flat run of the dtype: strided, Fortran-ordered, unaligned."""
-    base = data((6, 8, 9, 10), dtype, 5)
+    base = data((6, 8, 30, 41), dtype, 5)  # large enough for the kernels where the layout allows
     raw = np.zeros(base.nbytes + 1, dtype=np.uint8)
     unaligned = np.frombuffer(raw.data, dtype=dtype, count=base.size, offset=1).reshape(base.shape)
     unaligned[...] = base
@@ -232,7 +225,7 @@ def _layouts(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("make,f,df", LAYERS, ids=LAYER_IDS)
-def test_layers_on_non_contiguous_and_unaligned_inputs(make, f, df, dtype, fused_everywhere):
+def test_layers_on_non_contiguous_and_unaligned_inputs(make, f, df, dtype):
     cnn_ext.set_num_threads(2)
     for x in _layouts(dtype):
         contiguous_dy = data(x.shape, dtype, 6)
@@ -242,12 +235,13 @@ def test_layers_on_non_contiguous_and_unaligned_inputs(make, f, df, dtype, fused
 
 
 @pytest.mark.parametrize("make,f,df", LAYERS, ids=LAYER_IDS)
-def test_layers_cast_gradients_to_the_input_dtype(make, f, df, fused_everywhere):
+def test_layers_cast_gradients_to_the_input_dtype(make, f, df):
     """float64 (or int) dE_dY for a float32 input: cast to float32 first, the result stays float32."""
-    x = readonly(data((4, 300), np.float32, 7))
-    for dy in (data((4, 300), np.float64, 8), np.arange(1200).reshape(4, 300) % 5 - 2):
-        _, dx = _check_layer(make, f, df, x, readonly(dy))
-        assert dx.dtype == np.float32
+    for n in (300, 40_000):  # NumPy and the kernels
+        x = readonly(data((4, n), np.float32, 7))
+        for dy in (data((4, n), np.float64, 8), np.arange(4 * n).reshape(4, n) % 5 - 2):
+            _, dx = _check_layer(make, f, df, x, readonly(dy))
+            assert dx.dtype == np.float32
 
 
 def test_layers_call_the_kernels_only_where_they_apply(monkeypatch):
@@ -266,7 +260,7 @@ def test_layers_call_the_kernels_only_where_they_apply(monkeypatch):
         monkeypatch.setattr(_elementwise, name, spy(getattr(_elementwise, name)))
     cnn_ext.set_num_threads(2)
     nt = cnn_ext.get_num_threads()  # 1 in a build without OpenMP (macOS wheels by default)
-    big = data(2 * layers._FUSED_PER_THREAD + 3, np.float32, 9)
+    big = data(2 * activations._FUSED_PER_THREAD + 3, np.float32, 9)
     for layer in (ReLU(), LeakyReLU(), Sigmoid(), Tanh()):
         layer.backward(layer.forward(big))
     assert calls == [("relu_forward", nt), ("relu_backward", nt), ("leaky_relu_forward", nt),
@@ -274,17 +268,17 @@ def test_layers_call_the_kernels_only_where_they_apply(monkeypatch):
     calls.clear()
     cnn_ext.set_num_threads(1)
     ReLU().forward(big)
-    ReLU().forward(big[: layers._FUSED_MIN])
+    ReLU().forward(big[: activations._FUSED_MIN])
     assert calls == [("relu_forward", 1), ("relu_forward", 1)]
     calls.clear()
     cnn_ext.set_num_threads(2)
-    for x in (big[: layers._FUSED_MIN - 1], big[::2], big.astype(np.float64)[1::2]):
+    for x in (big[: activations._FUSED_MIN - 1], big[::2], big.astype(np.float64)[1::2]):
         ReLU().forward(x)
     assert calls == []
 
 
-def test_layers_from_several_python_threads_equal_serial(fused_everywhere):
-    xs = [data((5, 3, 40, 41), np.float32, 10 + i) for i in range(4)]
+def test_layers_from_several_python_threads_equal_serial():
+    xs = [data((5, 3, 100, 101), np.float32, 10 + i) for i in range(4)]
     cnn_ext.set_num_threads(1)
     serial = [(ReLU().forward(x), LeakyReLU(0.2).forward(x)) for x in xs]
     cnn_ext.set_num_threads(2)
@@ -305,7 +299,7 @@ def test_layers_from_several_python_threads_equal_serial(fused_everywhere):
 
 def test_fused_helper_refuses_arrays_of_another_shape():
     """The kernels trust their lengths: a mismatched pair must never reach them (it would read past an array)."""
-    x = np.ones(layers._FUSED_MIN * 2, dtype=np.float32)
-    assert layers._fused(_elementwise.relu_backward, (x, x[: layers._FUSED_MIN])) is None
-    assert layers._fused(_elementwise.relu_backward, (x, x.reshape(2, -1))) is None
-    assert_bitwise(layers._fused(_elementwise.relu_backward, (x, -x)), -x)
+    x = np.ones(activations._FUSED_MIN * 2, dtype=np.float32)
+    assert activations._fused(_elementwise.relu_backward, (x, x[: activations._FUSED_MIN])) is None
+    assert activations._fused(_elementwise.relu_backward, (x, x.reshape(2, -1))) is None
+    assert_bitwise(activations._fused(_elementwise.relu_backward, (x, -x)), -x)

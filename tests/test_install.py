@@ -21,8 +21,8 @@ import pytest
 import cnn_ext
 from cnn_ext import _kernels
 
-# Keep in sync with MODULES / AVX2_MODULES in setup.py.
-BASELINE_MODULES = ["_conv", "_pool", "_elementwise"]
+# Keep in sync with MODULES in setup.py.
+BASELINE_MODULES = ["gemm", "rows", "tiled", "kgrad", "pooling", "dense", "elementwise", "openmp"]
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
 PKG_DIR = Path(cnn_ext.__file__).resolve().parent
@@ -54,7 +54,7 @@ def _is_extension_module(module):
 def test_imported_from_the_expected_location():
     # Whatever the install: the Python code and the kernels come from one and the same package directory
     # (no checkout's cnn_ext/*.py shadowing an installed build, or the reverse).
-    assert Path(_kernels.conv.__file__).resolve().parent == PKG_DIR
+    assert Path(_kernels.tiled.__file__).resolve().parent == PKG_DIR / "_kernels"
     if _env_flag("CNN_EXT_EXPECT_INSTALLED"):
         assert PKG_DIR.parent in _site_dirs(), (
             f"cnn_ext imported from {PKG_DIR}, expected an installed copy in one of {sorted(map(str, _site_dirs()))}"
@@ -70,19 +70,21 @@ def test_imported_from_the_expected_location():
 
 @pytest.mark.parametrize("name", BASELINE_MODULES)
 def test_kernels_are_compiled_extension_modules(name):
-    module = importlib.import_module(f"cnn_ext.{name}")
-    assert _is_extension_module(module), f"cnn_ext.{name} is {module.__file__}, not a compiled extension"
-    assert Path(module.__file__).resolve().parent == PKG_DIR
+    module = importlib.import_module(f"cnn_ext._kernels.{name}")
+    assert _is_extension_module(module), f"cnn_ext._kernels.{name} is {module.__file__}, not a compiled extension"
+    assert Path(module.__file__).resolve().parent == PKG_DIR / "_kernels"
 
 
 def test_active_kernel_build_matches_the_cpu():
     assert _kernels.ISA in ("avx2", "baseline")
-    assert _is_extension_module(_kernels.conv)
-    expected_name = "cnn_ext._conv_avx2" if _kernels.ISA == "avx2" else "cnn_ext._conv"
-    assert _kernels.conv.__name__ == expected_name
+    suffix = "_avx2" if _kernels.ISA == "avx2" else ""
+    for name in ("gemm", "rows", "tiled", "kgrad", "pooling"):
+        module = getattr(_kernels, name)
+        assert _is_extension_module(module)
+        assert module.__name__ == f"cnn_ext._kernels.{name}{suffix}"
     if X86_64 and _env_flag("CNN_EXT_EXPECT_INSTALLED"):
         # wheels and sdist builds on x86-64 always carry the AVX2 variant
-        avx2 = importlib.import_module("cnn_ext._conv_avx2")
+        avx2 = importlib.import_module("cnn_ext._kernels.tiled_avx2")
         assert _is_extension_module(avx2)
         wanted = _kernels._cpu_has_avx2_fma() and os.environ.get("CNN_EXT_KERNELS", "").lower() != "baseline"
         assert _kernels.ISA == ("avx2" if wanted else "baseline")
@@ -92,14 +94,7 @@ def test_active_kernel_build_matches_the_cpu():
 
 def test_openmp_reported_consistently():
     info = cnn_ext.show_config(quiet=True)
-    modules = [importlib.import_module("cnn_ext._conv")]
-    try:
-        modules.append(importlib.import_module("cnn_ext._conv_avx2"))
-    except ImportError:
-        pass
-    built = {bool(m.openmp_enabled()) for m in modules}
-    assert len(built) == 1, "the kernel builds disagree on OpenMP"
-    (openmp,) = built
+    openmp = bool(importlib.import_module("cnn_ext._kernels.openmp").openmp_enabled())
     assert info["openmp"] is openmp
     expected = _env_flag("CNN_EXT_EXPECT_OPENMP")
     if expected is not None:
@@ -130,8 +125,8 @@ def test_show_config_reports_the_build(capsys):
     assert "kernels:" in printed and _kernels.ISA in printed
     assert info["version"] == cnn_ext.__version__
     assert info["kernels"] == _kernels.ISA
-    assert info["kernel_module"] == _kernels.conv.__name__
-    assert info["pool_module"] == _kernels.pool.__name__
+    assert info["kernel_module"] == _kernels.tiled.__name__
+    assert info["pool_module"] == _kernels.pooling.__name__
     assert info["buffer_reuse"] is cnn_ext.get_buffer_reuse()
     assert info["numpy"] == np.__version__
     import scipy
@@ -155,7 +150,7 @@ def test_installed_metadata():
     assert meta["Requires-Python"] == ">=3.10"
     assert "numpy" in " ".join(importlib.metadata.requires("cnn_ext"))
     assert (PKG_DIR / "py.typed").is_file()
-    assert (PKG_DIR / "_conv.pyi").is_file()
+    assert (PKG_DIR / "_kernels" / "tiled.pyi").is_file()
 
 
 @pytest.mark.parametrize("value, warned", [("basline", True), ("AVX", True), ("baseline", False), ("Baseline", False),

@@ -4,10 +4,20 @@ import json
 
 import numpy as np
 import pytest
+from helpers.oracles import (
+    LAYER_TOL,
+    away_from_zero,
+    bias_gradient,
+    einsum_forward,
+    einsum_kernel_gradient,
+    numeric_gradient,
+    readonly,
+    tap_input_gradient,
+)
+from helpers.strategies import conv_cases
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numpy.lib.stride_tricks import sliding_window_view
-from numpy.testing import assert_allclose
+from numpy.testing import assert_allclose, assert_array_equal
 
 import cnn_ext
 from cnn_ext.layers import (
@@ -24,57 +34,19 @@ from cnn_ext.layers import (
     register_layer,
 )
 
-TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=2e-5, atol=2e-5)}
+TOL = LAYER_TOL
 
-
-# ----------------------------------------------------------------------------------------------
-# independent references: obvious NumPy code, no cnn_ext
-# ----------------------------------------------------------------------------------------------
 
 def ref_conv(x, k, b, stride=(1, 1), pad=(0, 0)):
-    """y[n, j, p, q] = b[j] + Σ_{i, u, v} xpad[n, i, p·SH + u, q·SW + v] k[j, i, u, v]"""
-    xp = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
-    win = sliding_window_view(xp, k.shape[2:], axis=(2, 3))[:, :, ::stride[0], ::stride[1]]
-    return np.einsum("nipquv,jiuv->njpq", win, k) + b[None, :, None, None]
+    """The einsum oracle with symmetric padding (rows, cols)."""
+    return einsum_forward(x, k, b, stride, (pad[0], pad[0], pad[1], pad[1]))
 
 
 def ref_conv_grads(x, k, dy, stride=(1, 1), pad=(0, 0)):
-    """(dK batch-mean, dB batch-mean, dX) of ref_conv, written out by hand (dX by scattering)."""
-    N = x.shape[0]
-    xp = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
-    win = sliding_window_view(xp, k.shape[2:], axis=(2, 3))[:, :, ::stride[0], ::stride[1]]
-    dK = np.einsum("nipquv,njpq->jiuv", win, dy) / N
-    dB = dy.sum(axis=(0, 2, 3)) / N
-    dxp = np.zeros_like(xp)
-    KH, KW = k.shape[2:]
-    for p in range(dy.shape[2]):
-        for q in range(dy.shape[3]):
-            r, c = p * stride[0], q * stride[1]
-            dxp[:, :, r:r + KH, c:c + KW] += np.einsum("nj,jiuv->niuv", dy[:, :, p, q], k)
-    dX = dxp[:, :, pad[0]:pad[0] + x.shape[2], pad[1]:pad[1] + x.shape[3]]
-    return dK, dB, dX
-
-
-def numeric_grad(f, a, eps=1e-6):
-    """Central differences of the scalar f() with respect to every entry of a (modified in place, restored)."""
-    g = np.zeros_like(a)
-    it = np.nditer(a, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = a[i]
-        a[i] = old + eps
-        fp = f()
-        a[i] = old - eps
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
-
-
-def readonly(a):
-    a = np.array(a)
-    a.flags.writeable = False
-    return a
+    """(dK batch-mean, dB batch-mean, dX) of ref_conv."""
+    pad4 = (pad[0], pad[0], pad[1], pad[1])
+    return (einsum_kernel_gradient(dy, x, *k.shape[2:], stride, pad4), bias_gradient(dy),
+            tap_input_gradient(dy, k, *x.shape[2:], stride, pad4))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,11 +81,11 @@ def test_conv2d_against_reference(dtype, shape, c_out, ks, stride, padding, pad)
 
 
 @settings(max_examples=20, deadline=None)
-@given(n=st.integers(1, 3), c_in=st.integers(1, 3), c_out=st.integers(1, 3), kh=st.integers(1, 4),
-       kw=st.integers(1, 4), extra_h=st.integers(0, 4), extra_w=st.integers(0, 4), seed=st.integers(0, 2**16))
-def test_conv2d_property(n, c_in, c_out, kh, kw, extra_h, extra_w, seed):
+@given(conv_cases(max_batch=3, max_channels=3, max_extra=4, stride=False, padding=False), st.integers(0, 2**16))
+def test_conv2d_property(case, seed):
+    (n, c_in, c_out, h, w, kh, kw), _, _, _ = case
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, c_in, kh + extra_h, kw + extra_w))
+    x = rng.standard_normal((n, c_in, h, w))
     layer = Conv2D(c_in, c_out, (kh, kw), rng=rng)
     y = layer.forward(x)
     assert_allclose(y, ref_conv(x, layer.k, layer.b), **TOL[np.float64])
@@ -133,9 +105,9 @@ def test_conv2d_finite_differences():
     layer.forward(x)
     g = layer.backward(R)
     N = x.shape[0]
-    assert_allclose(N * g["dK"], numeric_grad(loss, layer.k), rtol=1e-6, atol=1e-7)
-    assert_allclose(N * g["dB"], numeric_grad(loss, layer.b), rtol=1e-6, atol=1e-7)
-    assert_allclose(g["dX"], numeric_grad(loss, x), rtol=1e-6, atol=1e-7)
+    assert_allclose(N * g["dK"], numeric_gradient(loss, layer.k), rtol=1e-6, atol=1e-7)
+    assert_allclose(N * g["dB"], numeric_gradient(loss, layer.b), rtol=1e-6, atol=1e-7)
+    assert_allclose(g["dX"], numeric_gradient(loss, x), rtol=1e-6, atol=1e-7)
 
 
 def test_conv2d_need_dX_false_skips_input_gradient():
@@ -188,9 +160,41 @@ def test_dense_finite_differences():
     loss = lambda: float(np.sum(layer.forward(x) * R))  # noqa: E731
     layer.forward(x)
     g = layer.backward(R)
-    assert_allclose(g["dW"], numeric_grad(loss, layer.w), rtol=1e-6, atol=1e-7)
-    assert_allclose(5 * g["dB"], numeric_grad(loss, layer.b), rtol=1e-6, atol=1e-7)
-    assert_allclose(g["dX"], numeric_grad(loss, x), rtol=1e-6, atol=1e-7)
+    assert_allclose(g["dW"], numeric_gradient(loss, layer.w), rtol=1e-6, atol=1e-7)
+    assert_allclose(5 * g["dB"], numeric_gradient(loss, layer.b), rtol=1e-6, atol=1e-7)
+    assert_allclose(g["dX"], numeric_gradient(loss, x), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M,K,N", [(16, 2304, 256), (16, 256, 2304), (3, 5, 7), (1, 1, 1), (0, 5, 3)])
+def test_dense_products_on_any_thread_count(restore_threads, dtype, M, K, N):
+    """The Dense layer's three products (x·W, xᵀ·dE_dY, dE_dY·Wᵀ; float64 split over the kernels' threads) equal
+    float64 NumPy's on 1, 2 and 3 threads, bitwise the same on each; a strided x is read, not misread."""
+    rng = np.random.default_rng(M + K + N)
+    layer = Dense(K, N, seed=1, dtype=dtype)
+    layer.w[...] = rng.standard_normal((K, N))
+    x = rng.standard_normal((M, K)).astype(dtype)
+    dy = rng.standard_normal((M, N)).astype(dtype)
+    w = layer.w.astype(np.float64)
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    expected = (x64 @ w + layer.b.astype(np.float64), x64.T @ dy64, dy64 @ w.T)
+    tol = dict(rtol=1e-4, atol=1e-3) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-10)
+    results = []
+    for n in (1, 2, 3):
+        cnn_ext.set_num_threads(n)
+        y = layer.forward(x)
+        g = layer.backward(dy)
+        got = (y, g["dW"], g["dX"])
+        for a, e in zip(got, expected):
+            assert a.shape == e.shape and a.dtype == dtype
+            assert_allclose(a, e, **tol)
+        results.append(got)
+    for other in results[1:]:
+        for a, c in zip(results[0], other):
+            assert_array_equal(a, c)
+    wide = np.zeros((M, 2 * K), dtype)
+    wide[:, ::2] = x
+    assert_allclose(layer.forward(wide[:, ::2]), expected[0], **tol)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,17 +209,10 @@ ACTIVATIONS = [
 ]
 
 
-def _away_from_zero(shape, seed):
-    """Inputs with |x| >= 0.1 so that central differences never straddle a ReLU kink."""
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(0.1, 2.0, shape)
-    return x * rng.choice([-1.0, 1.0], shape)
-
-
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("layer,f,df", ACTIVATIONS, ids=lambda v: type(v).__name__ if isinstance(v, Layer) else "")
 def test_activation_against_reference(layer, f, df, dtype):
-    x = readonly(_away_from_zero((3, 2, 4), 0).astype(dtype))
+    x = readonly(away_from_zero((3, 2, 4), 0).astype(dtype))
     y = layer.forward(x)
     assert y.dtype == dtype
     ref = f(x.astype(np.float64))
@@ -229,11 +226,11 @@ def test_activation_against_reference(layer, f, df, dtype):
 @pytest.mark.parametrize("layer", [ReLU(), LeakyReLU(0.2), Sigmoid(), Tanh(), Softmax(), Softmax(axis=0)],
                          ids=lambda l: repr(l))
 def test_activation_finite_differences(layer):
-    x = _away_from_zero((3, 4), 2)
+    x = away_from_zero((3, 4), 2)
     R = np.random.default_rng(3).standard_normal((3, 4))
     layer.forward(x)
     g = layer.backward(R)
-    assert_allclose(g["dX"], numeric_grad(lambda: float(np.sum(layer.forward(x) * R)), x), rtol=1e-6, atol=1e-8)
+    assert_allclose(g["dX"], numeric_gradient(lambda: float(np.sum(layer.forward(x) * R)), x), rtol=1e-6, atol=1e-8)
 
 
 def test_softmax_values_and_stability():
@@ -286,7 +283,7 @@ def test_relu_does_not_overwrite_cached_input():
 def test_inputs_never_modified(make, shape):
     """Read-only inputs: any write into the caller's arrays would raise."""
     layer = make()
-    x = readonly(_away_from_zero(shape, 5))
+    x = readonly(away_from_zero(shape, 5))
     y = layer.forward(x)
     dy = readonly(np.ones(y.shape))
     params_before = [p.copy() for _, _, p in layer.parameters()]

@@ -4,12 +4,22 @@ import threading
 
 import numpy as np
 import pytest
+from helpers.oracles import (
+    POOL_TOL,
+    numeric_gradient,
+    pair,
+    ref_avg,
+    ref_avg_backward,
+    ref_avg_backward_disjoint,
+    ref_avg_sequential,
+    ref_max,
+    ref_max_backward,
+    ref_max_indices,
+)
+from helpers.strategies import pool_cases
 from hypothesis import given, settings
-from hypothesis import strategies as st
-from numpy.lib.stride_tricks import sliding_window_view
 from numpy.testing import assert_allclose, assert_array_equal
 
-import cnn_ext.ops
 from cnn_ext import set_num_threads
 from cnn_ext.layers import LAYER_TYPES
 from cnn_ext.pooling import (
@@ -21,7 +31,7 @@ from cnn_ext.pooling import (
     maxpool2d_forward,
 )
 
-TOL = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-12, atol=1e-12)}
+TOL = POOL_TOL
 
 # (N, C, H, W, kernel_size, stride): square / non-square, overlapping, dropped windows, kernel == input, 1x1
 CASES = [
@@ -35,64 +45,9 @@ CASES = [
 ]
 
 
-# ----------------------------------------------------------------------------------------------
-# independent reference
-# ----------------------------------------------------------------------------------------------
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def _windows(x, ks, st_):
-    KH, KW = _pair(ks)
-    SH, SW = _pair(ks if st_ is None else st_)
-    return sliding_window_view(x, (KH, KW), axis=(2, 3))[:, :, ::SH, ::SW], (KH, KW), (SH, SW)
-
-
-def ref_max(x, ks, st_=None):
-    win, _, _ = _windows(x, ks, st_)
-    return win.max(axis=(4, 5))
-
-
-def ref_avg(x, ks, st_=None):
-    win, _, _ = _windows(x, ks, st_)
-    return win.mean(axis=(4, 5))
-
-
-def ref_max_indices(x, ks, st_=None):
-    """Flat H*W position of the first max (np.argmax returns the first occurrence, row-major)."""
-    win, (KH, KW), (SH, SW) = _windows(x, ks, st_)
-    N, C, OH, OW = win.shape[:4]
-    a = win.reshape(N, C, OH, OW, KH * KW).argmax(axis=-1)
-    r = np.arange(OH)[:, None] * SH + a // KW
-    c = np.arange(OW)[None, :] * SW + a % KW
-    return r * x.shape[3] + c
-
-
-def ref_max_backward(dy, x, ks, st_=None):
-    idx = ref_max_indices(x, ks, st_)
-    N, C, H, W = x.shape
-    dx = np.zeros((N, C, H * W))
-    for n in range(N):
-        for c in range(C):
-            np.add.at(dx[n, c], idx[n, c].ravel(), dy[n, c].ravel())
-    return dx.reshape(x.shape)
-
-
-def ref_avg_backward(dy, x_shape, ks, st_=None):
-    KH, KW = _pair(ks)
-    SH, SW = _pair(ks if st_ is None else st_)
-    dx = np.zeros(x_shape)
-    for p in range(dy.shape[2]):
-        for q in range(dy.shape[3]):
-            dx[:, :, p * SH:p * SH + KH, q * SW:q * SW + KW] += dy[:, :, p:p + 1, q:q + 1] / (KH * KW)
-    return dx
-
-
 @pytest.fixture
-def small_work_threads(monkeypatch):
-    """Let even these small test arrays be split over threads (cnn_ext.ops caps threads by the work)."""
-    monkeypatch.setattr(cnn_ext.ops, "_MIN_WORK_PER_THREAD", 1)
+def small_work_threads(restore_threads):
+    """Let even these small test arrays be split over threads (tests/conftest.py's restore_threads)."""
 
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
@@ -130,11 +85,9 @@ def test_forward_and_backward_match_reference(case, dtype, threads):
 
 
 @settings(deadline=None, max_examples=40)
-@given(N=st.integers(0, 3), C=st.integers(1, 3), H=st.integers(1, 9), W=st.integers(1, 9),
-       KH=st.integers(1, 4), KW=st.integers(1, 4), SH=st.integers(1, 4), SW=st.integers(1, 4),
-       seed=st.integers(0, 2**16))
-def test_random_shapes_match_reference(N, C, H, W, KH, KW, SH, SW, seed):
-    KH, KW = min(KH, H), min(KW, W)
+@given(pool_cases())
+def test_random_shapes_match_reference(case):
+    (N, C, H, W), (KH, KW), (SH, SW), seed = case
     # small integers make ties frequent: the first-max rule is exercised on every example
     x = np.random.default_rng(seed).integers(-2, 3, (N, C, H, W)).astype(np.float64)
     y, idx = maxpool2d_forward(x, (KH, KW), (SH, SW), return_indices=True)
@@ -152,25 +105,12 @@ def test_random_shapes_match_reference(N, C, H, W, KH, KW, SH, SW, seed):
 # finite differences (float64)
 # ----------------------------------------------------------------------------------------------
 
-def _numeric_grad(f, x, eps=1e-6):
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + eps
-        fp = f(x)
-        x[i] = old - eps
-        fm = f(x)
-        x[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
-
-
 @pytest.mark.parametrize("ks, st_", [(2, None), (3, 2), ((2, 3), (1, 2))])
 def test_avgpool_finite_differences(ks, st_):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 2, 6, 7))
     w = rng.standard_normal(avgpool2d_forward(x, ks, st_).shape)
-    num = _numeric_grad(lambda z: np.sum(w * avgpool2d_forward(z, ks, st_)), x.copy())
+    num = numeric_gradient(lambda: np.sum(w * avgpool2d_forward(x, ks, st_)), x)
     assert_allclose(avgpool2d_backward(w, ks, st_, input_size=x.shape[2:]), num, rtol=1e-7, atol=1e-9)
 
 
@@ -180,7 +120,7 @@ def test_maxpool_finite_differences_away_from_ties(ks, st_):
     # distinct values 0.01 apart: a 1e-6 step never changes which element is the maximum
     x = rng.permutation(2 * 2 * 6 * 7).reshape(2, 2, 6, 7) * 0.01
     w = rng.standard_normal(maxpool2d_forward(x, ks, st_).shape)
-    num = _numeric_grad(lambda z: np.sum(w * maxpool2d_forward(z, ks, st_)), x.copy())
+    num = numeric_gradient(lambda: np.sum(w * maxpool2d_forward(x, ks, st_)), x)
     assert_allclose(maxpool2d_backward(w, x, ks, st_), num, rtol=1e-7, atol=1e-9)
 
 
@@ -404,14 +344,14 @@ def _kernel_modules():
 
     from cnn_ext import _kernels
 
-    names = ["_pool"]
+    names = ["pooling"]
     if _kernels._cpu_has_avx2_fma():
         try:
-            importlib.import_module("cnn_ext._pool_avx2")
-            names.append("_pool_avx2")
+            importlib.import_module("cnn_ext._kernels.pooling_avx2")
+            names.append("pooling_avx2")
         except ImportError:  # built without the AVX2 variant
             pass
-    return [importlib.import_module(f"cnn_ext.{n}") for n in names]
+    return [importlib.import_module(f"cnn_ext._kernels.{n}") for n in names]
 
 
 @pytest.fixture(params=_kernel_modules(), ids=lambda m: m.__name__.rsplit(".", 1)[-1])
@@ -419,31 +359,8 @@ def kernels(request, monkeypatch):
     """Run the test on each compiled pooling build this CPU can execute (baseline, AVX2)."""
     import cnn_ext.pooling
 
-    monkeypatch.setattr(cnn_ext.pooling, "_pool", request.param)
+    monkeypatch.setattr(cnn_ext.pooling, "_pooling", request.param)
     return request.param
-
-
-def ref_avg_sequential(x, ks, st_=None):
-    """The mean in the kernels' order, in x's dtype: ((0 + w[0, 0]) + w[0, 1] + ... + w[KH-1, KW-1]) / (KH*KW),
-    so that it equals the kernels bitwise."""
-    win, (KH, KW), _ = _windows(x, ks, st_)
-    s = np.zeros(win.shape[:4], dtype=x.dtype)
-    for kh in range(KH):
-        for kw in range(KW):
-            s = s + win[..., kh, kw]
-    return s / x.dtype.type(KH * KW)
-
-
-def ref_avg_backward_disjoint(dy, x_shape, ks, st_=None):
-    """dy / (KH*KW) + 0 on every window element, 0 elsewhere, in dy's dtype (disjoint windows only)."""
-    KH, KW = _pair(ks)
-    SH, SW = _pair(ks if st_ is None else st_)
-    dx = np.zeros(x_shape, dtype=dy.dtype)
-    share = dy / dy.dtype.type(KH * KW) + dy.dtype.type(0)
-    for kh in range(KH):
-        for kw in range(KW):
-            dx[:, :, kh:kh + SH * dy.shape[2]:SH, kw:kw + SW * dy.shape[3]:SW] = share
-    return dx
 
 
 # (H, W, kernel_size, stride): output rows from 1 to 17 wide (narrower and wider than one vector of 4 / 8
@@ -481,7 +398,7 @@ def test_fast_paths_match_the_reference_exactly(case, dtype, kernels):
     xr = rng.standard_normal(x.shape).astype(dtype)
     assert_array_equal(avgpool2d_forward(xr, ks, st_), ref_avg_sequential(xr, ks, st_))
     dxa = avgpool2d_backward(dy, ks, st_, input_size=(H, W))
-    (KH, KW), (SH, SW) = _pair(ks), _pair(ks if st_ is None else st_)
+    (KH, KW), (SH, SW) = pair(ks), pair(ks if st_ is None else st_)
     if KH <= SH and KW <= SW:
         assert_array_equal(dxa, ref_avg_backward_disjoint(dy, x.shape, ks, st_))
     else:  # overlapping rows: the generic add loops
@@ -589,7 +506,7 @@ def test_pooling_runs_the_build_picked_for_this_cpu():
     import cnn_ext.pooling
     from cnn_ext import _kernels
 
-    assert cnn_ext.pooling._pool is _kernels.pool
-    expected = "cnn_ext._pool_avx2" if _kernels.ISA == "avx2" else "cnn_ext._pool"
-    assert _kernels.pool.__name__ == expected
-    assert _kernels.conv.__name__ == expected.replace("_pool", "_conv")
+    assert cnn_ext.pooling._pooling is _kernels.pooling
+    expected = "cnn_ext._kernels.pooling_avx2" if _kernels.ISA == "avx2" else "cnn_ext._kernels.pooling"
+    assert _kernels.pooling.__name__ == expected
+    assert _kernels.gemm.__name__ == expected.replace("pooling", "gemm")

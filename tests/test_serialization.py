@@ -177,3 +177,60 @@ def test_file_objects_and_path_types(tmp_path):
             save(net, bad)
         with pytest.raises(TypeError, match="load: path must be a file name"):
             load(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPy-typed layer arguments: kept as plain Python values, so get_config() is JSON and save/load round-trips
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,stored", [
+    (dict(padding=np.array([1, 2])), (1, 2)),  # was kept as the array: save failed "not JSON-serialisable"
+    (dict(padding=np.array([[1, 0], [2, 1]])), ((1, 0), (2, 1))),
+    (dict(padding=((np.int32(1), np.int32(1)), np.array([0, 2]))), ((1, 1), (0, 2))),
+    (dict(padding=[np.int64(1), np.uint8(2)]), (1, 2)),
+    (dict(padding=np.int64(1)), 1),
+    (dict(padding=np.array(2)), 2),
+    (dict(padding=[[1, 0], [2, 1]]), ((1, 0), (2, 1))),  # as JSON gives it back
+    (dict(padding="SAME"), "same"),
+    (dict(padding="Valid"), "valid"),
+    (dict(padding=np.str_("same")), "same"),
+    (dict(stride=np.array([2, 1]), kernel_size=np.array([3, 2])), "valid"),
+    (dict(stride=np.int16(2), kernel_size=(np.int8(3), 3)), "valid"),
+])
+def test_conv2d_numpy_arguments_are_plain_and_round_trip(tmp_path, kwargs, stored):
+    kwargs = dict(kwargs)
+    layer = Conv2D(np.int64(2), np.int32(3), kwargs.pop("kernel_size", 3), seed=0, **kwargs)
+    assert layer.padding == stored
+    for value in (layer.padding, layer.stride, layer.kernel_size, layer.c_in, layer.c_out):
+        assert type(value) in (int, str, tuple)
+        assert all(type(v) in (int, tuple) for v in (value if isinstance(value, tuple) else ()))
+    cfg = layer.get_config()
+    assert json.loads(json.dumps(cfg)) == cfg
+    net = Network([layer])
+    back = load(save(net, tmp_path / "m.npz"))[0]
+    assert (back.padding, back.stride, back.kernel_size) == (layer.padding, layer.stride, layer.kernel_size)
+    assert_array_equal(back.k, layer.k)
+    x = np.random.default_rng(1).standard_normal((2, 2, 7, 6))
+    assert_array_equal(back.forward(x), layer.forward(x))
+    assert repr(back) == repr(layer)
+
+
+@pytest.mark.parametrize("cls", [MaxPool2D, AvgPool2D])
+def test_pooling_numpy_arguments_are_plain_and_round_trip(tmp_path, cls):
+    layer = cls(np.array([2, 3]), stride=np.int64(1))
+    assert (layer.kernel_size, layer.stride) == ((2, 3), (1, 1))
+    assert {type(v) for v in layer.kernel_size + layer.stride} == {int}
+    back = load(save(Network([layer]), tmp_path / "p.npz"))[0]
+    assert (back.kernel_size, back.stride) == (layer.kernel_size, layer.stride)
+
+
+@pytest.mark.parametrize("padding,exc,match", [
+    (np.array([1, 2, 3]), ValueError, r"padding must be an int or a pair of ints"),
+    (np.array([1.0, 2.0]), TypeError, r"padding must be an int or a pair of ints"),
+    (np.array([-1, 2]), ValueError, r"padding must be >= 0"),
+    (np.array([True, False]), TypeError, r"padding must be an int or a pair of ints"),
+    ("full", ValueError, r"padding must be 'valid', 'same', an int or a pair, got 'full'"),
+])
+def test_conv2d_bad_numpy_padding_is_refused_at_construction(padding, exc, match):
+    with pytest.raises(exc, match=match):
+        Conv2D(1, 1, 3, padding=padding)

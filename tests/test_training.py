@@ -1,126 +1,175 @@
-"""End-to-end training: the tutorial's toy network to 100% under a fixed seed (float64 and float32), and the
-tutorial's MNIST network on the MNIST sample shipped in the package, through examples/train_mnist.py."""
-import importlib.util
-from pathlib import Path
-
+"""fit(): learning, seeded shuffling, the tutorial's SGD path, early stopping, progress output, errors."""
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
+from numpy.testing import assert_array_equal
 
-import cnn_ext
-from cnn_ext import Conv2D, Dense, Flatten, Network, ReLU, Sigmoid, get_current_accuracy, mse_loss
-from cnn_ext.datasets import batches, load_mnist_sample, make_shapes
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-needs_examples = pytest.mark.skipif(not (EXAMPLES / "train_mnist.py").is_file(),
-                                    reason="examples/ is not beside tests/ (wheel tested from a copy of tests/)")
+from cnn_ext import Dense, Network, ReLU
+from cnn_ext.optim import Adam
+from cnn_ext.training import fit
 
 
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def one_thread():
-    """These batches are tiny: one kernel thread and one BLAS thread are fastest, above all on a busy machine
-    (threads waiting for a core at every small parallel call made this test ten times slower)."""
-    previous = cnn_ext.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    finally:
-        cnn_ext.set_num_threads(previous)
-
-
-@needs_examples
-def test_train_shapes_example_reaches_100_percent(one_thread):
-    net, acc = load_example("train_shapes").train(epochs=50, lr=0.1, seed=0, verbose=False)
-    assert acc == 1.0
-    assert isinstance(net, Network) and len(net.layers) == 6
-
-
-def test_toy_training_float32_end_to_end(one_thread):
-    """The tutorial's loop, written against the public API only, in float32 throughout."""
-    (xtr, ytr), (xte, yte) = make_shapes(seed=1, dtype=np.float32)
-    X_train, Y_train = batches(xtr, ytr, 16)
-    X_test, Y_test = batches(xte, yte, 16)
-    rng = np.random.default_rng(1)
-    f32 = dict(rng=rng, dtype=np.float32)
-    net = Network([Conv2D(1, 4, 2, **f32), Flatten(), Dense(16, 8, **f32), ReLU(), Dense(8, 4, **f32), Sigmoid()])
-    first_acc = get_current_accuracy(net, X_test, Y_test)
-    for _ in range(50):
-        for x, y in zip(X_train, Y_train):
-            out = net.forward(x)
-            assert out.dtype == np.float32
-            grads = net.backward(mse_loss(out, y))
-            net.update(0.1, grads)
-    assert all(v.dtype == np.float32 for g in grads for v in g.values())
-    assert all(p.dtype == np.float32 for _, _, p in net.parameters())
-    assert first_acc < 0.9
-    assert get_current_accuracy(net, X_test, Y_test) == 1.0
-
-
-def tutorial_mnist_network(dtype, seed):
+def _data(n=240, seed=0):
     rng = np.random.default_rng(seed)
-    kw = dict(rng=rng, dtype=dtype)
-    return Network([Conv2D(1, 4, 5, **kw), Flatten(), Dense(2304, 256, **kw), ReLU(), Dense(256, 128, **kw), ReLU(),
-                    Dense(128, 32, **kw), ReLU(), Dense(32, 10, **kw), Sigmoid()])
+    X = rng.standard_normal((n, 4))
+    y = (X @ np.array([1.0, -2.0, 0.5, 1.0]) > 0).astype(np.int64)
+    return X, y
 
 
-def test_tutorial_network_learns_the_shipped_mnist_sample(one_thread):
-    """The tutorial's MNIST network, batch 16, lr 0.1, MSE, float32, on 1,500 real digits: ~78% after 6 epochs."""
-    (xtr, ytr), (xte, yte) = load_mnist_sample(dtype=np.float32)
-    net = tutorial_mnist_network(np.float32, seed=0)
-    shuffle = np.random.default_rng(1)
-    for _ in range(6):
-        for x, y in zip(*batches(xtr, ytr, 16, num_classes=10, shuffle=True, seed=shuffle)):
-            net.update(0.1, net.backward(mse_loss(net.forward(x), y)))
-    assert all(p.dtype == np.float32 for _, _, p in net.parameters())
-    assert get_current_accuracy(net, xte, yte) >= 0.70  # chance: 10%
+def _net(seed=0):
+    return Network([Dense(4, 16, init="he_normal", seed=seed), ReLU(), Dense(16, 2, init="glorot_uniform", seed=seed + 1)])
 
 
-@needs_examples
-def test_mnist_example_on_shipped_sample(tmp_path, capsys, monkeypatch):
-    """No full dataset reachable (empty --data-dir, no download): the example trains on the sample and says so."""
-    monkeypatch.delenv("CNN_EXT_DATA", raising=False)
-    example = load_example("train_mnist")
-    plot = tmp_path / "curves.png"
-    args = example.parse_args(["--data-dir", str(tmp_path / "empty"), "--no-download", "--epochs", "2",
-                               "--plot", str(plot)])
-    threads_before = cnn_ext.get_num_threads()
-    result = example.run(args)
-    out = capsys.readouterr()
-    assert not result["full"]
-    assert "Training on the MNIST sample shipped with cnn_ext" in out.out
-    assert "train-images-idx3-ubyte.gz" in out.err and str(tmp_path / "empty") in out.err
-    assert len(result["accuracies"]) == 2 and "Summary:" in out.out and "test accuracy" in out.out
-    assert result["accuracies"][-1] >= 0.40           # 2 epochs: ~58% (chance: 10%)
-    assert result["losses"][-1] < result["losses"][0]
-    assert cnn_ext.get_num_threads() == threads_before  # --threads is restored afterwards
-    if importlib.util.find_spec("matplotlib") is None:
-        assert not plot.exists()
-    else:
-        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def _params(net):
+    return [p.copy() for _, _, p in net.parameters()]
 
 
-@needs_examples
-@pytest.mark.parametrize("flag", ["--epochs", "--threads", "--batch-size"])
-def test_mnist_cnn_example_refuses_counts_below_one(flag, capsys):
-    example = load_example("train_mnist_cnn")
-    with pytest.raises(SystemExit):  # before any data is read (--epochs 0 ran the default 6 epochs)
-        example.main([flag, "0", "--no-download", "--data-dir", "/nonexistent"])
-    assert "--epochs, --threads and --batch-size must be >= 1" in capsys.readouterr().err
+def test_fit_learns_and_reports_per_epoch_metrics():
+    X, y = _data()
+    Xv, yv = _data(100, seed=1)
+    net = _net()
+    hist = fit(net, X, y, epochs=8, batch_size=16, optimizer=Adam(0.01), seed=0, validation_data=(Xv, yv),
+               progress=False, verbose=False)
+    assert hist["epochs_run"] == 8
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "time"):
+        assert len(hist[key]) == 8
+    assert hist["loss"][-1] < 0.5 * hist["loss"][0]
+    assert hist["accuracy"][-1] > 0.93 and hist["val_accuracy"][-1] > 0.9
+    assert 1 <= hist["best_epoch"] <= 8
 
 
-@needs_examples
-def test_mnist_example_exit_code_and_argument_errors(tmp_path, capsys):
-    example = load_example("train_mnist")
-    argv = ["--data-dir", str(tmp_path), "--no-download", "--epochs", "1", "--plot", str(tmp_path / "c.png")]
-    assert example.main(argv + ["--target", "0.999"]) == 1  # target not reached
-    assert "Did not reach the 99.9% target in 1 epoch(s)" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        example.parse_args(["--epochs", "0"])
-    assert "--epochs, --threads and --batch-size must be >= 1" in capsys.readouterr().err
+def test_same_seed_same_run_and_different_seed_different_run():
+    X, y = _data()
+    runs = []
+    for seed in (3, 3, 4):
+        net = _net()
+        hist = fit(net, X, y, epochs=2, batch_size=32, optimizer=Adam(0.01), seed=seed, progress=False,
+                   verbose=False)
+        runs.append((hist["loss"], _params(net)))
+    assert runs[0][0] == runs[1][0]
+    assert all(np.array_equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+    assert not all(np.array_equal(a, b) for a, b in zip(runs[0][1], runs[2][1]))
+
+
+def test_learning_rate_is_the_tutorials_loop():
+    from cnn_ext import mse, mse_loss
+
+    X, y = _data(64)
+    T = np.eye(2)[y]
+    a, b = _net(), _net()
+    fit(a, X, T, epochs=2, batch_size=16, loss="mse", learning_rate=0.1, shuffle=False, progress=False,
+        verbose=False)
+    for _ in range(2):
+        for i in range(0, 64, 16):
+            pred = b.forward(X[i:i + 16])
+            mse(pred, T[i:i + 16])
+            b.update(0.1, b.backward(mse_loss(pred, T[i:i + 16])))
+    for pa, pb in zip(_params(a), _params(b)):
+        assert_array_equal(pa, pb)
+    # integer labels are one-hot encoded for 'mse'
+    c = _net()
+    fit(c, X, y, epochs=2, batch_size=16, loss="mse", learning_rate=0.1, shuffle=False, progress=False,
+        verbose=False)
+    for pa, pc in zip(_params(a), _params(c)):
+        assert_array_equal(pa, pc)
+
+
+def test_early_stopping_stops_and_restores_the_best_parameters():
+    X, y = _data(32)
+    scripted = iter([5.0, 4.0, 4.5, 4.6, 4.7, 1.0])
+
+    def loss(pred, yb):  # one batch per epoch: the epoch losses are the scripted values
+        return next(scripted), np.ones_like(pred)
+
+    net = _net()
+    hist = fit(net, X, y, epochs=6, batch_size=32, loss=loss, learning_rate=0.01, early_stopping=2, shuffle=False,
+               progress=False, verbose=False)
+    assert hist["loss"] == [5.0, 4.0, 4.5, 4.6] and hist["epochs_run"] == 4 and hist["best_epoch"] == 2
+    ref = _net()
+    fit(ref, X, y, epochs=2, batch_size=32, loss=lambda p, t: (0.0, np.ones_like(p)), learning_rate=0.01,
+        shuffle=False, progress=False, verbose=False)
+    for p, q in zip(_params(net), _params(ref)):
+        assert_array_equal(p, q)
+
+
+def test_on_epoch_end_can_stop_and_change_the_learning_rate():
+    X, y = _data(64)
+    opt = Adam(0.01)
+    seen = []
+
+    def callback(epoch, history):
+        seen.append((epoch, len(history["loss"]), opt.lr))
+        opt.lr *= 0.5
+        return epoch == 2
+
+    hist = fit(_net(), X, y, epochs=5, batch_size=32, optimizer=opt, progress=False, verbose=False,
+               on_epoch_end=callback)
+    assert hist["epochs_run"] == 2
+    assert seen == [(1, 1, 0.01), (2, 2, 0.005)] and opt.lr == 0.0025
+
+
+def test_progress_bar_and_verbose_output(capsys):
+    pytest.importorskip("tqdm")
+    X, y = _data(64)
+    fit(_net(), X, y, epochs=1, batch_size=16, optimizer=Adam(), progress=True)
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err and "4/4" in err
+    fit(_net(), X, y, epochs=1, batch_size=16, optimizer=Adam(), progress=False, verbose=True)
+    out = capsys.readouterr().out
+    assert out.startswith("epoch 1/1: loss ") and "acc " in out
+
+
+def test_argument_errors():
+    X, y = _data(16)
+    net = _net()
+    with pytest.raises(ValueError, match="exactly one of optimizer"):
+        fit(net, X, y, epochs=1)
+    with pytest.raises(ValueError, match="exactly one of optimizer"):
+        fit(net, X, y, epochs=1, optimizer=Adam(), learning_rate=0.1)
+    with pytest.raises(TypeError, match="optimizer must have a step"):
+        fit(net, X, y, epochs=1, optimizer="adam")
+    with pytest.raises(ValueError, match="loss must be one of"):
+        fit(net, X, y, epochs=1, learning_rate=0.1, loss="hinge")
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        fit(net, X, y, epochs=0, learning_rate=0.1)
+    with pytest.raises(ValueError, match=r"X has shape \(16, 4\) and y has shape \(15,\)"):
+        fit(net, X, y[:15], epochs=1, learning_rate=0.1)
+    with pytest.raises(ValueError, match="validation_data has shapes"):
+        fit(net, X, y, epochs=1, learning_rate=0.1, validation_data=(X, y[:3]))
+    with pytest.raises(ValueError, match="early_stopping must be >= 1"):
+        fit(net, X, y, epochs=1, learning_rate=0.1, early_stopping=0)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (-1, r"labels must be in \[0, 1\] for 2 classes, got values in \[-1, 1\]"),  # was: silently the last class
+    (2, r"labels must be in \[0, 1\] for 2 classes, got values in \[0, 2\]"),    # was: a bare IndexError
+    (0.5, "must be integer class indices"),                                       # was: silently truncated
+])
+def test_mse_loss_checks_integer_labels_as_softmax_cross_entropy_does(bad, message):
+    X, y = _data(16)
+    y = y.astype(np.float64) if isinstance(bad, float) else y.copy()
+    y[3] = bad if not isinstance(bad, float) else y[3] + bad
+    before = _params(net := _net())
+    for loss in ("mse", "softmax_cross_entropy"):
+        with pytest.raises(ValueError, match=message):
+            fit(net, X, y, epochs=1, batch_size=16, learning_rate=0.1, loss=loss, progress=False, verbose=False)
+    for p, q in zip(before, _params(net)):
+        assert_array_equal(p, q)
+    # and the same check on validation labels
+    X2, y2 = _data(16, seed=1)
+    with pytest.raises(ValueError, match=message):
+        fit(_net(), X2, y2, epochs=1, batch_size=16, learning_rate=0.1, loss="mse", validation_data=(X, y),
+            progress=False, verbose=False)
+
+
+def test_whole_number_float_labels_report_accuracy_as_integer_labels_do():
+    """The losses take (N,) float labels of whole numbers as class indices; fit reported accuracy None for
+    them (QA pass). The same run with int64 and float64 labels reports the same history."""
+    X, y = _data()
+    runs = [fit(_net(), X, labels, epochs=2, batch_size=16, learning_rate=0.1, seed=0, progress=False,
+                verbose=False, validation_data=(X[:50], labels[:50])) for labels in (y, y.astype(np.float64))]
+    assert runs[0]["accuracy"][-1] is not None
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert runs[0][key] == runs[1][key]
+    # fractional values are not labels: no accuracy, and the loss refuses them
+    with pytest.raises(ValueError, match="integer class indices"):
+        fit(_net(), X, y + 0.5, epochs=1, learning_rate=0.1, progress=False, verbose=False)
