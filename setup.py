@@ -31,7 +31,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 # cnn_ext._kernels.<name> from src_pyx/<name>.pyx: whether it has an AVX2 + FMA twin (<name>_avx2), and whether
-# its results must be bitwise NumPy's (no FMA contraction, see EXACT_FLAGS).
+# its results must be bitwise NumPy's (no FMA contraction, see optimisation_flags).
 MODULES = {
     "gemm":        dict(twin=True,  exact=False),  # im2col / col2im + BLAS
     "rows":        dict(twin=True,  exact=False),  # plain direct loops of small layers

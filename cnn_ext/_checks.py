@@ -26,6 +26,8 @@ FLOAT32, FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 
 def as_real_array(a, name):
     """``a`` as an ndarray of real numbers (no copy when it already is one)."""
+    if type(a) is np.ndarray and a.dtype.kind in "biuf":  # the common case, without the generic steps
+        return a
     if a is None:
         raise TypeError(f"{name} must be an array of numbers, got None")
     try:
@@ -40,6 +42,13 @@ def as_real_array(a, name):
 
 def compute_dtype(arrays, names):
     """float32 when every array is float32, float64 for any other mix of real dtypes that float64 holds."""
+    dt = arrays[0].dtype
+    if dt is FLOAT64 or dt is FLOAT32:  # the common case: one native float dtype throughout (NumPy's own
+        for a in arrays:                # descriptors, tested by identity), no result_type call
+            if a.dtype is not dt:
+                break
+        else:
+            return dt
     dt = np.result_type(*arrays)
     if dt == FLOAT32 or dt == FLOAT64:
         return dt
@@ -57,7 +66,8 @@ def as_float_array(a, name):
 
 def contiguous(arr, dtype):
     """C-contiguous and aligned in ``dtype``: what the kernels read (a copy only when needed)."""
-    if arr.dtype == dtype and arr.flags.c_contiguous and arr.flags.aligned:
+    flags = arr.flags
+    if arr.dtype is dtype and flags.c_contiguous and flags.aligned:
         return arr
     return np.require(arr, dtype=dtype, requirements=("C", "A"))
 

@@ -195,4 +195,7 @@ def bias_gradient(dy, db):
     acc = np.empty((db.shape[0], kgrad.SUM_LANES), dy.dtype)
     # a sum reads each element once: a thread pays from fewer elements than a convolution's multiply-adds
     nt = threads_for(db.shape[0], dy.size * _threads.MIN_WORK_PER_THREAD // M.BIAS_MIN_PER_THREAD)
-    _typed(kgrad.conv2d_bias_gradient, dy.dtype)(dy, db, acc, nt)
+    _BIAS_SUMS[dy.dtype](dy, db, acc, nt)
+
+
+_BIAS_SUMS = {dt: _typed(kgrad.conv2d_bias_gradient, dt) for dt in (np.dtype(np.float32), np.dtype(np.float64))}

@@ -51,10 +51,12 @@ def set_num_threads(n):
 def threads_for(parts, work=None):
     """Threads for a call that splits ``parts`` independent units and ``work`` multiply-adds: at most one per
     part and one per MIN_WORK_PER_THREAD."""
-    nt = min(get_num_threads(), parts)
-    if work is not None:
-        nt = min(nt, work // MIN_WORK_PER_THREAD)
-    return max(1, nt)
+    nt = get_num_threads()
+    if parts < nt:
+        nt = parts
+    if work is not None and work // MIN_WORK_PER_THREAD < nt:
+        nt = work // MIN_WORK_PER_THREAD
+    return nt if nt > 1 else 1
 
 
 def _threadpool_controller():

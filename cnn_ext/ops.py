@@ -34,13 +34,23 @@ _PLANS_MAX = 512  # distinct plans kept (then the cache starts over)
 _PLAIN = (int, str, type(None))
 
 
+def _plain(value):
+    """Whether an option is built of exact ints, strings and None only (loops: a generator costs more)."""
+    if type(value) in _PLAIN:
+        return True
+    if type(value) is not tuple:
+        return False
+    for v in value:
+        if type(v) not in _PLAIN and not _plain(v):
+            return False
+    return True
+
+
 def _key(make, shapes, dtype, options):
     """The plan's key in _PLANS, or None when an option is not built of plain values."""
-    def plain(v):
-        return type(v) in _PLAIN or type(v) is tuple and all(plain(e) for e in v)
-
-    if not all(plain(o) for o in options):
-        return None
+    for o in options:
+        if type(o) not in _PLAIN and not _plain(o):
+            return None
     return (make, get_num_threads(), shapes, dtype, options)
 
 
@@ -60,10 +70,11 @@ def _plan(make, shapes, dtype, options):
 
 def _arrays(arrays, names, layouts):
     """The arrays checked (real numbers, ndim) and their computation dtype."""
-    arrays = [_checks.as_real_array(a, name) for a, name in zip(arrays, names)]
+    arrays = list(map(_checks.as_real_array, arrays, names))
     dtype = _checks.compute_dtype(arrays, names)
     for a, name, layout in zip(arrays, names, layouts):
-        _checks.check_ndim(a, layout.count(",") + (not layout.endswith(",)")), name, layout)
+        if a.ndim != len(layout):
+            _checks.check_ndim(a, len(layout), name, f"({', '.join(layout)})")
     return arrays, dtype
 
 
@@ -79,7 +90,8 @@ def conv2d_output_shape(input_hw, kernel_hw, stride=1, padding=0):
 # ---- forward -------------------------------------------------------------------------------------
 
 _FORWARD_NAMES = ("x", "kernels", "bias")
-_FORWARD_LAYOUTS = ("(N, C_in, H, W)", "(C_out, C_in, KH, KW)", "(C_out,)")
+_FORWARD_LAYOUTS = (("N", "C_in", "H", "W"), ("C_out", "C_in", "KH", "KW"), ("C_out",))
+_DY, _X, _K = ("N", "C_out", "OH", "OW"), ("N", "C_in", "H", "W"), ("C_out", "C_in", "KH", "KW")
 
 
 def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto", out=None):
@@ -162,7 +174,7 @@ def conv2d_kernel_gradient(dE_dY, x, *, stride=1, padding=0, kernel_size=None, m
         ``dK[j, i] = (1/N) Σ_n xcorr(x[n, i], dE_dY[n, j])``: the true gradient (the tutorial's
         ``correlate2d(dE_dY, x)`` returns it rotated by 180° because SciPy swaps the operands).
     """
-    (dy, x), dtype = _arrays((dE_dY, x), ("dE_dY", "x"), ("(N, C_out, OH, OW)", "(N, C_in, H, W)"))
+    (dy, x), dtype = _arrays((dE_dY, x), ("dE_dY", "x"), (_DY, _X))
     shape, run = _plan(_kernel_gradient_plan, (dy.shape, x.shape), dtype, (stride, padding, kernel_size, method))
     dk = np.empty(shape, dtype=dtype)
     run(_checks.contiguous(dy, dtype), _checks.contiguous(x, dtype), dk)
@@ -214,7 +226,7 @@ def conv2d_bias_gradient(dE_dY):
     dB : ndarray, shape (C_out,)
         ``dB[j] = (1/N) Σ_{n, p, q} dE_dY[n, j, p, q]`` (zeros when N = 0).
     """
-    (dy,), dtype = _arrays((dE_dY,), ("dE_dY",), ("(N, C_out, OH, OW)",))
+    (dy,), dtype = _arrays((dE_dY,), ("dE_dY",), (_DY,))
     dy = _checks.contiguous(dy, dtype)
     C_out = dy.shape[1]
     db = np.empty(C_out, dtype)
@@ -253,7 +265,7 @@ def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=Non
         ``dX[n, i] = Σ_j conv_full(dE_dY[n, j], kernels[j, i])`` (the adjoint of the forward map); ``out``
         when given.
     """
-    (dy, k), dtype = _arrays((dE_dY, kernels), _IGRAD_NAMES, ("(N, C_out, OH, OW)", "(C_out, C_in, KH, KW)"))
+    (dy, k), dtype = _arrays((dE_dY, kernels), _IGRAD_NAMES, (_DY, _K))
     shape, run = _plan(_input_gradient_plan, (dy.shape, k.shape), dtype, (stride, padding, input_size, method))
     dx = _checks.output(out, shape, dtype, (dy, k), _IGRAD_NAMES)
     if shape[0]:

@@ -10,7 +10,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 from _blas cimport _gemm_rm
-from _threads cimport _nparts, _part
+from _threads cimport _nparts, _part, _team
 
 def matmul(const floating[:, ::1] a,       # IN  (M, K), or (K, M) if trans_a
            const floating[:, ::1] b,       # IN  (K, N), or (N, K) if trans_b
@@ -32,7 +32,7 @@ def matmul(const floating[:, ::1] a,       # IN  (M, K), or (K, M) if trans_a
         if nparts == 1:
             _matmul_blocks(&a[0, 0], &b[0, 0], &c[0, 0], M, N, K, trans_a, trans_b, 0, nblk, nblk)
         else:
-            for t in prange(nparts, schedule='static', num_threads=nparts):
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
                 _matmul_blocks(&a[0, 0], &b[0, 0], &c[0, 0], M, N, K, trans_a, trans_b, _part(nblk, t, nparts),
                                _part(nblk, t + 1, nparts), nblk)
 

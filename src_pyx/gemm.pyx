@@ -8,11 +8,11 @@ caller while OpenMP runs). Samples are split over threads (_threads.pxd); the ke
 of samples in a fixed order, so no result depends on the thread count.
 """
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 
 from _blas cimport _gemm_rm
 from _geom cimport Geom, _geom
-from _threads cimport _nparts, _part
+from _threads cimport _nparts, _part, _team
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -207,8 +207,8 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, 
             _forward_gemm_part(&x[0, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &scratch[0, 0], &g, block,
                                0, N)
         else:
-            for t in prange(nparts, schedule='static', num_threads=nparts):
-                _forward_gemm_part(&x[0, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &scratch[t, 0], &g,
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
+                _forward_gemm_part(&x[0, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &scratch[threadid(), 0], &g,
                                    block, _part(N, t, nparts), _part(N, t + 1, nparts))
 
 
@@ -237,8 +237,8 @@ def conv2d_kernel_gradient_gemm(const floating[:, :, :, ::1] dy,     # IN  (N, C
             _kgrad_gemm_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], L, &scratch[0, 0], 0, nchunk,
                                nchunk, N, &g, block)
         else:
-            for t in prange(nparts, schedule='static', num_threads=nparts):
-                _kgrad_gemm_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], L, &scratch[t, 0],
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
+                _kgrad_gemm_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], L, &scratch[threadid(), 0],
                                    _part(nchunk, t, nparts), _part(nchunk, t + 1, nparts), nchunk, N, &g, block)
         for c in range(nchunk):
             for t in range(KK):
@@ -263,6 +263,6 @@ def conv2d_input_gradient_gemm(const floating[:, :, :, ::1] dy,    # IN  (N, C_o
         if nparts == 1:
             _igrad_gemm_part(&dy[0, 0, 0, 0], &k[0, 0, 0, 0], &dx[0, 0, 0, 0], &scratch[0, 0], &g, block, 0, N)
         else:
-            for t in prange(nparts, schedule='static', num_threads=nparts):
-                _igrad_gemm_part(&dy[0, 0, 0, 0], &k[0, 0, 0, 0], &dx[0, 0, 0, 0], &scratch[t, 0], &g, block,
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
+                _igrad_gemm_part(&dy[0, 0, 0, 0], &k[0, 0, 0, 0], &dx[0, 0, 0, 0], &scratch[threadid(), 0], &g, block,
                                  _part(N, t, nparts), _part(N, t + 1, nparts))

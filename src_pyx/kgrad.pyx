@@ -10,11 +10,11 @@ Both reduce over the batch through fixed chunks (dK) or fixed lanes (dB) summed 
 over threads by _threads.pxd: no result depends on the thread count.
 """
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy
 
 from _geom cimport Geom, _geom, _all_finite
-from _threads cimport _nparts, _part
+from _threads cimport _nparts, _part, _team
 
 cdef extern from "cnn_simd.h":
     enum: CNN_EXT_LANES_F     # float lanes per vector of this build (8 AVX2, 4 SSE2, 1 without GNU vectors)
@@ -292,8 +292,8 @@ def conv2d_kernel_gradient_wide(const floating[:, :, :, ::1] dy,     # IN  (N, C
             _kgrad_wide_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], &scratch[0, 0], 0, nchunk, nchunk,
                                N, ns, &g, &w)
         else:
-            for t in prange(nparts, schedule='static', num_threads=nparts):
-                _kgrad_wide_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], &scratch[t, 0],
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
+                _kgrad_wide_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], &scratch[threadid(), 0],
                                    _part(nchunk, t, nparts), _part(nchunk, t + 1, nparts), nchunk, N, ns, &g, &w)
         for c in range(nchunk):
             if shifted:  # partial holds (j, i, kw, kh)
@@ -330,7 +330,7 @@ def conv2d_bias_gradient(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, OH
         if nt == 1:  # no parallel region
             _bias_sum_block(&dy[0, 0, 0, 0], &acc[0, 0], 0, C, N, C, P)
         else:
-            for t in prange(nt, schedule='static', num_threads=nt):
+            for t in prange(nt, schedule='dynamic', num_threads=_team(nt, num_threads)):
                 _bias_sum_block(&dy[0, 0, 0, 0], &acc[0, 0], _part(C, t, nt), _part(C, t + 1, nt), N, C, P)
         for j in range(C):
             s = 0

@@ -18,7 +18,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.string cimport memset
 
-from _threads cimport _nparts, _part
+from _threads cimport _nparts, _part, _team
 
 
 ctypedef struct PoolGeom:
@@ -262,7 +262,7 @@ def pool2d_forward(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
             _forward_planes(&x[0, 0, 0, 0], &y[0, 0, 0, 0], &idx[0] if want_idx else &dummy, want_idx, use_max,
                             HW, P, &g, 0, planes)
         else:
-            for t in prange(nparts, schedule='static', num_threads=nparts):
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
                 _forward_planes(&x[0, 0, 0, 0], &y[0, 0, 0, 0], &idx[0] if want_idx else &dummy, want_idx, use_max,
                                 HW, P, &g, _part(planes, t, nparts), _part(planes, t + 1, nparts))
 
@@ -288,6 +288,6 @@ def pool2d_backward(const floating[:, :, :, ::1] dy,   # IN  (N, C, OH, OW), OH,
             _backward_planes(&dy[0, 0, 0, 0], &idx[0] if use_max else NULL, &dx[0, 0, 0, 0], use_max, rows2, HW, P,
                              &g, 0, planes)
         else:
-            for t in prange(nparts, schedule='static', num_threads=nparts):
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
                 _backward_planes(&dy[0, 0, 0, 0], &idx[0] if use_max else NULL, &dx[0, 0, 0, 0], use_max, rows2, HW,
                                  P, &g, _part(planes, t, nparts), _part(planes, t + 1, nparts))

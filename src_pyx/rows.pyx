@@ -10,10 +10,10 @@ and the kernel gradient run plain row loops. Samples (or fixed chunks of samples
 summed in a fixed order) are split over threads (_threads.pxd): no result depends on the thread count.
 """
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 
 from _geom cimport Geom, _geom, _copy_padded, _zero_slab, _check_slabs
-from _threads cimport _nparts, _part
+from _threads cimport _nparts, _part, _team
 
 cdef extern from "cnn_row_tile.h":
     enum: CNN_EXT_JB          # channels per tile (the switch covers nj = 1..4)
@@ -209,7 +209,7 @@ def conv2d_forward_rows(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, 
         if nparts == 1:
             _forward_rows_part(&x[0, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &g, 0, N)
         else:
-            for t in prange(nparts, schedule='static', num_threads=nparts):
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
                 _forward_rows_part(&x[0, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &g,
                                    _part(N, t, nparts), _part(N, t + 1, nparts))
 
@@ -238,8 +238,8 @@ def conv2d_forward_rows_padded(const floating[:, :, :, ::1] x,      # IN  (N, C_
             _forward_rows_padded_part(&x[0, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &xpad[0, 0],
                                       xpad.shape[1], &g, &gp, 0, N)
         else:
-            for t in prange(nparts, schedule='static', num_threads=nparts):
-                _forward_rows_padded_part(&x[0, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &xpad[t, 0],
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
+                _forward_rows_padded_part(&x[0, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &xpad[threadid(), 0],
                                           xpad.shape[1], &g, &gp, _part(N, t, nparts), _part(N, t + 1, nparts))
 
 
@@ -258,7 +258,7 @@ def conv2d_input_gradient_scatter(const floating[:, :, :, ::1] dy,    # IN  (N, 
         if nparts == 1:
             _igrad_scatter_part(&dy[0, 0, 0, 0], &k[0, 0, 0, 0], &dx[0, 0, 0, 0], &g, 0, N)
         else:
-            for t in prange(nparts, schedule='static', num_threads=nparts):
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
                 _igrad_scatter_part(&dy[0, 0, 0, 0], &k[0, 0, 0, 0], &dx[0, 0, 0, 0], &g,
                                     _part(N, t, nparts), _part(N, t + 1, nparts))
 
@@ -288,7 +288,7 @@ def conv2d_kernel_gradient_rows(const floating[:, :, :, ::1] dy,     # IN  (N, C
         if nparts == 1:
             _kgrad_rows_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], L, 0, nchunk, nchunk, N, &g)
         else:
-            for t in prange(nparts, schedule='static', num_threads=nparts):
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
                 _kgrad_rows_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], L, _part(nchunk, t, nparts),
                                    _part(nchunk, t + 1, nparts), nchunk, N, &g)
         for c in range(nchunk):

@@ -11,11 +11,11 @@ vectors over output channels (cnn_cv_tile.h). The tile-size queries tell ops.py 
 Samples are split over threads (_threads.pxd), each part with its own slab: no result depends on the thread count.
 """
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy
 
 from _geom cimport Geom, _geom, _copy_padded, _zero_slab, _all_finite, _check_slabs
-from _threads cimport _nparts, _part
+from _threads cimport _nparts, _part, _team
 
 cdef extern from "cnn_simd.h":
     enum: CNN_EXT_LANES_F     # float lanes per vector of this build (8 AVX2, 4 SSE2, 1 without GNU vectors)
@@ -226,9 +226,9 @@ def conv2d_forward_wide(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, 
             _forward_wide_part(&x[0, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &xpad[0, 0], xpad.shape[1],
                                &wide[0, 0], &g, Hp, Wp, IB, 0, N)
         else:
-            for t in prange(nparts, schedule='static', num_threads=nparts):
-                _forward_wide_part(&x[0, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &xpad[t, 0],
-                                   xpad.shape[1], &wide[t, 0], &g, Hp, Wp, IB,
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
+                _forward_wide_part(&x[0, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &xpad[threadid(), 0],
+                                   xpad.shape[1], &wide[threadid(), 0], &g, Hp, Wp, IB,
                                    _part(N, t, nparts), _part(N, t + 1, nparts))
 
 
@@ -361,8 +361,8 @@ def conv2d_forward_shifted(const floating[:, :, :, ::1] x,      # IN  (N, C_in, 
             _forward_shifted_part(&x[0, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &xs[0, 0], &stage[0, 0],
                                   &g, IB, 0, N)
         else:
-            for t in prange(nparts, schedule='static', num_threads=nparts):
-                _forward_shifted_part(&x[0, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &xs[t, 0], &stage[t,
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
+                _forward_shifted_part(&x[0, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &xs[threadid(), 0], &stage[threadid(),
                                       0], &g, IB,
                                       _part(N, t, nparts), _part(N, t + 1, nparts))
 
@@ -478,8 +478,8 @@ def conv2d_forward_band(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, 
             _forward_band_part(&x[0, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &xpad[0, 0], xpad.shape[1],
                                &g, Hp, Wp, 0, N)
         else:
-            for t in prange(nparts, schedule='static', num_threads=nparts):
-                _forward_band_part(&x[0, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &xpad[t, 0],
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
+                _forward_band_part(&x[0, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &xpad[threadid(), 0],
                                    xpad.shape[1], &g, Hp, Wp,
                                    _part(N, t, nparts), _part(N, t + 1, nparts))
 
@@ -566,7 +566,7 @@ def conv2d_forward_cv(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
             _forward_cv_part(&x[0, 0, 0, 0], &kp[0, 0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &xpad[0, 0], xpad.shape[1],
                              &stage[0, 0], &g, Hp, Wp, 0, N)
         else:
-            for t in prange(nparts, schedule='static', num_threads=nparts):
-                _forward_cv_part(&x[0, 0, 0, 0], &kp[0, 0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &xpad[t, 0],
-                                 xpad.shape[1], &stage[t, 0], &g, Hp, Wp,
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
+                _forward_cv_part(&x[0, 0, 0, 0], &kp[0, 0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &xpad[threadid(), 0],
+                                 xpad.shape[1], &stage[threadid(), 0], &g, Hp, Wp,
                                  _part(N, t, nparts), _part(N, t + 1, nparts))

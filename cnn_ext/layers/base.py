@@ -172,7 +172,10 @@ class Layer:
 
     def _grad_output(self, dE_dY, dtype):
         """dE_dY as an array in ``dtype`` with the forward output's shape, else ValueError naming both shapes."""
-        dy = _checks.as_real_array(dE_dY, f"{self!r}: dE_dY")
+        if type(dE_dY) is np.ndarray and dE_dY.dtype.kind in "biuf":  # the common case: no name to format
+            dy = dE_dY
+        else:
+            dy = _checks.as_real_array(dE_dY, f"{self!r}: dE_dY")
         if dy.shape != self._y_shape:
             raise ValueError(f"{self!r}: dE_dY has shape {dy.shape} but the forward output had shape {self._y_shape}")
         return dy.astype(dtype, copy=False)
