@@ -5,6 +5,7 @@ run one sample each, in an order rotated every repeat (round-robin, so drifting 
 them alike); a sample is the mean of ``number`` back-to-back calls, with ``number`` chosen so a sample lasts
 about ``min_time``. We report the median over repeats and the spread (25th-75th percentile, IQR).
 """
+import glob
 import os
 import platform
 import subprocess
@@ -14,9 +15,11 @@ from contextlib import contextmanager
 
 import numpy as np
 
-# The scripts are meant to run from a checkout; make ``cnn_ext`` importable without installing.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
+# this checkout's cnn_ext when it is built in place (python setup.py build_ext --inplace), else the installed one
+_BUILT = glob.glob(os.path.join(_ROOT, "cnn_ext", "_kernels", "openmp*.so")) + \
+    glob.glob(os.path.join(_ROOT, "cnn_ext", "_kernels", "openmp*.pyd"))
+if _BUILT and _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 try:

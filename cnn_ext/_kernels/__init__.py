@@ -12,7 +12,15 @@ import importlib
 import os
 import warnings
 
-from . import dense, elementwise, openmp
+try:
+    from . import dense, elementwise, openmp
+except ImportError:  # the source checkout, never built: say so, as NumPy does
+    _root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    raise ImportError(
+        f"cnn_ext's compiled kernels are missing: you are importing the source tree in {_root}, which has not "
+        f"been built. Install it (`pip install .` from the repository root) and run Python from another directory, "
+        f"or build it in place (`python setup.py build_ext --inplace`) to use this checkout."
+    ) from None
 
 _TWINS = ("gemm", "rows", "tiled", "kgrad", "pooling")  # the modules built for both ISAs
 
