@@ -3,18 +3,23 @@
 The model is copied and run in float64; the loss is differentiated numerically with respect to every parameter
 entry (or a seeded random subset of them) and every input entry, and compared with what ``backward`` returns.
 
-Batch conventions: the tutorial's layers average some parameter gradients over the batch (Conv2D ``dK``/``dB``,
-Dense ``dB``) and sum others (Dense ``dW``). With ``reduction="auto"`` a parameter passes when its gradient
-matches the numerical gradient of the loss (``"sum"``) or that gradient divided by the batch size (``"mean"``),
-and the report says which; the input gradient ``dX`` is never averaged and must match exactly.
+Strict by default (``rule="exact"``): the loss gradient is handed to ``backward`` as an
+:class:`~cnn_ext.losses.ExactGradient`, and every parameter gradient must equal the numerical gradient of the
+loss entry by entry: a gradient off by a constant factor (a batch mean for a sum) or on a single parameter
+fails. ``rule="tutorial"`` checks the tutorial's rule instead (a plain ``dE_dY``): the gradients a layer's
+:class:`~cnn_ext.layers.base.Gradients` dict lists in ``batch_means`` (Conv2D ``dK``/``dB``, Dense ``dB``) must
+equal the numerical gradient divided by the batch size, all others the numerical gradient itself. The input
+gradient ``dX`` is never averaged and must match under both.
 """
 import copy
 
 import numpy as np
 
+from .losses import ExactGradient
+
 __all__ = ["gradient_check", "GradientCheckError", "GradCheckReport"]
 
-_REDUCTIONS = ("auto", "sum", "mean")
+_RULES = ("exact", "tutorial")
 
 
 class GradientCheckError(AssertionError):
@@ -33,8 +38,8 @@ class GradCheckReport:
     results : list of dict
         One per checked array (each parameter, then ``"dX"``), with keys ``name``, ``grad_key``, ``entries``
         (how many were checked), ``max_abs_error``, ``max_rel_error`` (``|a - n| / max(|a|, |n|, atol/rtol)``),
-        ``reduction`` (``"sum"`` or ``"mean"``,
-        the batch convention that matched best; ``"none"`` for dX) and ``passed``.
+        ``reduction`` (``"sum"`` or ``"mean"``: the batch reduction the rule requires of this gradient;
+        ``"none"`` for dX) and ``passed``.
     passed : bool
         True when every array passed.
     """
@@ -99,11 +104,13 @@ def _forward(layers, x):
     return x
 
 
-def _backward(layers, dy):
-    """Per-layer grad dicts (in layer order) and the input gradient, every layer asked for its dX."""
+def _backward(layers, dy, exact):
+    """Per-layer grad dicts (in layer order) and the input gradient, every layer asked for its dX and given
+    the rule's dE_dY (flagged exact or plain)."""
     grads = [None] * len(layers)
     for i in range(len(layers) - 1, -1, -1):
-        grads[i] = layers[i].backward(dy)
+        dy = np.asarray(dy, dtype=np.float64)
+        grads[i] = layers[i].backward(dy.view(ExactGradient) if exact else dy)
         if "dX" not in grads[i]:
             raise ValueError(f"gradient_check: {layers[i]!r}.backward returned no 'dX'")
         dy = grads[i]["dX"]
@@ -167,7 +174,7 @@ def _compare(analytic, numeric, rtol, atol):
 # ----------------------------------------------------------------------------------------------
 
 def gradient_check(model, x, *, loss="sum_squares", eps=1e-6, rtol=1e-5, atol=1e-7, seed=0, max_entries=None,
-                   reduction="auto", raise_on_failure=True):
+                   rule="exact", raise_on_failure=True):
     """Compare a layer's or network's analytic gradients with float64 central differences.
 
     Parameters
@@ -189,8 +196,9 @@ def gradient_check(model, x, *, loss="sum_squares", eps=1e-6, rtol=1e-5, atol=1e
         Seeds ``'random_linear'`` and the choice of entries when ``max_entries`` is set.
     max_entries : int, optional
         Check at most this many (randomly chosen) entries per array, to bound the cost on big layers.
-    reduction : 'auto', 'sum' or 'mean', default 'auto'
-        Batch convention of the parameter gradients (see the module docstring); dX is always checked as is.
+    rule : 'exact' or 'tutorial', default 'exact'
+        The gradient rule checked (see the module docstring): ``'exact'``, every parameter gradient is the
+        gradient of the loss; ``'tutorial'``, the tutorial's batch means where its layers take them.
     raise_on_failure : bool, default True
         Raise :class:`GradientCheckError` (an ``AssertionError``) when an array fails; else just report it.
 
@@ -200,8 +208,8 @@ def gradient_check(model, x, *, loss="sum_squares", eps=1e-6, rtol=1e-5, atol=1e
         ``report.passed`` and, per array, the maximum absolute and relative errors (``report["dX"]``,
         ``report["0.k"]`` for a network, ``report["k"]`` for a single layer).
     """
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if rule not in _RULES:
+        raise ValueError(f"rule must be one of {_RULES}, got {rule!r}")
     for name, value in (("eps", eps), ("rtol", rtol), ("atol", atol)):
         if not (isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) and value >= 0):
             raise ValueError(f"{name} must be a number >= 0, got {value!r}")
@@ -230,7 +238,7 @@ def gradient_check(model, x, *, loss="sum_squares", eps=1e-6, rtol=1e-5, atol=1e
 
     y = _forward(layers, x)
     _, dy = loss_fn(y)
-    grads, dX = _backward(layers, np.asarray(dy, dtype=np.float64))
+    grads, dX = _backward(layers, dy, rule == "exact")
     rng = np.random.default_rng(seed)
     results = []
     for i, layer in enumerate(layers):
@@ -245,11 +253,9 @@ def gradient_check(model, x, *, loss="sum_squares", eps=1e-6, rtol=1e-5, atol=1e
             entries = _entries(p.size, max_entries, rng)
             numeric = _numeric(p, entries, value, eps)
             a = analytic.reshape(-1)[entries]
-            candidates = {"sum": numeric, "mean": numeric / N} if reduction == "auto" else \
-                {reduction: numeric if reduction == "sum" else numeric / N}
-            best = min(((red, *_compare(a, num, rtol, atol)) for red, num in candidates.items()),
-                       key=lambda r: (not r[3], r[2]))  # a passing convention first, then the smaller error
-            red, abs_err, rel_err, ok = best
+            mean = rule == "tutorial" and key in getattr(grads[i], "batch_means", ())
+            red = "mean" if mean else "sum"
+            abs_err, rel_err, ok = _compare(a, numeric / N if mean else numeric, rtol, atol)
             results.append(dict(name=label, grad_key=key, entries=len(entries), max_abs_error=abs_err,
                                 max_rel_error=rel_err, reduction=red, passed=ok))
     if dX.shape != x.shape:

@@ -1,17 +1,61 @@
 """Losses and the accuracy measure of the reference tutorial, plus a stable softmax cross-entropy.
 
-- ``mse_loss(prediction, target)``: the tutorial's: returns the *gradient* ``2 (prediction - target) / size``;
+- ``mse_loss(prediction, target)``: the tutorial's: returns the *gradient* ``2 (prediction - target) / size``
+  as a plain array, so the layers apply the tutorial's gradient rule;
 - ``mse(prediction, target)``: the loss value ``mean((prediction - target)²)``, for reporting;
-- ``softmax_cross_entropy(logits, labels)``: ``(loss, dE_dlogits)``, log-sum-exp stable, batch-averaged;
+- ``softmax_cross_entropy(logits, labels)``: ``(loss, dE_dlogits)``, log-sum-exp stable, batch-averaged, the
+  gradient flagged :class:`ExactGradient`;
+- ``exact(dE_dY)``: flags any loss gradient (e.g. ``exact(mse_loss(p, t))``, PyTorch's ``MSELoss()``) so that
+  the layers return the exact gradient of that loss;
 - ``get_current_accuracy(network, X_test, y_test)``: fraction of correctly classified samples, in [0, 1].
 
-Gradients keep the prediction's float dtype (float32 in, float32 out).
+The gradient rule. A layer's parameter gradients follow from the ``dE_dY`` it is given:
+
+- a plain array (the tutorial's ``mse_loss``, or any array of yours): the tutorial's rule, bit for bit:
+  Conv2D ``dK``, ``dB`` and Dense ``dB`` are batch means, Dense ``dW`` is a batch sum;
+- an :class:`ExactGradient` (``softmax_cross_entropy``, ``exact(...)``, and everything ``fit`` and
+  ``gradient_check`` hand to ``backward``): every parameter gradient is the exact gradient of the loss, a sum
+  over the batch of the per-sample chain rule, as PyTorch's autograd gives it.
+
+``dX`` is the same under both rules. Gradients keep the prediction's float dtype (float32 in, float32 out).
 """
 import numpy as np
 
 from ._checks import as_float_array as _float
 
-__all__ = ["mse_loss", "mse", "softmax_cross_entropy", "get_current_accuracy"]
+__all__ = ["ExactGradient", "exact", "mse_loss", "mse", "softmax_cross_entropy", "get_current_accuracy"]
+
+
+class ExactGradient(np.ndarray):
+    """An ndarray ``dE_dY`` that is the exact gradient of a loss: layers given one return exact parameter
+    gradients (batch sums), not the tutorial's batch means. Create it with :func:`exact`."""
+
+    def __array_wrap__(self, obj, context=None, return_scalar=False):
+        # results of arithmetic on a flagged gradient are plain arrays, except ones the caller flags again:
+        # 2 * dy is no longer "the gradient of the loss" that was flagged
+        if return_scalar:
+            return obj[()]
+        return np.asarray(obj)
+
+
+def exact(dE_dY):
+    """``dE_dY`` (the gradient of a loss with respect to a network's output) flagged as exact: a view, no copy.
+
+    ``network.backward(exact(dE_dY))`` then gives every parameter the exact gradient of that loss (PyTorch's
+    numbers): e.g. ``exact(mse_loss(p, t))`` for ``torch.nn.MSELoss()`` (mean reduction).
+    """
+    if isinstance(dE_dY, ExactGradient):
+        return dE_dY
+    arr = np.asarray(dE_dY)
+    if arr.dtype.kind not in "biuf":
+        what = "complex" if arr.dtype.kind == "c" else str(arr.dtype)
+        raise TypeError(f"exact: dE_dY must hold real numbers, got dtype {what}")
+    return arr.view(ExactGradient)
+
+
+def is_exact(dE_dY):
+    """Whether ``dE_dY`` is flagged as an exact loss gradient."""
+    return isinstance(dE_dY, ExactGradient)
 
 
 def _pair(prediction, target):
@@ -20,7 +64,11 @@ def _pair(prediction, target):
     if t.dtype.kind not in "biuf":
         raise TypeError(f"target must hold real numbers, got dtype {t.dtype}")
     if p.shape != t.shape:
-        raise ValueError(f"prediction has shape {p.shape} but target has shape {t.shape}")
+        hint = ""
+        if t.ndim == 1 and p.ndim == 2 and t.shape[0] == p.shape[0]:
+            hint = (f"; target looks like class labels: one-hot encode them first, "
+                    f"cnn_ext.datasets.one_hot(target, {p.shape[1]})")
+        raise ValueError(f"prediction has shape {p.shape} but target has shape {t.shape}{hint}")
     if p.size == 0:
         raise ValueError(f"prediction must not be empty (a mean over no elements is undefined), got shape {p.shape}")
     return p, t
@@ -85,8 +133,9 @@ def softmax_cross_entropy(logits, labels):
     -------
     loss : float
         ``mean_n( logsumexp(logits[n]) - Σ_k t[n, k] logits[n, k] )`` (with ``Σ_k t[n, k] = 1``).
-    dE_dlogits : ndarray, shape (N, K), the logits' float dtype
-        ``(softmax(logits) - t) / N`` (averaged over the batch).
+    dE_dlogits : ExactGradient, shape (N, K), the logits' float dtype
+        ``(softmax(logits) - t) / N``: the gradient of the mean loss, flagged exact, so ``backward`` gives
+        every parameter the exact gradient of this loss (see the module docstring).
     """
     z = _float(logits, "logits")
     if z.ndim != 2 or z.shape[0] == 0 or z.shape[1] == 0:
@@ -107,7 +156,7 @@ def softmax_cross_entropy(logits, labels):
         loss = float(np.mean(log_z[:, 0] * t64.sum(axis=1) - (t64 * shifted).sum(axis=1)))
         p -= t.astype(p.dtype, copy=False)
     p /= N
-    return loss, p
+    return loss, p.view(ExactGradient)
 
 
 def labels_of(y):
@@ -159,6 +208,7 @@ def get_current_accuracy(network, X_test, y_test, batch_size=256):
         out = np.asarray(network.forward(x))
         if out.ndim != 2 or out.shape[0] != labels.shape[0]:
             raise ValueError(f"network output has shape {out.shape} for {labels.shape[0]} labels: need (N, K)")
+        class_targets(labels, *out.shape)  # labels outside [0, K) raise, as in the losses
         correct += int(np.count_nonzero(np.argmax(out, axis=1) == labels))
         total += labels.shape[0]
     if total == 0:

@@ -10,17 +10,43 @@ network 30x slower on 2 cores (34 ms instead of 1.15 ms in float32); the batch-1
 nothing from BLAS threads anyway.
 The first layer's input gradient is never used, so when that layer's ``backward`` takes ``need_dX`` it is
 called with ``need_dX=False`` (for the tutorial's MNIST network that was a third of the step time).
+
+The gradient rule is the loss's: ``backward`` given an :class:`~cnn_ext.losses.ExactGradient` (from
+``softmax_cross_entropy`` or ``exact(...)``) hands every layer a flagged ``dE_dY``, so every parameter gets the
+exact gradient of the loss; given a plain array (the tutorial's ``mse_loss``) every layer follows the tutorial.
 """
 import inspect
+import warnings
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 from . import _checks
 from ._threads import blas_single_thread
-from .layers.base import Layer, sgd_step
+from .layers.base import EXACT, TUTORIAL, Gradients, Layer, grad_rule, sgd_step
+from .losses import ExactGradient
 
-__all__ = ["Network"]
+__all__ = ["Network", "GradientRuleWarning"]
+
+
+class GradientRuleWarning(UserWarning):
+    """Gradients of unknown rule met gradients of a known one (see :mod:`cnn_ext.losses`)."""
+
+
+def _has_parameters(layer):
+    return callable(getattr(layer, "parameters", None)) and bool(layer.parameters())
+
+
+def check_one_rule(grads, where):
+    """ValueError when the gradient dicts of one step were made under both rules (some layers given an
+    ExactGradient, others a plain dE_dY: e.g. a chain of hand-called backwards that lost the flag)."""
+    rules = {getattr(g, "rule", None) for g in grads} - {None}
+    if len(rules) > 1:
+        detail = ", ".join(f"{i}: {getattr(g, 'rule')}" for i, g in enumerate(grads) if getattr(g, "rule", None))
+        raise ValueError(f"{where}: the gradients mix the exact and the tutorial's rule (layer: rule = {detail}); "
+                         f"compute them in one backward pass from one dE_dY (Network.backward passes the flag of "
+                         f"an ExactGradient to every layer)")
+    return rules.pop() if rules else None
 
 
 def _accepts_need_dX(layer):
@@ -71,9 +97,12 @@ class Network:
         first = self.layers[0]
         if self._skip_cache[0] is not first:  # inspect.signature costs ~50 us: once per first layer
             self._skip_cache = (first, _accepts_need_dX(first))
+        exact = grad_rule(dE_dY) == EXACT
         with blas_single_thread():
             for i in range(len(self.layers) - 1, -1, -1):
                 layer = self.layers[i]
+                if exact and not isinstance(dE_dY, ExactGradient):  # every layer sees the loss's rule
+                    dE_dY = np.asarray(dE_dY).view(ExactGradient)
                 if i == 0 and self._skip_cache[1]:
                     g = layer.backward(dE_dY, need_dX=False)
                 else:
@@ -81,6 +110,14 @@ class Network:
                 grads[i] = g
                 if i > 0:
                     dE_dY = g["dX"]
+        if exact:
+            for i, (layer, g) in enumerate(zip(self.layers, grads)):
+                if not isinstance(g, Gradients) and _has_parameters(layer) and \
+                        not getattr(layer, "exact_gradients", False):
+                    warnings.warn(f"Network.backward: layer {i} ({layer!r}) does not say whether its backward returns "
+                                  f"the exact gradient of the loss for an ExactGradient dE_dY (batch sums, not "
+                                  f"means); set exact_gradients = True on its class once it does",
+                                  GradientRuleWarning, stacklevel=2)
         return grads
 
     def update(self, learning_rate, grads):
@@ -93,10 +130,11 @@ class Network:
         learning_rate = _checks.learning_rate(learning_rate, grads, "Network", "learning_rate, grads")
         if isinstance(grads, (Mapping, str, bytes)) or not isinstance(grads, Iterable):
             raise TypeError(f"Network.update(learning_rate, grads): grads must be the list of per-layer dicts "
-                            f"backward returned, got {type(grads).__name__}")
+                            f"backward returned, got {'dict' if isinstance(grads, dict) else type(grads).__name__}")
         grads = list(grads)
         if len(grads) != len(self.layers):
             raise ValueError(f"update: got {len(grads)} gradient dicts for {len(self.layers)} layers")
+        check_one_rule(grads, "Network.update")
         # All or nothing: every layer's dict is checked (once) before the first parameter changes; a layer with
         # its own update rule gets its dict as it is.
         steps = [(None, layer._grad_pairs(g)) if getattr(type(layer), "update", None) is Layer.update
@@ -130,7 +168,7 @@ class Network:
         """
         return [(f"{i}.{name}", key, arr)
                 for i, layer in enumerate(self.layers)
-                for name, key, arr in (layer.parameters() if hasattr(layer, "parameters") else [])]
+                for name, key, arr in (layer.parameters() if _has_parameters(layer) else [])]
 
     def __len__(self):
         return len(self.layers)

@@ -7,8 +7,16 @@ Usage, in place of the tutorial's ``network.update(learning_rate, grads)``::
     opt.step(network, grads)            # updates every layer's parameter arrays in place
 
 The update rules are PyTorch's (``torch.optim.SGD`` with ``dampening=0`` and ``torch.optim.Adam`` with
-``amsgrad=False``), applied to whatever each layer's ``backward`` returns as the gradient of each parameter
-(the tutorial's conventions: Conv2D ``dK``/``dB`` and Dense ``dB`` are batch means, Dense ``dW`` is a batch sum).
+``amsgrad=False``), applied to the exact gradient of the loss: ``backward`` given an
+:class:`~cnn_ext.losses.ExactGradient` (``softmax_cross_entropy``'s gradient, or ``exact(dE_dY)``), the same
+numbers as PyTorch's autograd. Gradients made under the tutorial's rule (a plain ``dE_dY`` such as
+``mse_loss``'s: Conv2D ``dK``/``dB`` and Dense ``dB`` batch means) are refused with a ``ValueError``; dicts of
+your own (plain dicts) are taken as they are.
+
+A step sees every weight or refuses: a layer whose ``backward`` returned gradients (keys other than ``dX``) for
+arrays its ``parameters()`` does not list raises ``TypeError`` naming the layer and what to add. It is all or nothing: every gradient is checked
+(present, the parameter's shape, a real integer or floating dtype; bool, complex, object and string arrays raise
+``TypeError``) before any parameter, state or step count changes.
 
 Parameters are found through the layer protocol (``layer.parameters()`` -> ``(param_name, grad_key, array)``) and
 updated in place, so the arrays a layer holds stay the same objects. State (momentum buffers, Adam moments) is kept
@@ -24,7 +32,8 @@ import numpy as np
 
 from . import _checks
 from ._threads import blas_single_thread
-from .layers.base import sgd_step
+from .layers.base import TUTORIAL, checked_gradient, unseen_gradients_error, sgd_step
+from .network import check_one_rule
 
 __all__ = ["Optimizer", "SGD", "Adam"]
 
@@ -77,8 +86,19 @@ class Optimizer:
             ``Network.backward``'s result: ``grads[i][grad_key]`` is the gradient of each parameter of
             ``network.layers[i]``. Layers without parameters are skipped.
         """
+        where = f"{type(self).__name__}.step"
+        triples = _layers_and_grads(network, grads)
+        for i, layer, g in triples:
+            exc = unseen_gradients_error(layer, g, f"{where}: layer {i}")
+            if exc is not None:
+                raise exc
+        if check_one_rule([g for _, _, g in triples], where) == TUTORIAL:
+            raise ValueError(f"{where}: these gradients follow the tutorial's rule (backward was given a plain dE_dY, "
+                             f"e.g. mse_loss's): Conv2D dK, dB and Dense dB are batch means there, 1/N of the "
+                             f"gradient of the loss. Optimizers take the exact gradient: pass "
+                             f"cnn_ext.losses.exact(dE_dY) to backward (softmax_cross_entropy's gradient already is)")
         work = []
-        for i, layer, g in _layers_and_grads(network, grads):
+        for i, layer, g in triples:
             params = layer.parameters() if callable(getattr(layer, "parameters", None)) else []
             for name, key, p in params:
                 try:
@@ -86,10 +106,7 @@ class Optimizer:
                 except (KeyError, TypeError, IndexError):
                     raise ValueError(f"step: the gradients of layer {i} ({layer!r}) have no {key!r} "
                                      f"(the gradient of {name})") from None
-                grad = np.asarray(grad)
-                if grad.shape != p.shape:
-                    raise ValueError(f"step: layer {i} ({layer!r}): {key} has shape {grad.shape} but {name} "
-                                     f"has shape {p.shape}")
+                grad = checked_gradient(grad, p, f"step: layer {i} ({layer!r})", key, name)
                 if not isinstance(p, np.ndarray) or not p.flags.writeable or p.dtype.kind != "f":
                     raise TypeError(f"step: layer {i} ({layer!r}): {name} must be a writeable float array")
                 work.append((p, grad))

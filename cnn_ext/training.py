@@ -4,12 +4,16 @@ metrics, validation, early stopping and a tqdm progress bar when tqdm is install
     history = fit(network, X_train, y_train, epochs=5, batch_size=64, optimizer=Adam(1e-3),
                   validation_data=(X_test, y_test), early_stopping=2, seed=0)
 """
+import math
+import sys
 import time
 
 import numpy as np
 
 from . import _checks
-from .losses import class_targets, labels_of, mse, mse_loss, softmax_cross_entropy, whole_numbers
+from .losses import class_targets, exact, labels_of, mse, mse_loss, softmax_cross_entropy, whole_numbers
+
+DEFAULT_LOSS = "softmax_cross_entropy"
 
 __all__ = ["fit"]
 
@@ -76,7 +80,7 @@ def _evaluate(network, X, y, loss_fn, batch_size):
     return total_loss / n, (None if correct is None else correct / n)
 
 
-def fit(network, X, y, *, epochs, batch_size=32, loss="softmax_cross_entropy", optimizer=None, learning_rate=None,
+def fit(network, X, y, *, epochs, batch_size=32, loss=None, optimizer=None, learning_rate=None,
         seed=None, shuffle=True, validation_data=None, early_stopping=None, min_delta=0.0, restore_best=True,
         on_epoch_end=None, progress=True, verbose=True):
     """Train ``network`` on ``(X, y)`` with mini-batches.
@@ -89,13 +93,19 @@ def fit(network, X, y, *, epochs, batch_size=32, loss="softmax_cross_entropy", o
     epochs : int
     batch_size : int, default 32
         The last batch of an epoch may be smaller.
-    loss : 'softmax_cross_entropy', 'mse' or callable, default 'softmax_cross_entropy'
-        A callable takes ``(prediction, y_batch)`` and returns ``(loss_value, dE_dY)``. ``'mse'`` accepts integer
-        labels (one-hot encoded for it) and uses the tutorial's ``mse_loss`` gradient.
+    loss : 'softmax_cross_entropy', 'mse' or callable, default None ('softmax_cross_entropy', said in a line
+        printed to stderr when ``verbose``)
+        A callable takes ``(prediction, y_batch)`` and returns ``(loss_value, dE_dY)``, ``dE_dY`` the gradient of
+        ``loss_value`` with respect to the prediction. ``'mse'`` is ``mean((prediction - target)²)`` (PyTorch's
+        ``MSELoss()``) and accepts integer labels (one-hot encoded for it).
+        Whatever the loss, ``fit`` passes its gradient to ``backward`` as an
+        :class:`~cnn_ext.losses.ExactGradient`: every parameter gets the exact gradient of that loss (PyTorch's
+        numbers), never the tutorial's batch means.
     optimizer : object with ``step(network, grads)``, optional
         E.g. :class:`cnn_ext.optim.Adam`; give either this or ``learning_rate``.
     learning_rate : float, optional
-        Plain SGD through ``network.update(learning_rate, grads)`` (the tutorial's training loop).
+        Plain SGD ``p -= learning_rate * gradient`` through ``network.update(learning_rate, grads)``, on the
+        exact gradient (``SGD(learning_rate)`` gives the same numbers).
     seed : int, optional
         Seeds the per-epoch shuffling (the same seed gives the same batches).
     shuffle : bool, default True
@@ -114,6 +124,12 @@ def fit(network, X, y, *, epochs, batch_size=32, loss="softmax_cross_entropy", o
     verbose : bool, default True
         Print one summary line per epoch when there is no progress bar.
 
+    Raises
+    ------
+    FloatingPointError
+        When the loss of a batch is NaN or infinite: the message names the epoch and the step, and the
+        parameters are those from before that step (no backward or update ran on it).
+
     Returns
     -------
     history : dict
@@ -131,6 +147,11 @@ def fit(network, X, y, *, epochs, batch_size=32, loss="softmax_cross_entropy", o
         learning_rate = _checks.learning_rate(learning_rate, None, None, None, call="fit")
     if early_stopping is not None:
         early_stopping = _checks.positive_int(early_stopping, "early_stopping")
+    if loss is None:
+        loss = DEFAULT_LOSS
+        if verbose:
+            print(f"fit: loss='{DEFAULT_LOSS}' (the default; pass loss='mse' for the tutorial's MSE)",
+                  file=sys.stderr, flush=True)
     loss_fn = _loss_fn(loss)
     X, y = np.asarray(X), np.asarray(y)
     if X.ndim == 0 or y.ndim == 0 or X.shape[0] != y.shape[0] or X.shape[0] == 0:
@@ -162,7 +183,14 @@ def fit(network, X, y, *, epochs, batch_size=32, loss="softmax_cross_entropy", o
             xb, yb = X[idx], y[idx]
             pred = network.forward(xb)
             value, dE_dY = loss_fn(pred, yb)
-            grads = network.backward(dE_dY)
+            if not math.isfinite(float(value)):
+                if bar is not None:
+                    bar.close()
+                raise FloatingPointError(
+                    f"fit: the loss is {float(value)} at epoch {epoch}, step {b + 1} of {n_batches}; training stopped "
+                    f"and the parameters are those from before this step (a learning rate too large? NaN or inf in "
+                    f"the inputs?)")
+            grads = network.backward(exact(dE_dY))
             if optimizer is not None:
                 optimizer.step(network, grads)
             else:

@@ -10,6 +10,16 @@ SGD), with the tutorial's names, gradient keys and conventions. The protocol oth
 - ``LAYER_TYPES`` maps class names to classes; ``register_layer`` adds a class to it.
 
 Layers never modify the arrays they are given, and never write an array they returned again.
+
+The gradient rule (see :mod:`cnn_ext.losses`): ``backward`` given a plain ``dE_dY`` follows the tutorial
+(Conv2D ``dK``/``dB`` and Dense ``dB`` batch means, Dense ``dW`` a batch sum); given an
+:class:`~cnn_ext.losses.ExactGradient` it returns the exact gradient of the loss for every parameter (batch
+sums). The built-in layers return a :class:`Gradients` dict that records which rule made it, so that
+optimizers, ``Network.update`` and ``gradient_check`` can refuse a mix.
+
+A layer of your own takes part in the optimizers and in save / load through ``parameters()`` (and
+``get_config()`` plus :func:`register_layer` for load); an optimizer refuses a layer whose ``backward`` returns
+gradients for arrays that ``parameters()`` does not list, since it could not update them.
 """
 from collections.abc import Mapping
 
@@ -18,20 +28,109 @@ from scipy.linalg import blas as _blas
 
 from .. import _checks
 
-__all__ = ["LAYER_TYPES", "register_layer", "Layer", "ParamLayer", "batch_mean", "init_params", "random_source", "sgd_step"]
+__all__ = ["LAYER_TYPES", "register_layer", "Layer", "ParamLayer", "Gradients", "batch_mean", "init_params",
+           "random_source", "sgd_step", "grad_rule", "unseen_gradients_error", "checked_gradient", "EXACT",
+           "TUTORIAL"]
+
+EXACT, TUTORIAL = "exact", "tutorial"
 
 LAYER_TYPES = {}
 INITS = ("he_normal", "he_uniform", "glorot_normal", "glorot_uniform")
 _AXPY = {"f": _blas.saxpy, "d": _blas.daxpy}
 
 
+_PROTOCOL = ("forward", "backward", "parameters", "get_config")
+
+
 def register_layer(cls):
-    """Add ``cls`` to :data:`LAYER_TYPES` under its class name (usable as a class decorator); returns ``cls``."""
-    if not isinstance(cls, type) or not issubclass(cls, Layer):
-        raise TypeError(f"register_layer expects a Layer subclass, got {cls!r}")
+    """Add ``cls`` to :data:`LAYER_TYPES` under its class name (usable as a class decorator); returns ``cls``.
+
+    ``cls`` is a :class:`Layer` subclass, or a class of your own (the tutorial's style) with ``forward``,
+    ``backward``, ``parameters()`` -> ``[(param_name, grad_key, array), ...]`` and ``get_config()`` -> the
+    constructor's keyword arguments: then optimizers update its arrays and save / load round-trips it.
+    """
+    if not isinstance(cls, type):
+        raise TypeError(f"register_layer expects a layer class, got {cls!r}")
+    if not issubclass(cls, Layer):
+        missing = [m for m in _PROTOCOL if not callable(getattr(cls, m, None))]
+        if missing:
+            raise TypeError(f"register_layer: {cls.__name__} is not a cnn_ext Layer subclass and has no "
+                            f"{', '.join(missing)}; subclass cnn_ext.Layer, or add parameters(self) returning "
+                            f"[(param_name, grad_key, array), ...] and get_config(self) returning the constructor's "
+                            f"keyword arguments")
     LAYER_TYPES[cls.__name__] = cls
     return cls
 
+
+
+class Gradients(dict):
+    """The dict a built-in layer's ``backward`` returns, with the gradient rule that made it.
+
+    Attributes
+    ----------
+    rule : 'exact' or 'tutorial'
+        ``'exact'``: every parameter gradient is the exact gradient of the loss (a batch sum);
+        ``'tutorial'``: the keys in ``batch_means`` are batch means (the tutorial's), the others batch sums.
+    batch_means : tuple of str
+        The gradient keys that are batch means under the tutorial's rule (empty under the exact rule).
+    """
+
+    def __init__(self, rule, batch_means, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rule = rule
+        self.batch_means = tuple(batch_means) if rule == TUTORIAL else ()
+
+    def __reduce__(self):
+        return (type(self), (self.rule, self.batch_means, dict(self)))
+
+
+def grad_rule(dE_dY):
+    """``'exact'`` for a flagged :class:`~cnn_ext.losses.ExactGradient`, else ``'tutorial'``."""
+    from ..losses import ExactGradient  # losses imports nothing from the layers; imported late all the same
+    return EXACT if isinstance(dE_dY, ExactGradient) else TUTORIAL
+
+
+def unseen_gradients_error(layer, grads, where):
+    """TypeError when ``backward`` returned parameter gradients (keys other than ``dX``) for arrays that the
+    layer's ``parameters()`` does not list (an optimizer could not update them), naming the layer and what to add;
+    None when every gradient has its parameter."""
+    if not isinstance(grads, Mapping):
+        return None
+    params = getattr(layer, "parameters", None)
+    listed = {key for _, key, _ in params()} if callable(params) else set()
+    unseen = [key for key in grads if key != "dX" and key not in listed]
+    if not unseen:
+        return None
+    entries = []
+    for key in unseen:
+        name = str(key)[1:].lower() if str(key).startswith("d") else str(key)
+        name = next((n for n in (name, name.upper()) if isinstance(getattr(layer, n, None), np.ndarray)), name)
+        entries.append(f'("{name}", "{key}", self.{name})')
+    return TypeError(f"{where}: {layer!r} returns gradients {', '.join(map(repr, unseen))} for arrays that "
+                     f"{'its parameters() does not list' if callable(params) else 'it has no parameters() to list'}, "
+                     f"so they could not be updated; add a method parameters(self) returning [{', '.join(entries)}] "
+                     f"(param_name, grad_key, array); for save / load also get_config() and "
+                     f"@cnn_ext.register_layer")
+
+
+def checked_gradient(g, p, where, key, name):
+    """``g`` as an array for parameter ``p``: the same shape and a real integer or floating dtype, else
+    ValueError (shape) or TypeError (None, bool, complex, object, string...). Nothing is changed."""
+    what = f"{where}: {key} (the gradient of {name})"
+    if type(g) is not np.ndarray:
+        if g is None:
+            raise TypeError(f"{what} is None, not an array of numbers")
+        try:
+            g = np.asarray(g)
+        except (ValueError, TypeError) as exc:
+            raise TypeError(f"{what} could not be converted to an array: {exc}") from None
+    if g.dtype.kind not in "iuf":
+        kind = {"c": "complex", "b": "bool", "O": "object", "U": "string", "S": "bytes"}.get(g.dtype.kind)
+        raise TypeError(f"{what} must hold real integers or floats, got dtype {g.dtype}"
+                        + (f" ({kind})" if kind and kind != str(g.dtype) else ""))
+    if g.shape != p.shape:
+        raise ValueError(f"{where}: {key} has shape {g.shape} but {name} has shape {p.shape}")
+    return g
 
 
 def random_source(rng, seed):
@@ -143,9 +242,7 @@ class Layer:
                 g = grads[key]
             except (KeyError, TypeError):
                 raise ValueError(f"{self!r}.update: grads has no {key!r} (the gradient of {name})") from None
-            g = np.asarray(g)
-            if g.shape != p.shape:
-                raise ValueError(f"{self!r}.update: {key} has shape {g.shape} but {name} has shape {p.shape}")
+            g = checked_gradient(g, p, f"{self!r}.update", key, name)
             pairs.append((p, g))
         return pairs
 
@@ -181,7 +278,10 @@ class Layer:
         return dy.astype(dtype, copy=False)
 
     def _shape_error(self, what, expected, got):
-        return ValueError(f"{self!r}: expected {what} of shape {expected}, got shape {got}")
+        hint = ""
+        if len(got) + 1 == expected.count(",") + 1 and "..." not in expected:
+            hint = f"; a single sample without the batch axis? pass {what}[None] (shape {(1, *got)})"
+        return ValueError(f"{self!r}: expected {what} of shape {expected}, got shape {got}{hint}")
 
 
 class ParamLayer(Layer):

@@ -3,7 +3,7 @@ import numpy as np
 
 from .. import _checks
 from ..ops import conv2d_bias_gradient, conv2d_forward, conv2d_input_gradient, conv2d_kernel_gradient
-from .base import ParamLayer, init_params, random_source, register_layer
+from .base import EXACT, Gradients, ParamLayer, grad_rule, init_params, random_source, register_layer
 
 __all__ = ["Conv2D"]
 
@@ -39,8 +39,15 @@ class Conv2D(ParamLayer):
     ------
     x (N, c_in, H, W) -> y (N, c_out, OH, OW) with ``OH = (H + pad_top + pad_bottom - KH) // SH + 1``
     (``H - KH + 1`` by default), same for OW.
-    ``backward(dE_dY, need_dX=True)`` returns ``{"dK", "dB", "dX"}``: dK and dB are batch means, dX is not
-    averaged; ``need_dX=False`` skips dX (the first layer of a network never needs it).
+    ``backward(dE_dY, need_dX=True)`` returns ``{"dK", "dB", "dX"}`` (a :class:`Gradients` dict); dX is never
+    averaged; ``need_dX=False`` skips dX (the first layer of a network never needs it). The gradient rule:
+
+    ================================  ==========================  ============================
+    dE_dY                             dK, dB                      as in
+    ================================  ==========================  ============================
+    plain array (``mse_loss``)        batch means (sum / N)       the tutorial
+    ``ExactGradient`` (``exact()``)   batch sums: exact           PyTorch's autograd
+    ================================  ==========================  ============================
     """
 
     _config_keys = ("c_in", "c_out", "kernel_size", "stride", "padding", "init")
@@ -82,14 +89,23 @@ class Conv2D(ParamLayer):
         return y
 
     def backward(self, dE_dY, *, need_dX=True):
-        """``{"dK": batch-mean kernel gradient, "dB": batch-mean bias gradient, "dX": input gradient}``."""
+        """``{"dK", "dB", "dX"}``: dK and dB batch means (tutorial rule) or batch sums (exact rule, when
+        ``dE_dY`` is an :class:`~cnn_ext.losses.ExactGradient`); dX the input gradient under both."""
         x = self._cached_input()
+        rule = grad_rule(dE_dY)
         dy = self._grad_output(dE_dY, self.dtype)
-        grads = {
+        if rule == EXACT:
+            dy = dy.view(np.ndarray)  # the kernels take plain arrays
+        grads = Gradients(rule, ("dK", "dB"), {
             "dK": conv2d_kernel_gradient(dy, x, stride=self.stride, padding=self.padding,
                                          kernel_size=self.kernel_size),
             "dB": conv2d_bias_gradient(dy),
-        }
+        })
+        if rule == EXACT and x.shape[0] > 1:
+            # the operations return batch means (the tutorial's): times N is the sum, within one rounding
+            n = grads["dK"].dtype.type(x.shape[0])
+            grads["dK"] *= n
+            grads["dB"] *= n
         if need_dX:
             grads["dX"] = conv2d_input_gradient(dy, self.k, stride=self.stride, padding=self.padding,
                                                 input_size=x.shape[2:])

@@ -7,7 +7,7 @@ from .. import _checks
 from .._kernels import dense as _dense
 from .. import _threads
 from .._threads import blas_single_thread, threads_for
-from .base import Layer, ParamLayer, batch_mean, init_params, random_source, register_layer
+from .base import EXACT, Gradients, Layer, ParamLayer, batch_mean, grad_rule, init_params, random_source, register_layer
 
 __all__ = ["Dense", "Flatten"]
 
@@ -52,9 +52,10 @@ class Dense(ParamLayer):
 
     Shapes
     ------
-    x (N, n_in) -> y (N, n_out). ``backward(dE_dY, need_dX=True)`` returns ``{"dW", "dB", "dX"}`` with the
-    tutorial's conventions: ``dW = xᵀ·dE_dY`` (summed over the batch), ``dB`` = batch mean of dE_dY,
-    ``dX = dE_dY·wᵀ``. An empty batch (N = 0) gives zero dW and dB, as in :class:`Conv2D`.
+    x (N, n_in) -> y (N, n_out). ``backward(dE_dY, need_dX=True)`` returns ``{"dW", "dB", "dX"}`` (a
+    :class:`Gradients` dict): ``dW = xᵀ·dE_dY`` (summed over the batch), ``dX = dE_dY·wᵀ``, and ``dB`` the batch
+    mean of dE_dY under the tutorial's rule (a plain ``dE_dY``) or its batch sum, the exact gradient, when
+    ``dE_dY`` is an :class:`~cnn_ext.losses.ExactGradient`. An empty batch (N = 0) gives zero dW and dB.
     """
 
     _config_keys = ("n_in", "n_out", "init")
@@ -81,17 +82,23 @@ class Dense(ParamLayer):
         return y
 
     def backward(self, dE_dY, *, need_dX=True):
-        """``{"dW": xᵀ·dE_dY, "dB": mean_n dE_dY, "dX": dE_dY·wᵀ}``."""
+        """``{"dW": xᵀ·dE_dY, "dB": mean_n dE_dY (tutorial) or Σ_n dE_dY (exact), "dX": dE_dY·wᵀ}``."""
         x = self._cached_input()
+        rule = grad_rule(dE_dY)
         dy = self._grad_output(dE_dY, self.dtype)
+        if rule == EXACT:
+            dy = dy.view(np.ndarray)
+            dB = dy.sum(axis=0)
+        else:
+            dB = batch_mean(dy)
         # float64: products split over the kernels' threads (_matmul); float32: one sgemm each, with dX as
         # (w·dyᵀ)ᵀ, which OpenBLAS runs faster than dy·wᵀ on small batches (splitting measured slower there)
         if self.dtype == np.float64:
-            grads = {"dW": _matmul(x, dy, trans_a=True), "dB": batch_mean(dy)}
+            grads = Gradients(rule, ("dB",), {"dW": _matmul(x, dy, trans_a=True), "dB": dB})
             if need_dX:
                 grads["dX"] = _matmul(dy, self.w, trans_b=True)
             return grads
-        grads = {"dW": x.T @ dy, "dB": batch_mean(dy)}
+        grads = Gradients(rule, ("dB",), {"dW": x.T @ dy, "dB": dB})
         if need_dX:
             grads["dX"] = np.ascontiguousarray((self.w @ dy.T).T)
         return grads
