@@ -23,7 +23,7 @@ from .layers import (
     Tanh,
     register_layer,
 )
-from .losses import get_current_accuracy, mse, mse_loss, softmax_cross_entropy
+from .losses import ExactGradient, exact, get_current_accuracy, mse, mse_loss, softmax_cross_entropy
 from .network import Network
 from .pooling import (
     AvgPool2D,
@@ -66,6 +66,8 @@ __all__ = [
     "mse_loss",
     "mse",
     "softmax_cross_entropy",
+    "exact",
+    "ExactGradient",
     "get_current_accuracy",
     # pooling, optimisers, save/load (issue 6)
     "MaxPool2D",

@@ -5,8 +5,9 @@
 - :mod:`.conv`: Conv2D; :mod:`.dense`: Dense and Flatten; :mod:`.activations`: ReLU, LeakyReLU, Sigmoid,
   Tanh, Softmax; the pooling layers live with their operations in :mod:`cnn_ext.pooling`.
 
-The tutorial's conventions: Conv2D ``dK``/``dB`` and Dense ``dB`` are batch means, Dense ``dW = xᵀ·dE_dY`` is a
-batch sum; conv kernels and biases start ~ N(0, 1), dense weights and biases ~ 0.1·N(0, 1), unless ``init=``
+Gradients follow one rule set by the loss (see README, "The gradient rule"): a plain ``dE_dY`` keeps the
+tutorial's conventions (Conv2D ``dK``/``dB`` and Dense ``dB`` batch means, Dense ``dW = xᵀ·dE_dY`` a batch sum);
+an exact one (:func:`cnn_ext.exact`, softmax cross-entropy, ``fit``) gives the exact gradient of the loss. Conv kernels and biases start ~ N(0, 1), dense weights and biases ~ 0.1·N(0, 1), unless ``init=``
 picks He or Glorot. A layer with parameters casts its input once to its own dtype (float64 by default, or
 float32); activations keep the float dtype they receive.
 """
