@@ -27,7 +27,7 @@ modern path), but the tutorial's layers return some gradients as batch means of 
 ``softmax_cross_entropy`` Dense ``dW`` has p = 1 and the batch means p = 2. The global gradient over ranks with
 n_r samples (N in all) is ``Σ_r (n_r / N)^p g_r``. :func:`allreduce_gradients` takes p = 1 by default (the plain
 mean over ranks for equal batches); :func:`batch_powers` measures p of every gradient of a network and a loss
-(one sample forward and backward once, then twice: a mean gives the same gradient, a sum twice it), and ``fit``
+(a few samples forward and backward once, then twice over: a mean gives the same gradient, a sum twice it), and ``fit``
 passes those powers and the local sample counts, which makes the statement above exact for every layer
 convention and for the last, uneven batch too.
 
