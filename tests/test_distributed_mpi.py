@@ -37,7 +37,7 @@ def run_mpi(tmp_path, body, n=RANKS, timeout=TIMEOUT):
     script = tmp_path / "script.py"
     script.write_text("import sys\nimport numpy as np\nfrom mpi4py import MPI\nimport cnn_ext\n"
                       "comm = MPI.COMM_WORLD\nrank = comm.Get_rank()\n"
-                      f"out = {str(tmp_path)!r}\n" + NETWORK + textwrap.dedent(body))
+                      f"out = {str(tmp_path)!r}\n" + REPORT + NETWORK + textwrap.dedent(body))
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(Path(cnn_ext.__file__).parent.parent),
                                            os.environ.get("PYTHONPATH", "")]))
@@ -45,6 +45,18 @@ def run_mpi(tmp_path, body, n=RANKS, timeout=TIMEOUT):
     proc = subprocess.run([mpiexec, "-n", str(n), sys.executable, str(script)], env=env, timeout=timeout,
                           capture_output=True, text=True)
     return proc, time.perf_counter() - start
+
+
+REPORT = """
+def report(text):  # not print: mpiexec interleaves the ranks' output
+    with open(f"{out}/report_{rank}.txt", "a") as f:
+        f.write(text + "\\n")
+"""
+
+
+def reports(tmp_path):
+    """What each rank reported, by rank."""
+    return [(tmp_path / f"report_{r}.txt").read_text() for r in range(RANKS)]
 
 
 NETWORK = """
@@ -57,6 +69,8 @@ def data(n=23):
     rng = np.random.default_rng(1)
     return rng.standard_normal((n, 1, 6, 6)), rng.integers(0, 3, n)
 
+CASES = (("sgd", 23), ("momentum", 19), ("adam", 19))
+
 def optimizer(kind):
     return {"sgd": dict(learning_rate=0.05), "momentum": dict(optimizer=cnn_ext.SGD(0.05, momentum=0.9)),
             "adam": dict(optimizer=cnn_ext.Adam(0.01))}[kind]
@@ -66,10 +80,11 @@ exec(NETWORK)  # the same network, data and optimisers in the reference runs her
 
 def test_fit_over_ranks_equals_one_process_on_the_global_batch(tmp_path):
     """fit(comm=, batch_size=b) on 2 ranks == fit(batch_size=2b) in one process (float64, <= 1e-12), for plain
-    SGD, momentum and Adam; 23 samples in batches of 2 x 3 leave a last global batch of 5 (3 + 2)."""
+    SGD, momentum and Adam. Batches of 2 x 3: 23 samples leave a last global batch of 5 (2 + 3 on the ranks),
+    19 samples one of 1 (rank 0 gets none)."""
     proc, seconds = run_mpi(tmp_path, """
-    X, y = data()
-    for kind in ("sgd", "momentum", "adam"):
+    for kind, n in CASES:
+        X, y = data(n)
         net = build(seed=rank)   # different initial values: fit broadcasts rank 0's
         h = cnn_ext.fit(net, X, y, epochs=3, batch_size=3, seed=7, progress=False, verbose=True, comm=comm,
                         validation_data=(X[:7], y[:7]), **optimizer(kind))
@@ -79,8 +94,8 @@ def test_fit_over_ranks_equals_one_process_on_the_global_batch(tmp_path):
     assert proc.returncode == 0, proc.stderr
     # only rank 0 prints: one summary line per epoch and optimiser
     assert proc.stdout.count("epoch 1/3") == 3, proc.stdout
-    X, y = data()
-    for kind in ("sgd", "momentum", "adam"):
+    for kind, n in CASES:
+        X, y = data(n)
         net = build(seed=0)
         h = cnn_ext.fit(net, X, y, epochs=3, batch_size=2 * 3, seed=7, progress=False, verbose=False,
                         validation_data=(X[:7], y[:7]), **optimizer(kind))
@@ -109,6 +124,15 @@ def test_allreduce_gradients_takes_the_global_batch_step(tmp_path):
     def sum_loss(pred, t):
         return 0.5 * float(np.sum((pred - t) ** 2)), pred - t
     T = np.random.default_rng(5).standard_normal((8, 9))
+    class Counting:  # the communicator, counting the Allreduce calls
+        def __init__(self, comm):
+            self.comm, self.calls = comm, 0
+        def Allreduce(self, *args, **kwargs):
+            self.calls += 1
+            return self.comm.Allreduce(*args, **kwargs)
+        def __getattr__(self, name):
+            return getattr(self.comm, name)
+    counting = Counting(comm)
     for kind in ("update", "momentum", "adam"):
         for case in ("tutorial", "means"):
             net = build() if case == "tutorial" else conv_net()
@@ -118,12 +142,15 @@ def test_allreduce_gradients_takes_the_global_batch_step(tmp_path):
             opt = cnn_ext.SGD(0.05, momentum=0.9) if kind == "momentum" else cnn_ext.Adam(0.01)
             for _ in range(3):
                 grads = net.backward(loss(net.forward(X[mine]), target[mine])[1])
-                grads = allreduce_gradients(grads, comm, powers=powers)
+                grads = allreduce_gradients(grads, counting, powers=powers)
                 net.update(0.05, grads) if kind == "update" else opt.step(net, grads)
             np.savez(f"{out}/{kind}_{case}_{rank}.npz", *[p for _, _, p in net.parameters()],
                      powers=str(sorted((powers or {}).items())))
+    report(f"{counting.calls} Allreduce calls")
     """)
     assert proc.returncode == 0, proc.stderr
+    # one buffer per step (the float64 gradients of 3 parameter layers): 3 steps x 3 optimisers x 2 networks
+    assert reports(tmp_path) == ["18 Allreduce calls\n"] * RANKS
     X, y = data(8)
     T = np.random.default_rng(5).standard_normal((8, 9))
 
@@ -153,6 +180,21 @@ def test_allreduce_gradients_takes_the_global_batch_step(tmp_path):
                                  (5, "dW"): 1}.items()))
 
 
+def test_only_rank_0_calls_on_epoch_end_and_its_stop_holds_everywhere(tmp_path):
+    proc, _ = run_mpi(tmp_path, """
+    X, y = data()
+    def on_epoch_end(epoch, history):
+        open(f"{out}/callback_{rank}_{epoch}", "w").close()
+        return epoch == 2
+    h = cnn_ext.fit(build(), X, y, epochs=5, learning_rate=0.1, progress=False, verbose=False, comm=comm,
+                    on_epoch_end=on_epoch_end)
+    report(f"{h['epochs_run']} epochs")
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.glob("callback_*")) == ["callback_0_1", "callback_0_2"]
+    assert reports(tmp_path) == ["2 epochs\n"] * RANKS
+
+
 def test_different_networks_raise_on_every_rank(tmp_path):
     proc, _ = run_mpi(tmp_path, """
     from cnn_ext.distributed import NetworkMismatchError
@@ -161,11 +203,10 @@ def test_different_networks_raise_on_every_rank(tmp_path):
     try:
         cnn_ext.fit(net, X, y, epochs=1, learning_rate=0.1, progress=False, verbose=False, comm=comm)
     except NetworkMismatchError as exc:
-        print(f"rank {rank}: {exc}", flush=True)
+        report(str(exc))
     """)
     assert proc.returncode == 0, proc.stderr
-    for r in range(RANKS):
-        line = next(line for line in proc.stdout.splitlines() if line.startswith(f"rank {r}:"))
+    for line in reports(tmp_path):
         assert "layer 5 (Dense) parameter w" in line and "(5, 3)" in line and "(5, 4)" in line, line
 
 
