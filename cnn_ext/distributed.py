@@ -332,6 +332,11 @@ def predict_dask(network, x, *, client=None, batch_size=256):
     -------
     y : dask.array.Array, shape (N, ...) of the network's output, chunked like ``x`` along the batch axis;
     ``y.compute()`` equals ``network.predict(x.compute())``.
+
+    Notes
+    -----
+    A worker's threads share its copy of the network: ``predict`` returns new arrays computed from the input and
+    the parameters only (the layers' forward caches it overwrites are not read by it), so chunks may run at once.
     """
     try:
         import dask

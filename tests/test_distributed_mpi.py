@@ -2,6 +2,7 @@
 with a timeout, and compares what the ranks wrote with one process doing the same work on the whole batch."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -42,9 +43,16 @@ def run_mpi(tmp_path, body, n=RANKS, timeout=TIMEOUT):
                PYTHONPATH=os.pathsep.join([str(Path(cnn_ext.__file__).parent.parent),
                                            os.environ.get("PYTHONPATH", "")]))
     start = time.perf_counter()
-    proc = subprocess.run([mpiexec, "-n", str(n), sys.executable, str(script)], env=env, timeout=timeout,
-                          capture_output=True, text=True)
-    return proc, time.perf_counter() - start
+    # a session of its own, so that a hung job is ended whole: mpiexec and every rank it started
+    proc = subprocess.Popen([mpiexec, "-n", str(n), sys.executable, str(script)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"mpiexec -n {n} did not finish within {timeout} s:\n{stdout}\n{stderr}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), time.perf_counter() - start
 
 
 REPORT = """
@@ -193,6 +201,20 @@ def test_only_rank_0_calls_on_epoch_end_and_its_stop_holds_everywhere(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in tmp_path.glob("callback_*")) == ["callback_0_1", "callback_0_2"]
     assert reports(tmp_path) == ["2 epochs\n"] * RANKS
+
+
+def test_broadcast_parameters_copies_rank_0s_values_into_the_same_arrays(tmp_path):
+    proc, _ = run_mpi(tmp_path, """
+    from cnn_ext.distributed import broadcast_parameters
+    net = build(seed=rank)
+    before = [id(p) for _, _, p in net.parameters()]
+    broadcast_parameters(net, comm)
+    same = before == [id(p) for _, _, p in net.parameters()]
+    equal = all(np.array_equal(p, q) for (_, _, p), (_, _, q) in zip(net.parameters(), build(seed=0).parameters()))
+    report(f"same arrays {same}, rank 0's values {equal}")
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert reports(tmp_path) == ["same arrays True, rank 0's values True\n"] * RANKS
 
 
 def test_different_networks_raise_on_every_rank(tmp_path):
