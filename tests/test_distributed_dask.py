@@ -1,9 +1,10 @@
 """Batch inference on Dask (cnn_ext.distributed.predict_dask): a LocalCluster of 2 worker processes, started and
 closed by the test, runs a network over a chunked dask array."""
+import sys
+
 import numpy as np
 import pytest
 
-import cnn_ext
 from cnn_ext import Conv2D, Dense, Flatten, MaxPool2D, Network, ReLU
 
 da = pytest.importorskip("dask.array", reason="dask is not installed (pip install 'dask[distributed]')")
@@ -46,3 +47,9 @@ def test_predict_dask_equals_predict_on_the_whole_array(client):
 def test_predict_dask_needs_a_dask_array(client):
     with pytest.raises(TypeError, match="dask array"):
         predict_dask(_network(), np.zeros((2, 1, 8, 8)), client=client)
+
+
+def test_without_dask_predict_dask_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dask.array", None)
+    with pytest.raises(ImportError, match=r"pip install \"dask\[distributed\]\""):
+        predict_dask(_network(), np.zeros((2, 1, 8, 8)))
