@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import cnn_ext
-from cnn_ext import SGD, Adam, Conv2D, Dense, Flatten, Network, ReLU
+from cnn_ext import SGD, Adam, Conv2D, Flatten, Network, ReLU
 
 RANKS = 2
 TIMEOUT = 120
@@ -91,7 +91,7 @@ def test_fit_over_ranks_equals_one_process_on_the_global_batch(tmp_path):
     """fit(comm=, batch_size=b) on 2 ranks == fit(batch_size=2b) in one process (float64, <= 1e-12), for plain
     SGD, momentum and Adam. Batches of 2 x 3: 23 samples leave a last global batch of 5 (2 + 3 on the ranks),
     19 samples one of 1 (rank 0 gets none)."""
-    proc, seconds = run_mpi(tmp_path, """
+    proc, _ = run_mpi(tmp_path, """
     for kind, n in CASES:
         X, y = data(n)
         net = build(seed=rank)   # different initial values: fit broadcasts rank 0's
