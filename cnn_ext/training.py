@@ -38,7 +38,7 @@ def _mse_pair(prediction, y):
 _LOSSES = {"softmax_cross_entropy": softmax_cross_entropy, "mse": _mse_pair}
 
 
-def _loss_fn(loss):
+def loss_function(loss):
     if callable(loss):
         return loss
     try:
@@ -82,7 +82,7 @@ def _evaluate(network, X, y, loss_fn, batch_size):
 
 def fit(network, X, y, *, epochs, batch_size=32, loss=None, optimizer=None, learning_rate=None,
         seed=None, shuffle=True, validation_data=None, early_stopping=None, min_delta=0.0, restore_best=True,
-        on_epoch_end=None, progress=True, verbose=True):
+        on_epoch_end=None, progress=True, verbose=True, comm=None):
     """Train ``network`` on ``(X, y)`` with mini-batches.
 
     Parameters
@@ -123,6 +123,10 @@ def fit(network, X, y, *, epochs, batch_size=32, loss=None, optimizer=None, lear
         A tqdm bar per epoch when tqdm is installed.
     verbose : bool, default True
         Print one summary line per epoch when there is no progress bar.
+    comm : mpi4py communicator, optional
+        Data-parallel training over its ranks (:mod:`cnn_ext.distributed`): ``batch_size`` samples per rank and
+        step, the same steps as one process with ``batch_size * comm.Get_size()``; only rank 0 prints and calls
+        ``on_epoch_end``.
 
     Raises
     ------
@@ -152,7 +156,7 @@ def fit(network, X, y, *, epochs, batch_size=32, loss=None, optimizer=None, lear
         if verbose:
             print(f"fit: loss='{DEFAULT_LOSS}' (the default; pass loss='mse' for the tutorial's MSE)",
                   file=sys.stderr, flush=True)
-    loss_fn = _loss_fn(loss)
+    loss_fn = loss_function(loss)
     X, y = np.asarray(X), np.asarray(y)
     if X.ndim == 0 or y.ndim == 0 or X.shape[0] != y.shape[0] or X.shape[0] == 0:
         raise ValueError(f"X has shape {X.shape} and y has shape {y.shape}: need the same, non-zero first axis")
@@ -164,9 +168,28 @@ def fit(network, X, y, *, epochs, batch_size=32, loss=None, optimizer=None, lear
         if X_val.ndim == 0 or y_val.ndim == 0 or X_val.shape[0] != y_val.shape[0] or X_val.shape[0] == 0:
             raise ValueError(f"validation_data has shapes {X_val.shape} and {y_val.shape}: need the same, non-zero "
                              f"first axis")
+    else:
+        X_val = y_val = None
+
+    def train(part):
+        return _train(network, X, y, epochs, batch_size, loss_fn, optimizer, learning_rate, seed, shuffle,
+                      validation_data, X_val, y_val, early_stopping, min_delta, restore_best, on_epoch_end,
+                      progress, verbose, part)
+
+    if comm is None:
+        return train(None)
+    from .distributed import _fit
+    return _fit(comm, train, network, X, y, loss_fn)
+
+
+def _train(network, X, y, epochs, batch_size, loss_fn, optimizer, learning_rate, seed, shuffle, validation_data,
+           X_val, y_val, early_stopping, min_delta, restore_best, on_epoch_end, progress, verbose, part):
+    """fit's loop; ``part`` (cnn_ext.distributed) is this rank's share of the work, None in one process."""
+    root = part is None or part.is_root
+    step = batch_size if part is None else batch_size * part.size  # samples per (global) batch
     rng = np.random.default_rng(seed)
     N = X.shape[0]
-    n_batches = -(-N // batch_size)
+    n_batches = -(-N // step)
     history = {"loss": [], "accuracy": [], "time": []}
     if validation_data is not None:
         history["val_loss"], history["val_accuracy"] = [], []
@@ -176,13 +199,19 @@ def fit(network, X, y, *, epochs, batch_size=32, loss=None, optimizer=None, lear
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         order = rng.permutation(N) if shuffle else np.arange(N)
-        bar = _progress(n_batches, f"epoch {epoch}/{epochs}", progress)
-        total_loss, correct = 0.0, 0
+        bar = _progress(n_batches, f"epoch {epoch}/{epochs}", progress and root)
+        total_loss, correct, seen = 0.0, 0, 0
         for b in range(n_batches):
-            idx = order[b * batch_size:(b + 1) * batch_size]
+            idx = order[b * step:(b + 1) * step]
+            n_total = len(idx)
+            if part is not None:
+                idx = part.local(idx)
             xb, yb = X[idx], y[idx]
-            pred = network.forward(xb)
-            value, dE_dY = loss_fn(pred, yb)
+            if part is None:
+                pred = network.forward(xb)
+                value, dE_dY = loss_fn(pred, yb)
+            else:
+                pred, value, dE_dY = part.loss(network, loss_fn, xb, yb)
             if not math.isfinite(float(value)):
                 if bar is not None:
                     bar.close()
@@ -191,21 +220,29 @@ def fit(network, X, y, *, epochs, batch_size=32, loss=None, optimizer=None, lear
                     f"and the parameters are those from before this step (a learning rate too large? NaN or inf in "
                     f"the inputs?)")
             grads = network.backward(exact(dE_dY))
+            if part is not None:
+                grads = part.reduce(grads, len(xb), n_total)
             if optimizer is not None:
                 optimizer.step(network, grads)
             else:
                 network.update(learning_rate, grads)
             total_loss += float(value) * len(idx)
+            seen += len(idx)
             c = _correct(pred, yb)
             correct = None if c is None or correct is None else correct + c
             if bar is not None:
                 bar.update(1)
                 if b % 20 == 0 or b == n_batches - 1:
-                    bar.set_postfix(loss=f"{total_loss / min(N, (b + 1) * batch_size):.4f}")
+                    bar.set_postfix(loss=f"{total_loss / max(seen, 1):.4f}")
+        if part is not None:
+            total_loss, correct = part.totals(total_loss, correct)
         history["loss"].append(total_loss / N)
         history["accuracy"].append(None if correct is None else correct / N)
         if validation_data is not None:
-            val_loss, val_acc = _evaluate(network, X_val, y_val, loss_fn, max(batch_size, 256))
+            if part is None:
+                val_loss, val_acc = _evaluate(network, X_val, y_val, loss_fn, max(batch_size, 256))
+            else:
+                val_loss, val_acc = part.evaluate(_evaluate, network, X_val, y_val, loss_fn, max(batch_size, 256))
             history["val_loss"].append(val_loss)
             history["val_accuracy"].append(val_acc)
         history["time"].append(time.perf_counter() - start)
@@ -213,7 +250,7 @@ def fit(network, X, y, *, epochs, batch_size=32, loss=None, optimizer=None, lear
         if bar is not None:
             bar.set_postfix_str(summary)
             bar.close()
-        elif verbose:
+        elif verbose and root:
             print(f"epoch {epoch}/{epochs}: {summary}", flush=True)
 
         current = history[monitor][-1]
@@ -224,8 +261,10 @@ def fit(network, X, y, *, epochs, batch_size=32, loss=None, optimizer=None, lear
         else:
             waited += 1
         stop = early_stopping is not None and waited >= early_stopping
-        if on_epoch_end is not None and on_epoch_end(epoch, history):
+        if on_epoch_end is not None and root and on_epoch_end(epoch, history):
             stop = True
+        if part is not None:
+            stop = part.decide(stop)
         if stop:
             break
     if best_params is not None and best_epoch != len(history["loss"]):

@@ -1,0 +1,273 @@
+"""Data-parallel training over MPI (cnn_ext.distributed): each test runs ``mpiexec -n 2`` on a script it writes,
+with a timeout, and compares what the ranks wrote with one process doing the same work on the whole batch."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnn_ext
+from cnn_ext import SGD, Adam, Conv2D, Flatten, Network, ReLU
+
+RANKS = 2
+TIMEOUT = 120
+
+
+def _mpiexec():
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        pytest.skip("mpi4py is not installed (pip install mpi4py mpich)")
+    beside = Path(sys.executable).parent / "mpiexec"
+    found = str(beside) if beside.exists() else shutil.which("mpiexec")
+    if found is None:
+        pytest.skip("no mpiexec beside the interpreter or on PATH (pip install mpich)")
+    return found
+
+
+def run_mpi(tmp_path, body, n=RANKS, timeout=TIMEOUT):
+    """Run ``body`` (Python source, after NETWORK and with ``comm``, ``rank``, ``out`` = tmp_path) on ``n`` ranks;
+    (the finished process, its wall time in seconds)."""
+    mpiexec = _mpiexec()
+    script = tmp_path / "script.py"
+    script.write_text("import sys\nimport numpy as np\nfrom mpi4py import MPI\nimport cnn_ext\n"
+                      "comm = MPI.COMM_WORLD\nrank = comm.Get_rank()\n"
+                      f"out = {str(tmp_path)!r}\n" + REPORT + NETWORK + textwrap.dedent(body))
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(Path(cnn_ext.__file__).parent.parent),
+                                           os.environ.get("PYTHONPATH", "")]))
+    start = time.perf_counter()
+    # a session of its own, so that a hung job is ended whole: mpiexec and every rank it started
+    proc = subprocess.Popen([mpiexec, "-n", str(n), sys.executable, str(script)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"mpiexec -n {n} did not finish within {timeout} s:\n{stdout}\n{stderr}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), time.perf_counter() - start
+
+
+REPORT = """
+def report(text):  # not print: mpiexec interleaves the ranks' output
+    with open(f"{out}/report_{rank}.txt", "a") as f:
+        f.write(text + "\\n")
+"""
+
+
+def reports(tmp_path):
+    """What each rank reported, by rank."""
+    return [(tmp_path / f"report_{r}.txt").read_text() for r in range(RANKS)]
+
+
+NETWORK = """
+def build(seed=0, n_out=3, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    return cnn_ext.Network([cnn_ext.Conv2D(1, 2, 3, rng=rng, dtype=dtype), cnn_ext.ReLU(), cnn_ext.Flatten(),
+                            cnn_ext.Dense(2 * 4 * 4, 5, rng=rng, dtype=dtype), cnn_ext.ReLU(),
+                            cnn_ext.Dense(5, n_out, rng=rng, dtype=dtype)])
+
+def data(n=23):
+    rng = np.random.default_rng(1)
+    return rng.standard_normal((n, 1, 6, 6)), rng.integers(0, 3, n)
+
+CASES = (("sgd", 23), ("momentum", 19), ("adam", 19))
+
+def optimizer(kind):
+    return {"sgd": dict(learning_rate=0.05), "momentum": dict(optimizer=cnn_ext.SGD(0.05, momentum=0.9)),
+            "adam": dict(optimizer=cnn_ext.Adam(0.01))}[kind]
+"""
+exec(NETWORK)  # the same network, data and optimisers in the reference runs here  # noqa: S102
+
+
+def test_fit_over_ranks_equals_one_process_on_the_global_batch(tmp_path):
+    """fit(comm=, batch_size=b) on 2 ranks == fit(batch_size=2b) in one process (float64, <= 1e-12), for plain
+    SGD, momentum and Adam. Batches of 2 x 3: 23 samples leave a last global batch of 5 (2 + 3 on the ranks),
+    19 samples one of 1 (rank 0 gets none)."""
+    proc, _ = run_mpi(tmp_path, """
+    for kind, n in CASES:
+        X, y = data(n)
+        net = build(seed=rank)   # different initial values: fit broadcasts rank 0's
+        h = cnn_ext.fit(net, X, y, epochs=3, batch_size=3, seed=7, progress=False, verbose=True, comm=comm,
+                        validation_data=(X[:7], y[:7]), **optimizer(kind))
+        np.savez(f"{out}/{kind}_{rank}.npz", *[p for _, _, p in net.parameters()], loss=h["loss"],
+                 val_loss=h["val_loss"], val_accuracy=h["val_accuracy"], accuracy=h["accuracy"])
+    """)
+    assert proc.returncode == 0, proc.stderr
+    # only rank 0 prints: one summary line per epoch and optimiser
+    assert proc.stdout.count("epoch 1/3") == 3, proc.stdout
+    for kind, n in CASES:
+        X, y = data(n)
+        net = build(seed=0)
+        h = cnn_ext.fit(net, X, y, epochs=3, batch_size=2 * 3, seed=7, progress=False, verbose=False,
+                        validation_data=(X[:7], y[:7]), **optimizer(kind))
+        ranks = [np.load(tmp_path / f"{kind}_{r}.npz") for r in range(RANKS)]
+        for j, (_, _, p) in enumerate(net.parameters()):
+            for r in ranks:
+                np.testing.assert_allclose(r[f"arr_{j}"], p, rtol=0, atol=1e-12, err_msg=kind)
+            np.testing.assert_array_equal(ranks[0][f"arr_{j}"], ranks[1][f"arr_{j}"])
+        for key in ("loss", "val_loss", "val_accuracy", "accuracy"):
+            np.testing.assert_allclose(ranks[0][key], h[key], rtol=1e-12, err_msg=f"{kind} {key}")
+
+
+def test_float32_networks_reduce_in_float32(tmp_path):
+    """A float32 network's gradients travel in a float32 buffer; 2 ranks x 3 == 1 process x 6 up to float32
+    rounding (Adam, 3 epochs of 23 samples)."""
+    proc, _ = run_mpi(tmp_path, """
+    X, y = data()
+    net = build(dtype=np.float32)
+    cnn_ext.fit(net, X.astype(np.float32), y, epochs=3, batch_size=3, seed=7, progress=False, verbose=False,
+                comm=comm, optimizer=cnn_ext.Adam(0.01))
+    np.savez(f"{out}/f32_{rank}.npz", *[p for _, _, p in net.parameters()])
+    """)
+    assert proc.returncode == 0, proc.stderr
+    X, y = data()
+    net = build(dtype=np.float32)
+    cnn_ext.fit(net, X.astype(np.float32), y, epochs=3, batch_size=6, seed=7, progress=False, verbose=False,
+                optimizer=Adam(0.01))
+    got = np.load(tmp_path / "f32_1.npz")
+    for j, (_, _, p) in enumerate(net.parameters()):
+        assert got[f"arr_{j}"].dtype == np.float32
+        np.testing.assert_allclose(got[f"arr_{j}"], p, rtol=0, atol=1e-5)
+
+
+def test_allreduce_gradients_takes_the_global_batch_step(tmp_path):
+    """By hand: 2 ranks on 4 samples each, allreduce_gradients, then a step == one process on the 8 samples.
+    The tutorial's rule (a plain dE_dY, Network.update) needs the measured powers (batch_powers): its layers
+    mix batch means and sums; the exact rule (softmax cross-entropy's marked gradient, SGD with momentum and
+    Adam) is a plain mean over ranks, the default."""
+    proc, _ = run_mpi(tmp_path, """
+    from cnn_ext.distributed import allreduce_gradients, batch_powers
+    X, y = data(8)
+    mine = slice(4 * rank, 4 * rank + 4)
+    class Counting:  # the communicator, counting the Allreduce calls
+        def __init__(self, comm):
+            self.comm, self.calls = comm, 0
+        def Allreduce(self, *args, **kwargs):
+            self.calls += 1
+            return self.comm.Allreduce(*args, **kwargs)
+        def __getattr__(self, name):
+            return getattr(self.comm, name)
+    counting = Counting(comm)
+    for kind in ("update", "momentum", "adam"):
+        rule = "tutorial" if kind == "update" else "exact"
+        net = build()
+        powers = batch_powers(net, X, y, cnn_ext.softmax_cross_entropy) if rule == "tutorial" else None
+        opt = cnn_ext.SGD(0.05, momentum=0.9) if kind == "momentum" else cnn_ext.Adam(0.01)
+        for _ in range(3):
+            d = cnn_ext.softmax_cross_entropy(net.forward(X[mine]), y[mine])[1]
+            grads = net.backward(np.asarray(d) if rule == "tutorial" else d)
+            grads = allreduce_gradients(grads, counting, powers=powers)
+            net.update(0.05, grads) if kind == "update" else opt.step(net, grads)
+        np.savez(f"{out}/{kind}_{rank}.npz", *[p for _, _, p in net.parameters()],
+                 powers=str(sorted((powers or {}).items())))
+    report(f"{counting.calls} Allreduce calls")
+    """)
+    assert proc.returncode == 0, proc.stderr
+    # one buffer per step (the float64 gradients of 3 parameter layers): 3 steps x 3 optimisers
+    assert reports(tmp_path) == ["9 Allreduce calls\n"] * RANKS
+    X, y = data(8)
+    for kind in ("update", "momentum", "adam"):
+        net = build()
+        opt = SGD(0.05, momentum=0.9) if kind == "momentum" else Adam(0.01)
+        for _ in range(3):
+            d = cnn_ext.softmax_cross_entropy(net.forward(X), y)[1]
+            grads = net.backward(np.asarray(d) if kind == "update" else d)
+            net.update(0.05, grads) if kind == "update" else opt.step(net, grads)
+        for r in range(RANKS):
+            got = np.load(tmp_path / f"{kind}_{r}.npz")
+            for j, (_, _, p) in enumerate(net.parameters()):
+                np.testing.assert_allclose(got[f"arr_{j}"], p, rtol=0, atol=1e-12, err_msg=kind)
+    # the tutorial's conventions, measured: batch means of dE_dY (Conv2D dK/dB, Dense dB) are p = 2 under the
+    # batch-mean loss, Dense dW (a batch sum) p = 1
+    powers = str(np.load(tmp_path / "update_0.npz")["powers"])
+    assert powers == str(sorted({(0, "dB"): 2, (0, "dK"): 2, (3, "dB"): 2, (3, "dW"): 1, (5, "dB"): 2,
+                                 (5, "dW"): 1}.items()))
+
+
+def test_only_rank_0_calls_on_epoch_end_and_its_stop_holds_everywhere(tmp_path):
+    proc, _ = run_mpi(tmp_path, """
+    X, y = data()
+    def on_epoch_end(epoch, history):
+        open(f"{out}/callback_{rank}_{epoch}", "w").close()
+        return epoch == 2
+    h = cnn_ext.fit(build(), X, y, epochs=5, learning_rate=0.1, progress=False, verbose=False, comm=comm,
+                    on_epoch_end=on_epoch_end)
+    report(f"{h['epochs_run']} epochs")
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.glob("callback_*")) == ["callback_0_1", "callback_0_2"]
+    assert reports(tmp_path) == ["2 epochs\n"] * RANKS
+
+
+def test_broadcast_parameters_copies_rank_0s_values_into_the_same_arrays(tmp_path):
+    proc, _ = run_mpi(tmp_path, """
+    from cnn_ext.distributed import broadcast_parameters
+    net = build(seed=rank)
+    before = [id(p) for _, _, p in net.parameters()]
+    broadcast_parameters(net, comm)
+    same = before == [id(p) for _, _, p in net.parameters()]
+    equal = all(np.array_equal(p, q) for (_, _, p), (_, _, q) in zip(net.parameters(), build(seed=0).parameters()))
+    report(f"same arrays {same}, rank 0's values {equal}")
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert reports(tmp_path) == ["same arrays True, rank 0's values True\n"] * RANKS
+
+
+def test_different_networks_raise_on_every_rank(tmp_path):
+    proc, _ = run_mpi(tmp_path, """
+    from cnn_ext.distributed import NetworkMismatchError
+    X, y = data()
+    net = build(n_out=3 if rank == 0 else 4)
+    try:
+        cnn_ext.fit(net, X, y, epochs=1, learning_rate=0.1, progress=False, verbose=False, comm=comm)
+    except NetworkMismatchError as exc:
+        report(str(exc))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    for line in reports(tmp_path):
+        assert "layer 5 (Dense) parameter w" in line and "(5, 3)" in line and "(5, 4)" in line, line
+
+
+def test_an_exception_on_one_rank_ends_the_job(tmp_path):
+    """Rank 1's loss raises at its third call, while rank 0 waits in the gradients' Allreduce: the job ends
+    with a non-zero status within 60 s instead of hanging."""
+    proc, seconds = run_mpi(tmp_path, """
+    X, y = data(200)
+    calls = [0]
+    def loss(pred, t):
+        calls[0] += 1
+        if rank == 1 and calls[0] == 3:
+            raise RuntimeError("injected failure on rank 1")
+        return cnn_ext.softmax_cross_entropy(pred, t)
+    cnn_ext.fit(build(), X, y, epochs=1000, batch_size=2, loss=loss, learning_rate=0.01, progress=False,
+                verbose=False, comm=comm)
+    """, timeout=90)
+    assert proc.returncode != 0
+    assert seconds < 60, seconds
+    assert "injected failure on rank 1" in proc.stderr
+
+
+def test_without_mpi4py_the_functions_say_what_to_install(monkeypatch):
+    from cnn_ext import distributed
+
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    with pytest.raises(ImportError, match="pip install mpi4py mpich"):
+        distributed.broadcast_parameters(build(), comm=None)
+    with pytest.raises(ImportError, match="pip install mpi4py mpich"):
+        cnn_ext.fit(build(), *data(), epochs=1, learning_rate=0.1, comm=object())
+
+
+def test_importing_cnn_ext_does_not_import_mpi4py_or_dask():
+    code = "import sys, cnn_ext, cnn_ext.distributed; print(sorted({'mpi4py', 'dask'} & set(sys.modules)))"
+    env = dict(os.environ, PYTHONPATH=str(Path(cnn_ext.__file__).parent.parent))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
