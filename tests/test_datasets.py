@@ -326,10 +326,20 @@ def test_mirror_lists_and_argument_errors(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 def test_huge_num_classes_is_a_value_error_naming_it():
-    with pytest.raises(ValueError, match=r"num_classes=2147483648 for 3 labels needs \d+ bytes"):
+    with pytest.raises(ValueError, match=r"num_classes must be <= 2147483647, got 2147483648"):
         one_hot([0, 1, 2], 2**31)
-    with pytest.raises(ValueError, match=r"num_classes=1000000000000 for 4 labels"):
+    with pytest.raises(ValueError, match=r"num_classes must be <= 2147483647, got 1000000000000"):
         batches(np.zeros((4, 2)), [0, 1, 2, 3], num_classes=10**12)
+    # within 32 bits, but 10**6 rows of them are ~17 PB: more than any machine's memory, named before allocating
+    labels = np.broadcast_to(np.zeros(1, np.int64), (10**6,))
+    with pytest.raises(ValueError, match=r"num_classes=2147483647 for 1000000 labels needs one-hot targets of shape "
+                                         r"\(1000000, 2147483647\): \d+ bytes, more than this machine's memory"):
+        one_hot(labels, INT32_MAX)
+    with pytest.raises(ValueError, match=r"num_classes=2147483647 for 1000000 labels"):
+        batches(np.broadcast_to(np.zeros((1, 1)), (10**6, 1)), labels, num_classes=INT32_MAX)
+
+
+INT32_MAX = 2**31 - 1
 
 
 def _bomb(header, zeros):
