@@ -7,12 +7,14 @@ they are given. The rules:
 - **dtype**: arrays hold real numbers (bool, int, uint or float); a computation runs in float32 when every
   array is float32, else in float64; a dtype that float64 cannot hold without loss (long double) is refused.
 - **sizes**: ints (or pairs of ints) of at least a minimum and at most ``2**31 - 1`` (the kernels' and BLAS's
-  32-bit sizes); an array whose bytes NumPy cannot even describe is refused by name, never a ``MemoryError``.
+  32-bit sizes); an array of more bytes than the machine's physical memory (or than NumPy can describe) is
+  refused by name before anything is allocated, never a ``MemoryError``.
 - **out=**: C-contiguous, writeable, of the result's shape and dtype, sharing no memory with an input.
 """
 import math
 import numbers
 import operator
+import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -229,15 +231,32 @@ def output_hw(H, W, KH, KW, SH, SW, pads, xname, kname, xshape=None, kshape=None
 
 # ---- allocations and outputs ---------------------------------------------------------------------
 
+def _physical_memory():
+    """The machine's physical memory in bytes, or the largest array NumPy can describe where the OS does not say
+    (sysconf is POSIX; on Windows, the allocation itself is left to fail)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return MAX_BYTES
+    return total if total > 0 else MAX_BYTES
+
+
+PHYSICAL_MEMORY = _physical_memory()
+_SMALL = PHYSICAL_MEMORY // 16  # elements that fit whatever the itemsize (complex128 at most): no message needed
+
+
 def allocation(shape, dtype, what):
-    """ValueError, before any allocation, for an array NumPy cannot describe (more bytes than an intp holds);
-    ``what()`` starts the message (a callable, so that the common case formats nothing)."""
+    """ValueError, before any allocation, for an array of more bytes than this machine's physical memory (or
+    than NumPy can describe): a size that can never be allocated is a wrong argument, to be named, not a
+    ``MemoryError``. ``what()`` starts the message (a callable, so that the common case formats nothing)."""
     size = math.prod(shape)
-    if size <= MAX_BYTES // 8:  # fits whatever the itemsize
+    if size <= _SMALL:
         return
     nbytes = size * np.dtype(dtype).itemsize
-    if nbytes > MAX_BYTES:
-        raise ValueError(f"{what()} of shape {tuple(shape)}: {nbytes} bytes, more than can be allocated ({MAX_BYTES})")
+    limit = min(PHYSICAL_MEMORY, MAX_BYTES)
+    if nbytes > limit:
+        raise ValueError(f"{what()} of shape {tuple(shape)}: {nbytes} bytes, more than this machine's memory "
+                         f"({limit} bytes) can hold")
 
 
 def output(out, shape, dtype, inputs, names):

@@ -165,7 +165,7 @@ def maxpool2d_backward(dE_dY, x, kernel_size, stride=None, *, indices=None):
         if idx.size and (idx.min() < 0 or idx.max() >= H * W):
             raise ValueError(f"indices must lie in [0, H*W) = [0, {H * W}) for x of shape {x.shape}, "
                              f"got values in [{idx.min()}, {idx.max()}]")
-        idx = np.ascontiguousarray(idx, dtype=np.int32)
+        idx = _checks.contiguous(idx, np.dtype(np.int32))  # aligned too: the kernel reads it as int32s
     return _backward(dy, idx, x.shape, dtype, ksize, stride, True)
 
 

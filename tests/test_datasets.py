@@ -5,12 +5,16 @@ import functools
 import gzip
 import hashlib
 import http.server
+import io
 import struct
 import threading
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
 from cnn_ext.datasets import (
@@ -315,3 +319,181 @@ def test_mirror_lists_and_argument_errors(tmp_path):
         load_mnist(tmp_path, timeout=0)
     with pytest.raises(TypeError, match="dtype must be float32 or float64"):
         load_mnist(tmp_path, dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
+# hostile inputs: sizes, gzip bombs, failing mirrors, fuzzed IDX files
+# ----------------------------------------------------------------------------------------------
+
+def test_huge_num_classes_is_a_value_error_naming_it():
+    with pytest.raises(ValueError, match=r"num_classes must be <= 2147483647, got 2147483648"):
+        one_hot([0, 1, 2], 2**31)
+    with pytest.raises(ValueError, match=r"num_classes must be <= 2147483647, got 1000000000000"):
+        batches(np.zeros((4, 2)), [0, 1, 2, 3], num_classes=10**12)
+    # within 32 bits, but 10**6 rows of them are ~17 PB: more than any machine's memory, named before allocating
+    labels = np.broadcast_to(np.zeros(1, np.int64), (10**6,))
+    with pytest.raises(ValueError, match=r"num_classes=2147483647 for 1000000 labels needs one-hot targets of shape "
+                                         r"\(1000000, 2147483647\): \d+ bytes, more than this machine's memory"):
+        one_hot(labels, INT32_MAX)
+    with pytest.raises(ValueError, match=r"num_classes=2147483647 for 1000000 labels"):
+        batches(np.broadcast_to(np.zeros((1, 1)), (10**6, 1)), labels, num_classes=INT32_MAX)
+
+
+INT32_MAX = 2**31 - 1
+
+
+def _bomb(header, zeros):
+    """gzip of an IDX header followed by ``zeros`` zero bytes (200 MB of zeros give ~200 KB)."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=9) as out:
+        out.write(header)
+        block = bytes(1 << 22)
+        for _ in range(zeros // len(block)):
+            out.write(block)
+    return buf.getvalue()
+
+
+def test_gzip_bomb_in_the_cache_costs_no_more_than_the_real_file(tmp_path, small_sets):
+    _, raw = small_sets
+    write_files(tmp_path, raw)
+    header = raw[FILES[0]][:16]  # the expected header, then 200 MB of zeros instead of 235 KB of digits
+    (tmp_path / FILES[0]).write_bytes(_bomb(header, 200 << 20))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=rf"{FILES[0]} is corrupt: the header says shape \(300, 28, 28\) "
+                                             r"\(235216 bytes\) but the file holds more bytes"):
+            load_mnist(tmp_path, mirrors=OFFLINE)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10e6
+    # a header declaring 2**32 - 1 images is refused before any of the body is decompressed
+    (tmp_path / FILES[0]).write_bytes(_bomb(struct.pack(">HBBIII", 0, 8, 3, 2**32 - 1, 28, 28), 0))
+    with pytest.raises(ValueError, match=r"holds an array of shape \(4294967295, 28, 28\), expected \(300, 28, 28\)"):
+        load_mnist(tmp_path, mirrors=OFFLINE)
+    (tmp_path / "plain.gz").write_bytes(_bomb(struct.pack(">HBBIII", 0, 8, 3, 2**32 - 1, 28, 28), 0))
+    with pytest.raises(ValueError, match=r"declares shape \(4294967295, 28, 28\) \(\d+ bytes\), more than"):
+        read_idx(tmp_path / "plain.gz")
+
+
+class _HostileHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``/<behaviour>/<file>`` from ``server.files``: good, bomb (a gzip bomb), chunked (a chunked reply cut
+    short), status (a bad status line), trickle (a byte every 50 ms, for at most 10 s), missing (404)."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        behaviour, _, name = self.path.strip("/").partition("/")
+        self.server.hits.append(behaviour)
+        body = self.server.files.get(name)
+        if body is None or behaviour == "missing":
+            self.send_error(404)
+        elif behaviour == "status":
+            self.wfile.write(b"NONSENSE\r\n\r\n")
+        elif behaviour == "chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n" % len(body) + body[:100])
+            self.wfile.flush()
+            self.close_connection = True
+        else:
+            if behaviour == "bomb":
+                body = self.server.bomb
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if behaviour != "trickle":
+                self.wfile.write(body)
+                return
+            stop = time.monotonic() + 10
+            for i in range(len(body)):
+                if time.monotonic() > stop or self.server.closing.is_set():
+                    break
+                self.wfile.write(body[i:i + 1])
+                self.wfile.flush()
+                time.sleep(0.05)
+
+
+@pytest.fixture
+def hostile_server(small_sets):
+    _, raw = small_sets
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HostileHandler)
+    server.daemon_threads = True
+    server.files = {f: gzip.compress(raw[f]) for f in FILES}
+    server.bomb = _bomb(raw[FILES[0]][:16], 64 << 20)
+    server.hits, server.closing = [], threading.Event()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server, f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.closing.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_every_failing_mirror_falls_through_to_the_next(tmp_path, small_sets, hostile_server):
+    arrays, _ = small_sets
+    server, url = hostile_server
+    mirrors = [url + b for b in ("missing", "status", "chunked", "bomb", "trickle", "good")]
+    start = time.monotonic()
+    result = load_mnist(tmp_path, mirrors=mirrors, timeout=1, deadline=0.5, progress=False)
+    elapsed = time.monotonic() - start
+    check_loaded(result, arrays, np.float64)
+    assert server.hits == ["missing", "status", "chunked", "bomb", "trickle", "good"] * 4
+    assert elapsed < 4 * (0.5 + 1) + 5  # each trickle held to its deadline (plus one read's timeout)
+
+
+def test_failures_are_listed_and_the_deadline_holds(tmp_path, small_sets, hostile_server):
+    _, url = hostile_server
+    mirrors = [url + b for b in ("status", "chunked", "bomb", "trickle")]
+    start = time.monotonic()
+    with pytest.raises(FileNotFoundError) as info:
+        load_mnist(tmp_path, mirrors=mirrors, timeout=1, deadline=1, progress=False)
+    assert time.monotonic() - start < 1 + 1 + 3  # one file tried on every mirror, then the loader gives up
+    msg = str(info.value)
+    for expected in ("BadStatusLine", "IncompleteRead", "the header says shape (300, 28, 28)",
+                     "TimeoutError: the download took more than its deadline of 1 s"):
+        assert expected in msg
+    assert not list(tmp_path.rglob("*.part"))
+
+
+def _idx_fixture():
+    images = read_idx(_mnist._SAMPLE_DIR / _mnist._SAMPLE_IMAGES)[:20]
+    content = idx_raw(images)
+    return images, content, hashlib.md5(content).hexdigest()
+
+
+IDX_IMAGES, IDX_CONTENT, IDX_MD5 = _idx_fixture()
+IDX_GZ = gzip.compress(IDX_CONTENT)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), layer=st.sampled_from(["gz", "content"]),
+       kind=st.sampled_from(["flip", "truncate", "insert", "header"]))
+def test_fuzz_idx_files(tmp_path, data, layer, kind):
+    """Mutated gzip bytes or IDX content: a ValueError, or the exact images (md5 and shape checked)."""
+    raw = bytearray(IDX_GZ if layer == "gz" else IDX_CONTENT)
+    pos = data.draw(st.integers(0, len(raw) - 1))
+    if kind == "flip":
+        raw[pos] ^= 1 << data.draw(st.integers(0, 7))
+    elif kind == "truncate":
+        del raw[pos:]
+    elif kind == "insert":
+        raw[pos:pos] = data.draw(st.binary(min_size=1, max_size=16))
+    else:
+        dims = data.draw(st.lists(st.integers(0, 2**32 - 1), min_size=0, max_size=4))
+        code = data.draw(st.sampled_from([0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E, 0x07]))
+        raw[:16] = struct.pack(f">HBB{len(dims)}I", 0, code, len(dims), *dims)
+    path = tmp_path / "f.gz"
+    path.write_bytes(bytes(raw) if layer == "gz" else gzip.compress(bytes(raw)))
+    try:  # the md5 is checked: whatever loads is the original
+        assert_array_equal(_mnist._read_checked(path, IDX_MD5, IDX_IMAGES.shape), IDX_IMAGES)
+    except ValueError:
+        pass
+    try:  # no md5: any array, but never more than the data that is there (deflate expands 1032x at most)
+        assert read_idx(path).nbytes <= 1032 * path.stat().st_size
+    except ValueError:
+        pass

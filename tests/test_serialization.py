@@ -102,9 +102,13 @@ def _set_spec(arrays, edit):
     (lambda a: _set_spec(a, lambda s: s["layers"][1].__setitem__(0, "Nope")), "layer 1 has unknown type 'Nope'"),
     (lambda a: _set_spec(a, lambda s: s["layers"][0][1].update(c_out=0)), r"layer 0 \(Conv2D\) cannot be built"),
     (lambda a: _set_spec(a, lambda s: s["layers"][0][1].update(bogus=1)), r"layer 0 \(Conv2D\) cannot be built"),
-    # a crafted size: 728 TiB of weights is a MemoryError at construction, reported as a bad file
+    # a crafted size: 728 TiB of weights, refused from the config before any weight is drawn or read
     (lambda a: _set_spec(a, lambda s: s["layers"][2][1].update(n_in=10**7, n_out=10**7)),
-     r"layer 2 \(Dense\) built from .* needs more memory than there is"),
+     r"layer 2 \(Dense\) cannot be built from .*: Dense: n_in=10000000, n_out=10000000 give weights of shape "
+     r"\(10000000, 10000000\): \d+ bytes, more than this machine's memory"),
+    # a size that fits in memory but not the file: refused from the .npy header before any weight is drawn
+    (lambda a: _set_spec(a, lambda s: s["layers"][2][1].update(n_in=1000, n_out=2)),
+     r"parameter 2.w is saved with shape \(8, 2\).* builds shape \(1000, 2\)"),
     (lambda a: _set_spec(a, lambda s: s["layers"].__setitem__(0, "Conv2D")), "expected \\[class_name, config\\]"),
     (lambda a: _set_spec(a, lambda s: s.update(layers=[])), "no layers"),
 ])
@@ -126,7 +130,7 @@ def test_corrupt_and_foreign_files(tmp_path):
     with zipfile.ZipFile(tmp_path / "zip.npz", "w") as z:
         z.writestr("__cnn_ext__.npy", b"not an npy")
     for name in ["trunc.npz", "text.npz", "single.npy", "objects.npz", "zip.npz"]:
-        with pytest.raises(ValueError, match="is not a readable cnn_ext network file"):
+        with pytest.raises(ValueError, match="not a readable cnn_ext network file|holds Python objects"):
             load(tmp_path / name)
     with pytest.raises(FileNotFoundError):
         load(tmp_path / "absent.npz")

@@ -1,9 +1,18 @@
 """One-hot targets and the tutorial's list-of-batches form."""
 import numpy as np
 
+from .. import _checks
 from .._checks import float_dtype as _check_dtype, positive_int as _positive_int
 
 __all__ = ["one_hot", "batches"]
+
+
+def _check_targets_size(n, num_classes, dtype):
+    """ValueError naming num_classes, before allocating, for one-hot targets larger than the machine's memory
+    (NumPy's MemoryError names no argument, and 10**12 classes are a typo, not a dataset); a row counts even
+    when there are no labels, as NumPy refuses a shape whose row is too big for an array."""
+    _checks.allocation((max(n, 1), num_classes), dtype,
+                       lambda: f"num_classes={num_classes} for {n} labels needs one-hot targets")
 
 
 def one_hot(labels, num_classes, dtype=np.float64):
@@ -12,10 +21,10 @@ def one_hot(labels, num_classes, dtype=np.float64):
     Parameters
     ----------
     labels : array_like of int, shape (N,), values in [0, num_classes)
-    num_classes : int
+    num_classes : int, at most 2**31 - 1 (and the targets must fit in memory)
     dtype : float32 or float64, default float64
     """
-    num_classes = _positive_int(num_classes, "num_classes")
+    num_classes = _positive_int(num_classes, "num_classes", _checks.INT_MAX)
     y = np.asarray(labels)
     if y.ndim != 1:
         raise ValueError(f"labels must be 1-D (N,), got shape {y.shape}")
@@ -23,7 +32,9 @@ def one_hot(labels, num_classes, dtype=np.float64):
         raise TypeError(f"labels must be integers, got dtype {y.dtype}")
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"labels must be in [0, {num_classes - 1}], got values in [{y.min()}, {y.max()}]")
-    out = np.zeros((y.size, num_classes), dtype=_check_dtype(dtype))
+    dtype = _check_dtype(dtype)
+    _check_targets_size(y.size, num_classes, dtype)
+    out = np.zeros((y.size, num_classes), dtype=dtype)
     out[np.arange(y.size), y] = 1
     return out
 
@@ -55,7 +66,9 @@ def batches(x, labels, batch_size=16, *, num_classes=None, shuffle=False, seed=N
         raise ValueError(f"x has shape {x.shape} and labels {y.shape}: need (N, ...) and (N,)")
     if num_classes is None:
         num_classes = int(y.max()) + 1 if y.size else 1
-    dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float64
+    dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+    num_classes = _positive_int(num_classes, "num_classes", _checks.INT_MAX)
+    _check_targets_size(y.shape[0], num_classes, dtype)
     targets = one_hot(y, num_classes, dtype)
     if shuffle:
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)

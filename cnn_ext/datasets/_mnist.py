@@ -3,8 +3,10 @@
 Where the files are looked for, in order: the ``data_dir`` argument, else ``$CNN_EXT_DATA``, else
 ``~/.cache/cnn_ext``; in ``<root>/<name>/`` (``mnist`` or ``fashion-mnist``) and then in ``<root>/`` itself.
 Missing files are downloaded into ``<root>/<name>/`` from mirrors that still serve them (the original MNIST
-site refuses downloads), with a progress bar when tqdm is installed, a short socket timeout and no retry
-loop. Every file is checked against the md5 of its *uncompressed* content (so a re-compressed copy, such as
+site refuses downloads), with a progress bar when tqdm is installed, a short socket timeout, an overall
+deadline per file and no retry loop; any failure (connection, HTTP, a malformed reply, a wrong or oversized
+body) moves on to the next mirror. Files are read as streams: the IDX header first, checked against the
+expected shape, then no more body than it declares (a gzip bomb costs no more than the file it poses as). Every file is checked against the md5 of its *uncompressed* content (so a re-compressed copy, such as
 Debian's ``dataset-fashion-mnist``, is accepted) and against its IDX header: a corrupt file raises
 ``ValueError`` naming it; absent files that cannot be downloaded raise ``FileNotFoundError`` saying exactly
 which files to put where.
@@ -12,8 +14,11 @@ which files to put where.
 import gzip
 import hashlib
 import os
+import http.client
+import math
 import struct
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -78,6 +83,8 @@ _SAMPLE_MD5 = {  # uncompressed content, written by tools/make_mnist_sample.py
     _SAMPLE_LABELS: "a82723c4f1ffcf0f0a0d4d06f6c879a0",
 }
 
+_MAX_IDX_BYTES = 1 << 30  # the most data read_idx reads (MNIST's largest file holds 47 MB)
+_CHUNK = 1 << 16
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
@@ -92,56 +99,76 @@ def default_data_dir():
 # IDX reading and checking
 # ----------------------------------------------------------------------------------------------
 
-def _decompress(path):
+def _read_stream(f, source, shape=None, md5=None):
+    """The array in an IDX stream (big-endian header: 0, 0, type code, ndim, then ndim uint32 sizes).
+
+    The header is checked first, against ``shape`` when given and else against :data:`_MAX_IDX_BYTES`, so the
+    body is never read past the size it declares (a gzip bomb costs no more than the file it pretends to be);
+    the md5 of the whole content, when given, is checked before the array is made.
+    """
+    head = f.read(4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_TYPES or head[3] == 0:
+        raise ValueError(f"{source} is not an IDX file (bad magic number {head.hex() or 'empty'})")
+    ndim = head[3]
+    sizes = f.read(4 * ndim)
+    if len(sizes) < 4 * ndim:
+        raise ValueError(f"{source} is corrupt: truncated IDX header")
+    dims = struct.unpack(f">{ndim}I", sizes)
+    dtype = np.dtype(_IDX_TYPES[head[2]])
+    nbytes = math.prod(dims) * dtype.itemsize
+    if shape is not None and dims != tuple(shape):
+        raise ValueError(f"{source} holds an array of shape {dims}, expected {tuple(shape)}")
+    if nbytes > _MAX_IDX_BYTES:
+        raise ValueError(f"{source} is corrupt or not a dataset file: its header declares shape {dims} "
+                         f"({nbytes} bytes), more than the {_MAX_IDX_BYTES} bytes read_idx reads")
+    body = bytearray()
+    while len(body) < nbytes:
+        chunk = f.read(min(_CHUNK, nbytes - len(body)))
+        if not chunk:
+            break
+        body += chunk
+    header = 4 + 4 * ndim
+    if len(body) < nbytes or f.read(1):
+        held = f"{header + len(body)}" if len(body) < nbytes else "more"
+        raise ValueError(f"{source} is corrupt: the header says shape {dims} ({header + nbytes} bytes) "
+                         f"but the file holds {held} bytes")
+    if md5 is not None:
+        digest = hashlib.md5(head + sizes + body).hexdigest()
+        if digest != md5:
+            other = [info["title"] for info in _DATASETS.values() if digest in info["md5"].values()]
+            if other:
+                raise ValueError(f"{source} belongs to {other[0]}, not to the dataset requested (content md5 "
+                                 f"{digest}, expected {md5}): point data_dir / CNN_EXT_DATA at the right dataset's "
+                                 f"directory")
+            raise ValueError(f"{source} is corrupt or not the expected file: md5 of its content is {digest}, "
+                             f"expected {md5}; delete it and try again")
+    return np.frombuffer(body, dtype=dtype).reshape(dims)
+
+
+def _read_file(path, gz, shape=None, md5=None):
+    """:func:`_read_stream` on a file, decompressed as it is read when ``gz``; gzip damage is a ValueError."""
+    path = Path(path)
+    if not gz:
+        with open(path, "rb") as f:
+            return _read_stream(f, path, shape, md5)
     try:
         with gzip.open(path, "rb") as f:
-            return f.read()
+            return _read_stream(f, path, shape, md5)
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise ValueError(f"{path} is corrupt (not a complete gzip file: {exc}); delete it and try again") from None
 
 
-def _parse_idx(raw, source):
-    """The array in an IDX byte string (big-endian header: 0, 0, type code, ndim, then ndim uint32 sizes)."""
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES or raw[3] == 0:
-        raise ValueError(f"{source} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{source} is corrupt: truncated IDX header")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_IDX_TYPES[raw[2]])
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(raw) != expected:
-        raise ValueError(f"{source} is corrupt: the header says shape {shape} ({expected} bytes) "
-                         f"but the file holds {len(raw)} bytes")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
-
-
 def read_idx(path):
-    """The array stored in an IDX file (``.gz`` or not), e.g. ``(N, 28, 28)`` uint8 images or ``(N,)`` labels."""
-    path = Path(path)
-    if path.suffix == ".gz":
-        raw = _decompress(path)
-    else:
-        raw = path.read_bytes()
-    return _parse_idx(raw, path)
+    """The array stored in an IDX file (``.gz`` or not), e.g. ``(N, 28, 28)`` uint8 images or ``(N,)`` labels.
+
+    Files declaring more than 1 GiB of data are refused (ValueError) before their body is read.
+    """
+    return _read_file(path, Path(path).suffix == ".gz")
 
 
 def _read_checked(path, md5, shape=None):
-    """Decompress, verify the content md5 and shape, parse."""
-    raw = _decompress(path)
-    digest = hashlib.md5(raw).hexdigest()
-    if digest != md5:
-        other = [info["title"] for info in _DATASETS.values() if digest in info["md5"].values()]
-        if other:
-            raise ValueError(f"{path} belongs to {other[0]}, not to the dataset requested (content md5 {digest}, "
-                             f"expected {md5}): point data_dir / CNN_EXT_DATA at the right dataset's directory")
-        raise ValueError(f"{path} is corrupt or not the expected file: md5 of its content is {digest}, "
-                         f"expected {md5}; delete it and try again")
-    arr = _parse_idx(raw, path)
-    if shape is not None and arr.shape != shape:
-        raise ValueError(f"{path} holds an array of shape {arr.shape}, expected {shape}")
-    return arr
+    """Read with the header checked against ``shape`` before the body, the content md5 before the array."""
+    return _read_file(path, True, shape, md5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,33 +186,57 @@ def _progress(total, desc, enabled):
     return None
 
 
-def _download(url, dest, md5, timeout, progress):
-    """Fetch ``url`` into ``dest`` through a temporary file; verify the content md5 before moving it in place."""
+def _download(url, dest, md5, shape, timeout, deadline, progress):
+    """Fetch ``url`` into ``dest`` through a temporary file; verify the content before moving it in place.
+
+    The body may not exceed what a gzip of the expected file can take, nor the whole download ``deadline``
+    seconds (checked between reads, each of which waits at most ``timeout``: a server trickling bytes cannot
+    hold it longer).
+    """
+    size = 4 + 4 * len(shape) + math.prod(shape)  # the uncompressed IDX file, uint8
+    limit = size + size // 256 + 1024  # gzip's worst case is ~0.03% over its input
+    stop = time.monotonic() + deadline
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             total = resp.headers.get("Content-Length")
-            bar = _progress(int(total) if total and total.isdigit() else None, dest.name, progress)
+            total = int(total) if total and total.isdigit() else None
+            if total is not None and total > limit:
+                raise ValueError(f"the server announces {total} bytes, more than the {limit} this file can take")
+            read = getattr(resp, "read1", resp.read)  # read1: one socket read, so the deadline is seen between
+            bar = _progress(total, dest.name, progress)
+            got = 0
             try:
                 while True:
-                    chunk = resp.read(1 << 16)
+                    if time.monotonic() > stop:
+                        raise TimeoutError(f"the download took more than its deadline of {deadline} s "
+                                           f"({got} bytes received)")
+                    chunk = read(_CHUNK)
                     if not chunk:
                         break
+                    got += len(chunk)
+                    if got > limit:
+                        raise ValueError(f"the body exceeds the {limit} bytes this file can take")
                     out.write(chunk)
                     if bar is not None:
                         bar.update(len(chunk))
             finally:
                 if bar is not None:
                     bar.close()
-        _read_checked(Path(tmp), md5)
+        _read_checked(Path(tmp), md5, shape)
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def _locate(name, data_dir, download, mirrors, timeout, progress):
+# Every way a mirror can fail: refused or reset connections, timeouts, HTTP errors (URLError, HTTPError),
+# malformed replies (HTTPException: a bad status line, a truncated chunked body), a wrong or oversized body.
+_MIRROR_ERRORS = (urllib.error.URLError, http.client.HTTPException, OSError, ValueError)
+
+
+def _locate(name, data_dir, download, mirrors, timeout, deadline, progress):
     """Directory holding all four files of dataset ``name``, downloading the missing ones when allowed."""
     info = _DATASETS[name]
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
@@ -201,11 +252,10 @@ def _locate(name, data_dir, download, mirrors, timeout, progress):
             for base in mirrors:
                 url = base.rstrip("/") + "/" + f
                 try:
-                    _download(url, target / f, info["md5"][f], timeout, progress)
+                    _download(url, target / f, info["md5"][f], _SHAPES[f], timeout, deadline, progress)
                     break
-                except (urllib.error.URLError, OSError, ValueError) as exc:
-                    # URLError, timeouts, HTTP errors and a corrupt download: try the next mirror
-                    errors.append(f"{url}: {exc}")
+                except _MIRROR_ERRORS as exc:  # try the next mirror
+                    errors.append(f"{url}: {type(exc).__name__}: {exc}")
             else:
                 break
         missing = [f for f in _FILES if not (target / f).is_file()]
@@ -231,11 +281,16 @@ def _images(arr, dtype):
     return x
 
 
-def _load(name, data_dir, dtype, download, mirrors, timeout, progress):
+def _seconds(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return value
+
+
+def _load(name, data_dir, dtype, download, mirrors, timeout, deadline, progress):
     dtype = _check_dtype(dtype)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    d = _locate(name, data_dir, download, list(mirrors), timeout, progress)
+    timeout, deadline = _seconds(timeout, "timeout"), _seconds(deadline, "deadline")
+    d = _locate(name, data_dir, download, list(mirrors), timeout, deadline, progress)
     md5 = _DATASETS[name]["md5"]
     arrays = {f: _read_checked(d / f, md5[f], _SHAPES[f]) for f in _FILES}
     return ((_images(arrays[_TRAIN_IMAGES], dtype), arrays[_TRAIN_LABELS].astype(np.int64)),
@@ -257,6 +312,9 @@ _LOAD_DOC = """Load {title}: 60,000 training and 10,000 test images.
         Base URLs tried in order.
     timeout : float, default 10
         Socket timeout in seconds for each connection and read.
+    deadline : float, default 600
+        Seconds each file's download may take in all (checked between reads), after which the next mirror is
+        tried: a server trickling bytes cannot hold the call forever.
     progress : bool, default True
         Show a download progress bar (when tqdm is installed).
 
@@ -274,15 +332,16 @@ _LOAD_DOC = """Load {title}: 60,000 training and 10,000 test images.
     """
 
 
-def load_mnist(data_dir=None, *, dtype=np.float64, download=True, mirrors=None, timeout=10.0, progress=True):
+def load_mnist(data_dir=None, *, dtype=np.float64, download=True, mirrors=None, timeout=10.0, deadline=600.0,
+               progress=True):
     return _load("mnist", data_dir, dtype, download, MNIST_MIRRORS if mirrors is None else mirrors,
-                 timeout, progress)
+                 timeout, deadline, progress)
 
 
 def load_fashion_mnist(data_dir=None, *, dtype=np.float64, download=True, mirrors=None, timeout=10.0,
-                       progress=True):
+                       deadline=600.0, progress=True):
     return _load("fashion-mnist", data_dir, dtype, download,
-                 FASHION_MNIST_MIRRORS if mirrors is None else mirrors, timeout, progress)
+                 FASHION_MNIST_MIRRORS if mirrors is None else mirrors, timeout, deadline, progress)
 
 
 load_mnist.__doc__ = _LOAD_DOC.format(title="MNIST handwritten digits", name="mnist", mirrors_name="MNIST_MIRRORS")

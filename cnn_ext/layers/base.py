@@ -7,6 +7,10 @@ SGD), with the tutorial's names, gradient keys and conventions. The protocol oth
 - ``parameters()`` -> list of ``(param_name, grad_key, ndarray)``, e.g. ``[("k", "dK", k), ("b", "dB", b)]``;
   the arrays are updated in place, so the same objects live as long as the layer;
 - ``get_config()`` -> JSON-serialisable constructor kwargs with ``type(layer)(**cfg)`` rebuilding the layer;
+- ``param_shapes()`` -> ``{param_name: (shape, dtype)}``, from the config alone for Conv2D and Dense;
+  ``Layer.without_weights(cfg)`` builds a layer from its config without drawing weights (when its class can say
+  its ``param_shapes()`` from the config; else as ``cls(**cfg)``), ``set_weights`` fills it, and
+  ``Layer.from_config(cfg, weights)`` does both (what :func:`cnn_ext.load` builds with);
 - ``LAYER_TYPES`` maps class names to classes; ``register_layer`` adds a class to it.
 
 Layers never modify the arrays they are given, and never write an array they returned again.
@@ -133,32 +137,53 @@ def checked_gradient(g, p, where, key, name):
     return g
 
 
+# The rng with which Layer.without_weights builds a ParamLayer: its constructor checks and stores the whole
+# config, and init_params draws nothing and allocates nothing (the weights come from set_weights).
+_NO_DRAW = object()
+
+
 def random_source(rng, seed):
     """A random source: ``rng`` (Generator or RandomState), a Generator from ``seed``, else NumPy's global state.
 
-    The global state is the tutorial's (``np.random.randn``), so ``np.random.seed(...)`` keeps working.
+    The global state is the tutorial's (``np.random.randn``), so ``np.random.seed(...)`` keeps working. A seed is
+    what :func:`numpy.random.default_rng` takes: an int >= 0 (or a sequence of them, or a SeedSequence);
+    anything else is a TypeError or ValueError naming ``seed`` here, not deep inside NumPy.
     """
     if rng is not None and seed is not None:
         raise ValueError("give rng or seed, not both")
+    if rng is _NO_DRAW:
+        return rng
     if rng is not None:
         if not isinstance(rng, (np.random.Generator, np.random.RandomState)):
             raise TypeError(f"rng must be a numpy.random.Generator or RandomState, got {type(rng).__name__}")
         return rng
     if seed is not None:
-        return np.random.default_rng(seed)
+        if isinstance(seed, (bool, np.bool_, str, bytes, float, np.floating)):
+            raise TypeError(f"seed must be an int >= 0 (or a sequence of them, or a SeedSequence), got {seed!r}")
+        try:
+            return np.random.default_rng(seed)
+        except TypeError as exc:
+            raise TypeError(f"seed must be an int >= 0 (or a sequence of them, or a SeedSequence), got {seed!r}: "
+                            f"{exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"seed must be an int >= 0 (or a sequence of them, or a SeedSequence), got {seed!r}: "
+                             f"{exc}") from None
     return np.random  # the module's standard_normal / uniform use the global state
 
 
 def init_params(init, rng, w_shape, b_shape, fan_in, fan_out, tutorial_scale, dtype, what):
     """Weights and biases drawn in float64 (same values for both dtypes up to rounding), then cast; ``what()``
     names the weights and the constructor arguments for the error on weights too large to allocate."""
+    if init is not None and init not in INITS:
+        raise ValueError(f"init must be None or one of {INITS}, got {init!r}")
+    if rng is _NO_DRAW:
+        _checks.allocation(w_shape, dtype, what)
+        return None, None
     _checks.allocation(w_shape, np.float64, what)
     if init is None:
         w = tutorial_scale * rng.standard_normal(w_shape)
         b = tutorial_scale * rng.standard_normal(b_shape)
     else:
-        if init not in INITS:
-            raise ValueError(f"init must be None or one of {INITS}, got {init!r}")
         # He: Var = 2 / fan_in; Glorot: Var = 2 / (fan_in + fan_out); uniform(-a, a) has Var = a² / 3.
         std = np.sqrt(2.0 / fan_in) if init.startswith("he") else np.sqrt(2.0 / (fan_in + fan_out))
         if init.endswith("normal"):
@@ -255,6 +280,61 @@ class Layer:
         """JSON-serialisable constructor kwargs: ``type(layer)(**layer.get_config())`` rebuilds the layer."""
         return {key: _json_value(getattr(self, key)) for key in self._config_keys}
 
+    def param_shapes(self):
+        """``{param_name: (shape, dtype)}`` of the parameters, in ``parameters()`` order.
+
+        The default reads the arrays; a layer that can say them from its config alone (Conv2D, Dense) overrides
+        this, and then :meth:`without_weights` builds it without drawing or allocating any weight.
+        """
+        return {name: (arr.shape, arr.dtype) for name, _, arr in self.parameters()}
+
+    @classmethod
+    def without_weights(cls, cfg):
+        """The layer ``cls(**cfg)`` builds, every config check done, for :meth:`set_weights` to fill.
+
+        A class whose :meth:`param_shapes` comes from its config (Conv2D, Dense) draws and allocates no weight:
+        its parameters are unset until :meth:`set_weights`. Any other class is built as ``cls(**cfg)`` (its
+        constructor may draw initial values, which :meth:`set_weights` overwrites).
+        """
+        return cls(**cfg)
+
+    def set_weights(self, weights, *, copy=True):
+        """Set every parameter from ``weights`` (``{param_name: array}``), each of the shape and dtype
+        :meth:`param_shapes` says, all checked before any changes (ValueError naming the parameter).
+
+        The default copies into the arrays the layer has (they stay the same objects); ``copy=False`` lets a
+        layer without weights yet (built by :meth:`without_weights`) take C-contiguous arrays as they are.
+        """
+        for name, arr in self._checked_weights(weights):
+            current = dict((n, p) for n, _, p in self.parameters())[name]
+            current[...] = arr
+
+    def _checked_weights(self, weights):
+        if not isinstance(weights, Mapping):
+            raise TypeError(f"{self!r}: weights must be a dict {{param_name: array}}, got {type(weights).__name__}")
+        shapes = self.param_shapes()
+        if set(weights) != set(shapes):
+            raise ValueError(f"{self!r}: weights must hold exactly {sorted(shapes)}, got {sorted(weights)}")
+        pairs = []
+        for name, (shape, dtype) in shapes.items():
+            arr = weights[name]
+            if not isinstance(arr, np.ndarray) or arr.shape != tuple(shape) or arr.dtype != dtype:
+                got = f"shape {arr.shape} and dtype {arr.dtype}" if isinstance(arr, np.ndarray) else type(arr).__name__
+                raise ValueError(f"{self!r}: weight {name!r} must be an array of shape {tuple(shape)} and dtype "
+                                 f"{np.dtype(dtype)}, got {got}")
+            pairs.append((name, arr))
+        return pairs
+
+    @classmethod
+    def from_config(cls, cfg, weights=None):
+        """The layer ``cls(**cfg)`` builds; with ``weights`` (``{param_name: array}``, copied), those values
+        instead of drawn ones, and no weight drawn at all for Conv2D and Dense."""
+        if weights is None:
+            return cls(**cfg)
+        layer = cls.without_weights(cfg)
+        layer.set_weights(weights)
+        return layer
+
     def __repr__(self):
         return f"{type(self).__name__}({self.extra_repr()})"
 
@@ -296,6 +376,22 @@ class ParamLayer(Layer):
         cfg = super().get_config()
         cfg["dtype"] = self.dtype.name
         return cfg
+
+    @classmethod
+    def without_weights(cls, cfg):
+        if cls.param_shapes is Layer.param_shapes:  # a subclass that cannot say its shapes from its config
+            return cls(**cfg)
+        if "rng" in cfg or "seed" in cfg:
+            raise ValueError(f"{cls.__name__}: a config to build without weights holds no rng or seed, got "
+                             f"{sorted(k for k in cfg if k in ('rng', 'seed'))}")
+        return cls(**cfg, rng=_NO_DRAW)
+
+    def set_weights(self, weights, *, copy=True):
+        pairs = self._checked_weights(weights)
+        for name, arr in pairs:
+            if copy or not (arr.flags.c_contiguous and arr.flags.aligned and arr.flags.writeable):
+                arr = np.array(arr, order="C", copy=True)
+            setattr(self, name, arr)
 
     def _repr_tail(self):
         s = f", init={self.init!r}" if self.init is not None else ""

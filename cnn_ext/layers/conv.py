@@ -60,8 +60,8 @@ class Conv2D(ParamLayer):
             raise NotImplementedError(f"Conv2D: dilation={dilation!r} is not implemented (only 1)")
         if _checks.positive_int(groups, "groups") != 1:
             raise NotImplementedError(f"Conv2D: groups={groups!r} is not implemented (only 1)")
-        self.c_in = _checks.positive_int(c_in, "c_in")
-        self.c_out = _checks.positive_int(c_out, "c_out")
+        self.c_in = _checks.positive_int(c_in, "c_in", _checks.INT_MAX)
+        self.c_out = _checks.positive_int(c_out, "c_out", _checks.INT_MAX)
         self.kernel_size = _checks.ints(kernel_size, "kernel_size", 1)
         self.stride = _checks.ints(stride, "stride", 1)
         # plain Python ints, tuples and strings (NumPy integers and arrays too, and lists from a JSON config), so
@@ -75,6 +75,10 @@ class Conv2D(ParamLayer):
                                       self.c_in * KH * KW, self.c_out * KH * KW, 1.0, self.dtype,
                                       lambda: f"Conv2D: c_in={self.c_in}, c_out={self.c_out}, "
                                               f"kernel_size={self.kernel_size} give kernels")
+
+    def param_shapes(self):
+        """``{"k": ((c_out, c_in, KH, KW), dtype), "b": ((c_out,), dtype)}``, from the config alone."""
+        return {"k": ((self.c_out, self.c_in, *self.kernel_size), self.dtype), "b": ((self.c_out,), self.dtype)}
 
     def forward(self, x):
         """``y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i])``; x (N, c_in, H, W) -> y (N, c_out, OH, OW)."""

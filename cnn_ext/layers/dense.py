@@ -63,13 +63,17 @@ class Dense(ParamLayer):
 
     def __init__(self, n_in, n_out, *, init=None, rng=None, seed=None, dtype=np.float64):
         super().__init__()
-        self.n_in = _checks.positive_int(n_in, "n_in")
-        self.n_out = _checks.positive_int(n_out, "n_out")
+        self.n_in = _checks.positive_int(n_in, "n_in", _checks.INT_MAX)
+        self.n_out = _checks.positive_int(n_out, "n_out", _checks.INT_MAX)
         self.init = init
         self.dtype = _checks.float_dtype(dtype)
         self.w, self.b = init_params(init, random_source(rng, seed), (self.n_in, self.n_out), (self.n_out,),
                                       self.n_in, self.n_out, 0.1, self.dtype,
                                       lambda: f"Dense: n_in={self.n_in}, n_out={self.n_out} give weights")
+
+    def param_shapes(self):
+        """``{"w": ((n_in, n_out), dtype), "b": ((n_out,), dtype)}``, from the config alone."""
+        return {"w": ((self.n_in, self.n_out), self.dtype), "b": ((self.n_out,), self.dtype)}
 
     def forward(self, x):
         """``y = x @ w + b``; x (N, n_in) -> y (N, n_out)."""
