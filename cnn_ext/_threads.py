@@ -20,7 +20,7 @@ call (os.register_at_fork). Use the 'spawn' or 'forkserver' start methods for pa
 import operator
 import os
 import threading
-import time
+from time import monotonic as _monotonic
 
 from ._kernels import openmp as _openmp
 
@@ -104,12 +104,11 @@ def _machine_ticks():
 def _measure_free_cores():
     """Cores of this process's CPU set that the other processes left free since the last measurement."""
     global _load_prev, _free_cores
-    now = time.monotonic()
+    now = _monotonic()
     machine = _machine_ticks()
     if machine is None:
         return
-    t = os.times()
-    ours = t.user + t.system
+    ours = _cpu_seconds()
     prev, _load_prev = _load_prev, (now, machine[0], machine[1], ours)
     if prev is None:
         return
@@ -120,6 +119,12 @@ def _measure_free_cores():
     ncpu = d_total / (_HZ * d_wall)  # CPUs the kernel counted ticks for
     others = d_busy / d_total * ncpu - (ours - prev[3]) / d_wall  # busy cores minus our own use
     _free_cores = min(float(_usable_cpus()), ncpu - max(0.0, others))
+
+
+def _cpu_seconds():
+    """CPU time of this process (all its threads) in seconds."""
+    t = os.times()
+    return t.user + t.system
 
 
 def _usable_cpus():
@@ -138,7 +143,7 @@ def current_threads():
     nt = get_num_threads()
     if not _auto or nt == 1:
         return nt
-    now = time.monotonic()
+    now = _monotonic()
     if now >= _load_next:
         _load_next = now + LOAD_INTERVAL
         _measure_free_cores()
