@@ -110,7 +110,11 @@ def _measure_free_cores():
         return
     ours = _cpu_seconds()
     prev, _load_prev = _load_prev, (now, machine[0], machine[1], ours)
-    if prev is None:
+    if prev is None:  # no interval yet: the 1-minute load average (ours included) until the next measurement
+        try:
+            _free_cores = _usable_cpus() - os.getloadavg()[0]
+        except (AttributeError, OSError):
+            pass
         return
     d_busy, d_total = machine[0] - prev[1], machine[1] - prev[2]
     d_wall = now - prev[0]
