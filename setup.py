@@ -17,7 +17,9 @@ Environment switches:
   CNN_EXT_NO_OPENMP=1       force the serial build;
   CNN_EXT_REQUIRE_OPENMP=1  fail instead of falling back when the OpenMP test fails (wheel builds);
   CNN_EXT_NO_AVX2=1         skip the AVX2 + FMA variant;
-  CNN_EXT_DEBUG=1           turn Cython's bounds/wraparound/initialisation checks back on.
+  CNN_EXT_DEBUG=1           turn Cython's bounds/wraparound/initialisation checks back on;
+  CNN_EXT_SANITIZE=1        compile and link with AddressSanitizer + UndefinedBehaviorSanitizer (gcc / clang;
+                            run with libasan preloaded: tools/check_sanitizers.sh).
 """
 import os
 import platform
@@ -73,6 +75,10 @@ AVX2 = X86_64 and not _flag("CNN_EXT_NO_AVX2")
 DEBUG = _flag("CNN_EXT_DEBUG")
 NO_OPENMP = _flag("CNN_EXT_NO_OPENMP")
 REQUIRE_OPENMP = _flag("CNN_EXT_REQUIRE_OPENMP")
+SANITIZE = _flag("CNN_EXT_SANITIZE")
+# -O1 (the last -O wins): what the ASan docs advise for usable stack traces, and quicker to compile than -O3
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
+SANITIZE_COMPILE = ["-O1", *SANITIZE_FLAGS]
 
 OPENMP_TEST = textwrap.dedent(
     """
@@ -169,6 +175,11 @@ class BuildExt(build_ext):
             exact = MODULES[name.removesuffix("_avx2")]["exact"]
             ext.extra_compile_args = optimisation_flags(ctype, avx2, exact) + (flags[0] if flags else [])
             ext.extra_link_args = flags[1] if flags else []
+            if SANITIZE:
+                if ctype == "msvc":
+                    raise RuntimeError("cnn_ext: CNN_EXT_SANITIZE=1 needs gcc or clang")
+                ext.extra_compile_args += SANITIZE_COMPILE
+                ext.extra_link_args += SANITIZE_FLAGS
         super().build_extensions()
 
 

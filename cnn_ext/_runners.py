@@ -4,6 +4,13 @@
 allocates the method's scratch and calls its kernel (``cnn_ext._kernels``). Every direct method that would
 multiply zero padding by an inf or NaN (0 * inf is NaN where the definition has no product at all) hands such
 calls to im2col + BLAS, which forms only the real products, so every method gives the same non-finite pattern.
+
+Ctrl-C: a kernel call holds no GIL and cannot be interrupted, so a call with more than INTERRUPT_MACS
+multiply-adds per thread is run as several kernel calls on consecutive groups of samples (``in_chunks``);
+between two of them Python runs its signal handlers, and a KeyboardInterrupt then says which samples of the
+output were written. Each sample is computed exactly as in one call (samples are independent), and the kernel
+gradient's chunks are the same fixed chunks summed in the same order, so results stay bitwise the same.
+Smaller calls take the plain path and pay nothing.
 """
 import numpy as np
 
@@ -38,11 +45,52 @@ def _padded_slabs(g, C, dtype, nt):
     return _thread_slabs((nt, C * (g.OH + g.KH - 1) * (g.OW + g.KW - 1)), dtype)
 
 
+# Multiply-adds per thread in one kernel call of a chunked run: about 0.05 s at 2 GMAC/s per core (the slowest
+# kernels on large layers), so a Ctrl-C is seen within a fraction of a second also on a loaded machine; a
+# chunk's Python costs tens of microseconds, under 0.1 % of it.
+INTERRUPT_MACS = 100_000_000
+
+
+def _chunk_samples(g, nt):
+    """Samples per kernel call of a run that Ctrl-C can stop, or None when one call is short enough."""
+    per_sample = max(1, g.macs // max(1, g.N))
+    step = max(1, INTERRUPT_MACS * max(1, nt) // per_sample)
+    return step if step < g.N else None
+
+
+def in_chunks(run, g, nt):
+    """``run(batch_in, *others, batch_out)`` on consecutive groups of samples when a call is long (see the
+    module docstring), else ``run`` itself."""
+    step = _chunk_samples(g, nt)
+    if step is None:
+        return run
+
+    def run_chunks(first, *rest):
+        *shared, out = rest
+        N = first.shape[0]
+        done = 0
+        try:
+            while done < N:
+                end = min(N, done + step)
+                run(first[done:end], *shared, out[done:end])
+                done = end
+        except KeyboardInterrupt as exc:
+            if done < N:
+                raise KeyboardInterrupt(f"interrupted: only samples [0, {done}) of {N} of the output were written "
+                                        f"(an out= array holds a partial result)") from exc
+            raise
+
+    return run_chunks
+
+
 # ---- forward -------------------------------------------------------------------------------------
 
 def forward(method, g, dtype, nt):
     """run(x, k, b, y) computing y = conv(x, k) + b with ``method`` on ``nt`` threads."""
-    top, _, left, _ = g.pads
+    return in_chunks(_forward(method, g, dtype, nt), g, nt)
+
+
+def _forward(method, g, dtype, nt):
     run_gemm = _forward_gemm(g, dtype, nt)
     if method is Method.GEMM:
         return run_gemm
@@ -120,6 +168,10 @@ def _forward_direct(method, g, dtype, nt):
 
 def input_gradient(method, g, dtype, nt):
     """run(dy, k, dx) computing dX = conv_full(dE_dY, k) with ``method`` on ``nt`` threads."""
+    return in_chunks(_input_gradient(method, g, dtype, nt), g, nt)
+
+
+def _input_gradient(method, g, dtype, nt):
     top, _, left, _ = g.pads
     kernel = _typed(gemm.conv2d_input_gradient_gemm, dtype)
 
@@ -160,13 +212,16 @@ def kernel_gradient(method, g, dtype, nt):
     size = g.C_out * g.C_in * g.KH * g.KW
     kernel = _typed(gemm.conv2d_kernel_gradient_gemm, dtype)
 
-    def run_gemm(dy, x, dk):
-        partial = np.empty((nchunk, size), dtype)
+    def gemm_chunks(dy, x, dk, partial):
         with blas_single_thread():
             kernel(dy, x, dk, partial, _gemm_scratch(g, dtype, nt), g.SH, g.SW, top, left, nt)
+        return True
+
+    def run_gemm(dy, x, dk):
+        gemm_chunks(dy, x, dk, np.empty((nchunk, size), dtype))
 
     if method is Method.GEMM:
-        return run_gemm
+        return _kgrad_in_chunks(gemm_chunks, g, dtype, nt, nchunk, False, None) or run_gemm
     if method is Method.LOOPS:
         loops = _typed(rows.conv2d_kernel_gradient_rows, dtype)
         # per-chunk partial sums with one per output column too (summed in order at the end)
@@ -176,16 +231,52 @@ def kernel_gradient(method, g, dtype, nt):
     slab = kgrad.kgrad_wide_scratch_size(g.C_in, g.C_out, g.OH, g.OW, g.KH, g.KW, dtype == np.float32, layout, ns)
     tiles = _typed(kgrad.conv2d_kernel_gradient_wide, dtype)
 
-    def run_tiled(dy, x, dk):
-        partial = np.empty((nchunk, size), dtype)
+    def tiled_chunks(dy, x, dk, partial):
         scratch = np.zeros((nt, slab), dtype)
-        if not tiles(dy, x, dk, partial, scratch, top, left, layout, M.KGRAD_TILE_CHANNELS, M.KGRAD_TILE_TAPS,
-                     ns, nt):
+        return tiles(dy, x, dk, partial, scratch, top, left, layout, M.KGRAD_TILE_CHANNELS, M.KGRAD_TILE_TAPS,
+                     ns, nt)
+
+    def run_tiled(dy, x, dk):
+        if not tiled_chunks(dy, x, dk, np.empty((nchunk, size), dtype)):
             # the tiles also multiply the widened dE_dY's zero columns by x values no tap reaches: only an inf
             # or NaN there makes dK non-finite, and im2col reaches exactly the right values
             run_gemm(dy, x, dk)
 
-    return run_tiled
+    return _kgrad_in_chunks(tiled_chunks, g, dtype, nt, nchunk, layout == 1, run_gemm) or run_tiled
+
+
+def _kgrad_in_chunks(chunks, g, dtype, nt, nchunk, shifted, fallback):
+    """For a long call whose batch splits evenly into the fixed chunks: run(dy, x, dk) calling
+    ``chunks(dy, x, dk, partial)`` on consecutive groups of whole chunks (Ctrl-C acts between them), then adding
+    the chunk sums in order and scaling by 1/N as the kernels do (bitwise the one-call result); None otherwise.
+    ``shifted``: the partial sums hold (j, i, kw, kh). ``fallback`` recomputes a non-finite result."""
+    step = _chunk_samples(g, nt)
+    if step is None or g.N % nchunk:
+        return None  # uneven chunks: a sub-batch would cut them differently
+    per_chunk = g.N // nchunk
+    group = max(1, step // per_chunk)
+    if group >= nchunk:
+        return None
+    C_out, C_in, KH, KW = g.C_out, g.C_in, g.KH, g.KW
+
+    def run(dy, x, dk):
+        partial = np.empty((nchunk, C_out * C_in * KH * KW), dtype)
+        junk = np.empty_like(dk)
+        for c0 in range(0, nchunk, group):
+            c1 = min(nchunk, c0 + group)
+            n0, n1 = c0 * per_chunk, c1 * per_chunk
+            chunks(dy[n0:n1], x[n0:n1], junk, partial[c0:c1])
+        if shifted:
+            partial = partial.reshape(nchunk, C_out * C_in, KW, KH).transpose(0, 1, 3, 2).reshape(nchunk, -1)
+        out = dk.reshape(-1)
+        out[:] = 0
+        for c in range(nchunk):
+            out += partial[c]
+        out *= dtype.type(1) / dtype.type(g.N)
+        if fallback is not None and not np.isfinite(out).all():
+            fallback(dy, x, dk)
+
+    return run
 
 
 # ---- bias gradient -------------------------------------------------------------------------------

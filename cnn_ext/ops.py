@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _checks, _methods, _runners
 from ._methods import Geometry
-from ._threads import get_num_threads, threads_for
+from ._threads import current_threads, threads_for
 
 __all__ = [
     "conv2d_forward",
@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 # A plan (the result's shape and run(...)) follows from the shapes, the dtype, the options and the thread count
-# only, and costs more in Python than a small layer's whole kernel: each is made once and kept here. Options
+# of the moment (_threads.current_threads) only, and costs more in Python than a small layer's whole kernel: each is made once and kept here. Options
 # that are not plain ints, strings or None (NumPy scalars, True == 1, 1.0 == 1) are checked at every call.
 _PLANS = {}
 _PLANS_MAX = 512  # distinct plans kept (then the cache starts over)
@@ -51,7 +51,7 @@ def _key(make, shapes, dtype, options):
     for o in options:
         if type(o) not in _PLAIN and not _plain(o):
             return None
-    return (make, get_num_threads(), shapes, dtype, options)
+    return (make, current_threads(), shapes, dtype, options)
 
 
 def _plan(make, shapes, dtype, options):

@@ -11,7 +11,7 @@ from scipy.special import expit
 
 from .. import _checks
 from .._kernels import elementwise as _elementwise
-from .._threads import get_num_threads
+from .._threads import current_threads
 from .base import Layer, register_layer
 
 __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax"]
@@ -32,7 +32,7 @@ def _fused(kernel, arrays, *args):
         if a.dtype != first.dtype or a.shape != first.shape or not (a.flags.c_contiguous and a.flags.aligned):
             return None
     out = np.empty(first.shape, dtype=first.dtype)
-    threads = max(1, min(get_num_threads(), n // _FUSED_PER_THREAD))
+    threads = max(1, min(current_threads(), n // _FUSED_PER_THREAD))
     kernel(*[a.reshape(-1) for a in arrays], out.reshape(-1), *args, threads)
     return out
 

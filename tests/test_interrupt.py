@@ -1,0 +1,142 @@
+"""Ctrl-C during a long kernel call takes effect within half a second (issue #17).
+
+A call with more than _runners.INTERRUPT_MACS multiply-adds per thread runs as several kernel calls on groups of
+samples, and Python runs its signal handlers between them. The chunked run must give the one-call run's bits
+(the kernel gradient's fixed chunks summed in the same order), small calls must not be chunked at all, and an
+interrupted call says how much of the output it wrote.
+"""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+
+import cnn_ext
+from cnn_ext import _methods, _runners
+
+METHODS = (
+    ("forward", _methods.FORWARD_METHODS),
+    ("input_gradient", _methods.INPUT_GRADIENT_METHODS),
+    ("kernel_gradient", _methods.KERNEL_GRADIENT_METHODS),
+)
+
+
+def _call(op, method, x, k, b, dy):
+    try:
+        if op == "forward":
+            return cnn_ext.conv2d_forward(x, k, b, padding=1, method=method)
+        if op == "input_gradient":
+            return cnn_ext.conv2d_input_gradient(dy, k, padding=1, method=method)
+        return cnn_ext.conv2d_kernel_gradient(dy, x, padding=1, method=method)
+    except ValueError:  # the method cannot run this call
+        return None
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("N", [32, 37])  # 32: whole fixed chunks (the kernel gradient is chunked), 37: uneven
+@pytest.mark.parametrize("threads", [1, 2])
+def test_chunked_runs_give_the_same_bits(monkeypatch, restore_threads, dtype, N, threads):
+    rng = np.random.default_rng(N)
+    x = rng.standard_normal((N, 2, 9, 8)).astype(dtype)
+    k = rng.standard_normal((8, 2, 3, 3)).astype(dtype)
+    b = rng.standard_normal(8).astype(dtype)
+    dy = rng.standard_normal((N, 8, 9, 8)).astype(dtype)
+    cnn_ext.set_num_threads(threads)
+    ran = 0
+    for op, methods in METHODS:
+        for method in methods:
+            monkeypatch.setattr(_runners, "INTERRUPT_MACS", 10**15)
+            whole = _call(op, method, x, k, b, dy)
+            if whole is None:
+                continue
+            monkeypatch.setattr(_runners, "INTERRUPT_MACS", 3000)  # a few samples per kernel call
+            chunked = _call(op, method, x, k, b, dy)
+            assert_array_equal(chunked, whole, err_msg=f"{op} {method}")
+            ran += 1
+    assert ran >= 8
+
+
+def test_small_calls_are_not_chunked():
+    from cnn_ext._methods import Geometry
+
+    # the tutorial's layers and a large layer of a small batch: one plain kernel call each
+    for shape in [(64, 1, 5, 28, 28, 3, 3), (64, 5, 5, 13, 13, 3, 3), (4, 64, 64, 32, 32, 3, 3)]:
+        N, C_in, C_out, H, W, KH, KW = shape
+        g = Geometry(N, C_in, C_out, H, W, KH, KW, H - KH + 1, W - KW + 1, 1, 1, (0, 0, 0, 0))
+        assert _runners._chunk_samples(g, 2) is None, shape
+        run = object()
+        assert _runners.in_chunks(run, g, 2) is run
+
+
+def test_interrupted_chunks_say_what_was_written():
+    from cnn_ext._methods import Geometry
+
+    g = Geometry(10, 1, 1, 4, 4, 1, 1, 4, 4, 1, 1, (0, 0, 0, 0))
+    calls = []
+
+    def run(x, k, y):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        y[...] = 1
+        calls.append(len(x))
+
+    import cnn_ext._runners as R
+
+    old = R.INTERRUPT_MACS
+    R.INTERRUPT_MACS = 16 * 3  # 3 samples per kernel call
+    try:
+        chunked = R.in_chunks(run, g, 1)
+    finally:
+        R.INTERRUPT_MACS = old
+    y = np.zeros((10, 1, 4, 4))
+    with pytest.raises(KeyboardInterrupt, match=r"only samples \[0, 6\) of 10"):
+        chunked(np.zeros((10, 1, 4, 4)), None, y)
+    assert calls == [3, 3]
+    assert (y[:6] == 1).all() and (y[6:] == 0).all()
+
+
+_LONG_CALL = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    import cnn_ext
+    x = np.random.default_rng(0).standard_normal((512, 64, 32, 32), dtype=np.float32)
+    k = np.random.default_rng(1).standard_normal((64, 64, 7, 7), dtype=np.float32)
+    b = np.zeros(64, np.float32)
+    cnn_ext.conv2d_forward(x[:2], k, b)  # plans and pages warm
+    print("start", flush=True)
+    try:
+        cnn_ext.conv2d_forward(x, k, b)  # 7 * 10^10 multiply-adds: several seconds
+        print("finished", flush=True)
+    except KeyboardInterrupt as exc:
+        print("interrupted", time.monotonic(), exc, flush=True)
+        sys.exit(3)
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX")
+def test_sigint_stops_a_long_call_within_half_a_second():
+    proc = subprocess.Popen([sys.executable, "-c", _LONG_CALL], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "start"
+        time.sleep(1.0)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        exited = time.monotonic()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 3, (out, err)
+    word, seen, *_ = out.split()
+    assert word == "interrupted", out
+    assert float(seen) - sent < 0.5, f"KeyboardInterrupt {float(seen) - sent:.3f} s after SIGINT"
+    assert exited - sent < 2.0  # the interpreter's exit itself (freeing 0.2 GB) is not the kernel's latency
