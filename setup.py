@@ -152,7 +152,8 @@ class BuildExt(build_ext):
             if any(src.endswith(".pyx") for src in ext.sources):
                 # include_path: the .pxd files, also when the .pyx is an _avx2 stub that includes its twin
                 (done,) = cythonize([Extension(ext.name, list(ext.sources))], compiler_directives=DIRECTIVES,
-                                    include_path=[SRC], force=self.force)
+                                    include_path=[SRC], force=self.force,
+                                    build_dir=os.path.join(self.build_temp, "cython"))
                 ext.sources = done.sources
 
     def build_extensions(self):
@@ -168,6 +169,10 @@ class BuildExt(build_ext):
                     raise RuntimeError("cnn_ext: CNN_EXT_REQUIRE_OPENMP=1 but OpenMP does not compile here")
         print(f"cnn_ext: OpenMP {'enabled' if flags else 'disabled: ' + why} ({ctype});"
               f" AVX2 variant: {'yes' if AVX2 else 'no'}")
+        # generated C and objects per build variant: a serial, debug or sanitizer build after another (pip builds
+        # a local directory in place) must never link the other variant's objects because they look up to date
+        variant = "-".join(["openmp" if flags else "serial"] + ["debug"] * DEBUG + ["sanitize"] * SANITIZE)
+        self.build_temp = os.path.join(self.build_temp, variant)
         self._cythonize()
         for ext in self.extensions:
             name = ext.name.split(".")[-1]
