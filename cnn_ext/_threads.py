@@ -30,7 +30,7 @@ _OPENMP = bool(_openmp.openmp_enabled())  # fixed at build time
 # microseconds, far more when the cores are busy).
 MIN_WORK_PER_THREAD = 200_000
 
-# How often the load of the other processes is measured (a read of /proc/stat, about 20 µs), and how much of a
+# How often the load of the other processes is measured (a read of /proc/stat), and how much of a
 # core they may take before a thread gives that core up: a thread sharing its core 25 % of the time already
 # holds up the barriers it meets.
 LOAD_INTERVAL = 0.2
