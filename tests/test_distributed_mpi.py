@@ -18,6 +18,9 @@ from cnn_ext import SGD, Adam, Conv2D, Flatten, Network, ReLU
 RANKS = 2
 TIMEOUT = 120
 
+# the children run outside the checkout: from its root they would import the unbuilt source tree
+_OUTSIDE = os.path.dirname(os.path.abspath(sys.executable))
+
 
 def _mpiexec():
     try:
@@ -268,6 +271,6 @@ def test_without_mpi4py_the_functions_say_what_to_install(monkeypatch):
 def test_importing_cnn_ext_does_not_import_mpi4py_or_dask():
     code = "import sys, cnn_ext, cnn_ext.distributed; print(sorted({'mpi4py', 'dask'} & set(sys.modules)))"
     env = dict(os.environ, PYTHONPATH=str(Path(cnn_ext.__file__).parent.parent))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(cwd=_OUTSIDE, args=[sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -56,11 +56,14 @@ _PRELUDE = textwrap.dedent(
     """
 )
 
+# the children run outside the checkout: from its root they would import the unbuilt source tree
+_OUTSIDE = os.path.dirname(os.path.abspath(sys.executable))
+
 
 def _run(body, timeout=240):
     env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)
-    proc = subprocess.run([sys.executable, "-c", _PRELUDE + textwrap.dedent(body)], capture_output=True, text=True,
+    proc = subprocess.run(cwd=_OUTSIDE, args=[sys.executable, "-c", _PRELUDE + textwrap.dedent(body)], capture_output=True, text=True,
                           timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout

@@ -20,6 +20,9 @@ from cnn_ext import Conv2D, Dense, Flatten, Network, ReLU, load, save
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
+# the children run outside the checkout: from its root they would import the unbuilt source tree
+_OUTSIDE = os.path.dirname(os.path.abspath(sys.executable))
+
 
 def _net():
     return Network([Conv2D(1, 2, 3, padding="same", seed=0), ReLU(), Flatten(), Dense(2 * 4 * 4, 3, seed=1)])
@@ -211,9 +214,9 @@ def test_hostile_files_cost_little_memory(tmp_path):
         path = tmp_path / f"{name}.npz"
         path.write_bytes(make())
         paths.append(str(path))
-    baseline = subprocess.run([sys.executable, "-c", _MEASURE], capture_output=True, text=True, timeout=120,
+    baseline = subprocess.run(cwd=_OUTSIDE, args=[sys.executable, "-c", _MEASURE], capture_output=True, text=True, timeout=120,
                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    result = subprocess.run([sys.executable, "-c", _MEASURE, *paths], capture_output=True, text=True, timeout=300,
+    result = subprocess.run(cwd=_OUTSIDE, args=[sys.executable, "-c", _MEASURE, *paths], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert result.returncode == 0, result.stderr[-2000:]
     measured = json.loads(result.stdout)

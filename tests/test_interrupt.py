@@ -25,6 +25,9 @@ METHODS = (
     ("kernel_gradient", _methods.KERNEL_GRADIENT_METHODS),
 )
 
+# the children run outside the checkout: from its root they would import the unbuilt source tree
+_OUTSIDE = os.path.dirname(os.path.abspath(sys.executable))
+
 
 def _call(op, method, x, k, b, dy):
     try:
@@ -122,7 +125,7 @@ _LONG_CALL = textwrap.dedent(
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX")
 def test_sigint_stops_a_long_call_within_half_a_second():
-    proc = subprocess.Popen([sys.executable, "-c", _LONG_CALL], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(cwd=_OUTSIDE, args=[sys.executable, "-c", _LONG_CALL], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
         assert proc.stdout.readline().strip() == "start"
