@@ -81,6 +81,32 @@ class Network:
         self.layers = layers
         self._skip_cache = (None, False)  # (first layer, whether its backward takes need_dX)
 
+    def __call__(self, x):
+        """``net(x)`` is ``net.forward(x)``, as in PyTorch."""
+        return self.forward(x)
+
+    def train(self, mode=True):
+        """Put every layer in training mode (``mode=True``) or evaluation mode; returns the network.
+
+        Sets each layer's ``training`` attribute, which layers that act differently in training (BatchNorm,
+        Dropout) read. A new network is in training mode. :func:`cnn_ext.fit` trains in training mode and
+        evaluates in evaluation mode, and leaves the network in evaluation mode.
+        """
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"train: mode must be True or False, got {mode!r}")
+        for layer in self.layers:
+            layer.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Put every layer in evaluation mode (``train(False)``); returns the network."""
+        return self.train(False)
+
+    @property
+    def training(self):
+        """True when every layer is in training mode (a layer without the attribute counts as training)."""
+        return all(getattr(layer, "training", True) for layer in self.layers)
+
     def forward(self, x):
         """Output of the last layer for input ``x``; every layer caches what its backward needs."""
         with blas_single_thread():

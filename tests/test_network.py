@@ -319,3 +319,18 @@ def test_network_update_calls_a_layers_own_update_rule():
     net.update(0.5, grads)
     assert custom.calls == [(grads[1], 0.5)]
     assert_allclose(net.layers[0].b, b0 - 0.5 * grads[0]["dB"])
+
+
+def test_call_is_forward_and_modes_reach_every_layer():
+    import cnn_ext
+    rng = np.random.default_rng(0)
+    net = cnn_ext.Network([cnn_ext.Conv2D(1, 2, 3, seed=0), cnn_ext.Flatten(), cnn_ext.Dense(8, 3, seed=1)])
+    x = rng.random((2, 1, 4, 4))
+    np.testing.assert_array_equal(net(x), net.forward(x))
+    assert net.training and all(layer.training for layer in net)
+    assert net.eval() is net
+    assert not net.training and not any(layer.training for layer in net)
+    assert net.train() is net and all(layer.training for layer in net)
+    with pytest.raises(TypeError, match="mode"):
+        net.train("no")
+    assert all(layer.training for layer in net)

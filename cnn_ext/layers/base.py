@@ -232,6 +232,9 @@ class Layer:
     """
 
     _config_keys = ()
+    # PyTorch's mode flag: layers that act differently when training (BatchNorm, Dropout) read it; set it
+    # through Network.train() / Network.eval(). A class attribute, so layers of users' own classes have it too.
+    training = True
 
     def __init__(self):
         self._x = None      # forward input (as used, in the computation dtype)
