@@ -212,68 +212,54 @@ def kernel_gradient(method, g, dtype, nt):
     size = g.C_out * g.C_in * g.KH * g.KW
     kernel = _typed(gemm.conv2d_kernel_gradient_gemm, dtype)
 
-    def gemm_chunks(dy, x, dk, partial):
+    def gemm_chunks(dy, x, dk, partial, lo=0, hi=-1):
         with blas_single_thread():
-            kernel(dy, x, dk, partial, _gemm_scratch(g, dtype, nt), g.SH, g.SW, top, left, nt)
+            kernel(dy, x, dk, partial, _gemm_scratch(g, dtype, nt), g.SH, g.SW, top, left, nt, lo, hi)
         return True
 
-    def run_gemm(dy, x, dk):
-        gemm_chunks(dy, x, dk, np.empty((nchunk, size), dtype))
-
     if method is Method.GEMM:
-        return _kgrad_in_chunks(gemm_chunks, g, dtype, nt, nchunk, False, None) or run_gemm
+        return _kgrad_in_chunks(gemm_chunks, g, nt, (nchunk, size), dtype, None)
     if method is Method.LOOPS:
         loops = _typed(rows.conv2d_kernel_gradient_rows, dtype)
+
+        def loops_chunks(dy, x, dk, partial, lo=0, hi=-1):
+            loops(dy, x, dk, partial, nt, lo, hi)
+            return True
         # per-chunk partial sums with one per output column too (summed in order at the end)
-        return lambda dy, x, dk: loops(dy, x, dk, np.empty((nchunk, size * g.OW), dtype), nt)
+        return _kgrad_in_chunks(loops_chunks, g, nt, (nchunk, size * g.OW), dtype, None)
     layout = M.KGRAD_LAYOUTS[method]
     ns = M.kgrad_samples(g, dtype, method)
     slab = kgrad.kgrad_wide_scratch_size(g.C_in, g.C_out, g.OH, g.OW, g.KH, g.KW, dtype == np.float32, layout, ns)
     tiles = _typed(kgrad.conv2d_kernel_gradient_wide, dtype)
 
-    def tiled_chunks(dy, x, dk, partial):
+    def tiled_chunks(dy, x, dk, partial, lo=0, hi=-1):
         scratch = np.zeros((nt, slab), dtype)
         return tiles(dy, x, dk, partial, scratch, top, left, layout, M.KGRAD_TILE_CHANNELS, M.KGRAD_TILE_TAPS,
-                     ns, nt)
+                     ns, nt, lo, hi)
 
-    def run_tiled(dy, x, dk):
-        if not tiled_chunks(dy, x, dk, np.empty((nchunk, size), dtype)):
-            # the tiles also multiply the widened dE_dY's zero columns by x values no tap reaches: only an inf
-            # or NaN there makes dK non-finite, and im2col reaches exactly the right values
-            run_gemm(dy, x, dk)
+    def run_gemm(dy, x, dk):
+        gemm_chunks(dy, x, dk, np.empty((nchunk, size), dtype))
 
-    return _kgrad_in_chunks(tiled_chunks, g, dtype, nt, nchunk, layout == 1, run_gemm) or run_tiled
+    # the tiles also multiply the widened dE_dY's zero columns by x values no tap reaches: only an inf or NaN
+    # there makes dK non-finite, and im2col reaches exactly the right values
+    return _kgrad_in_chunks(tiled_chunks, g, nt, (nchunk, size), dtype, run_gemm)
 
 
-def _kgrad_in_chunks(chunks, g, dtype, nt, nchunk, shifted, fallback):
-    """For a long call whose batch splits evenly into the fixed chunks: run(dy, x, dk) calling
-    ``chunks(dy, x, dk, partial)`` on consecutive groups of whole chunks (Ctrl-C acts between them), then adding
-    the chunk sums in order and scaling by 1/N as the kernels do (bitwise the one-call result); None otherwise.
-    ``shifted``: the partial sums hold (j, i, kw, kh). ``fallback`` recomputes a non-finite result."""
+def _kgrad_in_chunks(chunks, g, nt, partial_shape, dtype, fallback):
+    """run(dy, x, dk) calling ``chunks(dy, x, dk, partial, lo, hi)`` for consecutive ranges of the fixed chunks
+    when the call is long (Ctrl-C acts between them; the call reaching the last chunk sums them into dk, so dk
+    and an out= array stay untouched until then), else for all chunks at once. ``fallback`` recomputes a result
+    the kernel reports non-finite."""
+    nchunk = partial_shape[0]
     step = _chunk_samples(g, nt)
-    if step is None or g.N % nchunk:
-        return None  # uneven chunks: a sub-batch would cut them differently
-    per_chunk = g.N // nchunk
-    group = max(1, step // per_chunk)
-    if group >= nchunk:
-        return None
-    C_out, C_in, KH, KW = g.C_out, g.C_in, g.KH, g.KW
+    group = nchunk if step is None else max(1, step * nchunk // max(1, g.N))
 
     def run(dy, x, dk):
-        partial = np.empty((nchunk, C_out * C_in * KH * KW), dtype)
-        junk = np.empty_like(dk)
-        for c0 in range(0, nchunk, group):
-            c1 = min(nchunk, c0 + group)
-            n0, n1 = c0 * per_chunk, c1 * per_chunk
-            chunks(dy[n0:n1], x[n0:n1], junk, partial[c0:c1])
-        if shifted:
-            partial = partial.reshape(nchunk, C_out * C_in, KW, KH).transpose(0, 1, 3, 2).reshape(nchunk, -1)
-        out = dk.reshape(-1)
-        out[:] = 0
-        for c in range(nchunk):
-            out += partial[c]
-        out *= dtype.type(1) / dtype.type(g.N)
-        if fallback is not None and not np.isfinite(out).all():
+        partial = np.empty(partial_shape, dtype)
+        finite = True
+        for lo in range(0, nchunk, group):
+            finite = chunks(dy, x, dk, partial, lo, min(nchunk, lo + group))
+        if not finite and fallback is not None:
             fallback(dy, x, dk)
 
     return run

@@ -37,3 +37,12 @@ cdef inline int _team(Py_ssize_t nparts, Py_ssize_t num_threads) noexcept nogil:
 cdef inline Py_ssize_t _part(Py_ssize_t n, Py_ssize_t t, Py_ssize_t nparts) noexcept nogil:
     """First item of part t of n items cut into nparts contiguous parts (_part(n, nparts, nparts) == n)."""
     return (t * n) // nparts
+
+
+cdef inline Py_ssize_t _chunk_range(Py_ssize_t c_lo, Py_ssize_t c_hi, Py_ssize_t nchunk) except -1:
+    """The end of chunks [c_lo, c_hi) of a batch cut into nchunk (c_hi = -1: to the last), checked."""
+    if c_hi < 0:
+        c_hi = nchunk
+    if not 0 <= c_lo < c_hi <= nchunk:
+        raise ValueError(f"chunks [{c_lo}, {c_hi}) are not a range of the {nchunk} chunks")
+    return c_hi

@@ -12,7 +12,7 @@ from cython.parallel cimport prange, threadid
 
 from _blas cimport _gemm_rm
 from _geom cimport Geom, _geom
-from _threads cimport _nparts, _part, _team
+from _threads cimport _chunk_range, _nparts, _part, _team
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -217,34 +217,42 @@ def conv2d_kernel_gradient_gemm(const floating[:, :, :, ::1] dy,     # IN  (N, C
                                 floating[:, :, :, ::1] dk,           # OUT (C_out, C_in, KH, KW)
                                 floating[:, ::1] partial,            # TMP (nchunk, C_out*C_in*KH*KW)
                                 floating[:, ::1] scratch,            # TMP (threads, C_in*KH*KW*block)
-                                Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW, int num_threads):
-    """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]) (with stride and padding), summed in fixed chunks."""
+                                Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW, int num_threads,
+                                Py_ssize_t c_lo=0, Py_ssize_t c_hi=-1):
+    """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]) (with stride and padding), summed in fixed chunks.
+    Only chunks [c_lo, c_hi) of partial are computed (c_hi = -1: all); dk is written by the call that reaches
+    the last chunk, so a long gradient can run as several calls (Ctrl-C acts between them)."""
     cdef Py_ssize_t N = x.shape[0], nchunk = partial.shape[0], c, t
-    cdef Py_ssize_t nparts = _nparts(nchunk, num_threads)
+    c_hi = _chunk_range(c_lo, c_hi, nchunk)
+    cdef Py_ssize_t nparts = _nparts(c_hi - c_lo, num_threads)
     cdef Py_ssize_t KK = dk.shape[0] * dk.shape[1] * dk.shape[2] * dk.shape[3], L = partial.shape[1]
     cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], dk.shape[0], dk.shape[2], dk.shape[3],
                         dy.shape[2], dy.shape[3], SH, SW, PH, PW)
     cdef Py_ssize_t block = scratch.shape[1] // (g.C_in * g.KH * g.KW)
     cdef floating* out = &dk[0, 0, 0, 0]
     cdef floating inv_n
-    for t in range(KK):
-        out[t] = 0
     if N == 0:
+        for t in range(KK):
+            out[t] = 0
         return
     with nogil:
-        inv_n = (<floating>1) / N
         if nparts == 1:
-            _kgrad_gemm_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], L, &scratch[0, 0], 0, nchunk,
+            _kgrad_gemm_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], L, &scratch[0, 0], c_lo, c_hi,
                                nchunk, N, &g, block)
         else:
             for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
                 _kgrad_gemm_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], L, &scratch[threadid(), 0],
-                                   _part(nchunk, t, nparts), _part(nchunk, t + 1, nparts), nchunk, N, &g, block)
-        for c in range(nchunk):
+                                   c_lo + _part(c_hi - c_lo, t, nparts), c_lo + _part(c_hi - c_lo, t + 1, nparts),
+                                   nchunk, N, &g, block)
+        if c_hi == nchunk:
+            inv_n = (<floating>1) / N
             for t in range(KK):
-                out[t] += partial[c, t]
-        for t in range(KK):
-            out[t] *= inv_n
+                out[t] = 0
+            for c in range(nchunk):
+                for t in range(KK):
+                    out[t] += partial[c, t]
+            for t in range(KK):
+                out[t] *= inv_n
 
 
 def conv2d_input_gradient_gemm(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, OH, OW)

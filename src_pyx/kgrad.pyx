@@ -14,7 +14,7 @@ from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy
 
 from _geom cimport Geom, _geom, _all_finite
-from _threads cimport _nparts, _part, _team
+from _threads cimport _chunk_range, _nparts, _part, _team
 
 cdef extern from "cnn_simd.h":
     enum: CNN_EXT_LANES_F     # float lanes per vector of this build (8 AVX2, 4 SSE2, 1 without GNU vectors)
@@ -262,15 +262,18 @@ def conv2d_kernel_gradient_wide(const floating[:, :, :, ::1] dy,     # IN  (N, C
                                 floating[:, ::1] partial,            # TMP (nchunk, C_out*C_in*KH*KW)
                                 floating[:, ::1] scratch,            # TMP (threads, kgrad_wide_scratch_size), zeros
                                 Py_ssize_t PH, Py_ssize_t PW, int layout, Py_ssize_t nj, Py_ssize_t nt,
-                                Py_ssize_t ns, int num_threads):
+                                Py_ssize_t ns, int num_threads, Py_ssize_t c_lo=0, Py_ssize_t c_hi=-1):
     """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]), stride 1, zero padding (PH top, PW left; the bottom /
     right padding follows from the shapes), by register tiles over ns samples at a time (the slab holds ns
     samples, kgrad_wide_scratch_size(..., ns)), summed in fixed chunks. layout: 0 wide rows, 1 shifted copies,
     2 output rows (OW a whole number of SIMD vectors; see _wide_geom). Returns whether every value of dk is
-    finite (an inf or NaN in x meets the zeros the tiles multiply it by: the caller then recomputes)."""
+    finite (an inf or NaN in x meets the zeros the tiles multiply it by: the caller then recomputes). Only chunks
+    [c_lo, c_hi) are computed (c_hi = -1: all); dk is written by the call that reaches the last chunk, and the
+    calls before it return True."""
     cdef bint shifted = layout == 1
     cdef Py_ssize_t N = x.shape[0], nchunk = partial.shape[0], c, t, kh, kw
-    cdef Py_ssize_t nparts = _nparts(nchunk, num_threads)
+    c_hi = _chunk_range(c_lo, c_hi, nchunk)
+    cdef Py_ssize_t nparts = _nparts(c_hi - c_lo, num_threads)
     cdef Py_ssize_t KK = dk.shape[0] * dk.shape[1] * dk.shape[2] * dk.shape[3], KHW = dk.shape[2] * dk.shape[3]
     cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], dk.shape[0], dk.shape[2], dk.shape[3],
                         dy.shape[2], dy.shape[3], 1, 1, PH, PW)
@@ -282,19 +285,25 @@ def conv2d_kernel_gradient_wide(const floating[:, :, :, ::1] dy,     # IN  (N, C
         raise ValueError(f"scratch {scratch.shape} too small for {ns} samples per tile")
     if w.rows and g.OW % w.L:
         raise ValueError(f"the output-rows layout needs whole vectors of {w.L} per row, got OW = {g.OW}")
-    for t in range(KK):
-        out[t] = 0
     if N == 0:
+        for t in range(KK):
+            out[t] = 0
         return True
     with nogil:
-        inv_n = (<floating>1) / N
         if nparts == 1:
-            _kgrad_wide_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], &scratch[0, 0], 0, nchunk, nchunk,
+            _kgrad_wide_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], &scratch[0, 0], c_lo, c_hi, nchunk,
                                N, ns, &g, &w)
         else:
             for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
                 _kgrad_wide_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], &scratch[threadid(), 0],
-                                   _part(nchunk, t, nparts), _part(nchunk, t + 1, nparts), nchunk, N, ns, &g, &w)
+                                   c_lo + _part(c_hi - c_lo, t, nparts), c_lo + _part(c_hi - c_lo, t + 1, nparts),
+                                   nchunk, N, ns, &g, &w)
+    if c_hi < nchunk:
+        return True
+    with nogil:
+        inv_n = (<floating>1) / N
+        for t in range(KK):
+            out[t] = 0
         for c in range(nchunk):
             if shifted:  # partial holds (j, i, kw, kh)
                 for t in range(KK // KHW):

@@ -13,7 +13,7 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 
 from _geom cimport Geom, _geom, _copy_padded, _zero_slab, _check_slabs
-from _threads cimport _nparts, _part, _team
+from _threads cimport _chunk_range, _nparts, _part, _team
 
 cdef extern from "cnn_row_tile.h":
     enum: CNN_EXT_JB          # channels per tile (the switch covers nj = 1..4)
@@ -267,11 +267,13 @@ def conv2d_kernel_gradient_rows(const floating[:, :, :, ::1] dy,     # IN  (N, C
                                 const floating[:, :, :, ::1] x,      # IN  (N, C_in, OH+KH-1, OW+KW-1)
                                 floating[:, :, :, ::1] dk,           # OUT (C_out, C_in, KH, KW)
                                 floating[:, ::1] partial,            # TMP (nchunk, C_out*C_in*KH*KW*OW)
-                                int num_threads):
+                                int num_threads, Py_ssize_t c_lo=0, Py_ssize_t c_hi=-1):
     """dk[j, i] = (1/N) Σ_n xcorr_valid(x[n, i], dy[n, j]) (stride 1, no padding) by row loops keeping a partial
-    sum per output column; chunks of samples and then the columns summed in a fixed order."""
+    sum per output column; chunks of samples and then the columns summed in a fixed order. Only chunks
+    [c_lo, c_hi) are computed (c_hi = -1: all); dk is written by the call that reaches the last chunk."""
     cdef Py_ssize_t N = x.shape[0], nchunk = partial.shape[0], c, t, q
-    cdef Py_ssize_t nparts = _nparts(nchunk, num_threads)
+    c_hi = _chunk_range(c_lo, c_hi, nchunk)
+    cdef Py_ssize_t nparts = _nparts(c_hi - c_lo, num_threads)
     cdef Py_ssize_t KK = dk.shape[0] * dk.shape[1] * dk.shape[2] * dk.shape[3]
     cdef Py_ssize_t OW = dy.shape[3], L = partial.shape[1]
     cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], dk.shape[0], dk.shape[2], dk.shape[3],
@@ -279,23 +281,27 @@ def conv2d_kernel_gradient_rows(const floating[:, :, :, ::1] dy,     # IN  (N, C
     cdef floating s
     cdef floating* out = &dk[0, 0, 0, 0]
     cdef floating inv_n
-    for t in range(KK):
-        out[t] = 0
     if N == 0:
+        for t in range(KK):
+            out[t] = 0
         return
     with nogil:
-        inv_n = (<floating>1) / N
         if nparts == 1:
-            _kgrad_rows_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], L, 0, nchunk, nchunk, N, &g)
+            _kgrad_rows_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], L, c_lo, c_hi, nchunk, N, &g)
         else:
             for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
-                _kgrad_rows_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], L, _part(nchunk, t, nparts),
-                                   _part(nchunk, t + 1, nparts), nchunk, N, &g)
-        for c in range(nchunk):
+                _kgrad_rows_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], L,
+                                   c_lo + _part(c_hi - c_lo, t, nparts), c_lo + _part(c_hi - c_lo, t + 1, nparts),
+                                   nchunk, N, &g)
+        if c_hi == nchunk:
+            inv_n = (<floating>1) / N
             for t in range(KK):
-                s = 0
-                for q in range(OW):
-                    s = s + partial[c, t * OW + q]
-                out[t] += s
-        for t in range(KK):
-            out[t] *= inv_n
+                out[t] = 0
+            for c in range(nchunk):
+                for t in range(KK):
+                    s = 0
+                    for q in range(OW):
+                        s = s + partial[c, t * OW + q]
+                    out[t] += s
+            for t in range(KK):
+                out[t] *= inv_n

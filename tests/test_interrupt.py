@@ -41,7 +41,7 @@ def _call(op, method, x, k, b, dy):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("N", [32, 37])  # 32: whole fixed chunks (the kernel gradient is chunked), 37: uneven
+@pytest.mark.parametrize("N", [32, 37])  # 32: whole fixed chunks, 37: uneven ones
 @pytest.mark.parametrize("threads", [1, 2])
 def test_chunked_runs_give_the_same_bits(monkeypatch, restore_threads, dtype, N, threads):
     rng = np.random.default_rng(N)
@@ -62,6 +62,51 @@ def test_chunked_runs_give_the_same_bits(monkeypatch, restore_threads, dtype, N,
             assert_array_equal(chunked, whole, err_msg=f"{op} {method}")
             ran += 1
     assert ran >= 8
+
+
+@pytest.mark.parametrize("N", [32, 37, 5])  # whole fixed chunks, uneven chunks, fewer samples than chunks
+@pytest.mark.parametrize("method", _methods.KERNEL_GRADIENT_METHODS)
+def test_long_kernel_gradients_run_as_several_calls_for_any_batch(monkeypatch, method, N):
+    from cnn_ext import ops
+
+    rng = np.random.default_rng(N)
+    # loops and row tiles run unpadded layers (row tiles: one input channel, whole vectors per output row)
+    pad, C_in, W = (0, 1, 18) if method in ("loops", "row_tiles") else (1, 2, 8)
+    x = rng.standard_normal((N, C_in, 10, W))
+    dy = rng.standard_normal((N, 8, 10 + 2 * pad - 2, W + 2 * pad - 2))
+    calls, first_dk = [], []
+    real = _runners._typed
+
+    def counting(kernel, dtype):
+        typed = real(kernel, dtype)
+        if "kernel_gradient" not in kernel.__name__:
+            return typed
+
+        def call(*args):
+            calls.append(args[-2:])  # the chunk range
+            if len(calls) == 1:
+                first_dk.append(args[2].copy())
+            elif len(calls) == 2:
+                assert_array_equal(args[2], first_dk[0], err_msg="dk was written before the last chunk")
+            return typed(*args)
+        return call
+
+    monkeypatch.setattr(ops, "_PLANS", {})  # no plan built before the patch
+    monkeypatch.setattr(_runners, "_typed", counting)
+    monkeypatch.setattr(_runners, "INTERRUPT_MACS", 3000)
+    try:
+        chunked = cnn_ext.conv2d_kernel_gradient(dy, x, padding=pad, method=method)
+    except ValueError as exc:
+        pytest.fail(f"{method}: {exc}")
+    nchunk = min(N, _methods.NCHUNK)
+    assert len(calls) > 1, calls
+    assert calls[0][0] == 0 and calls[-1][1] == nchunk
+    assert all(a[1] == b[0] for a, b in zip(calls, calls[1:])), calls  # consecutive ranges
+    monkeypatch.setattr(ops, "_PLANS", {})
+    monkeypatch.setattr(_runners, "INTERRUPT_MACS", 10**15)
+    calls.clear()
+    assert_array_equal(chunked, cnn_ext.conv2d_kernel_gradient(dy, x, padding=pad, method=method))
+    assert calls == [(0, nchunk)]  # a short call: one kernel call for all chunks
 
 
 def test_small_calls_are_not_chunked():
@@ -108,13 +153,24 @@ _LONG_CALL = textwrap.dedent(
     import sys, time
     import numpy as np
     import cnn_ext
-    x = np.random.default_rng(0).standard_normal((512, 64, 32, 32), dtype=np.float32)
+    op = sys.argv[1]
+    N = 509  # not a multiple of the kernel gradient's fixed chunks
+    x = np.random.default_rng(0).standard_normal((N, 64, 32, 32), dtype=np.float32)
     k = np.random.default_rng(1).standard_normal((64, 64, 7, 7), dtype=np.float32)
     b = np.zeros(64, np.float32)
-    cnn_ext.conv2d_forward(x[:2], k, b)  # plans and pages warm
+    dy = np.random.default_rng(2).standard_normal((N, 64, 26, 26), dtype=np.float32)
+
+    def call(n):
+        if op == "forward":
+            return cnn_ext.conv2d_forward(x[:n], k, b)
+        if op == "input_gradient":
+            return cnn_ext.conv2d_input_gradient(dy[:n], k)
+        return cnn_ext.conv2d_kernel_gradient(dy[:n], x[:n])
+
+    call(2)  # plans and pages warm
     print("start", flush=True)
     try:
-        cnn_ext.conv2d_forward(x, k, b)  # 7 * 10^10 multiply-adds: several seconds
+        call(N)  # 7 * 10^10 multiply-adds: several seconds
         print("finished", flush=True)
     except KeyboardInterrupt as exc:
         print("interrupted", time.monotonic(), exc, flush=True)
@@ -124,8 +180,9 @@ _LONG_CALL = textwrap.dedent(
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX")
-def test_sigint_stops_a_long_call_within_half_a_second():
-    proc = subprocess.Popen(cwd=_OUTSIDE, args=[sys.executable, "-c", _LONG_CALL], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+@pytest.mark.parametrize("op", ["forward", "input_gradient", "kernel_gradient"])
+def test_sigint_stops_a_long_call_within_half_a_second(op):
+    proc = subprocess.Popen(cwd=_OUTSIDE, args=[sys.executable, "-c", _LONG_CALL, op], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
         assert proc.stdout.readline().strip() == "start"

@@ -36,8 +36,10 @@ def conv2d_kernel_gradient_gemm(
     PH: int,
     PW: int,
     num_threads: int,
+    c_lo: int = 0,
+    c_hi: int = -1,
 ) -> None:
-    """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]) (with stride and padding), summed in fixed chunks."""
+    """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]) (with stride and padding), summed in fixed chunks. Only chunks [c_lo, c_hi) are computed (c_hi = -1: all); dk is written by the call that reaches the last chunk."""
 
 def conv2d_input_gradient_gemm(
     dy: NDArray[_F],  # IN  (N, C_out, OH, OW)

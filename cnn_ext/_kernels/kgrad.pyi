@@ -38,12 +38,14 @@ def conv2d_kernel_gradient_wide(
     nt: int,
     ns: int,
     num_threads: int,
+    c_lo: int = 0,
+    c_hi: int = -1,
 ) -> bool:
     """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]), stride 1, zero padding (PH top, PW left; the bottom /
     right padding follows from the shapes), by register tiles over ns samples at a time (the slab holds ns
     samples, kgrad_wide_scratch_size(..., ns)), summed in fixed chunks. layout: 0 wide rows, 1 shifted copies,
     2 output rows (OW a whole number of SIMD vectors; see _wide_geom). Returns whether every value of dk is
-    finite (an inf or NaN in x meets the zeros the tiles multiply it by: the caller then recomputes)."""
+    finite (an inf or NaN in x meets the zeros the tiles multiply it by: the caller then recomputes). Only chunks [c_lo, c_hi) are computed (c_hi = -1: all); dk is written by the call that reaches the last chunk."""
 
 def conv2d_bias_gradient(
     dy: NDArray[_F],  # IN  (N, C_out, OH, OW)

@@ -50,6 +50,8 @@ def conv2d_kernel_gradient_rows(
     dk: NDArray[_F],  # OUT (C_out, C_in, KH, KW)
     partial: NDArray[_F],  # TMP (nchunk, C_out*C_in*KH*KW*OW)
     num_threads: int,
+    c_lo: int = 0,
+    c_hi: int = -1,
 ) -> None:
     """dk[j, i] = (1/N) Σ_n xcorr_valid(x[n, i], dy[n, j]) (stride 1, no padding) by row loops keeping a partial
-    sum per output column; chunks of samples and then the columns summed in a fixed order."""
+    sum per output column; chunks of samples and then the columns summed in a fixed order. Only chunks [c_lo, c_hi) are computed (c_hi = -1: all); dk is written by the call that reaches the last chunk."""
