@@ -41,6 +41,9 @@ _CHOICES = ("auto", "direct")
 FAST = ISA == "avx2"  # the direct kernels beat BLAS only with AVX2 + FMA; the baseline build keeps BLAS
 COLS_BLOCK_BYTES = 8 << 20  # im2col blocks: wide GEMMs beat L2-sized ones, but the slab stays bounded
 MIN_BLOCK = 64  # output pixels per im2col block at least: thin blocks make thin GEMMs
+# the direct methods copy one padded sample per thread; past this (a huge padding on many channels) only
+# im2col's bounded blocks run the call, so a size the output check let through never fails on scratch
+MAX_SLAB_BYTES = 1 << 30
 TINY_PIXELS = 36  # output pixels per map up to which a tiny layer's plain loops beat every tiled kernel
 TINY_CHANNELS = 4  # C_in * C_out up to which the same holds
 ROW_TILES_MAX_C_OUT = 32  # output channels past which the row tiles lose to the wide rows
@@ -114,10 +117,22 @@ def _tiny(g):
 
 # ---- which methods can run a call ----------------------------------------------------------------
 
+def _slab_bytes(g, dtype):
+    """An upper bound of a direct method's padded copy of one sample (x's, or dE_dY's for the input gradient)."""
+    rows, cols = max(g.H, g.OH) + g.KH - 1, max(g.W, g.OW) + g.KW - 1
+    return max(g.C_in, g.C_out) * rows * cols * np.dtype(dtype).itemsize
+
+
 def _why_not(op, method, g, dtype):
     """Why ``method`` cannot run this call of ``op`` ('forward', 'input_gradient', 'kernel_gradient'), or ''."""
     if method is Method.GEMM:
         return ""
+    if _slab_bytes(g, dtype) > MAX_SLAB_BYTES:
+        return f"a padded copy of one sample within {MAX_SLAB_BYTES} bytes (this call's takes {_slab_bytes(g, dtype)})"
+    if method is Method.LOOPS and op == "kernel_gradient":  # a partial sum per output column of every chunk
+        partial = NCHUNK * g.C_out * g.C_in * g.KH * g.KW * g.OW * np.dtype(dtype).itemsize
+        if partial > MAX_SLAB_BYTES:
+            return f"per-column partial sums within {MAX_SLAB_BYTES} bytes (this call's take {partial})"
     if not g.stride1:
         return "stride 1"
     if op == "input_gradient" and min(g.transposed_pads) < 0:
@@ -148,12 +163,21 @@ def _forced(op, names, method, g, dtype):
     return method
 
 
+def _gemm_only(op, method, g, dtype):
+    """GEMM for 'auto' when no direct method can run the call; 'direct' is refused, saying why."""
+    if method == "direct":
+        raise ValueError(f"method='direct' needs {_why_not(op, Method.WIDE, g, dtype)}; use 'gemm' or 'auto'")
+    return Method.GEMM
+
+
 # ---- the choices ---------------------------------------------------------------------------------
 
 def forward(method, g, dtype):
     """The Method of conv2d_forward for a method argument ('auto', 'direct' or a name of FORWARD_METHODS)."""
     if method not in _CHOICES:
         return _forced("forward", FORWARD_METHODS, method, g, dtype)
+    if _slab_bytes(g, dtype) > MAX_SLAB_BYTES:
+        return _gemm_only("forward", method, g, dtype)
     if not g.stride1:
         if method == "direct":
             raise ValueError("method='direct' needs stride 1; use 'gemm' or 'auto'")
@@ -177,6 +201,8 @@ def input_gradient(method, g, dtype):
     """The Method of conv2d_input_gradient (a name of INPUT_GRADIENT_METHODS, 'auto' or 'direct')."""
     if method not in _CHOICES:
         return _forced("input_gradient", INPUT_GRADIENT_METHODS, method, g, dtype)
+    if _slab_bytes(g, dtype) > MAX_SLAB_BYTES:
+        return _gemm_only("input_gradient", method, g, dtype)
     if not g.stride1 or min(g.transposed_pads) < 0:
         if method == "direct":
             raise ValueError("method='direct' needs stride 1 and padding <= kernel size - 1; use 'gemm' or 'auto'")
@@ -194,6 +220,8 @@ def kernel_gradient(method, g, dtype):
     """The Method of conv2d_kernel_gradient (a name of KERNEL_GRADIENT_METHODS, 'auto' or 'direct')."""
     if method not in _CHOICES:
         return _forced("kernel_gradient", KERNEL_GRADIENT_METHODS, method, g, dtype)
+    if _slab_bytes(g, dtype) > MAX_SLAB_BYTES:
+        return _gemm_only("kernel_gradient", method, g, dtype)
     if not g.stride1:
         if method == "direct":
             raise ValueError("method='direct' needs stride 1 for the kernel gradient; use 'gemm' or 'auto'")

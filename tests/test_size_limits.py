@@ -125,3 +125,34 @@ def test_pairs_of_ints_are_checked_like_ints(pair, error, match):
     with pytest.raises(error, match=match):
         conv2d_output_shape((5, 5), 3, stride=pair)
     assert conv2d_output_shape((28, 27), (5, 4), (1, 2), "valid") == (24, 12)
+
+
+# ---------------------------------------------------------------------------------------------
+# scratch: an output that fits can still need a huge padded copy per thread (many input channels, a
+# huge padding); such calls run through im2col's bounded blocks instead of failing on scratch
+# ---------------------------------------------------------------------------------------------
+
+def test_a_huge_padding_on_many_channels_runs_in_bounded_scratch():
+    from cnn_ext import _methods
+
+    C, p = 4096, 400  # one padded sample of 4096 channels: 4096 * 801**2 * 8 bytes = 21 GB
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, C, 1, 1))
+    k = rng.standard_normal((2, C, 1, 1))
+    b = np.array([0.5, -0.5])
+    assert _methods._slab_bytes(_methods.Geometry(1, C, 2, 1, 1, 1, 1, 2 * p + 1, 2 * p + 1, 1, 1, (p,) * 4),
+                                np.float64) > _methods.MAX_SLAB_BYTES
+    y = conv2d_forward(x, k, b, padding=p)
+    assert y.shape == (1, 2, 2 * p + 1, 2 * p + 1)
+    centre = y[0, :, p, p]
+    np.testing.assert_allclose(centre, k[:, :, 0, 0] @ x[0, :, 0, 0] + b, rtol=1e-12)
+    y[0, :, p, p] = b
+    assert (y == b[None, :, None, None]).all()  # everywhere else only the bias
+    dy = rng.standard_normal(y.shape)
+    dk = conv2d_kernel_gradient(dy, x, padding=p)
+    np.testing.assert_allclose(dk[:, :, 0, 0], np.outer(dy[0, :, p, p], x[0, :, 0, 0]), rtol=1e-12)
+    for call in (lambda: conv2d_forward(x, k, b, padding=p, method="direct"),
+                 lambda: conv2d_forward(x, k, b, padding=p, method="wide"),
+                 lambda: conv2d_kernel_gradient(dy, x, padding=p, method="wide")):
+        with pytest.raises(ValueError, match="padded copy of one sample"):
+            call()
