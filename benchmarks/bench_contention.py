@@ -6,8 +6,8 @@ torch.set_num_threads (its default, 1, 2) for reference.
 
 Workloads (benchmarks/compare_trees.py's): the tutorial's MNIST network training step (batch 16, float32 and
 float64), the MNIST CNN Adam step (batch 64, float32), Conv2D(64, 64, 3, 'same') on 64 x 64 x 28 x 28 forward +
-backward (float32). Times are wall-clock medians (what a user waits for under load) of ``--repeats`` samples of
-at least ``--min-time`` seconds each.
+backward (float32). Times are wall-clock medians (what a user waits for under load) of ``--repeats`` rounds, each
+taking one sample of at least ``--min-time`` seconds of every setting and library in turn.
 
     python benchmarks/bench_contention.py [--repeats 5] [--min-time 0.2] [--out benchmarks/results/contention]
 
@@ -133,7 +133,8 @@ WORK = [  # name, cnn_ext maker, torch maker, dtype name
 
 # ---- timing ---------------------------------------------------------------------------------------------------
 
-def median_time(step, repeats, min_time):
+def calls_per_sample(step, min_time):
+    """How many back-to-back calls of ``step`` take at least ``min_time`` seconds (after two warm-up calls)."""
     step()
     step()
     number = 1
@@ -142,15 +143,15 @@ def median_time(step, repeats, min_time):
         for _ in range(number):
             step()
         if time.perf_counter() - t0 >= min_time:
-            break
+            return number
         number *= 2
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            step()
-        samples.append((time.perf_counter() - t0) / number)
-    return statistics.median(samples)
+
+
+def sample(step, number):
+    t0 = time.perf_counter()
+    for _ in range(number):
+        step()
+    return (time.perf_counter() - t0) / number
 
 
 class Setting:
@@ -278,12 +279,21 @@ def main():
     for load in LOADS:
         procs = start_load(load)
         try:
-            for s in SETTINGS:
-                with Setting(s, torch_default):
-                    for (lib, name), step in makers.items():
-                        time.sleep(SPIN_PAUSE)  # the previous peer's OpenMP / OpenBLAS workers stop spinning
-                        results[(lib, name, load, s)] = t = median_time(step, args.repeats, args.min_time)
-                        print(f"{load} busy  {str(s):7}  {lib:7}  {name:34} {t * 1e3:9.2f} ms", flush=True)
+            # settings and libraries take turns within each round, so that a load that drifts during the run
+            # (other users of the machine) weighs on every column alike; the table gives medians over rounds
+            numbers, samples = {}, {}
+            for _ in range(args.repeats):
+                for s in SETTINGS:
+                    with Setting(s, torch_default):
+                        for (lib, name), step in makers.items():
+                            time.sleep(SPIN_PAUSE)  # the previous peer's OpenMP / OpenBLAS workers stop spinning
+                            key = (lib, name, load, s)
+                            if key not in numbers:
+                                numbers[key] = calls_per_sample(step, args.min_time)
+                            samples.setdefault(key, []).append(sample(step, numbers[key]))
+            for (lib, name, _, s), times in samples.items():
+                results[(lib, name, load, s)] = t = statistics.median(times)
+                print(f"{load} busy  {str(s):7}  {lib:7}  {name:34} {t * 1e3:9.2f} ms", flush=True)
         finally:
             stop_load(procs)
     loadavg.append(", ".join(f"{v:.2f}" for v in os.getloadavg()))
