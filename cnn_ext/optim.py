@@ -31,7 +31,6 @@ Resuming: :meth:`Optimizer.state_dict` copies the hyper-parameters, the step cou
 training resumed from a saved network and optimizer takes bit for bit the steps the uninterrupted run takes.
 """
 import math
-import numbers
 
 import numpy as np
 
@@ -191,7 +190,8 @@ class Optimizer:
         """
         name = type(self).__name__
         where = f"{name}.load_state_dict"
-        if not isinstance(state_dict, dict) or not {"optimizer", "hyperparameters", "steps", "state"} <= set(state_dict):
+        keys = {"optimizer", "hyperparameters", "steps", "state"}
+        if not isinstance(state_dict, dict) or not keys <= set(state_dict):
             raise ValueError(f"{where}: state_dict must be the dict state_dict() returned (keys optimizer, "
                              f"hyperparameters, steps, state), got {type(state_dict).__name__}")
         if state_dict["optimizer"] != name:

@@ -327,9 +327,10 @@ class ReduceLROnPlateau(LRScheduler):
         self.cooldown_counter = 0
 
     def _better(self, a):
+        rel = self.threshold_mode == "rel"
         if self.mode == "min":
-            return a < (self.best * (1.0 - self.threshold) if self.threshold_mode == "rel" else self.best - self.threshold)
-        return a > (self.best * (1.0 + self.threshold) if self.threshold_mode == "rel" else self.best + self.threshold)
+            return a < (self.best * (1.0 - self.threshold) if rel else self.best - self.threshold)
+        return a > (self.best * (1.0 + self.threshold) if rel else self.best + self.threshold)
 
     def step(self, metric: float) -> None:  # type: ignore[override]
         """One epoch's ``metric`` (e.g. the validation loss); reduces the learning rate on a plateau."""

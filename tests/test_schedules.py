@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from numpy.testing import assert_allclose, assert_array_equal
+from numpy.testing import assert_allclose
 
 from cnn_ext.optim import SGD, Adam, AdamW
 from cnn_ext.schedules import CosineAnnealingLR, OneCycleLR, ReduceLROnPlateau, StepLR
