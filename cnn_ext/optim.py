@@ -31,6 +31,7 @@ Resuming: :meth:`Optimizer.state_dict` copies the hyper-parameters, the step cou
 training resumed from a saved network and optimizer takes bit for bit the steps the uninterrupted run takes.
 """
 import math
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +75,7 @@ class Optimizer:
     """
 
     #: the state entries that carry over between steps (the others are scratch buffers)
-    _PERSISTENT = ()
+    _PERSISTENT: tuple[str, ...] = ()
 
     def __init__(self, lr, weight_decay, decoupled_weight_decay=False):
         self.lr = _checks.real(lr, "lr", strict=True)
@@ -151,7 +152,7 @@ class Optimizer:
         """The constructor's arguments, as a dict (what ``state_dict`` saves and ``load_state_dict`` restores)."""
         raise NotImplementedError
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         """A copy of everything a resumed run needs: hyper-parameters, step count and per-parameter state.
 
         Returns
@@ -170,7 +171,7 @@ class Optimizer:
                 "state": [{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in e.items()}
                           for e in entries]}
 
-    def load_state_dict(self, state_dict, network=None):
+    def load_state_dict(self, state_dict: dict, network: Any = None) -> None:
         """Restore what :meth:`state_dict` returned (of an optimizer of the same class); all or nothing.
 
         Parameters

@@ -93,8 +93,15 @@ class LRScheduler(Callback):
         missing = set(self.state_dict()) - set(state_dict)
         if missing:
             raise ValueError(f"{name}.load_state_dict: the state lacks {sorted(missing)}")
-        self.__dict__.update({k: v for k, v in state_dict.items() if k != "scheduler"})
-        self._restore()
+        saved, lr = dict(self.__dict__), self.optimizer.lr
+        try:
+            self.__dict__.update({k: v for k, v in state_dict.items() if k != "scheduler"})
+            self._restore()
+        except (TypeError, ValueError) as exc:  # a refused state leaves the schedule and the optimizer as they were
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            self.optimizer.lr = lr
+            raise ValueError(f"{name}.load_state_dict: the state does not fit this schedule: {exc}") from None
 
     def _restore(self) -> None:
         self.optimizer.lr = self._lr(self.last_epoch)

@@ -14,15 +14,23 @@ runs in evaluation mode and puts back the mode it found.
 Batches are index permutations: each step gathers its samples with one fancy index (``X[idx]``), so an epoch
 never copies the whole shuffled data set.
 """
+from __future__ import annotations
+
 import math
 import sys
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _checks
 from .callbacks import History, _checked_callbacks, _epoch_logs
 from .losses import class_targets, exact, labels_of, mse, mse_loss, softmax_cross_entropy, whole_numbers
+
+if TYPE_CHECKING:
+    from .network import Network
 
 DEFAULT_LOSS = "softmax_cross_entropy"
 
@@ -108,7 +116,9 @@ def _restore_modes(network, modes):
             layer.training = mode
 
 
-def evaluate(network, x, y, *, loss="softmax_cross_entropy", batch_size=256):
+def evaluate(network: Network, x: ArrayLike, y: ArrayLike, *,
+             loss: str | Callable[[NDArray, NDArray], tuple[float, NDArray]] = "softmax_cross_entropy",
+             batch_size: int = 256) -> tuple[float, float | None]:
     """The mean loss and the accuracy of ``network`` on ``(x, y)``, in evaluation mode.
 
     Parameters
@@ -213,11 +223,6 @@ def fit(network, X, y, *, epochs, batch_size=32, loss=None, optimizer=None, lear
         schedules of :mod:`cnn_ext.schedules` (which must drive ``optimizer``), your own. An ``on_epoch_end``
         returning True stops training.
 
-    Modes
-    -----
-    The epochs' steps run in training mode (``network.train()``), the validation in evaluation mode, and
-    ``fit`` returns (or raises) with the network in evaluation mode.
-
     Raises
     ------
     FloatingPointError
@@ -232,6 +237,11 @@ def fit(network, X, y, *, epochs, batch_size=32, loss=None, optimizer=None, lear
         ``lr`` at the epoch's first step, or ``learning_rate``; None for an optimizer without ``lr``), ``time``
         (seconds); plus ``epochs_run`` and ``best_epoch`` (1-based, by the monitored loss).
         ``history.plot(path)`` draws the curves into a PNG.
+
+    Notes
+    -----
+    Modes, as in PyTorch: the epochs' steps run in training mode (``network.train()``), the validation in
+    evaluation mode (``network.eval()``), and ``fit`` returns (or raises) with the network in evaluation mode.
     """
     epochs = _checks.positive_int(epochs, "epochs")
     batch_size = _checks.positive_int(batch_size, "batch_size")

@@ -219,3 +219,18 @@ def test_errors():
     with pytest.raises(TypeError, match="metric must be a real number"):
         ReduceLROnPlateau(SGD(0.1)).step("low")
     assert math.isfinite(opt.lr)
+
+
+def test_a_refused_state_changes_nothing():
+    opt = SGD(0.1, momentum=0.9)
+    sched = OneCycleLR(opt, max_lr=0.2, total_steps=10)
+    for _ in range(3):
+        sched.step()
+    before, lr, momentum = sched.state_dict(), opt.lr, opt.momentum
+    bad = dict(before, last_epoch=11)  # past total_steps
+    with pytest.raises(ValueError, match="does not fit this schedule: OneCycleLR: tried to step 11 times"):
+        sched.load_state_dict(bad)
+    assert sched.state_dict() == before and (opt.lr, opt.momentum) == (lr, momentum)
+    with pytest.raises(ValueError, match=r"the state lacks \['total_steps'\]"):
+        sched.load_state_dict({k: v for k, v in before.items() if k != "total_steps"})
+    assert sched.state_dict() == before

@@ -110,11 +110,10 @@ class BatchIterator:
         self.num_classes = _positive_int(num_classes, "num_classes", _checks.INT_MAX)
         self._labels = _checked_labels(y, self.num_classes)
         self._x, self.batch_size, self.one_hot_targets = x, batch_size, bool(one_hot_targets)
+        self._order: NDArray | None = None
         if shuffle:
             rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
             self._order = rng.permutation(x.shape[0])
-        else:
-            self._order = None
         n = x.shape[0]
         self._stop = n - n % batch_size if drop_last else n
         self._next = 0
