@@ -28,6 +28,7 @@ from numpy.typing import ArrayLike, NDArray
 from . import _checks
 from .callbacks import History, _checked_callbacks, _epoch_logs
 from .losses import class_targets, exact, labels_of, mse, mse_loss, softmax_cross_entropy, whole_numbers
+from .schedules import LRScheduler
 
 if TYPE_CHECKING:
     from .network import Network
@@ -263,7 +264,6 @@ def fit(network, X, y, *, epochs, batch_size=32, loss=None, optimizer=None, lear
     if X.ndim == 0 or y.ndim == 0 or X.shape[0] != y.shape[0] or X.shape[0] == 0:
         raise ValueError(f"X has shape {X.shape} and y has shape {y.shape}: need the same, non-zero first axis")
     callbacks = _checked_callbacks(callbacks)
-    from .schedules import LRScheduler
     for i, cb in enumerate(callbacks):
         if isinstance(cb, LRScheduler) and cb.optimizer is not optimizer:
             raise ValueError(f"callbacks[{i}] ({type(cb).__name__}) schedules another optimizer than fit's "
