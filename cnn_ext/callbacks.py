@@ -225,7 +225,23 @@ class History(dict):
     def plot(self, path: str | os.PathLike, *, title: str | None = None) -> str:
         """Draw the training and validation curves (loss; accuracy when there is one) into a PNG at ``path``.
 
-        Needs matplotlib (imported here only; ImportError naming the extra without it). Returns the path.
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The PNG file to write.
+        title : str, optional
+            A title above the panels.
+
+        Returns
+        -------
+        path : str
+
+        Raises
+        ------
+        ImportError
+            Without matplotlib (imported here only), naming the extra that installs it.
+        ValueError
+            When the history holds no epoch.
         """
         try:
             from matplotlib.figure import Figure
@@ -256,26 +272,6 @@ class History(dict):
         return path
 
     def copy(self) -> History:
+        """A deep copy, still a History."""
         return History(copy.deepcopy(dict(self)))
 
-
-def _epoch_logs(history):
-    """An epoch's logs: the last entry of each per-epoch list of the history."""
-    return {k: v[-1] for k, v in history.items() if isinstance(v, list) and v}
-
-
-def _checked_callbacks(callbacks):
-    """The callbacks as a list; TypeError naming one that is not a Callback."""
-    if callbacks is None:
-        return []
-    if isinstance(callbacks, Callback):
-        callbacks = [callbacks]
-    try:
-        callbacks = list(callbacks)
-    except TypeError:
-        raise TypeError(f"callbacks must be a list of Callback objects, got {type(callbacks).__name__}") from None
-    for i, cb in enumerate(callbacks):
-        if not isinstance(cb, Callback):
-            raise TypeError(f"callbacks[{i}] must be a cnn_ext.callbacks.Callback (subclass it for your own), got "
-                            f"{type(cb).__name__}")
-    return callbacks

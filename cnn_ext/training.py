@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _checks
-from .callbacks import History, _checked_callbacks, _epoch_logs
+from .callbacks import Callback, History
 from .losses import class_targets, exact, labels_of, mse, mse_loss, softmax_cross_entropy, whole_numbers
 from .schedules import LRScheduler
 
@@ -98,6 +98,28 @@ def _evaluate(network, X, y, loss_fn, batch_size):
         c = _correct(pred, yb)
         correct = None if c is None or correct is None else correct + c
     return total_loss / n, (None if correct is None else correct / n)
+
+
+def _epoch_logs(history):
+    """An epoch's logs: the last entry of each per-epoch list of the history."""
+    return {k: v[-1] for k, v in history.items() if isinstance(v, list) and v}
+
+
+def _checked_callbacks(callbacks):
+    """The callbacks as a list; TypeError naming one that is not a Callback."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, Callback):
+        callbacks = [callbacks]
+    try:
+        callbacks = list(callbacks)
+    except TypeError:
+        raise TypeError(f"callbacks must be a list of Callback objects, got {type(callbacks).__name__}") from None
+    for i, cb in enumerate(callbacks):
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks[{i}] must be a cnn_ext.callbacks.Callback (subclass it for your own), got "
+                            f"{type(cb).__name__}")
+    return callbacks
 
 
 def _modes(network):
