@@ -217,8 +217,10 @@ def fit(network, X, y, *, epochs, batch_size=32, loss=None, optimizer=None, lear
     learning_rate : float, optional
         Plain SGD ``p -= learning_rate * gradient`` through ``network.update(learning_rate, grads)``, on the
         exact gradient (``SGD(learning_rate)`` gives the same numbers).
-    seed : int, optional
-        Seeds the per-epoch shuffling (the same seed gives the same batches).
+    seed : int or numpy.random.Generator, optional
+        Seeds the per-epoch shuffling (the same seed gives the same batches). A Generator is used as it is and
+        continues its stream: to resume a shuffled run bit for bit, save ``rng.bit_generator.state`` with the
+        network and ``optimizer.state_dict()``, and pass a Generator restored to it.
     shuffle : bool, default True
     validation_data : (X_val, y_val), optional
         Evaluated after every epoch (``val_loss``, ``val_accuracy``), in evaluation mode.

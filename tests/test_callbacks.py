@@ -315,3 +315,35 @@ def test_checkpoints_from_rank_0_only_and_schedules_on_every_rank(tmp_path):
     assert rows[0][1:] == rows[1][1:]  # the same learning rates and parameters on both ranks
     assert rows[0][1] == "0.0125" and rows[0][2].startswith("[0.1, 0.05, 0.025]")
     assert sorted(p.name for p in tmp_path.glob("ckpt_*.npz")) == ["ckpt_1.npz", "ckpt_2.npz", "ckpt_3.npz"]
+
+
+def test_resumed_shuffled_fit_equals_an_uninterrupted_fit_with_the_generator_state():
+    """With shuffling, the permutations resume too: fit takes a numpy Generator as seed and continues its stream,
+    so saving its bit_generator.state with the optimizer's state dict resumes the same epochs."""
+    X, y = _data(80)
+    kw = dict(batch_size=16, **QUIET)
+    whole = _net()
+    fit(whole, X, y, epochs=4, optimizer=SGD(0.05, momentum=0.9), seed=7, **kw)
+
+    first = _net()
+    opt = SGD(0.05, momentum=0.9)
+    rng = np.random.default_rng(7)
+    fit(first, X, y, epochs=2, optimizer=opt, seed=rng, **kw)
+    saved_rng, saved_opt, saved_params = rng.bit_generator.state, opt.state_dict(), _params(first)
+
+    net = _net()
+    for (_, _, p), q in zip(net.parameters(), saved_params):
+        p[...] = q
+    opt2 = SGD(0.05)
+    opt2.load_state_dict(saved_opt, net)
+    rng2 = np.random.default_rng()
+    rng2.bit_generator.state = saved_rng
+    fit(net, X, y, epochs=2, optimizer=opt2, seed=rng2, **kw)
+    _assert_same_params(net, whole)
+    other = _net()  # without the generator's state the epochs differ
+    for (_, _, p), q in zip(other.parameters(), saved_params):
+        p[...] = q
+    opt3 = SGD(0.05)
+    opt3.load_state_dict(saved_opt, other)
+    fit(other, X, y, epochs=2, optimizer=opt3, seed=7, **kw)
+    assert not all(np.array_equal(p, q) for p, q in zip(_params(other), _params(whole)))
