@@ -33,10 +33,11 @@ from .pooling import (
     maxpool2d_backward,
     maxpool2d_forward,
 )
-from .optim import SGD, Adam
+from .optim import SGD, Adam, AdamW
 from .serialization import load, save
 from .gradcheck import GradientCheckError, gradient_check
-from .training import fit
+from .training import evaluate, fit
+from . import callbacks, schedules
 
 __all__ = [
     "__version__",
@@ -78,9 +79,12 @@ __all__ = [
     "avgpool2d_backward",
     "SGD",
     "Adam",
+    "AdamW",
     "save",
     "load",
     "gradient_check",
     "GradientCheckError",
     "fit",
+    # the training toolkit (issue 22)
+    "evaluate",
 ]

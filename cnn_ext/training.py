@@ -1,21 +1,41 @@
 """A small training loop: seeded shuffling, mini-batches, an optimiser or the tutorial's SGD, per-epoch
-metrics, validation, early stopping and a tqdm progress bar when tqdm is installed.
+metrics, validation, early stopping, callbacks (:mod:`cnn_ext.callbacks`, :mod:`cnn_ext.schedules`) and a tqdm
+progress bar when tqdm is installed; :func:`evaluate` measures a trained network.
 
     history = fit(network, X_train, y_train, epochs=5, batch_size=64, optimizer=Adam(1e-3),
                   validation_data=(X_test, y_test), early_stopping=2, seed=0)
+    history.plot("training.png")
+    test_loss, test_accuracy = evaluate(network, X_test, y_test)
+
+Modes, as PyTorch users expect: ``fit`` trains in training mode (``network.train()``), computes the validation
+metrics in evaluation mode (``network.eval()``) and leaves the network in evaluation mode; :func:`evaluate`
+runs in evaluation mode and puts back the mode it found.
+
+Batches are index permutations: each step gathers its samples with one fancy index (``X[idx]``), so an epoch
+never copies the whole shuffled data set.
 """
+from __future__ import annotations
+
 import math
 import sys
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _checks
+from .callbacks import Callback, History
 from .losses import class_targets, exact, labels_of, mse, mse_loss, softmax_cross_entropy, whole_numbers
+from .schedules import LRScheduler
+
+if TYPE_CHECKING:
+    from .network import Network
 
 DEFAULT_LOSS = "softmax_cross_entropy"
 
-__all__ = ["fit"]
+__all__ = ["fit", "evaluate"]
 
 
 def _one_hot_like(prediction, y):
@@ -80,9 +100,100 @@ def _evaluate(network, X, y, loss_fn, batch_size):
     return total_loss / n, (None if correct is None else correct / n)
 
 
+def _epoch_logs(history):
+    """An epoch's logs: the last entry of each per-epoch list of the history."""
+    return {k: v[-1] for k, v in history.items() if isinstance(v, list) and v}
+
+
+def _checked_callbacks(callbacks):
+    """The callbacks as a list; TypeError naming one that is not a Callback."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, Callback):
+        callbacks = [callbacks]
+    try:
+        callbacks = list(callbacks)
+    except TypeError:
+        raise TypeError(f"callbacks must be a list of Callback objects, got {type(callbacks).__name__}") from None
+    for i, cb in enumerate(callbacks):
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks[{i}] must be a cnn_ext.callbacks.Callback (subclass it for your own), got "
+                            f"{type(cb).__name__}")
+    return callbacks
+
+
+def _modes(network):
+    """Each layer's ``training`` flag (True for a layer without one), to put back later."""
+    return [getattr(layer, "training", True) for layer in getattr(network, "layers", [])]
+
+
+def _set_mode(network, training):
+    """``network.train(training)`` when the network has modes (anything with ``.train``)."""
+    if callable(getattr(network, "train", None)):
+        network.train(training)
+
+
+def _restore_modes(network, modes):
+    for layer, mode in zip(getattr(network, "layers", []), modes):
+        if hasattr(layer, "training"):
+            layer.training = mode
+
+
+def evaluate(network: Network, x: ArrayLike, y: ArrayLike, *,
+             loss: str | Callable[[NDArray, NDArray], tuple[float, NDArray]] = "softmax_cross_entropy",
+             batch_size: int = 256) -> tuple[float, float | None]:
+    """The mean loss and the accuracy of ``network`` on ``(x, y)``, in evaluation mode.
+
+    Parameters
+    ----------
+    network : Network
+    x : ndarray, shape (N, ...)
+    y : ndarray, shape (N,) integer labels or (N, K) targets
+    loss : 'softmax_cross_entropy', 'mse' or callable, default 'softmax_cross_entropy'
+        As in :func:`fit`.
+    batch_size : int, default 256
+        Samples per forward pass (bounded memory); the result does not depend on it beyond rounding.
+
+    Returns
+    -------
+    loss : float
+        The loss averaged over the samples (each batch's mean loss weighted by its size).
+    accuracy : float or None
+        The fraction of rows whose argmax is the label (None when ``y`` holds no class labels).
+
+    Notes
+    -----
+    The network runs in evaluation mode (``network.eval()``: Dropout off, BatchNorm on its running statistics)
+    and every layer gets back the mode it had. Like ``forward``, it replaces the layers' caches.
+    """
+    batch_size = _checks.positive_int(batch_size, "batch_size")
+    loss_fn = loss_function(loss)
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise ValueError(f"evaluate: x has shape {x.shape} and y has shape {y.shape}: need the same, non-zero "
+                         f"first axis")
+    modes = _modes(network)
+    _set_mode(network, False)
+    try:
+        return _evaluate(network, x, y, loss_fn, batch_size)
+    finally:
+        _restore_modes(network, modes)
+
+
+def _validation_split(X, y, validation_split):
+    """(X_train, y_train, X_val, y_val): the last ``validation_split`` of the samples held out (views, no copy)."""
+    split = _checks.real(validation_split, "validation_split", strict=True, maximum=1.0)
+    n = X.shape[0]
+    n_val = int(n * split)
+    if n_val < 1 or n_val >= n:
+        raise ValueError(f"validation_split={split} of {n} samples leaves {n_val} for validation and {n - n_val} "
+                         f"for training: each needs at least one")
+    return X[:n - n_val], y[:n - n_val], X[n - n_val:], y[n - n_val:]
+
+
 def fit(network, X, y, *, epochs, batch_size=32, loss=None, optimizer=None, learning_rate=None,
         seed=None, shuffle=True, validation_data=None, early_stopping=None, min_delta=0.0, restore_best=True,
-        on_epoch_end=None, progress=True, verbose=True, comm=None):
+        on_epoch_end=None, progress=True, verbose=True, comm=None, validation_split=None, callbacks=None):
     """Train ``network`` on ``(X, y)`` with mini-batches.
 
     Parameters
@@ -106,11 +217,16 @@ def fit(network, X, y, *, epochs, batch_size=32, loss=None, optimizer=None, lear
     learning_rate : float, optional
         Plain SGD ``p -= learning_rate * gradient`` through ``network.update(learning_rate, grads)``, on the
         exact gradient (``SGD(learning_rate)`` gives the same numbers).
-    seed : int, optional
-        Seeds the per-epoch shuffling (the same seed gives the same batches).
+    seed : int or numpy.random.Generator, optional
+        Seeds the per-epoch shuffling (the same seed gives the same batches). A Generator is used as it is and
+        continues its stream: to resume a shuffled run bit for bit, save ``rng.bit_generator.state`` with the
+        network and ``optimizer.state_dict()``, and pass a Generator restored to it.
     shuffle : bool, default True
     validation_data : (X_val, y_val), optional
-        Evaluated after every epoch (``val_loss``, ``val_accuracy``).
+        Evaluated after every epoch (``val_loss``, ``val_accuracy``), in evaluation mode.
+    validation_split : float in (0, 1), optional
+        Hold out the last ``int(N * validation_split)`` samples of ``(X, y)`` (before any shuffling) as the
+        validation data, as Keras does; not with ``validation_data``.
     early_stopping : int, optional
         Patience: stop after this many epochs without an improvement of more than ``min_delta`` in
         ``val_loss`` (or the training loss without validation data).
@@ -126,7 +242,11 @@ def fit(network, X, y, *, epochs, batch_size=32, loss=None, optimizer=None, lear
     comm : mpi4py communicator, optional
         Data-parallel training over its ranks (:mod:`cnn_ext.distributed`): ``batch_size`` samples per rank and
         step, the same steps as one process with ``batch_size * comm.Get_size()``; only rank 0 prints and calls
-        ``on_epoch_end``.
+        ``on_epoch_end``; every rank calls the ``callbacks`` (their ``is_root`` is True on rank 0 only).
+    callbacks : list of cnn_ext.callbacks.Callback, optional
+        Hooks called around epochs and batches (:mod:`cnn_ext.callbacks`): early stopping, checkpoints, the
+        schedules of :mod:`cnn_ext.schedules` (which must drive ``optimizer``), your own. An ``on_epoch_end``
+        returning True stops training.
 
     Raises
     ------
@@ -136,10 +256,17 @@ def fit(network, X, y, *, epochs, batch_size=32, loss=None, optimizer=None, lear
 
     Returns
     -------
-    history : dict
-        Lists with one entry per epoch: ``loss``, ``accuracy`` (None entries when the targets are not class
-        labels), ``val_loss``, ``val_accuracy`` (when validation data is given), ``time`` (seconds); plus
-        ``epochs_run`` and ``best_epoch`` (1-based, by the monitored loss).
+    history : cnn_ext.callbacks.History
+        A dict of lists with one entry per epoch: ``loss``, ``accuracy`` (None entries when the targets are not
+        class labels), ``val_loss``, ``val_accuracy`` (when validation data is given), ``lr`` (the optimizer's
+        ``lr`` at the epoch's first step, or ``learning_rate``; None for an optimizer without ``lr``), ``time``
+        (seconds); plus ``epochs_run`` and ``best_epoch`` (1-based, by the monitored loss).
+        ``history.plot(path)`` draws the curves into a PNG.
+
+    Notes
+    -----
+    Modes, as in PyTorch: the epochs' steps run in training mode (``network.train()``), the validation in
+    evaluation mode (``network.eval()``), and ``fit`` returns (or raises) with the network in evaluation mode.
     """
     epochs = _checks.positive_int(epochs, "epochs")
     batch_size = _checks.positive_int(batch_size, "batch_size")
@@ -160,6 +287,15 @@ def fit(network, X, y, *, epochs, batch_size=32, loss=None, optimizer=None, lear
     X, y = np.asarray(X), np.asarray(y)
     if X.ndim == 0 or y.ndim == 0 or X.shape[0] != y.shape[0] or X.shape[0] == 0:
         raise ValueError(f"X has shape {X.shape} and y has shape {y.shape}: need the same, non-zero first axis")
+    callbacks = _checked_callbacks(callbacks)
+    for i, cb in enumerate(callbacks):
+        if isinstance(cb, LRScheduler) and cb.optimizer is not optimizer:
+            raise ValueError(f"callbacks[{i}] ({type(cb).__name__}) schedules another optimizer than fit's "
+                             f"(optimizer={optimizer!r}); build it on the optimizer passed to fit")
+    if validation_split is not None:
+        if validation_data is not None:
+            raise ValueError("give validation_data or validation_split, not both")
+        X, y, *validation_data = _validation_split(X, y, validation_split)
     if validation_data is not None:
         try:
             X_val, y_val = (np.asarray(a) for a in validation_data)
@@ -174,30 +310,42 @@ def fit(network, X, y, *, epochs, batch_size=32, loss=None, optimizer=None, lear
     def train(part):
         return _train(network, X, y, epochs, batch_size, loss_fn, optimizer, learning_rate, seed, shuffle,
                       validation_data, X_val, y_val, early_stopping, min_delta, restore_best, on_epoch_end,
-                      progress, verbose, part)
+                      progress, verbose, part, callbacks)
 
-    if comm is None:
-        return train(None)
-    from .distributed import _fit
-    return _fit(comm, train, network, X, y, loss_fn)
+    try:
+        if comm is None:
+            return train(None)
+        from .distributed import _fit
+        return _fit(comm, train, network, X, y, loss_fn)
+    finally:
+        _set_mode(network, False)
 
 
 def _train(network, X, y, epochs, batch_size, loss_fn, optimizer, learning_rate, seed, shuffle, validation_data,
-           X_val, y_val, early_stopping, min_delta, restore_best, on_epoch_end, progress, verbose, part):
+           X_val, y_val, early_stopping, min_delta, restore_best, on_epoch_end, progress, verbose, part, callbacks):
     """fit's loop; ``part`` (cnn_ext.distributed) is this rank's share of the work, None in one process."""
     root = part is None or part.is_root
     step = batch_size if part is None else batch_size * part.size  # samples per (global) batch
     rng = np.random.default_rng(seed)
     N = X.shape[0]
     n_batches = -(-N // step)
-    history = {"loss": [], "accuracy": [], "time": []}
+    history = History(loss=[], accuracy=[], time=[])
     if validation_data is not None:
         history["val_loss"], history["val_accuracy"] = [], []
+    history["lr"] = []
     monitor = "val_loss" if validation_data is not None else "loss"
     best, best_epoch, best_params, waited = np.inf, 0, None, 0
+    for cb in callbacks:
+        cb.set_context(network, optimizer, history, root)
+    for cb in callbacks:
+        cb.on_train_begin({})
 
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
+        _set_mode(network, True)
+        for cb in callbacks:
+            cb.on_epoch_begin(epoch, {})
+        history["lr"].append(learning_rate if optimizer is None else getattr(optimizer, "lr", None))
         order = rng.permutation(N) if shuffle else np.arange(N)
         bar = _progress(n_batches, f"epoch {epoch}/{epochs}", progress and root)
         total_loss, correct, seen = 0.0, 0, 0
@@ -222,10 +370,13 @@ def _train(network, X, y, epochs, batch_size, loss_fn, optimizer, learning_rate,
             grads = network.backward(exact(dE_dY))
             if part is not None:
                 grads = part.reduce(grads, len(xb), n_total)
+            lr = learning_rate if optimizer is None else getattr(optimizer, "lr", None)
             if optimizer is not None:
                 optimizer.step(network, grads)
             else:
                 network.update(learning_rate, grads)
+            for cb in callbacks:
+                cb.on_batch_end(b + 1, {"loss": float(value), "size": n_total, "lr": lr})
             total_loss += float(value) * len(idx)
             seen += len(idx)
             c = _correct(pred, yb)
@@ -239,6 +390,7 @@ def _train(network, X, y, epochs, batch_size, loss_fn, optimizer, learning_rate,
         history["loss"].append(total_loss / N)
         history["accuracy"].append(None if correct is None else correct / N)
         if validation_data is not None:
+            _set_mode(network, False)
             if part is None:
                 val_loss, val_acc = _evaluate(network, X_val, y_val, loss_fn, max(batch_size, 256))
             else:
@@ -263,6 +415,10 @@ def _train(network, X, y, epochs, batch_size, loss_fn, optimizer, learning_rate,
         stop = early_stopping is not None and waited >= early_stopping
         if on_epoch_end is not None and root and on_epoch_end(epoch, history):
             stop = True
+        logs = _epoch_logs(history)
+        for cb in callbacks:  # every one is called, even after one asked to stop
+            if cb.on_epoch_end(epoch, dict(logs)):
+                stop = True
         if part is not None:
             stop = part.decide(stop)
         if stop:
@@ -272,6 +428,8 @@ def _train(network, X, y, epochs, batch_size, loss_fn, optimizer, learning_rate,
             p[...] = saved
     history["epochs_run"] = len(history["loss"])
     history["best_epoch"] = best_epoch
+    for cb in callbacks:
+        cb.on_train_end(_epoch_logs(history))
     return history
 
 

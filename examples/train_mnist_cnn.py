@@ -10,7 +10,7 @@ Network (PyTorch's shape conventions, 28x28 inputs):
     Flatten -> Dense(3136, 128) -> ReLU -> Dense(128, 10)          # logits
 
 He-normal initialisation, batches of 64, Adam(lr=1e-3) with the learning rate multiplied by --lr-decay (0.7)
-after every epoch, softmax cross-entropy on the logits; the test accuracy is measured after every epoch and
+after every epoch (a StepLR schedule), softmax cross-entropy on the logits; the test accuracy is measured after every epoch and
 training stops early once it reaches --target. Data: --data-dir, else
 $CNN_EXT_DATA or the cache (see cnn_ext.datasets); for Fashion-MNIST also the Debian package location
 /usr/share/datasets/fashion-mnist. --save writes the trained network with cnn_ext.save.
@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 import cnn_ext
 from cnn_ext import Adam, Conv2D, Dense, Flatten, MaxPool2D, Network, ReLU, fit, get_current_accuracy
 from cnn_ext.datasets import load_fashion_mnist, load_mnist
+from cnn_ext.schedules import StepLR
 
 DATASETS = {
     "mnist": (load_mnist, "MNIST", 0.990, 6),
@@ -86,16 +87,16 @@ def main(argv=None):
     print(f"{title}: {len(y_train)} train / {len(y_test)} test images; {threads} thread(s); float32\n{net}")
 
     optimizer = Adam(args.lr)
+    schedule = StepLR(optimizer, step_size=1, gamma=args.lr_decay)
 
     def end_of_epoch(epoch, history):
-        optimizer.lr *= args.lr_decay  # the optimiser's lr may change between steps
         return target > 0 and history["val_accuracy"][-1] >= target
 
     start = time.perf_counter()
     with threadpool_limits(threads, user_api="blas"):
         history = fit(net, x_train, y_train, epochs=epochs, batch_size=args.batch_size, optimizer=optimizer,
                       seed=args.seed, validation_data=(x_test, y_test), on_epoch_end=end_of_epoch,
-                      progress=not args.no_progress)
+                      callbacks=[schedule], progress=not args.no_progress)
         accuracy = get_current_accuracy(net, x_test, y_test)
     minutes = (time.perf_counter() - start) / 60
     per_epoch = np.mean(history["time"])

@@ -3,7 +3,7 @@
 Every loader returns ``(x_train, y_train), (x_test, y_test)`` with float images (N, 1, H, W) and integer
 labels (N,); :func:`batches` turns a split into the tutorial's list-of-batches form with one-hot targets.
 """
-from ._batching import batches, one_hot
+from ._batching import BatchIterator, batches, one_hot
 from ._mnist import (
     FASHION_MNIST_MIRRORS,
     MNIST_MIRRORS,
@@ -21,6 +21,7 @@ __all__ = [
     "make_shapes",
     "one_hot",
     "batches",
+    "BatchIterator",
     "MNIST_MIRRORS",
     "FASHION_MNIST_MIRRORS",
     "default_data_dir",
