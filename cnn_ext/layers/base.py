@@ -373,15 +373,18 @@ class ParamLayer(Layer):
     _params = ()  # ((param_name, grad_key), ...)
 
     def parameters(self):
+        """The weights named in ``_params``, as :meth:`Layer.parameters` describes."""
         return [(name, key, getattr(self, name)) for name, key in self._params]
 
     def get_config(self):
+        """:meth:`Layer.get_config` with the dtype's name."""
         cfg = super().get_config()
         cfg["dtype"] = self.dtype.name
         return cfg
 
     @classmethod
     def without_weights(cls, cfg):
+        """As :meth:`Layer.without_weights`; a config holding ``rng`` or ``seed`` is refused (ValueError)."""
         if cls.param_shapes is Layer.param_shapes:  # a subclass that cannot say its shapes from its config
             return cls(**cfg)
         if "rng" in cfg or "seed" in cfg:
@@ -390,6 +393,7 @@ class ParamLayer(Layer):
         return cls(**cfg, rng=_NO_DRAW)
 
     def set_weights(self, weights, *, copy=True):
+        """As :meth:`Layer.set_weights`."""
         pairs = self._checked_weights(weights)
         for name, arr in pairs:
             if copy or not (arr.flags.c_contiguous and arr.flags.aligned and arr.flags.writeable):
