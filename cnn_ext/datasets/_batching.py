@@ -1,7 +1,11 @@
 """One-hot targets and the tutorial's list-of-batches form."""
+from typing import List, Optional, Tuple, Union
+
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from .. import _checks
+from .._typing import FloatArray
 from .._checks import float_dtype as _check_dtype, positive_int as _positive_int
 
 __all__ = ["one_hot", "batches"]
@@ -15,7 +19,7 @@ def _check_targets_size(n, num_classes, dtype):
                        lambda: f"num_classes={num_classes} for {n} labels needs one-hot targets")
 
 
-def one_hot(labels, num_classes, dtype=np.float64):
+def one_hot(labels: ArrayLike, num_classes: int, dtype: DTypeLike = np.float64) -> FloatArray:
     """``(N, num_classes)`` array with ``out[n, labels[n]] = 1`` and zeros elsewhere.
 
     Parameters
@@ -39,7 +43,9 @@ def one_hot(labels, num_classes, dtype=np.float64):
     return out
 
 
-def batches(x, labels, batch_size=16, *, num_classes=None, shuffle=False, seed=None, drop_last=False):
+def batches(x: ArrayLike, labels: ArrayLike, batch_size: int = 16, *, num_classes: Optional[int] = None,
+            shuffle: bool = False, seed: Union[int, np.random.Generator, None] = None,
+            drop_last: bool = False) -> Tuple[List[FloatArray], List[FloatArray]]:
     """Split a dataset into the tutorial's form: a list of input batches and a list of one-hot target batches.
 
     Parameters
