@@ -284,8 +284,8 @@ _LAYER_DOC = """{what} pooling layer, NCHW (PyTorch's ``{torch}`` without paddin
     stride : int or (int, int), optional
         Defaults to ``kernel_size``.
 
-    Shapes
-    ------
+    Notes
+    -----
     x (N, C, H, W) -> y (N, C, OH, OW) with ``OH = (H - KH) // SH + 1``, ``OW = (W - KW) // SW + 1``.
     ``backward(dE_dY)`` returns ``{{"dX"}}``: {grad}.
     """

@@ -12,6 +12,7 @@ new benchmark result appears without editing these pages.
 import importlib
 import inspect
 import os
+import warnings
 from pathlib import Path
 
 import cnn_ext
@@ -37,10 +38,13 @@ exclude_patterns = ["_build", "README.md", "guide.md"]  # guide.md: its sections
 templates_path = ["_templates"]
 # the benchmark tables jump heading levels (### under ##): they are included as they are written
 suppress_warnings = ["myst.header"]
+# numpydoc drops a section it does not know ("Shapes") from the page with only a Python warning: make it fail
+warnings.filterwarnings("error", category=UserWarning, module="numpydoc.docscrape")
 nitpicky = True  # a reference to a name that does not exist is a warning, so -W fails the build
 nitpick_ignore_regex = [
     ("py:class", r"cnn_ext\._.*|_.*|cnn_ext(\.\w+)*\._\w+"),  # private bases and helpers
     ("py:class", r"cnn_ext\.layers\.base\.ParamLayer"),  # the internal base of the layers with weights
+    ("py:class", r"(cnn_ext\.layers\.base\.)?Gradients"),  # the dict backward returns; not exported
     ("py:mod", r"cnn_ext\.layers"),  # its names are documented where users import them, in cnn_ext
     # no intersphinx (the build must work offline): NumPy's and Python's own names stay text
     ("py:(class|func|obj|meth|data|mod|exc)", r"(numpy|np|os|pathlib|io|json|threadpoolctl|scipy)(\..*)?"),
