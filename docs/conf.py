@@ -96,6 +96,8 @@ GROUPS = {  # the defining module of an exported name -> its section title
     "cnn_ext.network": "Network",
     "cnn_ext.losses": "Losses and accuracy",
     "cnn_ext.optim": "Optimizers",
+    "cnn_ext.schedules": "Learning-rate schedules",
+    "cnn_ext.callbacks": "Callbacks",
     "cnn_ext.training": "Training",
     "cnn_ext.serialization": "Saving and loading",
     "cnn_ext.gradcheck": "Gradient checks",
