@@ -25,6 +25,7 @@ def save_curves(path, history, title, target=None, loss_name="loss"):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return None
     epochs = np.arange(1, len(history["loss"]) + 1)
@@ -40,6 +41,7 @@ def save_curves(path, history, title, target=None, loss_name="loss"):
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
