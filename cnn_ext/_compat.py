@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 
 
-def set_buffer_reuse(enabled):
+def set_buffer_reuse(enabled: bool) -> bool:
     """Deprecated: cnn_ext no longer reuses result arrays, so there is nothing to turn on or off.
 
     Every result is a new array (or ``out=``) that cnn_ext never writes again. The argument is still checked,
@@ -18,6 +18,6 @@ def set_buffer_reuse(enabled):
     return False
 
 
-def get_buffer_reuse():
+def get_buffer_reuse() -> bool:
     """Deprecated: always False (cnn_ext no longer reuses result arrays; see :func:`set_buffer_reuse`)."""
     return False

@@ -1,13 +1,14 @@
 """show_config: how this cnn_ext was built and what it runs with."""
 import platform
 import sys
+from typing import Any, Dict
 
 from . import _kernels
 from ._threads import blas_info, get_num_threads
 from ._version import __version__
 
 
-def show_config(quiet=False):
+def show_config(quiet: bool = False) -> Dict[str, Any]:
     """Report how this cnn_ext was built and what it runs with; returns the facts as a dict.
 
     Prints them too unless ``quiet=True``. Keys: ``version``, ``kernels`` (the active kernel build:

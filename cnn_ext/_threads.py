@@ -21,6 +21,7 @@ import operator
 import os
 import threading
 from time import monotonic as _monotonic
+from typing import Any, ContextManager, Dict, List, Optional
 
 from ._kernels import openmp as _openmp
 
@@ -44,7 +45,7 @@ _controller = None
 _forked = False  # this process is a child forked after cnn_ext was imported: no OpenMP team, ever
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """Number of threads the kernels may use (``OMP_NUM_THREADS`` or all cores by default; 1 without OpenMP).
 
     By default a call uses fewer when other processes keep cores busy (see ``current_threads``); in a child
@@ -56,7 +57,7 @@ def get_num_threads():
     return _num_threads if _OPENMP else 1
 
 
-def set_num_threads(n):
+def set_num_threads(n: Optional[int]) -> int:
     """Set the number of threads the kernels use; returns the previous value. ``None`` goes back to the
     default: all cores, fewer while other processes keep some busy.
 
@@ -138,7 +139,7 @@ def _usable_cpus():
         return os.cpu_count() or 1
 
 
-def current_threads():
+def current_threads() -> int:
     """Threads for a kernel call now: 1 in a forked child; the number set by the user or OMP_NUM_THREADS; by
     default all cores less those other processes keep busy (measured at most every LOAD_INTERVAL seconds)."""
     global _load_next
@@ -159,7 +160,7 @@ def current_threads():
     return nt
 
 
-def threads_for(parts, work=None):
+def threads_for(parts: int, work: Optional[int] = None) -> int:
     """Threads for a call that splits ``parts`` independent units and ``work`` multiply-adds: at most one per
     part and one per MIN_WORK_PER_THREAD, and at most ``current_threads()``."""
     nt = current_threads()
@@ -243,12 +244,12 @@ class _BlasSingleThread:
 _blas_single_thread = _BlasSingleThread()
 
 
-def blas_single_thread():
+def blas_single_thread() -> ContextManager[Any]:
     """Context manager holding every BLAS library to one thread (used around the OpenMP GEMM loops)."""
     return _blas_single_thread
 
 
-def blas_info():
+def blas_info() -> List[Dict[str, Any]]:
     """The BLAS libraries loaded in this process (name, version, threading layer, threads)."""
     return [
         {k: info.get(k) for k in ("internal_api", "prefix", "version", "threading_layer", "num_threads", "filepath")}

@@ -12,8 +12,10 @@ equal the numerical gradient divided by the batch size, all others the numerical
 gradient ``dX`` is never averaged and must match under both.
 """
 import copy
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .losses import ExactGradient
 
@@ -25,7 +27,7 @@ _RULES = ("exact", "tutorial")
 class GradientCheckError(AssertionError):
     """Raised by :func:`gradient_check` when an analytic gradient disagrees with the numerical one."""
 
-    def __init__(self, report):
+    def __init__(self, report: "GradCheckReport") -> None:
         super().__init__("gradient check failed:\n" + str(report))
         self.report = report
 
@@ -44,12 +46,12 @@ class GradCheckReport:
         True when every array passed.
     """
 
-    def __init__(self, results, rtol, atol):
+    def __init__(self, results: List[Dict[str, Any]], rtol: float, atol: float) -> None:
         self.results = results
         self.rtol, self.atol = rtol, atol
         self.passed = all(r["passed"] for r in results)
 
-    def __getitem__(self, name):
+    def __getitem__(self, name: str) -> Dict[str, Any]:
         for r in self.results:
             if r["name"] == name:
                 return r
@@ -173,8 +175,11 @@ def _compare(analytic, numeric, rtol, atol):
 # the check
 # ----------------------------------------------------------------------------------------------
 
-def gradient_check(model, x, *, loss="sum_squares", eps=1e-6, rtol=1e-5, atol=1e-7, seed=0, max_entries=None,
-                   rule="exact", raise_on_failure=True):
+def gradient_check(model: Any, x: ArrayLike, *,
+                   loss: Union[str, Callable[[np.ndarray], Tuple[float, ArrayLike]]] = "sum_squares",
+                   eps: float = 1e-6, rtol: float = 1e-5, atol: float = 1e-7, seed: int = 0,
+                   max_entries: Optional[int] = None, rule: str = "exact",
+                   raise_on_failure: bool = True) -> "GradCheckReport":
     """Compare a layer's or network's analytic gradients with float64 central differences.
 
     Parameters
@@ -210,9 +215,9 @@ def gradient_check(model, x, *, loss="sum_squares", eps=1e-6, rtol=1e-5, atol=1e
     """
     if rule not in _RULES:
         raise ValueError(f"rule must be one of {_RULES}, got {rule!r}")
-    for name, value in (("eps", eps), ("rtol", rtol), ("atol", atol)):
-        if not (isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) and value >= 0):
-            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    for name, number in (("eps", eps), ("rtol", rtol), ("atol", atol)):
+        if not (isinstance(number, (int, float, np.floating)) and not isinstance(number, bool) and number >= 0):
+            raise ValueError(f"{name} must be a number >= 0, got {number!r}")
     if eps == 0:
         raise ValueError("eps must be > 0")
     if not np.isfinite(eps):  # an infinite step makes every central difference NaN: a report of NaN errors

@@ -19,9 +19,13 @@ The gradient rule. A layer's parameter gradients follow from the ``dE_dY`` it is
 
 ``dX`` is the same under both rules. Gradients keep the prediction's float dtype (float32 in, float32 out).
 """
+from typing import Any, Iterable, Tuple, Union
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._checks import as_float_array as _float
+from ._typing import FloatArray, SupportsForward
 
 __all__ = ["ExactGradient", "exact", "mse_loss", "mse", "softmax_cross_entropy", "get_current_accuracy"]
 
@@ -38,7 +42,7 @@ class ExactGradient(np.ndarray):
         return np.asarray(obj)
 
 
-def exact(dE_dY):
+def exact(dE_dY: ArrayLike) -> ExactGradient:
     """``dE_dY`` (the gradient of a loss with respect to a network's output) flagged as exact: a view, no copy.
 
     ``network.backward(exact(dE_dY))`` then gives every parameter the exact gradient of that loss (PyTorch's
@@ -53,7 +57,7 @@ def exact(dE_dY):
     return arr.view(ExactGradient)
 
 
-def is_exact(dE_dY):
+def is_exact(dE_dY: object) -> bool:
     """Whether ``dE_dY`` is flagged as an exact loss gradient."""
     return isinstance(dE_dY, ExactGradient)
 
@@ -74,7 +78,7 @@ def _pair(prediction, target):
     return p, t
 
 
-def mse_loss(prediction, target):
+def mse_loss(prediction: ArrayLike, target: ArrayLike) -> FloatArray:
     """Gradient of the mean squared error, as the tutorial's ``mse_loss`` returns it.
 
     Returns
@@ -88,7 +92,7 @@ def mse_loss(prediction, target):
     return d
 
 
-def mse(prediction, target):
+def mse(prediction: ArrayLike, target: ArrayLike) -> float:
     """Mean squared error ``mean((prediction - target)²)`` as a Python float."""
     p, t = _pair(prediction, target)
     d = np.subtract(p, t, dtype=np.float64)
@@ -121,7 +125,7 @@ def class_targets(labels, N, K):
     return None, t
 
 
-def softmax_cross_entropy(logits, labels):
+def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> Tuple[float, ExactGradient]:
     """Cross-entropy of softmax(logits) against the labels, and its gradient with respect to the logits.
 
     Parameters
@@ -169,7 +173,8 @@ def labels_of(y):
     raise ValueError(f"labels must be (N,) integers or (N, K) one-hot, got shape {y.shape}")
 
 
-def get_current_accuracy(network, X_test, y_test, batch_size=256):
+def get_current_accuracy(network: SupportsForward, X_test: Union[ArrayLike, list, tuple],
+                         y_test: Union[ArrayLike, list, tuple], batch_size: int = 256) -> float:
     """Fraction of samples whose largest output is the true class, in [0, 1].
 
     Parameters
@@ -194,8 +199,8 @@ def get_current_accuracy(network, X_test, y_test, batch_size=256):
     if isinstance(X_test, (list, tuple)):
         if not isinstance(y_test, (list, tuple)) or len(X_test) != len(y_test):
             raise ValueError("X_test is a list of batches: y_test must be a list of as many batches, got "
-                             f"{type(y_test).__name__} of length {len(y_test)} for {len(X_test)} batches")
-        pairs = zip(X_test, y_test)
+                             f"{type(y_test).__name__} of shape {np.shape(y_test)} for {len(X_test)} batches")
+        pairs: Iterable[Tuple[Any, Any]] = zip(X_test, y_test)
     else:
         X_all, y_all = np.asarray(X_test), np.asarray(y_test)
         if X_all.ndim == 0 or y_all.ndim == 0 or X_all.shape[0] != y_all.shape[0]:

@@ -12,11 +12,15 @@ made from the shapes (the method, :mod:`cnn_ext._methods`, and its runner, :mod:
 plan runs on the arrays. Inputs are never modified; results are new arrays (or ``out=``) that cnn_ext never
 writes again.
 """
+from typing import Any, Dict, List, Optional, Tuple
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _checks, _methods, _runners
 from ._methods import Geometry
 from ._threads import current_threads, threads_for
+from ._typing import ConvMethod, FloatArray, IntPair, Padding
 
 __all__ = [
     "conv2d_forward",
@@ -29,7 +33,7 @@ __all__ = [
 # A plan (the result's shape and run(...)) follows from the shapes, the dtype, the options and the thread count
 # of the moment (_threads.current_threads) only, and costs more in Python than a small layer's whole kernel: each is made once and kept here. Options
 # that are not plain ints, strings or None (NumPy scalars, True == 1, 1.0 == 1) are checked at every call.
-_PLANS = {}
+_PLANS: Optional[Dict[tuple, Any]] = {}
 _PLANS_MAX = 512  # distinct plans kept (then the cache starts over)
 _PLAIN = (int, str, type(None))
 
@@ -68,7 +72,7 @@ def _plan(make, shapes, dtype, options):
     return plan
 
 
-def _arrays(arrays, names, layouts):
+def _arrays(arrays, names, layouts) -> Tuple[List[np.ndarray], np.dtype]:
     """The arrays checked (real numbers, ndim) and their computation dtype."""
     arrays = list(map(_checks.as_real_array, arrays, names))
     dtype = _checks.compute_dtype(arrays, names)
@@ -78,7 +82,8 @@ def _arrays(arrays, names, layouts):
     return arrays, dtype
 
 
-def conv2d_output_shape(input_hw, kernel_hw, stride=1, padding=0):
+def conv2d_output_shape(input_hw: IntPair, kernel_hw: IntPair, stride: IntPair = 1,
+                        padding: Padding = 0) -> Tuple[int, int]:
     """Output (OH, OW) of a cross-correlation: ``OH = (H + pad_top + pad_bottom - KH) // SH + 1``."""
     H, W = _checks.ints(input_hw, "input_hw", 0)
     KH, KW = _checks.ints(kernel_hw, "kernel_hw", 1)
@@ -94,7 +99,8 @@ _FORWARD_LAYOUTS = (("N", "C_in", "H", "W"), ("C_out", "C_in", "KH", "KW"), ("C_
 _DY, _X, _K = ("N", "C_out", "OH", "OW"), ("N", "C_in", "H", "W"), ("C_out", "C_in", "KH", "KW")
 
 
-def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, method="auto", out=None):
+def conv2d_forward(x: ArrayLike, kernels: ArrayLike, bias: ArrayLike, *, stride: IntPair = 1, padding: Padding = 0,
+                   method: ConvMethod = "auto", out: Optional[FloatArray] = None) -> FloatArray:
     """Batched 2-D cross-correlation plus bias: the forward pass of a convolution layer.
 
     Parameters
@@ -152,7 +158,8 @@ def _forward_plan(xshape, kshape, bshape, dtype, stride, padding, method):
 
 # ---- kernel gradient -----------------------------------------------------------------------------
 
-def conv2d_kernel_gradient(dE_dY, x, *, stride=1, padding=0, kernel_size=None, method="auto"):
+def conv2d_kernel_gradient(dE_dY: ArrayLike, x: ArrayLike, *, stride: IntPair = 1, padding: Padding = 0,
+                           kernel_size: Optional[IntPair] = None, method: ConvMethod = "auto") -> FloatArray:
     """Gradient of the loss with respect to the kernels, averaged over the batch.
 
     Parameters
@@ -214,7 +221,7 @@ def _kernel_gradient_plan(dyshape, xshape, dtype, stride, padding, kernel_size, 
 
 # ---- bias gradient -------------------------------------------------------------------------------
 
-def conv2d_bias_gradient(dE_dY):
+def conv2d_bias_gradient(dE_dY: ArrayLike) -> FloatArray:
     """Gradient of the loss with respect to the biases, averaged over the batch.
 
     Parameters
@@ -241,7 +248,9 @@ def conv2d_bias_gradient(dE_dY):
 _IGRAD_NAMES = ("dE_dY", "kernels")
 
 
-def conv2d_input_gradient(dE_dY, kernels, *, stride=1, padding=0, input_size=None, method="auto", out=None):
+def conv2d_input_gradient(dE_dY: ArrayLike, kernels: ArrayLike, *, stride: IntPair = 1, padding: Padding = 0,
+                          input_size: Optional[IntPair] = None, method: ConvMethod = "auto",
+                          out: Optional[FloatArray] = None) -> FloatArray:
     """Gradient of the loss with respect to the layer's input (not averaged).
 
     Parameters

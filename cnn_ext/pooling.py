@@ -12,11 +12,15 @@ Conventions (PyTorch's ``MaxPool2d`` / ``AvgPool2d`` with no padding, ``ceil_mod
 Checks (:mod:`cnn_ext._checks`) raise ``ValueError`` (shapes, values) or ``TypeError`` (types) naming the
 argument and the shapes. Inputs are never modified.
 """
+from typing import Dict, Literal, Optional, Tuple, Union, overload
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _checks
 from ._kernels import pooling as _pooling
 from ._threads import threads_for
+from ._typing import FloatArray, IntPair
 from .layers import Layer, register_layer
 
 __all__ = [
@@ -36,7 +40,7 @@ _INT32_MAX = 2**31 - 1  # argmax positions are int32 (one lane width with float3
 # argument checks
 # ----------------------------------------------------------------------------------------------
 
-def _window(kernel_size, stride):
+def _window(kernel_size, stride) -> Tuple[Tuple[int, int], Tuple[int, int]]:
     """((KH, KW), (SH, SW)) with stride defaulting to kernel_size."""
     KH, KW = _checks.ints(kernel_size, "kernel_size", 1)
     SH, SW = (KH, KW) if stride is None else _checks.ints(stride, "stride", 1)
@@ -47,14 +51,14 @@ def _pool_out_hw(H, W, KH, KW, SH, SW, xname, xshape):
     return _checks.output_hw(H, W, KH, KW, SH, SW, (0, 0, 0, 0), xname, "kernel_size", xshape, (KH, KW))
 
 
-def _input_4d(x, name):
+def _input_4d(x, name) -> Tuple[np.ndarray, np.dtype]:
     x = _checks.as_real_array(x, name)
     dtype = _checks.compute_dtype((x,), (name,))
     _checks.check_ndim(x, 4, name, "(N, C, H, W)")
     return x, dtype
 
 
-def _grad_4d(dE_dY, ref_dtype_arrays=(), ref_names=()):
+def _grad_4d(dE_dY, ref_dtype_arrays=(), ref_names=()) -> Tuple[np.ndarray, np.dtype]:
     dy = _checks.as_real_array(dE_dY, "dE_dY")
     dtype = _checks.compute_dtype((dy, *ref_dtype_arrays), ("dE_dY", *ref_names))
     _checks.check_ndim(dy, 4, "dE_dY", "(N, C, OH, OW)")
@@ -103,7 +107,19 @@ def _backward(dy, idx, input_shape, dtype, ksize, stride, use_max):
 # the operations
 # ----------------------------------------------------------------------------------------------
 
-def maxpool2d_forward(x, kernel_size, stride=None, *, return_indices=False):
+@overload
+def maxpool2d_forward(x: ArrayLike, kernel_size: IntPair, stride: Optional[IntPair] = None, *,
+                      return_indices: Literal[False] = False) -> FloatArray: ...
+@overload
+def maxpool2d_forward(x: ArrayLike, kernel_size: IntPair, stride: Optional[IntPair] = None, *,
+                      return_indices: Literal[True]) -> Tuple[FloatArray, NDArray[np.int32]]: ...
+@overload
+def maxpool2d_forward(x: ArrayLike, kernel_size: IntPair, stride: Optional[IntPair] = None, *,
+                      return_indices: bool) -> Union[FloatArray, Tuple[FloatArray, NDArray[np.int32]]]: ...
+
+
+def maxpool2d_forward(x: ArrayLike, kernel_size: IntPair, stride: Optional[IntPair] = None, *,
+                      return_indices: bool = False) -> Union[FloatArray, Tuple[FloatArray, NDArray[np.int32]]]:
     """Max pooling over ``kernel_size`` windows every ``stride`` pixels.
 
     Parameters
@@ -130,7 +146,8 @@ def maxpool2d_forward(x, kernel_size, stride=None, *, return_indices=False):
     return (y, idx) if return_indices else y
 
 
-def maxpool2d_backward(dE_dY, x, kernel_size, stride=None, *, indices=None):
+def maxpool2d_backward(dE_dY: ArrayLike, x: ArrayLike, kernel_size: IntPair, stride: Optional[IntPair] = None, *,
+                       indices: Optional[ArrayLike] = None) -> FloatArray:
     """Gradient of the loss with respect to the input of :func:`maxpool2d_forward`.
 
     Parameters
@@ -169,7 +186,7 @@ def maxpool2d_backward(dE_dY, x, kernel_size, stride=None, *, indices=None):
     return _backward(dy, idx, x.shape, dtype, ksize, stride, True)
 
 
-def avgpool2d_forward(x, kernel_size, stride=None):
+def avgpool2d_forward(x: ArrayLike, kernel_size: IntPair, stride: Optional[IntPair] = None) -> FloatArray:
     """Average pooling over ``kernel_size`` windows every ``stride`` pixels.
 
     Parameters
@@ -190,7 +207,8 @@ def avgpool2d_forward(x, kernel_size, stride=None):
     return _forward(x, dtype, ksize, stride, False)[0]
 
 
-def avgpool2d_backward(dE_dY, kernel_size, stride=None, *, input_size=None):
+def avgpool2d_backward(dE_dY: ArrayLike, kernel_size: IntPair, stride: Optional[IntPair] = None, *,
+                       input_size: Optional[IntPair] = None) -> FloatArray:
     """Gradient of the loss with respect to the input of :func:`avgpool2d_forward`.
 
     Parameters
@@ -231,29 +249,29 @@ class _Pool2D(Layer):
     the float dtype of their input)."""
 
     _config_keys = ("kernel_size", "stride")
-    _use_max = None  # set by each subclass
+    _use_max: bool  # set by each subclass
 
-    def __init__(self, kernel_size, stride=None):
+    def __init__(self, kernel_size: IntPair, stride: Optional[IntPair] = None) -> None:
         super().__init__()
         self.kernel_size, self.stride = _window(kernel_size, stride)
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> FloatArray:
         try:
             x, dtype = _input_4d(x, "x")
-            _pool_out_hw(*x.shape[2:], *self.kernel_size, *self.stride, "x", x.shape)
+            _pool_out_hw(x.shape[2], x.shape[3], *self.kernel_size, *self.stride, "x", x.shape)
         except ValueError as exc:
             raise ValueError(f"{self!r}: input of shape {np.shape(x)}: {exc}") from None
         y, self._idx = _forward(x, dtype, self.kernel_size, self.stride, self._use_max, self._use_max)
         self._x, self._y_shape = x, y.shape
         return y
 
-    def backward(self, dE_dY):
+    def backward(self, dE_dY: ArrayLike) -> Dict[str, FloatArray]:
         x = self._cached_input()
         dtype = _checks.compute_dtype((x,), ("x",))
         dy = self._grad_output(dE_dY, dtype)
         return {"dX": _backward(dy, self._idx, x.shape, dtype, self.kernel_size, self.stride, self._use_max)}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         s = f"kernel_size={self.kernel_size}"
         return s if self.stride == self.kernel_size else f"{s}, stride={self.stride}"
 
@@ -266,8 +284,8 @@ _LAYER_DOC = """{what} pooling layer, NCHW (PyTorch's ``{torch}`` without paddin
     stride : int or (int, int), optional
         Defaults to ``kernel_size``.
 
-    Shapes
-    ------
+    Notes
+    -----
     x (N, C, H, W) -> y (N, C, OH, OW) with ``OH = (H - KH) // SH + 1``, ``OW = (W - KW) // SW + 1``.
     ``backward(dE_dY)`` returns ``{{"dX"}}``: {grad}.
     """

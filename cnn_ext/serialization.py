@@ -22,6 +22,7 @@ import re
 import struct
 import zipfile
 import zlib
+from typing import Any, BinaryIO, Dict, Union, cast
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def _architecture(network):
         raise TypeError(f"save: a layer's get_config() is not JSON-serialisable: {exc}") from None
 
 
-def save(network, path):
+def save(network: Network, path: Union[str, "os.PathLike[str]", BinaryIO]) -> Union[str, BinaryIO]:
     """Write ``network``'s architecture and parameters to ``path`` (an ``.npz`` file).
 
     Parameters
@@ -70,18 +71,21 @@ def save(network, path):
     """
     if not isinstance(network, Network):
         raise TypeError(f"save expects a cnn_ext.Network, got {type(network).__name__}")
-    arrays = {_ARCH_KEY: np.array(_architecture(network))}
+    arrays: Dict[str, Any] = {_ARCH_KEY: np.array(_architecture(network))}
     for name, _, arr in network.parameters():
         arrays[name] = np.asarray(arr)
-    if not hasattr(path, "write"):
-        path = _fspath(path, "save")
-        if not path.endswith(".npz"):
-            path += ".npz"
-    np.savez(path, **arrays)
-    return path
+    target: Union[str, BinaryIO]
+    if hasattr(path, "write"):
+        target = cast(BinaryIO, path)
+    else:
+        target = _fspath(path, "save")
+        if not target.endswith(".npz"):
+            target += ".npz"
+    np.savez(target, **arrays)
+    return target
 
 
-def _fspath(path, what):
+def _fspath(path, what) -> str:
     """A file name as str, or TypeError naming the argument."""
     try:
         path = os.fspath(path)
@@ -281,7 +285,7 @@ def _load(zf, size):
     return Network([layer for layer, _ in built])
 
 
-def load(path):
+def load(path: Union[str, "os.PathLike[str]", BinaryIO]) -> Network:
     """Rebuild the network saved by :func:`save` at ``path``.
 
     Every check comes before the memory it costs: the architecture (at most 1 MiB of JSON, nested at most 32
@@ -307,8 +311,9 @@ def load(path):
         an unknown layer type, or its arrays do not match the parameters its architecture builds (missing, extra,
         repeated, wrong shape or dtype, Python objects); nothing else changes then.
     """
+    f: BinaryIO
     if hasattr(path, "read"):
-        f, own = path, False
+        f, own = cast(BinaryIO, path), False
     else:
         path = _fspath(path, "load")
         f, own = open(path, "rb"), True

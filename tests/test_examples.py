@@ -84,26 +84,73 @@ def test_tutorial_network_learns_the_shipped_mnist_sample(one_thread):
 
 @needs_examples
 def test_mnist_example_on_shipped_sample(tmp_path, capsys, monkeypatch):
-    """No full dataset reachable (empty --data-dir, no download): the example trains on the sample and says so."""
+    """No full dataset reachable (empty --data-dir, no download): the example trains on the sample and says so,
+    chooses on a validation split held out of the training set, reports the test set once, and writes its plot
+    into the working directory."""
     monkeypatch.delenv("CNN_EXT_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
     example = load_example("train_mnist")
-    plot = tmp_path / "curves.png"
     args = example.parse_args(["--data-dir", str(tmp_path / "empty"), "--no-download", "--epochs", "2",
-                               "--plot", str(plot)])
+                               "--target", "0.99"])
     threads_before = cnn_ext.get_num_threads()
     result = example.run(args)
     out = capsys.readouterr()
     assert not result["full"]
     assert "Training on the MNIST sample shipped with cnn_ext" in out.out
     assert "train-images-idx3-ubyte.gz" in out.err and str(tmp_path / "empty") in out.err
-    assert len(result["accuracies"]) == 2 and "Summary:" in out.out and "test accuracy" in out.out
-    assert result["accuracies"][-1] >= 0.40           # 2 epochs: ~58% (chance: 10%)
-    assert result["losses"][-1] < result["losses"][0]
+    assert (result["n_train"], result["n_val"], result["n_test"]) == (1200, 300, 500)  # the sample: 1500 + 500
+    history = result["history"]
+    assert all(len(v) == 2 for v in history.values()) and "Summary:" in out.out
+    assert out.out.count("test accuracy") == 1 and "validation accuracy" in out.out
+    assert history["val_accuracy"][-1] >= 0.40           # 2 epochs: ~58% (chance: 10%)
+    assert history["loss"][-1] < history["loss"][0]
+    assert 0.0 <= result["test_accuracy"] <= 1.0
     assert cnn_ext.get_num_threads() == threads_before  # --threads is restored afterwards
     if importlib.util.find_spec("matplotlib") is None:
-        assert not plot.exists()
+        assert result["plot"] is None
     else:
-        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert result["plot"] == Path("train_mnist_curves.png")
+        assert (tmp_path / "train_mnist_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert result["plot_lines"] == ["train", "validation", "train", "validation", "target 99.0%"]
+
+
+@needs_examples
+def test_validation_split_is_held_out_of_the_training_set():
+    hold_out = load_example("curves").hold_out
+    x, y = np.arange(40.0).reshape(20, 2), np.arange(20)
+    x_before = x.copy()
+    (x_train, y_train), (x_val, y_val) = hold_out(x, y, 5, seed=3)
+    assert len(y_val) == 5 and len(y_train) == 15
+    assert sorted(np.concatenate([y_train, y_val])) == list(range(20)) and not set(y_train) & set(y_val)
+    np.testing.assert_array_equal(x_val[:, 0], 2 * y_val)   # samples keep their labels
+    np.testing.assert_array_equal(hold_out(x, y, 5, seed=3)[1][1], y_val)  # seeded
+    np.testing.assert_array_equal(x, x_before)
+    with pytest.raises(ValueError, match="between 1 and 19"):
+        hold_out(x, y, 20, seed=0)
+
+
+@needs_examples
+def test_mnist_cnn_example_validates_on_a_held_out_split(tmp_path, capsys, monkeypatch):
+    """Trained on the shipped sample (its loader patched in): fit gets the held-out split as validation data,
+    never the test set, which is evaluated once at the end; the curves go to --out."""
+    example = load_example("train_mnist_cnn")
+    (x, y), (x_test, y_test) = load_mnist_sample(dtype=np.float32)
+    monkeypatch.setattr(example, "load_data", lambda *a, **k: ((x, y), (x_test, y_test), "MNIST sample"))
+    seen = {}
+
+    def fit(net, X, Y, **kwargs):
+        seen["train"], seen["validation"] = len(Y), kwargs["validation_data"][0]
+        return cnn_ext.fit(net, X, Y, **kwargs)
+
+    monkeypatch.setattr(example, "fit", fit)
+    example.main(["--epochs", "1", "--val-size", "300", "--out", str(tmp_path), "--no-progress", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert seen["train"] == 1200 and len(seen["validation"]) == 300
+    training_images = {image.tobytes() for image in x}
+    assert all(image.tobytes() in training_images for image in seen["validation"])
+    assert out.count("test accuracy") == 1
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "train_cnn_mnist_curves.png").is_file()
 
 
 @needs_examples
@@ -121,6 +168,9 @@ def test_mnist_example_exit_code_and_argument_errors(tmp_path, capsys):
     argv = ["--data-dir", str(tmp_path), "--no-download", "--epochs", "1", "--plot", str(tmp_path / "c.png")]
     assert example.main(argv + ["--target", "0.999"]) == 1  # target not reached
     assert "Did not reach the 99.9% target in 1 epoch(s)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        example.parse_args(["--val-size", "0"])
+    assert "--val-size must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         example.parse_args(["--epochs", "0"])
     assert "--epochs, --threads and --batch-size must be >= 1" in capsys.readouterr().err

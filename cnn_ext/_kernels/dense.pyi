@@ -1,6 +1,6 @@
 """Type stubs for the compiled kernel module cnn_ext._kernels.dense (src_pyx/dense.pyx).
 
-Private: call the validated wrappers in cnn_ext.ops. Every float array of one call has the same
+Private: call the validated wrappers in cnn_ext.layers.dense. Every float array of one call has the same
 dtype, float32 or float64, and is C-contiguous; outputs (OUT) and scratch (TMP) are allocated by the caller.
 """
 from typing import TypeVar

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .. import _checks
+from .._typing import FloatArray
 from .._checks import float_dtype as _check_dtype, positive_int as _positive_int
 
 __all__ = ["one_hot", "batches", "BatchIterator"]
@@ -25,7 +26,7 @@ def _check_targets_size(n, num_classes, dtype):
                        lambda: f"num_classes={num_classes} for {n} labels needs one-hot targets")
 
 
-def one_hot(labels, num_classes, dtype=np.float64):
+def one_hot(labels: ArrayLike, num_classes: int, dtype: DTypeLike = np.float64) -> FloatArray:
     """``(N, num_classes)`` array with ``out[n, labels[n]] = 1`` and zeros elsewhere.
 
     Parameters
@@ -134,7 +135,9 @@ class BatchIterator:
         return self._x[idx], (_encode(yb, self.num_classes, self.dtype) if self.one_hot_targets else yb)
 
 
-def batches(x, labels, batch_size=16, *, num_classes=None, shuffle=False, seed=None, drop_last=False):
+def batches(x: ArrayLike, labels: ArrayLike, batch_size: int = 16, *, num_classes: int | None = None,
+            shuffle: bool = False, seed: int | np.random.Generator | None = None,
+            drop_last: bool = False) -> tuple[list[FloatArray], list[FloatArray]]:
     """Split a dataset into the tutorial's form: a list of input batches and a list of one-hot target batches.
 
     Parameters

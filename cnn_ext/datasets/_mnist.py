@@ -23,10 +23,13 @@ import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
+from typing import List, Optional, Union
 
 import numpy as np
+from numpy.typing import DTypeLike, NDArray
 
 from .._checks import float_dtype as _check_dtype, positive_int as _positive_int
+from .._typing import Dataset
 
 __all__ = [
     "MNIST_MIRRORS",
@@ -89,7 +92,7 @@ _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dty
               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
-def default_data_dir():
+def default_data_dir() -> Path:
     """``$CNN_EXT_DATA`` when set, else ``~/.cache/cnn_ext``."""
     env = os.environ.get("CNN_EXT_DATA", "").strip()
     return Path(env).expanduser() if env else Path("~/.cache/cnn_ext").expanduser()
@@ -158,7 +161,7 @@ def _read_file(path, gz, shape=None, md5=None):
         raise ValueError(f"{path} is corrupt (not a complete gzip file: {exc}); delete it and try again") from None
 
 
-def read_idx(path):
+def read_idx(path: Union[str, os.PathLike]) -> NDArray:
     """The array stored in an IDX file (``.gz`` or not), e.g. ``(N, 28, 28)`` uint8 images or ``(N,)`` labels.
 
     Files declaring more than 1 GiB of data are refused (ValueError) before their body is read.
@@ -332,14 +335,16 @@ _LOAD_DOC = """Load {title}: 60,000 training and 10,000 test images.
     """
 
 
-def load_mnist(data_dir=None, *, dtype=np.float64, download=True, mirrors=None, timeout=10.0, deadline=600.0,
-               progress=True):
+def load_mnist(data_dir: Union[str, os.PathLike, None] = None, *, dtype: DTypeLike = np.float64,
+               download: bool = True, mirrors: Optional[List[str]] = None, timeout: float = 10.0,
+               deadline: float = 600.0, progress: bool = True) -> Dataset:
     return _load("mnist", data_dir, dtype, download, MNIST_MIRRORS if mirrors is None else mirrors,
                  timeout, deadline, progress)
 
 
-def load_fashion_mnist(data_dir=None, *, dtype=np.float64, download=True, mirrors=None, timeout=10.0,
-                       deadline=600.0, progress=True):
+def load_fashion_mnist(data_dir: Union[str, os.PathLike, None] = None, *, dtype: DTypeLike = np.float64,
+                       download: bool = True, mirrors: Optional[List[str]] = None, timeout: float = 10.0,
+                       deadline: float = 600.0, progress: bool = True) -> Dataset:
     return _load("fashion-mnist", data_dir, dtype, download,
                  FASHION_MNIST_MIRRORS if mirrors is None else mirrors, timeout, deadline, progress)
 
@@ -349,7 +354,7 @@ load_fashion_mnist.__doc__ = _LOAD_DOC.format(title="Fashion-MNIST (Zalando arti
                                               mirrors_name="FASHION_MNIST_MIRRORS")
 
 
-def load_mnist_sample(*, n_test=500, dtype=np.float64):
+def load_mnist_sample(*, n_test: int = 500, dtype: DTypeLike = np.float64) -> Dataset:
     """The MNIST sample shipped inside the package: the first 2,000 digits of the MNIST test set.
 
     For examples and tests that must run offline; train on the full set for real results.

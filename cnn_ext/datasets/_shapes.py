@@ -1,7 +1,11 @@
 """The reference tutorial's toy dataset: noisy 3x3 line, cross and diamond patterns (4 classes)."""
+from typing import Union
+
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .._checks import float_dtype as _check_dtype, positive_int as _positive_int
+from .._typing import Dataset
 
 __all__ = ["SHAPE_NAMES", "SHAPE_BLUEPRINTS", "make_shapes"]
 
@@ -22,7 +26,8 @@ SHAPE_BLUEPRINTS = {
 }
 
 
-def make_shapes(n_per_class=250, *, noise=0.25, test_fraction=0.2, seed=0, dtype=np.float64):
+def make_shapes(n_per_class: int = 250, *, noise: float = 0.25, test_fraction: float = 0.2,
+                seed: Union[int, np.random.Generator] = 0, dtype: DTypeLike = np.float64) -> Dataset:
     """Noisy copies of the four 3x3 blueprints, shuffled and split into train and test sets.
 
     Each sample is ``blueprint + uniform(-noise, noise)`` (the tutorial's 0.25 by default); class ``c`` is

@@ -27,6 +27,8 @@ gradients for arrays that ``parameters()`` does not list, since it could not upd
 """
 from collections.abc import Mapping
 
+from typing import Dict, Tuple
+
 import numpy as np
 from scipy.linalg import blas as _blas
 
@@ -38,7 +40,7 @@ __all__ = ["LAYER_TYPES", "register_layer", "Layer", "ParamLayer", "Gradients", 
 
 EXACT, TUTORIAL = "exact", "tutorial"
 
-LAYER_TYPES = {}
+LAYER_TYPES: Dict[str, type] = {}
 INITS = ("he_normal", "he_uniform", "glorot_normal", "glorot_uniform")
 _AXPY = {"f": _blas.saxpy, "d": _blas.daxpy}
 
@@ -231,7 +233,7 @@ class Layer:
     ``get_config`` returns the constructor kwargs listed in ``_config_keys`` (attributes of the same name).
     """
 
-    _config_keys = ()
+    _config_keys: Tuple[str, ...] = ()
     # PyTorch's mode flag: layers that act differently when training (BatchNorm, Dropout) read it; set it
     # through Network.train() / Network.eval(). A class attribute, so layers of users' own classes have it too.
     training = True
@@ -370,18 +372,21 @@ class Layer:
 class ParamLayer(Layer):
     """A layer with weights: ``_params`` names them, ``init`` and ``dtype`` go into the config and the repr."""
 
-    _params = ()  # ((param_name, grad_key), ...)
+    _params: Tuple[Tuple[str, str], ...] = ()  # ((param_name, grad_key), ...)
 
     def parameters(self):
+        """The weights named in ``_params``, as :meth:`Layer.parameters` describes."""
         return [(name, key, getattr(self, name)) for name, key in self._params]
 
     def get_config(self):
+        """:meth:`Layer.get_config` with the dtype's name."""
         cfg = super().get_config()
         cfg["dtype"] = self.dtype.name
         return cfg
 
     @classmethod
     def without_weights(cls, cfg):
+        """As :meth:`Layer.without_weights`; a config holding ``rng`` or ``seed`` is refused (ValueError)."""
         if cls.param_shapes is Layer.param_shapes:  # a subclass that cannot say its shapes from its config
             return cls(**cfg)
         if "rng" in cfg or "seed" in cfg:
@@ -390,6 +395,7 @@ class ParamLayer(Layer):
         return cls(**cfg, rng=_NO_DRAW)
 
     def set_weights(self, weights, *, copy=True):
+        """As :meth:`Layer.set_weights`."""
         pairs = self._checked_weights(weights)
         for name, arr in pairs:
             if copy or not (arr.flags.c_contiguous and arr.flags.aligned and arr.flags.writeable):

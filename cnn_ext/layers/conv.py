@@ -35,8 +35,8 @@ class Conv2D(ParamLayer):
     k : ndarray, shape (c_out, c_in, KH, KW)
     b : ndarray, shape (c_out,)
 
-    Shapes
-    ------
+    Notes
+    -----
     x (N, c_in, H, W) -> y (N, c_out, OH, OW) with ``OH = (H + pad_top + pad_bottom - KH) // SH + 1``
     (``H - KH + 1`` by default), same for OW.
     ``backward(dE_dY, need_dX=True)`` returns ``{"dK", "dB", "dX"}`` (a :class:`Gradients` dict); dX is never

@@ -50,8 +50,8 @@ class Dense(ParamLayer):
     w : ndarray, shape (n_in, n_out)
     b : ndarray, shape (n_out,)
 
-    Shapes
-    ------
+    Notes
+    -----
     x (N, n_in) -> y (N, n_out). ``backward(dE_dY, need_dX=True)`` returns ``{"dW", "dB", "dX"}`` (a
     :class:`Gradients` dict): ``dW = xᵀ·dE_dY`` (summed over the batch), ``dX = dE_dY·wᵀ``, and ``dB`` the batch
     mean of dE_dY under the tutorial's rule (a plain ``dE_dY``) or its batch sum, the exact gradient, when

@@ -1,0 +1,25 @@
+"""Type aliases of the public signatures (what mypy and pyright show users); no runtime behaviour."""
+from typing import Any, Literal, Protocol, Tuple, Union
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["FloatArray", "IntArray", "IntPair", "Padding", "PoolSize", "ConvMethod", "SupportsForward", "LabelArray", "Dataset"]
+
+FloatArray = NDArray[np.floating[Any]]  # float32 or float64, the inputs' computation dtype
+IntArray = NDArray[np.integer[Any]]
+LabelArray = NDArray[np.int64]
+# (x_train, y_train), (x_test, y_test): what every loader of cnn_ext.datasets returns
+Dataset = Tuple[Tuple[FloatArray, LabelArray], Tuple[FloatArray, LabelArray]]
+IntPair = Union[int, Tuple[int, int]]  # a size or stride: one int for both axes, or (height, width)
+PoolSize = IntPair
+# "valid", "same", one int, (ph, pw) or ((top, bottom), (left, right))
+Padding = Union[str, int, Tuple[int, int], Tuple[Tuple[int, int], Tuple[int, int]]]
+# "auto", "direct", "gemm" or one kernel's name (cnn_ext._methods.Method)
+ConvMethod = Union[Literal["auto", "direct", "gemm"], str]
+
+
+class SupportsForward(Protocol):
+    """Anything with ``forward(x)``: a :class:`cnn_ext.Network`, a layer or a model of your own."""
+
+    def forward(self, x: Any, /) -> Any: ...

@@ -1,0 +1,57 @@
+"""A small typed user program: what mypy (or pyright) sees when it calls cnn_ext.
+
+Not run by pytest: tests/typing/test_types.py runs mypy on it and checks each ``reveal_type`` against the
+``# reveals:`` text on its line. `mypy cnn_ext tests/typing/user_script.py` (.ci/run) must pass too.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from numpy.typing import NDArray
+
+import cnn_ext
+from cnn_ext.datasets import batches, load_mnist_sample, make_shapes, one_hot
+
+
+def train_step(x: NDArray[np.float32], k: NDArray[np.float32], b: NDArray[np.float32]) -> float:
+    y = cnn_ext.conv2d_forward(x, k, b, stride=1, padding="same")
+    reveal_type(y)  # reveals: numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]
+    dK = cnn_ext.conv2d_kernel_gradient(y, x, padding="same")
+    reveal_type(dK)  # reveals: numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]
+    dB = cnn_ext.conv2d_bias_gradient(y)
+    dX = cnn_ext.conv2d_input_gradient(y, k, padding=((1, 1), (1, 1)))
+    reveal_type(cnn_ext.conv2d_output_shape((28, 28), 3, stride=2, padding=1))  # reveals: tuple[int, int]
+    pooled = cnn_ext.maxpool2d_forward(y, 2)
+    reveal_type(pooled)  # reveals: numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]
+    pooled, where = cnn_ext.maxpool2d_forward(y, 2, return_indices=True)
+    reveal_type(where)  # reveals: numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.signedinteger[32Bit]]]
+    back = cnn_ext.maxpool2d_backward(pooled, y, 2, indices=where)
+    avg = cnn_ext.avgpool2d_backward(cnn_ext.avgpool2d_forward(y, (2, 2)), 2, input_size=y.shape[2:])
+    loss, dE_dY = cnn_ext.softmax_cross_entropy(pooled.reshape(len(x), -1), np.zeros(len(x), dtype=np.int64))
+    reveal_type(loss)  # reveals: float
+    reveal_type(dE_dY)  # reveals: cnn_ext.losses.ExactGradient
+    reveal_type(cnn_ext.mse_loss(dX, x))  # reveals: numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]
+    return loss + float(dB.sum() + back.sum() + avg.sum()) + cnn_ext.mse(dX, x) + float(dK.mean())
+
+
+def data() -> int:
+    (x_train, y_train), (x_test, y_test) = load_mnist_sample(dtype=np.float32)
+    reveal_type(x_train)  # reveals: numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]
+    reveal_type(y_test)  # reveals: numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.signedinteger[64Bit]]]
+    xs, ys = batches(x_train, y_train, 32, num_classes=10, shuffle=True, seed=0)
+    reveal_type(xs)  # reveals: list[numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]]
+    (shapes, _), _ = make_shapes(10, seed=np.random.default_rng(0))
+    return len(xs) + len(ys) + len(x_test) + len(shapes) + int(one_hot(y_train, 10).sum())
+
+
+def save_and_check(net: cnn_ext.Network) -> None:
+    buffer = io.BytesIO()
+    cnn_ext.save(net, buffer)
+    buffer.seek(0)
+    reveal_type(cnn_ext.load(buffer))  # reveals: cnn_ext.network.Network
+    reveal_type(cnn_ext.get_current_accuracy(net, np.zeros((4, 1, 28, 28)), np.zeros(4, dtype=int)))  # reveals: float
+    report = cnn_ext.gradient_check(cnn_ext.Conv2D(1, 2, 3, seed=0), np.ones((2, 1, 5, 5)), raise_on_failure=False)
+    reveal_type(report.passed)  # reveals: bool
+    reveal_type(cnn_ext.set_num_threads(cnn_ext.get_num_threads()))  # reveals: int
+    reveal_type(cnn_ext.show_config(quiet=True))  # reveals: dict[str, Any]
