@@ -36,7 +36,13 @@ typedef double cnn_ext_vd;
  * (vfmadd231pd mem, w, acc: one load per FMA, load-port bound). An empty asm that takes the vector in a
  * register and gives it back makes it load once (GNU C on x86; other compilers: a no-op). */
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#if defined(__AVX512F__)  /* "v": any of the 32 zmm registers ("x" would allow only the first 16) */
+#define CNN_EXT_IN_REGISTER(v) __asm__("" : "+v"(v))
+#elif CNN_EXT_VEC_BYTES > 32  /* emulated 64-byte vectors fit no AVX2 register */
+#define CNN_EXT_IN_REGISTER(v) ((void)0)
+#else
 #define CNN_EXT_IN_REGISTER(v) __asm__("" : "+x"(v))
+#endif
 #else
 #define CNN_EXT_IN_REGISTER(v) ((void)0)
 #endif
