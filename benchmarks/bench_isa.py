@@ -64,7 +64,7 @@ def child(spec):
     for label, (fn, n) in fns.items():
         with C.threads(n):
             fn()  # warm-up: plans, scratch, thread teams
-            number = C.calibrate(fn, spec["min_time"])
+            number, _ = C.calibrate(fn, spec["min_time"])
             times[label] = float(np.median([C.time_call(fn, number) for _ in range(spec["samples"])]))
     print(json.dumps(dict(isa=kernels.ISA, variants=kernels.VARIANTS, times=times)))
 
