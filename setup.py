@@ -1,9 +1,12 @@
 """Build the Cython kernels of cnn_ext.
 
 Each src_pyx/<name>.pyx is one extension module of the subpackage cnn_ext._kernels (MODULES below); on x86-64
-the convolution and pooling modules are compiled a second time with AVX2 + FMA from src_pyx/<name>_avx2.pyx
-(cnn_ext._kernels.<name>_avx2, picked together at run time by cnn_ext._kernels). The C tiles live in
-src_pyx/include/*.h, the shared Cython declarations (geometry, BLAS, the split over threads) in src_pyx/*.pxd.
+each "twin" module (the convolution and pooling kernels) is compiled twice more: with AVX2 + FMA
+(cnn_ext._kernels.<name>_avx2) and with AVX-512 F/VL/BW/DQ (<name>_avx512), picked at run time by
+cnn_ext._kernels from the CPU's features. A variant's source is src_pyx/<name>_<isa>.pyx when that file exists,
+else a one-line stub (`include "<name>.pyx"`) written to the build directory, so a new twin gets every variant.
+The C tiles live in src_pyx/include/*.h, the shared Cython declarations (geometry, BLAS, the split over
+threads) in src_pyx/*.pxd.
 
 OpenMP, per platform (the flag is compile-tested; without it the build falls back to serial kernels):
   * Linux / other gcc or clang:  -fopenmp  (auditwheel grafts libgomp into the wheel);
@@ -17,6 +20,10 @@ Environment switches:
   CNN_EXT_NO_OPENMP=1       force the serial build;
   CNN_EXT_REQUIRE_OPENMP=1  fail instead of falling back when the OpenMP test fails (wheel builds);
   CNN_EXT_NO_AVX2=1         skip the AVX2 + FMA variant;
+  CNN_EXT_NO_AVX512=1       skip the AVX-512 variant;
+  CNN_EXT_AVX512_EMULATE=1  build the AVX-512 variant's 64-byte vectors and tile shapes with AVX2 + FMA
+                            instructions only (gcc / clang): slow, for testing that code on CPUs without
+                            AVX-512 (tools/check_avx512_emulated.sh), never for wheels;
   CNN_EXT_DEBUG=1           turn Cython's bounds/wraparound/initialisation checks back on;
   CNN_EXT_SANITIZE=1        compile and link with AddressSanitizer + UndefinedBehaviorSanitizer (gcc / clang;
                             run with libasan preloaded: tools/check_sanitizers.sh).
@@ -32,8 +39,8 @@ import textwrap
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-# cnn_ext._kernels.<name> from src_pyx/<name>.pyx: whether it has an AVX2 + FMA twin (<name>_avx2), and whether
-# its results must be bitwise NumPy's (no FMA contraction, see optimisation_flags).
+# cnn_ext._kernels.<name> from src_pyx/<name>.pyx: whether it has ISA variants (<name>_avx2, <name>_avx512), and
+# whether its results must be bitwise NumPy's (no FMA contraction, see optimisation_flags).
 MODULES = {
     "gemm":        dict(twin=True,  exact=False),  # im2col / col2im + BLAS
     "rows":        dict(twin=True,  exact=False),  # plain direct loops of small layers
@@ -67,10 +74,21 @@ def _target_is_x86_64():
     return platform.machine().lower() in ("x86_64", "amd64")
 
 
-# The same kernels again with AVX2 + FMA, as a separate module chosen at run time when the CPU has them
-# (never -march=native: a wheel must run on every x86-64). CNN_EXT_NO_AVX2=1 skips it.
+# The same kernels again with AVX2 + FMA and with AVX-512, as separate modules chosen at run time when the CPU
+# has the features (never -march=native: a wheel must run on every x86-64). CNN_EXT_NO_AVX2=1 /
+# CNN_EXT_NO_AVX512=1 skip one.
 X86_64 = _target_is_x86_64()
 AVX2 = X86_64 and not _flag("CNN_EXT_NO_AVX2")
+AVX512 = X86_64 and not _flag("CNN_EXT_NO_AVX512")
+AVX512_EMULATE = _flag("CNN_EXT_AVX512_EMULATE")
+VARIANTS = tuple(isa for isa, on in (("avx2", AVX2), ("avx512", AVX512)) if on)  # module suffixes _<isa>
+# compiler flags per variant: gcc / clang, MSVC (/arch:AVX512 implies F, CD, BW, DQ, VL)
+ISA_FLAGS = {
+    "avx2": (["-mavx2", "-mfma"], ["/arch:AVX2"]),
+    "avx512": (["-mavx2", "-mfma", "-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"], ["/arch:AVX512"]),
+}
+if AVX512_EMULATE:  # 64-byte GNU vectors split by the compiler into AVX2 instructions
+    ISA_FLAGS["avx512"] = (["-mavx2", "-mfma", "-DCNN_EXT_VEC_BYTES=64"], None)
 
 DEBUG = _flag("CNN_EXT_DEBUG")
 NO_OPENMP = _flag("CNN_EXT_NO_OPENMP")
@@ -123,12 +141,24 @@ def openmp_flags(compiler_type):
 # expression.
 
 
-def optimisation_flags(compiler_type, avx2=False, exact=False):
+def optimisation_flags(compiler_type, isa="", exact=False):
+    """Compile flags for a module of ISA variant isa ('' baseline, 'avx2', 'avx512')."""
     if compiler_type == "msvc":  # MSVC contracts only under /fp:fast or /fp:contract
-        return ["/O2"] + (["/arch:AVX2"] if avx2 else [])
+        msvc = ISA_FLAGS[isa][1] if isa else []
+        if msvc is None:
+            raise RuntimeError("cnn_ext: CNN_EXT_AVX512_EMULATE=1 needs gcc or clang")
+        return ["/O2"] + msvc
     # -O3 vectorises the row loops; no -march=native: wheels must run on any x86-64 / arm64.
-    return (["-O3", "-Wno-unreachable-code", "-Wno-unused-function"] + (["-mavx2", "-mfma"] if avx2 else [])
+    return (["-O3", "-Wno-unreachable-code", "-Wno-unused-function"] + (ISA_FLAGS[isa][0] if isa else [])
             + (["-ffp-contract=off"] if exact else []))
+
+
+def _split_variant(name):
+    """('tiled', 'avx512') for 'tiled_avx512', ('tiled', '') for 'tiled'."""
+    for isa in ISA_FLAGS:
+        if name.endswith(f"_{isa}"):
+            return name.removesuffix(f"_{isa}"), isa
+    return name, ""
 
 
 class BuildExt(build_ext):
@@ -145,12 +175,28 @@ class BuildExt(build_ext):
                 return False
         return True
 
+    def _variant_sources(self):
+        """A variant without its own src_pyx/<name>_<isa>.pyx gets a stub that includes its base module."""
+        stubs = os.path.join(self.build_temp, "variants")
+        for ext in self.extensions:
+            base, isa = _split_variant(ext.name.split(".")[-1])
+            if isa and not os.path.exists(ext.sources[0]):
+                os.makedirs(stubs, exist_ok=True)
+                stub = os.path.join(stubs, os.path.basename(ext.sources[0]))
+                text = (f'# cython: language_level=3\n"""The kernels of {base}.pyx compiled for the {isa} variant '
+                        f'(generated by setup.py)."""\ninclude "{base}.pyx"\n')
+                if not os.path.exists(stub) or open(stub).read() != text:  # rewritten only when it changes
+                    with open(stub, "w") as f:
+                        f.write(text)
+                ext.sources = [stub]
+
     def _cythonize(self):
         from Cython.Build import cythonize
 
+        self._variant_sources()
         for ext in self.extensions:
             if any(src.endswith(".pyx") for src in ext.sources):
-                # include_path: the .pxd files, also when the .pyx is an _avx2 stub that includes its twin
+                # include_path: the .pxd files and the base .pyx, also for a variant stub that includes it
                 (done,) = cythonize([Extension(ext.name, list(ext.sources))], compiler_directives=DIRECTIVES,
                                     include_path=[SRC], force=self.force,
                                     build_dir=os.path.join(self.build_temp, "cython"))
@@ -168,17 +214,17 @@ class BuildExt(build_ext):
                 if REQUIRE_OPENMP:
                     raise RuntimeError("cnn_ext: CNN_EXT_REQUIRE_OPENMP=1 but OpenMP does not compile here")
         print(f"cnn_ext: OpenMP {'enabled' if flags else 'disabled: ' + why} ({ctype});"
-              f" AVX2 variant: {'yes' if AVX2 else 'no'}")
+              f" AVX2 variant: {'yes' if AVX2 else 'no'}; AVX-512 variant: "
+              f"{('emulated in AVX2' if AVX512_EMULATE else 'yes') if AVX512 else 'no'}")
         # generated C and objects per build variant: a serial, debug or sanitizer build after another (pip builds
         # a local directory in place) must never link the other variant's objects because they look up to date
-        variant = "-".join(["openmp" if flags else "serial"] + ["debug"] * DEBUG + ["sanitize"] * SANITIZE)
+        variant = "-".join(["openmp" if flags else "serial"] + ["debug"] * DEBUG + ["sanitize"] * SANITIZE
+                           + ["emulate512"] * AVX512_EMULATE)
         self.build_temp = os.path.join(self.build_temp, variant)
         self._cythonize()
         for ext in self.extensions:
-            name = ext.name.split(".")[-1]
-            avx2 = name.endswith("_avx2")
-            exact = MODULES[name.removesuffix("_avx2")]["exact"]
-            ext.extra_compile_args = optimisation_flags(ctype, avx2, exact) + (flags[0] if flags else [])
+            base, isa = _split_variant(ext.name.split(".")[-1])
+            ext.extra_compile_args = optimisation_flags(ctype, isa, MODULES[base]["exact"]) + (flags[0] if flags else [])
             ext.extra_link_args = flags[1] if flags else []
             if SANITIZE:
                 if ctype == "msvc":
@@ -201,7 +247,7 @@ DIRECTIVES = {
 def extensions():
     # .pyx sources; they are cythonized by BuildExt only when extensions are really built, so making the
     # sdist (or reading the metadata) writes no generated .c file.
-    names = [*MODULES, *(f"{name}_avx2" for name, spec in MODULES.items() if spec["twin"] and AVX2)]
+    names = [*MODULES, *(f"{name}_{isa}" for isa in VARIANTS for name, spec in MODULES.items() if spec["twin"])]
     return [Extension(f"cnn_ext._kernels.{name}", [f"{SRC}/{name}.pyx"], include_dirs=[INCLUDE]) for name in names]
 
 

@@ -12,8 +12,10 @@ def show_config(quiet: bool = False) -> Dict[str, Any]:
     """Report how this cnn_ext was built and what it runs with; returns the facts as a dict.
 
     Prints them too unless ``quiet=True``. Keys: ``version``, ``kernels`` (the active kernel build:
-    ``"avx2"`` or ``"baseline"``, see ``CNN_EXT_KERNELS``), ``kernel_module`` (the direct convolution kernels'
-    module), ``pool_module`` (the pooling kernels'), ``openmp`` (compiled in), ``num_threads`` (what the kernels
+    ``"avx512"``, ``"avx2"`` or ``"baseline"``, see ``CNN_EXT_KERNELS``), ``kernel_variants`` (the build of
+    each kernel module with ISA variants, e.g. ``{"tiled": "avx512", ...}``), ``cpu_avx512`` (whether the CPU
+    runs the AVX-512 build), ``kernel_module`` (the direct convolution kernels' module), ``pool_module`` (the
+    pooling kernels'), ``openmp`` (compiled in), ``num_threads`` (what the kernels
     use), ``openmp_max_threads``, ``blas`` (the BLAS libraries loaded in this process, from threadpoolctl),
     ``python``, ``platform``, ``numpy``, ``scipy``, ``threadpoolctl``.
     """
@@ -24,6 +26,8 @@ def show_config(quiet: bool = False) -> Dict[str, Any]:
     info = {
         "version": __version__,
         "kernels": _kernels.ISA,
+        "kernel_variants": dict(_kernels.VARIANTS),
+        "cpu_avx512": _kernels.cpu_supports("avx512"),
         "kernel_module": _kernels.tiled.__name__,
         "pool_module": _kernels.pooling.__name__,
         "openmp": bool(_kernels.openmp.openmp_enabled()),
@@ -39,7 +43,13 @@ def show_config(quiet: bool = False) -> Dict[str, Any]:
     }
     if not quiet:
         lines = [f"cnn_ext {info['version']}"]
-        for key in ("kernels", "kernel_module", "pool_module", "openmp", "num_threads", "openmp_max_threads",
+        variants = sorted(set(info["kernel_variants"].values()))
+        if len(variants) > 1:  # some modules kept on another build than the level (AUTO_KEEPS_AVX2)
+            info_kernels = ", ".join(f"{name}: {isa}" for name, isa in info["kernel_variants"].items())
+            lines.append(f"  {'kernels:':<20}{info['kernels']} ({info_kernels})")
+        else:
+            lines.append(f"  {'kernels:':<20}{info['kernels']}")
+        for key in ("cpu_avx512", "kernel_module", "pool_module", "openmp", "num_threads", "openmp_max_threads",
                     "python", "platform", "numpy", "scipy", "threadpoolctl"):
             lines.append(f"  {key + ':':<20}{info[key]}")
         lines.append(f"  {'blas:':<20}{'' if info['blas'] else 'none loaded'}".rstrip())

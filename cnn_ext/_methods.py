@@ -1,7 +1,7 @@
 """Which kernel computes a convolution: the methods, their tunables, and the choice for ``method="auto"``.
 
 Every method gives the same answer up to rounding (the tests run each one against an oracle); they differ in
-speed by shape. ``method="auto"`` picks from the shapes, the dtype and the build (AVX2 + FMA or baseline) only,
+speed by shape. ``method="auto"`` picks from the shapes, the dtype and the build (AVX-512, AVX2 + FMA or baseline) only,
 never from the thread count, so results do not depend on it. ``method="direct"`` picks like auto among the
 direct methods. The measurements behind each rule are in ``benchmarks/results/methods.md``.
 
@@ -38,7 +38,7 @@ KERNEL_GRADIENT_METHODS = ("gemm", "loops", "wide", "shifted", "row_tiles")
 _CHOICES = ("auto", "direct")
 
 # ---- tunables: each with the reason it has its value ---------------------------------------------
-FAST = ISA == "avx2"  # the direct kernels beat BLAS only with AVX2 + FMA; the baseline build keeps BLAS
+FAST = ISA != "baseline"  # the direct kernels beat BLAS only with AVX2 + FMA (or AVX-512); baseline keeps BLAS
 COLS_BLOCK_BYTES = 8 << 20  # im2col blocks: wide GEMMs beat L2-sized ones, but the slab stays bounded
 MIN_BLOCK = 64  # output pixels per im2col block at least: thin blocks make thin GEMMs
 # the direct methods copy one padded sample per thread; past this (a huge padding on many channels) only

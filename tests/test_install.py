@@ -76,18 +76,19 @@ def test_kernels_are_compiled_extension_modules(name):
 
 
 def test_active_kernel_build_matches_the_cpu():
-    assert _kernels.ISA in ("avx2", "baseline")
-    suffix = "_avx2" if _kernels.ISA == "avx2" else ""
+    assert _kernels.ISA in ("avx512", "avx2", "baseline")
     for name in ("gemm", "rows", "tiled", "kgrad", "pooling"):
-        module = getattr(_kernels, name)
+        module, isa = getattr(_kernels, name), _kernels.VARIANTS[name]
         assert _is_extension_module(module)
-        assert module.__name__ == f"cnn_ext._kernels.{name}{suffix}"
+        assert module.__name__ == f"cnn_ext._kernels.{name}" + ("" if isa == "baseline" else f"_{isa}")
     if X86_64 and _env_flag("CNN_EXT_EXPECT_INSTALLED"):
-        # wheels and sdist builds on x86-64 always carry the AVX2 variant
-        avx2 = importlib.import_module("cnn_ext._kernels.tiled_avx2")
-        assert _is_extension_module(avx2)
-        wanted = _kernels._cpu_has_avx2_fma() and os.environ.get("CNN_EXT_KERNELS", "").lower() != "baseline"
-        assert _kernels.ISA == ("avx2" if wanted else "baseline")
+        # wheels and sdist builds on x86-64 always carry the AVX2 and AVX-512 variants (found, not imported:
+        # importing the AVX-512 one may run its instructions)
+        assert _kernels._built() == {"avx2", "avx512"}
+        choice = os.environ.get("CNN_EXT_KERNELS", "").strip().lower()
+        wanted = _kernels.plan(choice if choice in _kernels.ISA_FEATURES else "auto", _kernels._cpu_features(),
+                               {"avx2", "avx512"})[0]
+        assert _kernels.ISA == wanted
     if not X86_64:
         assert _kernels.ISA == "baseline"
 

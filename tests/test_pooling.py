@@ -344,19 +344,14 @@ def _kernel_modules():
 
     from cnn_ext import _kernels
 
-    names = ["pooling"]
-    if _kernels._cpu_has_avx2_fma():
-        try:
-            importlib.import_module("cnn_ext._kernels.pooling_avx2")
-            names.append("pooling_avx2")
-        except ImportError:  # built without the AVX2 variant
-            pass
+    # the variants built and runnable here (checked before importing: an import may run the variant's code)
+    names = ["pooling", *(f"pooling_{isa}" for isa in _kernels._built() if _kernels.cpu_supports(isa))]
     return [importlib.import_module(f"cnn_ext._kernels.{n}") for n in names]
 
 
 @pytest.fixture(params=_kernel_modules(), ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def kernels(request, monkeypatch):
-    """Run the test on each compiled pooling build this CPU can execute (baseline, AVX2)."""
+    """Run the test on each compiled pooling build this CPU can execute (baseline, AVX2, AVX-512)."""
     import cnn_ext.pooling
 
     monkeypatch.setattr(cnn_ext.pooling, "_pooling", request.param)
@@ -507,6 +502,7 @@ def test_pooling_runs_the_build_picked_for_this_cpu():
     from cnn_ext import _kernels
 
     assert cnn_ext.pooling._pooling is _kernels.pooling
-    expected = "cnn_ext._kernels.pooling_avx2" if _kernels.ISA == "avx2" else "cnn_ext._kernels.pooling"
+    isa = _kernels.VARIANTS["pooling"]
+    expected = "cnn_ext._kernels.pooling" + ("" if isa == "baseline" else f"_{isa}")
     assert _kernels.pooling.__name__ == expected
     assert _kernels.gemm.__name__ == expected.replace("pooling", "gemm")

@@ -75,12 +75,19 @@ EOF
 
 step "wheel contents: compiled kernels, stubs, no sources"
 "$WORK/tools/bin/python" - "${WHEEL[0]}" "$ROOT" <<'EOF'
-import platform, sys, zipfile
+import ast, platform, sys, zipfile
 from pathlib import Path
 names = zipfile.ZipFile(sys.argv[1]).namelist()
-# one compiled module cnn_ext._kernels.<name> per src_pyx/<name>.pyx (the *_avx2 variants on x86-64 only)
-need = [f"cnn_ext/_kernels/{p.stem}." for p in sorted(Path(sys.argv[2], "src_pyx").glob("*.pyx"))
-        if not p.stem.endswith("_avx2") or platform.machine() == "x86_64"]
+# one compiled module cnn_ext._kernels.<name> per entry of setup.py's MODULES, and on x86-64 its ISA variants
+# <name>_avx2 and <name>_avx512 when it is a twin (their stubs may be generated at build time: not globbed)
+tree = ast.parse(Path(sys.argv[2], "setup.py").read_text())
+table = next(node.value for node in tree.body if isinstance(node, ast.Assign)
+             and getattr(node.targets[0], "id", "") == "MODULES")   # {"name": dict(twin=..., exact=...), ...}
+modules = {key.value: {kw.arg: ast.literal_eval(kw.value) for kw in value.keywords}
+           for key, value in zip(table.keys, table.values)}
+variants = ("avx2", "avx512") if platform.machine() == "x86_64" else ()
+need = [f"cnn_ext/_kernels/{name}." for name in modules]
+need += [f"cnn_ext/_kernels/{name}_{isa}." for name, spec in modules.items() if spec["twin"] for isa in variants]
 bad = [n for n in names if n.endswith((".pyx", ".pxd", ".c", ".h"))]
 lacking = [p for p in need if not any(n.startswith(p) and n.endswith(".so") for n in names)]
 lacking += [f for f in ("cnn_ext/py.typed", "cnn_ext/_kernels/tiled.pyi") if f not in names]

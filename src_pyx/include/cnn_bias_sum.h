@@ -1,6 +1,7 @@
-/* Σ of a contiguous plane into 8 vector accumulators (64 float32 / 32 float64 lanes with AVX2): eight
- * independent add chains keep both vector adders busy (one chain would wait on the add latency). Lane l
- * takes the elements t = l mod (8 * lanes) of each plane, in plane order, whatever the thread count. */
+/* Σ of a contiguous plane into 8 vector accumulators (64 float32 / 32 float64 lanes with AVX2, twice that
+ * with AVX-512): eight independent add chains keep both vector adders busy (one chain would wait on the add
+ * latency). Lane l takes the elements t = l mod (8 * lanes) of each plane, in plane order, whatever the
+ * thread count. */
 #ifndef CNN_EXT_BIAS_SUM_H
 #define CNN_EXT_BIAS_SUM_H
 
@@ -25,6 +26,7 @@ static void NAME(const T* x, Py_ssize_t n, T* acc) {                            
 }
 CNN_EXT_DEFINE_PLANE_SUM(cnn_ext_plane_sum_f, float, cnn_ext_vf)
 CNN_EXT_DEFINE_PLANE_SUM(cnn_ext_plane_sum_d, double, cnn_ext_vd)
-#define CNN_EXT_SUM_LANES 64  /* >= 8 vectors of float32 in any build (8 x 8 with AVX2) */
+/* >= 8 vectors of float32 in any build (8 x 8 with AVX2, 8 x 16 with AVX-512) */
+#define CNN_EXT_SUM_LANES (CNN_EXT_VEC_BYTES >= 64 ? 128 : 64)
 
 #endif  /* CNN_EXT_BIAS_SUM_H */

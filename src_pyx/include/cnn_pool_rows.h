@@ -37,7 +37,7 @@
 #define CNN_POOL_COL3_0_D2(a, b, c) __builtin_shufflevector(__builtin_shufflevector(a, b, 0, 3), c, 0, 1)
 #define CNN_POOL_COL3_1_D2(a, b, c) __builtin_shufflevector(__builtin_shufflevector(a, b, 1, 0), c, 0, 2)
 #define CNN_POOL_COL3_2_D2(a, b, c) __builtin_shufflevector(__builtin_shufflevector(a, b, 2, 0), c, 0, 3)
-#if CNN_EXT_VEC_BYTES == 32
+#if CNN_EXT_VEC_BYTES >= 32
 #define CNN_POOL_EVEN_F8(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14)
 #define CNN_POOL_ODD_F8(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15)
 #define CNN_POOL_DUPLO_F8(a) __builtin_shufflevector(a, a, 0, 0, 1, 1, 2, 2, 3, 3)
@@ -230,7 +230,7 @@ CNN_POOL_DEFINE_AVG_GRAD2(FN##_k2, float, VF, CNN_POOL_DUPLO_##SF, CNN_POOL_DUPH
 CNN_POOL_DEFINE_AVG_GRAD2(DN##_k2, double, VD, CNN_POOL_DUPLO_##SD, CNN_POOL_DUPHI_##SD)
 CNN_POOL_DEFINE_WIDTH(cnn_pool_f4, cnn_pool_d2, cnn_pool_p4, cnn_ext_vf4, cnn_ext_vd2, cnn_ext_mi4, 4, 2, F4, D2,
                       cnn_pool_p4_storei_d)
-#if CNN_EXT_VEC_BYTES == 32
+#if CNN_EXT_VEC_BYTES >= 32
 /* 32-byte double rows store their 4 positions with one shuffle into a 16-byte int vector (the lane by lane
  * store of the 16-byte rows is kept there: 8-byte int vectors become scalar code in SSE2) */
 static inline void cnn_pool_storei_d4(int* p, cnn_ext_mi8 v) {

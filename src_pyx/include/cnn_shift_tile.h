@@ -1,5 +1,5 @@
-/* Shifted-copies tile: nj <= CNN_EXT_SJB output channels x CNN_EXT_SNV vectors along f (the AVX2 wide
- * tile's shape). The accumulators start from the bias (first block) or from o (the partial sums of
+/* Shifted-copies tile: nj <= CNN_EXT_SJB output channels x CNN_EXT_SNV vectors along f (the wide tile's
+ * shape). The accumulators start from the bias (first block) or from o (the partial sums of
  * the previous blocks, row pitch ldo) and are stored back to o. xs points at f0 of channel 0's first
  * copy; copy kw of channel i is at i*xstride + kw*A. */
 #ifndef CNN_EXT_SHIFT_TILE_H
@@ -7,8 +7,13 @@
 
 #include "cnn_tile_reduce.h"
 
+#if CNN_EXT_WIDE_REGS  /* 32 zmm: 6 x 4 = 24 accumulators + 4 x + 1 weight, as the wide tile */
+#define CNN_EXT_SJB 6
+#define CNN_EXT_SNV 4
+#else
 #define CNN_EXT_SJB 4
 #define CNN_EXT_SNV 3
+#endif
 #define CNN_EXT_SHIFT_CALL(NAME, NJ) \
     NAME##_fixed(xs, k, b, o, ldo, xstride, A, OW, C_in, KH, KW, kh0, kh1, i0, i1, j0, first, NJ)
 #define CNN_EXT_DEFINE_SHIFT_TILE(NAME, T, V)                                                         \

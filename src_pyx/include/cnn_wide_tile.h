@@ -2,14 +2,14 @@
  * The accumulators stay in vector registers over the (i, kh, kw) reduction of one block of input
  * channels [i0, i1); the tile starts from 0 (first block) or from the wide buffer, and is stored
  * back there. AVX2 (16 ymm): 4 x 3 = 12 accumulators + 3 x + 1 weight; measured against 6 x 2 and
- * 3 x 4 (see cnn_ext/ops.py). 32 vector registers (AVX-512) leave room for bigger tiles.
+ * 3 x 4 (see cnn_ext/ops.py). AVX-512 (32 zmm): 6 x 4 = 24 accumulators + 4 x + 1 weight.
  * Reads reach up to C_in*Hp*Wp + WNV*L + KW - 3 past xp: the slab has that slack, zeroed. */
 #ifndef CNN_EXT_WIDE_TILE_H
 #define CNN_EXT_WIDE_TILE_H
 
 #include "cnn_tile_reduce.h"
 
-#if defined(__AVX512F__)
+#if CNN_EXT_WIDE_REGS
 #define CNN_EXT_WJB 6
 #define CNN_EXT_WNV 4
 #else
