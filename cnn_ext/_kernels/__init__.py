@@ -40,7 +40,8 @@ ISA_FEATURES = {
     "baseline": (),
 }
 # Twin modules that `auto` keeps on AVX2 on an AVX-512 CPU, each with the reason (benchmarks/results/avx512.md).
-AUTO_KEEPS_AVX2: dict = {}
+_UNMEASURED = "not yet timed on an AVX-512 CPU: CNN_EXT_KERNELS=avx512 opts in"
+AUTO_KEEPS_AVX2: dict = {name: _UNMEASURED for name in ("gemm", "rows", "tiled", "kgrad", "pooling")}
 # Modules that always take the same build: cnn_ext._methods reads the lanes and tile shapes of `tiled` to choose
 # and check the methods of all three (kgrad's in-place rows need whole vectors of ITS lanes).
 COUPLED = ("rows", "tiled", "kgrad")
@@ -81,6 +82,8 @@ def plan(choice, features, built):
     keep = set(AUTO_KEEPS_AVX2) if level == "avx512" else set()
     if keep & set(COUPLED):
         keep |= set(COUPLED)
+    if keep >= set(_TWINS):  # every module stays a level down: that is the level in use
+        level = below
     return level, {name: below if name in keep else level for name in _TWINS}
 
 
