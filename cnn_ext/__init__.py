@@ -12,6 +12,9 @@ from .ops import (
 )
 from .layers import (
     LAYER_TYPES,
+    BatchNorm1D,
+    BatchNorm2D,
+    Dropout,
     Conv2D,
     Dense,
     Flatten,
@@ -27,6 +30,7 @@ from .losses import ExactGradient, exact, get_current_accuracy, mse, mse_loss, s
 from .network import Network
 from .pooling import (
     AvgPool2D,
+    GlobalAvgPool2D,
     MaxPool2D,
     avgpool2d_backward,
     avgpool2d_forward,
@@ -62,6 +66,10 @@ __all__ = [
     "Tanh",
     "LeakyReLU",
     "Softmax",
+    "BatchNorm1D",
+    "BatchNorm2D",
+    "Dropout",
+    "GlobalAvgPool2D",
     "Network",
     "mse_loss",
     "mse",

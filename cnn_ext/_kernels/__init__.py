@@ -2,7 +2,7 @@
 
 gemm (im2col + BLAS), rows (plain direct loops), tiled (register-tiled direct forward), kgrad (tiled kernel
 gradient, bias gradient) and pooling exist twice on x86-64: baseline and AVX2 + FMA (`<name>_avx2`); the AVX2
-builds are taken when the CPU has both, else the baseline ones. dense, elementwise and openmp are baseline only
+builds are taken when the CPU has both, else the baseline ones. dense, elementwise, norm and openmp are baseline only
 (elementwise must not contract a*b + c into FMAs: its results are bitwise NumPy's).
 
 NumPy's own CPU-feature detection decides (the same one its SIMD dispatch uses). CNN_EXT_KERNELS=baseline
@@ -13,7 +13,7 @@ import os
 import warnings
 
 try:
-    from . import dense, elementwise, openmp
+    from . import dense, elementwise, norm, openmp
 except ImportError:  # the source checkout, never built: say so, as NumPy does
     _root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     raise ImportError(
@@ -64,4 +64,4 @@ def _select():
 
 (gemm, rows, tiled, kgrad, pooling), ISA = _select()
 
-__all__ = ["gemm", "rows", "tiled", "kgrad", "dense", "pooling", "elementwise", "openmp", "ISA"]
+__all__ = ["gemm", "rows", "tiled", "kgrad", "dense", "pooling", "elementwise", "norm", "openmp", "ISA"]
