@@ -21,6 +21,7 @@ from .layers import (
     Layer,
     LeakyReLU,
     ReLU,
+    Residual,
     Sigmoid,
     Softmax,
     Tanh,
@@ -41,6 +42,7 @@ from .optim import SGD, Adam
 from .serialization import load, save
 from .gradcheck import GradientCheckError, gradient_check
 from .training import fit
+from .interop import from_torch, to_torch
 
 __all__ = [
     "__version__",
@@ -70,6 +72,7 @@ __all__ = [
     "BatchNorm2D",
     "Dropout",
     "GlobalAvgPool2D",
+    "Residual",
     "Network",
     "mse_loss",
     "mse",
@@ -91,4 +94,6 @@ __all__ = [
     "gradient_check",
     "GradientCheckError",
     "fit",
+    "from_torch",
+    "to_torch",
 ]

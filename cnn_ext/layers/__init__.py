@@ -4,7 +4,7 @@
   registry ``LAYER_TYPES`` and what all layers share;
 - :mod:`.conv`: Conv2D; :mod:`.dense`: Dense and Flatten; :mod:`.activations`: ReLU, LeakyReLU, Sigmoid,
   Tanh, Softmax; :mod:`.norm`: BatchNorm1D, BatchNorm2D;
-  :mod:`.regularization`: Dropout; the pooling layers live with their operations in :mod:`cnn_ext.pooling`.
+  :mod:`.regularization`: Dropout; :mod:`.residual`: Residual; the pooling layers live with their operations in :mod:`cnn_ext.pooling`.
 
 Gradients follow one rule set by the loss (see README, "The gradient rule"): a plain ``dE_dY`` keeps the
 tutorial's conventions (Conv2D ``dK``/``dB`` and Dense ``dB`` batch means, Dense ``dW = xᵀ·dE_dY`` a batch sum);
@@ -18,6 +18,7 @@ from .conv import Conv2D
 from .dense import Dense, Flatten
 from .norm import BatchNorm1D, BatchNorm2D
 from .regularization import Dropout
+from .residual import Residual
 
 __all__ = [
     "LAYER_TYPES",
@@ -34,4 +35,5 @@ __all__ = [
     "BatchNorm1D",
     "BatchNorm2D",
     "Dropout",
+    "Residual",
 ]
