@@ -287,4 +287,6 @@ def to_torch(net: Network):
                             f"BatchNorm2D, Dropout, GlobalAvgPool2D")
         m.train(bool(getattr(layer, "training", True)))
         mods.append(m)
-    return nn.Sequential(*mods)
+    seq = nn.Sequential(*mods)
+    seq.training = bool(net.training)  # the container's own flag; each module already has its layer's
+    return seq
