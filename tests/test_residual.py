@@ -132,3 +132,30 @@ def test_residual_errors():
     with pytest.raises(RuntimeError, match="backward called before forward"):
         Residual([ReLU()]).backward(np.ones((1, 2)))
     assert isinstance(Residual([BatchNorm2D(2)]).buffers()[0][1], np.ndarray)
+
+
+EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.skipif(not (EXAMPLES / "train_resnet.py").is_file(), reason="examples/ is not beside tests/")
+def test_train_resnet_example_trains_and_keeps_its_best_state():
+    """The example's network and loop on the shipped MNIST sample: the loss falls and the kept state loads."""
+    import importlib.util
+
+    from cnn_ext import Adam, fit
+    from cnn_ext.datasets import load_mnist_sample
+
+    spec = importlib.util.spec_from_file_location("train_resnet", EXAMPLES / "train_resnet.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    (x, y), _ = load_mnist_sample(dtype=np.float32)
+    (xt, yt), (xv, yv) = example.split_validation(x[:300], y[:300], 100, seed=0)
+    assert len(yt) == 200 and len(yv) == 100 and not set(map(bytes, xt)) & set(map(bytes, xv))
+    net = example.build_network(width=4)
+    history = fit(net, xt, yt, epochs=2, batch_size=32, optimizer=Adam(3e-3), seed=0, loss="softmax_cross_entropy",
+                  validation_data=(xv, yv), progress=False, verbose=False)
+    assert history["loss"][1] < history["loss"][0]
+    state = net.state_dict()
+    fresh = example.build_network(width=4, seed=7)
+    fresh.load_state_dict(state)
+    assert_array_equal(fresh.predict(xv), net.predict(xv))
