@@ -409,10 +409,11 @@ class Network:
         widths = [max(len(r[c]) for r in (head, *rows)) for c in range(3)]
         line = "-" * (sum(widths) + 4)
         fmt = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}"  # noqa: E731
+        nbytes = sum(a.nbytes for _, a, _ in self._state_entries("summary"))
         text = "\n".join([line, fmt(head), line, *map(fmt, rows), line,
                           f"trainable parameters: {trainable:,}",
                           f"buffers (not trained): {total - trainable:,}",
-                          f"total: {total:,} values, {sum(a.nbytes for _, a, _ in self._state_entries('summary')):,} bytes",
+                          f"total: {total:,} values, {nbytes:,} bytes",
                           line])
         if print_fn is None:
             return text

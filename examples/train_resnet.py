@@ -114,7 +114,8 @@ def main(argv=None):
     saved = f"; saved to {cnn_ext.save(net, args.save)}" if args.save else ""
     reached = "reached" if accuracy >= target else "NOT reached"
     print(f"\n{title}: test accuracy {100 * accuracy:.2f}% (target {100 * target:.1f}% {reached}) with the "
-          f"network of epoch {best['epoch']} (validation {100 * best['acc']:.2f}%) of {history['epochs_run']} epoch(s); "
+          f"network of epoch {best['epoch']} (validation {100 * best['acc']:.2f}%) of {history['epochs_run']} "
+          f"epoch(s); "
           f"{train_minutes:.1f} min of training, {np.mean(history['time']):.0f} s per epoch incl. validation{saved}")
     return accuracy
 

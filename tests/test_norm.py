@@ -190,7 +190,8 @@ def test_batchnorm_config_and_repr():
     bn = BatchNorm2D(4, eps=1e-3, momentum=None, affine=False, dtype=np.float32)
     cfg = bn.get_config()
     assert cfg == {"num_features": 4, "eps": 1e-3, "momentum": None, "affine": False, "dtype": "float32"}
-    assert repr(BatchNorm2D(**cfg)) == repr(bn) == "BatchNorm2D(4, eps=0.001, momentum=None, affine=False, dtype=float32)"
+    assert repr(BatchNorm2D(**cfg)) == repr(bn) == \
+        "BatchNorm2D(4, eps=0.001, momentum=None, affine=False, dtype=float32)"
     assert bn.parameters() == []
     assert [name for name, _ in bn.buffers()] == ["running_mean", "running_var", "num_batches_tracked"]
 
@@ -219,3 +220,16 @@ def test_global_avg_pool_errors():
     layer.forward(np.ones((2, 3, 4, 4)))
     with pytest.raises(ValueError, match=r"dE_dY has shape \(2, 3, 1, 1\)"):
         layer.backward(np.ones((2, 3, 1, 1)))
+
+
+def test_batchnorm_empty_batch_in_eval_and_strided_input():
+    bn = BatchNorm2D(3)
+    x = np.random.default_rng(7).standard_normal((4, 3, 8, 4))
+    assert_allclose(bn.forward(x[:, :, ::2]), bn.forward(np.ascontiguousarray(x[:, :, ::2])), rtol=0, atol=0)
+    bn.training = False
+    assert bn.forward(np.ones((0, 3, 4, 4))).shape == (0, 3, 4, 4)
+    g = bn.backward(exact(np.ones((0, 3, 4, 4))))
+    assert g["dX"].shape == (0, 3, 4, 4)
+    assert_array_equal(g["dGamma"], np.zeros(3))
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        BatchNorm1D(3).forward(np.ones((0, 3)))

@@ -4,7 +4,8 @@
   registry ``LAYER_TYPES`` and what all layers share;
 - :mod:`.conv`: Conv2D; :mod:`.dense`: Dense and Flatten; :mod:`.activations`: ReLU, LeakyReLU, Sigmoid,
   Tanh, Softmax; :mod:`.norm`: BatchNorm1D, BatchNorm2D;
-  :mod:`.regularization`: Dropout; :mod:`.residual`: Residual; the pooling layers live with their operations in :mod:`cnn_ext.pooling`.
+  :mod:`.regularization`: Dropout; :mod:`.residual`: Residual; the pooling layers live with their operations
+  in :mod:`cnn_ext.pooling`.
 
 Gradients follow one rule set by the loss (see README, "The gradient rule"): a plain ``dE_dY`` keeps the
 tutorial's conventions (Conv2D ``dK``/``dB`` and Dense ``dB`` batch means, Dense ``dW = xᵀ·dE_dY`` a batch sum);

@@ -70,7 +70,8 @@ class _BatchNorm(Layer):
         if x.ndim not in self._layouts or x.shape[1] != self.num_features:
             raise self._shape_error("x", self._layout_doc.format(C=self.num_features), x.shape)
         N, C = x.shape[:2]
-        return x, _checks.contiguous(x, self.dtype).reshape(N, C, -1)
+        L = int(np.prod(x.shape[2:], dtype=np.int64))  # not -1: NumPy cannot infer it when N = 0
+        return x, _checks.contiguous(x, self.dtype).reshape(N, C, L)
 
     def forward(self, x: NDArray[np.floating]) -> NDArray[np.floating]:
         """``y = (x - mean) / sqrt(var + eps) * gamma + beta`` per channel, with the batch's statistics in
