@@ -358,7 +358,7 @@ class Network:
             _layer_state(layer, f"{i}.", entries, where, i)
         return entries
 
-    def summary(self, input_shape, *, print_fn=print):
+    def summary(self, input_shape: tuple[int, ...], *, print_fn=print) -> str | None:
         """A table of each layer's output shape and parameter count, and the totals; infers lazy layers' sizes.
 
         Runs one forward pass of a zero sample of ``input_shape`` in evaluation mode (each layer's mode is put

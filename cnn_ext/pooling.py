@@ -13,6 +13,7 @@ Checks (:mod:`cnn_ext._checks`) raise ``ValueError`` (shapes, values) or ``TypeE
 argument and the shapes. Inputs are never modified.
 """
 import numpy as np
+from numpy.typing import NDArray
 
 from . import _checks
 from ._kernels import pooling as _pooling
@@ -300,7 +301,7 @@ class GlobalAvgPool2D(Layer):
     ``dE_dY[n, c] / (H * W)`` at every pixel of the plane.
     """
 
-    def forward(self, x):
+    def forward(self, x: NDArray[np.floating]) -> NDArray[np.floating]:
         x, dtype = _input_4d(x, "x")
         N, C, H, W = x.shape
         if H < 1 or W < 1:
@@ -309,7 +310,7 @@ class GlobalAvgPool2D(Layer):
         self._x, self._y_shape = x, (N, C)
         return y.reshape(N, C)
 
-    def backward(self, dE_dY):
+    def backward(self, dE_dY: NDArray[np.floating]) -> dict:
         x = self._cached_input()
         dtype = _checks.compute_dtype((x,), ("x",))
         dy = self._grad_output(dE_dY, dtype)

@@ -159,3 +159,13 @@ def test_train_resnet_example_trains_and_keeps_its_best_state():
     fresh = example.build_network(width=4, seed=7)
     fresh.load_state_dict(state)
     assert_array_equal(fresh.predict(xv), net.predict(xv))
+
+
+def test_gradient_check_of_a_batchnorm_residual_network():
+    """cnn_ext's own central-difference check (float64) over BatchNorm in both positions and a residual block."""
+    from cnn_ext import BatchNorm1D, GlobalAvgPool2D, Tanh, gradient_check
+
+    net = Network([Conv2D(1, 2, 3, padding=1, seed=0), BatchNorm2D(2), Residual.basic_block(2, 3, stride=2, seed=1),
+                   Tanh(), GlobalAvgPool2D(), Dense(3, 2, seed=3), BatchNorm1D(2)])
+    x = np.random.default_rng(0).standard_normal((4, 1, 6, 6))
+    gradient_check(net, x, loss="random_linear", max_entries=12)  # raises GradientCheckError on a wrong gradient
