@@ -49,6 +49,7 @@ MODULES = {
     "pooling":     dict(twin=True,  exact=False),  # max / average pooling
     "dense":       dict(twin=False, exact=False),  # matmul for the Dense layers (BLAS does the arithmetic)
     "elementwise": dict(twin=False, exact=True),   # fused activations, bitwise NumPy's
+    "norm":        dict(twin=False, exact=False),  # batch normalisation, forward and backward
     "openmp":      dict(twin=False, exact=False),  # what the build has: OpenMP or not
 }
 SRC = "src_pyx"

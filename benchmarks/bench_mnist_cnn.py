@@ -1,4 +1,5 @@
-"""Per-epoch time of the small MNIST CNN of examples/train_mnist_cnn.py: cnn_ext vs PyTorch, side by side (issue 6).
+"""Per-epoch time of the small MNIST CNN of examples/train_mnist_cnn.py (issue 6) and of the small ResNet of
+examples/train_resnet.py (issue 22): cnn_ext vs PyTorch, side by side.
 
 Network: Conv2D(1, 32, 3, 'same'), ReLU, MaxPool2D(2), Conv2D(32, 64, 3, 'same'), ReLU, MaxPool2D(2), Flatten,
 Dense(3136, 128), ReLU, Dense(128, 10); softmax cross-entropy on the logits; Adam(lr=1e-3); float32; batch 64.
@@ -9,8 +10,13 @@ Peers start from the same parameters; before timing, the forward logits, the los
 are checked to agree (cnn_ext's Conv2D dK/dB and Dense dB are batch means, the tutorial's convention, so they are
 compared after multiplying by the batch size; Adam's step is invariant to that scale).
 
+The ResNet (--network resnet or both: Conv2D + BatchNorm2D stem, three basic residual blocks with BatchNorm,
+global average pooling, Dropout, Dense) runs in training mode in both peers (batch statistics, Dropout on);
+its PyTorch twin gets cnn_ext's state_dict, and before timing the logits in evaluation mode and the whole
+state after one Adam step are checked to agree.
+
     CNN_EXT_DATA=../shared/data/mnist python benchmarks/bench_mnist_cnn.py            # 2 threads
-    python benchmarks/bench_mnist_cnn.py --threads 1,2 --quick
+    python benchmarks/bench_mnist_cnn.py --threads 1,2 --quick --network both
 """
 import argparse
 import itertools
@@ -28,6 +34,7 @@ from cnn_ext import Adam, softmax_cross_entropy
 
 sys.path.insert(0, os.path.join(C._ROOT, "examples"))
 from train_mnist_cnn import build_network  # noqa: E402  (the example's network, so both measure the same one)
+from train_resnet import build_network as build_resnet  # noqa: E402
 
 TRAIN_SIZE = 60000
 # gradient of each cnn_ext parameter -> PyTorch's: factor applied to ours (batch mean -> batch sum of the mean loss)
@@ -112,23 +119,82 @@ def check_same_model(batch):
                         err_msg=f"{lname}.{pname} gradient differs")
 
 
-def make_steppers(batches):
+def make_torch_resnet(net):
+    """The ResNet of examples/train_resnet.py in PyTorch, with cnn_ext's weights and buffers, and its Adam."""
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self, block):
+            super().__init__()
+            self.layers = nn.Sequential(*[convert(layer) for layer in block.layers])
+            self.shortcut = None if block.shortcut is None else \
+                nn.Sequential(*[convert(layer) for layer in block.shortcut])
+
+        def forward(self, x):
+            return self.layers(x) + (x if self.shortcut is None else self.shortcut(x))
+
+    def convert(layer):
+        name = type(layer).__name__
+        if name == "Conv2D":
+            return nn.Conv2d(layer.c_in, layer.c_out, layer.kernel_size, stride=layer.stride,
+                             padding=layer.padding if isinstance(layer.padding, (int, str)) else layer.padding[0])
+        if name == "BatchNorm2D":
+            return nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+        if name == "Residual":
+            return Block(layer)
+        if name == "Dense":
+            return nn.Linear(layer.n_in, layer.n_out)
+        if name == "Dropout":
+            return nn.Dropout(layer.p)
+        if name == "GlobalAvgPool2D":
+            return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        return {"ReLU": nn.ReLU}[name]()
+
+    model = nn.Sequential(*[convert(layer) for layer in net.layers])
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in net.state_dict().items()})
+    return model, torch.optim.Adam(model.parameters(), lr=1e-3)
+
+
+def check_same_resnet(batch):
+    """Evaluation-mode logits, and every weight and buffer after one training-mode SGD step, agree (SGD, not
+    Adam: the convolution biases before a BatchNorm have a zero gradient, whose rounding noise Adam's first step
+    would scale up to +-lr)."""
+    x, y = batch
+    net = build_resnet(seed=0)
+    model, _ = make_torch_resnet(net)
+    net.eval()
+    model.eval()
+    assert_allclose(net.forward(x), model(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-4,
+                    err_msg="ResNet logits differ")
+    net.train()
+    model.train()
+    net[10].p = model[10].p = 0.0  # Dropout's draws differ between the peers: off for this check only
+    cnn_ext_step((net, cnn_ext.SGD(0.1)), x, y)
+    torch_step((model, torch.optim.SGD(model.parameters(), lr=0.1)), torch.from_numpy(x), torch.from_numpy(y))
+    theirs = model.state_dict()
+    for key, value in net.state_dict().items():
+        assert_allclose(value, theirs[key].numpy(), rtol=1e-3, atol=1e-4, err_msg=f"ResNet {key} differs")
+
+
+def make_steppers(batches, network="cnn"):
     """{peer: zero-argument callable doing one training step on the next batch (cycling)}."""
     def stepper(step, state, data):
         data = itertools.cycle(data)
         return lambda: step(state, *next(data))
 
-    net = build_network(seed=0)
+    net = build_network(seed=0) if network == "cnn" else build_resnet(seed=0)
     steppers = {"cnn_ext": stepper(cnn_ext_step, (net, Adam(1e-3)), batches)}
     if torch is not None:
         tb = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]
-        steppers["torch"] = stepper(torch_step, make_torch(net), tb)
+        steppers["torch"] = stepper(torch_step, make_torch(net) if network == "cnn" else make_torch_resnet(net), tb)
     return steppers
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=lambda s: C.parse_list(s, int), default=[2])
+    ap.add_argument("--network", choices=("cnn", "resnet", "both"), default="cnn",
+                    help="the small CNN (train_mnist_cnn.py), the ResNet (train_resnet.py) or both")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=None, help="samples per peer (default 7; 3 with --quick)")
     ap.add_argument("--min-time", type=float, default=None, help="seconds per sample (default 0.5; 0.2 quick)")
@@ -141,42 +207,49 @@ def main(argv=None):
     min_time = args.min_time if args.min_time is not None else (0.2 if args.quick else 0.5)
     batches, what = load_batches(args.batch_size, 16)
     steps_per_epoch = -(-TRAIN_SIZE // args.batch_size)
+    networks = ("cnn", "resnet") if args.network == "both" else (args.network,)
+    titles = {"cnn": "small MNIST CNN", "resnet": "small ResNet with BatchNorm (train_resnet.py, width 16)"}
 
-    lines = ["# Small MNIST CNN, one epoch: cnn_ext vs PyTorch (float32, Adam, batch "
-             f"{args.batch_size})", ""]
+    lines = [f"# {' and '.join(titles[n] for n in networks)}, one epoch: cnn_ext vs PyTorch (float32, Adam, "
+             f"batch {args.batch_size})", ""]
     lines += C.machine_report()
     lines += [f"- data: {what}", ""]
     if torch is None:
         lines.append("PyTorch is not installed: only cnn_ext is timed.")
     else:
         with C.threads(max(args.threads)):
-            check_same_model(batches[0])
-        lines.append("Checked before timing: same logits, loss and parameter gradients in both peers.")
+            if "cnn" in networks:
+                check_same_model(batches[0])
+            if "resnet" in networks:
+                check_same_resnet(batches[0])
+        lines.append("Checked before timing: the same logits, loss and parameter gradients in both peers (the "
+                     "ResNet: the same logits, and the same weights and running statistics after one SGD step).")
     rows = []
-    for t in args.threads:
-        if args.wait_quiet:
-            C.wait_quiet(args.wait_quiet)
-        with C.threads(t):
-            steppers = make_steppers(batches)
-            for fn in steppers.values():  # warm up (allocations, Adam state, thread pools)
-                fn()
-                fn()
-            stats = C.interleaved(steppers, repeats, min_time)
-        ours = stats["cnn_ext"].median
-        row = [str(t), f"{C.fmt_time(ours)} (±{stats['cnn_ext'].spread_pct():.0f}%)",
-               f"{ours * steps_per_epoch:.1f} s"]
-        if "torch" in stats:
-            theirs = stats["torch"].median
-            row += [f"{C.fmt_time(theirs)} (±{stats['torch'].spread_pct():.0f}%)",
-                    f"{theirs * steps_per_epoch:.1f} s", C.fmt_ratio(theirs / ours)]
-        else:
-            row += ["—", "—", "—"]
-        row.append(f"{stats['cnn_ext'].other_load:.2f}")
-        rows.append(row)
+    for network in networks:
+        for t in args.threads:
+            if args.wait_quiet:
+                C.wait_quiet(args.wait_quiet)
+            with C.threads(t):
+                steppers = make_steppers(batches, network)
+                for fn in steppers.values():  # warm up (allocations, Adam state, thread pools)
+                    fn()
+                    fn()
+                stats = C.interleaved(steppers, repeats, min_time)
+            ours = stats["cnn_ext"].median
+            row = [network, str(t), f"{C.fmt_time(ours)} (±{stats['cnn_ext'].spread_pct():.0f}%)",
+                   f"{ours * steps_per_epoch:.1f} s"]
+            if "torch" in stats:
+                theirs = stats["torch"].median
+                row += [f"{C.fmt_time(theirs)} (±{stats['torch'].spread_pct():.0f}%)",
+                        f"{theirs * steps_per_epoch:.1f} s", C.fmt_ratio(theirs / ours)]
+            else:
+                row += ["—", "—", "—"]
+            row.append(f"{stats['cnn_ext'].other_load:.2f}")
+            rows.append(row)
     lines += ["", f"Median step time of {repeats} interleaved samples, epoch = {steps_per_epoch} steps; "
               "ratio = PyTorch time / cnn_ext time (> 1: cnn_ext is faster); 'other load' = cores other "
               "processes kept busy meanwhile.", ""]
-    lines += C.markdown_table(["threads", "cnn_ext step", "cnn_ext epoch", "torch step", "torch epoch",
+    lines += C.markdown_table(["network", "threads", "cnn_ext step", "cnn_ext epoch", "torch step", "torch epoch",
                                "ratio", "other load"], rows)
     C.emit(lines, args.out)
 

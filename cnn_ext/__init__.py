@@ -12,12 +12,16 @@ from .ops import (
 )
 from .layers import (
     LAYER_TYPES,
+    BatchNorm1D,
+    BatchNorm2D,
+    Dropout,
     Conv2D,
     Dense,
     Flatten,
     Layer,
     LeakyReLU,
     ReLU,
+    Residual,
     Sigmoid,
     Softmax,
     Tanh,
@@ -27,6 +31,7 @@ from .losses import ExactGradient, exact, get_current_accuracy, mse, mse_loss, s
 from .network import Network
 from .pooling import (
     AvgPool2D,
+    GlobalAvgPool2D,
     MaxPool2D,
     avgpool2d_backward,
     avgpool2d_forward,
@@ -37,6 +42,7 @@ from .optim import SGD, Adam, AdamW
 from .serialization import load, save
 from .gradcheck import GradientCheckError, gradient_check
 from .training import evaluate, fit
+from .interop import from_torch, to_torch
 from . import callbacks, schedules
 
 __all__ = [
@@ -63,6 +69,11 @@ __all__ = [
     "Tanh",
     "LeakyReLU",
     "Softmax",
+    "BatchNorm1D",
+    "BatchNorm2D",
+    "Dropout",
+    "GlobalAvgPool2D",
+    "Residual",
     "Network",
     "mse_loss",
     "mse",
@@ -87,4 +98,6 @@ __all__ = [
     "fit",
     # the training toolkit (issue 22)
     "evaluate",
+    "from_torch",
+    "to_torch",
 ]

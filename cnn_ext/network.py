@@ -15,18 +15,49 @@ The gradient rule is the loss's: ``backward`` given an :class:`~cnn_ext.losses.E
 ``softmax_cross_entropy`` or ``exact(...)``) hands every layer a flagged ``dE_dY``, so every parameter gets the
 exact gradient of the loss; given a plain array (the tutorial's ``mse_loss``) every layer follows the tutorial.
 """
+import contextlib
 import inspect
+import math
 import warnings
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _checks
 from ._threads import blas_single_thread
 from .layers.base import EXACT, TUTORIAL, Gradients, Layer, grad_rule, sgd_step
+from .layers.conv import Conv2D
+from .layers.dense import Dense
+from .layers.norm import _BatchNorm
 from .losses import ExactGradient
 
 __all__ = ["Network", "GradientRuleWarning"]
+
+# PyTorch's names of the built-in layers' parameters: (class, {param_name: (state name, transposed)})
+_TORCH_NAMES = (
+    (Conv2D, {"k": ("weight", False), "b": ("bias", False)}),
+    (Dense, {"w": ("weight", True), "b": ("bias", False)}),  # PyTorch's Linear keeps (out, in)
+    (_BatchNorm, {"gamma": ("weight", False), "beta": ("bias", False)}),
+)
+
+
+def _layer_state(layer, prefix, entries, where, index):
+    """Append ``(key, array, transposed)`` of ``layer``'s parameters and buffers (its inner layers' for a
+    block with ``named_sublayers()``) to ``entries``."""
+    if not getattr(layer, "built", True):
+        raise ValueError(f"{where}: layer {index} ({layer!r}) has not inferred its sizes yet; run a forward pass "
+                         f"or summary(input_shape) first")
+    if callable(getattr(layer, "named_sublayers", None)):
+        for name, sub in layer.named_sublayers():
+            _layer_state(sub, f"{prefix}{name}.", entries, where, index)
+        return
+    names = next((names for cls, names in _TORCH_NAMES if isinstance(layer, cls)), {})
+    for name, _, arr in (layer.parameters() if _has_parameters(layer) else []):
+        key, transposed = names.get(name, (name, False))
+        entries.append((prefix + key, arr, transposed))
+    for name, arr in (layer.buffers() if callable(getattr(layer, "buffers", None)) else []):
+        entries.append((prefix + name, arr, False))
 
 
 class GradientRuleWarning(UserWarning):
@@ -174,18 +205,59 @@ class Network:
                     sgd_step(p, d, learning_rate)
 
     def predict(self, x, batch_size=256):
-        """Forward pass over ``x`` in chunks of ``batch_size`` samples (bounded memory), concatenated.
+        """The network's scores for ``x``: the last layer's output, computed in evaluation mode.
 
-        Like ``forward`` it replaces the layers' caches, so call it between training steps, not inside one.
+        Runs the forward pass over ``x`` in chunks of ``batch_size`` samples (bounded memory) and concatenates
+        them. The output is what the last layer gives (logits, or probabilities after a Softmax / Sigmoid layer),
+        one row per sample; :meth:`predict_classes` gives the labels. Layers that act differently in training
+        (BatchNorm, Dropout) run in evaluation mode, as Keras's ``predict`` does, and each layer's mode is put
+        back afterwards. Like ``forward`` it replaces the layers' caches, so call it between training steps, not
+        inside one.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, ...)
+        batch_size : int, default 256
+
+        Returns
+        -------
+        scores : ndarray, shape (N, ...)
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         x = np.asarray(x)
         if x.ndim == 0:
             raise ValueError(f"predict: x must have a batch axis, got a scalar of shape {x.shape}")
-        if x.shape[0] <= batch_size:
-            return self.forward(x)
-        return np.concatenate([self.forward(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+        with self._eval_mode():
+            if x.shape[0] <= batch_size:
+                return self.forward(x)
+            return np.concatenate([self.forward(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+    def predict_classes(self, x: npt.ArrayLike, batch_size: int = 256) -> npt.NDArray[np.intp]:
+        """The predicted class of each sample: ``argmax`` of :meth:`predict`'s scores over the class axis
+        (``x`` and ``batch_size`` as there).
+
+        Returns
+        -------
+        labels : ndarray of intp, shape (N,)
+            For scores of shape (N, K), the index of each row's largest score.
+        """
+        scores = self.predict(x, batch_size)
+        if scores.ndim != 2:
+            raise ValueError(f"predict_classes: the network's output must be (N, classes) scores, got shape "
+                             f"{scores.shape}; use predict() and take the argmax over the class axis yourself")
+        return scores.argmax(axis=1)
+
+    @contextlib.contextmanager
+    def _eval_mode(self):
+        """Every layer in evaluation mode for the block, each layer's own mode restored after it."""
+        modes = [getattr(layer, "training", True) for layer in self.layers]
+        self.eval()
+        try:
+            yield
+        finally:
+            for layer, mode in zip(self.layers, modes):
+                layer.training = mode
 
     def parameters(self):
         """``(f"{i}.{param_name}", grad_key, ndarray)`` for every parameter of every layer, in layer order.
@@ -195,6 +267,158 @@ class Network:
         return [(f"{i}.{name}", key, arr)
                 for i, layer in enumerate(self.layers)
                 for name, key, arr in (layer.parameters() if _has_parameters(layer) else [])]
+
+    def buffers(self) -> list[tuple[str, npt.NDArray]]:
+        """``(f"{i}.{name}", ndarray)`` for every buffer of every layer (state that gradients do not train, such
+        as BatchNorm's running statistics; a layer lists them with a ``buffers()`` method), in layer order."""
+        return [(f"{i}.{name}", arr) for i, layer in enumerate(self.layers)
+                for name, arr in (layer.buffers() if callable(getattr(layer, "buffers", None)) else [])]
+
+    def state_dict(self) -> dict[str, npt.NDArray]:
+        """The network's weights and buffers as ``{name: array}``, named and laid out as PyTorch names them.
+
+        Names are ``f"{layer_index}.{name}"``: Conv2D's ``k`` and ``b`` are ``weight`` and ``bias``, Dense's
+        ``weight`` is its ``w`` transposed to PyTorch's (n_out, n_in), BatchNorm's ``gamma`` and ``beta`` are
+        ``weight`` and ``bias`` beside its ``running_mean``, ``running_var`` and ``num_batches_tracked``; a
+        :class:`~cnn_ext.layers.residual.Residual` block's inner layers are ``{i}.layers.{j}.`` and
+        ``{i}.shortcut.{j}.``; other layers keep their parameter names. So a PyTorch ``nn.Sequential`` of the same
+        layers has the same keys and shapes (``{k: v.numpy() for k, v in module.state_dict().items()}`` loads).
+
+        Returns
+        -------
+        state : dict of str to ndarray
+            Copies: training on does not change them (keep one as a snapshot of the best weights).
+
+        Raises
+        ------
+        ValueError
+            When a lazy layer has not inferred its sizes yet (run a forward pass or :meth:`summary` first).
+        """
+        return {key: np.array(arr.T if transposed else arr, copy=True)
+                for key, arr, transposed in self._state_entries("state_dict")}
+
+    def load_state_dict(self, state: Mapping[str, npt.ArrayLike], strict: bool = True) -> None:
+        """Copy weights and buffers from ``state`` (as :meth:`state_dict` names them) into the network's arrays.
+
+        The arrays stay the same objects (optimizers keep their state); values are cast to each array's dtype
+        (float32 PyTorch weights load into a float64 network). Every entry is checked before any is copied, so a
+        refused call changes nothing.
+
+        Parameters
+        ----------
+        state : mapping of str to array_like
+            NumPy arrays, or anything ``numpy.asarray`` takes (CPU tensors included).
+        strict : bool, default True
+            Require exactly the network's keys; with False, missing keys keep their values and unknown keys are
+            ignored (shapes are checked all the same).
+
+        Raises
+        ------
+        ValueError
+            Missing or unexpected keys (strict), or a shape that differs, naming the key and both shapes.
+        TypeError
+            ``state`` is not a mapping, or an entry is not an array of real numbers.
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"load_state_dict: state must be a mapping of names to arrays, got {type(state).__name__}")
+        if not isinstance(strict, (bool, np.bool_)):
+            raise TypeError(f"load_state_dict: strict must be True or False, got {strict!r}")
+        entries = self._state_entries("load_state_dict")
+        keys = [key for key, _, _ in entries]
+        if strict:
+            missing = [key for key in keys if key not in state]
+            unexpected = sorted(str(key) for key in set(state) - set(keys))
+            if missing or unexpected:
+                raise ValueError(f"load_state_dict: the state does not match the network: missing keys {missing}, "
+                                 f"unexpected keys {unexpected} (strict=False loads the keys both have)")
+        copies = []
+        for key, arr, transposed in entries:
+            if key not in state:
+                continue
+            try:
+                value = np.asarray(state[key])
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise TypeError(f"load_state_dict: {key!r} is not an array: {exc}") from None
+            want = arr.T.shape if transposed else arr.shape
+            if value.shape != want:
+                raise ValueError(f"load_state_dict: {key!r} has shape {value.shape} in the state but shape {want} in "
+                                 f"the network")
+            if value.dtype.kind not in ("iuf" if arr.dtype.kind == "f" else "iu"):
+                raise TypeError(f"load_state_dict: {key!r} has dtype {value.dtype}, which does not load into the "
+                                f"network's {arr.dtype}")
+            copies.append((arr, value.T if transposed else value))
+        for arr, value in copies:  # every check passed: now copy
+            arr[...] = value
+
+    def _state_entries(self, where):
+        """``[(key, array, transposed)]``: the network's arrays in state-dict order, ``transposed`` when the
+        state holds ``array.T`` (Dense's weight in PyTorch's layout)."""
+        entries = []
+        for i, layer in enumerate(self.layers):
+            _layer_state(layer, f"{i}.", entries, where, i)
+        return entries
+
+    def summary(self, input_shape: tuple[int, ...], *, print_fn=print) -> str | None:
+        """A table of each layer's output shape and parameter count, and the totals; infers lazy layers' sizes.
+
+        Runs one forward pass of a zero sample of ``input_shape`` in evaluation mode (each layer's mode is put
+        back afterwards, running statistics do not change); like ``forward``, it replaces the layers' caches.
+
+        Parameters
+        ----------
+        input_shape : tuple of int
+            One sample's shape, without the batch axis: ``(1, 28, 28)`` for MNIST images.
+        print_fn : callable or None, default print
+            Called with the table (Keras's ``summary`` prints it); None returns the table instead.
+
+        Returns
+        -------
+        table : str or None
+            The table when ``print_fn`` is None.
+        """
+        try:
+            shape = tuple(_checks.positive_int(d, "input_shape") for d in input_shape)
+        except TypeError:
+            raise TypeError(f"summary: input_shape must be a tuple of positive ints (one sample's shape, without "
+                            f"the batch axis), got {input_shape!r}") from None
+        dtype = next((arr.dtype for _, _, arr in self.parameters()), None) or \
+            next((np.dtype(layer.dtype) for layer in self.layers if hasattr(layer, "dtype")), np.dtype(np.float64))
+        x = np.zeros((1, *shape), dtype)
+        rows = [("input", f"(N, {', '.join(map(str, shape))})", "")]
+        total = trainable = 0
+        with self._eval_mode(), blas_single_thread():
+            for i, layer in enumerate(self.layers):
+                try:
+                    x = layer.forward(x)
+                except (ValueError, TypeError) as exc:
+                    raise ValueError(f"summary: layer {i} ({layer!r}) refuses the output of the layer before it, "
+                                     f"of shape (N, {', '.join(map(str, np.shape(x)[1:]))}): {exc}") from None
+                params = layer.parameters() if _has_parameters(layer) else []
+                count = sum(arr.size for _, _, arr in params)
+                bufs = layer.buffers() if callable(getattr(layer, "buffers", None)) else []
+                total += count + sum(arr.size for _, arr in bufs)
+                trainable += count
+                if callable(getattr(layer, "named_sublayers", None)):  # a block: its name, then its layers
+                    rows.append((f"{i}: {type(layer).__name__}", f"(N, {', '.join(map(str, np.shape(x)[1:]))})",
+                                 f"{count:,}"))
+                    rows += [(f"  {name}: {sub!r}", "", f"{sum(a.size for _, _, a in sub.parameters()):,}")
+                             for name, sub in layer.named_sublayers()]
+                    continue
+                rows.append((f"{i}: {layer!r}", f"(N, {', '.join(map(str, np.shape(x)[1:]))})", f"{count:,}"))
+        head = ("layer", "output shape", "parameters")
+        widths = [max(len(r[c]) for r in (head, *rows)) for c in range(3)]
+        line = "-" * (sum(widths) + 4)
+        fmt = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}"  # noqa: E731
+        nbytes = sum(a.nbytes for _, a, _ in self._state_entries("summary"))
+        text = "\n".join([line, fmt(head), line, *map(fmt, rows), line,
+                          f"trainable parameters: {trainable:,}",
+                          f"buffers (not trained): {total - trainable:,}",
+                          f"total: {total:,} values, {nbytes:,} bytes",
+                          line])
+        if print_fn is None:
+            return text
+        print_fn(text)
+        return None
 
     def __len__(self):
         return len(self.layers)

@@ -30,6 +30,7 @@ __all__ = [
     "avgpool2d_backward",
     "MaxPool2D",
     "AvgPool2D",
+    "GlobalAvgPool2D",
 ]
 
 _NO_INDICES = np.empty(0, dtype=np.int32)
@@ -302,3 +303,38 @@ class MaxPool2D(_Pool2D):
 class AvgPool2D(_Pool2D):
     __doc__ = _LAYER_DOC.format(what="Average", torch="AvgPool2d", grad="each gradient is shared equally over its window")
     _use_max = False
+
+
+@register_layer
+class GlobalAvgPool2D(Layer):
+    """Global average pooling, NCHW -> NC (PyTorch's ``AdaptiveAvgPool2d(1)`` followed by ``Flatten()``).
+
+    One average pooling window of the whole (H, W) plane, through the same compiled kernels as
+    :class:`AvgPool2D`.
+
+    Shapes
+    ------
+    x (N, C, H, W) -> y (N, C) with ``y[n, c] = mean(x[n, c])``. ``backward(dE_dY)`` returns ``{"dX"}``:
+    ``dE_dY[n, c] / (H * W)`` at every pixel of the plane.
+    """
+
+    def forward(self, x: NDArray[np.floating]) -> NDArray[np.floating]:
+        x, dtype = _input_4d(x, "x")
+        N, C, H, W = x.shape
+        if H < 1 or W < 1:
+            raise ValueError(f"{self!r}: expected x of shape (N, C, H, W) with H, W >= 1, got shape {x.shape}")
+        y, _ = _forward(x, dtype, (H, W), (H, W), False)
+        self._x, self._y_shape = x, (N, C)
+        return y.reshape(N, C)
+
+    def backward(self, dE_dY: NDArray[np.floating]) -> dict:
+        x = self._cached_input()
+        dtype = _checks.compute_dtype((x,), ("x",))
+        dy = self._grad_output(dE_dY, dtype)
+        N, C, H, W = x.shape
+        if dy.size == 0:
+            return {"dX": np.zeros(x.shape, dtype)}
+        return {"dX": _backward(dy.reshape(N, C, 1, 1), None, x.shape, dtype, (H, W), (H, W), False)}
+
+    def extra_repr(self):
+        return ""

@@ -4,7 +4,8 @@ File layout (``numpy.savez``, read back with ``allow_pickle=False``):
 
 - ``__cnn_ext__``: a 0-d string array holding JSON ``{"format": "cnn_ext.network", "version": 1,
   "layers": [[class_name, config], ...]}``, where ``config`` is the layer's ``get_config()``;
-- ``"{i}.{param_name}"``: each parameter array of layer ``i``, as ``Network.parameters()`` names it.
+- ``"{i}.{param_name}"``: each parameter array of layer ``i``, as ``Network.parameters()`` names it, and each
+  buffer (BatchNorm's running statistics), as ``Network.buffers()`` names it.
 
 Loading checks before it spends: the architecture JSON first (size and nesting capped), then every entry's name,
 dtype and shape from its ``.npy`` header (and the zip's recorded sizes) against the parameters the
@@ -46,6 +47,9 @@ def _architecture(network):
         get_config = getattr(layer, "get_config", None)
         if not callable(get_config):
             raise TypeError(f"save: layer {i} ({layer!r}) has no get_config()")
+        if not getattr(layer, "built", True):
+            raise ValueError(f"save: layer {i} ({layer!r}) has not inferred its sizes yet, so it has no weights to "
+                             f"save; run a forward pass or summary(input_shape) first")
         layers.append([name, get_config()])
     try:
         return json.dumps({"format": _FORMAT, "version": _VERSION, "layers": layers})
@@ -73,6 +77,8 @@ def save(network: Network, path: Union[str, "os.PathLike[str]", BinaryIO]) -> Un
         raise TypeError(f"save expects a cnn_ext.Network, got {type(network).__name__}")
     arrays: Dict[str, Any] = {_ARCH_KEY: np.array(_architecture(network))}
     for name, _, arr in network.parameters():
+        arrays[name] = np.asarray(arr)
+    for name, arr in network.buffers():
         arrays[name] = np.asarray(arr)
     target: Union[str, BinaryIO]
     if hasattr(path, "write"):
@@ -245,11 +251,16 @@ def _build(i, entry):
         layer = without_weights(cfg) if without_weights is not None else cls(**cfg)
         shapes = layer.param_shapes() if hasattr(layer, "param_shapes") else \
             {p: (arr.shape, arr.dtype) for p, _, arr in (layer.parameters() if hasattr(layer, "parameters") else [])}
+        # buffers (BatchNorm's running statistics) are read into the arrays the layer built
+        shapes.update({b: (arr.shape, arr.dtype) for b, arr in
+                       (layer.buffers() if callable(getattr(layer, "buffers", None)) else [])})
     except (TypeError, ValueError, NotImplementedError, OverflowError) as exc:
         raise _Refused(f"layer {i} ({name}) cannot be built from {cfg!r}: {exc}") from None
     except MemoryError as exc:
         raise _Refused(f"layer {i} ({name}) built from {cfg!r} needs more memory than there is ({exc}); the file "
                        f"is corrupt or not what it claims") from None
+    if not getattr(layer, "built", True):
+        raise _Refused(f"layer {i} ({name}) built from {cfg!r} has no input size: not a network save() wrote")
     return layer, {p: (tuple(shape), np.dtype(dtype)) for p, (shape, dtype) in shapes.items()}
 
 
@@ -277,6 +288,8 @@ def _load(zf, size):
     arrays = {key: _read_data(zf, entries[key]) for key in expected}  # every check passed: now the data
     for i, (layer, params) in enumerate(built):
         weights = {p: arrays[f"{i}.{p}"] for p in params}
+        for b, arr in (layer.buffers() if callable(getattr(layer, "buffers", None)) else []):
+            arr[...] = weights.pop(b)  # buffers in place: the layer holds them
         if hasattr(layer, "set_weights"):
             layer.set_weights(weights, copy=False)
         else:

@@ -22,7 +22,7 @@ import cnn_ext
 from cnn_ext import _kernels
 
 # Keep in sync with MODULES in setup.py.
-BASELINE_MODULES = ["gemm", "rows", "tiled", "kgrad", "pooling", "dense", "elementwise", "openmp"]
+BASELINE_MODULES = ["gemm", "rows", "tiled", "kgrad", "pooling", "dense", "elementwise", "norm", "openmp"]
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
 PKG_DIR = Path(cnn_ext.__file__).resolve().parent

@@ -30,6 +30,7 @@ TESTS=(
     tests/test_conv_methods.py   # every method of the three convolution operations, every test shape
     tests/test_pooling.py
     tests/test_elementwise.py
+    tests/test_norm.py           # the batch-normalisation kernels: both modes, both dtypes, thread counts
     tests/test_conv_ops.py       # strides, padding, out=, thread counts
     tests/test_empty_batches.py
     tests/test_layers.py::test_conv2d_against_reference

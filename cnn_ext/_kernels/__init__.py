@@ -3,7 +3,7 @@
 gemm (im2col + BLAS), rows (plain direct loops), tiled (register-tiled direct forward), kgrad (tiled kernel
 gradient, bias gradient) and pooling are "twins": on x86-64 each exists three times, baseline, AVX2 + FMA
 (`<name>_avx2`) and AVX-512 F/VL/BW/DQ (`<name>_avx512`, 64-byte vectors and the 32 vector registers). dense,
-elementwise and openmp are baseline only (elementwise must not contract a*b + c into FMAs: its results are
+elementwise, norm and openmp are baseline only (elementwise must not contract a*b + c into FMAs: its results are
 bitwise NumPy's).
 
 NumPy's own CPU-feature detection decides (the same one its SIMD dispatch uses), before any variant is imported:
@@ -22,7 +22,7 @@ import os
 import warnings
 
 try:
-    from . import dense, elementwise, openmp
+    from . import dense, elementwise, norm, openmp
 except ImportError:  # the source checkout, never built: say so, as NumPy does
     _root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     raise ImportError(
@@ -121,5 +121,5 @@ def _select():
 
 (gemm, rows, tiled, kgrad, pooling), ISA, VARIANTS = _select()
 
-__all__ = ["gemm", "rows", "tiled", "kgrad", "dense", "pooling", "elementwise", "openmp", "ISA", "VARIANTS",
+__all__ = ["gemm", "rows", "tiled", "kgrad", "dense", "pooling", "elementwise", "norm", "openmp", "ISA", "VARIANTS",
            "ISA_FEATURES", "AUTO_KEEPS_AVX2", "cpu_supports"]

@@ -3,7 +3,9 @@
 - :mod:`.base`: the protocol (``forward``, ``backward``, ``update``, ``parameters``, ``get_config``), the
   registry ``LAYER_TYPES`` and what all layers share;
 - :mod:`.conv`: Conv2D; :mod:`.dense`: Dense and Flatten; :mod:`.activations`: ReLU, LeakyReLU, Sigmoid,
-  Tanh, Softmax; the pooling layers live with their operations in :mod:`cnn_ext.pooling`.
+  Tanh, Softmax; :mod:`.norm`: BatchNorm1D, BatchNorm2D;
+  :mod:`.regularization`: Dropout; :mod:`.residual`: Residual; the pooling layers live with their operations
+  in :mod:`cnn_ext.pooling`.
 
 Gradients follow one rule set by the loss (see README, "The gradient rule"): a plain ``dE_dY`` keeps the
 tutorial's conventions (Conv2D ``dK``/``dB`` and Dense ``dB`` batch means, Dense ``dW = xᵀ·dE_dY`` a batch sum);
@@ -15,6 +17,9 @@ from .activations import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .base import LAYER_TYPES, Layer, register_layer
 from .conv import Conv2D
 from .dense import Dense, Flatten
+from .norm import BatchNorm1D, BatchNorm2D
+from .regularization import Dropout
+from .residual import Residual
 
 __all__ = [
     "LAYER_TYPES",
@@ -28,4 +33,8 @@ __all__ = [
     "Tanh",
     "LeakyReLU",
     "Softmax",
+    "BatchNorm1D",
+    "BatchNorm2D",
+    "Dropout",
+    "Residual",
 ]

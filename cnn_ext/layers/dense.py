@@ -41,6 +41,10 @@ class Dense(ParamLayer):
     Parameters
     ----------
     n_in, n_out : int
+        ``Dense(n_out)`` (or ``Dense(None, n_out)``) is lazy, as PyTorch's ``LazyLinear``: ``n_in`` is taken from
+        the first input (a forward pass, or :meth:`cnn_ext.Network.summary`), and the weights are drawn then,
+        from ``rng`` / ``seed`` or NumPy's global state. Until then ``parameters()`` is empty, ``built`` is False
+        and ``save`` / ``state_dict`` refuse the network by name.
     init : None, 'he_normal', 'he_uniform', 'glorot_normal' or 'glorot_uniform'
         None is the tutorial's: w and b ~ 0.1 * N(0, 1). The others draw w and zero b.
     rng, seed, dtype : as in :class:`Conv2D`
@@ -61,25 +65,51 @@ class Dense(ParamLayer):
     _config_keys = ("n_in", "n_out", "init")
     _params = (("w", "dW"), ("b", "dB"))
 
-    def __init__(self, n_in, n_out, *, init=None, rng=None, seed=None, dtype=np.float64):
+    def __init__(self, n_in, n_out=None, *, init=None, rng=None, seed=None, dtype=np.float64):
         super().__init__()
-        self.n_in = _checks.positive_int(n_in, "n_in", _checks.INT_MAX)
+        if n_out is None:  # Dense(n_out): the input size comes with the first input
+            n_in, n_out = None, n_in
+        self.n_in = None if n_in is None else _checks.positive_int(n_in, "n_in", _checks.INT_MAX)
         self.n_out = _checks.positive_int(n_out, "n_out", _checks.INT_MAX)
         self.init = init
         self.dtype = _checks.float_dtype(dtype)
-        self.w, self.b = init_params(init, random_source(rng, seed), (self.n_in, self.n_out), (self.n_out,),
+        self._source = random_source(rng, seed)
+        self.w = self.b = None
+        if self.n_in is not None:
+            self._draw()
+
+    def _draw(self):
+        self.w, self.b = init_params(self.init, self._source, (self.n_in, self.n_out), (self.n_out,),
                                       self.n_in, self.n_out, 0.1, self.dtype,
                                       lambda: f"Dense: n_in={self.n_in}, n_out={self.n_out} give weights")
+        self._source = None  # drawn once: the layer holds no random state after that
+
+    @property
+    def built(self):
+        """False for a lazy Dense before its first input (no weights yet), else True."""
+        return self.n_in is not None
+
+    def parameters(self):
+        return super().parameters() if self.n_in is not None else []
 
     def param_shapes(self):
         """``{"w": ((n_in, n_out), dtype), "b": ((n_out,), dtype)}``, from the config alone."""
+        if self.n_in is None:
+            raise ValueError(f"{self!r} has not inferred n_in yet: run a forward pass or summary(input_shape) first")
         return {"w": ((self.n_in, self.n_out), self.dtype), "b": ((self.n_out,), self.dtype)}
 
     def forward(self, x):
         """``y = x @ w + b``; x (N, n_in) -> y (N, n_out)."""
         x = _checks.as_float_array(x, "x").astype(self.dtype, copy=False)
+        if self.n_in is None and x.ndim == 2 and x.shape[1] >= 1:
+            self.n_in = _checks.positive_int(x.shape[1], "n_in", _checks.INT_MAX)
+            try:
+                self._draw()
+            except ValueError:
+                self.n_in = None  # a refused call changes nothing
+                raise
         if x.ndim != 2 or x.shape[1] != self.n_in:
-            raise self._shape_error("x", f"(N, {self.n_in})", x.shape)
+            raise self._shape_error("x", f"(N, {self.n_in or 'n_in'})", x.shape)
         y = _matmul(x, self.w) if self.dtype == np.float64 else x @ self.w
         y += self.b  # y is ours: add in place instead of allocating x @ w + b
         self._x, self._y_shape = x, y.shape
@@ -108,6 +138,8 @@ class Dense(ParamLayer):
         return grads
 
     def extra_repr(self):
+        if self.n_in is None:
+            return f"{self.n_out}" + self._repr_tail()
         return f"n_in={self.n_in}, n_out={self.n_out}" + self._repr_tail()
 
 

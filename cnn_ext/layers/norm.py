@@ -1,0 +1,180 @@
+"""Batch normalisation layers (PyTorch's ``BatchNorm1d`` / ``BatchNorm2d``), computed by ``cnn_ext._kernels.norm``.
+
+In training mode a layer normalises with the batch's own statistics (biased variance) and updates its running
+statistics (``running = (1 - momentum) * running + momentum * batch``, the variance unbiased, ``N*L / (N*L - 1)``);
+``momentum=None`` makes them cumulative averages over the ``num_batches_tracked`` batches seen, as in PyTorch. In
+evaluation mode (:meth:`cnn_ext.Network.eval`) it normalises with the running statistics and changes nothing.
+
+The gradient rule: BatchNorm is not one of the tutorial's layers, so there is no tutorial convention to keep.
+``dGamma`` and ``dBeta`` are always the gradients of the loss whose gradient ``dE_dY`` is (batch sums, as Dense's
+``dW`` under both rules); the :class:`~cnn_ext.layers.base.Gradients` dict records the rule of ``dE_dY`` with no
+batch-mean keys, so a step mixing rules is still refused and SGD / Adam take these gradients under the exact rule.
+"""
+import numpy as np
+from numpy.typing import DTypeLike, NDArray
+
+from .. import _checks
+from .._kernels import norm as _norm
+from .._threads import threads_for
+from .base import Gradients, Layer, grad_rule, register_layer
+
+__all__ = ["BatchNorm1D", "BatchNorm2D"]
+
+
+class _BatchNorm(Layer):
+    """Shared by BatchNorm1D and BatchNorm2D: parameters, buffers, the kernel calls; subclasses give the layout."""
+
+    _config_keys = ("num_features", "eps", "momentum", "affine")
+    _layouts = ()  # accepted input ndims; subclasses set it
+    _layout_doc = ""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
+                 dtype: DTypeLike = np.float64):
+        super().__init__()
+        self.num_features = _checks.positive_int(num_features, "num_features", _checks.INT_MAX)
+        self.eps = _checks.real(eps, "eps", strict=True)
+        self.momentum = None if momentum is None else _checks.real(momentum, "momentum")
+        if self.momentum is not None and self.momentum > 1.0:
+            raise ValueError(f"momentum must be in [0, 1] or None, got {momentum!r}")
+        if not isinstance(affine, (bool, np.bool_)):
+            raise TypeError(f"affine must be True or False, got {affine!r}")
+        self.affine = bool(affine)
+        self.dtype = _checks.float_dtype(dtype)
+        C = self.num_features
+        _checks.allocation((4, C), self.dtype, lambda: f"{type(self).__name__}: num_features={C} gives arrays")
+        self.gamma = np.ones(C, self.dtype)
+        self.beta = np.zeros(C, self.dtype)
+        self.running_mean = np.zeros(C, self.dtype)
+        self.running_var = np.ones(C, self.dtype)
+        self.num_batches_tracked = np.zeros((), np.int64)
+        self._cache = None
+
+    # -- protocol ------------------------------------------------------------------------------
+    def parameters(self):
+        """``[("gamma", "dGamma", gamma), ("beta", "dBeta", beta)]`` when ``affine``, else ``[]``."""
+        return [("gamma", "dGamma", self.gamma), ("beta", "dBeta", self.beta)] if self.affine else []
+
+    def buffers(self):
+        """State that is not trained by gradients: ``[(name, array)]``, saved by ``save`` and ``state_dict``."""
+        return [("running_mean", self.running_mean), ("running_var", self.running_var),
+                ("num_batches_tracked", self.num_batches_tracked)]
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["dtype"] = self.dtype.name
+        return cfg
+
+    # -- computation ---------------------------------------------------------------------------
+    def _as_ncl(self, x):
+        x = _checks.as_float_array(x, "x").astype(self.dtype, copy=False)
+        if x.ndim not in self._layouts or x.shape[1] != self.num_features:
+            raise self._shape_error("x", self._layout_doc.format(C=self.num_features), x.shape)
+        N, C = x.shape[:2]
+        L = int(np.prod(x.shape[2:], dtype=np.int64))  # not -1: NumPy cannot infer it when N = 0
+        return x, _checks.contiguous(x, self.dtype).reshape(N, C, L)
+
+    def forward(self, x: NDArray[np.floating]) -> NDArray[np.floating]:
+        """``y = (x - mean) / sqrt(var + eps) * gamma + beta`` per channel, with the batch's statistics in
+        training mode (and the running ones updated), the running ones in evaluation mode."""
+        x, x3 = self._as_ncl(x)
+        N, C, L = x3.shape
+        batch_stats = bool(self.training)
+        M = N * L
+        if batch_stats and M <= 1:
+            raise ValueError(f"{self!r}: training needs more than one value per channel to take batch statistics, "
+                             f"got input of shape {x.shape}; call eval() to use the running statistics")
+        mean = np.empty(C, np.float64)
+        var = np.empty(C, np.float64)
+        invstd = np.empty(C, np.float64)
+        if not batch_stats:
+            mean[:] = self.running_mean
+            invstd[:] = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
+        gamma = self.gamma if self.affine else np.ones(C, self.dtype)
+        beta = self.beta if self.affine else np.zeros(C, self.dtype)
+        y = np.empty_like(x3)
+        _norm.batchnorm_forward(x3, gamma, beta, y, mean, var, invstd, self.eps, batch_stats,
+                                threads_for(C, x3.size))
+        if batch_stats:
+            self.num_batches_tracked += 1
+            f = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            # computed in float64, stored in place: optimizers and users hold these arrays
+            self.running_mean[...] = (1.0 - f) * self.running_mean + f * mean
+            self.running_var[...] = (1.0 - f) * self.running_var + f * var * (M / (M - 1))
+        self._cache = (x3, mean, invstd, batch_stats)
+        self._x, self._y_shape = x, x.shape
+        return y.reshape(x.shape)
+
+    def backward(self, dE_dY: NDArray[np.floating]) -> Gradients:
+        """``{"dGamma": Σ dE_dY·x̂, "dBeta": Σ dE_dY, "dX"}`` (no gamma / beta keys without ``affine``); dX
+        differentiates through the batch statistics when the forward pass took them (training mode)."""
+        self._cached_input()
+        x3, mean, invstd, batch_stats = self._cache
+        rule = grad_rule(dE_dY)
+        dy = self._grad_output(dE_dY, self.dtype)
+        dy = _checks.contiguous(np.asarray(dy).view(np.ndarray), self.dtype).reshape(x3.shape)
+        C = x3.shape[1]
+        gamma = self.gamma if self.affine else np.ones(C, self.dtype)
+        dx = np.empty_like(x3)
+        dgamma = np.empty(C, np.float64)
+        dbeta = np.empty(C, np.float64)
+        _norm.batchnorm_backward(dy, x3, gamma, mean, invstd, dx, dgamma, dbeta, batch_stats,
+                                 threads_for(C, x3.size))
+        grads = Gradients(rule, ())
+        if self.affine:
+            grads["dGamma"] = dgamma.astype(self.dtype)
+            grads["dBeta"] = dbeta.astype(self.dtype)
+        grads["dX"] = dx.reshape(self._y_shape)
+        return grads
+
+    def extra_repr(self):
+        s = f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        if not self.affine:
+            s += ", affine=False"
+        return s + (f", dtype={self.dtype.name}" if self.dtype != np.float64 else "")
+
+
+@register_layer
+class BatchNorm2D(_BatchNorm):
+    """Batch normalisation over the channels of NCHW images (PyTorch's ``BatchNorm2d``).
+
+    Parameters
+    ----------
+    num_features : int
+        C, the channels of the input.
+    eps : float, default 1e-5
+        Added to the variance before its square root.
+    momentum : float in [0, 1] or None, default 0.1
+        Weight of the batch in the running statistics; None: their cumulative average.
+    affine : bool, default True
+        Learn a scale ``gamma`` (ones at first) and a shift ``beta`` (zeros).
+    dtype : float32 or float64, default float64
+
+    Attributes
+    ----------
+    gamma, beta : ndarray, shape (C,)
+        The parameters (``parameters()`` lists them when ``affine``; PyTorch's ``weight`` and ``bias``).
+    running_mean, running_var : ndarray, shape (C,)
+    num_batches_tracked : ndarray of int64, shape ()
+        Buffers (``buffers()``): saved and loaded, not trained.
+
+    Shapes
+    ------
+    x (N, C, H, W) -> y (N, C, H, W). Training needs N*H*W > 1. ``backward`` returns ``{"dGamma", "dBeta", "dX"}``.
+    """
+
+    _layouts = (4,)
+    _layout_doc = "(N, {C}, H, W)"
+
+
+@register_layer
+class BatchNorm1D(_BatchNorm):
+    """Batch normalisation over the features of (N, C) or the channels of (N, C, L) inputs (PyTorch's
+    ``BatchNorm1d``); parameters and attributes as :class:`BatchNorm2D`.
+
+    Shapes
+    ------
+    x (N, C) or (N, C, L) -> y of the same shape. Training needs N*L > 1.
+    """
+
+    _layouts = (2, 3)
+    _layout_doc = "(N, {C}) or (N, {C}, L)"

@@ -1,0 +1,155 @@
+# cython: language_level=3
+"""Batch normalisation over the channels of (N, C, L) arrays: forward with batch or given statistics, backward.
+
+cnn_ext/layers/norm.py checks the arguments, views BatchNorm2D's (N, C, H, W) and BatchNorm1D's (N, C) or
+(N, C, L) input as (N, C, L) and allocates every output; each def here takes typed memoryviews, releases the GIL
+and never raises. Work is split over channels (src_pyx/_threads.pxd): one thread computes every sum of a channel,
+serially and in a fixed order, so results do not depend on the thread count. Sums are accumulated in double for
+both dtypes (float32 batch statistics over N*H*W values would otherwise lose digits); the mean and the variance
+take two passes (the sum of squared deviations, not E[x²] - E[x]², which cancels catastrophically).
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+
+from _threads cimport _nparts, _part, _team
+
+
+cdef void _stats(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, double eps, double* mean,
+                 double* var, double* invstd) noexcept nogil:
+    """mean = Σ x / M, var = Σ (x - mean)² / M (biased), invstd = 1 / sqrt(var + eps) over one channel, M = N*L."""
+    cdef Py_ssize_t n, l
+    cdef const floating* p
+    cdef double s = 0.0, d, m, M = <double>(N * L)
+    for n in range(N):
+        p = x + n * C * L
+        for l in range(L):
+            s += p[l]
+    m = s / M
+    s = 0.0
+    for n in range(N):
+        p = x + n * C * L
+        for l in range(L):
+            d = p[l] - m
+            s += d * d
+    mean[0] = m
+    var[0] = s / M
+    invstd[0] = 1.0 / sqrt(s / M + eps)
+
+
+cdef void _affine(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, double scale,
+                  double shift) noexcept nogil:
+    """y = x * scale + shift over one channel (scale = gamma * invstd, shift = beta - mean * scale)."""
+    cdef Py_ssize_t n, l
+    cdef floating a = <floating>scale, b = <floating>shift
+    for n in range(N):
+        for l in range(L):
+            y[n * C * L + l] = x[n * C * L + l] * a + b
+
+
+cdef void _forward_channels(const floating* x, const floating* gamma, const floating* beta, floating* y,
+                            double* mean, double* var, double* invstd, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L,
+                            double eps, bint batch_stats, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    """Channels [c0, c1): statistics (batch_stats) or the given mean / invstd, then the affine map."""
+    cdef Py_ssize_t c
+    cdef double scale
+    for c in range(c0, c1):
+        if batch_stats:
+            _stats(x + c * L, N, C, L, eps, &mean[c], &var[c], &invstd[c])
+        scale = invstd[c] * gamma[c]
+        _affine(x + c * L, y + c * L, N, C, L, scale, beta[c] - mean[c] * scale)
+
+
+cdef void _backward_channel(const floating* dy, const floating* x, floating* dx, Py_ssize_t N, Py_ssize_t C,
+                            Py_ssize_t L, double mean, double invstd, double gamma, bint batch_stats,
+                            double* dgamma, double* dbeta) noexcept nogil:
+    """dbeta = Σ dy, dgamma = Σ dy·x̂ with x̂ = (x - mean)·invstd; dx = γ·invstd·(dy - dbeta/M - x̂·dgamma/M)
+    with batch statistics (they depend on x), dx = γ·invstd·dy with fixed ones."""
+    cdef Py_ssize_t n, l, i
+    cdef double sdy = 0.0, sdyx = 0.0, M = <double>(N * L), xhat
+    cdef double k = gamma * invstd
+    for n in range(N):
+        for l in range(L):
+            i = n * C * L + l
+            sdy += dy[i]
+            sdyx += dy[i] * (x[i] - mean)
+    sdyx *= invstd
+    dbeta[0] = sdy
+    dgamma[0] = sdyx
+    if batch_stats:
+        for n in range(N):
+            for l in range(L):
+                i = n * C * L + l
+                xhat = (x[i] - mean) * invstd
+                dx[i] = <floating>(k * (dy[i] - sdy / M - xhat * sdyx / M))
+    else:
+        for n in range(N):
+            for l in range(L):
+                i = n * C * L + l
+                dx[i] = <floating>(k * dy[i])
+
+
+cdef void _backward_channels(const floating* dy, const floating* x, const floating* gamma, floating* dx,
+                             const double* mean, const double* invstd, double* dgamma, double* dbeta, Py_ssize_t N,
+                             Py_ssize_t C, Py_ssize_t L, bint batch_stats, Py_ssize_t c0,
+                             Py_ssize_t c1) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(c0, c1):
+        _backward_channel(dy + c * L, x + c * L, dx + c * L, N, C, L, mean[c], invstd[c], gamma[c], batch_stats,
+                          &dgamma[c], &dbeta[c])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public typed entry points (called by cnn_ext.layers.norm only); float arrays of one call share a dtype
+# ---------------------------------------------------------------------------------------------------
+
+def batchnorm_forward(const floating[:, :, ::1] x,   # IN  (N, C, L)
+                      const floating[::1] gamma,     # IN  (C,)
+                      const floating[::1] beta,      # IN  (C,)
+                      floating[:, :, ::1] y,         # OUT (N, C, L)
+                      double[::1] mean,              # OUT (C,) batch mean, or IN when not batch_stats
+                      double[::1] var,               # OUT (C,) biased batch variance (unused when not batch_stats)
+                      double[::1] invstd,            # OUT (C,) 1 / sqrt(var + eps), or IN when not batch_stats
+                      double eps, bint batch_stats, int num_threads):
+    """y = (x - mean) * invstd * gamma + beta per channel; batch_stats: mean, var, invstd from x (N*L >= 1)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], t, nparts
+    if N * C * L == 0:
+        return
+    nparts = _nparts(C, num_threads)
+    with nogil:
+        if nparts == 1:
+            _forward_channels(&x[0, 0, 0], &gamma[0], &beta[0], &y[0, 0, 0], &mean[0], &var[0], &invstd[0], N, C,
+                              L, eps, batch_stats, 0, C)
+        else:
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
+                _forward_channels(&x[0, 0, 0], &gamma[0], &beta[0], &y[0, 0, 0], &mean[0], &var[0], &invstd[0],
+                                  N, C, L, eps, batch_stats, _part(C, t, nparts), _part(C, t + 1, nparts))
+
+
+def batchnorm_backward(const floating[:, :, ::1] dy,   # IN  (N, C, L)
+                       const floating[:, :, ::1] x,    # IN  (N, C, L) forward input
+                       const floating[::1] gamma,      # IN  (C,) (ones when the layer has no affine parameters)
+                       const double[::1] mean,         # IN  (C,) the statistics the forward pass used
+                       const double[::1] invstd,       # IN  (C,)
+                       floating[:, :, ::1] dx,         # OUT (N, C, L)
+                       double[::1] dgamma,             # OUT (C,) Σ dy·x̂
+                       double[::1] dbeta,              # OUT (C,) Σ dy
+                       bint batch_stats, int num_threads):
+    """dx, dgamma, dbeta of batch normalisation; batch_stats: the forward used the batch's own statistics."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], t, nparts
+    if C == 0:
+        return
+    if N * L == 0:
+        dgamma[:] = 0.0
+        dbeta[:] = 0.0
+        return
+    nparts = _nparts(C, num_threads)
+    with nogil:
+        if nparts == 1:
+            _backward_channels(&dy[0, 0, 0], &x[0, 0, 0], &gamma[0], &dx[0, 0, 0], &mean[0], &invstd[0],
+                               &dgamma[0], &dbeta[0], N, C, L, batch_stats, 0, C)
+        else:
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
+                _backward_channels(&dy[0, 0, 0], &x[0, 0, 0], &gamma[0], &dx[0, 0, 0], &mean[0], &invstd[0],
+                                   &dgamma[0], &dbeta[0], N, C, L, batch_stats, _part(C, t, nparts),
+                                   _part(C, t + 1, nparts))

@@ -1,0 +1,91 @@
+"""Network.summary (content, lazy-size inference, no state change), the lazy Dense, predict in evaluation mode
+and predict_classes."""
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+
+from cnn_ext import (BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Network, ReLU, Residual, load, save)
+
+
+def _lazy_net():
+    return Network([Conv2D(1, 4, 3, padding=1, seed=0), BatchNorm2D(4), ReLU(), MaxPool2D(2), Flatten(),
+                    Dense(16, seed=1), ReLU(), Dense(10, seed=2)])
+
+
+def test_summary_table_and_inference(capsys, tmp_path):
+    net = _lazy_net()
+    assert not net[5].built and net[5].parameters() == []
+    table = net.summary((1, 8, 8), print_fn=None)
+    assert net[5].n_in == 64 and net[7].n_in == 16
+    lines = table.splitlines()
+    row = {line.split(":")[0].strip(): line for line in lines if line[:1].isdigit()}
+    assert "(N, 4, 8, 8)" in row["0"] and row["0"].rstrip().endswith(" 40")
+    assert "(N, 4, 4, 4)" in row["3"] and "(N, 64)" in row["4"]
+    assert "Dense(n_in=64, n_out=16)" in row["5"] and row["5"].rstrip().endswith("1,040")
+    assert row["7"].rstrip().endswith(" 170") and "(N, 10)" in row["7"]
+    assert "trainable parameters: 1,258" in table  # 40 + 8 + 1040 + 170
+    assert "buffers (not trained): 9" in table
+    assert net.summary((1, 8, 8)) is None
+    assert capsys.readouterr().out.strip() == table.strip()
+    loaded = load(save(net, tmp_path / "lazy.npz"))  # save works once the sizes are inferred
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8))
+    assert_array_equal(loaded.predict(x), net.predict(x))
+
+
+def test_summary_changes_no_state_and_names_a_refusing_layer():
+    net = _lazy_net()
+    rm = net[1].running_mean.copy()
+    net.summary((1, 8, 8), print_fn=None)
+    assert net.training and net[1].training
+    assert_array_equal(net[1].running_mean, rm)
+    assert int(net[1].num_batches_tracked) == 0
+    with pytest.raises(ValueError, match=r"summary: layer 0 \(Conv2D.*\) refuses .* \(N, 2, 8, 8\)"):
+        net.summary((2, 8, 8), print_fn=None)
+    with pytest.raises(TypeError, match="input_shape must be a tuple of positive ints"):
+        net.summary(8, print_fn=None)
+    with pytest.raises(ValueError, match="input_shape must be >= 1"):
+        net.summary((1, 0, 8), print_fn=None)
+
+
+def test_summary_of_a_residual_block_lists_its_layers():
+    net = Network([Conv2D(1, 2, 3, padding=1, seed=0), Residual.basic_block(2, 4, stride=2, seed=1), Flatten(),
+                   Dense(3)])
+    table = net.summary((1, 6, 6), print_fn=None)
+    assert "1: Residual" in table and "  shortcut.1: BatchNorm2D(4" in table and "(N, 4, 3, 3)" in table
+    assert net[3].n_in == 36
+
+
+def test_lazy_dense_draws_what_the_eager_one_draws():
+    lazy, eager = Dense(5, init="he_normal", seed=3), Dense(4, 5, init="he_normal", seed=3)
+    assert repr(lazy) == "Dense(5, init='he_normal')"
+    x = np.ones((2, 4))
+    with pytest.raises(ValueError, match=r"expected x of shape \(N, n_in\), got shape \(2, 2, 2\)"):
+        lazy.forward(np.ones((2, 2, 2)))
+    assert not lazy.built
+    assert_array_equal(lazy.forward(x), eager.forward(x))
+    assert lazy.get_config()["n_in"] == 4
+    with pytest.raises(ValueError, match=r"expected x of shape \(N, 4\), got shape \(2, 3\)"):
+        lazy.forward(np.ones((2, 3)))
+    np.random.seed(0)
+    a = Dense(3).forward(x)
+    np.random.seed(0)
+    assert_array_equal(a, Dense(4, 3).forward(x))  # the tutorial's global state, drawn at inference
+
+
+def test_predict_runs_in_eval_mode_and_predict_classes():
+    net = Network([Dense(6, 8, seed=0), Dropout(0.5, seed=1), ReLU(), Dense(8, 3, seed=2)])
+    x = np.random.default_rng(5).standard_normal((7, 6))
+    p1, p2 = net.predict(x), net.predict(x, batch_size=2)
+    np.testing.assert_allclose(p1, p2, rtol=1e-12, atol=1e-15)  # no dropout noise: evaluation mode
+    assert net.training and net[1].training  # modes restored
+    net.eval()
+    assert_array_equal(net(x), p1)
+    assert_array_equal(net.predict_classes(x), p1.argmax(axis=1))
+    assert net.predict_classes(x).shape == (7,)
+    with pytest.raises(ValueError, match=r"output must be \(N, classes\) scores, got shape \(7, 2, 4\)"):
+        Network([Dense(6, 8, seed=0), _Reshape()]).predict_classes(x)
+
+
+class _Reshape(ReLU):
+    def forward(self, x):
+        return x.reshape(len(x), 2, -1)
