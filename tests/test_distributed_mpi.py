@@ -1,5 +1,6 @@
 """Data-parallel training over MPI (cnn_ext.distributed): each test runs ``mpiexec -n 2`` on a script it writes,
 with a timeout, and compares what the ranks wrote with one process doing the same work on the whole batch."""
+import importlib.util
 import os
 import shutil
 import signal
@@ -358,3 +359,33 @@ def test_importing_cnn_ext_does_not_import_mpi4py_or_dask():
     out = subprocess.run(cwd=_OUTSIDE, args=[sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.skipif(not (EXAMPLES / "train_mnist_mpi.py").is_file(),
+                    reason="examples/ is not beside tests/ (wheel tested from a copy of tests/)")
+def test_mnist_mpi_example_on_2_ranks_follows_the_single_process_example(tmp_path, capsys, monkeypatch):
+    """mpiexec -n 2 examples/train_mnist_mpi.py (8 + 8 samples per step) prints the loss and test accuracy of
+    examples/train_mnist.py (16 per step) after an epoch (94 steps) on the shipped MNIST sample; only rank 0 prints."""
+    mpiexec = _mpiexec()
+    flags = ["--data-dir", str(tmp_path / "empty"), "--no-download", "--epochs", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(cnn_ext.__file__).parent.parent))
+    env.pop("CNN_EXT_DATA", None)
+    proc = subprocess.run([mpiexec, "-n", "2", sys.executable, str(EXAMPLES / "train_mnist_mpi.py"), *flags],
+                          cwd=_OUTSIDE, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    mpi_lines = [line.split(", test accuracy") for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    assert proc.stdout.count("Training on the MNIST sample") == 1 and "images/s" in proc.stdout, proc.stdout
+
+    monkeypatch.delenv("CNN_EXT_DATA", raising=False)
+    spec = importlib.util.spec_from_file_location("example_train_mnist", EXAMPLES / "train_mnist.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    result = example.run(example.parse_args([*flags, "--threads", "1", "--plot", str(tmp_path / "c.png")]))
+    capsys.readouterr()
+    assert len(mpi_lines) == 1
+    for epoch, ((head, tail), loss, accuracy) in enumerate(zip(mpi_lines, result["losses"], result["accuracies"])):
+        assert head == f"epoch {epoch + 1}: loss {loss:.4f}", (head, loss)
+        assert tail.startswith(f" {100 * accuracy:.2f}%,"), (tail, accuracy)
