@@ -46,16 +46,22 @@ def run_mpi(tmp_path, body, n=RANKS, timeout=TIMEOUT):
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(Path(cnn_ext.__file__).parent.parent),
                                            os.environ.get("PYTHONPATH", "")]))
+    return launch([mpiexec, "-n", str(n), sys.executable, str(script)], env, timeout)
+
+
+def launch(args, env, timeout):
+    """Run ``args`` (an mpiexec job) from outside the checkout; (the finished process, its wall time in seconds).
+    A job still running after ``timeout`` seconds is killed whole and fails the test."""
     start = time.perf_counter()
     # a session of its own, so that a hung job is ended whole: mpiexec and every rank it started
-    proc = subprocess.Popen([mpiexec, "-n", str(n), sys.executable, str(script)], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(args, cwd=_OUTSIDE, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
-        pytest.fail(f"mpiexec -n {n} did not finish within {timeout} s:\n{stdout}\n{stderr}")
+        pytest.fail(f"{' '.join(args[:3])} did not finish within {timeout} s:\n{stdout}\n{stderr}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), time.perf_counter() - start
 
 
@@ -373,8 +379,7 @@ def test_mnist_mpi_example_on_2_ranks_follows_the_single_process_example(tmp_pat
     flags = ["--data-dir", str(tmp_path / "empty"), "--no-download", "--epochs", "1"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(cnn_ext.__file__).parent.parent))
     env.pop("CNN_EXT_DATA", None)
-    proc = subprocess.run([mpiexec, "-n", "2", sys.executable, str(EXAMPLES / "train_mnist_mpi.py"), *flags],
-                          cwd=_OUTSIDE, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    proc, _ = launch([mpiexec, "-n", "2", sys.executable, str(EXAMPLES / "train_mnist_mpi.py"), *flags], env, TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     mpi_lines = [line.split(", test accuracy") for line in proc.stdout.splitlines() if line.startswith("epoch ")]
     assert proc.stdout.count("Training on the MNIST sample") == 1 and "images/s" in proc.stdout, proc.stdout
