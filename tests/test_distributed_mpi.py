@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import cnn_ext
-from cnn_ext import SGD, Adam, Conv2D, Flatten, Network, ReLU
+from cnn_ext import SGD, Adam
 
 RANKS = 2
 TIMEOUT = 120
