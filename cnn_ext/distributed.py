@@ -337,7 +337,9 @@ def predict_dask(network, x, *, client=None, batch_size=256):
     Returns
     -------
     y : dask.array.Array, shape (N, ...) of the network's output, chunked like ``x`` along the batch axis;
-    ``y.compute()`` equals ``network.predict(x.compute())``.
+    ``y.compute()`` is bit for bit ``network.predict(chunk, batch_size)`` of each chunk in one process, and equals
+    ``network.predict(x.compute())`` up to the order of the sums (BLAS may sum the products of another number of
+    rows in another order).
 
     Notes
     -----

@@ -1,5 +1,6 @@
 """Data-parallel training over MPI (cnn_ext.distributed): each test runs ``mpiexec -n 2`` on a script it writes,
 with a timeout, and compares what the ranks wrote with one process doing the same work on the whole batch."""
+import importlib.util
 import os
 import shutil
 import signal
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 import cnn_ext
-from cnn_ext import SGD, Adam, Conv2D, Flatten, Network, ReLU
+from cnn_ext import SGD, Adam
 
 RANKS = 2
 TIMEOUT = 120
@@ -45,16 +46,22 @@ def run_mpi(tmp_path, body, n=RANKS, timeout=TIMEOUT):
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(Path(cnn_ext.__file__).parent.parent),
                                            os.environ.get("PYTHONPATH", "")]))
+    return launch([mpiexec, "-n", str(n), sys.executable, str(script)], env, timeout)
+
+
+def launch(args, env, timeout):
+    """Run ``args`` (an mpiexec job) from outside the checkout; (the finished process, its wall time in seconds).
+    A job still running after ``timeout`` seconds is killed whole and fails the test."""
     start = time.perf_counter()
     # a session of its own, so that a hung job is ended whole: mpiexec and every rank it started
-    proc = subprocess.Popen([mpiexec, "-n", str(n), sys.executable, str(script)], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(args, cwd=_OUTSIDE, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
-        pytest.fail(f"mpiexec -n {n} did not finish within {timeout} s:\n{stdout}\n{stderr}")
+        pytest.fail(f"{' '.join(args[:3])} did not finish within {timeout} s:\n{stdout}\n{stderr}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), time.perf_counter() - start
 
 
@@ -65,9 +72,9 @@ def report(text):  # not print: mpiexec interleaves the ranks' output
 """
 
 
-def reports(tmp_path):
-    """What each rank reported, by rank."""
-    return [(tmp_path / f"report_{r}.txt").read_text() for r in range(RANKS)]
+def reports(tmp_path, n=RANKS):
+    """What each of ``n`` ranks reported, by rank."""
+    return [(tmp_path / f"report_{r}.txt").read_text() for r in range(n)]
 
 
 NETWORK = """
@@ -92,24 +99,26 @@ exec(NETWORK)  # the same network, data and optimisers in the reference runs her
 
 def test_fit_over_ranks_equals_one_process_on_the_global_batch(tmp_path):
     """fit(comm=, batch_size=b) on 2 ranks == fit(batch_size=2b) in one process (float64, <= 1e-12), for plain
-    SGD, momentum and Adam. Batches of 2 x 3: 23 samples leave a last global batch of 5 (2 + 3 on the ranks),
-    19 samples one of 1 (rank 0 gets none)."""
+    SGD (Network.update on the exact gradient), momentum and Adam: 5 epochs of 4 global batches, 20 steps each.
+    Batches of 2 x 3: 23 samples leave a last global batch of 5 (2 + 3 on the ranks), 19 samples one of 1 (rank 0
+    gets none)."""
     proc, _ = run_mpi(tmp_path, """
     for kind, n in CASES:
         X, y = data(n)
         net = build(seed=rank)   # different initial values: fit broadcasts rank 0's
-        h = cnn_ext.fit(net, X, y, epochs=3, batch_size=3, seed=7, progress=False, verbose=True, comm=comm,
+        h = cnn_ext.fit(net, X, y, epochs=5, batch_size=3, seed=7, progress=False, verbose=True, comm=comm,
                         validation_data=(X[:7], y[:7]), **optimizer(kind))
         np.savez(f"{out}/{kind}_{rank}.npz", *[p for _, _, p in net.parameters()], loss=h["loss"],
                  val_loss=h["val_loss"], val_accuracy=h["val_accuracy"], accuracy=h["accuracy"])
     """)
     assert proc.returncode == 0, proc.stderr
     # only rank 0 prints: one summary line per epoch and optimiser
-    assert proc.stdout.count("epoch 1/3") == 3, proc.stdout
+    assert proc.stdout.count("epoch 1/5") == 3, proc.stdout
     for kind, n in CASES:
         X, y = data(n)
         net = build(seed=0)
-        h = cnn_ext.fit(net, X, y, epochs=3, batch_size=2 * 3, seed=7, progress=False, verbose=False,
+        assert -(-n // 6) * 5 == 20  # steps taken
+        h = cnn_ext.fit(net, X, y, epochs=5, batch_size=2 * 3, seed=7, progress=False, verbose=False,
                         validation_data=(X[:7], y[:7]), **optimizer(kind))
         ranks = [np.load(tmp_path / f"{kind}_{r}.npz") for r in range(RANKS)]
         for j, (_, _, p) in enumerate(net.parameters()):
@@ -118,6 +127,81 @@ def test_fit_over_ranks_equals_one_process_on_the_global_batch(tmp_path):
             np.testing.assert_array_equal(ranks[0][f"arr_{j}"], ranks[1][f"arr_{j}"])
         for key in ("loss", "val_loss", "val_accuracy", "accuracy"):
             np.testing.assert_allclose(ranks[0][key], h[key], rtol=1e-12, err_msg=f"{kind} {key}")
+
+
+# the targets carry the sample index; the loss records the indices of each training batch, not those of the
+# probe of batch_powers (samples 0-7, then 0-7 twice; training batches here have at most 6 samples) nor of the
+# validation batches (indices from 10**6)
+TRACKING = """
+seen = []
+
+def tagged(y, offset=0):
+    t = np.zeros((len(y), 3))
+    t[np.arange(len(y)), y] = 1
+    return t + 1000.0 * (offset + np.arange(len(y)))[:, None]
+
+def tracking_loss(pred, t):
+    ids = np.rint(t.min(axis=1) / 1000).astype(np.int64)
+    probe = np.array_equal(ids, np.arange(8)) or np.array_equal(ids, np.tile(np.arange(8), 2))
+    if ids.max() < 10**6 and not probe:
+        seen.append(ids)
+    return cnn_ext.softmax_cross_entropy(pred, np.argmax(t, axis=1))
+"""
+exec(TRACKING)  # the same recording loss in the reference runs here  # noqa: S102
+
+
+def test_fit_on_3_ranks_shards_uneven_data_like_one_process(tmp_path):
+    """mpiexec -n 3, 2 samples per rank and step (global batches of 6) on 23 and 19 samples: in every epoch each
+    sample is seen once (no sample twice, none left out), the last partial batch (5, resp. 1 samples) is split
+    1 + 2 + 2, resp. 0 + 0 + 1, every rank takes the slice of one process's batch of 6, and the parameters and
+    the metrics (loss and accuracy averaged over all samples of all ranks, validation likewise) are those of
+    fit(batch_size=6) in one process. The targets carry each sample's index (1000 * index added to every
+    one-hot column, so the argmax stays the label) for the loss to record which samples a rank trained on."""
+    proc, _ = run_mpi(tmp_path, TRACKING + textwrap.dedent("""
+    for n in (23, 19):
+        X, y = data(n)
+        seen.clear()
+        net = build(seed=rank)
+        h = cnn_ext.fit(net, X, tagged(y), epochs=3, batch_size=2, seed=3, loss=tracking_loss,
+                        optimizer=cnn_ext.Adam(0.01), validation_data=(X[:7], tagged(y[:7], offset=10**6)),
+                        progress=False, verbose=False, comm=comm)
+        np.savez(f"{out}/uneven{n}_{rank}.npz", *[p for _, _, p in net.parameters()], ids=np.concatenate(seen),
+                 sizes=[len(s) for s in seen], **{k: h[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")})
+    """), n=3)
+    assert proc.returncode == 0, proc.stderr
+    for n in (23, 19):
+        X, y = data(n)
+        seen.clear()
+        net = build(seed=0)
+        h = cnn_ext.fit(net, X, tagged(y), epochs=3, batch_size=6, seed=3, loss=tracking_loss, optimizer=Adam(0.01),
+                        validation_data=(X[:7], tagged(y[:7], offset=10**6)), progress=False, verbose=False)
+        batches = list(seen)
+        assert len(batches) == 3 * 4 and [len(b) for b in batches[:4]] == [6, 6, 6, n - 18]
+        ranks = [np.load(tmp_path / f"uneven{n}_{r}.npz") for r in range(3)]
+        got = [np.split(r["ids"], np.cumsum(r["sizes"])[:-1]) for r in ranks]
+        # rank r takes the r-th third of each global batch, sizes differing by at most one; an empty slice is no call
+        for r in range(3):
+            expected = [b[r * len(b) // 3:(r + 1) * len(b) // 3] for b in batches]
+            expected = [e for e in expected if len(e)]
+            assert len(got[r]) == len(expected), (n, r, [len(g) for g in got[r]])
+            for g, e in zip(got[r], expected):
+                np.testing.assert_array_equal(g, e)
+        # the last, partial global batch: 5 samples split 1 + 2 + 2, 1 sample 0 + 0 + 1
+        assert [int(r["sizes"][3]) if len(r["sizes"]) == 12 else 0 for r in ranks] == \
+            ([1, 2, 2] if n == 23 else [0, 0, 1])
+        # each epoch: every sample exactly once over all ranks
+        for epoch in range(3):
+            ids = np.concatenate([b[r * len(b) // 3:(r + 1) * len(b) // 3] for b in batches[4 * epoch:4 * epoch + 4]
+                                  for r in range(3)])
+            np.testing.assert_array_equal(np.sort(ids), np.arange(n))
+        per_rank = [np.concatenate(g) for g in got]
+        assert sum(len(p) for p in per_rank) == 3 * n
+        for j, (_, _, p) in enumerate(net.parameters()):
+            for r in ranks:
+                np.testing.assert_allclose(r[f"arr_{j}"], p, rtol=0, atol=1e-12, err_msg=f"n={n}")
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            for r in ranks:
+                np.testing.assert_allclose(r[key], h[key], rtol=1e-12, err_msg=f"n={n} {key}")
 
 
 def test_float32_networks_reduce_in_float32(tmp_path):
@@ -141,15 +225,20 @@ def test_float32_networks_reduce_in_float32(tmp_path):
         np.testing.assert_allclose(got[f"arr_{j}"], p, rtol=0, atol=1e-5)
 
 
-def test_allreduce_gradients_takes_the_global_batch_step(tmp_path):
-    """By hand: 2 ranks on 4 samples each, allreduce_gradients, then a step == one process on the 8 samples.
-    The tutorial's rule (a plain dE_dY, Network.update) needs the measured powers (batch_powers): its layers
-    mix batch means and sums; the exact rule (softmax cross-entropy's marked gradient, SGD with momentum and
-    Adam) is a plain mean over ranks, the default."""
-    proc, _ = run_mpi(tmp_path, """
+STEPS, LOCAL = 20, 4
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_allreduce_gradients_takes_the_global_batch_step(tmp_path, ranks):
+    """By hand, the issue's equivalence: R ranks on local batches of 4 samples, allreduce_gradients, then a step,
+    for 20 steps (a new global batch each) == one process on the R * 4 samples of each step, in float64, for
+    Network.update, SGD with momentum and Adam. The tutorial's rule (a plain dE_dY, Network.update) needs the
+    measured powers (batch_powers): its layers mix batch means and sums; the exact rule (softmax cross-entropy's
+    marked gradient, SGD with momentum and Adam) is a plain mean over ranks, the default."""
+    proc, _ = run_mpi(tmp_path, f"""
     from cnn_ext.distributed import allreduce_gradients, batch_powers
-    X, y = data(8)
-    mine = slice(4 * rank, 4 * rank + 4)
+    R, b = comm.Get_size(), {LOCAL}
+    X, y = data({STEPS} * R * b)
     class Counting:  # the communicator, counting the Allreduce calls
         def __init__(self, comm):
             self.comm, self.calls = comm, 0
@@ -164,30 +253,32 @@ def test_allreduce_gradients_takes_the_global_batch_step(tmp_path):
         net = build()
         powers = batch_powers(net, X, y, cnn_ext.softmax_cross_entropy) if rule == "tutorial" else None
         opt = cnn_ext.SGD(0.05, momentum=0.9) if kind == "momentum" else cnn_ext.Adam(0.01)
-        for _ in range(3):
+        for step in range({STEPS}):
+            mine = slice(step * R * b + rank * b, step * R * b + (rank + 1) * b)
             d = cnn_ext.softmax_cross_entropy(net.forward(X[mine]), y[mine])[1]
             grads = net.backward(np.asarray(d) if rule == "tutorial" else d)
             grads = allreduce_gradients(grads, counting, powers=powers)
             net.update(0.05, grads) if kind == "update" else opt.step(net, grads)
-        np.savez(f"{out}/{kind}_{rank}.npz", *[p for _, _, p in net.parameters()],
-                 powers=str(sorted((powers or {}).items())))
-    report(f"{counting.calls} Allreduce calls")
-    """)
+        np.savez(f"{{out}}/{{kind}}_{{rank}}.npz", *[p for _, _, p in net.parameters()],
+                 powers=str(sorted((powers or {{}}).items())))
+    report(f"{{counting.calls}} Allreduce calls")
+    """, n=ranks)
     assert proc.returncode == 0, proc.stderr
-    # one buffer per step (the float64 gradients of 3 parameter layers): 3 steps x 3 optimisers
-    assert reports(tmp_path) == ["9 Allreduce calls\n"] * RANKS
-    X, y = data(8)
+    # one buffer per step (the float64 gradients of 3 parameter layers): 20 steps x 3 optimisers
+    assert reports(tmp_path, ranks) == [f"{3 * STEPS} Allreduce calls\n"] * ranks
+    step = ranks * LOCAL
+    X, y = data(STEPS * step)
     for kind in ("update", "momentum", "adam"):
         net = build()
         opt = SGD(0.05, momentum=0.9) if kind == "momentum" else Adam(0.01)
-        for _ in range(3):
-            d = cnn_ext.softmax_cross_entropy(net.forward(X), y)[1]
+        for s in range(STEPS):
+            d = cnn_ext.softmax_cross_entropy(net.forward(X[s * step:(s + 1) * step]), y[s * step:(s + 1) * step])[1]
             grads = net.backward(np.asarray(d) if kind == "update" else d)
             net.update(0.05, grads) if kind == "update" else opt.step(net, grads)
-        for r in range(RANKS):
+        for r in range(ranks):
             got = np.load(tmp_path / f"{kind}_{r}.npz")
             for j, (_, _, p) in enumerate(net.parameters()):
-                np.testing.assert_allclose(got[f"arr_{j}"], p, rtol=0, atol=1e-12, err_msg=kind)
+                np.testing.assert_allclose(got[f"arr_{j}"], p, rtol=0, atol=1e-12, err_msg=f"{kind}, rank {r}")
     # the tutorial's conventions, measured: batch means of dE_dY (Conv2D dK/dB, Dense dB) are p = 2 under the
     # batch-mean loss, Dense dW (a batch sum) p = 1
     powers = str(np.load(tmp_path / "update_0.npz")["powers"])
@@ -274,3 +365,32 @@ def test_importing_cnn_ext_does_not_import_mpi4py_or_dask():
     out = subprocess.run(cwd=_OUTSIDE, args=[sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.skipif(not (EXAMPLES / "train_mnist_mpi.py").is_file(),
+                    reason="examples/ is not beside tests/ (wheel tested from a copy of tests/)")
+def test_mnist_mpi_example_on_2_ranks_follows_the_single_process_example(tmp_path, capsys, monkeypatch):
+    """mpiexec -n 2 examples/train_mnist_mpi.py (8 + 8 samples per step) prints the loss and test accuracy of
+    examples/train_mnist.py (16 per step) after an epoch (94 steps) on the shipped MNIST sample; only rank 0 prints."""
+    mpiexec = _mpiexec()
+    flags = ["--data-dir", str(tmp_path / "empty"), "--no-download", "--epochs", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(cnn_ext.__file__).parent.parent))
+    env.pop("CNN_EXT_DATA", None)
+    proc, _ = launch([mpiexec, "-n", "2", sys.executable, str(EXAMPLES / "train_mnist_mpi.py"), *flags], env, TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    mpi_lines = [line.split(", test accuracy") for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    assert proc.stdout.count("Training on the MNIST sample") == 1 and "images/s" in proc.stdout, proc.stdout
+
+    monkeypatch.delenv("CNN_EXT_DATA", raising=False)
+    spec = importlib.util.spec_from_file_location("example_train_mnist", EXAMPLES / "train_mnist.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    result = example.run(example.parse_args([*flags, "--threads", "1", "--plot", str(tmp_path / "c.png")]))
+    capsys.readouterr()
+    assert len(mpi_lines) == 1
+    for epoch, ((head, tail), loss, accuracy) in enumerate(zip(mpi_lines, result["losses"], result["accuracies"])):
+        assert head == f"epoch {epoch + 1}: loss {loss:.4f}", (head, loss)
+        assert tail.startswith(f" {100 * accuracy:.2f}%,"), (tail, accuracy)
