@@ -198,7 +198,17 @@ def batch_powers(network, x, y, loss="softmax_cross_entropy", *, exact_gradients
 
     loss_fn = loss_function(loss)
     x, y = np.asarray(x), np.asarray(y)
-    x1, y1 = x[:8], y[:8]
+    # in evaluation mode: a training-mode pass would move BatchNorm's running statistics and Dropout's stream
+    modes = [getattr(layer, "training", True) for layer in network.layers]
+    network.eval()
+    try:
+        return _measure_powers(network, x[:8], y[:8], loss_fn, exact_gradients)
+    finally:
+        for layer, mode in zip(network.layers, modes):
+            layer.training = mode
+
+
+def _measure_powers(network, x1, y1, loss_fn, exact_gradients):
     x2, y2 = np.concatenate([x1, x1]), np.concatenate([y1, y1])
     pred1 = network.forward(x1)
     d1 = np.asarray(loss_fn(pred1, y1)[1])

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.testing import assert_array_equal
 
 import cnn_ext
 from cnn_ext import SGD, Adam
@@ -394,3 +395,29 @@ def test_mnist_mpi_example_on_2_ranks_follows_the_single_process_example(tmp_pat
     for epoch, ((head, tail), loss, accuracy) in enumerate(zip(mpi_lines, result["losses"], result["accuracies"])):
         assert head == f"epoch {epoch + 1}: loss {loss:.4f}", (head, loss)
         assert tail.startswith(f" {100 * accuracy:.2f}%,"), (tail, accuracy)
+
+
+def test_batch_powers_leave_running_statistics_dropout_and_modes_alone():
+    # fit(comm=) measures the powers before its first step: that probe must not train BatchNorm's statistics or
+    # draw from Dropout's stream, or R ranks would no longer take one process's steps
+    from cnn_ext import BatchNorm2D, Dropout
+    from cnn_ext.distributed import batch_powers
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((10, 1, 6, 6))
+    y = rng.integers(0, 3, 10)
+
+    def build():
+        return cnn_ext.Network([cnn_ext.Conv2D(1, 2, 3, seed=0), BatchNorm2D(2), cnn_ext.ReLU(), Dropout(0.5, seed=1),
+                                cnn_ext.Flatten(), cnn_ext.Dense(32, 3, seed=2)])
+
+    probed, untouched = build(), build()
+    probed.layers[3].training = False  # a mixed set of modes comes back as it was
+    untouched.layers[3].training = False
+    powers = batch_powers(probed, x, y, cnn_ext.softmax_cross_entropy)
+    assert {key for key in powers if key[0] == 1} == {(1, "dGamma"), (1, "dBeta")} or powers
+    assert [layer.training for layer in probed] == [True, True, True, False, True, True]
+    for a, b in zip(probed.buffers(), untouched.buffers()):
+        assert_array_equal(a[1], b[1], err_msg=a[0])
+    probed.train(), untouched.train()
+    assert_array_equal(probed(x), untouched(x))  # the same Dropout draws and batch statistics follow
