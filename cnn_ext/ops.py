@@ -15,7 +15,7 @@ writes again.
 import numpy as np
 
 from . import _checks, _methods, _runners
-from ._kernels import tiled
+from ._kernels import depthwise, tiled
 from ._methods import Geometry
 from ._threads import current_threads, threads_for
 
@@ -110,16 +110,18 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, dilation=1, groups=
     padding : 'valid', 'same', int, (ph, pw) or ((top, bottom), (left, right)), default 0 ('valid')
         Zero padding; 'same' (stride 1 only) keeps H x W, putting the odd extra row/column at the end.
     dilation : int or (int, int), default 1
-        Spacing between kernel taps, as in PyTorch. Dilation > 1 runs the compiled methods on the kernels
-        with DH - 1 (DW - 1) zeros inserted between taps: a (DH*(KH-1)+1) x (DW*(KW-1)+1) kernel, so it costs
-        that kernel's multiply-adds (3x3 with dilation 2: 25 instead of 9 per output). When x holds an inf or
-        NaN, such calls take a loop over the real taps instead (NumPy products), so the inserted zeros never
-        make a NaN that PyTorch's would not.
+        Spacing between kernel taps, as in PyTorch. Except in the depthwise kernel (below), dilation > 1 runs
+        the compiled methods on the kernels with DH - 1 (DW - 1) zeros inserted between taps: a
+        (DH*(KH-1)+1) x (DW*(KW-1)+1) kernel, so it costs that kernel's multiply-adds (3x3 with dilation 2:
+        25 instead of 9 per output). When x holds an inf or NaN, such calls take a loop over the real taps
+        instead (NumPy products), so the inserted zeros never make a NaN that PyTorch's would not.
     groups : int, default 1
         Input and output channels split into ``groups`` blocks, block g of y seeing block g of x only, as in
-        PyTorch (``groups == C_in``: depthwise). Must divide C_in and C_out. Groups > 1 run the compiled
-        method of one group's shape once per group, on contiguous copies of each group's channels (one copy
-        of x and one of y in all); each group's call splits its samples over the threads.
+        PyTorch. Must divide C_in and C_out. Depthwise (``groups == C_in``, any C_out = m * C_in) with method
+        'auto' runs its own compiled kernel, which takes stride, padding and dilation directly (no inserted
+        zeros, no product with padding). Other groups > 1 (and depthwise with a forced method) run the
+        compiled method of one group's shape once per group, on contiguous copies of each group's channels
+        (one copy of x and one of y in all); each group's call splits its samples over the threads.
     method : str, default 'auto'
         'auto' picks the fastest kernel for the shape; 'direct' picks among the direct (non-BLAS) kernels
         (stride 1); 'gemm' is im2col + BLAS; or one kernel by name: 'row_tiles' (stride 1, no padding),
@@ -402,6 +404,25 @@ def _exact_taps(x, k, dy, G, S, pads, D, forward):
                     x[:, ci, rows, cols] += np.einsum("njpq,jc->ncpq", dy[:, co, p0:p1, q0:q1], k[co, :, a, c])
 
 
+def _typed(kernel, dtype):
+    """The kernel's version for this dtype: skips Cython's dispatch on the arguments' types at every call."""
+    return kernel["float" if dtype == np.float32 else "double"]
+
+
+def _depthwise(G, C_in, Ck, method, g):
+    """Whether the compiled depthwise kernels run this call: groups == C_in (one input channel per kernel),
+    method 'auto', no empty array."""
+    return G == C_in and Ck == 1 and G > 1 and method == "auto" and g.N * g.H * g.W > 0
+
+
+def _depthwise_run(kernel, g, D, dtype, planes):
+    """run(a, k, [b,] out) of a depthwise kernel (forward or input gradient) split over ``planes``; Ctrl-C
+    between groups of samples as the other methods."""
+    kernel, (top, _, left, _) = _typed(kernel, dtype), g.pads
+    nt = threads_for(planes, g.macs)
+    return _runners.in_chunks(lambda *arrays: kernel(*arrays, g.SH, g.SW, *D, top, left, nt), g, nt)
+
+
 def _per_group(run1, inner, G, D, S, pads, forward):
     """run(x, k, b, y) (``forward``) or run(dy, k, dx) from ``run1``, the plain run of one group's shapes
     (``inner``: its result's shape), with the dilated kernels, once per group."""
@@ -464,6 +485,9 @@ def _grouped_forward_plan(xshape, kshape, bshape, dtype, stride, padding, method
                          (S, _pad_pairs(pads), method), G, (DH, DW))
     _checks.allocation((N, C_out, OH, OW), dtype, lambda: f"conv2d_forward: x {xshape} with kernels {kshape}, "
                        f"groups {G} and dilation {(DH, DW)} gives y")
+    geo = Geometry(N, C_in, C_out, H, W, KH, KW, OH, OW, *S, pads)
+    if _depthwise(G, C_in, Ck, method, geo):
+        return (N, C_out, OH, OW), _depthwise_run(depthwise.depthwise_forward, geo, (DH, DW), dtype, N * C_out)
     return (N, C_out, OH, OW), _per_group(run1, inner, G, (DH, DW), S, pads, True)
 
 
@@ -505,6 +529,14 @@ def _grouped_kernel_gradient_plan(dyshape, xshape, dtype, stride, padding, kerne
     inner, run1 = _inner(_kernel_gradient_plan, ((N, cog, OH, OW), (N, cig, H, W)), dtype,
                          (S, _pad_pairs(pads), (KDH, KDW), method), G, (DH, DW))
 
+    geo = Geometry(N, C_in, C_out, H, W, KH, KW, OH, OW, *S, pads)
+    if _depthwise(G, C_in, cig, method, geo):
+        kernel = _typed(depthwise.depthwise_kernel_gradient, dtype)
+        nt = threads_for(C_out, geo.macs)
+        top, left = pads[0], pads[2]
+        return (C_out, 1, KH, KW), lambda dy, x, dk: kernel(dy, x, dk, np.empty((nt, OW), dtype), *S, DH, DW, top,
+                                                              left, nt)
+
     def run(dy, x, dk):
         if G == 1:
             dyg, xg = (dy,), (x,)
@@ -539,4 +571,7 @@ def _grouped_input_gradient_plan(dyshape, kshape, dtype, stride, padding, input_
                        f"dilation {(DH, DW)} give dilated kernels")
     inner, run1 = _inner(_input_gradient_plan, ((N, cog, OH, OW), (cog, cig, KDH, KDW)), dtype,
                          (S, _pad_pairs(pads), input_size, method), G, (DH, DW))
+    geo = Geometry(N, cig * G, C_out, *inner[2:], KH, KW, OH, OW, *S, pads)
+    if _depthwise(G, cig * G, cig, method, geo):
+        return (N, G) + inner[2:], _depthwise_run(depthwise.depthwise_input_gradient, geo, (DH, DW), dtype, N * G)
     return (N, cig * G) + inner[2:], _per_group(run1, inner, G, (DH, DW), S, pads, False)

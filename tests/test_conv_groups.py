@@ -411,3 +411,58 @@ def test_refused_call_writes_nothing_and_layer_input_errors_name_shapes():
         layer.forward(np.zeros((1, 2, 9, 9)))
     with pytest.raises(ValueError, match=r"groups=2 .*dilation=2.*kernel 5x5 > input 4x4|5x5 > input 4x4"):
         layer.forward(np.zeros((1, 4, 4, 4)))
+
+
+# ---- the compiled depthwise kernels -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("multiplier,stride,padding,dilation", [
+    (1, 1, "same", 1), (1, (2, 1), ((2, 0), (1, 3)), (2, 3)), (3, 2, 1, 2), (2, (1, 3), 4, (3, 1)),
+    (1, 3, 0, 1),  # windows that skip input rows and columns
+])
+def test_depthwise_kernels_match_the_oracle_and_the_per_group_path(multiplier, stride, padding, dilation, dtype,
+                                                                    monkeypatch):
+    calls = []
+    for name in ("depthwise_forward", "depthwise_input_gradient", "depthwise_kernel_gradient"):
+        real = getattr(cnn_ext.ops.depthwise, name)
+        monkeypatch.setattr(cnn_ext.ops.depthwise, name,
+                            {"float": lambda *a, _r=real, _n=name: (calls.append(_n), _r["float"](*a))[1],
+                             "double": lambda *a, _r=real, _n=name: (calls.append(_n), _r["double"](*a))[1]},
+                            raising=True)
+    rng = np.random.default_rng(13)
+    C = 5
+    x = rng.standard_normal((2, C, 10, 9)).astype(dtype)
+    k = rng.standard_normal((C * multiplier, 1, 3, 2)).astype(dtype)
+    b = rng.standard_normal(C * multiplier).astype(dtype)
+    pads = pad_amounts(padding, (3 - 1) * pair(dilation)[0] + 1, (2 - 1) * pair(dilation)[1] + 1, pair(stride))
+    y_ref = oracle_forward(x, k, b, stride, pads, dilation, C)
+    dy = rng.standard_normal(y_ref.shape).astype(dtype)
+    opts = dict(stride=stride, padding=padding, dilation=dilation, groups=C)
+    y, dk, dx = (conv2d_forward(x, k, b, **opts), conv2d_kernel_gradient(dy, x, kernel_size=(3, 2), **opts),
+                 conv2d_input_gradient(dy, k, input_size=(10, 9), **opts))
+    assert sorted(set(calls)) == ["depthwise_forward", "depthwise_input_gradient", "depthwise_kernel_gradient"]
+    assert_matches(y, y_ref, dtype)
+    assert_matches(dk, oracle_kernel_gradient(dy, x, k.shape, stride, pads, dilation, C), dtype)
+    assert_matches(dx, oracle_input_gradient(dy, k, (10, 9), stride, pads, dilation, C), dtype)
+    calls.clear()
+    per_group = (conv2d_forward(x, k, b, method="gemm", **opts),
+                 conv2d_kernel_gradient(dy, x, kernel_size=(3, 2), method="gemm", **opts),
+                 conv2d_input_gradient(dy, k, input_size=(10, 9), method="gemm", **opts))
+    assert calls == []  # a forced method runs per group
+    for a, c in zip((y, dk, dx), per_group):
+        assert_allclose(a, c, **TOL[dtype])
+
+
+def test_depthwise_kernels_never_multiply_the_positions_a_dilation_skips():
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((2, 3, 9, 9))
+    x[0, 0, 1, 1], x[1, 2, 0, 4] = np.inf, np.nan
+    k = rng.standard_normal((3, 1, 3, 3))
+    b = np.zeros(3)
+    pads = (2, 2, 2, 2)
+    y = conv2d_forward(x, k, b, padding=2, dilation=2, groups=3)
+    assert_same_nonfinite(y, oracle_forward(x, k, b, 1, pads, 2, 3), np.float64)
+    dy = rng.standard_normal(y.shape)
+    dy[0, 2, 3, 3] = -np.inf
+    dx = conv2d_input_gradient(dy, k, padding=2, dilation=2, groups=3, input_size=(9, 9))
+    assert_same_nonfinite(dx, oracle_input_gradient(dy, k, (9, 9), 1, pads, 2, 3), np.float64)
