@@ -110,11 +110,14 @@ def conv2d_forward(x, kernels, bias, *, stride=1, padding=0, dilation=1, groups=
     padding : 'valid', 'same', int, (ph, pw) or ((top, bottom), (left, right)), default 0 ('valid')
         Zero padding; 'same' (stride 1 only) keeps H x W, putting the odd extra row/column at the end.
     dilation : int or (int, int), default 1
-        Spacing between kernel taps, as in PyTorch. Except in the depthwise kernel (below), dilation > 1 runs
-        the compiled methods on the kernels with DH - 1 (DW - 1) zeros inserted between taps: a
-        (DH*(KH-1)+1) x (DW*(KW-1)+1) kernel, so it costs that kernel's multiply-adds (3x3 with dilation 2:
-        25 instead of 9 per output). When x holds an inf or NaN, such calls take a loop over the real taps
-        instead (NumPy products), so the inserted zeros never make a NaN that PyTorch's would not.
+        Spacing between kernel taps, as in PyTorch. The depthwise kernel (below) takes it directly. With
+        stride 1, the input is cut into its DH x DW phases (every DH-th row, every DW-th column), stacked
+        along the batch, and run through the plain compiled methods with the undilated kernels: the plain
+        multiply-adds plus a copy of x and of y. With stride > 1, the methods run the kernels with DH - 1
+        (DW - 1) zeros inserted between taps: a (DH*(KH-1)+1) x (DW*(KW-1)+1) kernel, so it costs that
+        kernel's multiply-adds (3x3 with dilation 2: 25 instead of 9 per output). Calls whose inputs hold an
+        inf or NaN where those zeros would multiply them take a loop over the real taps instead (NumPy
+        products), so they never make a NaN that PyTorch's would not.
     groups : int, default 1
         Input and output channels split into ``groups`` blocks, block g of y seeing block g of x only, as in
         PyTorch. Must divide C_in and C_out. Depthwise (``groups == C_in``, any C_out = m * C_in) with method
@@ -183,8 +186,8 @@ def conv2d_kernel_gradient(dE_dY, x, *, stride=1, padding=0, dilation=1, groups=
     x : array_like, shape (N, C_in, H, W)
         The forward pass's input.
     stride, padding, dilation, groups : as in :func:`conv2d_forward`
-        Dilation > 1 computes the gradient of the zero-inserted (dilated) kernel with the compiled methods and
-        keeps its taps at the dilation's positions: it costs the dilated kernel's multiply-adds.
+        With stride > 1, dilation computes the gradient of the zero-inserted (dilated) kernel with the compiled
+        methods and keeps its taps at the dilation's positions: it costs the dilated kernel's multiply-adds.
     kernel_size : int or (int, int), optional
         Needed only when it cannot be derived (stride > 1 or padding='same'); with stride 1 it is
         ``KH = (H + pad_top + pad_bottom - OH) // DH + 1``.
@@ -423,6 +426,29 @@ def _depthwise_run(kernel, g, D, dtype, planes):
     return _runners.in_chunks(lambda *arrays: kernel(*arrays, g.SH, g.SW, *D, top, left, nt), g, nt)
 
 
+def _to_phases(a, D, top, left, rows, cols):
+    """(N, C, h, w) placed at (top, left) in zeros of (rows * DH, cols * DW), cut into its DH * DW phases (every
+    DH-th row from r, every DW-th column from s) stacked along the batch: (DH * DW * N, C, rows, cols), C-contiguous.
+    A stride-1 convolution dilated by D is the plain one of each phase, interleaved back (_from_phases)."""
+    DH, DW = D
+    N, C, h, w = a.shape
+    full = np.zeros((N, C, rows * DH, cols * DW), a.dtype)
+    full[:, :, top:top + h, left:left + w] = a
+    phases = np.ascontiguousarray(full.reshape(N, C, rows, DH, cols, DW).transpose(3, 5, 0, 1, 2, 4))
+    return phases.reshape(DH * DW * N, C, rows, cols)
+
+
+def _from_phases(a, D, N):
+    """_to_phases' interleave undone: (DH * DW * N, C, rows, cols) -> (N, C, rows * DH, cols * DW)."""
+    DH, DW = D
+    _, C, rows, cols = a.shape
+    return a.reshape(DH, DW, N, C, rows, cols).transpose(2, 3, 4, 0, 5, 1).reshape(N, C, rows * DH, cols * DW)
+
+
+def _finite(*arrays):
+    return all(tiled.all_finite(a.reshape(-1)) for a in arrays if a.size)
+
+
 def _per_group(run1, inner, G, D, S, pads, forward):
     """run(x, k, b, y) (``forward``) or run(dy, k, dx) from ``run1``, the plain run of one group's shapes
     (``inner``: its result's shape), with the dilated kernels, once per group."""
@@ -488,6 +514,20 @@ def _grouped_forward_plan(xshape, kshape, bshape, dtype, stride, padding, method
     geo = Geometry(N, C_in, C_out, H, W, KH, KW, OH, OW, *S, pads)
     if _depthwise(G, C_in, Ck, method, geo):
         return (N, C_out, OH, OW), _depthwise_run(depthwise.depthwise_forward, geo, (DH, DW), dtype, N * C_out)
+    if S == (1, 1) and (DH, DW) != (1, 1):
+        # the plain convolution of each phase (no inserted zeros; extra zero rows only feed outputs cut off)
+        D, rows, cols = (DH, DW), -(-(H + pads[0] + pads[1]) // DH), -(-(W + pads[2] + pads[3]) // DW)
+        _checks.allocation((DH * DW * N, C_in, rows, cols), dtype, lambda: f"conv2d_forward: x {xshape} with "
+                           f"dilation {D} gives phases")
+        pinner, prun = _inner(_grouped_forward_plan, ((DH * DW * N, C_in, rows, cols), kshape, bshape), dtype,
+                              (1, 0, method, 1, G), G, D)
+
+        def run_phases(x, k, b, y):
+            part = np.empty(pinner, dtype)
+            prun(_to_phases(x, D, pads[0], pads[2], rows, cols), k, b, part)
+            y[...] = _from_phases(part, D, N)[:, :, :OH, :OW]
+
+        return (N, C_out, OH, OW), run_phases
     return (N, C_out, OH, OW), _per_group(run1, inner, G, (DH, DW), S, pads, True)
 
 
@@ -547,6 +587,21 @@ def _grouped_kernel_gradient_plan(dyshape, xshape, dtype, stride, padding, kerne
             run1(dyg[g], xg[g], part)
             dk[g * cog:(g + 1) * cog] = part[:, :, ::DH, ::DW]
 
+    if S == (1, 1) and (DH, DW) != (1, 1):
+        # per phase (see _grouped_forward_plan), the batch mean over N * DH * DW samples times DH * DW
+        D, rows, cols = (DH, DW), -(-(H + pads[0] + pads[1]) // DH), -(-(W + pads[2] + pads[3]) // DW)
+        _checks.allocation((DH * DW * N, C_in, rows, cols), dtype, lambda: f"conv2d_kernel_gradient: x {xshape} "
+                           f"with dilation {D} gives phases")
+        pshapes = ((DH * DW * N, C_out, rows - KH + 1, cols - KW + 1), (DH * DW * N, C_in, rows, cols))
+        _, prun = _inner(_grouped_kernel_gradient_plan, pshapes, dtype, (1, 0, (KH, KW), method, 1, G), G, D)
+
+        def run_phases(dy, x, dk):
+            if not _finite(dy, x):  # dE_dY's extra zero rows would meet x's values: 0 * inf
+                return run(dy, x, dk)
+            prun(_to_phases(dy, D, 0, 0, *pshapes[0][2:]), _to_phases(x, D, pads[0], pads[2], rows, cols), dk)
+            dk *= dtype.type(DH * DW)
+
+        return (C_out, cig, KH, KW), run_phases
     return (C_out, cig, KH, KW), run
 
 
@@ -574,4 +629,23 @@ def _grouped_input_gradient_plan(dyshape, kshape, dtype, stride, padding, input_
     geo = Geometry(N, cig * G, C_out, *inner[2:], KH, KW, OH, OW, *S, pads)
     if _depthwise(G, cig * G, cig, method, geo):
         return (N, G) + inner[2:], _depthwise_run(depthwise.depthwise_input_gradient, geo, (DH, DW), dtype, N * G)
-    return (N, cig * G) + inner[2:], _per_group(run1, inner, G, (DH, DW), S, pads, False)
+    run = _per_group(run1, inner, G, (DH, DW), S, pads, False)
+    if S == (1, 1) and (DH, DW) != (1, 1):
+        # per phase (see _grouped_forward_plan): dE_dY's phases, the transposed convolution, interleaved back
+        D, (H, W) = (DH, DW), inner[2:]
+        rows, cols = -(-(H + pads[0] + pads[1]) // DH), -(-(W + pads[2] + pads[3]) // DW)
+        pdy = (DH * DW * N, C_out, rows - KH + 1, cols - KW + 1)
+        _checks.allocation((DH * DW * N, cig * G, rows, cols), dtype, lambda: f"conv2d_input_gradient: dE_dY "
+                           f"{dyshape} with dilation {D} gives phases")
+        pinner, prun = _inner(_grouped_input_gradient_plan, (pdy, kshape), dtype, (1, 0, (rows, cols), method, 1, G),
+                              G, D)
+
+        def run_phases(dy, k, dx):
+            if not _finite(dy, k):  # the extra zero rows of dE_dY would meet an inf tap; or inf * inserted zeros
+                return run(dy, k, dx)
+            part = np.empty(pinner, dtype)
+            prun(_to_phases(dy, D, 0, 0, *pdy[2:]), k, part)
+            dx[...] = _from_phases(part, D, N)[:, :, pads[0]:pads[0] + H, pads[2]:pads[2] + W]
+
+        return (N, cig * G, H, W), run_phases
+    return (N, cig * G) + inner[2:], run

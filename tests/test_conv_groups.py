@@ -187,21 +187,24 @@ def test_results_do_not_depend_on_the_thread_count(groups, dilation, dtype, rest
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_inf_and_nan_between_dilated_taps_are_never_multiplied(dtype):
-    """The zero-inserted kernels would make 0 * inf = NaN at the skipped positions: such calls take the real taps
-    only, as the definition (and PyTorch) does."""
+@pytest.mark.parametrize("stride", [1, 2])  # phases (stride 1) or zero-inserted kernels
+def test_inf_and_nan_between_dilated_taps_are_never_multiplied(stride, dtype):
+    """The zero-inserted kernels would make 0 * inf = NaN at the skipped positions, and the phases' extra zero
+    rows 0 * inf where no product exists: such calls take the real taps only, as the definition (and PyTorch)."""
     rng = np.random.default_rng(7)
     x, k, b = _data(rng, 2, dtype)
-    x[0, 1, 1, 1], x[1, 2, 4, 3], x[2, 0, 5, 6] = np.inf, np.nan, -np.inf
-    pads, D = _dilated_pads(1, 2, 1), 2
-    y = conv2d_forward(x, k, b, padding=1, dilation=D, groups=2)
-    y_ref = oracle_forward(x, k, b, 1, pads, D, 2)
+    x[0, 1, 1, 1], x[1, 2, 4, 3], x[2, 0, 5, 6], x[0, 3, H - 1, 2] = np.inf, np.nan, -np.inf, np.inf
+    pads, D = _dilated_pads(1, 2, stride), 2
+    y = conv2d_forward(x, k, b, stride=stride, padding=1, dilation=D, groups=2)
+    y_ref = oracle_forward(x, k, b, stride, pads, D, 2)
     assert np.isfinite(y_ref).any() and not np.isfinite(y_ref).all()
     assert_same_nonfinite(y, y_ref, dtype)
     dy = rng.standard_normal(y.shape).astype(dtype)
-    dy[0, 3, 2, 2], dy[2, 6, 0, 5] = np.inf, np.nan
-    dx = conv2d_input_gradient(dy, k, padding=1, dilation=D, groups=2, input_size=(H, W))
-    assert_same_nonfinite(dx, oracle_input_gradient(dy, k, (H, W), 1, pads, D, 2), dtype)
+    dk = conv2d_kernel_gradient(dy, x, stride=stride, padding=1, dilation=D, groups=2, kernel_size=(KH, KW))
+    assert_same_nonfinite(dk, oracle_kernel_gradient(dy, x, k.shape, stride, pads, D, 2), dtype)
+    dy[0, 3, 2, 2], dy[2, 6, 0, 4] = np.inf, np.nan
+    dx = conv2d_input_gradient(dy, k, stride=stride, padding=1, dilation=D, groups=2, input_size=(H, W))
+    assert_same_nonfinite(dx, oracle_input_gradient(dy, k, (H, W), stride, pads, D, 2), dtype)
 
 
 def test_output_shape_is_pytorchs_formula():
