@@ -418,12 +418,23 @@ def _depthwise(G, C_in, Ck, method, g):
     return G == C_in and Ck == 1 and G > 1 and method == "auto" and g.N * g.H * g.W > 0
 
 
-def _depthwise_run(kernel, g, D, dtype, planes):
-    """run(a, k, [b,] out) of a depthwise kernel (forward or input gradient) split over ``planes``; Ctrl-C
-    between groups of samples as the other methods."""
-    kernel, (top, _, left, _) = _typed(kernel, dtype), g.pads
-    nt = threads_for(planes, g.macs)
-    return _runners.in_chunks(lambda *arrays: kernel(*arrays, g.SH, g.SW, *D, top, left, nt), g, nt)
+def _depthwise_run(kernel, wide, g, D, dtype, parts, checked, taps=0):
+    """run(*arrays) of a depthwise kernel split over ``parts``: with stride 1 its wide-row twin ``wide`` when the
+    arrays at the indices ``checked`` are finite (no inf meets padding or dropped columns there), else the
+    row loops. ``taps`` partial rows per slab for the kernel gradient."""
+    kernel, wide, (top, bottom, left, right) = _typed(kernel, dtype), _typed(wide, dtype), g.pads
+    nt = threads_for(parts, g.macs)
+    Hp, Wp = g.H + top + bottom, g.W + left + right
+    L = (g.OH - 1) * Wp + g.OW
+    stride1 = g.SH == 1 and g.SW == 1
+
+    def run(*arrays):
+        if stride1 and _finite(*(arrays[i] for i in checked)):
+            wide(*arrays, np.empty((nt, Hp * Wp + L * (1 + taps)), dtype), *D, top, left, nt)
+        else:
+            kernel(*arrays, *((np.empty((nt, g.OW), dtype),) if taps else ()), g.SH, g.SW, *D, top, left, nt)
+
+    return run
 
 
 def _to_phases(a, D, top, left, rows, cols):
@@ -513,7 +524,9 @@ def _grouped_forward_plan(xshape, kshape, bshape, dtype, stride, padding, method
                        f"groups {G} and dilation {(DH, DW)} gives y")
     geo = Geometry(N, C_in, C_out, H, W, KH, KW, OH, OW, *S, pads)
     if _depthwise(G, C_in, Ck, method, geo):
-        return (N, C_out, OH, OW), _depthwise_run(depthwise.depthwise_forward, geo, (DH, DW), dtype, N * C_out)
+        return (N, C_out, OH, OW), _runners.in_chunks(_depthwise_run(
+            depthwise.depthwise_forward, depthwise.depthwise_forward_wide, geo, (DH, DW), dtype, N * C_out, (1,)),
+            geo, threads_for(N * C_out, geo.macs))
     if S == (1, 1) and (DH, DW) != (1, 1):
         # the plain convolution of each phase (no inserted zeros; extra zero rows only feed outputs cut off)
         D, rows, cols = (DH, DW), -(-(H + pads[0] + pads[1]) // DH), -(-(W + pads[2] + pads[3]) // DW)
@@ -571,11 +584,9 @@ def _grouped_kernel_gradient_plan(dyshape, xshape, dtype, stride, padding, kerne
 
     geo = Geometry(N, C_in, C_out, H, W, KH, KW, OH, OW, *S, pads)
     if _depthwise(G, C_in, cig, method, geo):
-        kernel = _typed(depthwise.depthwise_kernel_gradient, dtype)
-        nt = threads_for(C_out, geo.macs)
-        top, left = pads[0], pads[2]
-        return (C_out, 1, KH, KW), lambda dy, x, dk: kernel(dy, x, dk, np.empty((nt, OW), dtype), *S, DH, DW, top,
-                                                              left, nt)
+        return (C_out, 1, KH, KW), _depthwise_run(depthwise.depthwise_kernel_gradient,
+                                                  depthwise.depthwise_kernel_gradient_wide, geo, (DH, DW), dtype,
+                                                  C_out, (0, 1), KH * KW)
 
     def run(dy, x, dk):
         if G == 1:
@@ -628,7 +639,9 @@ def _grouped_input_gradient_plan(dyshape, kshape, dtype, stride, padding, input_
                          (S, _pad_pairs(pads), input_size, method), G, (DH, DW))
     geo = Geometry(N, cig * G, C_out, *inner[2:], KH, KW, OH, OW, *S, pads)
     if _depthwise(G, cig * G, cig, method, geo):
-        return (N, G) + inner[2:], _depthwise_run(depthwise.depthwise_input_gradient, geo, (DH, DW), dtype, N * G)
+        return (N, G) + inner[2:], _runners.in_chunks(_depthwise_run(
+            depthwise.depthwise_input_gradient, depthwise.depthwise_input_gradient_wide, geo, (DH, DW), dtype,
+            N * G, (1,)), geo, threads_for(N * G, geo.macs))
     run = _per_group(run1, inner, G, (DH, DW), S, pads, False)
     if S == (1, 1) and (DH, DW) != (1, 1):
         # per phase (see _grouped_forward_plan): dE_dY's phases, the transposed convolution, interleaved back

@@ -8,7 +8,7 @@ row) to one output row, over the columns whose input lies inside the image only:
 with the positions a dilation skips. The forward and the input gradient split their (sample, channel) planes over
 threads (_threads.pxd); the kernel gradient splits output channels, each summing its samples in order, through
 a per-thread row of column partials (vectorisable, summed in a fixed order): no result depends on the thread
-count.
+count. With stride 1, the *_wide twins below run each tap as one long loop over zero-padded wide rows.
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
@@ -211,3 +211,180 @@ def depthwise_kernel_gradient(const floating[:, :, :, ::1] dy,  # IN  (N, C_out,
             for t in prange(nparts, schedule="dynamic", num_threads=_team(nparts, num_threads)):
                 _kernel_gradient_channels(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &dk[0, 0, 0, 0], &part[threadid(), 0],
                                           N, C_out, &g, _part(C_out, t, nparts), _part(C_out, t + 1, nparts))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stride 1: wide rows. Each plane is copied zero-padded into a per-thread slab of Hp x Wp; a tap is then one
+# long loop over the flat index of the output rows at the slab's pitch Wp (L = (OH - 1) * Wp + OW entries;
+# the Wp - OW columns between rows are computed and dropped). The callers take these only when no product with
+# padding or with those columns can meet an inf or NaN (finite kernels; finite x and dE_dY for dK).
+# ---------------------------------------------------------------------------------------------------
+
+cdef void _pad_plane(const floating* x, floating* xpad, const DGeom* g, Py_ssize_t Hp,
+                     Py_ssize_t Wp) noexcept nogil:
+    """xpad (Hp, Wp) = x (H, W) at (top, left) in zeros."""
+    cdef Py_ssize_t i, h, w
+    for i in range(Hp * Wp):
+        xpad[i] = 0
+    for h in range(g.H):
+        for w in range(g.W):
+            xpad[(h + g.top) * Wp + g.left + w] = x[h * g.W + w]
+
+
+cdef void _wide_rows(const floating* dy, floating* dyw, const DGeom* g, Py_ssize_t Wp) noexcept nogil:
+    """dyw (L,) = the rows of dy (OH, OW) at pitch Wp, zeros between them."""
+    cdef Py_ssize_t p, q
+    for p in range(g.OH):
+        for q in range(g.OW):
+            dyw[p * Wp + q] = dy[p * g.OW + q]
+        if p + 1 < g.OH:
+            for q in range(g.OW, Wp):
+                dyw[p * Wp + q] = 0
+
+
+cdef void _forward_planes_wide(const floating* x, const floating* k, const floating* b, floating* y,
+                               floating* slab, Py_ssize_t C_out, const DGeom* g, Py_ssize_t first,
+                               Py_ssize_t last) noexcept nogil:
+    cdef Py_ssize_t t, n, j, a, c, i, p, q, off
+    cdef Py_ssize_t Hp = g.OH + (g.KH - 1) * g.DH, Wp = g.OW + (g.KW - 1) * g.DW
+    cdef Py_ssize_t L = (g.OH - 1) * Wp + g.OW
+    cdef floating w
+    cdef floating* xpad = slab
+    cdef floating* yw = slab + Hp * Wp
+    cdef const floating* xs
+    cdef floating* yp
+    for t in range(first, last):
+        n, j = t // C_out, t % C_out
+        _pad_plane(x + (n * g.C_in + j // g.m) * g.H * g.W, xpad, g, Hp, Wp)
+        for i in range(L):
+            yw[i] = b[j]
+        for a in range(g.KH):
+            for c in range(g.KW):
+                w = k[(j * g.KH + a) * g.KW + c]
+                xs = xpad + a * g.DH * Wp + c * g.DW
+                for i in range(L):
+                    yw[i] += w * xs[i]
+        yp = y + t * g.OH * g.OW
+        for p in range(g.OH):
+            for q in range(g.OW):
+                yp[p * g.OW + q] = yw[p * Wp + q]
+
+
+def depthwise_forward_wide(const floating[:, :, :, ::1] x,   # IN  (N, C_in, H, W)
+                           const floating[:, :, :, ::1] k,   # IN  (C_out, 1, KH, KW), finite
+                           const floating[::1] b,            # IN  (C_out,)
+                           floating[:, :, :, ::1] y,         # OUT (N, C_out, OH, OW), stride 1
+                           floating[:, ::1] slab,            # TMP (threads, Hp*Wp + L)
+                           Py_ssize_t DH, Py_ssize_t DW, Py_ssize_t top, Py_ssize_t left, Py_ssize_t num_threads):
+    """depthwise_forward with stride 1, on wide rows; N >= 1."""
+    cdef DGeom g = _dgeom(x.shape[1], k.shape[0], x.shape[2], x.shape[3], k.shape[2], k.shape[3], y.shape[2],
+                          y.shape[3], 1, 1, DH, DW, top, left)
+    cdef Py_ssize_t n = y.shape[0] * y.shape[1], nparts = _nparts(n, num_threads), t
+    with nogil:
+        if nparts == 1:
+            _forward_planes_wide(&x[0, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &slab[0, 0], k.shape[0],
+                                 &g, 0, n)
+        else:
+            for t in prange(nparts, schedule="dynamic", num_threads=_team(nparts, num_threads)):
+                _forward_planes_wide(&x[0, 0, 0, 0], &k[0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &slab[threadid(), 0],
+                                     k.shape[0], &g, _part(n, t, nparts), _part(n, t + 1, nparts))
+
+
+cdef void _input_gradient_planes_wide(const floating* dy, const floating* k, floating* dx, floating* slab,
+                                      const DGeom* g, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
+    cdef Py_ssize_t t, i, jj, a, c, h, x_
+    cdef Py_ssize_t Hp = g.OH + (g.KH - 1) * g.DH, Wp = g.OW + (g.KW - 1) * g.DW
+    cdef Py_ssize_t L = (g.OH - 1) * Wp + g.OW
+    cdef floating w
+    cdef floating* dxp = slab
+    cdef floating* dyw = slab + Hp * Wp
+    cdef floating* d
+    cdef const floating* kj
+    for t in range(first, last):
+        for i in range(Hp * Wp):
+            dxp[i] = 0
+        for jj in range(g.m):
+            _wide_rows(dy + (t * g.m + jj) * g.OH * g.OW, dyw, g, Wp)
+            kj = k + ((t % g.C_in) * g.m + jj) * g.KH * g.KW
+            for a in range(g.KH):
+                for c in range(g.KW):
+                    w = kj[a * g.KW + c]
+                    d = dxp + a * g.DH * Wp + c * g.DW
+                    for i in range(L):
+                        d[i] += w * dyw[i]
+        for h in range(g.H):
+            for x_ in range(g.W):
+                dx[t * g.H * g.W + h * g.W + x_] = dxp[(h + g.top) * Wp + g.left + x_]
+
+
+def depthwise_input_gradient_wide(const floating[:, :, :, ::1] dy,  # IN  (N, C_out, OH, OW)
+                                  const floating[:, :, :, ::1] k,   # IN  (C_out, 1, KH, KW), finite
+                                  floating[:, :, :, ::1] dx,        # OUT (N, C_in, H, W), stride 1
+                                  floating[:, ::1] slab,            # TMP (threads, Hp*Wp + L)
+                                  Py_ssize_t DH, Py_ssize_t DW, Py_ssize_t top, Py_ssize_t left,
+                                  Py_ssize_t num_threads):
+    """depthwise_input_gradient with stride 1, on wide rows; N >= 1, H * W >= 1."""
+    cdef DGeom g = _dgeom(dx.shape[1], k.shape[0], dx.shape[2], dx.shape[3], k.shape[2], k.shape[3], dy.shape[2],
+                          dy.shape[3], 1, 1, DH, DW, top, left)
+    cdef Py_ssize_t n = dx.shape[0] * dx.shape[1], nparts = _nparts(n, num_threads), t
+    with nogil:
+        if nparts == 1:
+            _input_gradient_planes_wide(&dy[0, 0, 0, 0], &k[0, 0, 0, 0], &dx[0, 0, 0, 0], &slab[0, 0], &g, 0, n)
+        else:
+            for t in prange(nparts, schedule="dynamic", num_threads=_team(nparts, num_threads)):
+                _input_gradient_planes_wide(&dy[0, 0, 0, 0], &k[0, 0, 0, 0], &dx[0, 0, 0, 0], &slab[threadid(), 0],
+                                            &g, _part(n, t, nparts), _part(n, t + 1, nparts))
+
+
+cdef void _kernel_gradient_channels_wide(const floating* dy, const floating* x, floating* dk, floating* slab,
+                                         Py_ssize_t N, Py_ssize_t C_out, const DGeom* g, Py_ssize_t first,
+                                         Py_ssize_t last) noexcept nogil:
+    """dk of channels [first, last): per tap, partials over the flat index summed over the samples in order,
+    then summed in order."""
+    cdef Py_ssize_t j, n, a, c, i, tap, T = g.KH * g.KW
+    cdef Py_ssize_t Hp = g.OH + (g.KH - 1) * g.DH, Wp = g.OW + (g.KW - 1) * g.DW
+    cdef Py_ssize_t L = (g.OH - 1) * Wp + g.OW
+    cdef floating acc
+    cdef floating* xpad = slab
+    cdef floating* dyw = slab + Hp * Wp
+    cdef floating* part = dyw + L
+    cdef floating* pt
+    cdef const floating* xs
+    for j in range(first, last):
+        for i in range(T * L):
+            part[i] = 0
+        for n in range(N):
+            _pad_plane(x + (n * g.C_in + j // g.m) * g.H * g.W, xpad, g, Hp, Wp)
+            _wide_rows(dy + (n * C_out + j) * g.OH * g.OW, dyw, g, Wp)
+            for a in range(g.KH):
+                for c in range(g.KW):
+                    pt = part + (a * g.KW + c) * L
+                    xs = xpad + a * g.DH * Wp + c * g.DW
+                    for i in range(L):
+                        pt[i] += dyw[i] * xs[i]
+        for tap in range(T):
+            acc = 0
+            for i in range(L):
+                acc += part[tap * L + i]
+            dk[j * T + tap] = acc / N if N > 0 else 0
+
+
+def depthwise_kernel_gradient_wide(const floating[:, :, :, ::1] dy,  # IN  (N, C_out, OH, OW), finite
+                                   const floating[:, :, :, ::1] x,   # IN  (N, C_in, H, W), finite
+                                   floating[:, :, :, ::1] dk,        # OUT (C_out, 1, KH, KW), stride 1
+                                   floating[:, ::1] slab,            # TMP (threads, Hp*Wp + L + KH*KW*L)
+                                   Py_ssize_t DH, Py_ssize_t DW, Py_ssize_t top, Py_ssize_t left,
+                                   Py_ssize_t num_threads):
+    """depthwise_kernel_gradient with stride 1, on wide rows; N >= 1, H * W >= 1."""
+    cdef DGeom g = _dgeom(x.shape[1], dy.shape[1], x.shape[2], x.shape[3], dk.shape[2], dk.shape[3], dy.shape[2],
+                          dy.shape[3], 1, 1, DH, DW, top, left)
+    cdef Py_ssize_t N = x.shape[0], C_out = dy.shape[1], nparts = _nparts(C_out, num_threads), t
+    with nogil:
+        if nparts == 1:
+            _kernel_gradient_channels_wide(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &dk[0, 0, 0, 0], &slab[0, 0], N, C_out,
+                                           &g, 0, C_out)
+        else:
+            for t in prange(nparts, schedule="dynamic", num_threads=_team(nparts, num_threads)):
+                _kernel_gradient_channels_wide(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &dk[0, 0, 0, 0],
+                                               &slab[threadid(), 0], N, C_out, &g, _part(C_out, t, nparts),
+                                               _part(C_out, t + 1, nparts))

@@ -37,3 +37,31 @@ def depthwise_kernel_gradient(
     SH: int, SW: int, DH: int, DW: int, top: int, left: int, num_threads: int,
 ) -> None:
     """dk[j, 0] = (1/N) Σ_n xcorr(x[n, j // m], dy[n, j]) at the dilated taps."""
+
+def depthwise_forward_wide(
+    x: NDArray[_F],  # IN  (N, C_in, H, W), N >= 1
+    k: NDArray[_F],  # IN  (C_out, 1, KH, KW), finite
+    b: NDArray[_F],  # IN  (C_out,)
+    y: NDArray[_F],  # OUT (N, C_out, OH, OW), stride 1
+    slab: NDArray[_F],  # TMP (threads, Hp*Wp + L), L = (OH - 1) * Wp + OW; any values
+    DH: int, DW: int, top: int, left: int, num_threads: int,
+) -> None:
+    """depthwise_forward with stride 1 on zero-padded wide rows."""
+
+def depthwise_input_gradient_wide(
+    dy: NDArray[_F],  # IN  (N, C_out, OH, OW), N >= 1
+    k: NDArray[_F],  # IN  (C_out, 1, KH, KW), finite
+    dx: NDArray[_F],  # OUT (N, C_in, H, W), stride 1, H * W >= 1
+    slab: NDArray[_F],  # TMP (threads, Hp*Wp + L); any values
+    DH: int, DW: int, top: int, left: int, num_threads: int,
+) -> None:
+    """depthwise_input_gradient with stride 1 on wide rows."""
+
+def depthwise_kernel_gradient_wide(
+    dy: NDArray[_F],  # IN  (N, C_out, OH, OW), finite, N >= 1
+    x: NDArray[_F],  # IN  (N, C_in, H, W), finite, H * W >= 1
+    dk: NDArray[_F],  # OUT (C_out, 1, KH, KW), stride 1
+    slab: NDArray[_F],  # TMP (threads, Hp*Wp + L + KH*KW*L); any values
+    DH: int, DW: int, top: int, left: int, num_threads: int,
+) -> None:
+    """depthwise_kernel_gradient with stride 1 on wide rows."""
