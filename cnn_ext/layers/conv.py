@@ -22,8 +22,8 @@ class Conv2D(ParamLayer):
         NumPy integers and integer arrays are accepted for these three; the layer keeps them as plain Python
         ints, tuples and lower-case strings (so ``get_config()`` is JSON and save / load round-trips).
     dilation : int or (int, int), default 1
-        Spacing between kernel taps, as in PyTorch (run as the zero-inserted kernel: see
-        :func:`~cnn_ext.conv2d_forward` for the cost).
+        Spacing between kernel taps, as in PyTorch (how each case runs, and what it costs: see
+        :func:`~cnn_ext.conv2d_forward`).
     groups : int, default 1
         Channel groups, as in PyTorch: must divide c_in and c_out; ``groups == c_in`` is a depthwise
         convolution. The kernels have shape (c_out, c_in // groups, KH, KW).
