@@ -47,6 +47,7 @@ MODULES = {
     "tiled":       dict(twin=True,  exact=False),  # register-tiled direct forward kernels
     "kgrad":       dict(twin=True,  exact=False),  # register-tiled kernel gradient, bias gradient
     "pooling":     dict(twin=True,  exact=False),  # max / average pooling
+    "depthwise":   dict(twin=True,  exact=False),  # depthwise convolutions (groups == C_in), any dilation
     "dense":       dict(twin=False, exact=False),  # matmul for the Dense layers (BLAS does the arithmetic)
     "elementwise": dict(twin=False, exact=True),   # fused activations, bitwise NumPy's
     "norm":        dict(twin=False, exact=False),  # batch normalisation, forward and backward

@@ -211,6 +211,32 @@ def padding_sides(padding, KH, KW, stride):
     return (spec[0], spec[0], spec[1], spec[1])
 
 
+def dilation(value):
+    """``dilation`` as a pair of ints >= 1 (an int or a pair, as ``stride``)."""
+    return ints(value, "dilation", 1)
+
+
+def dilated(KH, KW, DH, DW, kname, kshape):
+    """(KH', KW') of a kernel with DH - 1 (DW - 1) zeros between its taps, or ValueError past 32 bits."""
+    KDH, KDW = (KH - 1) * DH + 1, (KW - 1) * DW + 1
+    if max(KDH, KDW) > INT_MAX:
+        raise ValueError(f"{kname} {kshape} with dilation {(DH, DW)} spans {KDH}x{KDW}; sizes must be "
+                         f"<= 2**31 - 1 = {INT_MAX}")
+    return KDH, KDW
+
+
+def groups(value, C_in, C_out, in_name, in_shape=None, out_name="", out_shape=None):
+    """``groups`` as an int >= 1 that divides the input channels C_in (of ``in_name``) and the output channels
+    C_out (of ``out_name``), else ValueError naming both arrays and their shapes."""
+    G = positive_int(value, "groups", INT_MAX)
+    if C_in % G or C_out % G:
+        def where(name, shape, C):
+            return f"{name}={C}" if shape is None else f"{C}, {name} of shape {shape}"
+        raise ValueError(f"groups={G} must divide the input channels ({where(in_name, in_shape, C_in)}) and the "
+                         f"output channels ({where(out_name, out_shape, C_out)})")
+    return G
+
+
 def output_hw(H, W, KH, KW, SH, SW, pads, xname, kname, xshape=None, kshape=None):
     """(OH, OW) of a sliding window, or ValueError naming both arguments: a kernel larger than the padded input,
     or a size past the kernels' 32-bit limit."""

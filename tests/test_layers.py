@@ -504,15 +504,3 @@ def test_update_errors():
         layer.update({"dB": np.zeros(2)}, 0.1)
     with pytest.raises(ValueError, match=r"dW has shape \(2, 3\) but w has shape \(3, 2\)"):
         layer.update({"dW": np.zeros((2, 3)), "dB": np.zeros(2)}, 0.1)
-
-
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(dilation=2), r"dilation=2 is not implemented"),
-    (dict(dilation=(1, 3)), r"dilation=\(1, 3\) is not implemented"),
-    (dict(groups=2), r"groups=2 is not implemented"),
-])
-def test_conv2d_dilation_and_groups_are_clearly_unsupported(kwargs, match):
-    with pytest.raises(NotImplementedError, match=match):
-        Conv2D(2, 4, 3, **kwargs)
-    layer = Conv2D(2, 4, 3, dilation=1, groups=1, seed=0)  # the defaults are accepted
-    assert layer.k.shape == (4, 2, 3, 3)

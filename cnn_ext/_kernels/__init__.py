@@ -1,10 +1,10 @@
 """The compiled kernel modules, one per method family, and the run-time choice of their ISA.
 
 gemm (im2col + BLAS), rows (plain direct loops), tiled (register-tiled direct forward), kgrad (tiled kernel
-gradient, bias gradient) and pooling are "twins": on x86-64 each exists three times, baseline, AVX2 + FMA
-(`<name>_avx2`) and AVX-512 F/VL/BW/DQ (`<name>_avx512`, 64-byte vectors and the 32 vector registers). dense,
-elementwise, norm and openmp are baseline only (elementwise must not contract a*b + c into FMAs: its results are
-bitwise NumPy's).
+gradient, bias gradient), pooling and depthwise are "twins": on x86-64 each exists three times, baseline,
+AVX2 + FMA (`<name>_avx2`) and AVX-512 F/VL/BW/DQ (`<name>_avx512`, 64-byte vectors and the 32 vector
+registers). dense, elementwise, norm and openmp are baseline only (elementwise must not contract a*b + c into
+FMAs: its results are bitwise NumPy's).
 
 NumPy's own CPU-feature detection decides (the same one its SIMD dispatch uses), before any variant is imported:
 a module compiled for features the CPU lacks is never loaded. CNN_EXT_KERNELS picks the level:
@@ -31,7 +31,7 @@ except ImportError:  # the source checkout, never built: say so, as NumPy does
         f"or build it in place (`python setup.py build_ext --inplace`) to use this checkout."
     ) from None
 
-_TWINS = ("gemm", "rows", "tiled", "kgrad", "pooling")  # the modules built for every ISA variant
+_TWINS = ("gemm", "rows", "tiled", "kgrad", "pooling", "depthwise")  # the modules built for every ISA variant
 
 # The variants, best first, with the NumPy CPU features each was compiled for (setup.py's ISA_FLAGS).
 ISA_FEATURES = {
@@ -41,7 +41,7 @@ ISA_FEATURES = {
 }
 # Twin modules that `auto` keeps on AVX2 on an AVX-512 CPU, each with the reason (benchmarks/results/avx512.md).
 _UNMEASURED = "not yet timed on an AVX-512 CPU: CNN_EXT_KERNELS=avx512 opts in"
-AUTO_KEEPS_AVX2: dict = {name: _UNMEASURED for name in ("gemm", "rows", "tiled", "kgrad", "pooling")}
+AUTO_KEEPS_AVX2: dict = {name: _UNMEASURED for name in _TWINS}
 # Modules that always take the same build: cnn_ext._methods reads the lanes and tile shapes of `tiled` to choose
 # and check the methods of all three (kgrad's in-place rows need whole vectors of ITS lanes).
 COUPLED = ("rows", "tiled", "kgrad")
@@ -119,7 +119,7 @@ def _select():
     return tuple(modules), level, variants
 
 
-(gemm, rows, tiled, kgrad, pooling), ISA, VARIANTS = _select()
+(gemm, rows, tiled, kgrad, pooling, depthwise), ISA, VARIANTS = _select()
 
-__all__ = ["gemm", "rows", "tiled", "kgrad", "dense", "pooling", "elementwise", "norm", "openmp", "ISA", "VARIANTS",
-           "ISA_FEATURES", "AUTO_KEEPS_AVX2", "cpu_supports"]
+__all__ = ["gemm", "rows", "tiled", "kgrad", "dense", "pooling", "depthwise", "elementwise", "norm", "openmp", "ISA",
+           "VARIANTS", "ISA_FEATURES", "AUTO_KEEPS_AVX2", "cpu_supports"]

@@ -21,8 +21,12 @@ class Conv2D(ParamLayer):
     padding : 'valid', 'same', int, (int, int) or ((top, bottom), (left, right)), default 'valid'
         NumPy integers and integer arrays are accepted for these three; the layer keeps them as plain Python
         ints, tuples and lower-case strings (so ``get_config()`` is JSON and save / load round-trips).
-    dilation, groups : 1
-        Accepted for PyTorch-style calls; any other value raises ``NotImplementedError``.
+    dilation : int or (int, int), default 1
+        Spacing between kernel taps, as in PyTorch (how each case runs, and what it costs: see
+        :func:`~cnn_ext.conv2d_forward`).
+    groups : int, default 1
+        Channel groups, as in PyTorch: must divide c_in and c_out; ``groups == c_in`` is a depthwise
+        convolution. The kernels have shape (c_out, c_in // groups, KH, KW).
     init : None, 'he_normal', 'he_uniform', 'glorot_normal' or 'glorot_uniform'
         None is the tutorial's: kernels and biases ~ N(0, 1). The others draw the kernels and zero the biases.
     rng : numpy.random.Generator or RandomState, optional
@@ -32,12 +36,12 @@ class Conv2D(ParamLayer):
 
     Attributes
     ----------
-    k : ndarray, shape (c_out, c_in, KH, KW)
+    k : ndarray, shape (c_out, c_in // groups, KH, KW)
     b : ndarray, shape (c_out,)
 
     Notes
     -----
-    x (N, c_in, H, W) -> y (N, c_out, OH, OW) with ``OH = (H + pad_top + pad_bottom - KH) // SH + 1``
+    x (N, c_in, H, W) -> y (N, c_out, OH, OW) with ``OH = (H + pad_top + pad_bottom - DH * (KH - 1) - 1) // SH + 1``
     (``H - KH + 1`` by default), same for OW.
     ``backward(dE_dY, need_dX=True)`` returns ``{"dK", "dB", "dX"}`` (a :class:`Gradients` dict); dX is never
     averaged; ``need_dX=False`` skips dX (the first layer of a network never needs it). The gradient rule:
@@ -56,10 +60,6 @@ class Conv2D(ParamLayer):
     def __init__(self, c_in, c_out, kernel_size, *, stride=1, padding="valid", dilation=1, groups=1, init=None,
                  rng=None, seed=None, dtype=np.float64):
         super().__init__()
-        if _checks.ints(dilation, "dilation", 1) != (1, 1):
-            raise NotImplementedError(f"Conv2D: dilation={dilation!r} is not implemented (only 1)")
-        if _checks.positive_int(groups, "groups") != 1:
-            raise NotImplementedError(f"Conv2D: groups={groups!r} is not implemented (only 1)")
         self.c_in = _checks.positive_int(c_in, "c_in", _checks.INT_MAX)
         self.c_out = _checks.positive_int(c_out, "c_out", _checks.INT_MAX)
         self.kernel_size = _checks.ints(kernel_size, "kernel_size", 1)
@@ -67,18 +67,46 @@ class Conv2D(ParamLayer):
         # plain Python ints, tuples and strings (NumPy integers and arrays too, and lists from a JSON config), so
         # that get_config() is JSON-serialisable and save / load round-trips
         self.padding = _checks.padding_spec(padding)
-        _checks.padding_sides(self.padding, *self.kernel_size, self.stride)  # 'same' with stride > 1 raises
+        self.dilation = _checks.dilation(dilation)
+        self.groups = _checks.groups(groups, self.c_in, self.c_out, "c_in", out_name="c_out")
+        KDH, KDW = _checks.dilated(*self.kernel_size, *self.dilation, "kernel_size", self.kernel_size)
+        _checks.padding_sides(self.padding, KDH, KDW, self.stride)  # 'same' with stride > 1 raises
         self.init = init
         self.dtype = _checks.float_dtype(dtype)
         KH, KW = self.kernel_size
-        self.k, self.b = init_params(init, random_source(rng, seed), (self.c_out, self.c_in, KH, KW), (self.c_out,),
-                                      self.c_in * KH * KW, self.c_out * KH * KW, 1.0, self.dtype,
+        c_k = self.c_in // self.groups
+        # fans as PyTorch's: fan_in counts one group's inputs, fan_out all output channels
+        self.k, self.b = init_params(init, random_source(rng, seed), (self.c_out, c_k, KH, KW), (self.c_out,),
+                                      c_k * KH * KW, self.c_out * KH * KW, 1.0, self.dtype,
                                       lambda: f"Conv2D: c_in={self.c_in}, c_out={self.c_out}, "
-                                              f"kernel_size={self.kernel_size} give kernels")
+                                              f"kernel_size={self.kernel_size}"
+                                              f"{f', groups={self.groups}' if self.groups != 1 else ''} give kernels")
+
+    @property
+    def _options(self):
+        """The options of the four operations: dilation and groups only when not their defaults (the plain path
+        then takes exactly the calls it took before they existed)."""
+        opts = {"stride": self.stride, "padding": self.padding}
+        if self.dilation != (1, 1):
+            opts["dilation"] = self.dilation
+        if self.groups != 1:
+            opts["groups"] = self.groups
+        return opts
+
+    def get_config(self):
+        """The constructor kwargs; dilation and groups only when not 1 (configs of plain layers stay as they
+        were, and files saved before these options load unchanged)."""
+        cfg = super().get_config()
+        if self.dilation != (1, 1):
+            cfg["dilation"] = list(self.dilation)
+        if self.groups != 1:
+            cfg["groups"] = self.groups
+        return cfg
 
     def param_shapes(self):
         """``{"k": ((c_out, c_in, KH, KW), dtype), "b": ((c_out,), dtype)}``, from the config alone."""
-        return {"k": ((self.c_out, self.c_in, *self.kernel_size), self.dtype), "b": ((self.c_out,), self.dtype)}
+        kshape = (self.c_out, self.c_in // self.groups, *self.kernel_size)
+        return {"k": (kshape, self.dtype), "b": ((self.c_out,), self.dtype)}
 
     def forward(self, x):
         """``y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i])``; x (N, c_in, H, W) -> y (N, c_out, OH, OW)."""
@@ -86,7 +114,7 @@ class Conv2D(ParamLayer):
         if x.ndim != 4 or x.shape[1] != self.c_in:
             raise self._shape_error("x", f"(N, {self.c_in}, H, W)", x.shape)
         try:
-            y = conv2d_forward(x, self.k, self.b, stride=self.stride, padding=self.padding)
+            y = conv2d_forward(x, self.k, self.b, **self._options)
         except ValueError as exc:  # e.g. the kernel is larger than the (padded) input
             raise ValueError(f"{self!r}: input of shape {x.shape}: {exc}") from None
         self._x, self._y_shape = x, y.shape
@@ -101,8 +129,7 @@ class Conv2D(ParamLayer):
         if rule == EXACT:
             dy = dy.view(np.ndarray)  # the kernels take plain arrays
         grads = Gradients(rule, ("dK", "dB"), {
-            "dK": conv2d_kernel_gradient(dy, x, stride=self.stride, padding=self.padding,
-                                         kernel_size=self.kernel_size),
+            "dK": conv2d_kernel_gradient(dy, x, kernel_size=self.kernel_size, **self._options),
             "dB": conv2d_bias_gradient(dy),
         })
         if rule == EXACT and x.shape[0] > 1:
@@ -111,12 +138,15 @@ class Conv2D(ParamLayer):
             grads["dK"] *= n
             grads["dB"] *= n
         if need_dX:
-            grads["dX"] = conv2d_input_gradient(dy, self.k, stride=self.stride, padding=self.padding,
-                                                input_size=x.shape[2:])
+            grads["dX"] = conv2d_input_gradient(dy, self.k, input_size=x.shape[2:], **self._options)
         return grads
 
     def extra_repr(self):
         s = f"{self.c_in}, {self.c_out}, kernel_size={self.kernel_size}, stride={self.stride}"
         if self.padding != "valid":
             s += f", padding={self.padding!r}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
         return s + self._repr_tail()
