@@ -40,6 +40,7 @@ MODULES = {
     "tiled":       dict(twin=True,  exact=False),  # register-tiled direct forward kernels
     "kgrad":       dict(twin=True,  exact=False),  # register-tiled kernel gradient, bias gradient
     "pooling":     dict(twin=True,  exact=False),  # max / average pooling
+    "winograd":    dict(twin=True,  exact=False),  # Winograd F(2x2 / 4x4, 3x3) + BLAS
     "dense":       dict(twin=False, exact=False),  # matmul for the Dense layers (BLAS does the arithmetic)
     "elementwise": dict(twin=False, exact=True),   # fused activations, bitwise NumPy's
     "openmp":      dict(twin=False, exact=False),  # what the build has: OpenMP or not

@@ -1,8 +1,8 @@
 """The compiled kernel modules, one per method family, and the run-time choice of their ISA.
 
 gemm (im2col + BLAS), rows (plain direct loops), tiled (register-tiled direct forward), kgrad (tiled kernel
-gradient, bias gradient) and pooling exist twice on x86-64: baseline and AVX2 + FMA (`<name>_avx2`); the AVX2
-builds are taken when the CPU has both, else the baseline ones. dense, elementwise and openmp are baseline only
+gradient, bias gradient), pooling and winograd (Winograd 3x3 + BLAS) exist twice on x86-64: baseline and AVX2 +
+FMA (`<name>_avx2`); the AVX2 builds are taken when the CPU has both, else the baseline ones. dense, elementwise and openmp are baseline only
 (elementwise must not contract a*b + c into FMAs: its results are bitwise NumPy's).
 
 NumPy's own CPU-feature detection decides (the same one its SIMD dispatch uses). CNN_EXT_KERNELS=baseline
@@ -22,7 +22,7 @@ except ImportError:  # the source checkout, never built: say so, as NumPy does
         f"or build it in place (`python setup.py build_ext --inplace`) to use this checkout."
     ) from None
 
-_TWINS = ("gemm", "rows", "tiled", "kgrad", "pooling")  # the modules built for both ISAs
+_TWINS = ("gemm", "rows", "tiled", "kgrad", "pooling", "winograd")  # the modules built for both ISAs
 
 
 def _cpu_has_avx2_fma():
@@ -62,6 +62,6 @@ def _select():
     return baseline, "baseline"
 
 
-(gemm, rows, tiled, kgrad, pooling), ISA = _select()
+(gemm, rows, tiled, kgrad, pooling, winograd), ISA = _select()
 
-__all__ = ["gemm", "rows", "tiled", "kgrad", "dense", "pooling", "elementwise", "openmp", "ISA"]
+__all__ = ["gemm", "rows", "tiled", "kgrad", "dense", "pooling", "winograd", "elementwise", "openmp", "ISA"]
