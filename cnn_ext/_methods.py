@@ -65,6 +65,10 @@ KGRAD_MAX_PARTIAL_BYTES = 128 << 10  # vector partials up to which it wins on sm
 KGRAD_MAX_PARTIAL_BYTES_ANY = 32 << 20  # per-thread partials past which BLAS is taken (memory)
 BIAS_MIN_PER_THREAD = 64_000  # elements per thread from which a second thread pays for the bias sums
 WINOGRAD_TILE = 4  # F(4x4, 3x3): 4x fewer multiplications than direct, F(2x2) only 2.25x (error: winograd_error.md)
+# float32 error per tile size: max |y - y_exact| per output map <= bound * max |x|⋆|k| over the map, the worst
+# measured (benchmarks/results/winograd_error.md, C_in <= WINOGRAD_MAX_C_IN) with a margin of 2 and more
+WINOGRAD_ERROR_BOUND = {2: 5e-6, 4: 3e-5}
+WINOGRAD_MAX_C_IN = 128  # reduction lengths up to which the bound was measured: auto stays within it
 WINOGRAD_BLOCK_BYTES = 2 << 20  # V and M of one block of tiles: wide enough products, yet within L3 beside BLAS
 NCHUNK = 16  # batch reductions run over this many chunks summed in order: the same sums on any thread count
 

@@ -188,8 +188,9 @@ def _winograd_samples(g, dtype, m):
 def _winograd_u(k, m, dtype):
     """U[ξ, j, i] = (G k[j, i] Gᵀ)[ξ], computed in float64 and rounded once."""
     C_out, C_in = k.shape[:2]
-    u = WINOGRAD_GG[m] @ k.reshape(C_out * C_in, 9).T.astype(np.float64)
-    return np.ascontiguousarray(u, dtype=dtype).reshape((m + 2) ** 2, C_out, C_in)
+    with np.errstate(invalid="ignore", over="ignore"):  # an inf tap: the result is recomputed by im2col
+        u = WINOGRAD_GG[m] @ k.reshape(C_out * C_in, 9).T.astype(np.float64)
+        return np.ascontiguousarray(u, dtype=dtype).reshape((m + 2) ** 2, C_out, C_in)
 
 
 def _winograd_raw(g, dtype, nt, m):
