@@ -68,7 +68,9 @@ WINOGRAD_TILE = 4  # F(4x4, 3x3): 4x fewer multiplications than direct, F(2x2) o
 # float32 error per tile size: max |y - y_exact| per output map <= bound * max |x|⋆|k| over the map, the worst
 # measured (benchmarks/results/winograd_error.md, C_in <= WINOGRAD_MAX_C_IN) with a margin of 2 and more
 WINOGRAD_ERROR_BOUND = {2: 5e-6, 4: 3e-5}
-WINOGRAD_MAX_C_IN = 128  # reduction lengths up to which the bound was measured: auto stays within it
+WINOGRAD_MAX_C_IN = 128  # channels up to which the bound was measured: auto stays within them
+WINOGRAD_MIN_CHANNELS = 2048  # C_in*C_out from which auto takes winograd (16x32 layers: the transforms dominate)
+WINOGRAD_MIN_MAP = 14  # output rows and columns from which it does (the smallest maps of the measured rows)
 WINOGRAD_BLOCK_BYTES = 2 << 20  # V and M of one block of tiles: wide enough products, yet within L3 beside BLAS
 NCHUNK = 16  # batch reductions run over this many chunks summed in order: the same sums on any thread count
 
@@ -167,6 +169,8 @@ def forward(method, g, dtype):
         if method == "direct":
             raise ValueError("method='direct' needs stride 1; use 'gemm' or 'auto'")
         return Method.GEMM
+    if method == "auto" and _winograd_better(g):
+        return Method.WINOGRAD
     if method == "auto" and not _tiny(g):
         # float64 on large maps with many channels: a tie with BLAS, which keeps it
         big64 = dtype == np.float64 and g.C_in * g.C_out >= WIDE_F64_MAX_CHANNELS and \
@@ -190,6 +194,8 @@ def input_gradient(method, g, dtype):
         if method == "direct":
             raise ValueError("method='direct' needs stride 1 and padding <= kernel size - 1; use 'gemm' or 'auto'")
         return Method.GEMM
+    if method == "auto" and _winograd_better(g):
+        return Method.WINOGRAD
     if method == "auto" and not _tiny(g) and not _direct_dx_better(g, dtype):
         return Method.GEMM
     if _tiny(g) and g.unpadded:
@@ -207,6 +213,8 @@ def kernel_gradient(method, g, dtype):
         if method == "direct":
             raise ValueError("method='direct' needs stride 1 for the kernel gradient; use 'gemm' or 'auto'")
         return Method.GEMM
+    if method == "auto" and _winograd_better(g):
+        return Method.WINOGRAD
     if method == "auto":
         if _tiny(g) and g.unpadded:
             return Method.LOOPS
@@ -241,6 +249,14 @@ def kgrad_samples(g, dtype, layout):
     per_chunk = g.N // max(1, min(g.N, NCHUNK))
     per_sample = (size(2) - size(1)) * dtype.itemsize
     return max(1, min(per_chunk, KGRAD_SLAB_BYTES // per_sample))
+
+
+def _winograd_better(g):
+    """3x3 stride-1 layers with many channels on maps of at least WINOGRAD_MIN_MAP: 4x fewer multiplications
+    outweigh the transforms (benchmarks/results/winograd.md), in both dtypes; up to WINOGRAD_MAX_C_IN channels,
+    where its error bound was measured. AVX2 builds only: the baseline build was not measured."""
+    return (FAST and g.stride1 and g.KH == 3 and g.KW == 3 and max(g.C_in, g.C_out) <= WINOGRAD_MAX_C_IN
+            and g.C_in * g.C_out >= WINOGRAD_MIN_CHANNELS and min(g.OH, g.OW) >= WINOGRAD_MIN_MAP)
 
 
 def winograd_tile(g, dtype):

@@ -22,7 +22,7 @@ import cnn_ext
 from cnn_ext import _kernels
 
 # Keep in sync with MODULES in setup.py.
-BASELINE_MODULES = ["gemm", "rows", "tiled", "kgrad", "pooling", "dense", "elementwise", "openmp"]
+BASELINE_MODULES = ["gemm", "rows", "tiled", "kgrad", "pooling", "winograd", "dense", "elementwise", "openmp"]
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
 PKG_DIR = Path(cnn_ext.__file__).resolve().parent
@@ -78,7 +78,7 @@ def test_kernels_are_compiled_extension_modules(name):
 def test_active_kernel_build_matches_the_cpu():
     assert _kernels.ISA in ("avx2", "baseline")
     suffix = "_avx2" if _kernels.ISA == "avx2" else ""
-    for name in ("gemm", "rows", "tiled", "kgrad", "pooling"):
+    for name in ("gemm", "rows", "tiled", "kgrad", "pooling", "winograd"):
         module = getattr(_kernels, name)
         assert _is_extension_module(module)
         assert module.__name__ == f"cnn_ext._kernels.{name}{suffix}"

@@ -207,3 +207,20 @@ def test_refused_by_name(kwargs, needs):
     for call in calls:
         with pytest.raises(ValueError, match=f"method='winograd' needs {needs}"):
             call()
+
+
+@pytest.mark.skipif(not M.FAST, reason="auto takes winograd in the AVX2 build only")
+def test_auto_takes_winograd_only_within_the_measured_range():
+    """3x3 stride-1 layers, 14x14 maps and more, C_in * C_out >= 2048, at most 128 channels (the error bound's)."""
+    def geometry(C_in, C_out, size, K=3, stride=1):
+        O = (size - K) // stride + 1
+        return M.Geometry(8, C_in, C_out, size, size, K, K, O, O, stride, stride, (0, 0, 0, 0))
+
+    for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
+        for choose in (M.forward, M.input_gradient, M.kernel_gradient):
+            assert choose("auto", geometry(64, 64, 28), dtype) is M.Method.WINOGRAD
+            assert choose("auto", geometry(128, 128, 16), dtype) is M.Method.WINOGRAD
+            for g in (geometry(16, 32, 28), geometry(256, 64, 28), geometry(64, 64, 12), geometry(64, 64, 28, K=5),
+                      geometry(64, 64, 28, stride=2)):
+                assert choose("auto", g, dtype) is not M.Method.WINOGRAD, g
+            assert choose("direct", geometry(64, 64, 28), dtype) is not M.Method.WINOGRAD
