@@ -70,7 +70,7 @@ WINOGRAD_TILE = 4  # F(4x4, 3x3): 4x fewer multiplications than direct, F(2x2) o
 WINOGRAD_ERROR_BOUND = {2: 5e-6, 4: 3e-5}
 WINOGRAD_MAX_C_IN = 128  # channels up to which the bound was measured: auto stays within them
 WINOGRAD_MIN_CHANNELS = 2048  # C_in*C_out from which auto takes winograd (16x32 layers: the transforms dominate)
-WINOGRAD_MIN_MAP = 14  # output rows and columns from which it does (the smallest maps of the measured rows)
+WINOGRAD_MIN_MAP = 12  # output rows and columns from which it does (the smallest maps of the measured rows)
 WINOGRAD_BLOCK_BYTES = 2 << 20  # V and M of one block of tiles: wide enough products, yet within L3 beside BLAS
 NCHUNK = 16  # batch reductions run over this many chunks summed in order: the same sums on any thread count
 

@@ -211,7 +211,7 @@ def test_refused_by_name(kwargs, needs):
 
 @pytest.mark.skipif(not M.FAST, reason="auto takes winograd in the AVX2 build only")
 def test_auto_takes_winograd_only_within_the_measured_range():
-    """3x3 stride-1 layers, 14x14 maps and more, C_in * C_out >= 2048, at most 128 channels (the error bound's)."""
+    """3x3 stride-1 layers, 12x12 output maps and more, C_in * C_out >= 2048, at most 128 channels (the bound's)."""
     def geometry(C_in, C_out, size, K=3, stride=1):
         O = (size - K) // stride + 1
         return M.Geometry(8, C_in, C_out, size, size, K, K, O, O, stride, stride, (0, 0, 0, 0))
