@@ -48,6 +48,7 @@ MODULES = {
     "kgrad":       dict(twin=True,  exact=False),  # register-tiled kernel gradient, bias gradient
     "pooling":     dict(twin=True,  exact=False),  # max / average pooling
     "depthwise":   dict(twin=True,  exact=False),  # depthwise convolutions (groups == C_in), any dilation
+    "winograd":    dict(twin=True,  exact=False),  # Winograd F(2x2 / 4x4, 3x3) + BLAS
     "dense":       dict(twin=False, exact=False),  # matmul for the Dense layers (BLAS does the arithmetic)
     "elementwise": dict(twin=False, exact=True),   # fused activations, bitwise NumPy's
     "norm":        dict(twin=False, exact=False),  # batch normalisation, forward and backward

@@ -31,10 +31,12 @@ from _common import torch
 import cnn_ext
 
 SHAPES = [(16, 1, 4, 3, 2), (16, 1, 4, 28, 5), (32, 3, 8, 32, 3), (64, 16, 32, 28, 3),
-          (64, 64, 64, 28, 3), (16, 8, 16, 64, 7)]
+          (64, 64, 64, 28, 3), (16, 8, 16, 64, 7), (32, 64, 64, 56, 3), (32, 128, 128, 14, 3)]
+# the 3x3 layers of issue 20 (Winograd): forward >= 1.5x torch, forward + backward >= 1.4x, float64 >= 3x
+ISSUE20_SHAPES = [(64, 16, 32, 28, 3), (64, 64, 64, 28, 3), (32, 64, 64, 56, 3), (32, 128, 128, 14, 3)]
 QUICK_SHAPES = [(16, 1, 4, 3, 2), (16, 1, 4, 28, 5), (32, 3, 8, 32, 3)]
 OPS = ["forward", "kernel_grad", "bias_grad", "input_grad", "fwd+bwd"]
-PEERS = ["cnn_ext", "torch", "im2col", "tutorial"]
+PEERS = ["cnn_ext", "torch", "im2col", "tutorial"]  # the default; also "winograd", "direct": cnn_ext forced
 LARGE_GFLOP = 0.1  # a shape is "large" when one forward pass is at least this many GFLOP
 MEMORY_SHAPE = (64, 64, 64, 28, 3)
 TOL = {np.float64: 1e-9, np.float32: 2e-4}
@@ -50,18 +52,23 @@ GEMM_REF = "GEMM"
 # the peers: each returns {op: zero-argument callable}; fwd+bwd returns (y, dK, dB, dX)
 # ----------------------------------------------------------------------------------------------
 
-def cnn_ext_ops(x, k, b, dy):
+def cnn_ext_ops(x, k, b, dy, method="auto"):
     def fwd_bwd():
-        return (cnn_ext.conv2d_forward(x, k, b), cnn_ext.conv2d_kernel_gradient(dy, x),
-                cnn_ext.conv2d_bias_gradient(dy), cnn_ext.conv2d_input_gradient(dy, k))
+        return (cnn_ext.conv2d_forward(x, k, b, method=method), cnn_ext.conv2d_kernel_gradient(dy, x, method=method),
+                cnn_ext.conv2d_bias_gradient(dy), cnn_ext.conv2d_input_gradient(dy, k, method=method))
 
     return {
-        "forward": lambda: cnn_ext.conv2d_forward(x, k, b),
-        "kernel_grad": lambda: cnn_ext.conv2d_kernel_gradient(dy, x),
+        "forward": lambda: cnn_ext.conv2d_forward(x, k, b, method=method),
+        "kernel_grad": lambda: cnn_ext.conv2d_kernel_gradient(dy, x, method=method),
         "bias_grad": lambda: cnn_ext.conv2d_bias_gradient(dy),
-        "input_grad": lambda: cnn_ext.conv2d_input_gradient(dy, k),
+        "input_grad": lambda: cnn_ext.conv2d_input_gradient(dy, k, method=method),
         "fwd+bwd": fwd_bwd,
     }
+
+
+def winograd_ops(x, k, b, dy):
+    """cnn_ext with method='winograd' (3x3 kernels only: None otherwise)."""
+    return cnn_ext_ops(x, k, b, dy, "winograd") if k.shape[2:] == (3, 3) else None
 
 
 def torch_ops(x, k, b, dy):
@@ -171,7 +178,8 @@ def tutorial_ops(x, k, b, dy):
             "input_grad": input_grad, "fwd+bwd": fwd_bwd}
 
 
-PEER_OPS = {"cnn_ext": cnn_ext_ops, "torch": torch_ops, "im2col": im2col_ops, "tutorial": tutorial_ops}
+PEER_OPS = {"cnn_ext": cnn_ext_ops, "torch": torch_ops, "im2col": im2col_ops, "tutorial": tutorial_ops,
+            "winograd": winograd_ops, "direct": lambda x, k, b, dy: cnn_ext_ops(x, k, b, dy, "direct")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,6 +244,7 @@ def run_config(shape, dtype, nthreads, ops, peers, repeats, min_time, tutorial_b
         gc = np.empty((gemm_size, gemm_size), dtype=dtype)  # written in place: no 9-19 MB allocation per call
     with C.threads(nthreads):
         fns = {p: PEER_OPS[p](x, k, b, dy) for p in peers if p != "tutorial"}
+        fns = {p: table for p, table in fns.items() if table is not None}  # a forced method that cannot run
         for op in ops:
             ref = fns["cnn_ext"][op]()
             for p, table in fns.items():
@@ -288,6 +297,10 @@ def targets_for(shape, op, dtype, nthreads, stats, peak):
         bar = 0.9 if (is_large(shape) and dtype == np.float32) else 1.0
         r = stats["torch"].median / cnn
         out.append((f"≥{bar:g}× torch", r >= bar, f"{r:.2f}× vs bar {bar:g}"))
+    if "torch" in stats and shape in ISSUE20_SHAPES and op in ("forward", "fwd+bwd"):
+        bar = 3.0 if dtype == np.float64 else 1.5 if op == "forward" else 1.4
+        r = stats["torch"].median / cnn
+        out.append((f"issue 20: ≥{bar:g}× torch", r >= bar, f"{r:.2f}× vs bar {bar:g}"))
     if is_large(shape) and op != "bias_grad" and peak:
         pct = 100 * op_gflop(shape, op) / cnn / peak
         out.append(("≥70% GEMM peak", pct >= 70, f"{pct:.0f}% of peak"))
@@ -406,7 +419,8 @@ def main(argv=None):
     ap.add_argument("--ops", type=C.parse_list, default=OPS, help=f"comma-separated subset of {OPS}")
     ap.add_argument("--dtypes", type=C.parse_list, default=["float32", "float64"])
     ap.add_argument("--threads", type=lambda s: C.parse_list(s, int), default=[1, 2])
-    ap.add_argument("--peers", type=C.parse_list, default=PEERS, help=f"comma-separated subset of {PEERS}")
+    ap.add_argument("--peers", type=C.parse_list, default=PEERS,
+                    help=f"comma-separated subset of {list(PEER_OPS)}")
     ap.add_argument("--repeats", type=int, default=None, help="samples per peer (default 7; 3 with --quick)")
     ap.add_argument("--min-time", type=float, default=None,
                     help="seconds per sample, calls are repeated to fill it (default 0.02; 0.005 with --quick)")
@@ -474,9 +488,9 @@ def main(argv=None):
                     row = [str(shape), op, np.dtype(dtype).name, t,
                            f"{C.fmt_time(cnn.median)} (±{cnn.spread_pct() / 2:.0f}%)"]
                     for p in peers[1:]:
-                        s = st[p]
-                        row += [C.fmt_time(s.median) + (f" {s.note}" if s.note else ""),
-                                C.fmt_ratio(s.median / cnn.median)]
+                        s = st.get(p)
+                        row += ["—", "—"] if s is None else [C.fmt_time(s.median) + (f" {s.note}" if s.note else ""),
+                                                             C.fmt_ratio(s.median / cnn.median)]
                     gf = op_gflop(shape, op)
                     if GEMM_REF in st:
                         peak = 2.0 * gemm_size ** 3 / st[GEMM_REF].median / 1e9

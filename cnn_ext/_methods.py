@@ -30,11 +30,12 @@ class Method(str, enum.Enum):
     BAND = "band"                          # input gradient of one input channel: 4 output rows per tile
     SCATTER = "scatter"                    # input gradient of tiny layers: scatter loops (no setup)
     LOOPS = "loops"                        # kernel gradient of tiny layers: plain row loops (no setup)
+    WINOGRAD = "winograd"                  # 3x3 stride 1: Winograd F(m x m, 3 x 3) transforms + BLAS
 
 
-FORWARD_METHODS = ("gemm", "row_tiles", "row_tiles_padded", "wide", "shifted", "channels")
-INPUT_GRADIENT_METHODS = ("gemm", "scatter", "wide", "band", "channels")
-KERNEL_GRADIENT_METHODS = ("gemm", "loops", "wide", "shifted", "row_tiles")
+FORWARD_METHODS = ("gemm", "row_tiles", "row_tiles_padded", "wide", "shifted", "channels", "winograd")
+INPUT_GRADIENT_METHODS = ("gemm", "scatter", "wide", "band", "channels", "winograd")
+KERNEL_GRADIENT_METHODS = ("gemm", "loops", "wide", "shifted", "row_tiles", "winograd")
 _CHOICES = ("auto", "direct")
 
 # ---- tunables: each with the reason it has its value ---------------------------------------------
@@ -66,6 +67,14 @@ KGRAD_MIN_VECTORS = 40  # vectors per pass from which the tiled kernel gradient 
 KGRAD_MAX_PARTIAL_BYTES = 128 << 10  # vector partials up to which it wins on smaller planes
 KGRAD_MAX_PARTIAL_BYTES_ANY = 32 << 20  # per-thread partials past which BLAS is taken (memory)
 BIAS_MIN_PER_THREAD = 64_000  # elements per thread from which a second thread pays for the bias sums
+WINOGRAD_TILE = 4  # F(4x4, 3x3): 4x fewer multiplications than direct, F(2x2) only 2.25x (error: winograd_error.md)
+# float32 error per tile size: max |y - y_exact| per output map <= bound * max |x|⋆|k| over the map, the worst
+# measured (benchmarks/results/winograd_error.md, C_in <= WINOGRAD_MAX_C_IN) with a margin of 2 and more
+WINOGRAD_ERROR_BOUND = {2: 5e-6, 4: 3e-5}
+WINOGRAD_MAX_C_IN = 128  # channels up to which the bound was measured: auto stays within them
+WINOGRAD_MIN_CHANNELS = 2048  # C_in*C_out from which auto takes winograd (16x32 layers: the transforms dominate)
+WINOGRAD_MIN_MAP = 12  # output rows and columns from which it does (the smallest maps of the measured rows)
+WINOGRAD_BLOCK_BYTES = 2 << 20  # V and M of one block of tiles: wide enough products, yet within L3 beside BLAS
 NCHUNK = 16  # batch reductions run over this many chunks summed in order: the same sums on any thread count
 
 KGRAD_LAYOUTS = {Method.WIDE: 0, Method.SHIFTED: 1, Method.ROW_TILES: 2}  # the tiled kernel gradient's layouts
@@ -137,6 +146,8 @@ def _why_not(op, method, g, dtype):
         return "stride 1"
     if op == "input_gradient" and min(g.transposed_pads) < 0:
         return "padding <= kernel size - 1"
+    if method is Method.WINOGRAD:
+        return "" if g.KH == 3 and g.KW == 3 else "a 3x3 kernel"
     if method in (Method.SCATTER, Method.LOOPS) or (method is Method.ROW_TILES and op == "forward"):
         return "" if g.unpadded else "no padding"
     if method is Method.BAND:  # its tiles: one output channel (dX's: C_in) of at least rows x lanes
@@ -182,6 +193,8 @@ def forward(method, g, dtype):
         if method == "direct":
             raise ValueError("method='direct' needs stride 1; use 'gemm' or 'auto'")
         return Method.GEMM
+    if method == "auto" and _winograd_better(g):
+        return Method.WINOGRAD
     if method == "auto" and not _tiny(g):
         # float64 on large maps with many channels: a tie with BLAS, which keeps it
         big64 = dtype == np.float64 and g.C_in * g.C_out >= WIDE_F64_MAX_CHANNELS and \
@@ -207,6 +220,8 @@ def input_gradient(method, g, dtype):
         if method == "direct":
             raise ValueError("method='direct' needs stride 1 and padding <= kernel size - 1; use 'gemm' or 'auto'")
         return Method.GEMM
+    if method == "auto" and _winograd_better(g):
+        return Method.WINOGRAD
     if method == "auto" and not _tiny(g) and not _direct_dx_better(g, dtype):
         return Method.GEMM
     if _tiny(g) and g.unpadded:
@@ -226,6 +241,8 @@ def kernel_gradient(method, g, dtype):
         if method == "direct":
             raise ValueError("method='direct' needs stride 1 for the kernel gradient; use 'gemm' or 'auto'")
         return Method.GEMM
+    if method == "auto" and _winograd_better(g):
+        return Method.WINOGRAD
     if method == "auto":
         if _tiny(g) and g.unpadded:
             return Method.LOOPS
@@ -260,6 +277,29 @@ def kgrad_samples(g, dtype, layout):
     per_chunk = g.N // max(1, min(g.N, NCHUNK))
     per_sample = (size(2) - size(1)) * dtype.itemsize
     return max(1, min(per_chunk, KGRAD_SLAB_BYTES // per_sample))
+
+
+def _winograd_better(g):
+    """3x3 stride-1 layers with many channels on maps of at least WINOGRAD_MIN_MAP: 4x fewer multiplications
+    outweigh the transforms (benchmarks/results/winograd.md), in both dtypes; up to WINOGRAD_MAX_C_IN channels,
+    where its error bound was measured. AVX2 builds only: the baseline build was not measured."""
+    return (FAST and g.stride1 and g.KH == 3 and g.KW == 3 and max(g.C_in, g.C_out) <= WINOGRAD_MAX_C_IN
+            and g.C_in * g.C_out >= WINOGRAD_MIN_CHANNELS and min(g.OH, g.OW) >= WINOGRAD_MIN_MAP)
+
+
+def winograd_tile(g, dtype):
+    """Output tile side m of Winograd F(m x m, 3 x 3): 2 or 4."""
+    return WINOGRAD_TILE
+
+
+def winograd_rows(g, dtype, m):
+    """Tile rows per block of the Winograd kernels: as many as V and M ((m+2)² x (C_in + C_out) x tiles) fit
+    WINOGRAD_BLOCK_BYTES, in whole samples when a sample fits (small maps: wider products); from the shape only,
+    so every block and product is the same on any thread count."""
+    TH, TW = -(-g.OH // m), -(-g.OW // m)
+    tiles = max(1, WINOGRAD_BLOCK_BYTES // ((m + 2) ** 2 * (g.C_in + g.C_out) * dtype.itemsize))
+    rows = min(max(1, tiles // TW), max(1, g.N) * TH)
+    return rows // TH * TH if rows >= TH else rows
 
 
 def _direct_dx_better(g, dtype):

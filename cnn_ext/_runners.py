@@ -15,7 +15,7 @@ Smaller calls take the plain path and pay nothing.
 import numpy as np
 
 from . import _methods as M
-from ._kernels import gemm, kgrad, rows, tiled
+from ._kernels import gemm, kgrad, rows, tiled, winograd
 from ._methods import Method
 from . import _threads
 from ._threads import blas_single_thread, threads_for
@@ -58,12 +58,13 @@ def _chunk_samples(g, nt):
     return step if step < g.N else None
 
 
-def in_chunks(run, g, nt):
+def in_chunks(run, g, nt, multiple=1):
     """``run(batch_in, *others, batch_out)`` on consecutive groups of samples when a call is long (see the
-    module docstring), else ``run`` itself."""
+    module docstring), else ``run`` itself; each group but the last holds a multiple of ``multiple`` samples."""
     step = _chunk_samples(g, nt)
     if step is None:
         return run
+    step = max(multiple, step // multiple * multiple)
 
     def run_chunks(first, *rest):
         *shared, out = rest
@@ -87,6 +88,8 @@ def in_chunks(run, g, nt):
 
 def forward(method, g, dtype, nt):
     """run(x, k, b, y) computing y = conv(x, k) + b with ``method`` on ``nt`` threads."""
+    if method is Method.WINOGRAD:  # chunked inside: the kernel transform once per call
+        return winograd_forward(g, dtype, nt, M.winograd_tile(g, dtype))
     return in_chunks(_forward(method, g, dtype, nt), g, nt)
 
 
@@ -164,10 +167,109 @@ def _forward_direct(method, g, dtype, nt):
     return run_wide
 
 
+# ---- Winograd ------------------------------------------------------------------------------------
+# F(m x m, 3 x 3) (Lavin & Gray 2016): y = Aᵀ [(G k Gᵀ) ⊙ (Bᵀ d B)] A per output tile; the kernel transform
+# G k Gᵀ = (G ⊗ G) vec(k) is one float64 product here, the rest is src_pyx/winograd.pyx. A tile mixes all its
+# inputs, so an inf or NaN would reach outputs that never meet it: such results are recomputed by im2col.
+
+_WINOGRAD_G = {2: np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]),
+               4: np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                            [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])}
+WINOGRAD_GG = {m: np.kron(G, G) for m, G in _WINOGRAD_G.items()}  # ((m+2)², 9): vec(G k Gᵀ) = GG @ vec(k)
+
+
+def _winograd_samples(g, dtype, m):
+    """Samples per block when a block holds whole samples, else 1: Ctrl-C groups of whole blocks keep the
+    products (and so the bits) of one call."""
+    rows, TH = M.winograd_rows(g, dtype, m), -(-g.OH // m)
+    return rows // TH if rows >= TH else 1
+
+
+def _winograd_u(k, m, dtype):
+    """U[ξ, j, i] = (G k[j, i] Gᵀ)[ξ], computed in float64 and rounded once."""
+    C_out, C_in = k.shape[:2]
+    with np.errstate(invalid="ignore", over="ignore"):  # an inf tap: the result is recomputed by im2col
+        u = WINOGRAD_GG[m] @ k.reshape(C_out * C_in, 9).T.astype(np.float64)
+        return np.ascontiguousarray(u, dtype=dtype).reshape((m + 2) ** 2, C_out, C_in)
+
+
+def _winograd_raw(g, dtype, nt, m):
+    """run(x, k, b, y) -> whether y is finite, by F(m x m, 3 x 3) (g: a 3x3 stride-1 geometry); long calls in
+    groups of whole blocks (in_chunks), the kernels transformed once."""
+    kernel, finite = _typed(winograd.conv2d_forward_winograd, dtype), _typed(tiled.all_finite, dtype)
+    rows = M.winograd_rows(g, dtype, m)
+    size = winograd.winograd_scratch_size(g.C_in, g.C_out, g.OH, g.OW, m, rows, False)
+    top, _, left, _ = g.pads
+
+    def blocks(x, u, b, y):
+        kernel(x, u, b, y, np.empty((nt, size), dtype), m, rows, top, left, nt)
+
+    chunked = in_chunks(blocks, g, nt, _winograd_samples(g, dtype, m))
+
+    def run(x, k, b, y):
+        with blas_single_thread():  # also the kernel transform's product: NumPy's BLAS threads would contend
+            chunked(x, _winograd_u(k, m, dtype), b, y)
+        return finite(y.reshape(-1))
+
+    return run
+
+
+def winograd_forward(g, dtype, nt, m):
+    """run(x, k, b, y): y = conv(x, k) + b by F(m x m, 3 x 3); non-finite results are recomputed by im2col."""
+    raw, run_gemm = _winograd_raw(g, dtype, nt, m), in_chunks(_forward_gemm(g, dtype, nt), g, nt)
+
+    def run(x, k, b, y):
+        if not raw(x, k, b, y):
+            run_gemm(x, k, b, y)
+
+    return run
+
+
+def winograd_input_gradient(g, dtype, nt, m):
+    """run(dy, k, dx): dX as the F(m x m, 3 x 3) forward of dE_dY padded by 2 - padding with the transposed,
+    rotated kernels; non-finite results are recomputed by im2col."""
+    t = M.Geometry(g.N, g.C_out, g.C_in, g.OH, g.OW, 3, 3, g.H, g.W, 1, 1, g.transposed_pads)
+    raw, run_gemm = _winograd_raw(t, dtype, nt, m), input_gradient(Method.GEMM, g, dtype, nt)
+    rotate = _typed(tiled.rotate_kernels, dtype)
+    no_bias = np.zeros(g.C_in, dtype=dtype)
+    no_bias.flags.writeable = False
+
+    def run(dy, k, dx):
+        k_rot = np.empty((g.C_in, g.C_out, 3, 3), dtype)
+        if not (rotate(k, k_rot) and raw(dy, k_rot, no_bias, dx)):
+            run_gemm(dy, k, dx)
+
+    return run
+
+
+def winograd_kernel_gradient(g, dtype, nt, m):
+    """run(dy, x, dk): dK = (1/N) Σ_n xcorr(x[n], dE_dY[n]) by F(m x m, 3 x 3), in the fixed chunks of every
+    kernel gradient; non-finite results are recomputed by im2col."""
+    kernel, finite = _typed(winograd.conv2d_kernel_gradient_winograd, dtype), _typed(tiled.all_finite, dtype)
+    rows = M.winograd_rows(g, dtype, m)
+    size = winograd.winograd_scratch_size(g.C_in, g.C_out, g.OH, g.OW, m, rows, True)
+    gg = WINOGRAD_GG[m].astype(dtype)
+    top, _, left, _ = g.pads
+    nchunk = max(1, min(g.N, M.NCHUNK))
+    run_gemm = kernel_gradient(Method.GEMM, g, dtype, nt)
+
+    def chunks(dy, x, dk, partial, lo=0, hi=-1):
+        with blas_single_thread():
+            kernel(dy, x, partial, np.empty((nt, size), dtype), gg, m, rows, top, left, nt, lo, hi)
+        if hi not in (-1, nchunk):
+            return True
+        _sum_chunks(partial, dk, g.N)  # this kernel leaves the sum of the chunks to its caller
+        return finite(dk.reshape(-1))
+
+    return _kgrad_in_chunks(chunks, g, nt, (nchunk, g.C_out * g.C_in * 9), dtype, run_gemm)
+
+
 # ---- input gradient ------------------------------------------------------------------------------
 
 def input_gradient(method, g, dtype, nt):
     """run(dy, k, dx) computing dX = conv_full(dE_dY, k) with ``method`` on ``nt`` threads."""
+    if method is Method.WINOGRAD:  # chunked inside: the kernel transform once per call
+        return winograd_input_gradient(g, dtype, nt, M.winograd_tile(g, dtype))
     return in_chunks(_input_gradient(method, g, dtype, nt), g, nt)
 
 
@@ -219,6 +321,8 @@ def kernel_gradient(method, g, dtype, nt):
 
     if method is Method.GEMM:
         return _kgrad_in_chunks(gemm_chunks, g, nt, (nchunk, size), dtype, None)
+    if method is Method.WINOGRAD:
+        return winograd_kernel_gradient(g, dtype, nt, M.winograd_tile(g, dtype))
     if method is Method.LOOPS:
         loops = _typed(rows.conv2d_kernel_gradient_rows, dtype)
 
@@ -263,6 +367,16 @@ def _kgrad_in_chunks(chunks, g, nt, partial_shape, dtype, fallback):
             fallback(dy, x, dk)
 
     return run
+
+
+def _sum_chunks(partial, dk, N):
+    """dk = (1/N) Σ_c partial[c], the chunks added in order as the kernels do (zeros for an empty batch)."""
+    out = dk.reshape(-1)
+    out[:] = 0
+    for c in range(partial.shape[0]):
+        out += partial[c]
+    if N:
+        out *= dk.dtype.type(1) / dk.dtype.type(N)
 
 
 # ---- bias gradient -------------------------------------------------------------------------------

@@ -30,9 +30,9 @@ from cnn_ext import conv2d_bias_gradient, conv2d_forward, conv2d_input_gradient,
 
 # The contract (cnn_ext._methods); a build without the table still collects, and fails test_method_tables.
 CONTRACT = {
-    "FORWARD_METHODS": ("gemm", "row_tiles", "row_tiles_padded", "wide", "shifted", "channels"),
-    "INPUT_GRADIENT_METHODS": ("gemm", "scatter", "wide", "band", "channels"),
-    "KERNEL_GRADIENT_METHODS": ("gemm", "loops", "wide", "shifted", "row_tiles"),
+    "FORWARD_METHODS": ("gemm", "row_tiles", "row_tiles_padded", "wide", "shifted", "channels", "winograd"),
+    "INPUT_GRADIENT_METHODS": ("gemm", "scatter", "wide", "band", "channels", "winograd"),
+    "KERNEL_GRADIENT_METHODS": ("gemm", "loops", "wide", "shifted", "row_tiles", "winograd"),
 }
 try:
     from cnn_ext import _methods
@@ -87,12 +87,24 @@ def run_every(op, methods, args, threads=(1, 2), **kwargs):
     return results
 
 
+def method_tol(op, method, args, dtype, kwargs):
+    """tol(dtype); for float32 'winograd' (and 'auto', which may pick it) at least its documented error bound
+    times the largest sum of absolute products (the operation on |args| in float64)."""
+    t = dict(tol(dtype))
+    if np.dtype(dtype) == np.float32 and method in ("winograd", "auto"):
+        scale = op(*(np.abs(a).astype(np.float64) for a in args), method="gemm", **kwargs)
+        t["atol"] = max(t["atol"], max(_methods.WINOGRAD_ERROR_BOUND.values()) * float(scale.max(initial=0)))
+    return t
+
+
 def check_every(op, methods, args, ref, dtype, *, stride_one, direct_expected=True, threads=(1, 2), **kwargs):
-    """Every method that runs gives ref within dtype's tolerance; at stride 1 'gemm' and a direct one ran."""
+    """Every method that runs gives ref within its tolerance (method_tol); at stride 1 'gemm' and a direct one
+    ran."""
     results = run_every(op, methods + GENERIC, args, threads=threads, **kwargs)
     for method, got in results.items():
         assert got.dtype == np.dtype(dtype) and got.shape == ref.shape, (method, got.dtype, got.shape)
-        assert_allclose(got, ref, **tol(dtype), err_msg=f"{op.__name__} method={method!r}")
+        assert_allclose(got, ref, **method_tol(op, method, args, dtype, kwargs),
+                        err_msg=f"{op.__name__} method={method!r}")
     ran = set(results) - set(GENERIC)
     if stride_one:
         assert "gemm" in ran, f"{op.__name__}: gemm did not run"

@@ -22,7 +22,8 @@ import cnn_ext
 from cnn_ext import _kernels
 
 # Keep in sync with MODULES in setup.py.
-BASELINE_MODULES = ["gemm", "rows", "tiled", "kgrad", "pooling", "depthwise", "dense", "elementwise", "norm", "openmp"]
+BASELINE_MODULES = ["gemm", "rows", "tiled", "kgrad", "pooling", "depthwise", "winograd", "dense", "elementwise",
+                    "norm", "openmp"]
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
 PKG_DIR = Path(cnn_ext.__file__).resolve().parent
@@ -77,7 +78,7 @@ def test_kernels_are_compiled_extension_modules(name):
 
 def test_active_kernel_build_matches_the_cpu():
     assert _kernels.ISA in ("avx512", "avx2", "baseline")
-    for name in ("gemm", "rows", "tiled", "kgrad", "pooling", "depthwise"):
+    for name in ("gemm", "rows", "tiled", "kgrad", "pooling", "depthwise", "winograd"):
         module, isa = getattr(_kernels, name), _kernels.VARIANTS[name]
         assert _is_extension_module(module)
         assert module.__name__ == f"cnn_ext._kernels.{name}" + ("" if isa == "baseline" else f"_{isa}")

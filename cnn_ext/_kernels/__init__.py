@@ -1,9 +1,9 @@
 """The compiled kernel modules, one per method family, and the run-time choice of their ISA.
 
 gemm (im2col + BLAS), rows (plain direct loops), tiled (register-tiled direct forward), kgrad (tiled kernel
-gradient, bias gradient), pooling and depthwise are "twins": on x86-64 each exists three times, baseline,
-AVX2 + FMA (`<name>_avx2`) and AVX-512 F/VL/BW/DQ (`<name>_avx512`, 64-byte vectors and the 32 vector
-registers). dense, elementwise, norm and openmp are baseline only (elementwise must not contract a*b + c into
+gradient, bias gradient), pooling, depthwise and winograd (3x3 + BLAS) are "twins": on x86-64 each exists
+three times, baseline, AVX2 + FMA (`<name>_avx2`) and AVX-512 F/VL/BW/DQ (`<name>_avx512`, 64-byte vectors and
+the 32 vector registers). dense, elementwise, norm and openmp are baseline only (elementwise must not contract a*b + c into
 FMAs: its results are bitwise NumPy's).
 
 NumPy's own CPU-feature detection decides (the same one its SIMD dispatch uses), before any variant is imported:
@@ -31,7 +31,7 @@ except ImportError:  # the source checkout, never built: say so, as NumPy does
         f"or build it in place (`python setup.py build_ext --inplace`) to use this checkout."
     ) from None
 
-_TWINS = ("gemm", "rows", "tiled", "kgrad", "pooling", "depthwise")  # the modules built for every ISA variant
+_TWINS = ("gemm", "rows", "tiled", "kgrad", "pooling", "depthwise", "winograd")  # built for every ISA variant
 
 # The variants, best first, with the NumPy CPU features each was compiled for (setup.py's ISA_FLAGS).
 ISA_FEATURES = {
@@ -119,7 +119,7 @@ def _select():
     return tuple(modules), level, variants
 
 
-(gemm, rows, tiled, kgrad, pooling, depthwise), ISA, VARIANTS = _select()
+(gemm, rows, tiled, kgrad, pooling, depthwise, winograd), ISA, VARIANTS = _select()
 
-__all__ = ["gemm", "rows", "tiled", "kgrad", "dense", "pooling", "depthwise", "elementwise", "norm", "openmp", "ISA",
-           "VARIANTS", "ISA_FEATURES", "AUTO_KEEPS_AVX2", "cpu_supports"]
+__all__ = ["gemm", "rows", "tiled", "kgrad", "dense", "pooling", "depthwise", "winograd", "elementwise", "norm",
+           "openmp", "ISA", "VARIANTS", "ISA_FEATURES", "AUTO_KEEPS_AVX2", "cpu_supports"]

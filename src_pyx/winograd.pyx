@@ -1,0 +1,333 @@
+# cython: language_level=3
+"""Winograd minimal filtering F(m x m, 3 x 3), m = 2 or 4 (Lavin & Gray 2016): forward and kernel gradient of
+3x3 stride-1 layers with any zero padding (the input gradient is the forward of dE_dY, see cnn_ext/_runners.py).
+
+y = Aᵀ [U ⊙ V] A per output tile of m x m pixels, with U = G k Gᵀ (the kernels, transformed by the caller) and
+V = Bᵀ d B (d: the tile's (m+2) x (m+2) input patch, zero outside the padded input). A block of tiles is transformed
+into V[ξ, C_in, tiles], multiplied by one BLAS call per ξ of the (m+2)² transform points, M[ξ] = U[ξ] @ V[ξ], and
+transformed back. The 1-D transforms run over vectors of the tiles of one tile row (the loops vectorise). Blocks
+are fixed by the shape (a band of tile rows of one sample, or whole samples): no result depends on the thread
+count. The kernel gradient sums dU[ξ] += dM[ξ] @ V[ξ]ᵀ (dM = A dY Aᵀ) over fixed chunks of samples, summed in order.
+cnn_ext/_runners.py validates, sizes the blocks and allocates outputs and scratch; nothing here raises.
+"""
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+
+from _blas cimport _gemm_rm
+from _threads cimport _chunk_range, _nparts, _part, _team
+
+
+ctypedef struct Wino:
+    Py_ssize_t C_in, H, W, C_out, OH, OW, PH, PW
+    Py_ssize_t m, a, TH, TW, Wp, BR, TB      # tile, patch (m + 2), tile rows / columns, row pitch, rows per block
+    Py_ssize_t rowbuf, ebuf, stage, vbuf, mbuf  # offsets of the per-thread scratch parts
+
+
+cdef inline Py_ssize_t _round16(Py_ssize_t n) noexcept nogil:
+    return (n + 15) // 16 * 16  # scratch parts start on 64-byte boundaries, whatever the thread's row
+
+
+cdef Wino _wino(Py_ssize_t C_in, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C_out, Py_ssize_t OH, Py_ssize_t OW,
+                Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t m, Py_ssize_t BR) noexcept nogil:
+    cdef Wino g
+    g.C_in = C_in; g.H = H; g.W = W; g.C_out = C_out; g.OH = OH; g.OW = OW; g.PH = PH; g.PW = PW
+    g.m = m; g.a = m + 2; g.TH = (OH + m - 1) // m; g.TW = (OW + m - 1) // m; g.Wp = g.TW * m + 2; g.BR = BR
+    g.TB = (BR // g.TH) * g.TH * g.TW if BR >= g.TH else BR * g.TW  # tiles of the largest block
+    g.rowbuf = 0
+    g.ebuf = g.rowbuf + _round16(g.a * g.Wp)
+    g.stage = g.ebuf + _round16(g.a * g.a * g.TW)
+    g.vbuf = g.stage + _round16(g.a * g.TW * m)
+    g.mbuf = g.vbuf + _round16(g.a * g.a * C_in * g.TB)
+    return g
+
+
+cdef inline Py_ssize_t _scratch_end(const Wino* g, bint kgrad) noexcept nogil:
+    """Per-thread scratch: row buffer, 1-D transform buffer, staging rows, V, then M (or dM) and, for dK, dU."""
+    cdef Py_ssize_t end = g.mbuf + _round16(g.a * g.a * g.C_out * g.TB)
+    return end + (_round16(g.a * g.a * g.C_out * g.C_in) if kgrad else 0)
+
+
+# ---- blocks of tile rows: global tile row R = n * TH + th ------------------------------------------
+
+cdef inline Py_ssize_t _nblocks(Py_ssize_t N, const Wino* g) noexcept nogil:
+    """Blocks of N samples: groups of BR // TH whole samples when a sample has at most BR tile rows, else bands
+    of BR tile rows of one sample."""
+    if g.BR >= g.TH:
+        return (N + g.BR // g.TH - 1) // (g.BR // g.TH)
+    return N * ((g.TH + g.BR - 1) // g.BR)
+
+
+cdef inline void _block(Py_ssize_t k, Py_ssize_t N, const Wino* g, Py_ssize_t* r0, Py_ssize_t* r1) noexcept nogil:
+    """[r0, r1): the global tile rows of block k of N samples."""
+    cdef Py_ssize_t S, nb, n, b
+    if g.BR >= g.TH:
+        S = g.BR // g.TH
+        r0[0] = k * S * g.TH
+        r1[0] = min(N, (k + 1) * S) * g.TH
+    else:
+        nb = (g.TH + g.BR - 1) // g.BR
+        n = k // nb
+        b = k - n * nb
+        r0[0] = n * g.TH + b * g.BR
+        r1[0] = n * g.TH + min(g.TH, (b + 1) * g.BR)
+
+
+# ---- the 1-D transforms over n lanes (tiles) -----------------------------------------------------
+# s: inputs s[ρ*ss + l*sl]; o: outputs o[c*os + l*ol]; inlined, so the unit strides are known and the loops vectorise
+
+cdef inline void _bt(Py_ssize_t m, const floating* s, Py_ssize_t ss, Py_ssize_t sl,
+                     floating* o, Py_ssize_t os, Py_ssize_t n) noexcept nogil:
+    """o[c] = Σ_ρ Bᵀ[c, ρ] s[ρ]: the input transform along one axis (m + 2 points in, m + 2 out)."""
+    cdef Py_ssize_t l
+    cdef floating d0, d1, d2, d3, d4, d5
+    if m == 2:
+        for l in range(n):
+            d0 = s[l * sl]; d1 = s[ss + l * sl]; d2 = s[2 * ss + l * sl]; d3 = s[3 * ss + l * sl]
+            o[l] = d0 - d2
+            o[os + l] = d1 + d2
+            o[2 * os + l] = d2 - d1
+            o[3 * os + l] = d1 - d3
+    else:
+        for l in range(n):
+            d0 = s[l * sl]; d1 = s[ss + l * sl]; d2 = s[2 * ss + l * sl]
+            d3 = s[3 * ss + l * sl]; d4 = s[4 * ss + l * sl]; d5 = s[5 * ss + l * sl]
+            o[l] = 4 * d0 - 5 * d2 + d4
+            o[os + l] = d3 + d4 - 4 * (d1 + d2)
+            o[2 * os + l] = d4 - d3 + 4 * (d1 - d2)
+            o[3 * os + l] = d4 - d2 + 2 * (d3 - d1)
+            o[4 * os + l] = d4 - d2 - 2 * (d3 - d1)
+            o[5 * os + l] = 4 * d1 - 5 * d3 + d5
+
+
+cdef inline void _at(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating* o, Py_ssize_t os, Py_ssize_t ol,
+                     Py_ssize_t n) noexcept nogil:
+    """o[r] = Σ_ξ Aᵀ[r, ξ] s[ξ]: the output transform along one axis (m + 2 points in, m out; unit input lanes)."""
+    cdef Py_ssize_t l
+    cdef floating s0, s1, s2, s3, s4, s5
+    if m == 2:
+        for l in range(n):
+            s0 = s[l]; s1 = s[ss + l]; s2 = s[2 * ss + l]; s3 = s[3 * ss + l]
+            o[l * ol] = s0 + s1 + s2
+            o[os + l * ol] = s1 - s2 - s3
+    else:
+        for l in range(n):
+            s0 = s[l]; s1 = s[ss + l]; s2 = s[2 * ss + l]; s3 = s[3 * ss + l]; s4 = s[4 * ss + l]
+            s5 = s[5 * ss + l]
+            o[l * ol] = s0 + (s1 + s2) + (s3 + s4)
+            o[os + l * ol] = (s1 - s2) + 2 * (s3 - s4)
+            o[2 * os + l * ol] = (s1 + s2) + 4 * (s3 + s4)
+            o[3 * os + l * ol] = (s1 - s2) + 8 * (s3 - s4) + s5
+
+
+cdef inline void _at_t(Py_ssize_t m, const floating* s, Py_ssize_t ss, Py_ssize_t sl, floating* o, Py_ssize_t os,
+                       Py_ssize_t n) noexcept nogil:
+    """o[ξ] = Σ_r Aᵀ[r, ξ] s[r]: the adjoint of the output transform (m points in, m + 2 out; unit output lanes)."""
+    cdef Py_ssize_t l
+    cdef floating y0, y1, y2, y3
+    if m == 2:
+        for l in range(n):
+            y0 = s[l * sl]; y1 = s[ss + l * sl]
+            o[l] = y0
+            o[os + l] = y0 + y1
+            o[2 * os + l] = y0 - y1
+            o[3 * os + l] = -y1
+    else:
+        for l in range(n):
+            y0 = s[l * sl]; y1 = s[ss + l * sl]; y2 = s[2 * ss + l * sl]; y3 = s[3 * ss + l * sl]
+            o[l] = y0
+            o[os + l] = (y0 + y2) + (y1 + y3)
+            o[2 * os + l] = (y0 + y2) - (y1 + y3)
+            o[3 * os + l] = (y0 + 4 * y2) + 2 * (y1 + 4 * y3)
+            o[4 * os + l] = (y0 + 4 * y2) - 2 * (y1 + 4 * y3)
+            o[5 * os + l] = y3
+
+
+# ---- the transforms of one block -----------------------------------------------------------------
+
+cdef void _input_transform(const floating* x, const Wino* g, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t TB,
+                           floating* scratch) noexcept nogil:
+    """V[ξ, i, t] = (Bᵀ d B)[ξ] for the tiles t of global tile rows [r0, r1) (row-major, TW per row), d zero-padded."""
+    cdef Py_ssize_t R, n, th, i, rho, r, c, t0, xi
+    cdef Py_ssize_t a = g.a, TW = g.TW, Wp = g.Wp
+    cdef floating* rowbuf = scratch + g.rowbuf
+    cdef floating* E = scratch + g.ebuf
+    cdef floating* V = scratch + g.vbuf
+    cdef const floating* src
+    cdef floating* dst
+    for R in range(r0, r1):
+        n = R // g.TH
+        th = R - n * g.TH
+        t0 = (R - r0) * TW
+        for i in range(g.C_in):
+            for rho in range(a):  # the tile row's a input rows, zero-padded to Wp columns
+                r = th * g.m - g.PH + rho
+                dst = rowbuf + rho * Wp
+                if r < 0 or r >= g.H:
+                    for c in range(Wp):
+                        dst[c] = 0
+                else:
+                    src = x + ((n * g.C_in + i) * g.H + r) * g.W
+                    for c in range(g.PW):
+                        dst[c] = 0
+                    for c in range(g.W):
+                        dst[g.PW + c] = src[c]
+                    for c in range(g.PW + g.W, Wp):
+                        dst[c] = 0
+                _bt(g.m, rowbuf + rho * Wp, 1, g.m, E + rho * a * TW, TW, TW)  # along columns: E[ρ, ξ, tw]
+            for xi in range(a):  # along rows: V[η * a + ξ, i, t0 + tw]
+                _bt(g.m, E + xi * TW, a * TW, 1, V + (xi * g.C_in + i) * TB + t0, a * g.C_in * TB, TW)
+
+
+cdef void _forward_block(const floating* x, const floating* u, const floating* b, floating* y, const Wino* g,
+                         Py_ssize_t r0, Py_ssize_t r1, floating* scratch) noexcept nogil:
+    """y = b + Aᵀ [U ⊙ V] A for the output tiles of global tile rows [r0, r1)."""
+    cdef Py_ssize_t TB = (r1 - r0) * g.TW, a = g.a, m = g.m, TW = g.TW
+    cdef Py_ssize_t R, n, th, j, xi, eta, c, p, q, t0, AA = a * a
+    cdef floating* V = scratch + g.vbuf
+    cdef floating* M = scratch + g.mbuf
+    cdef floating* Q = scratch + g.ebuf
+    cdef floating* S = scratch + g.stage
+    cdef floating* yrow
+    cdef floating bj
+    _input_transform(x, g, r0, r1, TB, scratch)
+    for xi in range(AA):  # M[ξ] (C_out x TB) = U[ξ] (C_out x C_in) @ V[ξ] (C_in x TB)
+        _gemm_rm(False, False, <int>g.C_out, <int>TB, <int>g.C_in, <floating>1, u + xi * g.C_out * g.C_in,
+                 <int>g.C_in, V + xi * g.C_in * TB, <int>TB, <floating>0, M + xi * g.C_out * TB, <int>TB)
+    for R in range(r0, r1):
+        n = R // g.TH
+        th = R - n * g.TH
+        t0 = (R - r0) * TW
+        for j in range(g.C_out):
+            for eta in range(a):  # along columns: Q[η, c, tw]
+                _at(m, M + (eta * a * g.C_out + j) * TB + t0, g.C_out * TB, Q + eta * m * TW, TW, 1, TW)
+            for c in range(m):  # along rows: S[r, tw * m + c]
+                _at(m, Q + c * TW, m * TW, S + c, TW * m, m, TW)
+            bj = b[j]
+            for p in range(min(m, g.OH - th * m)):
+                yrow = y + ((n * g.C_out + j) * g.OH + th * m + p) * g.OW
+                for q in range(g.OW):
+                    yrow[q] = bj + S[p * TW * m + q]
+
+
+cdef void _forward_part(const floating* x, const floating* u, const floating* b, floating* y, const Wino* g,
+                        Py_ssize_t N, Py_ssize_t lo, Py_ssize_t hi, floating* scratch) noexcept nogil:
+    """_forward_block for blocks [lo, hi)"""
+    cdef Py_ssize_t k, r0, r1
+    for k in range(lo, hi):
+        _block(k, N, g, &r0, &r1)
+        _forward_block(x, u, b, y, g, r0, r1, scratch)
+
+
+cdef void _kgrad_block(const floating* dy, const floating* x, const Wino* g, Py_ssize_t r0, Py_ssize_t r1,
+                       floating* scratch) noexcept nogil:
+    """dU[ξ] += dM[ξ] @ V[ξ]ᵀ, dM = A dY Aᵀ (dY zero outside the map), for the tiles of global tile rows [r0, r1)."""
+    cdef Py_ssize_t TB = (r1 - r0) * g.TW, a = g.a, m = g.m, TW = g.TW
+    cdef Py_ssize_t R, n, th, j, xi, p, q, t0, AA = a * a, rows
+    cdef floating* V = scratch + g.vbuf
+    cdef floating* dM = scratch + g.mbuf
+    cdef floating* Z = scratch + g.ebuf
+    cdef floating* S = scratch + g.stage
+    cdef floating* dU = scratch + _scratch_end(g, False)
+    cdef const floating* dyrow
+    _input_transform(x, g, r0, r1, TB, scratch)
+    for R in range(r0, r1):
+        n = R // g.TH
+        th = R - n * g.TH
+        t0 = (R - r0) * TW
+        rows = min(m, g.OH - th * m)
+        for j in range(g.C_out):
+            for p in range(m):  # the tile row's m rows of dE_dY, zero past the map
+                if p < rows:
+                    dyrow = dy + ((n * g.C_out + j) * g.OH + th * m + p) * g.OW
+                    for q in range(g.OW):
+                        S[p * TW * m + q] = dyrow[q]
+                    for q in range(g.OW, TW * m):
+                        S[p * TW * m + q] = 0
+                else:
+                    for q in range(TW * m):
+                        S[p * TW * m + q] = 0
+                _at_t(m, S + p * TW * m, 1, m, Z + p * a * TW, TW, TW)  # along columns: Z[r, ξ, tw]
+            for xi in range(a):  # along rows: dM[η * a + ξ, j, t0 + tw]
+                _at_t(m, Z + xi * TW, a * TW, 1, dM + (xi * g.C_out + j) * TB + t0, a * g.C_out * TB, TW)
+    for xi in range(AA):  # dU[ξ] (C_out x C_in) += dM[ξ] (C_out x TB) @ V[ξ]ᵀ (TB x C_in)
+        _gemm_rm(False, True, <int>g.C_out, <int>g.C_in, <int>TB, <floating>1, dM + xi * g.C_out * TB, <int>TB,
+                 V + xi * g.C_in * TB, <int>TB, <floating>1, dU + xi * g.C_out * g.C_in, <int>g.C_in)
+
+
+cdef void _kgrad_chunks(const floating* dy, const floating* x, const floating* gg, floating* partial,
+                        const Wino* g, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t nchunk, Py_ssize_t N,
+                        floating* scratch) noexcept nogil:
+    """partial[c] = (Gᵀ dU G) of the samples of chunk c, blocks in order, for c in [c0, c1)"""
+    cdef Py_ssize_t c, k, s0, s1, r0, r1, t, AA = g.a * g.a, CC = g.C_out * g.C_in
+    cdef floating* dU = scratch + _scratch_end(g, False)
+    for c in range(c0, c1):
+        for t in range(AA * CC):
+            dU[t] = 0
+        s0 = (c * N) // nchunk
+        s1 = ((c + 1) * N) // nchunk
+        for k in range(_nblocks(s1 - s0, g)):
+            _block(k, s1 - s0, g, &r0, &r1)
+            _kgrad_block(dy, x, g, r0 + s0 * g.TH, r1 + s0 * g.TH, scratch)
+        # partial[c] (C_out*C_in x 9) = dUᵀ (C_out*C_in x a²) @ GG (a² x 9), GG = G ⊗ G
+        _gemm_rm(True, False, <int>CC, 9, <int>AA, <floating>1, dU, <int>CC, gg, 9, <floating>0,
+                 partial + c * CC * 9, 9)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public typed entry points (called by cnn_ext._runners only)
+# ---------------------------------------------------------------------------------------------------
+
+def winograd_scratch_size(Py_ssize_t C_in, Py_ssize_t C_out, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t m,
+                          Py_ssize_t BR, bint kgrad):
+    """Elements of one thread's scratch row for F(m x m, 3 x 3) with BR tile rows per block."""
+    cdef Wino g = _wino(C_in, OH + 2, OW + 2, C_out, OH, OW, 0, 0, m, BR)
+    return _scratch_end(&g, kgrad)
+
+
+def conv2d_forward_winograd(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
+                            const floating[:, :, ::1] u,         # IN  ((m+2)², C_out, C_in): G k Gᵀ
+                            const floating[::1] b,               # IN  (C_out,)
+                            floating[:, :, :, ::1] y,            # OUT (N, C_out, OH, OW)
+                            floating[:, ::1] scratch,            # TMP (threads, winograd_scratch_size(...))
+                            Py_ssize_t m, Py_ssize_t BR, Py_ssize_t PH, Py_ssize_t PW, int num_threads):
+    """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]) (3x3, stride 1, zero padding PH, PW) by F(m x m, 3 x 3)."""
+    cdef Py_ssize_t t, N = x.shape[0]
+    cdef Wino g = _wino(x.shape[1], x.shape[2], x.shape[3], y.shape[1], y.shape[2], y.shape[3], PH, PW, m, BR)
+    cdef Py_ssize_t nb = _nblocks(N, &g), nparts = _nparts(nb, num_threads)
+    if N == 0:
+        return
+    with nogil:
+        if nparts == 1:
+            _forward_part(&x[0, 0, 0, 0], &u[0, 0, 0], &b[0], &y[0, 0, 0, 0], &g, N, 0, nb, &scratch[0, 0])
+        else:
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
+                _forward_part(&x[0, 0, 0, 0], &u[0, 0, 0], &b[0], &y[0, 0, 0, 0], &g, N, _part(nb, t, nparts),
+                              _part(nb, t + 1, nparts), &scratch[threadid(), 0])
+
+
+def conv2d_kernel_gradient_winograd(const floating[:, :, :, ::1] dy,     # IN  (N, C_out, OH, OW)
+                                    const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
+                                    floating[:, ::1] partial,            # OUT (nchunk, C_out*C_in*9)
+                                    floating[:, ::1] scratch,            # TMP (threads, winograd_scratch_size(...))
+                                    const floating[:, ::1] gg,           # IN  ((m+2)², 9): G ⊗ G
+                                    Py_ssize_t m, Py_ssize_t BR, Py_ssize_t PH, Py_ssize_t PW, int num_threads,
+                                    Py_ssize_t c_lo=0, Py_ssize_t c_hi=-1):
+    """partial[c] = Σ_{n in chunk c} xcorr(x[n, i], dy[n, j]) (3x3, stride 1, zero padding) by F(m x m, 3 x 3),
+    for the fixed chunks c in [c_lo, c_hi) of the nchunk (c_hi = -1: all; the caller adds them in order)."""
+    cdef Py_ssize_t N = x.shape[0], nchunk = partial.shape[0], t
+    c_hi = _chunk_range(c_lo, c_hi, nchunk)
+    cdef Py_ssize_t nparts = _nparts(c_hi - c_lo, num_threads)
+    cdef Wino g = _wino(x.shape[1], x.shape[2], x.shape[3], dy.shape[1], dy.shape[2], dy.shape[3], PH, PW, m, BR)
+    if N == 0:
+        partial[:, :] = 0
+        return
+    with nogil:
+        if nparts == 1:
+            _kgrad_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &gg[0, 0], &partial[0, 0], &g, c_lo, c_hi, nchunk, N,
+                          &scratch[0, 0])
+        else:
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
+                _kgrad_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &gg[0, 0], &partial[0, 0], &g,
+                              c_lo + _part(c_hi - c_lo, t, nparts), c_lo + _part(c_hi - c_lo, t + 1, nparts),
+                              nchunk, N,
+                              &scratch[threadid(), 0])

@@ -1,0 +1,226 @@
+"""method="winograd": Winograd F(2x2, 3x3) and F(4x4, 3x3) for the three operations of 3x3 stride-1 layers.
+
+Against the einsum / tap oracles for every padding and for maps that are not a multiple of the tile (the edge
+tiles), both dtypes and both tile sizes; bitwise the same on 1, 2 and 3 threads, with blocks of whole samples
+and with bands of tile rows; the float32 error within the bound documented in docs/guide.md
+(cnn_ext._methods.WINOGRAD_ERROR_BOUND), also on inputs of a large dynamic range; gradients by central
+differences; calls it cannot run refused by name.
+"""
+import numpy as np
+import pytest
+from helpers.oracles import (
+    GRADCHECK_TOL,
+    einsum_forward,
+    einsum_kernel_gradient,
+    numeric_gradient,
+    pad_amounts,
+    tap_input_gradient,
+    tol,
+)
+from numpy.testing import assert_allclose, assert_array_equal
+
+import cnn_ext
+from cnn_ext import _methods as M
+from cnn_ext import _runners, conv2d_forward, conv2d_input_gradient, conv2d_kernel_gradient
+
+PADDINGS = [0, 1, 2, "same", ((2, 0), (1, 2)), ((0, 1), (2, 0))]
+# (N, C_in, C_out, H, W): maps of every remainder modulo 2 and 4, one tile, a map smaller than a 4x4 tile
+SHAPES = [(3, 2, 5, 7, 9), (2, 3, 4, 6, 6), (2, 4, 3, 9, 4), (1, 1, 1, 3, 3), (2, 5, 6, 13, 11), (3, 2, 2, 4, 5)]
+
+
+@pytest.fixture(params=[2, 4], ids=["F2x2", "F4x4"])
+def tile(request, monkeypatch):
+    """Runs the test with each tile size (the plan cache is off under monkeypatch)."""
+    monkeypatch.setattr(M, "WINOGRAD_TILE", request.param)
+    return request.param
+
+
+def data(shape, pad, dtype, seed=0):
+    N, C_in, C_out, H, W = shape
+    top, bottom, left, right = pad_amounts(pad, 3, 3)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C_in, H, W)).astype(dtype)
+    k = rng.standard_normal((C_out, C_in, 3, 3)).astype(dtype)
+    b = rng.standard_normal(C_out).astype(dtype)
+    dy = rng.standard_normal((N, C_out, H + top + bottom - 2, W + left + right - 2)).astype(dtype)
+    return x, k, b, dy, (top, bottom, left, right)
+
+
+def three(x, k, b, dy, padding, method="winograd"):
+    """(y, dX, dK) of one layer by ``method``."""
+    return (conv2d_forward(x, k, b, padding=padding, method=method),
+            conv2d_input_gradient(dy, k, padding=padding, input_size=x.shape[2:], method=method),
+            conv2d_kernel_gradient(dy, x, padding=padding, kernel_size=3, method=method))
+
+
+def abs_scales(x, k, dy, padding):
+    """|x| ⋆ |k|, conv_full(|dE_dY|, |k|), kgrad(|x|, |dE_dY|) in float64: the scales of the documented bound."""
+    x, k, dy = (np.abs(a).astype(np.float64) for a in (x, k, dy))
+    return three(x, k, np.zeros(k.shape[0]), dy, padding, method="gemm")
+
+
+def map_errors(got, ref, scales):
+    """Per output map: max |got - ref| / max scale, the measure of the documented bound."""
+    return [float((np.abs(g.astype(np.float64) - r).max(axis=(2, 3)) / s.max(axis=(2, 3))).max())
+            for g, r, s in zip(got, ref, scales)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("padding", PADDINGS, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_matches_the_oracles(shape, padding, dtype, tile):
+    x, k, b, dy, pad = data(shape, padding, dtype)
+    y, dx, dk = three(x, k, b, dy, padding)
+    refs = (einsum_forward(x, k, b, pad=pad), tap_input_gradient(dy, k, *x.shape[2:], pad=pad),
+            einsum_kernel_gradient(dy, x, 3, 3, pad=pad))
+    for name, got, ref in zip(("forward", "dX", "dK"), (y, dx, dk), refs):
+        assert got.dtype == np.dtype(dtype) and got.shape == ref.shape, name
+        assert_allclose(got, ref, **tol(dtype), err_msg=f"{name} F({tile}x{tile})")
+
+
+@pytest.mark.parametrize("block_bytes", [1, 1 << 30], ids=["bands of one tile row", "whole samples"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bitwise_the_same_on_1_2_3_threads(dtype, block_bytes, tile, restore_threads, monkeypatch):
+    monkeypatch.setattr(M, "WINOGRAD_BLOCK_BYTES", block_bytes)
+    x, k, b, dy, _ = data((7, 6, 5, 13, 10), 1, dtype, seed=3)
+    runs = []
+    for nt in (1, 2, 3):
+        cnn_ext.set_num_threads(nt)
+        runs.append(three(x, k, b, dy, 1))
+    for other in runs[1:]:
+        for a, c in zip(runs[0], other):
+            assert_array_equal(a, c)
+    assert_allclose(runs[0][0], einsum_forward(x, k, b, pad=(1, 1, 1, 1)), **tol(dtype))
+
+
+class _Spy:
+    """The winograd kernel module with its forward kernel counting the samples of each call."""
+
+    def __init__(self, module, sizes):
+        self._module, self._sizes = module, sizes
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+    @property
+    def conv2d_forward_winograd(self):
+        kernels, sizes = self._module.conv2d_forward_winograd, self._sizes
+
+        class Typed:
+            def __getitem__(self, key):
+                def call(x, *args):
+                    sizes.append(x.shape[0])
+                    return kernels[key](x, *args)
+                return call
+
+        return Typed()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_groups_of_samples_for_ctrl_c_hold_whole_blocks(dtype, tile, monkeypatch):
+    """A long call runs as several kernel calls on groups of samples: with blocks of 3 whole samples, every
+    group but the last holds whole blocks, so the products and the bits are those of one call."""
+    (N, C_in, C_out, H, W), S = (10, 4, 6, 8, 8), 3
+    T = -(-H // tile)  # tile rows and columns (padding 1)
+    per_tile = (tile + 2) ** 2 * (C_in + C_out) * np.dtype(dtype).itemsize  # V and M bytes of one tile
+    monkeypatch.setattr(M, "WINOGRAD_BLOCK_BYTES", S * T * T * per_tile)
+    x, k, b, dy, _ = data((N, C_in, C_out, H, W), 1, dtype, seed=4)
+    whole = three(x, k, b, dy, 1)
+    sizes = []
+    monkeypatch.setattr(_runners, "winograd", _Spy(_runners.winograd, sizes))
+    monkeypatch.setattr(_runners, "INTERRUPT_MACS", 1)  # one sample per group, then rounded up to whole blocks
+    for a, c in zip(whole, three(x, k, b, dy, 1)):
+        assert_array_equal(a, c)
+    assert sizes == [3, 3, 3, 1] * 2, sizes  # forward, then dX (its forward of dE_dY)
+
+
+@pytest.mark.parametrize("kind", ["normal", "dynamic range", "channel scales"])
+@pytest.mark.parametrize("shape,padding", [((2, 16, 8, 11, 13), 1), ((2, 64, 4, 9, 9), 0), ((3, 3, 5, 10, 7), 2)],
+                         ids=str)
+def test_float32_error_within_the_documented_bound(shape, padding, kind, tile):
+    x, k, b, dy, _ = data(shape, padding, np.float64, seed=5)
+    rng = np.random.default_rng(6)
+    if kind == "dynamic range":
+        x, k, dy = (a * 10.0 ** rng.uniform(-4, 4, a.shape) for a in (x, k, dy))
+    elif kind == "channel scales":
+        x, k, dy = (a * 10.0 ** rng.uniform(-3, 3, (1, a.shape[1], 1, 1)) for a in (x, k, dy))
+    x, k, dy = (a.astype(np.float32) for a in (x, k, dy))
+    b = np.zeros(k.shape[0], np.float32)
+    got = three(x, k, b, dy, padding)
+    ref = three(*(a.astype(np.float64) for a in (x, k, b, dy)), padding, method="gemm")
+    errors = map_errors(got, ref, abs_scales(x, k, dy, padding))
+    bound = M.WINOGRAD_ERROR_BOUND[tile]
+    assert max(errors) <= bound, (errors, bound)
+    # the measure sees rounding at all: float32 results are not float64's
+    assert max(errors) > np.finfo(np.float32).eps / 64, errors
+
+
+def test_gradients_by_central_differences(tile):
+    """dX and dK of method='winograd' are the derivatives of its forward (float64, loss = Σ w ⊙ y)."""
+    x, k, b, w, _ = data((2, 2, 3, 6, 5), 1, np.float64, seed=7)
+
+    def loss():
+        return float((conv2d_forward(x, k, b, padding=1, method="winograd") * w).sum())
+
+    dx = conv2d_input_gradient(w, k, padding=1, input_size=x.shape[2:], method="winograd")
+    dk = conv2d_kernel_gradient(w, x, padding=1, kernel_size=3, method="winograd") * x.shape[0]  # batch sum
+    assert_allclose(dx, numeric_gradient(loss, x), **GRADCHECK_TOL)
+    assert_allclose(dk, numeric_gradient(loss, k), **GRADCHECK_TOL)
+
+
+def test_inputs_are_not_modified(tile):
+    x, k, b, dy, _ = data((2, 3, 4, 7, 6), 1, np.float32)
+    copies = [a.copy() for a in (x, k, b, dy)]
+    three(x, k, b, dy, 1)
+    for a, c in zip((x, k, b, dy), copies):
+        assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("where", ["x", "k"])
+def test_nonfinite_values_give_the_oracles_pattern(where, tile):
+    """A tile mixes all its inputs: an inf would make NaN of outputs that never meet it, so such calls are
+    recomputed by im2col, which gives the true pattern."""
+    x, k, b, dy, pad = data((2, 2, 3, 9, 9), 1, np.float64)
+    (x if where == "x" else k)[(0, 1, 4, 4) if where == "x" else (1, 0, 0, 2)] = np.inf
+    y = conv2d_forward(x, k, b, padding=1, method="winograd")
+    with np.errstate(invalid="ignore"):
+        ref = einsum_forward(x, k, b, pad=pad)
+    assert_array_equal(np.isnan(y), np.isnan(ref))
+    assert_array_equal(np.isinf(y), np.isinf(ref))
+    assert np.isfinite(y).any() and not np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("kwargs,needs", [(dict(kernel=5), "a 3x3 kernel"), (dict(stride=2), "stride 1"),
+                                          (dict(padding=3), "padding <= kernel size - 1")])
+def test_refused_by_name(kwargs, needs):
+    kernel, stride, padding = kwargs.get("kernel", 3), kwargs.get("stride", 1), kwargs.get("padding", 1)
+    x = np.ones((1, 2, 9, 9))
+    k = np.ones((3, 2, kernel, kernel))
+    OH = (9 + 2 * padding - kernel) // stride + 1
+    dy = np.ones((1, 3, OH, OH))
+    calls = [lambda: conv2d_input_gradient(dy, k, stride=stride, padding=padding, input_size=(9, 9),
+                                           method="winograd")]
+    if "padding" not in kwargs:
+        calls += [lambda: conv2d_forward(x, k, np.zeros(3), stride=stride, padding=padding, method="winograd"),
+                  lambda: conv2d_kernel_gradient(dy, x, stride=stride, padding=padding, kernel_size=kernel,
+                                                 method="winograd")]
+    for call in calls:
+        with pytest.raises(ValueError, match=f"method='winograd' needs {needs}"):
+            call()
+
+
+@pytest.mark.skipif(not M.FAST, reason="auto takes winograd in the AVX2 build only")
+def test_auto_takes_winograd_only_within_the_measured_range():
+    """3x3 stride-1 layers, 12x12 output maps and more, C_in * C_out >= 2048, at most 128 channels (the bound's)."""
+    def geometry(C_in, C_out, size, K=3, stride=1):
+        O = (size - K) // stride + 1
+        return M.Geometry(8, C_in, C_out, size, size, K, K, O, O, stride, stride, (0, 0, 0, 0))
+
+    for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
+        for choose in (M.forward, M.input_gradient, M.kernel_gradient):
+            assert choose("auto", geometry(64, 64, 28), dtype) is M.Method.WINOGRAD
+            assert choose("auto", geometry(128, 128, 16), dtype) is M.Method.WINOGRAD
+            for g in (geometry(16, 32, 28), geometry(256, 64, 28), geometry(64, 64, 12), geometry(64, 64, 28, K=5),
+                      geometry(64, 64, 28, stride=2)):
+                assert choose("auto", g, dtype) is not M.Method.WINOGRAD, g
+            assert choose("direct", geometry(64, 64, 28), dtype) is not M.Method.WINOGRAD
