@@ -215,7 +215,7 @@ class ModelCheckpoint(_Monitor):
 
 
 class History(dict):
-    """What :func:`cnn_ext.fit` returns: a dict of per-epoch lists, and :meth:`plot`.
+    """What :func:`cnn_ext.fit` returns: a dict of per-epoch lists, and ``plot()``.
 
     Keys: ``loss``, ``accuracy`` (entries None when the targets are not class labels), ``val_loss`` and
     ``val_accuracy`` (with validation data), ``lr`` (the optimizer's learning rate at the epoch's first step),

@@ -22,6 +22,8 @@ Nested ``nn.Sequential`` containers are flattened. Any other module raises ``Typ
 module with an option cnn_ext does not have (``Conv2d(groups=2)``, ``MaxPool2d(padding=1)``...) raises
 ``ValueError`` naming the module and the option. Both directions copy the arrays and the training mode.
 """
+from typing import Any
+
 import numpy as np
 from numpy.typing import DTypeLike
 
@@ -156,7 +158,7 @@ def from_torch(module, dtype: DTypeLike | None = None) -> Network:
     if not mods:
         raise ValueError("from_torch: the module is an empty nn.Sequential")
     simple = {nn.ReLU: ReLU, nn.Sigmoid: Sigmoid, nn.Tanh: Tanh}
-    layers = []
+    layers: list[Any] = []
     i = 0
     while i < len(mods):
         m = mods[i]
@@ -236,10 +238,11 @@ def to_torch(net: Network):
     for i, layer in enumerate(net.layers):
         t = type(layer)
         if t is Conv2D:
-            pad = layer.padding if isinstance(layer.padding, str) else None
+            pad: Any = layer.padding if isinstance(layer.padding, str) else None
             if pad is None:
                 from ._checks import padding_sides
-                top, bottom, left, right = padding_sides(layer.padding, *layer.kernel_size, layer.stride)
+                KH, KW = layer.kernel_size
+                top, bottom, left, right = padding_sides(layer.padding, KH, KW, layer.stride)
                 if top != bottom or left != right:  # PyTorch's Conv2d pads both sides alike
                     mods.append(nn.ZeroPad2d((left, right, top, bottom)))
                     pad = 0

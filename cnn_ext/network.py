@@ -280,7 +280,7 @@ class Network:
         Names are ``f"{layer_index}.{name}"``: Conv2D's ``k`` and ``b`` are ``weight`` and ``bias``, Dense's
         ``weight`` is its ``w`` transposed to PyTorch's (n_out, n_in), BatchNorm's ``gamma`` and ``beta`` are
         ``weight`` and ``bias`` beside its ``running_mean``, ``running_var`` and ``num_batches_tracked``; a
-        :class:`~cnn_ext.layers.residual.Residual` block's inner layers are ``{i}.layers.{j}.`` and
+        :class:`~cnn_ext.Residual` block's inner layers are ``{i}.layers.{j}.`` and
         ``{i}.shortcut.{j}.``; other layers keep their parameter names. So a PyTorch ``nn.Sequential`` of the same
         layers has the same keys and shapes (``{k: v.numpy() for k, v in module.state_dict().items()}`` loads).
 

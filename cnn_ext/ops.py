@@ -91,7 +91,8 @@ def conv2d_output_shape(input_hw: IntPair, kernel_hw: IntPair, stride: IntPair =
     KH, KW = _checks.ints(kernel_hw, "kernel_hw", 1)
     SH, SW = _checks.ints(stride, "stride", 1)
     if dilation != 1:
-        KH, KW = _checks.dilated(KH, KW, *_checks.dilation(dilation), "kernel_hw", (KH, KW))
+        DH, DW = _checks.dilation(dilation)
+        KH, KW = _checks.dilated(KH, KW, DH, DW, "kernel_hw", (KH, KW))
     pads = _checks.padding_sides(padding, KH, KW, (SH, SW))
     return _checks.output_hw(H, W, KH, KW, SH, SW, pads, "x", "kernels")
 

@@ -421,7 +421,9 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (PyTorch's ``AdamW``, ``amsgrad=False``): at every step, before Adam's::
+    """Adam with decoupled weight decay (PyTorch's ``AdamW``, ``amsgrad=False``).
+
+    At every step, before Adam's::
 
         p = p * (1 - lr * weight_decay)
 

@@ -312,8 +312,8 @@ class GlobalAvgPool2D(Layer):
     One average pooling window of the whole (H, W) plane, through the same compiled kernels as
     :class:`AvgPool2D`.
 
-    Shapes
-    ------
+    Notes
+    -----
     x (N, C, H, W) -> y (N, C) with ``y[n, c] = mean(x[n, c])``. ``backward(dE_dY)`` returns ``{"dX"}``:
     ``dE_dY[n, c] / (H * W)`` at every pixel of the plane.
     """
@@ -336,5 +336,5 @@ class GlobalAvgPool2D(Layer):
             return {"dX": np.zeros(x.shape, dtype)}
         return {"dX": _backward(dy.reshape(N, C, 1, 1), None, x.shape, dtype, (H, W), (H, W), False)}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return ""

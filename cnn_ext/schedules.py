@@ -30,7 +30,7 @@ __all__ = ["LRScheduler", "StepLR", "CosineAnnealingLR", "OneCycleLR", "ReduceLR
 
 
 class LRScheduler(Callback):
-    """Base class: ``lr = self._lr(last_epoch)`` after each :meth:`step`.
+    """Base class: ``lr = self._lr(last_epoch)`` after each ``step()``.
 
     Parameters
     ----------
@@ -41,7 +41,7 @@ class LRScheduler(Callback):
     Attributes
     ----------
     last_epoch : int
-        Number of :meth:`step` calls so far (PyTorch's name; it counts batches for a per-batch schedule).
+        Number of ``step()`` calls so far (PyTorch's name; it counts batches for a per-batch schedule).
     base_lr : float
     interval : {"epoch", "batch"}
         When ``fit`` steps the schedule.
@@ -290,7 +290,7 @@ class OneCycleLR(LRScheduler):
 class ReduceLROnPlateau(LRScheduler):
     """Multiply the learning rate by ``factor`` when a metric stops improving (PyTorch's ``ReduceLROnPlateau``).
 
-    At each :meth:`step` (``metric``): the metric is better than the best so far when, with ``mode="min"``, it is
+    At each ``step()`` (``metric``): the metric is better than the best so far when, with ``mode="min"``, it is
     below ``best * (1 - threshold)`` (``threshold_mode="rel"``) or ``best - threshold`` ("abs") (``mode="max"``:
     above ``best * (1 + threshold)`` or ``best + threshold``); after more than ``patience`` steps without a better
     value, ``lr = max(lr * factor, min_lr)`` (unless that changes it by less than ``eps``), and the next

@@ -48,6 +48,7 @@ nitpick_ignore_regex = [
     ("py:mod", r"cnn_ext\.layers"),  # its names are documented where users import them, in cnn_ext
     # no intersphinx (the build must work offline): NumPy's and Python's own names stay text
     ("py:(class|func|obj|meth|data|mod|exc)", r"(numpy|np|os|pathlib|io|json|threadpoolctl|scipy)(\..*)?"),
+    ("py:class", r"None\.\s+.*|an? (set-like )?object providing a view on D's \w+"),  # dict's own docstrings (History)
 ]
 
 autosummary_generate = True
@@ -60,7 +61,9 @@ numpydoc_show_class_members = False
 numpydoc_xref_param_type = False
 numpydoc_validation_checks = {"GL08"}  # every public object has a docstring
 # __init__ is documented by its class; a layer's protocol methods once, on cnn_ext.Layer
-numpydoc_validation_exclude = {r"\.__init__$", r"\.(forward|backward|update|extra_repr)$"}
+numpydoc_validation_exclude = {r"\.__init__$", r"\.(forward|backward|update|extra_repr|get_config)$",
+                               # callbacks' and schedules' hooks and state: documented once, on their base classes
+                               r"\.on_(train|epoch|batch)_(begin|end)$", r"\.(step|state_dict|load_state_dict)$"}
 
 myst_enable_extensions = ["colon_fence", "dollarmath"]
 myst_heading_anchors = 3

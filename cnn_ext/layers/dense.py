@@ -90,6 +90,7 @@ class Dense(ParamLayer):
         return self.n_in is not None
 
     def parameters(self):
+        """``[("w", "dW", w), ("b", "dB", b)]``, or ``[]`` while a lazy layer's input size is unknown."""
         return super().parameters() if self.n_in is not None else []
 
     def param_shapes(self):

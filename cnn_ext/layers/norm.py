@@ -10,6 +10,8 @@ The gradient rule: BatchNorm is not one of the tutorial's layers, so there is no
 ``dW`` under both rules); the :class:`~cnn_ext.layers.base.Gradients` dict records the rule of ``dE_dY`` with no
 batch-mean keys, so a step mixing rules is still refused and SGD / Adam take these gradients under the exact rule.
 """
+from typing import Any
+
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
@@ -25,7 +27,7 @@ class _BatchNorm(Layer):
     """Shared by BatchNorm1D and BatchNorm2D: parameters, buffers, the kernel calls; subclasses give the layout."""
 
     _config_keys = ("num_features", "eps", "momentum", "affine")
-    _layouts = ()  # accepted input ndims; subclasses set it
+    _layouts: tuple[int, ...] = ()  # accepted input ndims; subclasses set it
     _layout_doc = ""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
@@ -47,7 +49,7 @@ class _BatchNorm(Layer):
         self.running_mean = np.zeros(C, self.dtype)
         self.running_var = np.ones(C, self.dtype)
         self.num_batches_tracked = np.zeros((), np.int64)
-        self._cache = None
+        self._cache: Any = None
 
     # -- protocol ------------------------------------------------------------------------------
     def parameters(self):
@@ -157,8 +159,8 @@ class BatchNorm2D(_BatchNorm):
     num_batches_tracked : ndarray of int64, shape ()
         Buffers (``buffers()``): saved and loaded, not trained.
 
-    Shapes
-    ------
+    Notes
+    -----
     x (N, C, H, W) -> y (N, C, H, W). Training needs N*H*W > 1. ``backward`` returns ``{"dGamma", "dBeta", "dX"}``.
     """
 
@@ -171,8 +173,8 @@ class BatchNorm1D(_BatchNorm):
     """Batch normalisation over the features of (N, C) or the channels of (N, C, L) inputs (PyTorch's
     ``BatchNorm1d``); parameters and attributes as :class:`BatchNorm2D`.
 
-    Shapes
-    ------
+    Notes
+    -----
     x (N, C) or (N, C, L) -> y of the same shape. Training needs N*L > 1.
     """
 

@@ -21,8 +21,8 @@ class Dropout(Layer):
         Seeds the layer's own Generator, so a run is reproducible; without it, NumPy's global random state
         draws (``np.random.seed`` works). A layer rebuilt by ``load`` starts its stream again from ``seed``.
 
-    Shapes
-    ------
+    Notes
+    -----
     x (N, ...) -> y of the same shape and float dtype. ``backward`` returns ``{"dX"}``: ``dE_dY`` times the
     forward pass's mask and scale (``dE_dY`` itself in evaluation mode).
     """
@@ -36,7 +36,7 @@ class Dropout(Layer):
             raise ValueError(f"p must be in [0, 1], got {p!r}")
         self._rng = random_source(None, seed)
         self.seed = seed
-        self._mask = None
+        self._mask: NDArray | None = None  # None: the last forward passed x through
 
     def forward(self, x: NDArray[np.floating]) -> NDArray[np.floating]:
         """``y = x * mask / (1 - p)`` with ``mask ~ Bernoulli(1 - p)`` in training mode, ``x`` in evaluation."""

@@ -59,8 +59,8 @@ class Residual(Layer):
     shortcut : list of layers, optional
         None: the identity (``f`` must keep the shape).
 
-    Shapes
-    ------
+    Notes
+    -----
     x -> y of ``f(x)``'s shape, which ``shortcut(x)`` (or x) must have.
     """
 
@@ -93,6 +93,7 @@ class Residual(Layer):
     # -- the mode flag reaches the inner layers ------------------------------------------------
     @property
     def training(self):
+        """The block's mode; setting it sets the mode of every inner layer and of the shortcut."""
         return self._training
 
     @training.setter
