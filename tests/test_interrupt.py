@@ -84,7 +84,9 @@ def test_long_kernel_gradients_run_as_several_calls_for_any_batch(monkeypatch, m
 
         def call(*args):
             calls.append(args[-2:])  # the chunk range
-            if len(calls) == 1:
+            if "winograd" in kernel.__name__:  # its chunk sums go to dk in Python, after the last call
+                pass
+            elif len(calls) == 1:
                 first_dk.append(args[2].copy())
             elif len(calls) == 2:
                 assert_array_equal(args[2], first_dk[0], err_msg="dk was written before the last chunk")
