@@ -374,15 +374,16 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 @pytest.mark.skipif(not (EXAMPLES / "train_mnist_mpi.py").is_file(),
                     reason="examples/ is not beside tests/ (wheel tested from a copy of tests/)")
 def test_mnist_mpi_example_on_2_ranks_follows_the_single_process_example(tmp_path, capsys, monkeypatch):
-    """mpiexec -n 2 examples/train_mnist_mpi.py (8 + 8 samples per step) prints the loss and test accuracy of
-    examples/train_mnist.py (16 per step) after an epoch (94 steps) on the shipped MNIST sample; only rank 0 prints."""
+    """mpiexec -n 2 examples/train_mnist_mpi.py (8 + 8 samples per step) prints the loss and the validation loss and
+    accuracy of examples/train_mnist.py (16 per step) after an epoch on the shipped MNIST sample (the same validation
+    split held out); only rank 0 prints."""
     mpiexec = _mpiexec()
     flags = ["--data-dir", str(tmp_path / "empty"), "--no-download", "--epochs", "1"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(cnn_ext.__file__).parent.parent))
     env.pop("CNN_EXT_DATA", None)
     proc, _ = launch([mpiexec, "-n", "2", sys.executable, str(EXAMPLES / "train_mnist_mpi.py"), *flags], env, TIMEOUT)
     assert proc.returncode == 0, proc.stderr
-    mpi_lines = [line.split(", test accuracy") for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    mpi_lines = [line.split("% (")[0] for line in proc.stdout.splitlines() if line.startswith("epoch ")]
     assert proc.stdout.count("Training on the MNIST sample") == 1 and "images/s" in proc.stdout, proc.stdout
 
     monkeypatch.delenv("CNN_EXT_DATA", raising=False)
@@ -392,9 +393,12 @@ def test_mnist_mpi_example_on_2_ranks_follows_the_single_process_example(tmp_pat
     result = example.run(example.parse_args([*flags, "--threads", "1", "--plot", str(tmp_path / "c.png")]))
     capsys.readouterr()
     assert len(mpi_lines) == 1
-    for epoch, ((head, tail), loss, accuracy) in enumerate(zip(mpi_lines, result["losses"], result["accuracies"])):
-        assert head == f"epoch {epoch + 1}: loss {loss:.4f}", (head, loss)
-        assert tail.startswith(f" {100 * accuracy:.2f}%,"), (tail, accuracy)
+    history = result["history"]
+    for epoch, (line, loss, val_loss, val_accuracy) in enumerate(zip(mpi_lines, history["loss"], history["val_loss"],
+                                                                     history["val_accuracy"])):
+        assert line == (f"epoch {epoch + 1}: loss {loss:.4f}, validation loss {val_loss:.4f}, validation accuracy "
+                        f"{100 * val_accuracy:.2f}"), line
+    assert proc.stdout.count("measured once") == 1
 
 
 def test_batch_powers_leave_running_statistics_dropout_and_modes_alone():
