@@ -44,6 +44,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .losses import exact
+from .network import eval_mode
 
 __all__ = ["NetworkMismatchError", "abort_on_error", "allreduce_gradients", "batch_powers", "broadcast_parameters",
            "check_same_network", "predict_dask"]
@@ -199,13 +200,8 @@ def batch_powers(network, x, y, loss="softmax_cross_entropy", *, exact_gradients
     loss_fn = loss_function(loss)
     x, y = np.asarray(x), np.asarray(y)
     # in evaluation mode: a training-mode pass would move BatchNorm's running statistics and Dropout's stream
-    modes = [getattr(layer, "training", True) for layer in network.layers]
-    network.eval()
-    try:
+    with eval_mode(network):
         return _measure_powers(network, x[:8], y[:8], loss_fn, exact_gradients)
-    finally:
-        for layer, mode in zip(network.layers, modes):
-            layer.training = mode
 
 
 def _measure_powers(network, x1, y1, loss_fn, exact_gradients):

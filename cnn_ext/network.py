@@ -19,7 +19,7 @@ import contextlib
 import inspect
 import math
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -85,6 +85,24 @@ def _accepts_need_dX(layer):
         return "need_dX" in inspect.signature(layer.backward).parameters
     except (TypeError, ValueError):  # builtins without a signature
         return False
+
+
+@contextlib.contextmanager
+def eval_mode(network: "Network") -> Iterator["Network"]:
+    """Every layer of ``network`` in evaluation mode for the block, each layer's own mode put back after it (a
+    layer without a ``training`` flag is left alone): what ``predict``, ``summary``, ``cnn_ext.evaluate`` and
+    ``cnn_ext.distributed.batch_powers`` run in."""
+    layers = list(getattr(network, "layers", []))
+    modes = [getattr(layer, "training", None) for layer in layers]
+    for layer, mode in zip(layers, modes):
+        if mode is not None:
+            layer.training = False
+    try:
+        yield network
+    finally:
+        for layer, mode in zip(layers, modes):
+            if mode is not None:
+                layer.training = mode
 
 
 class Network:
@@ -228,7 +246,7 @@ class Network:
         x = np.asarray(x)
         if x.ndim == 0:
             raise ValueError(f"predict: x must have a batch axis, got a scalar of shape {x.shape}")
-        with self._eval_mode():
+        with eval_mode(self):
             if x.shape[0] <= batch_size:
                 return self.forward(x)
             return np.concatenate([self.forward(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
@@ -247,17 +265,6 @@ class Network:
             raise ValueError(f"predict_classes: the network's output must be (N, classes) scores, got shape "
                              f"{scores.shape}; use predict() and take the argmax over the class axis yourself")
         return scores.argmax(axis=1)
-
-    @contextlib.contextmanager
-    def _eval_mode(self):
-        """Every layer in evaluation mode for the block, each layer's own mode restored after it."""
-        modes = [getattr(layer, "training", True) for layer in self.layers]
-        self.eval()
-        try:
-            yield
-        finally:
-            for layer, mode in zip(self.layers, modes):
-                layer.training = mode
 
     def parameters(self):
         """``(f"{i}.{param_name}", grad_key, ndarray)`` for every parameter of every layer, in layer order.
@@ -386,7 +393,7 @@ class Network:
         x = np.zeros((1, *shape), dtype)
         rows = [("input", f"(N, {', '.join(map(str, shape))})", "")]
         total = trainable = 0
-        with self._eval_mode(), blas_single_thread():
+        with eval_mode(self), blas_single_thread():
             for i, layer in enumerate(self.layers):
                 try:
                     x = layer.forward(x)

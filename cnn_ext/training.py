@@ -27,6 +27,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _checks
 from .callbacks import Callback, History
+from .network import eval_mode
 from .losses import class_targets, exact, labels_of, mse, mse_loss, softmax_cross_entropy, whole_numbers
 from .schedules import LRScheduler
 
@@ -122,21 +123,10 @@ def _checked_callbacks(callbacks):
     return callbacks
 
 
-def _modes(network):
-    """Each layer's ``training`` flag (True for a layer without one), to put back later."""
-    return [getattr(layer, "training", True) for layer in getattr(network, "layers", [])]
-
-
 def _set_mode(network, training):
     """``network.train(training)`` when the network has modes (anything with ``.train``)."""
     if callable(getattr(network, "train", None)):
         network.train(training)
-
-
-def _restore_modes(network, modes):
-    for layer, mode in zip(getattr(network, "layers", []), modes):
-        if hasattr(layer, "training"):
-            layer.training = mode
 
 
 def evaluate(network: Network, x: ArrayLike, y: ArrayLike, *,
@@ -172,12 +162,8 @@ def evaluate(network: Network, x: ArrayLike, y: ArrayLike, *,
     if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise ValueError(f"evaluate: x has shape {x.shape} and y has shape {y.shape}: need the same, non-zero "
                          f"first axis")
-    modes = _modes(network)
-    _set_mode(network, False)
-    try:
+    with eval_mode(network):
         return _evaluate(network, x, y, loss_fn, batch_size)
-    finally:
-        _restore_modes(network, modes)
 
 
 def _validation_split(X, y, validation_split):
