@@ -13,7 +13,7 @@ batch-mean keys, so a step mixing rules is still refused and SGD / Adam take the
 from typing import Any
 
 import numpy as np
-from numpy.typing import DTypeLike, NDArray
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .. import _checks
 from .._kernels import norm as _norm
@@ -67,7 +67,7 @@ class _BatchNorm(Layer):
         return cfg
 
     # -- computation ---------------------------------------------------------------------------
-    def _as_ncl(self, x):
+    def _as_ncl(self, x: ArrayLike) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
         x = _checks.as_float_array(x, "x").astype(self.dtype, copy=False)
         if x.ndim not in self._layouts or x.shape[1] != self.num_features:
             raise self._shape_error("x", self._layout_doc.format(C=self.num_features), x.shape)
@@ -75,7 +75,7 @@ class _BatchNorm(Layer):
         L = int(np.prod(x.shape[2:], dtype=np.int64))  # not -1: NumPy cannot infer it when N = 0
         return x, _checks.contiguous(x, self.dtype).reshape(N, C, L)
 
-    def forward(self, x: NDArray[np.floating]) -> NDArray[np.floating]:
+    def forward(self, x: ArrayLike) -> NDArray[np.floating]:
         """``y = (x - mean) / sqrt(var + eps) * gamma + beta`` per channel, with the batch's statistics in
         training mode (and the running ones updated), the running ones in evaluation mode."""
         x, x3 = self._as_ncl(x)
@@ -106,7 +106,7 @@ class _BatchNorm(Layer):
         self._x, self._y_shape = x, x.shape
         return y.reshape(x.shape)
 
-    def backward(self, dE_dY: NDArray[np.floating]) -> Gradients:
+    def backward(self, dE_dY: ArrayLike) -> Gradients:
         """``{"dGamma": Σ dE_dY·x̂, "dBeta": Σ dE_dY, "dX"}`` (no gamma / beta keys without ``affine``); dX
         differentiates through the batch statistics when the forward pass took them (training mode)."""
         self._cached_input()

@@ -2,7 +2,9 @@
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from numpy.typing import NDArray
+from typing import Any
+
+from numpy.typing import ArrayLike, NDArray
 
 from .base import EXACT, LAYER_TYPES, Gradients, Layer, grad_rule, register_layer
 
@@ -115,12 +117,12 @@ class Residual(Layer):
         return all(getattr(layer, "built", True) for layer in self._all_layers())
 
     # -- computation ---------------------------------------------------------------------------
-    def forward(self, x: NDArray[np.floating]) -> NDArray[np.floating]:
+    def forward(self, x: ArrayLike) -> NDArray[np.floating]:
         """``f(x) + shortcut(x)``."""
-        y = x
+        y: Any = x
         for layer in self.layers:
             y = layer.forward(y)
-        s = x
+        s: Any = x
         for layer in self.shortcut or []:
             s = layer.forward(s)
         s = np.asarray(s)
@@ -133,7 +135,7 @@ class Residual(Layer):
         self._x, self._y_shape = x, out.shape
         return out
 
-    def backward(self, dE_dY: NDArray[np.floating]) -> Gradients:
+    def backward(self, dE_dY: ArrayLike) -> Gradients:
         """Prefixed gradient dicts of the inner layers and ``dX = dX_f + dX_shortcut`` (dE_dY for the identity)."""
         x = self._cached_input()
         rule = grad_rule(dE_dY)
@@ -155,7 +157,7 @@ class Residual(Layer):
                         out[f"{prefix}.{j}.{key}"] = value
                 batch_means += [f"{prefix}.{j}.{key}" for key in getattr(g, "batch_means", ())]
         rules = {getattr(g, "rule", None) for g in (*grads_f, *grads_s)} - {None}
-        result = Gradients(rules.pop() if len(rules) == 1 else rule, batch_means, out)
+        result = Gradients(rules.pop() if len(rules) == 1 else rule, batch_means, out)  # type: ignore[arg-type]
         result["dX"] = dx_f + dx_s
         return result
 
