@@ -5,7 +5,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = ["FloatArray", "IntArray", "IntPair", "Padding", "PoolSize", "ConvMethod", "SupportsForward", "LayerLike",
-           "LossFunction", "RandomSource", "LabelArray", "Dataset"]
+           "SupportsStep", "LossFunction", "RandomSource", "LabelArray", "Dataset"]
 
 FloatArray = NDArray[np.floating[Any]]  # float32 or float64, the inputs' computation dtype
 IntArray = NDArray[np.integer[Any]]
@@ -39,3 +39,10 @@ class LayerLike(Protocol):
     def backward(self, dE_dY: Any, /) -> Any: ...
 
     def update(self, grads: Any, learning_rate: Any, /) -> Any: ...
+
+
+class SupportsStep(Protocol):
+    """What :func:`cnn_ext.fit` takes as ``optimizer``: anything with ``step(network, grads)``
+    (:class:`cnn_ext.optim.Adam` and the others, or an optimizer of your own)."""
+
+    def step(self, network: Any, grads: Any, /) -> Any: ...
