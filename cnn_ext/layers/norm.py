@@ -31,7 +31,7 @@ class _BatchNorm(Layer):
     _layout_doc = ""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
-                 dtype: DTypeLike = np.float64):
+                 dtype: DTypeLike = np.float64) -> None:
         super().__init__()
         self.num_features = _checks.positive_int(num_features, "num_features", _checks.INT_MAX)
         self.eps = _checks.real(eps, "eps", strict=True)
@@ -52,16 +52,16 @@ class _BatchNorm(Layer):
         self._cache: Any = None
 
     # -- protocol ------------------------------------------------------------------------------
-    def parameters(self):
+    def parameters(self) -> list[tuple[str, str, NDArray[np.floating]]]:
         """``[("gamma", "dGamma", gamma), ("beta", "dBeta", beta)]`` when ``affine``, else ``[]``."""
         return [("gamma", "dGamma", self.gamma), ("beta", "dBeta", self.beta)] if self.affine else []
 
-    def buffers(self):
+    def buffers(self) -> list[tuple[str, NDArray[Any]]]:
         """State that is not trained by gradients: ``[(name, array)]``, saved by ``save`` and ``state_dict``."""
         return [("running_mean", self.running_mean), ("running_var", self.running_var),
                 ("num_batches_tracked", self.num_batches_tracked)]
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         cfg = super().get_config()
         cfg["dtype"] = self.dtype.name
         return cfg
@@ -128,7 +128,7 @@ class _BatchNorm(Layer):
         grads["dX"] = dx.reshape(self._y_shape)
         return grads
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         s = f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
         if not self.affine:
             s += ", affine=False"

@@ -29,7 +29,7 @@ class Dropout(Layer):
 
     _config_keys = ("p", "seed")
 
-    def __init__(self, p: float = 0.5, seed: int | None = None):
+    def __init__(self, p: float = 0.5, seed: int | None = None) -> None:
         super().__init__()
         self.p = _checks.real(p, "p")
         if self.p > 1.0:
@@ -58,5 +58,5 @@ class Dropout(Layer):
         dy = self._grad_output(dE_dY, x.dtype)
         return {"dX": dy if self._mask is None else np.asarray(dy).view(np.ndarray) * self._mask}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"p={self.p}" + (f", seed={self.seed!r}" if self.seed is not None else "")

@@ -1,12 +1,16 @@
 """The residual block of ResNets: ``y = f(x) + shortcut(x)``, each branch a chain of layers."""
+from __future__ import annotations
+
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from typing import Any
-
 from numpy.typing import ArrayLike, NDArray
 
 from .base import EXACT, LAYER_TYPES, Gradients, Layer, grad_rule, register_layer
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["Residual"]
 
@@ -66,7 +70,7 @@ class Residual(Layer):
     x -> y of ``f(x)``'s shape, which ``shortcut(x)`` (or x) must have.
     """
 
-    def __init__(self, layers: Sequence[Layer], shortcut: Sequence[Layer] | None = None):
+    def __init__(self, layers: Sequence[Layer], shortcut: Sequence[Layer] | None = None) -> None:
         super().__init__()
         self.layers = _as_layers(layers, "layers", lambda cls, cfg: cls(**cfg))
         self.shortcut = None if shortcut is None else _as_layers(shortcut, "shortcut", lambda cls, cfg: cls(**cfg))
@@ -94,12 +98,12 @@ class Residual(Layer):
 
     # -- the mode flag reaches the inner layers ------------------------------------------------
     @property
-    def training(self):
+    def training(self) -> bool:
         """The block's mode; setting it sets the mode of every inner layer and of the shortcut."""
         return self._training
 
     @training.setter
-    def training(self, mode):
+    def training(self, mode: bool) -> None:
         self._training = bool(mode)
         for layer in self._all_layers():
             layer.training = self._training
@@ -107,13 +111,13 @@ class Residual(Layer):
     def _all_layers(self):
         return [*self.layers, *(self.shortcut or [])]
 
-    def named_sublayers(self):
+    def named_sublayers(self) -> list[tuple[str, Any]]:
         """``[(prefix, layer)]``: ``("layers.{j}", ...)`` then ``("shortcut.{j}", ...)``."""
         return [(f"layers.{j}", layer) for j, layer in enumerate(self.layers)] + \
             [(f"shortcut.{j}", layer) for j, layer in enumerate(self.shortcut or [])]
 
     @property
-    def built(self):
+    def built(self) -> bool:
         return all(getattr(layer, "built", True) for layer in self._all_layers())
 
     # -- computation ---------------------------------------------------------------------------
@@ -162,18 +166,18 @@ class Residual(Layer):
         return result
 
     # -- protocol ------------------------------------------------------------------------------
-    def parameters(self):
+    def parameters(self) -> list[tuple[str, str, NDArray[np.floating]]]:
         """``(f"layers.{j}.{name}", f"layers.{j}.{grad_key}", array)`` for every inner parameter (then the
         shortcut's)."""
         return [(f"{prefix}.{name}", f"{prefix}.{key}", arr) for prefix, layer in self.named_sublayers()
                 for name, key, arr in (layer.parameters() or [])]
 
-    def buffers(self):
+    def buffers(self) -> list[tuple[str, NDArray[Any]]]:
         """``(f"layers.{j}.{name}", array)`` for every inner buffer (BatchNorm's running statistics)."""
         return [(f"{prefix}.{name}", arr) for prefix, layer in self.named_sublayers()
                 for name, arr in (layer.buffers() if callable(getattr(layer, "buffers", None)) else [])]
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         def spec(layer):
             name = type(layer).__name__
             if LAYER_TYPES.get(name) is not type(layer) or not callable(getattr(layer, "get_config", None)):
@@ -184,7 +188,7 @@ class Residual(Layer):
                 "shortcut": None if self.shortcut is None else [spec(layer) for layer in self.shortcut]}
 
     @classmethod
-    def without_weights(cls, cfg):
+    def without_weights(cls, cfg: Mapping[str, Any]) -> Self:
         """The block of ``cfg`` with its inner layers built by their own ``without_weights`` (no weight drawn)."""
         def build(layer_cls, layer_cfg):
             ww = getattr(layer_cls, "without_weights", None)
@@ -199,13 +203,13 @@ class Residual(Layer):
         block._training = True
         return block
 
-    def param_shapes(self):
+    def param_shapes(self) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
         """``{f"layers.{j}.{name}": (shape, dtype)}`` from the inner layers' ``param_shapes``."""
         return {f"{prefix}.{name}": spec for prefix, layer in self.named_sublayers()
                 for name, spec in (layer.param_shapes() if hasattr(layer, "param_shapes") else
                                    {n: (a.shape, a.dtype) for n, _, a in layer.parameters()}).items()}
 
-    def set_weights(self, weights, *, copy=True):
+    def set_weights(self, weights: Mapping[str, NDArray[Any]], *, copy: bool = True) -> None:
         """Every inner layer's weights from ``{f"layers.{j}.{name}": array}``, all checked before any is set."""
         self._checked_weights(weights)
         for prefix, layer in self.named_sublayers():
@@ -216,7 +220,7 @@ class Residual(Layer):
                 for name, _, arr in layer.parameters():
                     arr[...] = mine[name]
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         inner = ", ".join(map(repr, self.layers))
         short = "identity" if self.shortcut is None else "[" + ", ".join(map(repr, self.shortcut)) + "]"
         return f"[{inner}], shortcut={short}"

@@ -23,7 +23,8 @@ PYPROJECT = HERE.parent.parent / "pyproject.toml"
 ANNOTATED = ["cnn_ext.ops", "cnn_ext.pooling", "cnn_ext.losses", "cnn_ext.serialization", "cnn_ext.gradcheck",
              "cnn_ext.datasets", "cnn_ext._threads", "cnn_ext._info", "cnn_ext._compat", "cnn_ext.network",
              "cnn_ext.layers.base", "cnn_ext.layers.conv", "cnn_ext.layers.dense", "cnn_ext.layers.activations",
-             "cnn_ext.optim", "cnn_ext.training", "cnn_ext.distributed"]
+             "cnn_ext.layers.norm", "cnn_ext.layers.regularization", "cnn_ext.layers.residual", "cnn_ext.optim",
+             "cnn_ext.training", "cnn_ext.distributed"]
 PUBLIC_THREADS = ["get_num_threads", "set_num_threads", "current_threads", "threads_for", "blas_single_thread",
                   "blas_info"]
 

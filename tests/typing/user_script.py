@@ -65,6 +65,9 @@ def build_and_train(x: NDArray[np.float32], y: NDArray[np.int64], comm: object) 
     reveal_type(conv.k)  # reveals: numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]
     reveal_type(cnn_ext.Dense(10, seed=0).parameters())  # reveals: list[tuple[str, str, numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]]]
     reveal_type(cnn_ext.ReLU().backward(x))  # reveals: dict[str, numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]]
+    reveal_type(cnn_ext.BatchNorm2D(4).buffers())  # reveals: list[tuple[str, numpy.ndarray[tuple[Any, ...], numpy.dtype[Any]]]]
+    reveal_type(cnn_ext.Residual.basic_block(4, 4, seed=0))  # reveals: cnn_ext.layers.residual.Residual
+    reveal_type(cnn_ext.Dropout(0.5, seed=0).forward(x))  # reveals: numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]
     net = cnn_ext.Network([conv, cnn_ext.ReLU(), cnn_ext.MaxPool2D(2), cnn_ext.Flatten(), cnn_ext.Dense(10, seed=0)])
     reveal_type(net.predict(x))  # reveals: numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]
     reveal_type(net(x))  # reveals: numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]
