@@ -11,13 +11,19 @@ they are given. The rules:
   refused by name before anything is allocated, never a ``MemoryError``.
 - **out=**: C-contiguous, writeable, of the result's shape and dtype, sharing no memory with an input.
 """
+from __future__ import annotations
+
 import math
 import numbers
 import operator
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 INT_MAX = 2**31 - 1  # the kernels' and BLAS's 32-bit sizes
 MAX_BYTES = np.iinfo(np.intp).max  # the largest array NumPy can describe
@@ -26,7 +32,7 @@ FLOAT32, FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 
 # ---- arrays and dtypes ---------------------------------------------------------------------------
 
-def as_real_array(a, name):
+def as_real_array(a: object, name: str) -> NDArray[Any]:
     """``a`` as an ndarray of real numbers (no copy when it already is one)."""
     if type(a) is np.ndarray and a.dtype.kind in "biuf":  # the common case, without the generic steps
         return a
@@ -60,7 +66,7 @@ def compute_dtype(arrays, names):
                     f"cast to float64 first")
 
 
-def as_float_array(a, name):
+def as_float_array(a: object, name: str) -> NDArray[np.floating[Any]]:
     """``a`` as an array in its computation dtype (float32 stays float32, other reals become float64)."""
     arr = as_real_array(a, name)
     return arr.astype(compute_dtype((arr,), (name,)), copy=False)

@@ -94,7 +94,7 @@ def _monitored(monitor, logs, who):
 class _Monitor(Callback):
     """A monitored value and its best so far (improvement: beyond ``min_delta`` in the mode's direction)."""
 
-    def __init__(self, monitor, mode, min_delta):
+    def __init__(self, monitor: str, mode: str, min_delta: float) -> None:
         if not isinstance(monitor, str):
             raise TypeError(f"monitor must be a str, got {monitor!r}")
         from ._checks import real
@@ -130,6 +130,8 @@ class EarlyStopping(_Monitor):
     best, best_epoch, stopped_epoch : the best value, its epoch (1-based), the epoch training stopped at (0: none)
     """
 
+    _best_params: list[Any] | None  # the best epoch's parameters (copies), set from on_train_begin on
+
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0, mode: str = "auto",
                  restore_best: bool = True) -> None:
         from ._checks import positive_int
@@ -137,11 +139,11 @@ class EarlyStopping(_Monitor):
         self.patience = positive_int(patience, "patience")
         self.restore_best = bool(restore_best)
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None) -> None:
         self.best = math.inf if self.mode == "min" else -math.inf
         self.best_epoch, self.stopped_epoch, self.wait, self._best_params, self._last = 0, 0, 0, None, 0
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> bool:
         value = _monitored(self.monitor, logs or {}, "EarlyStopping")
         self._last = epoch
         if self._improved(value):
@@ -155,7 +157,7 @@ class EarlyStopping(_Monitor):
             return True
         return False
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict | None = None) -> None:
         if self._best_params is not None and self.best_epoch != self._last:
             for (_, _, p), saved in zip(self.network.parameters(), self._best_params):
                 p[...] = saved
@@ -193,10 +195,10 @@ class ModelCheckpoint(_Monitor):
         self.save_best_only = bool(save_best_only)
         self.saved: list[str] = []
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None) -> None:
         self.best = math.inf if self.mode == "min" else -math.inf
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> bool:
         logs = logs or {}
         if self.save_best_only:
             value = _monitored(self.monitor, logs, "ModelCheckpoint")
@@ -210,7 +212,7 @@ class ModelCheckpoint(_Monitor):
             except (KeyError, IndexError, ValueError) as exc:
                 raise ValueError(f"ModelCheckpoint: cannot format path {self.path!r} with epoch and the logs "
                                  f"{sorted(logs)}: {exc!r}") from None
-            self.saved.append(save(self.network, path))
+            self.saved.append(save(self.network, path))  # type: ignore[arg-type]  # a path in, its str out
         return False
 
 

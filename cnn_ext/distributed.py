@@ -37,14 +37,28 @@ Large gradients travel in one buffer per dtype and step: packed (already weighte
 Inference on Dask: :func:`predict_dask` runs a trained network over a dask array chunked along the batch axis on a
 distributed cluster; the network is scattered to every worker once.
 """
+from __future__ import annotations
+
 import sys
 import traceback
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from .losses import exact
 from .network import eval_mode
+
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    from ._typing import FloatArray, LossFunction
+    from .network import Network
+
+    # allreduce_gradients hands back the list it was given
+    _Grads = TypeVar("_Grads", bound=Sequence[MutableMapping[str, Any]])
 
 __all__ = ["NetworkMismatchError", "abort_on_error", "allreduce_gradients", "batch_powers", "broadcast_parameters",
            "check_same_network", "predict_dask"]
@@ -82,7 +96,7 @@ def _signature(network, data=None):
     return sig
 
 
-def check_same_network(network, comm, data=None):
+def check_same_network(network: Network, comm: Any, data: Mapping[str, object] | None = None) -> None:
     """Raise :class:`NetworkMismatchError` on every rank unless all ranks have the same network.
 
     Compares layer types, parameter names, shapes, dtypes and gradient keys (and the optional ``data`` dict, e.g.
@@ -127,7 +141,7 @@ def _pack(arrays, weights=None):
     return packed
 
 
-def broadcast_parameters(network, comm, root=0):
+def broadcast_parameters(network: Network, comm: Any, root: int = 0) -> None:
     """Copy rank ``root``'s parameters into every rank's network, in place (the arrays stay the same objects).
 
     Checks first that all ranks hold the same network (:func:`check_same_network`); one ``Bcast`` per dtype.
@@ -141,7 +155,8 @@ def broadcast_parameters(network, comm, root=0):
             params[j][...] = buf[offset:offset + n].reshape(params[j].shape)
 
 
-def allreduce_gradients(grads, comm, *, n_local=None, n_total=None, powers=None):
+def allreduce_gradients(grads: _Grads, comm: Any, *, n_local: int | None = None, n_total: int | None = None,
+                        powers: Mapping[tuple[int, str], int] | None = None) -> _Grads:
     """Combine the per-layer gradient dicts of all ranks into the global batch's gradients, in place.
 
     Parameters
@@ -185,7 +200,8 @@ def allreduce_gradients(grads, comm, *, n_local=None, n_total=None, powers=None)
     return grads
 
 
-def batch_powers(network, x, y, loss="softmax_cross_entropy", *, exact_gradients=False):
+def batch_powers(network: Network, x: ArrayLike, y: ArrayLike, loss: str | LossFunction = "softmax_cross_entropy", *,
+                 exact_gradients: bool = False) -> dict[tuple[int, str], int]:
     """``{(layer_index, grad_key): p}``: how each gradient of ``network`` under ``loss`` scales with the batch.
 
     ``p`` is the power of 1/n in a gradient over n samples: the loss's (1 for a mean over the batch, 0 for a sum)
@@ -244,7 +260,7 @@ def _power(twice, once, what, default=None):
 
 # -- failure without hanging ---------------------------------------------------------------------------------
 @contextmanager
-def abort_on_error(comm, errorcode=1):
+def abort_on_error(comm: Any, errorcode: int = 1) -> Iterator[None]:
     """Turn an exception on one rank into ``comm.Abort(errorcode)`` (the whole job ends) instead of leaving the
     other ranks waiting in a collective. :class:`NetworkMismatchError` is raised on every rank alike, so it
     propagates as usual; so does everything in a one-rank communicator."""
@@ -265,17 +281,18 @@ def abort_on_error(comm, errorcode=1):
 class _Part:
     """One rank's share of ``cnn_ext.fit``: its slice of each batch, the reduction of gradients and metrics."""
 
-    def __init__(self, comm, powers):
+    def __init__(self, comm: Any, powers: Mapping[tuple[int, str], int]) -> None:
         self.comm, self.powers = comm, powers
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.is_root = self.rank == 0
 
-    def local(self, idx):
+    def local(self, idx: NDArray[np.integer]) -> NDArray[np.integer]:
         """This rank's slice of a global batch (contiguous, sizes differing by at most one)."""
         n = len(idx)
         return idx[self.rank * n // self.size:(self.rank + 1) * n // self.size]
 
-    def loss(self, network, loss_fn, xb, yb):
+    def loss(self, network: Network, loss_fn: LossFunction, xb: NDArray[Any],
+             yb: NDArray[Any]) -> tuple[FloatArray, float, NDArray[Any]]:
         """(prediction, loss value, dE_dY) of this rank's slice; an empty slice contributes zeros."""
         pred = network.forward(xb)
         if len(xb):
@@ -284,18 +301,19 @@ class _Part:
             value, dE_dY = 0.0, np.zeros_like(pred)
         return pred, value, dE_dY
 
-    def reduce(self, grads, n_local, n_total):
+    def reduce(self, grads: list[dict[str, FloatArray]], n_local: int, n_total: int) -> list[dict[str, FloatArray]]:
         """The gradients of the global batch, on every rank."""
         return allreduce_gradients(grads, self.comm, n_local=n_local, n_total=n_total, powers=self.powers)
 
-    def totals(self, total_loss, correct):
+    def totals(self, total_loss: float, correct: int | None) -> tuple[float, int | None]:
         """Summed over ranks, in rank order (the same floats on every rank)."""
         parts = self.comm.allgather((float(total_loss), correct))
         loss = sum(p[0] for p in parts)
         counts = [p[1] for p in parts]
         return loss, (None if any(c is None for c in counts) else sum(counts))
 
-    def evaluate(self, evaluate, network, X, y, loss_fn, batch_size):
+    def evaluate(self, evaluate: Callable[..., tuple[float, float | None]], network: Network, X: NDArray[Any],
+                 y: NDArray[Any], loss_fn: LossFunction, batch_size: int) -> tuple[float, float | None]:
         """``evaluate`` on this rank's slice of the validation data, combined over ranks weighted by size."""
         idx = self.local(np.arange(X.shape[0]))
         part = evaluate(network, X[idx], y[idx], loss_fn, batch_size) if len(idx) else (0.0, 0.0)
@@ -305,7 +323,7 @@ class _Part:
         accs = [(k, p[1]) for k, p in parts if k]
         return loss, (None if any(a is None for _, a in accs) else sum(k * a for k, a in accs) / n)
 
-    def decide(self, stop):
+    def decide(self, stop: bool) -> bool:
         """Rank 0's decision, on every rank."""
         return bool(self.comm.bcast(bool(stop), root=0))
 
@@ -326,7 +344,7 @@ def _predict_block(network, block, batch_size):
     return network.predict(np.asarray(block), batch_size=batch_size)
 
 
-def predict_dask(network, x, *, client=None, batch_size=256):
+def predict_dask(network: Network, x: Any, *, client: Any = None, batch_size: int = 256) -> Any:
     """``network.predict`` over a dask array on a Dask distributed cluster, lazily.
 
     Parameters

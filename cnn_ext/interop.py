@@ -118,7 +118,7 @@ def _flatten_ok(m):
     return m.start_dim == 1 and m.end_dim == -1
 
 
-def from_torch(module, dtype: DTypeLike | None = None) -> Network:
+def from_torch(module: Any, dtype: DTypeLike | None = None) -> Network:
     """A :class:`cnn_ext.Network` computing what the PyTorch ``nn.Sequential`` ``module`` computes.
 
     Parameters
@@ -208,7 +208,7 @@ def _tensor(torch, arr):
     return torch.from_numpy(np.array(arr, order="C", copy=True))
 
 
-def to_torch(net: Network):
+def to_torch(net: Network) -> Any:
     """A PyTorch ``nn.Sequential`` computing what ``net`` computes (the inverse of :func:`from_torch`).
 
     Parameters

@@ -15,22 +15,31 @@ The gradient rule is the loss's: ``backward`` given an :class:`~cnn_ext.losses.E
 ``softmax_cross_entropy`` or ``exact(...)``) hands every layer a flagged ``dE_dY``, so every parameter gets the
 exact gradient of the loss; given a plain array (the tutorial's ``mse_loss``) every layer follows the tutorial.
 """
+from __future__ import annotations
+
 import contextlib
 import inspect
-import math
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import numpy.typing as npt
 
 from . import _checks
 from ._threads import blas_single_thread
-from .layers.base import EXACT, TUTORIAL, Gradients, Layer, grad_rule, sgd_step
+from .layers.base import EXACT, Gradients, Layer, grad_rule, sgd_step
 from .layers.conv import Conv2D
 from .layers.dense import Dense
 from .layers.norm import _BatchNorm
 from .losses import ExactGradient
+
+if TYPE_CHECKING:
+    from typing import SupportsIndex
+
+    from typing_extensions import Self
+
+    from ._typing import FloatArray, LayerLike
 
 __all__ = ["Network", "GradientRuleWarning"]
 
@@ -68,7 +77,7 @@ def _has_parameters(layer):
     return callable(getattr(layer, "parameters", None)) and bool(layer.parameters())
 
 
-def check_one_rule(grads, where):
+def check_one_rule(grads: Iterable[object], where: str) -> str | None:
     """ValueError when the gradient dicts of one step were made under both rules (some layers given an
     ExactGradient, others a plain dE_dY: e.g. a chain of hand-called backwards that lost the flag)."""
     rules = {getattr(g, "rule", None) for g in grads} - {None}
@@ -119,7 +128,10 @@ class Network:
     layers : list
     """
 
-    def __init__(self, layers):
+    # the layers as given: built-in ones or classes of your own, each with its own attributes
+    layers: list[Any]
+
+    def __init__(self, layers: Iterable[LayerLike]) -> None:
         layers = list(layers)
         if not layers:
             raise ValueError("Network needs at least one layer, got an empty list")
@@ -128,13 +140,14 @@ class Network:
             if missing:
                 raise TypeError(f"layer {i} ({layer!r}) has no {', '.join(missing)} method")
         self.layers = layers
-        self._skip_cache = (None, False)  # (first layer, whether its backward takes need_dX)
+        # (first layer, whether its backward takes need_dX)
+        self._skip_cache: tuple[object, bool] = (None, False)
 
-    def __call__(self, x):
+    def __call__(self, x: npt.ArrayLike) -> FloatArray:
         """``net(x)`` is ``net.forward(x)``, as in PyTorch."""
         return self.forward(x)
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> Self:
         """Put every layer in training mode (``mode=True``) or evaluation mode; returns the network.
 
         Sets each layer's ``training`` attribute, which layers that act differently in training (BatchNorm,
@@ -147,28 +160,28 @@ class Network:
             layer.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> Self:
         """Put every layer in evaluation mode (``train(False)``); returns the network."""
         return self.train(False)
 
     @property
-    def training(self):
+    def training(self) -> bool:
         """True when every layer is in training mode (a layer without the attribute counts as training)."""
         return all(getattr(layer, "training", True) for layer in self.layers)
 
-    def forward(self, x):
+    def forward(self, x: npt.ArrayLike) -> FloatArray:
         """Output of the last layer for input ``x``; every layer caches what its backward needs."""
         with blas_single_thread():
             for layer in self.layers:
                 x = layer.forward(x)
-        return x
+        return x  # type: ignore[return-value]  # the last layer's output
 
-    def backward(self, dE_dY):
+    def backward(self, dE_dY: npt.ArrayLike) -> list[dict[str, FloatArray]]:
         """Per-layer gradient dicts, in layer order (index i belongs to ``layers[i]``).
 
         The first layer is asked to skip its ``"dX"`` when its ``backward`` takes ``need_dX``.
         """
-        grads = [None] * len(self.layers)
+        grads: list[Any] = [None] * len(self.layers)
         first = self.layers[0]
         if self._skip_cache[0] is not first:  # inspect.signature costs ~50 us: once per first layer
             self._skip_cache = (first, _accepts_need_dX(first))
@@ -195,7 +208,7 @@ class Network:
                                   GradientRuleWarning, stacklevel=2)
         return grads
 
-    def update(self, learning_rate, grads):
+    def update(self, learning_rate: float, grads: Iterable[Mapping[str, npt.ArrayLike]]) -> None:
         """Plain SGD: ``layers[i].update(grads[i], learning_rate)`` for every layer.
 
         ``learning_rate`` is any finite real number (note the order: a layer's ``update`` takes
@@ -212,8 +225,9 @@ class Network:
         check_one_rule(grads, "Network.update")
         # All or nothing: every layer's dict is checked (once) before the first parameter changes; a layer with
         # its own update rule gets its dict as it is.
-        steps = [(None, layer._grad_pairs(g)) if getattr(type(layer), "update", None) is Layer.update
-                 else (layer, g) for layer, g in zip(self.layers, grads)]
+        steps: list[tuple[Any, Any]] = [
+            (None, layer._grad_pairs(g)) if getattr(type(layer), "update", None) is Layer.update
+            else (layer, g) for layer, g in zip(self.layers, grads)]
         with blas_single_thread():
             for layer, g in steps:
                 if layer is not None:
@@ -222,7 +236,7 @@ class Network:
                 for p, d in g:
                     sgd_step(p, d, learning_rate)
 
-    def predict(self, x, batch_size=256):
+    def predict(self, x: npt.ArrayLike, batch_size: int = 256) -> FloatArray:
         """The network's scores for ``x``: the last layer's output, computed in evaluation mode.
 
         Runs the forward pass over ``x`` in chunks of ``batch_size`` samples (bounded memory) and concatenates
@@ -266,7 +280,7 @@ class Network:
                              f"{scores.shape}; use predict() and take the argmax over the class axis yourself")
         return scores.argmax(axis=1)
 
-    def parameters(self):
+    def parameters(self) -> list[tuple[str, str, FloatArray]]:
         """``(f"{i}.{param_name}", grad_key, ndarray)`` for every parameter of every layer, in layer order.
 
         The prefix ``i`` is the layer index, so the matching gradient is ``grads[i][grad_key]``.
@@ -365,7 +379,8 @@ class Network:
             _layer_state(layer, f"{i}.", entries, where, i)
         return entries
 
-    def summary(self, input_shape: tuple[int, ...], *, print_fn=print) -> str | None:
+    def summary(self, input_shape: tuple[int, ...], *,
+                print_fn: Callable[[str], object] | None = print) -> str | None:
         """A table of each layer's output shape and parameter count, and the totals; infers lazy layers' sizes.
 
         Runs one forward pass of a zero sample of ``input_shape`` in evaluation mode (each layer's mode is put
@@ -427,15 +442,21 @@ class Network:
         print_fn(text)
         return None
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.layers)
 
-    def __getitem__(self, i):
+    @overload
+    def __getitem__(self, i: SupportsIndex) -> Any: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Any]: ...
+
+    def __getitem__(self, i: SupportsIndex | slice) -> Any:
         return self.layers[i]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         return iter(self.layers)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         lines = [f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers)]
         return "Network(\n" + "\n".join(lines) + "\n)"

@@ -30,15 +30,23 @@ Resuming: :meth:`Optimizer.state_dict` copies the hyper-parameters, the step cou
 (in ``Network.parameters()`` order); :meth:`Optimizer.load_state_dict` puts them into a new optimizer, so that
 training resumed from a saved network and optimizer takes bit for bit the steps the uninterrupted run takes.
 """
+from __future__ import annotations
+
 import math
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _checks
 from ._threads import blas_single_thread
 from .layers.base import TUTORIAL, checked_gradient, unseen_gradients_error, sgd_step
 from .network import check_one_rule
+
+if TYPE_CHECKING:
+    from ._typing import LayerLike
+    from .network import Network
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
@@ -76,18 +84,25 @@ class Optimizer:
 
     #: the state entries that carry over between steps (the others are scratch buffers)
     _PERSISTENT: tuple[str, ...] = ()
+    lr: float
+    weight_decay: float
+    decoupled_weight_decay: bool
+    steps: int
 
-    def __init__(self, lr, weight_decay, decoupled_weight_decay=False):
+    def __init__(self, lr: float, weight_decay: float, decoupled_weight_decay: bool = False) -> None:
         self.lr = _checks.real(lr, "lr", strict=True)
         self.weight_decay = _checks.real(weight_decay, "weight_decay")
         if not isinstance(decoupled_weight_decay, (bool, np.bool_)):
             raise TypeError(f"decoupled_weight_decay must be a bool, got {decoupled_weight_decay!r}")
         self.decoupled_weight_decay = bool(decoupled_weight_decay)
         self.steps = 0
-        self._state = {}  # id(array) -> (array, state dict); holding the array keeps its id unique
-        self._pending = None  # a loaded state dict's entries, bound to the parameters at the next step
+        # id(array) -> (array, state dict); holding the array keeps its id unique
+        self._state: dict[int, tuple[NDArray[Any], dict[str, Any]]] = {}
+        # a loaded state dict's entries, bound to the parameters at the next step
+        self._pending: list[dict[str, Any]] | None = None
 
-    def step(self, network, grads):
+    def step(self, network: Network | LayerLike,
+             grads: Iterable[Mapping[str, ArrayLike]] | Mapping[str, ArrayLike]) -> None:
         """Apply one update to every parameter of ``network`` in place.
 
         Parameters
@@ -137,12 +152,12 @@ class Optimizer:
                     p *= shrink
                 self._update(p, grad, entry[1])
 
-    def state(self, array):
+    def state(self, array: NDArray[Any]) -> dict[str, Any]:
         """The state dict kept for one parameter array (empty before its first step)."""
         entry = self._state.get(id(array))
         return entry[1] if entry is not None and entry[0] is array else {}
 
-    def reset(self):
+    def reset(self) -> None:
         """Forget all state (momentum buffers, moments, step count)."""
         self._state.clear()
         self._pending = None
@@ -309,8 +324,11 @@ class SGD(Optimizer):
     """
 
     _PERSISTENT = ("momentum_buffer",)
+    momentum: float
+    nesterov: bool
 
-    def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0, decoupled_weight_decay=False):
+    def __init__(self, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+                 decoupled_weight_decay: bool = False) -> None:
         super().__init__(lr, weight_decay, decoupled_weight_decay)
         self.momentum = _checks.real(momentum, "momentum")
         if not isinstance(nesterov, (bool, np.bool_)):
@@ -348,7 +366,7 @@ class SGD(Optimizer):
                 d = v
         sgd_step(p, d, self.lr)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         decoupled = ", decoupled_weight_decay=True" if self.decoupled_weight_decay else ""
         return (f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
                 f"weight_decay={self.weight_decay}{decoupled})")
@@ -376,8 +394,11 @@ class Adam(Optimizer):
     """
 
     _PERSISTENT = ("t", "exp_avg", "exp_avg_sq")
+    betas: tuple[float, float]
+    eps: float
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False):
+    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, decoupled_weight_decay: bool = False) -> None:
         super().__init__(lr, weight_decay, decoupled_weight_decay)
         try:
             b1, b2 = betas
@@ -414,7 +435,7 @@ class Adam(Optimizer):
         np.divide(m, buf, out=buf)               # p -= lr / (1 - b1^t) * m / denom
         sgd_step(p, buf, self.lr / (1.0 - b1 ** t))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         decoupled = ", decoupled_weight_decay=True" if self.decoupled_weight_decay else ""
         return (f"Adam(lr={self.lr}, betas={self.betas}, eps={self.eps}, weight_decay={self.weight_decay}"
                 f"{decoupled})")
@@ -442,5 +463,5 @@ class AdamW(Adam):
     def _hyperparameters(self):
         return dict(lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"AdamW(lr={self.lr}, betas={self.betas}, eps={self.eps}, weight_decay={self.weight_decay})"

@@ -318,7 +318,7 @@ class GlobalAvgPool2D(Layer):
     ``dE_dY[n, c] / (H * W)`` at every pixel of the plane.
     """
 
-    def forward(self, x: NDArray[np.floating]) -> NDArray[np.floating]:
+    def forward(self, x: ArrayLike) -> NDArray[np.floating]:
         x, dtype = _input_4d(x, "x")
         N, C, H, W = x.shape
         if H < 1 or W < 1:
@@ -327,7 +327,7 @@ class GlobalAvgPool2D(Layer):
         self._x, self._y_shape = x, (N, C)
         return y.reshape(N, C)
 
-    def backward(self, dE_dY: NDArray[np.floating]) -> dict:
+    def backward(self, dE_dY: ArrayLike) -> dict:
         x = self._cached_input()
         dtype = _checks.compute_dtype((x,), ("x",))
         dy = self._grad_output(dE_dY, dtype)

@@ -107,15 +107,15 @@ class LRScheduler(Callback):
         self.optimizer.lr = self._lr(self.last_epoch)
 
     # -- as a callback of fit -----------------------------------------------------------------------------------
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.interval == "epoch":
             self.step()
 
-    def on_batch_end(self, batch, logs=None):
+    def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self.interval == "batch":
             self.step()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}(last_epoch={self.last_epoch}, lr={self.get_last_lr():.6g})"
 
 
@@ -371,7 +371,7 @@ class ReduceLROnPlateau(LRScheduler):
         super().load_state_dict(state_dict)
         self.optimizer.lr = self.__dict__.pop("lr")
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
         key = self.monitor if self.monitor in logs or self.monitor != "val_loss" else "loss"
         if key not in logs:
@@ -379,7 +379,7 @@ class ReduceLROnPlateau(LRScheduler):
                              f"{sorted(logs)}")
         self.step(logs[key])
 
-    def on_batch_end(self, batch, logs=None):
+    def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
         pass
 
 

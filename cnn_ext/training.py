@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -32,6 +32,7 @@ from .losses import class_targets, exact, labels_of, mse, mse_loss, softmax_cros
 from .schedules import LRScheduler
 
 if TYPE_CHECKING:
+    from ._typing import LossFunction, SupportsStep
     from .network import Network
 
 DEFAULT_LOSS = "softmax_cross_entropy"
@@ -59,7 +60,7 @@ def _mse_pair(prediction, y):
 _LOSSES = {"softmax_cross_entropy": softmax_cross_entropy, "mse": _mse_pair}
 
 
-def loss_function(loss):
+def loss_function(loss: str | LossFunction) -> LossFunction:
     if callable(loss):
         return loss
     try:
@@ -106,7 +107,7 @@ def _epoch_logs(history):
     return {k: v[-1] for k, v in history.items() if isinstance(v, list) and v}
 
 
-def _checked_callbacks(callbacks):
+def _checked_callbacks(callbacks: Callback | Iterable[Callback] | None) -> list[Callback]:
     """The callbacks as a list; TypeError naming one that is not a Callback."""
     if callbacks is None:
         return []
@@ -177,9 +178,13 @@ def _validation_split(X, y, validation_split):
     return X[:n - n_val], y[:n - n_val], X[n - n_val:], y[n - n_val:]
 
 
-def fit(network, X, y, *, epochs, batch_size=32, loss=None, optimizer=None, learning_rate=None,
-        seed=None, shuffle=True, validation_data=None, early_stopping=None, min_delta=0.0, restore_best=True,
-        on_epoch_end=None, progress=True, verbose=True, comm=None, validation_split=None, callbacks=None):
+def fit(network: Network, X: ArrayLike, y: ArrayLike, *, epochs: int, batch_size: int = 32,
+        loss: str | LossFunction | None = None, optimizer: SupportsStep | None = None,
+        learning_rate: float | None = None, seed: int | np.random.Generator | None = None, shuffle: bool = True,
+        validation_data: tuple[ArrayLike, ArrayLike] | None = None, early_stopping: int | None = None,
+        min_delta: float = 0.0, restore_best: bool = True, on_epoch_end: Callable[[int, History], object] | None = None,
+        progress: bool = True, verbose: bool = True, comm: Any = None, validation_split: float | None = None,
+        callbacks: Callback | Iterable[Callback] | None = None) -> History:
     """Train ``network`` on ``(X, y)`` with mini-batches.
 
     Parameters
@@ -282,6 +287,8 @@ def fit(network, X, y, *, epochs, batch_size=32, loss=None, optimizer=None, lear
         if validation_data is not None:
             raise ValueError("give validation_data or validation_split, not both")
         X, y, *validation_data = _validation_split(X, y, validation_split)
+    X_val: NDArray | None
+    y_val: NDArray | None
     if validation_data is not None:
         try:
             X_val, y_val = (np.asarray(a) for a in validation_data)

@@ -3,16 +3,23 @@
 Large arrays take the fused one-pass kernels of ``cnn_ext._kernels.elementwise`` (bitwise NumPy's formulas);
 small ones NumPy, whose call costs less than setting up the kernel's memoryviews.
 """
+from __future__ import annotations
+
 import math
 import operator
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.special import expit
 
 from .. import _checks
 from .._kernels import elementwise as _elementwise
 from .._threads import current_threads
 from .base import Layer, register_layer
+
+if TYPE_CHECKING:
+    from .._typing import FloatArray
 
 __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax"]
 
@@ -40,13 +47,18 @@ def _fused(kernel, arrays, *args):
 class _Activation(Layer):
     """Element-wise activation: keeps the float dtype it is given; caches what backward needs."""
 
-    def forward(self, x):
+    if TYPE_CHECKING:  # each subclass's function and derivative
+        def _f(self, x: FloatArray) -> FloatArray: ...
+
+        def _df(self, x: FloatArray, y: FloatArray, dy: FloatArray) -> FloatArray: ...
+
+    def forward(self, x: ArrayLike) -> FloatArray:
         x = _checks.as_float_array(x, "x")
         y = self._f(x)
         self._x, self._y, self._y_shape = x, y, y.shape
         return y
 
-    def backward(self, dE_dY):
+    def backward(self, dE_dY: ArrayLike) -> dict[str, FloatArray]:
         x = self._cached_input()
         return {"dX": self._df(x, self._y, self._grad_output(dE_dY, x.dtype))}
 
@@ -71,7 +83,7 @@ class LeakyReLU(_Activation):
 
     _config_keys = ("alpha",)
 
-    def __init__(self, alpha=0.01):
+    def __init__(self, alpha: float = 0.01) -> None:
         super().__init__()
         self.alpha = _checks.real(alpha, "alpha", minimum=-math.inf)
 
@@ -127,7 +139,7 @@ class Softmax(_Activation):
 
     _config_keys = ("axis",)
 
-    def __init__(self, axis=-1):
+    def __init__(self, axis: int = -1) -> None:
         super().__init__()
         if isinstance(axis, (bool, np.bool_)):
             raise TypeError(f"axis must be an int, got {axis!r}")

@@ -25,14 +25,30 @@ A layer of your own takes part in the optimizers and in save / load through ``pa
 ``get_config()`` plus :func:`register_layer` for load); an optimizer refuses a layer whose ``backward`` returns
 gradients for arrays that ``parameters()`` does not list, since it could not update them.
 """
-from collections.abc import Mapping
+from __future__ import annotations
 
-from typing import Dict, Tuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from typing import TYPE_CHECKING, Any, Dict, Tuple
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 from scipy.linalg import blas as _blas
 
 from .. import _checks
+
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    from typing_extensions import Self
+
+    from .._typing import FloatArray
+
+    _T = TypeVar("_T", bound=type)
+    # Gradients is a dict of arrays to type checkers; at run time its base stays the plain dict
+    _GradientsBase = Dict[str, FloatArray]
+else:
+    _GradientsBase = dict
 
 __all__ = ["LAYER_TYPES", "register_layer", "Layer", "ParamLayer", "Gradients", "batch_mean", "init_params",
            "random_source", "sgd_step", "grad_rule", "unseen_gradients_error", "checked_gradient", "EXACT",
@@ -48,7 +64,7 @@ _AXPY = {"f": _blas.saxpy, "d": _blas.daxpy}
 _PROTOCOL = ("forward", "backward", "parameters", "get_config")
 
 
-def register_layer(cls):
+def register_layer(cls: _T) -> _T:
     """Add ``cls`` to :data:`LAYER_TYPES` under its class name (usable as a class decorator); returns ``cls``.
 
     ``cls`` is a :class:`Layer` subclass, or a class of your own (the tutorial's style) with ``forward``,
@@ -69,7 +85,7 @@ def register_layer(cls):
 
 
 
-class Gradients(dict):
+class Gradients(_GradientsBase):
     """The dict a built-in layer's ``backward`` returns, with the gradient rule that made it.
 
     Attributes
@@ -81,22 +97,22 @@ class Gradients(dict):
         The gradient keys that are batch means under the tutorial's rule (empty under the exact rule).
     """
 
-    def __init__(self, rule, batch_means, *args, **kwargs):
+    def __init__(self, rule: str, batch_means: Iterable[str], *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.rule = rule
-        self.batch_means = tuple(batch_means) if rule == TUTORIAL else ()
+        self.batch_means: tuple[str, ...] = tuple(batch_means) if rule == TUTORIAL else ()
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.rule, self.batch_means, dict(self)))
 
 
-def grad_rule(dE_dY):
+def grad_rule(dE_dY: object) -> str:
     """``'exact'`` for a flagged :class:`~cnn_ext.losses.ExactGradient`, else ``'tutorial'``."""
     from ..losses import ExactGradient  # losses imports nothing from the layers; imported late all the same
     return EXACT if isinstance(dE_dY, ExactGradient) else TUTORIAL
 
 
-def unseen_gradients_error(layer, grads, where):
+def unseen_gradients_error(layer: Any, grads: object, where: str) -> TypeError | None:
     """TypeError when ``backward`` returned parameter gradients (keys other than ``dX``) for arrays that the
     layer's ``parameters()`` does not list (an optimizer could not update them), naming the layer and what to add;
     None when every gradient has its parameter."""
@@ -119,7 +135,7 @@ def unseen_gradients_error(layer, grads, where):
                      f"@cnn_ext.register_layer")
 
 
-def checked_gradient(g, p, where, key, name):
+def checked_gradient(g: object, p: NDArray[Any], where: str, key: str, name: str) -> NDArray[Any]:
     """``g`` as an array for parameter ``p``: the same shape and a real integer or floating dtype, else
     ValueError (shape) or TypeError (None, bool, complex, object, string...). Nothing is changed."""
     what = f"{where}: {key} (the gradient of {name})"
@@ -144,7 +160,7 @@ def checked_gradient(g, p, where, key, name):
 _NO_DRAW = object()
 
 
-def random_source(rng, seed):
+def random_source(rng: Any, seed: int | Sequence[int] | np.random.SeedSequence | None) -> Any:
     """A random source: ``rng`` (Generator or RandomState), a Generator from ``seed``, else NumPy's global state.
 
     The global state is the tutorial's (``np.random.randn``), so ``np.random.seed(...)`` keeps working. A seed is
@@ -173,14 +189,16 @@ def random_source(rng, seed):
     return np.random  # the module's standard_normal / uniform use the global state
 
 
-def init_params(init, rng, w_shape, b_shape, fan_in, fan_out, tutorial_scale, dtype, what):
+def init_params(init: str | None, rng: Any, w_shape: tuple[int, ...], b_shape: tuple[int, ...], fan_in: int,
+                fan_out: int, tutorial_scale: float, dtype: DTypeLike,
+                what: Callable[[], str]) -> tuple[FloatArray, FloatArray]:
     """Weights and biases drawn in float64 (same values for both dtypes up to rounding), then cast; ``what()``
     names the weights and the constructor arguments for the error on weights too large to allocate."""
     if init is not None and init not in INITS:
         raise ValueError(f"init must be None or one of {INITS}, got {init!r}")
     if rng is _NO_DRAW:
         _checks.allocation(w_shape, dtype, what)
-        return None, None
+        return None, None  # type: ignore[return-value]  # without_weights: set_weights gives the arrays
     _checks.allocation(w_shape, np.float64, what)
     if init is None:
         w = tutorial_scale * rng.standard_normal(w_shape)
@@ -205,7 +223,7 @@ def _json_value(value):
     return value
 
 
-def batch_mean(dy):
+def batch_mean(dy: FloatArray) -> FloatArray:
     """Mean over the batch axis; zeros for an empty batch (as :func:`conv2d_bias_gradient` gives), not NumPy's NaN
     and warning, so an update on an empty batch leaves the parameters as they are."""
     if dy.shape[0] == 0:
@@ -213,7 +231,7 @@ def batch_mean(dy):
     return dy.mean(axis=0)
 
 
-def sgd_step(p, g, learning_rate):
+def sgd_step(p: FloatArray, g: ArrayLike, learning_rate: float) -> None:
     """``p -= learning_rate * g`` in place (the same array object stays: optimizers and users hold it).
 
     BLAS axpy does it in one pass without a temporary; a non-contiguous or non-float parameter takes the
@@ -238,18 +256,18 @@ class Layer:
     # through Network.train() / Network.eval(). A class attribute, so layers of users' own classes have it too.
     training = True
 
-    def __init__(self):
-        self._x = None      # forward input (as used, in the computation dtype)
-        self._y_shape = None
+    def __init__(self) -> None:
+        self._x: Any = None      # forward input (as used, in the computation dtype)
+        self._y_shape: tuple[int, ...] | None = None
 
     # -- the tutorial's interface ------------------------------------------------------------
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> FloatArray:
         raise NotImplementedError
 
-    def backward(self, dE_dY):
+    def backward(self, dE_dY: ArrayLike) -> dict[str, FloatArray]:
         raise NotImplementedError
 
-    def update(self, grads, learning_rate):
+    def update(self, grads: Mapping[str, ArrayLike], learning_rate: float) -> None:
         """Plain SGD in place: ``p -= learning_rate * grads[grad_key]`` for each parameter.
 
         ``grads`` is the dict ``backward`` returned; ``learning_rate`` any finite real number (note the order:
@@ -277,15 +295,15 @@ class Layer:
         return pairs
 
     # -- protocol ------------------------------------------------------------------------------
-    def parameters(self):
+    def parameters(self) -> list[tuple[str, str, FloatArray]]:
         """List of ``(param_name, grad_key, ndarray)``; the arrays are the layer's own and are updated in place."""
         return []
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """JSON-serialisable constructor kwargs: ``type(layer)(**layer.get_config())`` rebuilds the layer."""
         return {key: _json_value(getattr(self, key)) for key in self._config_keys}
 
-    def param_shapes(self):
+    def param_shapes(self) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
         """``{param_name: (shape, dtype)}`` of the parameters, in ``parameters()`` order.
 
         The default reads the arrays; a layer that can say them from its config alone (Conv2D, Dense) overrides
@@ -294,7 +312,7 @@ class Layer:
         return {name: (arr.shape, arr.dtype) for name, _, arr in self.parameters()}
 
     @classmethod
-    def without_weights(cls, cfg):
+    def without_weights(cls, cfg: Mapping[str, Any]) -> Self:
         """The layer ``cls(**cfg)`` builds, every config check done, for :meth:`set_weights` to fill.
 
         A class whose :meth:`param_shapes` comes from its config (Conv2D, Dense) draws and allocates no weight:
@@ -303,7 +321,7 @@ class Layer:
         """
         return cls(**cfg)
 
-    def set_weights(self, weights, *, copy=True):
+    def set_weights(self, weights: Mapping[str, NDArray[Any]], *, copy: bool = True) -> None:
         """Set every parameter from ``weights`` (``{param_name: array}``), each of the shape and dtype
         :meth:`param_shapes` says, all checked before any changes (ValueError naming the parameter).
 
@@ -331,7 +349,7 @@ class Layer:
         return pairs
 
     @classmethod
-    def from_config(cls, cfg, weights=None):
+    def from_config(cls, cfg: Mapping[str, Any], weights: Mapping[str, NDArray[Any]] | None = None) -> Self:
         """The layer ``cls(**cfg)`` builds; with ``weights`` (``{param_name: array}``, copied), those values
         instead of drawn ones, and no weight drawn at all for Conv2D and Dense."""
         if weights is None:
@@ -340,10 +358,10 @@ class Layer:
         layer.set_weights(weights)
         return layer
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return ", ".join(f"{key}={getattr(self, key)!r}" for key in self._config_keys)
 
     # -- shared checks -------------------------------------------------------------------------
@@ -373,28 +391,31 @@ class ParamLayer(Layer):
     """A layer with weights: ``_params`` names them, ``init`` and ``dtype`` go into the config and the repr."""
 
     _params: Tuple[Tuple[str, str], ...] = ()  # ((param_name, grad_key), ...)
+    # set by each subclass's constructor
+    init: str | None
+    dtype: np.dtype[Any]
 
-    def parameters(self):
+    def parameters(self) -> list[tuple[str, str, FloatArray]]:
         """The weights named in ``_params``, as :meth:`Layer.parameters` describes."""
         return [(name, key, getattr(self, name)) for name, key in self._params]
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """:meth:`Layer.get_config` with the dtype's name."""
         cfg = super().get_config()
         cfg["dtype"] = self.dtype.name
         return cfg
 
     @classmethod
-    def without_weights(cls, cfg):
+    def without_weights(cls, cfg: Mapping[str, Any]) -> Self:
         """As :meth:`Layer.without_weights`; a config holding ``rng`` or ``seed`` is refused (ValueError)."""
         if cls.param_shapes is Layer.param_shapes:  # a subclass that cannot say its shapes from its config
             return cls(**cfg)
         if "rng" in cfg or "seed" in cfg:
             raise ValueError(f"{cls.__name__}: a config to build without weights holds no rng or seed, got "
                              f"{sorted(k for k in cfg if k in ('rng', 'seed'))}")
-        return cls(**cfg, rng=_NO_DRAW)
+        return cls(**cfg, rng=_NO_DRAW)  # type: ignore[call-arg]  # the subclasses' constructors take rng
 
-    def set_weights(self, weights, *, copy=True):
+    def set_weights(self, weights: Mapping[str, NDArray[Any]], *, copy: bool = True) -> None:
         """As :meth:`Layer.set_weights`."""
         pairs = self._checked_weights(weights)
         for name, arr in pairs:

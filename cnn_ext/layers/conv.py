@@ -1,9 +1,17 @@
 """The convolution layer (the tutorial's Conv2D, with stride, padding and initialisers)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from .. import _checks
 from ..ops import conv2d_bias_gradient, conv2d_forward, conv2d_input_gradient, conv2d_kernel_gradient
 from .base import EXACT, Gradients, ParamLayer, grad_rule, init_params, random_source, register_layer
+
+if TYPE_CHECKING:
+    from .._typing import FloatArray, IntPair, Padding, RandomSource
 
 __all__ = ["Conv2D"]
 
@@ -56,9 +64,15 @@ class Conv2D(ParamLayer):
 
     _config_keys = ("c_in", "c_out", "kernel_size", "stride", "padding", "init")
     _params = (("k", "dK"), ("b", "dB"))
+    k: FloatArray
+    b: FloatArray
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
 
-    def __init__(self, c_in, c_out, kernel_size, *, stride=1, padding="valid", dilation=1, groups=1, init=None,
-                 rng=None, seed=None, dtype=np.float64):
+    def __init__(self, c_in: int, c_out: int, kernel_size: IntPair, *, stride: IntPair = 1,
+                 padding: Padding = "valid", dilation: IntPair = 1, groups: int = 1, init: str | None = None,
+                 rng: RandomSource | None = None, seed: int | None = None, dtype: DTypeLike = np.float64) -> None:
         super().__init__()
         self.c_in = _checks.positive_int(c_in, "c_in", _checks.INT_MAX)
         self.c_out = _checks.positive_int(c_out, "c_out", _checks.INT_MAX)
@@ -93,7 +107,7 @@ class Conv2D(ParamLayer):
             opts["groups"] = self.groups
         return opts
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """The constructor kwargs; dilation and groups only when not 1 (configs of plain layers stay as they
         were, and files saved before these options load unchanged)."""
         cfg = super().get_config()
@@ -103,12 +117,12 @@ class Conv2D(ParamLayer):
             cfg["groups"] = self.groups
         return cfg
 
-    def param_shapes(self):
+    def param_shapes(self) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
         """``{"k": ((c_out, c_in, KH, KW), dtype), "b": ((c_out,), dtype)}``, from the config alone."""
         kshape = (self.c_out, self.c_in // self.groups, *self.kernel_size)
         return {"k": (kshape, self.dtype), "b": ((self.c_out,), self.dtype)}
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> FloatArray:
         """``y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i])``; x (N, c_in, H, W) -> y (N, c_out, OH, OW)."""
         x = _checks.as_float_array(x, "x").astype(self.dtype, copy=False)
         if x.ndim != 4 or x.shape[1] != self.c_in:
@@ -120,7 +134,7 @@ class Conv2D(ParamLayer):
         self._x, self._y_shape = x, y.shape
         return y
 
-    def backward(self, dE_dY, *, need_dX=True):
+    def backward(self, dE_dY: ArrayLike, *, need_dX: bool = True) -> Gradients:
         """``{"dK", "dB", "dX"}``: dK and dB batch means (tutorial rule) or batch sums (exact rule, when
         ``dE_dY`` is an :class:`~cnn_ext.losses.ExactGradient`); dX the input gradient under both."""
         x = self._cached_input()
@@ -141,7 +155,7 @@ class Conv2D(ParamLayer):
             grads["dX"] = conv2d_input_gradient(dy, self.k, input_size=x.shape[2:], **self._options)
         return grads
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         s = f"{self.c_in}, {self.c_out}, kernel_size={self.kernel_size}, stride={self.stride}"
         if self.padding != "valid":
             s += f", padding={self.padding!r}"

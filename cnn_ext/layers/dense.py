@@ -1,13 +1,20 @@
 """Fully connected layers: Dense and the Flatten in front of it."""
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from .. import _checks
 from .._kernels import dense as _dense
 from .. import _threads
 from .._threads import blas_single_thread, threads_for
 from .base import EXACT, Gradients, Layer, ParamLayer, batch_mean, grad_rule, init_params, random_source, register_layer
+
+if TYPE_CHECKING:
+    from .._typing import FloatArray, RandomSource
 
 __all__ = ["Dense", "Flatten"]
 
@@ -64,8 +71,14 @@ class Dense(ParamLayer):
 
     _config_keys = ("n_in", "n_out", "init")
     _params = (("w", "dW"), ("b", "dB"))
+    # a lazy layer has no weights (None) until its first input
+    w: FloatArray
+    b: FloatArray
+    n_in: int | None
+    n_out: int
 
-    def __init__(self, n_in, n_out=None, *, init=None, rng=None, seed=None, dtype=np.float64):
+    def __init__(self, n_in: int | None, n_out: int | None = None, *, init: str | None = None,
+                 rng: RandomSource | None = None, seed: int | None = None, dtype: DTypeLike = np.float64) -> None:
         super().__init__()
         if n_out is None:  # Dense(n_out): the input size comes with the first input
             n_in, n_out = None, n_in
@@ -74,7 +87,7 @@ class Dense(ParamLayer):
         self.init = init
         self.dtype = _checks.float_dtype(dtype)
         self._source = random_source(rng, seed)
-        self.w = self.b = None
+        self.w = self.b = None  # type: ignore[assignment]  # a lazy layer's, until its first input
         if self.n_in is not None:
             self._draw()
 
@@ -85,21 +98,21 @@ class Dense(ParamLayer):
         self._source = None  # drawn once: the layer holds no random state after that
 
     @property
-    def built(self):
+    def built(self) -> bool:
         """False for a lazy Dense before its first input (no weights yet), else True."""
         return self.n_in is not None
 
-    def parameters(self):
+    def parameters(self) -> list[tuple[str, str, FloatArray]]:
         """``[("w", "dW", w), ("b", "dB", b)]``, or ``[]`` while a lazy layer's input size is unknown."""
         return super().parameters() if self.n_in is not None else []
 
-    def param_shapes(self):
+    def param_shapes(self) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
         """``{"w": ((n_in, n_out), dtype), "b": ((n_out,), dtype)}``, from the config alone."""
         if self.n_in is None:
             raise ValueError(f"{self!r} has not inferred n_in yet: run a forward pass or summary(input_shape) first")
         return {"w": ((self.n_in, self.n_out), self.dtype), "b": ((self.n_out,), self.dtype)}
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> FloatArray:
         """``y = x @ w + b``; x (N, n_in) -> y (N, n_out)."""
         x = _checks.as_float_array(x, "x").astype(self.dtype, copy=False)
         if self.n_in is None and x.ndim == 2 and x.shape[1] >= 1:
@@ -116,7 +129,7 @@ class Dense(ParamLayer):
         self._x, self._y_shape = x, y.shape
         return y
 
-    def backward(self, dE_dY, *, need_dX=True):
+    def backward(self, dE_dY: ArrayLike, *, need_dX: bool = True) -> Gradients:
         """``{"dW": xᵀ·dE_dY, "dB": mean_n dE_dY (tutorial) or Σ_n dE_dY (exact), "dX": dE_dY·wᵀ}``."""
         x = self._cached_input()
         rule = grad_rule(dE_dY)
@@ -138,7 +151,7 @@ class Dense(ParamLayer):
             grads["dX"] = np.ascontiguousarray((self.w @ dy.T).T)
         return grads
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         if self.n_in is None:
             return f"{self.n_out}" + self._repr_tail()
         return f"n_in={self.n_in}, n_out={self.n_out}" + self._repr_tail()
@@ -148,7 +161,7 @@ class Dense(ParamLayer):
 class Flatten(Layer):
     """Flattens every axis but the first: x (N, d1, d2, ...) -> y (N, d1·d2·...). Returns a view when it can."""
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> FloatArray:
         x = _checks.as_float_array(x, "x")
         if x.ndim < 2:
             raise self._shape_error("x", "(N, ...) with at least 2 dimensions", x.shape)
@@ -156,6 +169,6 @@ class Flatten(Layer):
         self._x, self._y_shape = x, y.shape
         return y
 
-    def backward(self, dE_dY):
+    def backward(self, dE_dY: ArrayLike) -> dict[str, FloatArray]:
         x = self._cached_input()
         return {"dX": self._grad_output(dE_dY, x.dtype).reshape(x.shape)}

@@ -13,7 +13,7 @@ batch-mean keys, so a step mixing rules is still refused and SGD / Adam take the
 from typing import Any
 
 import numpy as np
-from numpy.typing import DTypeLike, NDArray
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .. import _checks
 from .._kernels import norm as _norm
@@ -31,7 +31,7 @@ class _BatchNorm(Layer):
     _layout_doc = ""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
-                 dtype: DTypeLike = np.float64):
+                 dtype: DTypeLike = np.float64) -> None:
         super().__init__()
         self.num_features = _checks.positive_int(num_features, "num_features", _checks.INT_MAX)
         self.eps = _checks.real(eps, "eps", strict=True)
@@ -52,22 +52,22 @@ class _BatchNorm(Layer):
         self._cache: Any = None
 
     # -- protocol ------------------------------------------------------------------------------
-    def parameters(self):
+    def parameters(self) -> list[tuple[str, str, NDArray[np.floating]]]:
         """``[("gamma", "dGamma", gamma), ("beta", "dBeta", beta)]`` when ``affine``, else ``[]``."""
         return [("gamma", "dGamma", self.gamma), ("beta", "dBeta", self.beta)] if self.affine else []
 
-    def buffers(self):
+    def buffers(self) -> list[tuple[str, NDArray[Any]]]:
         """State that is not trained by gradients: ``[(name, array)]``, saved by ``save`` and ``state_dict``."""
         return [("running_mean", self.running_mean), ("running_var", self.running_var),
                 ("num_batches_tracked", self.num_batches_tracked)]
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         cfg = super().get_config()
         cfg["dtype"] = self.dtype.name
         return cfg
 
     # -- computation ---------------------------------------------------------------------------
-    def _as_ncl(self, x):
+    def _as_ncl(self, x: ArrayLike) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
         x = _checks.as_float_array(x, "x").astype(self.dtype, copy=False)
         if x.ndim not in self._layouts or x.shape[1] != self.num_features:
             raise self._shape_error("x", self._layout_doc.format(C=self.num_features), x.shape)
@@ -75,7 +75,7 @@ class _BatchNorm(Layer):
         L = int(np.prod(x.shape[2:], dtype=np.int64))  # not -1: NumPy cannot infer it when N = 0
         return x, _checks.contiguous(x, self.dtype).reshape(N, C, L)
 
-    def forward(self, x: NDArray[np.floating]) -> NDArray[np.floating]:
+    def forward(self, x: ArrayLike) -> NDArray[np.floating]:
         """``y = (x - mean) / sqrt(var + eps) * gamma + beta`` per channel, with the batch's statistics in
         training mode (and the running ones updated), the running ones in evaluation mode."""
         x, x3 = self._as_ncl(x)
@@ -106,7 +106,7 @@ class _BatchNorm(Layer):
         self._x, self._y_shape = x, x.shape
         return y.reshape(x.shape)
 
-    def backward(self, dE_dY: NDArray[np.floating]) -> Gradients:
+    def backward(self, dE_dY: ArrayLike) -> Gradients:
         """``{"dGamma": Σ dE_dY·x̂, "dBeta": Σ dE_dY, "dX"}`` (no gamma / beta keys without ``affine``); dX
         differentiates through the batch statistics when the forward pass took them (training mode)."""
         self._cached_input()
@@ -128,7 +128,7 @@ class _BatchNorm(Layer):
         grads["dX"] = dx.reshape(self._y_shape)
         return grads
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         s = f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
         if not self.affine:
             s += ", affine=False"

@@ -1,6 +1,6 @@
 """Regularisation layers: Dropout."""
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from .. import _checks
 from .base import Layer, random_source, register_layer
@@ -29,7 +29,7 @@ class Dropout(Layer):
 
     _config_keys = ("p", "seed")
 
-    def __init__(self, p: float = 0.5, seed: int | None = None):
+    def __init__(self, p: float = 0.5, seed: int | None = None) -> None:
         super().__init__()
         self.p = _checks.real(p, "p")
         if self.p > 1.0:
@@ -38,7 +38,7 @@ class Dropout(Layer):
         self.seed = seed
         self._mask: NDArray | None = None  # None: the last forward passed x through
 
-    def forward(self, x: NDArray[np.floating]) -> NDArray[np.floating]:
+    def forward(self, x: ArrayLike) -> NDArray[np.floating]:
         """``y = x * mask / (1 - p)`` with ``mask ~ Bernoulli(1 - p)`` in training mode, ``x`` in evaluation."""
         x = _checks.as_float_array(x, "x")
         self._x, self._y_shape = x, x.shape
@@ -53,10 +53,10 @@ class Dropout(Layer):
             self._mask = keep.astype(x.dtype) / x.dtype.type(1.0 - self.p)
         return x * self._mask
 
-    def backward(self, dE_dY: NDArray[np.floating]) -> dict:
+    def backward(self, dE_dY: ArrayLike) -> dict:
         x = self._cached_input()
         dy = self._grad_output(dE_dY, x.dtype)
         return {"dX": dy if self._mask is None else np.asarray(dy).view(np.ndarray) * self._mask}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"p={self.p}" + (f", seed={self.seed!r}" if self.seed is not None else "")

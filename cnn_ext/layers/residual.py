@@ -1,10 +1,16 @@
 """The residual block of ResNets: ``y = f(x) + shortcut(x)``, each branch a chain of layers."""
+from __future__ import annotations
+
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from .base import EXACT, LAYER_TYPES, Gradients, Layer, grad_rule, register_layer
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["Residual"]
 
@@ -64,7 +70,7 @@ class Residual(Layer):
     x -> y of ``f(x)``'s shape, which ``shortcut(x)`` (or x) must have.
     """
 
-    def __init__(self, layers: Sequence[Layer], shortcut: Sequence[Layer] | None = None):
+    def __init__(self, layers: Sequence[Layer], shortcut: Sequence[Layer] | None = None) -> None:
         super().__init__()
         self.layers = _as_layers(layers, "layers", lambda cls, cfg: cls(**cfg))
         self.shortcut = None if shortcut is None else _as_layers(shortcut, "shortcut", lambda cls, cfg: cls(**cfg))
@@ -92,12 +98,12 @@ class Residual(Layer):
 
     # -- the mode flag reaches the inner layers ------------------------------------------------
     @property
-    def training(self):
+    def training(self) -> bool:
         """The block's mode; setting it sets the mode of every inner layer and of the shortcut."""
         return self._training
 
     @training.setter
-    def training(self, mode):
+    def training(self, mode: bool) -> None:
         self._training = bool(mode)
         for layer in self._all_layers():
             layer.training = self._training
@@ -105,22 +111,22 @@ class Residual(Layer):
     def _all_layers(self):
         return [*self.layers, *(self.shortcut or [])]
 
-    def named_sublayers(self):
+    def named_sublayers(self) -> list[tuple[str, Any]]:
         """``[(prefix, layer)]``: ``("layers.{j}", ...)`` then ``("shortcut.{j}", ...)``."""
         return [(f"layers.{j}", layer) for j, layer in enumerate(self.layers)] + \
             [(f"shortcut.{j}", layer) for j, layer in enumerate(self.shortcut or [])]
 
     @property
-    def built(self):
+    def built(self) -> bool:
         return all(getattr(layer, "built", True) for layer in self._all_layers())
 
     # -- computation ---------------------------------------------------------------------------
-    def forward(self, x: NDArray[np.floating]) -> NDArray[np.floating]:
+    def forward(self, x: ArrayLike) -> NDArray[np.floating]:
         """``f(x) + shortcut(x)``."""
-        y = x
+        y: Any = x
         for layer in self.layers:
             y = layer.forward(y)
-        s = x
+        s: Any = x
         for layer in self.shortcut or []:
             s = layer.forward(s)
         s = np.asarray(s)
@@ -133,7 +139,7 @@ class Residual(Layer):
         self._x, self._y_shape = x, out.shape
         return out
 
-    def backward(self, dE_dY: NDArray[np.floating]) -> Gradients:
+    def backward(self, dE_dY: ArrayLike) -> Gradients:
         """Prefixed gradient dicts of the inner layers and ``dX = dX_f + dX_shortcut`` (dE_dY for the identity)."""
         x = self._cached_input()
         rule = grad_rule(dE_dY)
@@ -155,23 +161,23 @@ class Residual(Layer):
                         out[f"{prefix}.{j}.{key}"] = value
                 batch_means += [f"{prefix}.{j}.{key}" for key in getattr(g, "batch_means", ())]
         rules = {getattr(g, "rule", None) for g in (*grads_f, *grads_s)} - {None}
-        result = Gradients(rules.pop() if len(rules) == 1 else rule, batch_means, out)
+        result = Gradients(rules.pop() if len(rules) == 1 else rule, batch_means, out)  # type: ignore[arg-type]
         result["dX"] = dx_f + dx_s
         return result
 
     # -- protocol ------------------------------------------------------------------------------
-    def parameters(self):
+    def parameters(self) -> list[tuple[str, str, NDArray[np.floating]]]:
         """``(f"layers.{j}.{name}", f"layers.{j}.{grad_key}", array)`` for every inner parameter (then the
         shortcut's)."""
         return [(f"{prefix}.{name}", f"{prefix}.{key}", arr) for prefix, layer in self.named_sublayers()
                 for name, key, arr in (layer.parameters() or [])]
 
-    def buffers(self):
+    def buffers(self) -> list[tuple[str, NDArray[Any]]]:
         """``(f"layers.{j}.{name}", array)`` for every inner buffer (BatchNorm's running statistics)."""
         return [(f"{prefix}.{name}", arr) for prefix, layer in self.named_sublayers()
                 for name, arr in (layer.buffers() if callable(getattr(layer, "buffers", None)) else [])]
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         def spec(layer):
             name = type(layer).__name__
             if LAYER_TYPES.get(name) is not type(layer) or not callable(getattr(layer, "get_config", None)):
@@ -182,7 +188,7 @@ class Residual(Layer):
                 "shortcut": None if self.shortcut is None else [spec(layer) for layer in self.shortcut]}
 
     @classmethod
-    def without_weights(cls, cfg):
+    def without_weights(cls, cfg: Mapping[str, Any]) -> Self:
         """The block of ``cfg`` with its inner layers built by their own ``without_weights`` (no weight drawn)."""
         def build(layer_cls, layer_cfg):
             ww = getattr(layer_cls, "without_weights", None)
@@ -197,13 +203,13 @@ class Residual(Layer):
         block._training = True
         return block
 
-    def param_shapes(self):
+    def param_shapes(self) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
         """``{f"layers.{j}.{name}": (shape, dtype)}`` from the inner layers' ``param_shapes``."""
         return {f"{prefix}.{name}": spec for prefix, layer in self.named_sublayers()
                 for name, spec in (layer.param_shapes() if hasattr(layer, "param_shapes") else
                                    {n: (a.shape, a.dtype) for n, _, a in layer.parameters()}).items()}
 
-    def set_weights(self, weights, *, copy=True):
+    def set_weights(self, weights: Mapping[str, NDArray[Any]], *, copy: bool = True) -> None:
         """Every inner layer's weights from ``{f"layers.{j}.{name}": array}``, all checked before any is set."""
         self._checked_weights(weights)
         for prefix, layer in self.named_sublayers():
@@ -214,7 +220,7 @@ class Residual(Layer):
                 for name, _, arr in layer.parameters():
                     arr[...] = mine[name]
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         inner = ", ".join(map(repr, self.layers))
         short = "identity" if self.shortcut is None else "[" + ", ".join(map(repr, self.shortcut)) + "]"
         return f"[{inner}], shortcut={short}"

@@ -19,10 +19,12 @@ HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "user_script.py"
 PYPROJECT = HERE.parent.parent / "pyproject.toml"
 
-# the modules whose public functions and classes are annotated (network, layers, optim, training and
-# distributed are not yet)
+# the modules whose public functions and classes are annotated
 ANNOTATED = ["cnn_ext.ops", "cnn_ext.pooling", "cnn_ext.losses", "cnn_ext.serialization", "cnn_ext.gradcheck",
-             "cnn_ext.datasets", "cnn_ext._threads", "cnn_ext._info", "cnn_ext._compat"]
+             "cnn_ext.datasets", "cnn_ext._threads", "cnn_ext._info", "cnn_ext._compat", "cnn_ext.network",
+             "cnn_ext.layers.base", "cnn_ext.layers.conv", "cnn_ext.layers.dense", "cnn_ext.layers.activations",
+             "cnn_ext.layers.norm", "cnn_ext.layers.regularization", "cnn_ext.layers.residual", "cnn_ext.optim",
+             "cnn_ext.training", "cnn_ext.distributed", "cnn_ext.callbacks", "cnn_ext.schedules", "cnn_ext.interop"]
 PUBLIC_THREADS = ["get_num_threads", "set_num_threads", "current_threads", "threads_for", "blas_single_thread",
                   "blas_info"]
 

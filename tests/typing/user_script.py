@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 import cnn_ext
 from cnn_ext.datasets import batches, load_mnist_sample, make_shapes, one_hot
+from cnn_ext.distributed import allreduce_gradients, batch_powers
 
 
 def train_step(x: NDArray[np.float32], k: NDArray[np.float32], b: NDArray[np.float32]) -> float:
@@ -55,3 +56,33 @@ def save_and_check(net: cnn_ext.Network) -> None:
     reveal_type(report.passed)  # reveals: bool
     reveal_type(cnn_ext.set_num_threads(cnn_ext.get_num_threads()))  # reveals: int
     reveal_type(cnn_ext.show_config(quiet=True))  # reveals: dict[str, Any]
+
+
+def build_and_train(x: NDArray[np.float32], y: NDArray[np.int64], comm: object) -> float:
+    conv = cnn_ext.Conv2D(1, 4, 3, padding="same", init="he_normal", seed=0, dtype=np.float32)
+    reveal_type(conv.forward(x))  # reveals: numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]
+    reveal_type(conv.backward(np.ones((len(x), 4, 28, 28), np.float32)))  # reveals: cnn_ext.layers.base.Gradients
+    reveal_type(conv.k)  # reveals: numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]
+    reveal_type(cnn_ext.Dense(10, seed=0).parameters())  # reveals: list[tuple[str, str, numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]]]
+    reveal_type(cnn_ext.ReLU().backward(x))  # reveals: dict[str, numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]]
+    reveal_type(cnn_ext.BatchNorm2D(4).buffers())  # reveals: list[tuple[str, numpy.ndarray[tuple[Any, ...], numpy.dtype[Any]]]]
+    reveal_type(cnn_ext.Residual.basic_block(4, 4, seed=0))  # reveals: cnn_ext.layers.residual.Residual
+    reveal_type(cnn_ext.Dropout(0.5, seed=0).forward(x))  # reveals: numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]
+    net = cnn_ext.Network([conv, cnn_ext.ReLU(), cnn_ext.MaxPool2D(2), cnn_ext.Flatten(), cnn_ext.Dense(10, seed=0)])
+    reveal_type(net.predict(x))  # reveals: numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]
+    reveal_type(net(x))  # reveals: numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]
+    reveal_type(net.eval())  # reveals: cnn_ext.network.Network
+    grads = net.backward(cnn_ext.exact(np.ones((len(x), 10), np.float32)))
+    reveal_type(grads)  # reveals: list[dict[str, numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]]]
+    reveal_type(net.parameters())  # reveals: list[tuple[str, str, numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]]]
+    opt = cnn_ext.Adam(1e-3)
+    opt.step(net, grads)
+    reveal_type(opt.lr)  # reveals: float
+    reveal_type(allreduce_gradients(grads, comm))  # reveals: list[dict[str, numpy.ndarray[tuple[Any, ...], numpy.dtype[numpy.floating[Any]]]]]
+    reveal_type(batch_powers(net, x, y))  # reveals: dict[tuple[int, str], int]
+    history = cnn_ext.fit(net, x, y, epochs=1, batch_size=2, optimizer=opt, validation_split=0.25, seed=0,
+                          callbacks=[cnn_ext.callbacks.EarlyStopping(patience=1)], progress=False, verbose=False)
+    reveal_type(history)  # reveals: cnn_ext.callbacks.History
+    loss, accuracy = cnn_ext.evaluate(net, x, y)
+    reveal_type(accuracy)  # reveals: float | None
+    return loss
