@@ -60,11 +60,15 @@ def _chunk_samples(g, nt):
 
 def in_chunks(run, g, nt, multiple=1):
     """``run(batch_in, *others, batch_out)`` on consecutive groups of samples when a call is long (see the
-    module docstring), else ``run`` itself; each group but the last holds a multiple of ``multiple`` samples."""
+    module docstring), else ``run`` itself; each group but the last holds a multiple of ``multiple`` * ``nt``
+    samples."""
     step = _chunk_samples(g, nt)
     if step is None:
         return run
-    step = max(multiple, step // multiple * multiple)
+    # the same number of whole `multiple`-sample blocks for each thread: a call splits its blocks over its threads,
+    # and a thread with one block more than the others keeps them idle while it finishes
+    unit = multiple * max(1, nt)
+    step = -(-step // unit) * unit
 
     def run_chunks(first, *rest):
         *shared, out = rest
@@ -357,6 +361,8 @@ def _kgrad_in_chunks(chunks, g, nt, partial_shape, dtype, fallback):
     nchunk = partial_shape[0]
     step = _chunk_samples(g, nt)
     group = nchunk if step is None else max(1, step * nchunk // max(1, g.N))
+    # the kernels split a call's chunks over its threads: fewer chunks than threads would leave threads idle
+    group = min(nchunk, -(-group // max(1, nt)) * max(1, nt))
 
     def run(dy, x, dk):
         partial = np.empty(partial_shape, dtype)

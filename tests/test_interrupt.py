@@ -202,3 +202,58 @@ def test_sigint_stops_a_long_call_within_half_a_second(op):
     assert word == "interrupted", out
     assert float(seen) - sent < 0.5, f"KeyboardInterrupt {float(seen) - sent:.3f} s after SIGINT"
     assert exited - sent < 2.0  # the interpreter's exit itself (freeing 0.2 GB) is not the kernel's latency
+
+
+@pytest.mark.parametrize("op, methods", METHODS, ids=[op for op, _ in METHODS])
+def test_chunked_calls_give_every_thread_the_same_share(monkeypatch, restore_threads, op, methods):
+    """A chunked run's kernel calls (all but the last) hold a multiple of the thread count of samples (forward,
+    input gradient; Winograd: of whole blocks) or of fixed chunks (kernel gradient): a call splits them over its
+    threads, so 3 blocks on 2 threads would run at 2/3 of the speed and 1 chunk on 2 threads on one thread."""
+    from cnn_ext import ops
+
+    rng = np.random.default_rng(3)
+    N = 37
+    x = rng.standard_normal((N, 8, 12, 12))
+    k = rng.standard_normal((8, 8, 3, 3))
+    b = rng.standard_normal(8)
+    dy = rng.standard_normal((N, 8, 12, 12))
+    cnn_ext.set_num_threads(2)
+    threads, calls = [], []
+    real_typed, real_samples = _runners._typed, _runners._chunk_samples
+
+    def recording_samples(g, nt):
+        threads.append(nt)
+        return real_samples(g, nt)
+
+    def counting(kernel, dtype):
+        typed = real_typed(kernel, dtype)
+
+        def call(*args):
+            if "kernel_gradient" in kernel.__name__ and kernel.__name__ != "conv2d_bias_gradient":
+                calls.append(args[-1] - args[-2] if args[-1] >= 0 else None)  # chunks in the range
+            elif isinstance(args[0], np.ndarray) and args[0].ndim == 4:
+                calls.append(args[0].shape[0])  # samples
+            return typed(*args)
+        return call
+
+    monkeypatch.setattr(_runners, "_typed", counting)
+    monkeypatch.setattr(_runners, "_chunk_samples", recording_samples)
+    monkeypatch.setattr(_runners, "INTERRUPT_MACS", 130_000)  # 3 samples per thread and call before rounding
+    monkeypatch.setattr(_methods, "WINOGRAD_BLOCK_BYTES", 100_000)  # Winograd blocks of 2 samples
+    checked = 0
+    for method in methods:
+        monkeypatch.setattr(ops, "_PLANS", {})
+        threads.clear()
+        calls.clear()
+        if _call(op, method, x, k, b, dy) is None:
+            continue
+        assert threads and set(threads) == {2}, (method, threads)
+        unit = 2
+        if method == "winograd" and op != "kernel_gradient":
+            g = _methods.Geometry(N, 8, 8, 12, 12, 3, 3, 12, 12, 1, 1, (1, 1, 1, 1))
+            unit *= _runners._winograd_samples(g, np.dtype(np.float64), _methods.winograd_tile(g, np.dtype(np.float64)))
+            assert unit == 4
+        assert len(calls) > 2, (method, calls)
+        assert all(c % unit == 0 for c in calls[:-1]), (method, unit, calls)
+        checked += 1
+    assert checked >= 2
