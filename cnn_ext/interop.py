@@ -6,7 +6,7 @@ install when it is missing. The supported modules and their layers:
 ==============================================  ============================================
 PyTorch                                         cnn_ext
 ==============================================  ============================================
-``Conv2d`` (groups 1, dilation 1, zero padding) :class:`~cnn_ext.Conv2D` (no bias: a zero bias)
+``Conv2d`` (zero padding)                       :class:`~cnn_ext.Conv2D` (no bias: a zero bias)
 ``Linear``                                      :class:`~cnn_ext.Dense` (``w`` is ``weight.T``)
 ``ReLU``, ``Sigmoid``, ``Tanh``                 :class:`~cnn_ext.ReLU`, ``Sigmoid``, ``Tanh``
 ``LeakyReLU(negative_slope)``                   :class:`~cnn_ext.LeakyReLU` (``alpha``)
@@ -19,7 +19,7 @@ PyTorch                                         cnn_ext
 ==============================================  ============================================
 
 Nested ``nn.Sequential`` containers are flattened. Any other module raises ``TypeError`` naming it; a supported
-module with an option cnn_ext does not have (``Conv2d(groups=2)``, ``MaxPool2d(padding=1)``...) raises
+module with an option cnn_ext does not have (``Conv2d(padding_mode='reflect')``, ``MaxPool2d(padding=1)``...) raises
 ``ValueError`` naming the module and the option. Both directions copy the arrays and the training mode.
 """
 from typing import Any
@@ -65,15 +65,12 @@ def _modules(module, nn):
 
 
 def _from_conv(m, dtype):
-    if m.groups != 1:
-        _refuse(m, f"groups={m.groups}")
-    if tuple(m.dilation) != (1, 1):
-        _refuse(m, f"dilation={m.dilation}")
     if m.padding_mode != "zeros":
         _refuse(m, f"padding_mode={m.padding_mode!r}")
     padding = m.padding if isinstance(m.padding, str) else _pair(m.padding)
     layer = Conv2D.without_weights(dict(c_in=m.in_channels, c_out=m.out_channels, kernel_size=_pair(m.kernel_size),
-                                        stride=_pair(m.stride), padding=padding, init=None, dtype=dtype))
+                                        stride=_pair(m.stride), padding=padding, dilation=_pair(m.dilation),
+                                        groups=m.groups, init=None, dtype=dtype))
     b = _np(m.bias, dtype) if m.bias is not None else np.zeros(m.out_channels, dtype)
     layer.set_weights({"k": _np(m.weight, dtype), "b": b}, copy=False)
     return layer
@@ -241,14 +238,16 @@ def to_torch(net: Network) -> Any:
             pad: Any = layer.padding if isinstance(layer.padding, str) else None
             if pad is None:
                 from ._checks import padding_sides
-                KH, KW = layer.kernel_size
-                top, bottom, left, right = padding_sides(layer.padding, KH, KW, layer.stride)
+                (KH, KW), (DH, DW) = layer.kernel_size, layer.dilation
+                top, bottom, left, right = padding_sides(layer.padding, (KH - 1) * DH + 1, (KW - 1) * DW + 1,
+                                                         layer.stride)
                 if top != bottom or left != right:  # PyTorch's Conv2d pads both sides alike
                     mods.append(nn.ZeroPad2d((left, right, top, bottom)))
                     pad = 0
                 else:
                     pad = (top, left)
-            m = nn.Conv2d(layer.c_in, layer.c_out, layer.kernel_size, stride=layer.stride, padding=pad)
+            m = nn.Conv2d(layer.c_in, layer.c_out, layer.kernel_size, stride=layer.stride, padding=pad,
+                          dilation=layer.dilation, groups=layer.groups)
             m.weight = nn.Parameter(_tensor(torch, layer.k))
             m.bias = nn.Parameter(_tensor(torch, layer.b))
         elif t is Dense:

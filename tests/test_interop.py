@@ -72,11 +72,39 @@ def test_to_torch_trains_the_same(dtype):
     assert_allclose(net[1].running_mean, m[2].running_mean.numpy(), **TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_grouped_dilated_and_depthwise_convolutions_both_ways(dtype):
+    """groups and dilation carried both ways (a dropped one would still run, on other weights or taps): outputs,
+    input gradients and kernel gradients equal PyTorch's, 'same' padding with dilation included."""
+    torch.manual_seed(1)
+    m = nn.Sequential(nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2), nn.ReLU(),
+                      nn.Conv2d(6, 6, 3, padding="same", dilation=(1, 2), groups=6),
+                      nn.Conv2d(6, 3, (2, 3), stride=2, dilation=(2, 1))).to(TORCH[dtype])
+    net = from_torch(m)
+    assert [(c.groups, c.dilation) for c in (net[0], net[2], net[3])] == [(2, (2, 2)), (6, (1, 2)), (1, (2, 1))]
+    x = np.random.default_rng(2).standard_normal((3, 4, 11, 10)).astype(dtype)
+    xt = torch.tensor(x, requires_grad=True)
+    out_t = m(xt)
+    out_t.sum().backward()
+    out = net(x)
+    assert_allclose(out, out_t.detach().numpy(), **TOL[dtype])
+    grads, dy = [], cnn_ext.exact(np.ones_like(out))
+    for layer in reversed(net.layers):
+        g = layer.backward(cnn_ext.exact(dy))
+        grads.append(g)
+        dy = g["dX"]
+    assert_allclose(dy, xt.grad.numpy(), **TOL[dtype])
+    assert_allclose(grads[-1]["dK"], m[0].weight.grad.numpy(), **TOL[dtype])
+    back = to_torch(net)
+    assert [(c.groups, c.dilation) for c in (back[0], back[2], back[3])] == [(2, (2, 2)), (6, (1, 2)), (1, (2, 1))]
+    assert_allclose(back(torch.from_numpy(x)).detach().numpy(), out_t.detach().numpy(), **TOL[dtype])
+
+
 def test_unsupported_modules_and_options():
     with pytest.raises(TypeError, match=r"GELU.*has no cnn_ext layer"):
         from_torch(nn.Sequential(nn.Linear(2, 2), nn.GELU()))
-    with pytest.raises(ValueError, match=r"groups=2 is not supported"):
-        from_torch(nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)))
+    with pytest.raises(ValueError, match=r"padding_mode='reflect' is not supported"):
+        from_torch(nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect")))
     with pytest.raises(ValueError, match=r"padding=1 is not supported|padding=\(1, 1\) is not supported"):
         from_torch(nn.Sequential(nn.MaxPool2d(2, padding=1)))
     with pytest.raises(ValueError, match=r"only as AdaptiveAvgPool2d\(1\) followed by Flatten"):
