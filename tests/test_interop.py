@@ -51,6 +51,21 @@ def test_round_trip_outputs_equal(dtype):
     assert_allclose(back[1].running_var.numpy(), m[1].running_var.numpy(), **TOL[dtype])
 
 
+def _sum_backward_both(net, m, x, dtype):
+    """Forward both on x and back-propagate out.sum(): the outputs compared; (x's gradient in torch, the cnn_ext
+    layers' gradient dicts, last layer first)."""
+    xt = torch.tensor(x, requires_grad=True)
+    out_t = m(xt)
+    out_t.sum().backward()
+    out = net(x)
+    assert_allclose(out, out_t.detach().numpy(), **TOL[dtype])
+    grads, dy = [], cnn_ext.exact(np.ones_like(out))
+    for layer in reversed(net.layers):
+        grads.append(layer.backward(cnn_ext.exact(dy)))
+        dy = grads[-1]["dX"]
+    return xt.grad.numpy(), grads
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_to_torch_trains_the_same(dtype):
     """A cnn_ext network in training mode and its PyTorch copy: same outputs and input gradients (BatchNorm on
@@ -60,15 +75,8 @@ def test_to_torch_trains_the_same(dtype):
     m = to_torch(net)
     assert m.training and isinstance(m[0], nn.ZeroPad2d)
     x = np.random.default_rng(1).standard_normal((4, 1, 7, 7)).astype(dtype)
-    xt = torch.tensor(x, requires_grad=True)
-    out_t = m(xt)
-    out_t.sum().backward()
-    out = net(x)
-    assert_allclose(out, out_t.detach().numpy(), **TOL[dtype])
-    dy = cnn_ext.exact(np.ones_like(out))
-    for layer in reversed(net.layers):
-        dy = layer.backward(cnn_ext.exact(dy))["dX"]
-    assert_allclose(dy, xt.grad.numpy(), **TOL[dtype])
+    dx_t, grads = _sum_backward_both(net, m, x, dtype)
+    assert_allclose(grads[-1]["dX"], dx_t, **TOL[dtype])
     assert_allclose(net[1].running_mean, m[2].running_mean.numpy(), **TOL[dtype])
 
 
@@ -83,21 +91,12 @@ def test_grouped_dilated_and_depthwise_convolutions_both_ways(dtype):
     net = from_torch(m)
     assert [(c.groups, c.dilation) for c in (net[0], net[2], net[3])] == [(2, (2, 2)), (6, (1, 2)), (1, (2, 1))]
     x = np.random.default_rng(2).standard_normal((3, 4, 11, 10)).astype(dtype)
-    xt = torch.tensor(x, requires_grad=True)
-    out_t = m(xt)
-    out_t.sum().backward()
-    out = net(x)
-    assert_allclose(out, out_t.detach().numpy(), **TOL[dtype])
-    grads, dy = [], cnn_ext.exact(np.ones_like(out))
-    for layer in reversed(net.layers):
-        g = layer.backward(cnn_ext.exact(dy))
-        grads.append(g)
-        dy = g["dX"]
-    assert_allclose(dy, xt.grad.numpy(), **TOL[dtype])
+    dx_t, grads = _sum_backward_both(net, m, x, dtype)
+    assert_allclose(grads[-1]["dX"], dx_t, **TOL[dtype])
     assert_allclose(grads[-1]["dK"], m[0].weight.grad.numpy(), **TOL[dtype])
     back = to_torch(net)
     assert [(c.groups, c.dilation) for c in (back[0], back[2], back[3])] == [(2, (2, 2)), (6, (1, 2)), (1, (2, 1))]
-    assert_allclose(back(torch.from_numpy(x)).detach().numpy(), out_t.detach().numpy(), **TOL[dtype])
+    assert_allclose(back(torch.from_numpy(x)).detach().numpy(), net(x), **TOL[dtype])
 
 
 def test_unsupported_modules_and_options():
