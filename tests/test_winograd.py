@@ -168,6 +168,52 @@ def test_gradients_by_central_differences(tile):
     assert_allclose(dk, numeric_gradient(loss, k), **GRADCHECK_TOL)
 
 
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_outputs_of_all_zero_fields_are_exactly_the_bias(padding, dtype, tile):
+    """Outputs whose 3x3 field is zero in every channel (a ReLU's zeros, padding) are b exactly, as a direct sum
+    gives, though other inputs of their tile are not zero: +1e-9 there would pass gradients through a ReLU or a
+    max-pool tie that PyTorch's direct sum blocks. The others are left as computed."""
+    x, k, b, _, pads = data((3, 4, 5, 13, 11), padding, dtype, seed=4)
+    x[:, :, 3:8] = 0  # a zero band: fields inside it are all zero, the band's edge tiles are mixed
+    x[1] = 0
+    x[2, :, :, 6:] = 0
+    y = conv2d_forward(x, k, b, padding=padding, method="winograd")
+    want = einsum_forward(x, k, b, pad=pads)
+    xp = np.pad(x, ((0, 0), (0, 0), pads[:2], pads[2:]))
+    windows = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))
+    zero = ~windows.any(axis=(1, 4, 5))  # (N, OH, OW)
+    assert zero.any() and not zero.all()
+    n, i, j = np.nonzero(zero)
+    assert_array_equal(y[n, :, i, j], np.broadcast_to(b, (len(n), len(b))))
+    assert_allclose(y, want, **tol(dtype))
+
+
+def test_relu_and_max_pool_gradients_after_winograd_match_pytorch():
+    """The MNIST CNN's second layer on a zero background (ReLU and max-pool after it): the bias gradient is
+    PyTorch's, which it was not while zero fields came out as rounding residuals."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    x = np.maximum(rng.standard_normal((8, 32, 14, 14)), 0).astype(np.float32)
+    x[:, :, :5] = 0
+    x[:, :, :, 9:] = 0
+    layer = cnn_ext.Conv2D(32, 64, 3, padding="same", seed=0, dtype=np.float32)
+    net = cnn_ext.Network([layer, cnn_ext.ReLU(), cnn_ext.MaxPool2D(2)])
+    g = M.Geometry(8, 32, 64, 14, 14, 3, 3, 14, 14, 1, 1, (1, 1, 1, 1))
+    if M.forward("auto", g, np.dtype(np.float32)) is not M.Method.WINOGRAD:
+        pytest.skip("auto takes Winograd only in the AVX2 build")
+    y = net.forward(x)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    grads = net.backward(cnn_ext.exact(dy))
+    conv = torch.nn.Conv2d(32, 64, 3, padding="same")
+    conv.weight.data, conv.bias.data = torch.from_numpy(layer.k.copy()), torch.from_numpy(layer.b.copy())
+    out = torch.nn.functional.max_pool2d(torch.relu(conv(torch.from_numpy(x))), 2)
+    out.backward(torch.from_numpy(dy))
+    assert_allclose(grads[0]["dB"], conv.bias.grad.numpy(), rtol=1e-4, atol=1e-5)
+    ref = conv.weight.grad.numpy()
+    assert_allclose(grads[0]["dK"], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
 def test_inputs_are_not_modified(tile):
     x, k, b, dy, _ = data((2, 3, 4, 7, 6), 1, np.float32)
     copies = [a.copy() for a in (x, k, b, dy)]
