@@ -37,10 +37,6 @@ from train_mnist_cnn import build_network  # noqa: E402  (the example's network,
 from train_resnet import build_network as build_resnet  # noqa: E402
 
 TRAIN_SIZE = 60000
-# gradient of each cnn_ext parameter -> PyTorch's: factor applied to ours (batch mean -> batch sum of the mean loss)
-_CONVENTION = {"Conv2D": {"k": "N", "b": "N"}, "Dense": {"w": 1, "b": "N"}}
-
-
 def load_batches(batch, n_batches, seed=0):
     """[(x (batch, 1, 28, 28) float32, labels (batch,) int64)] from real MNIST when reachable, else random."""
     n = batch * n_batches
@@ -94,7 +90,8 @@ def torch_step(state, x, y):
 
 
 def check_same_model(batch):
-    """Logits, loss and all parameter gradients of the two peers agree on one batch."""
+    """Logits, loss and all parameter gradients of the two peers agree on one batch (softmax_cross_entropy's
+    gradient is exact: every layer returns the gradient of the batch-mean loss, as PyTorch's autograd does)."""
     x, y = batch
     net = build_network(seed=0)
     model, _ = make_torch(net)
@@ -110,8 +107,6 @@ def check_same_model(batch):
     ours = [(type(layer).__name__, name, grads[i][key]) for i, layer in enumerate(net.layers)
             for name, key, _ in layer.parameters()]
     for (lname, pname, g), tp in zip(ours, tparams):
-        factor = _CONVENTION[lname][pname]
-        g = g * (len(x) if factor == "N" else factor)
         if lname == "Dense" and pname == "w":
             g = g.T
         ref = tp.grad.numpy()
