@@ -401,6 +401,30 @@ def test_mnist_mpi_example_on_2_ranks_follows_the_single_process_example(tmp_pat
     assert proc.stdout.count("measured once") == 1
 
 
+@pytest.mark.skipif(not (EXAMPLES / "train_mpi.py").is_file(),
+                    reason="examples/ is not beside tests/ (wheel tested from a copy of tests/)")
+def test_fit_mpi_example_on_2_ranks_matches_one_process_on_the_global_batch(tmp_path):
+    """mpiexec -n 2 examples/train_mpi.py (32 + 32 samples per step) saves the network one process trains with fit on
+    batches of 64, the same validation fifth held out; only rank 0 prints, the test accuracy once."""
+    mpiexec = _mpiexec()
+    saved = tmp_path / "net.npz"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(cnn_ext.__file__).parent.parent))
+    proc, _ = launch([mpiexec, "-n", "2", sys.executable, str(EXAMPLES / "train_mpi.py"), "--epochs", "1",
+                      "--save", str(saved)], env, TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("test accuracy") == 1 and proc.stdout.count("epoch 1/1:") == 1, proc.stdout
+    assert "2 rank(s), 1 epoch(s)" in proc.stdout, proc.stdout
+    assert float(proc.stdout.split("test accuracy ")[1].split("%")[0]) > 50, proc.stdout  # it trained
+
+    one = tmp_path / "one.npz"  # a world of one rank (mpi4py never imported into the test process)
+    proc, _ = launch([mpiexec, "-n", "1", sys.executable, str(EXAMPLES / "train_mpi.py"), "--epochs", "1",
+                      "--batch-size", "64", "--save", str(one)], env, TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    ranks, single = cnn_ext.load(saved), cnn_ext.load(one)
+    for (name, _, a), (_, _, b) in zip(ranks.parameters(), single.parameters()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
 def test_batch_powers_leave_running_statistics_dropout_and_modes_alone():
     # fit(comm=) measures the powers before its first step: that probe must not train BatchNorm's statistics or
     # draw from Dropout's stream, or R ranks would no longer take one process's steps
