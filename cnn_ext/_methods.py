@@ -74,6 +74,10 @@ WINOGRAD_ERROR_BOUND = {2: 5e-6, 4: 3e-5}
 WINOGRAD_MAX_C_IN = 128  # channels up to which the bound was measured: auto stays within them
 WINOGRAD_MIN_CHANNELS = 2048  # C_in*C_out from which auto takes winograd (16x32 layers: the transforms dominate)
 WINOGRAD_MIN_MAP = 12  # output rows and columns from which it does (the smallest maps of the measured rows)
+# below WINOGRAD_LARGE_MAP rows or columns, edge tiles and transforms weigh more: 32x64 and 64x64 layers on 14x14
+# maps lost to the direct kernels, 64x128 won (benchmarks/results/winograd_range.md)
+WINOGRAD_LARGE_MAP = 24
+WINOGRAD_MIN_CHANNELS_SMALL_MAP = 8192
 WINOGRAD_BLOCK_BYTES = 2 << 20  # V and M of one block of tiles: wide enough products, yet within L3 beside BLAS
 NCHUNK = 16  # batch reductions run over this many chunks summed in order: the same sums on any thread count
 
@@ -284,7 +288,9 @@ def _winograd_better(g):
     outweigh the transforms (benchmarks/results/winograd.md), in both dtypes; up to WINOGRAD_MAX_C_IN channels,
     where its error bound was measured. AVX2 builds only: the baseline build was not measured."""
     return (FAST and g.stride1 and g.KH == 3 and g.KW == 3 and max(g.C_in, g.C_out) <= WINOGRAD_MAX_C_IN
-            and g.C_in * g.C_out >= WINOGRAD_MIN_CHANNELS and min(g.OH, g.OW) >= WINOGRAD_MIN_MAP)
+            and min(g.OH, g.OW) >= WINOGRAD_MIN_MAP
+            and g.C_in * g.C_out >= (WINOGRAD_MIN_CHANNELS if min(g.OH, g.OW) >= WINOGRAD_LARGE_MAP
+                                     else WINOGRAD_MIN_CHANNELS_SMALL_MAP))
 
 
 def winograd_tile(g, dtype):
