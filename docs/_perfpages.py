@@ -7,6 +7,7 @@ one, and for each table with a ratio-against-PyTorch column a plot of those rati
 import importlib.util
 import io
 import os
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,17 +59,18 @@ def ratio_plot(table, title):
     labels, ratios = zip(*points)
     fig, ax = plt.subplots(figsize=(9, 1.0 + 0.2 * len(points)))
     y = range(len(points))
-    ax.barh(y, ratios, color=["tab:green" if r >= 1 else "tab:red" for r in ratios])
+    # bars start at 1.0, so faster rows point right and slower ones left, on a linear or a log axis alike
+    ax.barh(y, [r - 1.0 for r in ratios], left=1.0, color=["tab:green" if r >= 1 else "tab:red" for r in ratios])
     ax.axvline(1.0, color="black", linewidth=1)
     if max(ratios) / min(ratios) > 20:  # ratios from 0.5x to 50x: equal steps per factor keep both readable
         ax.set_xscale("log")
     ax.set_yticks(list(y), labels, fontsize=7)
-    ax.invert_yaxis()
+    ax.set_ylim(len(points) - 0.5, -0.5)  # first row on top, no margin rows
     ax.set_xlabel(f"{table['columns'][col]} = PyTorch time / cnn_ext time (> 1: cnn_ext faster)", fontsize=8)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.shorten(title, 110, placeholder=" …"), fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
 
