@@ -1,4 +1,4 @@
-"""Shared machinery of the benchmark scripts: thread control, interleaved timing, machine facts, tables.
+"""Shared machinery of the benchmark scripts: thread control, interleaved timing, machine facts, writing results.
 
 Timing method (both scripts): every peer is verified and warmed up first; then for each repeat the peers
 run one sample each, in an order rotated every repeat (round-robin, so drifting machine load hits all of
@@ -8,6 +8,7 @@ about ``min_time``. We report the median over repeats and the spread (25th-75th 
 import glob
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -30,6 +31,8 @@ except ImportError:  # PyTorch is an optional peer, never a dependency of the pa
 from threadpoolctl import ThreadpoolController
 
 import cnn_ext
+
+import _report
 
 _CONTROLLER = ThreadpoolController()
 # Pause before each sample. After a call, OpenBLAS's idle worker threads keep spinning (sched_yield loop) for
@@ -306,22 +309,30 @@ def fmt_ratio(r):
     return f"{r:.0f}×" if r >= 100 else f"{r:.1f}×" if r >= 10 else f"{r:.2f}×"
 
 
-def markdown_table(header, rows):
-    """A markdown table from a header list and a list of row lists (cells already strings)."""
-    out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return out
-
-
 def parse_list(text, kind=str):
     """'a,b,c' -> [kind(a), kind(b), kind(c)]."""
     return [kind(t) for t in text.split(",") if t.strip()]
 
 
-def emit(lines, out_path):
-    """Print the report and optionally write it to a file."""
-    text = "\n".join(lines) + "\n"
+def command_line(argv=None):
+    """The command that is running, as typed from the repository root (``python benchmarks/x.py ...``)."""
+    script = os.path.abspath(sys.argv[0])
+    if script.startswith(_ROOT + os.sep):
+        script = os.path.relpath(script, _ROOT)
+    return shlex.join(["python", script] + list(sys.argv[1:] if argv is None else argv))
+
+
+def write_results(result, out_path, argv=None):
+    """Print the report and, given --out, write OUT.json (the data) and OUT.md (rendered from that data).
+
+    ``result`` is built with _report.new_result / add_table / add_text; its command defaults to this process's
+    command line. A malformed table (a row of the wrong length) raises ValueError naming it, before anything is
+    written.
+    """
+    if not result.get("command"):
+        result["command"] = command_line(argv)
+    text = _report.render_markdown(result)
     sys.stdout.write(text)
     if out_path:
-        with open(out_path, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        _report.save(result, out_path)
+    return text

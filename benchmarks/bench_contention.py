@@ -11,7 +11,7 @@ taking one sample of at least ``--min-time`` seconds of every setting and librar
 
     python benchmarks/bench_contention.py [--repeats 5] [--min-time 0.2] [--out benchmarks/results/contention]
 
-writes OUT.md (the table) and OUT.png (if matplotlib is importable).
+writes OUT.json (the data), OUT.md (rendered from it) and OUT.png (if matplotlib is importable).
 """
 import argparse
 import os
@@ -29,6 +29,9 @@ if _ROOT not in sys.path:
 import cnn_ext  # noqa: E402
 from cnn_ext import Adam, Conv2D, Dense, Flatten, MaxPool2D, Network, ReLU, Sigmoid, softmax_cross_entropy  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
+
+import _common as C  # noqa: E402
+import _report  # noqa: E402
 
 try:
     import torch
@@ -196,9 +199,8 @@ def stop_load(procs):
 # ---- output ---------------------------------------------------------------------------------------------------
 
 def table(results, loadavg):
-    lines = [
-        "# Kernels on a busy machine (benchmarks/bench_contention.py)",
-        "",
+    """The result (benchmarks/_report.py's format) of the measurements."""
+    intro = [
         f"Machine: {os.cpu_count()} cores; {sys.version.split()[0]}, NumPy {np.__version__}, "
         f"PyTorch {torch.__version__ if torch is not None else '-'}. Load average before / after the run: "
         f"{loadavg[0]} / {loadavg[1]} (other engineers' builds share this machine).",
@@ -206,12 +208,11 @@ def table(results, loadavg):
         "cnn_ext 'default' = no set_num_threads (all cores, fewer while other processes keep cores busy); "
         "PyTorch 'default' = its own default (torch.get_num_threads() at start). "
         "`default/1t` = default time / 1-thread time (the goal: <= 1.10 under load).",
-        "",
     ]
-    head = "| workload | library | " + " | ".join(
-        f"{load} busy: {s}{'' if s == 'default' else 't'}" for load in LOADS for s in SETTINGS) + " | " + " | ".join(
-        f"{load} busy default/1t" for load in LOADS) + " | quiet 1t/2t |"
-    lines += [head, "|" + " --- |" * (head.count("|") - 1)]
+    columns = (["workload", "library"] + [f"{load} busy: {s}{'' if s == 'default' else 't'}"
+                                          for load in LOADS for s in SETTINGS]
+               + [f"{load} busy default/1t" for load in LOADS] + ["quiet 1t/2t"])
+    rows = []
     for name, *_ in WORK:
         for lib in ("cnn_ext", "torch"):
             row = [results.get((lib, name, load, s)) for load in LOADS for s in SETTINGS]
@@ -223,9 +224,11 @@ def table(results, loadavg):
                 ratios.append(f"{d / one:.2f}" if d and one else "-")
             q1, q2 = results.get((lib, name, 0, 1)), results.get((lib, name, 0, 2))
             speedup = f"{q1 / q2:.2f}" if q1 and q2 else "-"
-            lines.append(f"| {name} | {lib} | " + " | ".join("-" if v is None else f"{v * 1e3:.2f}" for v in row)
-                         + " | " + " | ".join(ratios) + f" | {speedup} |")
-    return "\n".join(lines) + "\n"
+            rows.append([name, lib] + ["-" if v is None else f"{v * 1e3:.2f}" for v in row] + ratios + [speedup])
+    result = _report.new_result("Kernels on a busy machine (benchmarks/bench_contention.py)", level=1,
+                                intro="\n".join(intro))
+    _report.add_table(result, None, columns, rows)
+    return result
 
 
 def plot(results, path):
@@ -297,12 +300,9 @@ def main():
         finally:
             stop_load(procs)
     loadavg.append(", ".join(f"{v:.2f}" for v in os.getloadavg()))
-    text = table(results, loadavg)
-    with open(args.out + ".md", "w") as f:
-        f.write(text)
-    print(text)
+    C.write_results(table(results, loadavg), args.out)
     if plot(results, args.out + ".png"):
-        print(f"wrote {args.out}.md and {args.out}.png")
+        print(f"wrote {args.out}.json, {args.out}.md and {args.out}.png")
 
 
 if __name__ == "__main__":

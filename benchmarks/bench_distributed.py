@@ -17,7 +17,8 @@ row's epoch time to the 2-thread process's, and the scaling efficiency T(1 rank)
     python benchmarks/bench_distributed.py --out benchmarks/results/distributed.md
     python benchmarks/bench_distributed.py --quick
 
---out replaces only this script's section of the file (between its markers), keeping what else it holds.
+--out writes OUT.json and OUT.md; when OUT.json holds other sections too (results/distributed.json), only this
+script's section (titled SECTION) is replaced and the others are kept.
 """
 import argparse
 import json
@@ -29,12 +30,15 @@ import time
 
 import numpy as np
 
+import _report
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "examples"))
 
 TRAIN_SIZE = 60000
-BEGIN, END = "<!-- bench_distributed.py: begin -->", "<!-- bench_distributed.py: end -->"
+# the heading of this script's section in a result that holds other sections too (results/distributed.json)
+SECTION = "bench_distributed.py: the MNIST CNN on 1 and 2 ranks"
 # (label, ranks, OpenMP threads per rank)
 CONFIGS = (("1 process x 1 thread", 1, 1), ("1 process x 2 threads", 1, 2), ("2 ranks x 1 thread", 2, 1))
 PEER = "1 process x 2 threads"
@@ -196,50 +200,49 @@ def main():
                      f"{single / (ranks * threads * m['step']):.2f}"])
     flops = 3 * 2 * facts["macs"] * args.batch_size  # a training step ~ 3 forward passes (forward, dX, dW)
     two = med["2 ranks x 1 thread"]
-    lines = [
-        BEGIN,
-        "## bench_distributed.py: the MNIST CNN on 1 and 2 ranks",
-        "",
-        f"Command: `python benchmarks/bench_distributed.py{' --quick' if args.quick else ''}"
-        f"{f' --repeats {args.repeats}' if not args.quick and args.repeats != 5 else ''}"
-        f"{f' --steps {args.steps}' if not args.quick and args.steps != 60 else ''}"
-        f"{f' --batch-size {args.batch_size}' if args.batch_size != 64 else ''}"
-        f"{f' --out {args.out}' if args.out else ''}`",
-        "",
-        *header,
-        f"- mpi4py / MPI: {_mpi_version()}",
-        f"- other load during the runs: {other_load:.2f} cores (of {os.cpu_count()})",
-        "",
+    result = _report.new_result(SECTION, command=C.command_line(), machine=header + [
+        f"mpi4py / MPI: {_mpi_version()}", f"other load during the runs: {other_load:.2f} cores (of {os.cpu_count()})"])
+    result["intro"] = (
         f"examples/train_mnist_cnn.py's CNN, float32, Adam, global batch {args.batch_size} "
         f"({steps_per_epoch} steps per epoch of {TRAIN_SIZE}); {facts['params']:,} parameters = "
         f"{facts['bytes'] / 1e6:.2f} MB of float32 gradients per step through one Allreduce; "
         f"{facts['macs'] / 1e6:.2f} M multiply-adds per sample forward, so about {flops / 1e9:.2f} GFLOP per step "
         f"(3 x forward). Medians over {args.repeats} runs (rotated order) of each run's median of {args.steps} "
         f"steps; the step column gives the runs' range. 'vs 2 threads': the 2-thread process's epoch time / the "
-        f"row's (> 1: faster). 'efficiency': T(1 process x 1 thread) / (cores x T(row)).",
-        "",
-        *C.markdown_table(["configuration", "ms per step (range)", "s per epoch", "Allreduce in step, ms",
-                           "share of step", "Allreduce alone, ms", "vs 2 threads", "efficiency"], rows),
-        "",
+        f"row's (> 1: faster). 'efficiency': T(1 process x 1 thread) / (cores x T(row)).")
+    _report.add_table(result, None, ["configuration", "ms per step (range)", "s per epoch", "Allreduce in step, ms",
+                                     "share of step", "Allreduce alone, ms", "vs 2 threads", "efficiency"], rows)
+    result["notes"] = "\n".join([
         f"- compute rate, 1 process x 1 thread: {flops / single / 1e9:.1f} GFLOP/s",
         f"- Allreduce alone of {facts['bytes'] / 1e6:.2f} MB between 2 ranks on this machine: "
         f"{1e3 * two['allreduce_alone']:.2f} ms, i.e. {facts['bytes'] / two['allreduce_alone'] / 1e9:.2f} GB/s of "
         f"gradient reduced (shared memory, the ranks competing with the load for the 2 cores)",
         f"- 1- vs 2-rank epoch: {single * steps_per_epoch:.1f} s vs {two['step'] * steps_per_epoch:.1f} s "
         f"({single / two['step']:.2f}x); one process with 2 threads: {med[PEER]['step'] * steps_per_epoch:.1f} s",
-        END,
-    ]
-    text = "\n".join(lines) + "\n"
-    sys.stdout.write(text)
-    if args.out:
-        old = open(args.out, encoding="utf-8").read() if os.path.exists(args.out) else ""
-        if BEGIN in old and END in old:
-            new = old[:old.index(BEGIN)] + text.rstrip("\n") + old[old.index(END) + len(END):]
-        else:
-            new = (old.rstrip("\n") + "\n\n" if old else "") + text
-        with open(args.out, "w", encoding="utf-8") as fh:
-            fh.write(new)
+    ])
+    json_path = _report.out_paths(args.out)[0] if args.out else None
+    if json_path and os.path.exists(json_path):
+        result = _merge(_report.load(json_path), result)
+    C.write_results(result, args.out)
     return 0
+
+
+def _merge(whole, mine):
+    """``whole`` (a result of several sections) with its SECTION replaced by ``mine`` (or appended)."""
+    if whole["title"] == SECTION:  # a file this script wrote alone
+        return mine
+    table = mine["tables"][0]
+    machine = "\n".join(f"- {m}" for m in mine["machine"])
+    section = _report.add_table({"tables": []}, SECTION, table["columns"], table["rows"], level=2,
+                                intro=f"Command: `{mine['command']}`\n\n{machine}\n\n{mine['intro']}",
+                                notes=mine["notes"])
+    titles = [t.get("title") for t in whole["tables"]]
+    if SECTION in titles:
+        whole["tables"][titles.index(SECTION)] = section
+    else:
+        whole["tables"].append(section)
+    whole["command"] = whole.get("command") or ""  # several commands made it: each section names its own
+    return whole
 
 
 def _mpi_version():

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import _common as C
+import _report
 from _common import torch
 
 import cnn_ext
@@ -63,18 +64,17 @@ def main(argv=None):
     ap.add_argument("--threads", type=lambda s: C.parse_list(s, int), default=[1, 2])
     ap.add_argument("--dtypes", type=C.parse_list, default=["float32"])
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="1-thread rows: wall or CPU time")
-    ap.add_argument("--out", help="also write the markdown report to this file")
+    ap.add_argument("--out", help="also write the report to OUT.json (the data) and OUT.md (rendered from it)")
     args = ap.parse_args(argv)
     if torch is None:
         sys.exit("bench_groups.py compares with PyTorch: install torch")
-    lines = ["## Grouped and dilated convolutions: cnn_ext vs PyTorch", "",
-             f"Command: `python benchmarks/bench_groups.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
-             "", *C.machine_report(), "",
-             f"Median of {args.repeats} interleaved repeats (1-thread rows: {args.clock} time, others: wall time); "
-             f"load average at the end in the last column; ratio = torch time / cnn_ext time, > 1 means "
-             "cnn_ext is faster; ± is half the IQR relative to the median.", "",
-             "| case (N, C_in, C_out, H, K) | op | dtype | threads | cnn_ext | torch | torch/cnn_ext | load |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    result = _report.new_result("Grouped and dilated convolutions: cnn_ext vs PyTorch", machine=C.machine_report())
+    rows = []
+    _report.add_table(result, None, ["case (N, C_in, C_out, H, K)", "op", "dtype", "threads", "cnn_ext", "torch",
+                                     "torch/cnn_ext", "load"], rows,
+                      intro=f"Median of {args.repeats} interleaved repeats (1-thread rows: {args.clock} time, others: "
+                            "wall time); load average at the end in the last column; ratio = torch time / cnn_ext "
+                            "time, > 1 means cnn_ext is faster; ± is half the IQR relative to the median.")
     for dtype in args.dtypes:
         for case in CASES:
             fns = peers(case, np.dtype(dtype).type)
@@ -84,17 +84,13 @@ def main(argv=None):
                         clock = time.thread_time if nt == 1 and args.clock == "cpu" else time.perf_counter
                         st = C.interleaved(pair, args.repeats, args.min_time, clock=clock)
                         ours, theirs = st["cnn_ext"], st["torch"]
-                        row = (f"| {case[0]} {case[1:6]} | {op} | {dtype} | {nt} | {C.fmt_time(ours.median)} "
-                               f"(±{ours.spread_pct() / 2:.0f}%) | {C.fmt_time(theirs.median)} "
-                               f"(±{theirs.spread_pct() / 2:.0f}%) | {theirs.median / ours.median:.2f}× | "
-                               f"{os.getloadavg()[0]:.1f} |")
-                        lines.append(row)
-                        print(row, flush=True)
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    print(text)
+                        row = [f"{case[0]} {case[1:6]}", op, dtype, nt,
+                               f"{C.fmt_time(ours.median)} (±{ours.spread_pct() / 2:.0f}%)",
+                               f"{C.fmt_time(theirs.median)} (±{theirs.spread_pct() / 2:.0f}%)",
+                               f"{theirs.median / ours.median:.2f}×", f"{os.getloadavg()[0]:.1f}"]
+                        result["tables"][0]["rows"].append(row)
+                        print(_report.markdown_table(result["tables"][0]["columns"], [row])[-1], flush=True)
+    C.write_results(result, args.out, argv)
 
 
 if __name__ == "__main__":

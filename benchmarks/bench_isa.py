@@ -23,6 +23,7 @@ import numpy as np
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)
 import _common as C  # noqa: E402  (puts this checkout first when it is built in place)
+import _report  # noqa: E402
 import bench_ops  # noqa: E402
 
 BUILDS = ("avx2", "avx512")
@@ -85,7 +86,7 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=5, help="samples per row in each child (default 5)")
     ap.add_argument("--min-time", type=float, default=0.05, help="seconds per sample (default 0.05)")
     ap.add_argument("--quick", action="store_true", help="bench_ops' quick shapes, forward and fwd+bwd only")
-    ap.add_argument("--out", help="also write the markdown report to this file")
+    ap.add_argument("--out", help="also write the report to OUT.json (the data) and OUT.md (rendered from it)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -110,11 +111,11 @@ def main(argv=None):
     for label in (label for label, _, _ in rows(args.quick, args.threads)):
         t = {b: float(np.median([run[label] for run in results[b]])) for b in BUILDS}
         table.append([label, C.fmt_time(t["avx2"]), C.fmt_time(t["avx512"]), f"{t['avx2'] / t['avx512']:.2f}"])
-    cmd = " ".join(["python benchmarks/bench_isa.py", *(argv if argv is not None else sys.argv[1:])])
-    C.emit(["# AVX-512 build vs AVX2 + FMA build", "", f"`{cmd}`", "", *C.machine_report(), "",
-            f"Medians over {args.rounds} child processes per build (each the median of {args.samples} samples); "
-            f"avx2 / avx512 above 1: the AVX-512 build is faster.", "",
-            *C.markdown_table(["row", "avx2", "avx512", "avx2 / avx512"], table)], args.out)
+    result = _report.new_result("AVX-512 build vs AVX2 + FMA build", level=1, machine=C.machine_report())
+    _report.add_table(result, None, ["row", "avx2", "avx512", "avx2 / avx512"], table,
+                      intro=f"Medians over {args.rounds} child processes per build (each the median of {args.samples} "
+                            "samples); avx2 / avx512 above 1: the AVX-512 build is faster.")
+    C.write_results(result, args.out, argv)
     return 0
 
 

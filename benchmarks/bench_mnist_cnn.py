@@ -27,6 +27,7 @@ import numpy as np
 from numpy.testing import assert_allclose
 
 import _common as C
+import _report
 from _common import torch
 
 import cnn_ext
@@ -196,7 +197,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                     help="before each thread count, wait up to this long for other processes to go quiet")
-    ap.add_argument("--out", help="also write the markdown report to this file")
+    ap.add_argument("--out", help="also write the report to OUT.json (the data) and OUT.md (rendered from it)")
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 7)
     min_time = args.min_time if args.min_time is not None else (0.2 if args.quick else 0.5)
@@ -205,20 +206,19 @@ def main(argv=None):
     networks = ("cnn", "resnet") if args.network == "both" else (args.network,)
     titles = {"cnn": "small MNIST CNN", "resnet": "small ResNet with BatchNorm (train_resnet.py, width 16)"}
 
-    lines = [f"# {' and '.join(titles[n] for n in networks)}, one epoch: cnn_ext vs PyTorch (float32, Adam, "
-             f"batch {args.batch_size})", ""]
-    lines += C.machine_report()
-    lines += [f"- data: {what}", ""]
+    result = _report.new_result(f"{' and '.join(titles[n] for n in networks)}, one epoch: cnn_ext vs PyTorch "
+                                f"(float32, Adam, batch {args.batch_size})", level=1,
+                                machine=C.machine_report() + [f"- data: {what}"])
     if torch is None:
-        lines.append("PyTorch is not installed: only cnn_ext is timed.")
+        result["intro"] = "PyTorch is not installed: only cnn_ext is timed."
     else:
         with C.threads(max(args.threads)):
             if "cnn" in networks:
                 check_same_model(batches[0])
             if "resnet" in networks:
                 check_same_resnet(batches[0])
-        lines.append("Checked before timing: the same logits, loss and parameter gradients in both peers (the "
-                     "ResNet: the same logits, and the same weights and running statistics after one SGD step).")
+        result["intro"] = ("Checked before timing: the same logits, loss and parameter gradients in both peers (the "
+                           "ResNet: the same logits, and the same weights and running statistics after one SGD step).")
     rows = []
     for network in networks:
         for t in args.threads:
@@ -241,12 +241,12 @@ def main(argv=None):
                 row += ["—", "—", "—"]
             row.append(f"{stats['cnn_ext'].other_load:.2f}")
             rows.append(row)
-    lines += ["", f"Median step time of {repeats} interleaved samples, epoch = {steps_per_epoch} steps; "
-              "ratio = PyTorch time / cnn_ext time (> 1: cnn_ext is faster); 'other load' = cores other "
-              "processes kept busy meanwhile.", ""]
-    lines += C.markdown_table(["network", "threads", "cnn_ext step", "cnn_ext epoch", "torch step", "torch epoch",
-                               "ratio", "other load"], rows)
-    C.emit(lines, args.out)
+    _report.add_table(result, None, ["network", "threads", "cnn_ext step", "cnn_ext epoch", "torch step",
+                                     "torch epoch", "ratio", "other load"], rows,
+                      intro=f"Median step time of {repeats} interleaved samples, epoch = {steps_per_epoch} steps; "
+                            "ratio = PyTorch time / cnn_ext time (> 1: cnn_ext is faster); 'other load' = cores other "
+                            "processes kept busy meanwhile.")
+    C.write_results(result, args.out, argv)
 
 
 if __name__ == "__main__":

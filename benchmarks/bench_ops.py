@@ -11,7 +11,7 @@ Peers
 Every peer's answers are checked against cnn_ext (assert_allclose) before anything is timed.
 
     python benchmarks/bench_ops.py --quick            # ~1-2 minutes
-    python benchmarks/bench_ops.py --out results.md   # the full run (see benchmarks/README.md)
+    python benchmarks/bench_ops.py --out results.md   # the full run: results.json + results.md (benchmarks/README.md)
 """
 import argparse
 import os
@@ -26,6 +26,7 @@ from numpy.testing import assert_allclose
 from scipy import signal
 
 import _common as C
+import _report
 from _common import torch
 
 import cnn_ext
@@ -349,8 +350,8 @@ def memory_child(peer, dtype_name):
     print(f"{traced_peak} {grown} {out_bytes} {x.nbytes}")
 
 
-def memory_report(dtypes, peers):
-    """Peak memory of MEMORY_SHAPE forward+backward for each peer (fresh subprocess each)."""
+def memory_report(result, dtypes, peers):
+    """Peak memory of MEMORY_SHAPE forward+backward for each peer (fresh subprocess each), as two tables of result."""
     rows = []
     here = os.path.abspath(__file__)
     for dtype in dtypes:
@@ -383,20 +384,19 @@ def memory_report(dtypes, peers):
                 per_op.append([op, np.dtype(dtype).name, f"{peak / 2**20:.1f} MB", f"{out_b / 2**20:.1f} MB",
                                f"{extra / 2**20:.2f} MB ({extra / x.nbytes:.3f}× x)",
                                "met" if extra <= x.nbytes else "MISSED"])
-    lines = [f"### Memory: cnn_ext per operation, shape {MEMORY_SHAPE}, 2 threads (tracemalloc)", ""]
-    lines += C.markdown_table(["op", "dtype", "peak allocated", "outputs", "beyond outputs (× input x size)",
-                               "≤ outputs + one batch buffer"], per_op)
-    lines += ["", f"### Peak memory of one forward + backward, shape {MEMORY_SHAPE}, 2 threads", ""]
-    lines += C.markdown_table(["peer", "dtype", "tracemalloc peak", "resident peak growth", "outputs (y, dK, dB, dX)",
-                               "beyond outputs (× input x size)", "target: ≤ outputs + one batch buffer"], rows)
-    lines += ["", "tracemalloc counts NumPy allocations only (PyTorch's allocator is invisible to it); 'resident peak "
-              "growth' is the process's resident high-water mark (VmHWM, reset via /proc/self/clear_refs just "
-              "before the call) minus its resident size before it, in a fresh process with the inputs already "
-              "allocated (memory the allocator had already mapped is not counted again). 'Beyond outputs' uses "
-              "tracemalloc where it sees the allocations, else the resident growth; the target (cnn_ext only) "
-              "counts as met when that is at most the size of the input batch x, i.e. the outputs plus one "
-              "working buffer no larger than one batch."]
-    return lines
+    _report.add_table(result, f"Memory: cnn_ext per operation, shape {MEMORY_SHAPE}, 2 threads (tracemalloc)",
+                      ["op", "dtype", "peak allocated", "outputs", "beyond outputs (× input x size)",
+                       "≤ outputs + one batch buffer"], per_op)
+    notes = ("tracemalloc counts NumPy allocations only (PyTorch's allocator is invisible to it); 'resident peak "
+             "growth' is the process's resident high-water mark (VmHWM, reset via /proc/self/clear_refs just "
+             "before the call) minus its resident size before it, in a fresh process with the inputs already "
+             "allocated (memory the allocator had already mapped is not counted again). 'Beyond outputs' uses "
+             "tracemalloc where it sees the allocations, else the resident growth; the target (cnn_ext only) "
+             "counts as met when that is at most the size of the input batch x, i.e. the outputs plus one "
+             "working buffer no larger than one batch.")
+    _report.add_table(result, f"Peak memory of one forward + backward, shape {MEMORY_SHAPE}, 2 threads",
+                      ["peer", "dtype", "tracemalloc peak", "resident peak growth", "outputs (y, dK, dB, dX)",
+                       "beyond outputs (× input x size)", "target: ≤ outputs + one batch buffer"], rows, notes=notes)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -434,7 +434,7 @@ def main(argv=None):
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                     help="before each shape/dtype/threads block, wait up to this long for other processes to "
                          "use under 0.25 cores (the machine is shared; default 0: do not wait)")
-    ap.add_argument("--out", help="also write the markdown report to this file")
+    ap.add_argument("--out", help="also write the report to OUT.json (the data) and OUT.md (rendered from it)")
     ap.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.memory_child:
@@ -452,9 +452,7 @@ def main(argv=None):
     dtypes = [np.dtype(d).type for d in args.dtypes]
     t_start = time.time()
 
-    lines = ["## cnn_ext convolution benchmark", "", "Command: `python benchmarks/bench_ops.py "
-             + " ".join(argv if argv is not None else sys.argv[1:]) + "`", ""]
-    lines += C.machine_report()
+    result = _report.new_result("cnn_ext convolution benchmark", machine=C.machine_report())
 
     peaks = {}
     peak_rows, row_peaks = [], []
@@ -465,9 +463,9 @@ def main(argv=None):
             peaks[(dtype, t)] = max(g.values())
             peak_rows.append([np.dtype(dtype).name, t] + [f"{g.get(n, float('nan')):.1f}"
                                                           for n in ("numpy.matmul", "torch.mm")])
-    lines += ["", f"### Measured GEMM peak at the start ({gemm_size}² products, GFLOP/s, median; the larger one "
-                  "is the 100% of rows without their own GEMM reference)", ""]
-    lines += C.markdown_table(["dtype", "threads", "numpy.matmul (OpenBLAS)", "torch.mm (MKL)"], peak_rows)
+    _report.add_table(result, f"Measured GEMM peak at the start ({gemm_size}² products, GFLOP/s, median; the larger "
+                              "one is the 100% of rows without their own GEMM reference)",
+                      ["dtype", "threads", "numpy.matmul (OpenBLAS)", "torch.mm (MKL)"], peak_rows)
 
     header = ["shape (N,Cin,Cout,H,K)", "op", "dtype", "thr", "cnn_ext (IQR)"]
     for p in peers[1:]:
@@ -515,27 +513,26 @@ def main(argv=None):
 
     clock_note = ("1-thread rows: CPU time of the calling thread (--clock cpu); 2-thread rows: wall time"
                   if args.clock == "cpu" else "wall time")
-    lines += ["", f"### Timings (median of {repeats} interleaved repeats, {clock_note}; ratio = peer time / "
-                  "cnn_ext time, > 1 means cnn_ext is faster; ± is half the IQR relative to the median)", ""]
-    lines += C.markdown_table(header, rows)
-    lines += ["", "'~ (n=m of N, ×s)': the tutorial code on the first m samples only, time scaled by N/m (its cost "
-                  "is linear in N); it is single-threaded whatever the thread setting. 'other load': cores that other "
-                  "processes kept busy during that row's measurement (the 2 cores are shared; a 2-thread result "
-                  "with load above ~0.3 is unreliable). 'Large' shapes "
-                  f"(≥ {LARGE_GFLOP} GFLOP per forward): {[s for s in shapes if is_large(s)]}."]
+    notes = ("'~ (n=m of N, ×s)': the tutorial code on the first m samples only, time scaled by N/m (its cost "
+             "is linear in N); it is single-threaded whatever the thread setting. 'other load': cores that other "
+             "processes kept busy during that row's measurement (the 2 cores are shared; a 2-thread result "
+             "with load above ~0.3 is unreliable). 'Large' shapes "
+             f"(≥ {LARGE_GFLOP} GFLOP per forward): {[s for s in shapes if is_large(s)]}.")
+    _report.add_table(result, f"Timings (median of {repeats} interleaved repeats, {clock_note}; ratio = peer time / "
+                              "cnn_ext time, > 1 means cnn_ext is faster; ± is half the IQR relative to the median)",
+                      header, rows, notes=notes)
 
     if row_peaks:
-        lines += ["", f"### GEMM peak of each large-shape row ({gemm_size}² numpy.matmul timed in the same "
-                      "interleaved rounds as that row's peers; the row's 100%)", ""]
-        lines += C.markdown_table(["shape", "op", "dtype", "thr", "GFLOP/s", "IQR/2", "vs the start's peak"],
-                                  row_peaks)
+        _report.add_table(result, f"GEMM peak of each large-shape row ({gemm_size}² numpy.matmul timed in the same "
+                                  "interleaved rounds as that row's peers; the row's 100%)",
+                          ["shape", "op", "dtype", "thr", "GFLOP/s", "IQR/2", "vs the start's peak"], row_peaks)
 
     met = [v for v in verdicts if v[5]]
     missed = [v for v in verdicts if not v[5]]
     n_busy = sum(v[7] for v in missed)
-    lines += ["", f"### Targets of issue 5: {len(met)} met, {len(missed)} MISSED"
-                  + (f" ({n_busy} of the misses measured on 2 threads next to a busy neighbour, "
-                     f"other load > {BUSY})" if n_busy else ""), ""]
+    targets_title = (f"Targets of issue 5: {len(met)} met, {len(missed)} MISSED"
+                     + (f" ({n_busy} of the misses measured on 2 threads next to a busy neighbour, "
+                        f"other load > {BUSY})" if n_busy else ""))
     by_target = {}
     for v in verdicts:
         by_target.setdefault(v[4], []).append(v)
@@ -544,17 +541,16 @@ def main(argv=None):
         n_ok = sum(v[5] for v in vs)
         worst = (max if name.startswith("<") else min)(vs, key=lambda v: _margin_value(v[6]))
         summary.append([name, f"{n_ok}/{len(vs)}", f"{worst[6]} at {worst[0]} {worst[1]} {worst[2]} {worst[3]} thr"])
-    lines += C.markdown_table(["target", "met", "worst case"], summary)
-    if missed:
-        lines += ["", "MISSED:", ""]
-        lines += [f"- {v[0]} {v[1]} {v[2]} {v[3]} thr — {v[4]}: {v[6]}" + (" [busy: unreliable]" if v[7] else "")
-                  for v in missed]
+    missed_notes = "\n".join(["MISSED:", ""] + [f"- {v[0]} {v[1]} {v[2]} {v[3]} thr — {v[4]}: {v[6]}"
+                                                 + (" [busy: unreliable]" if v[7] else "") for v in missed])
+    _report.add_table(result, targets_title, ["target", "met", "worst case"], summary,
+                      notes=missed_notes if missed else "")
 
     if not args.no_memory:
-        lines += [""] + memory_report(dtypes, peers)
-    lines += ["", f"Total run time {time.time() - t_start:.0f} s; load average at the end "
-                  f"{os.getloadavg()[0]:.2f}."]
-    C.emit(lines, args.out)
+        memory_report(result, dtypes, peers)
+    result["notes"] = (f"Total run time {time.time() - t_start:.0f} s; load average at the end "
+                       f"{os.getloadavg()[0]:.2f}.")
+    C.write_results(result, args.out, argv)
     return 0
 
 

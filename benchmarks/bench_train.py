@@ -27,6 +27,7 @@ from numpy.testing import assert_allclose
 from scipy import signal
 
 import _common as C
+import _report
 from _common import torch
 
 import cnn_ext
@@ -353,17 +354,14 @@ def main(argv=None):
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                     help="before each dtype/threads block, wait up to this long for other processes to use under "
                          "0.25 cores (default 0: do not wait)")
-    ap.add_argument("--out", help="also write the markdown report to this file")
+    ap.add_argument("--out", help="also write the report to OUT.json (the data) and OUT.md (rendered from it)")
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 9)
     min_time = args.min_time if args.min_time is not None else (0.05 if args.quick else 0.2)
     peers = ["cnn_ext"] + [p for p in args.peers if p != "cnn_ext" and (p != "torch" or torch is not None)]
     t_start = time.time()
 
-    lines = ["## Training steps of the tutorial's MNIST network", "",
-             "Command: `python benchmarks/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:])
-             + "`", ""]
-    lines += C.machine_report()
+    result = _report.new_result("Training steps of the tutorial's MNIST network", machine=C.machine_report())
     rows, verdicts, breakdowns = [], [], []
     data_note = ""
     for dname in args.dtypes:
@@ -407,25 +405,24 @@ def main(argv=None):
     header += ["other load", "target (2 threads)"]
     clock_note = ("1-thread rows: CPU time of the calling thread (--clock cpu), 2-thread rows: wall time"
                   if args.clock == "cpu" else "wall time")
-    lines += ["", f"Data: {data_note}; batch {BATCH}, lr {LR}; an epoch is {STEPS_PER_EPOCH} steps; {clock_note}. "
+    result["intro"] = (f"Data: {data_note}; batch {BATCH}, lr {LR}; an epoch is {STEPS_PER_EPOCH} steps; {clock_note}. "
                   f"Medians of {repeats} interleaved samples; ratio = peer time / cnn_ext time; 'other load' = cores "
                   "other processes kept busy meanwhile (a 2-thread result with load above ~0.3 is unreliable). "
                   f"'{DIAGNOSTIC}' is not a peer and not judged: cnn_ext with NumPy's BLAS (the Dense layers) held "
                   "to one thread while the cnn_ext kernels keep the row's threads, i.e. one threading layer "
-                  "instead of two.", ""]
-    lines += C.markdown_table(header, rows)
-    lines += ["", f"### Targets: {sum(v[2] for v in verdicts)} met, {sum(not v[2] for v in verdicts)} MISSED", ""]
-    for dname, bar, ok, ms in verdicts:
-        lines.append(f"- {dname}, 2 threads, ≤ {bar} ms/step: {'met' if ok else 'MISSED'} — {ms:.2f} ms "
-                     f"({ms * STEPS_PER_EPOCH / 1e3:.1f} s per epoch)")
+                  "instead of two.")
+    _report.add_table(result, None, header, rows)
+    _report.add_text(result, f"Targets: {sum(v[2] for v in verdicts)} met, {sum(not v[2] for v in verdicts)} MISSED",
+                     "\n".join(f"- {dname}, 2 threads, ≤ {bar} ms/step: {'met' if ok else 'MISSED'} — {ms:.2f} ms "
+                               f"({ms * STEPS_PER_EPOCH / 1e3:.1f} s per epoch)" for dname, bar, ok, ms in verdicts))
     for dname, t, parts in breakdowns:
-        lines += ["", f"### Where a cnn_ext step goes ({dname}, {t} thread, {clock_note.split(',')[0].split(': ')[-1]}; "
-                      "medians, one batch, layers called directly; 'backward (all layers)' is the sum of the "
-                      "per-layer rows below it)", ""]
-        lines += C.markdown_table(["part", "ms"], [[k, f"{v * 1e3:.3f}"] for k, v in parts.items()])
-    lines += ["", f"Total run time {time.time() - t_start:.0f} s; load average at the end "
-                  f"{os.getloadavg()[0]:.2f}."]
-    C.emit(lines, args.out)
+        _report.add_table(result, f"Where a cnn_ext step goes ({dname}, {t} thread, "
+                                  f"{clock_note.split(',')[0].split(': ')[-1]}; medians, one batch, layers called "
+                                  "directly; 'backward (all layers)' is the sum of the per-layer rows below it)",
+                          ["part", "ms"], [[k, f"{v * 1e3:.3f}"] for k, v in parts.items()])
+    result["notes"] = (f"Total run time {time.time() - t_start:.0f} s; load average at the end "
+                       f"{os.getloadavg()[0]:.2f}.")
+    C.write_results(result, args.out, argv)
     return 0
 
 

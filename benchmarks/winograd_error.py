@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 import _common as C
+import _report
 from cnn_ext import _methods as M, conv2d_forward, conv2d_input_gradient, conv2d_kernel_gradient, ops
 
 SHAPES = [(3, 2, 5, 7, 9), (2, 3, 4, 11, 6), (4, 5, 3, 5, 5), (2, 8, 6, 14, 13), (1, 1, 1, 3, 3),  # N, C_in, C_out, H, W
@@ -60,7 +61,7 @@ def errors(method, x, k, dy, pad):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help="write the table to this markdown file too")
+    parser.add_argument("--out", help="also write the report to OUT.json (the data) and OUT.md (rendered from it)")
     args = parser.parse_args()
     rng = np.random.default_rng(20)
     cases = [(shape, pad, kind) for shape in SHAPES for pad in (0, 1, 2) for kind in KINDS]
@@ -80,20 +81,21 @@ def main():
             worst[kind] = [max(a, b) for a, b in zip(worst[kind], errors(method, x, k, dy, pad))]
         rows.append((label, worst))
         print(label, {kind: [f"{e:.1e}" for e in v] for kind, v in worst.items()}, flush=True)
-    lines = ["# Winograd error (float32 against a float64 reference)", "",
-             "Made by `python benchmarks/winograd_error.py --out benchmarks/results/winograd_error.md`. " + __doc__.split("\n\n")[1].replace("\n", " "),
-             "", "Worst map error (max |y32 - y64| / max |x|⋆|k| per output map), forward / dX / dK:", "",
-             "| method | " + " | ".join(KINDS) + " | worst |", "| --- |" + " --- |" * (len(KINDS) + 1)]
-    for label, worst in rows:
-        cells = [" / ".join(f"{e:.1e}" for e in worst[kind]) for kind in KINDS]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {max(max(v) for v in worst.values()):.1e} |")
-    lines += ["", "Documented bounds (`cnn_ext._methods.WINOGRAD_ERROR_BOUND`, docs/guide.md): "
-              + ", ".join(f"F({m}x{m}, 3x3) {b:.0e}" for m, b in sorted(M.WINOGRAD_ERROR_BOUND.items()))
-              + f", at least twice the worst above; measured for C_in <= {M.WINOGRAD_MAX_C_IN}, the layers on which "
-              "method='auto' may pick winograd."]
-    lines += ["", f"float32 unit roundoff: {np.finfo(np.float32).eps / 2:.1e}. Shapes (N, C_in, C_out, H, W): "
-              + ", ".join(map(str, SHAPES)) + "; paddings 0, 1, 2."]
-    C.emit(lines, args.out)
+    result = _report.new_result("Winograd error (float32 against a float64 reference)", level=1,
+                                intro="Made by `python benchmarks/winograd_error.py --out "
+                                      "benchmarks/results/winograd_error.md`. "
+                                      + __doc__.split("\n\n")[1].replace("\n", " "))
+    table = [[label] + [" / ".join(f"{e:.1e}" for e in worst[kind]) for kind in KINDS]
+             + [f"{max(max(v) for v in worst.values()):.1e}"] for label, worst in rows]
+    notes = ("Documented bounds (`cnn_ext._methods.WINOGRAD_ERROR_BOUND`, docs/guide.md): "
+             + ", ".join(f"F({m}x{m}, 3x3) {b:.0e}" for m, b in sorted(M.WINOGRAD_ERROR_BOUND.items()))
+             + f", at least twice the worst above; measured for C_in <= {M.WINOGRAD_MAX_C_IN}, the layers on which "
+             "method='auto' may pick winograd.\n\n"
+             f"float32 unit roundoff: {np.finfo(np.float32).eps / 2:.1e}. Shapes (N, C_in, C_out, H, W): "
+             + ", ".join(map(str, SHAPES)) + "; paddings 0, 1, 2.")
+    _report.add_table(result, None, ["method", *KINDS, "worst"], table, notes=notes,
+                      intro="Worst map error (max |y32 - y64| / max |x|⋆|k| per output map), forward / dX / dK:")
+    C.write_results(result, args.out)
 
 
 if __name__ == "__main__":

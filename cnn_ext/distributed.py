@@ -84,7 +84,7 @@ class NetworkMismatchError(ValueError):
 # -- the same network on every rank ---------------------------------------------------------------------------
 def _signature(network, data=None):
     """[(what, description)] of the layers, parameter shapes and dtypes (and the data shapes), in order."""
-    sig = [("number of layers", len(network.layers))]
+    sig: list[tuple[str, object]] = [("number of layers", len(network.layers))]  # descriptions: ints and strings
     for i, layer in enumerate(network.layers):
         sig.append((f"layer {i} type", type(layer).__name__))
         params = layer.parameters() if callable(getattr(layer, "parameters", None)) else []

@@ -109,13 +109,15 @@ def _forward(layers, x):
 def _backward(layers, dy, exact):
     """Per-layer grad dicts (in layer order) and the input gradient, every layer asked for its dX and given
     the rule's dE_dY (flagged exact or plain)."""
-    grads = [None] * len(layers)
-    for i in range(len(layers) - 1, -1, -1):
+    grads = []
+    for layer in reversed(layers):
         dy = np.asarray(dy, dtype=np.float64)
-        grads[i] = layers[i].backward(dy.view(ExactGradient) if exact else dy)
-        if "dX" not in grads[i]:
-            raise ValueError(f"gradient_check: {layers[i]!r}.backward returned no 'dX'")
-        dy = grads[i]["dX"]
+        g = layer.backward(dy.view(ExactGradient) if exact else dy)
+        if "dX" not in g:
+            raise ValueError(f"gradient_check: {layer!r}.backward returned no 'dX'")
+        grads.append(g)
+        dy = g["dX"]
+    grads.reverse()  # built last layer first: back to the layers' order
     return grads, np.asarray(dy)
 
 

@@ -144,7 +144,7 @@ def maxpool2d_forward(x: ArrayLike, kernel_size: IntPair, stride: Optional[IntPa
     x, dtype = _input_4d(x, "x")
     ksize, stride = _window(kernel_size, stride)
     y, idx = _forward(x, dtype, ksize, stride, True, bool(return_indices))
-    return (y, idx) if return_indices else y
+    return y if idx is None else (y, idx)
 
 
 def maxpool2d_backward(dE_dY: ArrayLike, x: ArrayLike, kernel_size: IntPair, stride: Optional[IntPair] = None, *,

@@ -255,12 +255,15 @@ class OneCycleLR(LRScheduler):
             raise ValueError(f"OneCycleLR: tried to step {step} times; the schedule has total_steps="
                              f"{self.total_steps}")
         anneal = _anneal_cos if self.anneal_strategy == "cos" else _anneal_linear
-        start_step = 0.0
-        for i, (end_step, lr0, lr1, m0, m1) in enumerate(self._phases):
-            if step <= end_step or i == len(self._phases) - 1:
-                pct = (step - start_step) / (end_step - start_step)
-                return anneal(lr0, lr1, pct), anneal(m0, m1, pct)
-            start_step = end_step
+        start_step, phase = 0.0, self._phases[-1]
+        for p in self._phases[:-1]:  # the first phase that ends at or after step, else the last one
+            if step <= p[0]:
+                phase = p
+                break
+            start_step = p[0]
+        end_step, lr0, lr1, m0, m1 = phase
+        pct = (step - start_step) / (end_step - start_step)
+        return anneal(lr0, lr1, pct), anneal(m0, m1, pct)
 
     def _lr(self, epoch):
         return self._at(epoch)[0]

@@ -286,7 +286,8 @@ def fit(network: Network, X: ArrayLike, y: ArrayLike, *, epochs: int, batch_size
     if validation_split is not None:
         if validation_data is not None:
             raise ValueError("give validation_data or validation_split, not both")
-        X, y, *validation_data = _validation_split(X, y, validation_split)
+        X, y, X_held, y_held = _validation_split(X, y, validation_split)
+        validation_data = (X_held, y_held)
     X_val: NDArray | None
     y_val: NDArray | None
     if validation_data is not None:

@@ -6,12 +6,12 @@ Build (after ``pip install ".[docs]"``, from the repository root)::
 
 autodoc imports the INSTALLED cnn_ext: nothing here puts the checkout on sys.path (its kernels are not compiled
 in place after ``pip install .``). The API pages are written at start-up from ``cnn_ext.__all__`` and the public
-subpackages' ``__all__``, and the performance pages from ``benchmarks/results/*.md``, so a new public name or a
-new benchmark result appears without editing these pages.
+subpackages' ``__all__``, and the performance pages from ``benchmarks/results/*.json`` (docs/_perfpages.py, with
+matplotlib plots of the ratios against PyTorch), so a new public name or a new benchmark result appears without
+editing these pages.
 """
 import importlib
 import inspect
-import os
 import warnings
 from pathlib import Path
 
@@ -34,7 +34,8 @@ extensions = [
     "myst_parser",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build", "README.md", "guide.md"]  # guide.md: its sections are included by the guide pages
+exclude_patterns = ["_build", "README.md", "guide.md",  # guide.md: its sections are included by the guide pages
+                    "performance/_*"]  # the generated list of performance pages, included by performance.md
 templates_path = ["_templates"]
 # the benchmark tables jump heading levels (### under ##): they are included as they are written
 suppress_warnings = ["myst.header"]
@@ -166,28 +167,17 @@ def _api_pages():
     _write_if_changed(DOCS / "api" / "index.rst", "\n".join(index))
 
 
-# ---- performance pages from benchmarks/results -------------------------------------------------------
+# ---- performance pages from benchmarks/results/*.json (docs/_perfpages.py) ----------------------------------
 
 def _performance_pages():
-    results = ROOT / "benchmarks" / "results"
-    for md in sorted(results.glob("*.md")):
-        first = next((ln for ln in md.read_text(encoding="utf-8").splitlines() if ln.startswith("#")), md.stem)
-        title = first.lstrip("#").strip() or md.stem
-        rel = os.path.relpath(md, DOCS / "performance")
-        body = [f"# {title}", "", f"From `benchmarks/results/{md.name}`.", ""]
-        png = md.with_suffix(".png")
-        if png.exists():
-            body += [f"```{{image}} {os.path.relpath(png, DOCS / 'performance')}", f":alt: {title}", "```", ""]
-        # the file's first heading is the page's title: include what follows it
-        body += [f"```{{include}} {rel}", f":start-line: {_first_heading_line(md) + 1}", "```", ""]
-        _write_if_changed(DOCS / "performance" / f"{md.stem}.md", "\n".join(body))
+    import sys
 
-
-def _first_heading_line(md):
-    for i, line in enumerate(md.read_text(encoding="utf-8").splitlines()):
-        if line.startswith("#"):
-            return i
-    return -1
+    sys.path.insert(0, str(DOCS))
+    try:
+        import _perfpages
+    finally:
+        sys.path.remove(str(DOCS))
+    _perfpages.write_pages(ROOT / "benchmarks" / "results", DOCS / "performance")
 
 
 def _public_alias(app, env, node, contnode):

@@ -89,12 +89,13 @@ class Dense(ParamLayer):
         self._source = random_source(rng, seed)
         self.w = self.b = None  # type: ignore[assignment]  # a lazy layer's, until its first input
         if self.n_in is not None:
-            self._draw()
+            self._draw(self.n_in)
 
-    def _draw(self):
-        self.w, self.b = init_params(self.init, self._source, (self.n_in, self.n_out), (self.n_out,),
-                                      self.n_in, self.n_out, 0.1, self.dtype,
-                                      lambda: f"Dense: n_in={self.n_in}, n_out={self.n_out} give weights")
+    def _draw(self, n_in: int) -> None:
+        """Draw w and b for ``n_in`` inputs (a lazy layer's n_in is known only from its first input)."""
+        self.w, self.b = init_params(self.init, self._source, (n_in, self.n_out), (self.n_out,),
+                                      n_in, self.n_out, 0.1, self.dtype,
+                                      lambda: f"Dense: n_in={n_in}, n_out={self.n_out} give weights")
         self._source = None  # drawn once: the layer holds no random state after that
 
     @property
@@ -116,9 +117,9 @@ class Dense(ParamLayer):
         """``y = x @ w + b``; x (N, n_in) -> y (N, n_out)."""
         x = _checks.as_float_array(x, "x").astype(self.dtype, copy=False)
         if self.n_in is None and x.ndim == 2 and x.shape[1] >= 1:
-            self.n_in = _checks.positive_int(x.shape[1], "n_in", _checks.INT_MAX)
+            self.n_in = n_in = _checks.positive_int(x.shape[1], "n_in", _checks.INT_MAX)
             try:
-                self._draw()
+                self._draw(n_in)
             except ValueError:
                 self.n_in = None  # a refused call changes nothing
                 raise

@@ -46,12 +46,13 @@ class Dropout(Layer):
             self._mask = None
             return x
         if self.p == 1.0:
-            self._mask = np.zeros(x.shape, x.dtype)
+            mask = np.zeros(x.shape, x.dtype)
         else:
             keep = self._rng.random(x.shape) >= self.p
             # the kept elements' scale folded into the mask, as PyTorch's noise / (1 - p)
-            self._mask = keep.astype(x.dtype) / x.dtype.type(1.0 - self.p)
-        return x * self._mask
+            mask = keep.astype(x.dtype) / x.dtype.type(1.0 - self.p)
+        self._mask = mask
+        return x * mask
 
     def backward(self, dE_dY: ArrayLike) -> dict:
         x = self._cached_input()

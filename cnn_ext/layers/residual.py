@@ -12,6 +12,8 @@ from .base import EXACT, LAYER_TYPES, Gradients, Layer, grad_rule, register_laye
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from .._typing import FloatArray
+
 __all__ = ["Residual"]
 
 
@@ -35,15 +37,17 @@ def _as_layers(layers, what, build):
     return out
 
 
-def _run_backward(layers, dy, exact):
+def _run_backward(layers: Sequence[Layer], dy: ArrayLike,
+                  exact: bool) -> tuple[list[dict[str, FloatArray]], NDArray[Any]]:
     """(per-layer gradient dicts, dX) of a chain, every layer given dE_dY under the loss's rule."""
     from ..losses import ExactGradient
-    grads = [None] * len(layers)
-    for j in range(len(layers) - 1, -1, -1):
+    grads: list[dict[str, FloatArray]] = []
+    for layer in reversed(layers):
         if exact and not isinstance(dy, ExactGradient):
             dy = np.asarray(dy).view(ExactGradient)
-        grads[j] = layers[j].backward(dy)
-        dy = grads[j]["dX"]
+        grads.append(layer.backward(dy))
+        dy = grads[-1]["dX"]
+    grads.reverse()  # built last layer first: back to the chain's order
     return grads, np.asarray(dy).view(np.ndarray)
 
 
@@ -88,7 +92,7 @@ class Residual(Layer):
         from .activations import ReLU
         from .norm import BatchNorm2D
         seeds = [None] * 3 if seed is None else [seed, seed + 1, seed + 2]
-        kw = dict(init=init, dtype=dtype)
+        kw: dict[str, Any] = dict(init=init, dtype=dtype)  # the options every convolution of the block shares
         f = [Conv2D(c_in, c_out, 3, stride=stride, padding=1, seed=seeds[0], **kw), BatchNorm2D(c_out, dtype=dtype),
              ReLU(), Conv2D(c_out, c_out, 3, padding=1, seed=seeds[1], **kw), BatchNorm2D(c_out, dtype=dtype)]
         short = None
