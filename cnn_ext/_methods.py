@@ -80,6 +80,10 @@ WINOGRAD_LARGE_MAP = 24
 WINOGRAD_MIN_CHANNELS_SMALL_MAP = 8192
 WINOGRAD_BLOCK_BYTES = 2 << 20  # V and M of one block of tiles: wide enough products, yet within L3 beside BLAS
 NCHUNK = 16  # batch reductions run over this many chunks summed in order: the same sums on any thread count
+# a kernel gradient's chunk is what a Ctrl-C waits for (one kernel call on a busy machine): long calls get more
+# chunks, of at most this many multiply-adds, as long as their partial sums fit MAX_PARTIAL_BYTES
+CHUNK_MACS = 1_000_000_000
+MAX_PARTIAL_BYTES = 64 << 20
 
 KGRAD_LAYOUTS = {Method.WIDE: 0, Method.SHIFTED: 1, Method.ROW_TILES: 2}  # the tiled kernel gradient's layouts
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -268,6 +272,18 @@ def kernel_gradient(method, g, dtype):
 
 # ---- the rules behind auto -----------------------------------------------------------------------
 
+def nchunk(g, dtype, partial_elements=None):
+    """Chunks a kernel gradient's batch is summed in: NCHUNK, more for calls over NCHUNK * CHUNK_MACS while their
+    partial sums (``partial_elements`` per chunk, dK's size by default) fit MAX_PARTIAL_BYTES; at most one per
+    sample. From the shape only, so the sums are the same on any thread count."""
+    if partial_elements is None:
+        partial_elements = g.C_out * g.C_in * g.KH * g.KW
+    n = max(NCHUNK, -(-g.macs // CHUNK_MACS))
+    if n > NCHUNK:
+        n = max(NCHUNK, min(n, MAX_PARTIAL_BYTES // max(1, partial_elements * np.dtype(dtype).itemsize)))
+    return max(1, min(g.N, n))
+
+
 def kgrad_samples(g, dtype, layout):
     """Samples per pass of the tiled kernel gradient (its accumulators stay in registers over them): as many as
     a batch chunk holds while their slabs fit KGRAD_SLAB_BYTES. From the shape only, so the order of the sums
@@ -278,7 +294,7 @@ def kgrad_samples(g, dtype, layout):
         return kgrad.kgrad_wide_scratch_size(g.C_in, g.C_out, g.OH, g.OW, g.KH, g.KW, single,
                                              KGRAD_LAYOUTS[layout], ns)
 
-    per_chunk = g.N // max(1, min(g.N, NCHUNK))
+    per_chunk = g.N // nchunk(g, dtype)
     per_sample = (size(2) - size(1)) * dtype.itemsize
     return max(1, min(per_chunk, KGRAD_SLAB_BYTES // per_sample))
 

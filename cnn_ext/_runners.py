@@ -274,7 +274,7 @@ def winograd_kernel_gradient(g, dtype, nt, m):
     size = winograd.winograd_scratch_size(g.C_in, g.C_out, g.OH, g.OW, m, rows, True)
     gg = WINOGRAD_GG[m].astype(dtype)
     top, _, left, _ = g.pads
-    nchunk = max(1, min(g.N, M.NCHUNK))
+    nchunk = M.nchunk(g, dtype)
     run_gemm = kernel_gradient(Method.GEMM, g, dtype, nt)
 
     def chunks(dy, x, dk, partial, lo=0, hi=-1):
@@ -332,9 +332,9 @@ def _input_gradient(method, g, dtype, nt):
 
 def kernel_gradient(method, g, dtype, nt):
     """run(dy, x, dk) computing dK = (1/N) Σ_n xcorr(x[n], dE_dY[n]) with ``method`` on ``nt`` threads; the
-    batch is summed in NCHUNK chunks added in order, whatever ``nt``."""
+    batch is summed in M.nchunk chunks added in order, whatever ``nt``."""
     top, _, left, _ = g.pads
-    nchunk = max(1, min(g.N, M.NCHUNK))
+    nchunk = M.nchunk(g, dtype)
     size = g.C_out * g.C_in * g.KH * g.KW
     kernel = _typed(gemm.conv2d_kernel_gradient_gemm, dtype)
 
@@ -354,7 +354,7 @@ def kernel_gradient(method, g, dtype, nt):
             loops(dy, x, dk, partial, nt, lo, hi)
             return True
         # per-chunk partial sums with one per output column too (summed in order at the end)
-        return _kgrad_in_chunks(loops_chunks, g, nt, (nchunk, size * g.OW), dtype, None)
+        return _kgrad_in_chunks(loops_chunks, g, nt, (M.nchunk(g, dtype, size * g.OW), size * g.OW), dtype, None)
     layout = M.KGRAD_LAYOUTS[method]
     ns = M.kgrad_samples(g, dtype, method)
     slab = kgrad.kgrad_wide_scratch_size(g.C_in, g.C_out, g.OH, g.OW, g.KH, g.KW, dtype == np.float32, layout, ns)

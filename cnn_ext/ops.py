@@ -249,7 +249,7 @@ def _kernel_gradient_plan(dyshape, xshape, dtype, stride, padding, kernel_size, 
     chosen = _methods.kernel_gradient(method, g, dtype)
     _checks.allocation((C_out, C_in, KH, KW), dtype, lambda: f"conv2d_kernel_gradient: dE_dY {dyshape} and x "
                        f"{xshape} with padding {pads} give dK")
-    nt = threads_for(max(1, min(N, _methods.NCHUNK)), g.macs)
+    nt = threads_for(_methods.nchunk(g, dtype), g.macs)
     return (C_out, C_in, KH, KW), _runners.kernel_gradient(chosen, g, dtype, nt)
 
 

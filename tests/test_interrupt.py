@@ -257,3 +257,47 @@ def test_chunked_calls_give_every_thread_the_same_share(monkeypatch, restore_thr
         assert all(c % unit == 0 for c in calls[:-1]), (method, unit, calls)
         checked += 1
     assert checked >= 2
+
+
+@pytest.mark.parametrize("method", _methods.KERNEL_GRADIENT_METHODS)
+def test_long_kernel_gradients_sum_in_more_chunks(monkeypatch, restore_threads, method):
+    """A kernel gradient over NCHUNK * CHUNK_MACS multiply-adds sums its batch in chunks of at most CHUNK_MACS (what
+    a Ctrl-C waits for), up to one per sample: the same bits on 1, 2 and 3 threads, the one-chunk-per-16th sums
+    within rounding."""
+    from cnn_ext import ops
+
+    rng = np.random.default_rng(7)
+    N = 37
+    pad, C_in, W = (0, 1, 18) if method in ("loops", "row_tiles") else (1, 2, 8)
+    x = rng.standard_normal((N, C_in, 10, W))
+    dy = rng.standard_normal((N, 8, 10 + 2 * pad - 2, W + 2 * pad - 2))
+    g = _methods.Geometry(N, C_in, 8, 10, W, 3, 3, dy.shape[2], dy.shape[3], 1, 1, (pad,) * 4)
+    ranges = []
+    real = _runners._typed
+
+    def recording(kernel, dtype):
+        typed = real(kernel, dtype)
+        if "kernel_gradient" not in kernel.__name__ or kernel.__name__ == "conv2d_bias_gradient":
+            return typed
+
+        def call(*args):
+            ranges.append(args[-2:])
+            return typed(*args)
+        return call
+
+    def run(threads):
+        monkeypatch.setattr(ops, "_PLANS", {})
+        cnn_ext.set_num_threads(threads)
+        return cnn_ext.conv2d_kernel_gradient(dy, x, padding=pad, method=method)
+
+    sixteen = run(1)
+    monkeypatch.setattr(_methods, "CHUNK_MACS", g.macs // 30)
+    chunks = -(-g.macs // (g.macs // 30))  # 30 or 31, above NCHUNK and below N
+    assert _methods.nchunk(g, np.dtype(np.float64)) == chunks
+    monkeypatch.setattr(_runners, "_typed", recording)
+    runs = [run(threads) for threads in (1, 2, 3)]
+    assert max(hi for _, hi in ranges) == chunks, ranges  # the kernels ran that many chunks
+    for other in runs[1:]:
+        assert_array_equal(other, runs[0])
+    np.testing.assert_allclose(runs[0], sixteen, rtol=1e-12, atol=1e-12)
+    assert not np.array_equal(runs[0], sixteen) or method == "winograd"  # another order of the sums
