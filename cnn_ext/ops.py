@@ -447,6 +447,27 @@ def _depthwise_run(kernel, wide, g, D, dtype, parts, checked, taps=0):
     return run
 
 
+def _depthwise_kgrad_in_chunks(run, g, nt):
+    """run(dy, x, dk) of the depthwise kernel gradient on consecutive groups of output channels when the call has
+    more than INTERRUPT_MACS multiply-adds per thread (Ctrl-C acts between them); a channel's batch sum is the one
+    of a single call, so the bits are too."""
+    m = g.C_out // g.C_in  # output channels per input channel
+    per_channel = max(1, g.N * g.OH * g.OW * g.KH * g.KW)
+    step = max(1, _runners.INTERRUPT_MACS * max(1, nt) // per_channel)
+    if step >= g.C_out:
+        return run
+    unit = m * max(1, nt)  # whole input channels, as many per thread
+    step = -(-step // unit) * unit
+
+    def run_chunks(dy, x, dk):
+        for c0 in range(0, g.C_out, step):
+            c1 = min(g.C_out, c0 + step)
+            # the kernels take C-contiguous arrays: copies of the channels, a small cost beside their 9+ taps
+            run(np.ascontiguousarray(dy[:, c0:c1]), np.ascontiguousarray(x[:, c0 // m:c1 // m]), dk[c0:c1])
+
+    return run_chunks
+
+
 def _to_phases(a, D, top, left, rows, cols):
     """(N, C, h, w) placed at (top, left) in zeros of (rows * DH, cols * DW), cut into its DH * DW phases (every
     DH-th row from r, every DW-th column from s) stacked along the batch: (DH * DW * N, C, rows, cols), C-contiguous.
@@ -594,9 +615,9 @@ def _grouped_kernel_gradient_plan(dyshape, xshape, dtype, stride, padding, kerne
 
     geo = Geometry(N, C_in, C_out, H, W, KH, KW, OH, OW, *S, pads)
     if _depthwise(G, C_in, cig, method, geo):
-        return (C_out, 1, KH, KW), _depthwise_run(depthwise.depthwise_kernel_gradient,
-                                                  depthwise.depthwise_kernel_gradient_wide, geo, (DH, DW), dtype,
-                                                  C_out, (0, 1), KH * KW)
+        run_dw = _depthwise_run(depthwise.depthwise_kernel_gradient, depthwise.depthwise_kernel_gradient_wide, geo,
+                                (DH, DW), dtype, C_out, (0, 1), KH * KW)
+        return (C_out, 1, KH, KW), _depthwise_kgrad_in_chunks(run_dw, geo, threads_for(C_out, geo.macs))
 
     def run(dy, x, dk):
         if G == 1:

@@ -301,3 +301,44 @@ def test_long_kernel_gradients_sum_in_more_chunks(monkeypatch, restore_threads, 
         assert_array_equal(other, runs[0])
     np.testing.assert_allclose(runs[0], sixteen, rtol=1e-12, atol=1e-12)
     assert not np.array_equal(runs[0], sixteen) or method == "winograd"  # another order of the sums
+
+
+@pytest.mark.parametrize("stride, dilation", [(1, 1), (2, 1), (1, 2)])
+def test_long_depthwise_kernel_gradients_run_as_several_calls(monkeypatch, restore_threads, stride, dilation):
+    """The depthwise kernel gradient sums each channel over the whole batch: a long call runs on groups of whole
+    input channels (2 output channels each here), the bits of one call, on 1 and 2 threads."""
+    from cnn_ext import ops
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((9, 6, 11, 10))
+    k = rng.standard_normal((12, 1, 3, 3))
+    opts = dict(stride=stride, dilation=dilation, groups=6, padding=1, kernel_size=3)
+    dy = rng.standard_normal(cnn_ext.conv2d_forward(x, k, np.zeros(12), stride=stride, dilation=dilation, groups=6,
+                                                    padding=1).shape)
+    calls = []
+    real = ops._typed
+
+    def counting(kernel, dtype):
+        typed = real(kernel, dtype)
+        if "depthwise_kernel_gradient" not in kernel.__name__:
+            return typed
+
+        def call(*args):
+            calls.append(args[0].shape[1])  # output channels in this call
+            return typed(*args)
+        return call
+
+    monkeypatch.setattr(ops, "_typed", counting)
+    for threads in (1, 2):
+        cnn_ext.set_num_threads(threads)
+        monkeypatch.setattr(ops, "_PLANS", {})
+        monkeypatch.setattr(_runners, "INTERRUPT_MACS", 10**15)
+        calls.clear()
+        whole = cnn_ext.conv2d_kernel_gradient(dy, x, **opts)
+        assert calls == [12]
+        monkeypatch.setattr(ops, "_PLANS", {})
+        monkeypatch.setattr(_runners, "INTERRUPT_MACS", 3000)
+        calls.clear()
+        chunked = cnn_ext.conv2d_kernel_gradient(dy, x, **opts)
+        assert len(calls) > 2 and sum(calls) == 12 and all(c % 2 == 0 for c in calls), calls
+        assert_array_equal(chunked, whole)
