@@ -40,6 +40,28 @@ def _call(op, method, x, k, b, dy):
         return None
 
 
+def spy_kernels(monkeypatch, module, wanted, record):
+    """Replace ``module._typed`` so that every call of a kernel whose name ``wanted`` accepts first runs
+    ``record(name, args)``."""
+    real = module._typed
+
+    def typed(kernel, dtype):
+        run = real(kernel, dtype)
+        if not wanted(kernel.__name__):
+            return run
+
+        def call(*args):
+            record(kernel.__name__, args)
+            return run(*args)
+        return call
+
+    monkeypatch.setattr(module, "_typed", typed)
+
+
+def _kgrad(name):
+    return "kernel_gradient" in name and name != "conv2d_bias_gradient"
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("N", [32, 37])  # 32: whole fixed chunks, 37: uneven ones
 @pytest.mark.parametrize("threads", [1, 2])
@@ -75,26 +97,18 @@ def test_long_kernel_gradients_run_as_several_calls_for_any_batch(monkeypatch, m
     x = rng.standard_normal((N, C_in, 10, W))
     dy = rng.standard_normal((N, 8, 10 + 2 * pad - 2, W + 2 * pad - 2))
     calls, first_dk = [], []
-    real = _runners._typed
 
-    def counting(kernel, dtype):
-        typed = real(kernel, dtype)
-        if "kernel_gradient" not in kernel.__name__:
-            return typed
-
-        def call(*args):
-            calls.append(args[-2:])  # the chunk range
-            if "winograd" in kernel.__name__:  # its chunk sums go to dk in Python, after the last call
-                pass
-            elif len(calls) == 1:
-                first_dk.append(args[2].copy())
-            elif len(calls) == 2:
-                assert_array_equal(args[2], first_dk[0], err_msg="dk was written before the last chunk")
-            return typed(*args)
-        return call
+    def record(name, args):
+        calls.append(args[-2:])  # the chunk range
+        if "winograd" in name:  # its chunk sums go to dk in Python, after the last call
+            pass
+        elif len(calls) == 1:
+            first_dk.append(args[2].copy())
+        elif len(calls) == 2:
+            assert_array_equal(args[2], first_dk[0], err_msg="dk was written before the last chunk")
 
     monkeypatch.setattr(ops, "_PLANS", {})  # no plan built before the patch
-    monkeypatch.setattr(_runners, "_typed", counting)
+    spy_kernels(monkeypatch, _runners, _kgrad, record)
     monkeypatch.setattr(_runners, "INTERRUPT_MACS", 3000)
     try:
         chunked = cnn_ext.conv2d_kernel_gradient(dy, x, padding=pad, method=method)
@@ -219,24 +233,19 @@ def test_chunked_calls_give_every_thread_the_same_share(monkeypatch, restore_thr
     dy = rng.standard_normal((N, 8, 12, 12))
     cnn_ext.set_num_threads(2)
     threads, calls = [], []
-    real_typed, real_samples = _runners._typed, _runners._chunk_samples
+    real_samples = _runners._chunk_samples
 
     def recording_samples(g, nt):
         threads.append(nt)
         return real_samples(g, nt)
 
-    def counting(kernel, dtype):
-        typed = real_typed(kernel, dtype)
+    def record(name, args):
+        if _kgrad(name):
+            calls.append(args[-1] - args[-2] if args[-1] >= 0 else None)  # chunks in the range
+        elif isinstance(args[0], np.ndarray) and args[0].ndim == 4:
+            calls.append(args[0].shape[0])  # samples
 
-        def call(*args):
-            if "kernel_gradient" in kernel.__name__ and kernel.__name__ != "conv2d_bias_gradient":
-                calls.append(args[-1] - args[-2] if args[-1] >= 0 else None)  # chunks in the range
-            elif isinstance(args[0], np.ndarray) and args[0].ndim == 4:
-                calls.append(args[0].shape[0])  # samples
-            return typed(*args)
-        return call
-
-    monkeypatch.setattr(_runners, "_typed", counting)
+    spy_kernels(monkeypatch, _runners, lambda name: True, record)
     monkeypatch.setattr(_runners, "_chunk_samples", recording_samples)
     monkeypatch.setattr(_runners, "INTERRUPT_MACS", 130_000)  # 3 samples per thread and call before rounding
     monkeypatch.setattr(_methods, "WINOGRAD_BLOCK_BYTES", 100_000)  # Winograd blocks of 2 samples
@@ -273,18 +282,6 @@ def test_long_kernel_gradients_sum_in_more_chunks(monkeypatch, restore_threads, 
     dy = rng.standard_normal((N, 8, 10 + 2 * pad - 2, W + 2 * pad - 2))
     g = _methods.Geometry(N, C_in, 8, 10, W, 3, 3, dy.shape[2], dy.shape[3], 1, 1, (pad,) * 4)
     ranges = []
-    real = _runners._typed
-
-    def recording(kernel, dtype):
-        typed = real(kernel, dtype)
-        if "kernel_gradient" not in kernel.__name__ or kernel.__name__ == "conv2d_bias_gradient":
-            return typed
-
-        def call(*args):
-            ranges.append(args[-2:])
-            return typed(*args)
-        return call
-
     def run(threads):
         monkeypatch.setattr(ops, "_PLANS", {})
         cnn_ext.set_num_threads(threads)
@@ -294,7 +291,7 @@ def test_long_kernel_gradients_sum_in_more_chunks(monkeypatch, restore_threads, 
     monkeypatch.setattr(_methods, "CHUNK_MACS", g.macs // 30)
     chunks = -(-g.macs // (g.macs // 30))  # 30 or 31, above NCHUNK and below N
     assert _methods.nchunk(g, np.dtype(np.float64)) == chunks
-    monkeypatch.setattr(_runners, "_typed", recording)
+    spy_kernels(monkeypatch, _runners, _kgrad, lambda name, args: ranges.append(args[-2:]))
     runs = [run(threads) for threads in (1, 2, 3)]
     assert max(hi for _, hi in ranges) == chunks, ranges  # the kernels ran that many chunks
     for other in runs[1:]:
@@ -315,20 +312,9 @@ def test_long_depthwise_kernel_gradients_run_as_several_calls(monkeypatch, resto
     opts = dict(stride=stride, dilation=dilation, groups=6, padding=1, kernel_size=3)
     dy = rng.standard_normal(cnn_ext.conv2d_forward(x, k, np.zeros(12), stride=stride, dilation=dilation, groups=6,
                                                     padding=1).shape)
-    calls = []
-    real = ops._typed
-
-    def counting(kernel, dtype):
-        typed = real(kernel, dtype)
-        if "depthwise_kernel_gradient" not in kernel.__name__:
-            return typed
-
-        def call(*args):
-            calls.append(args[0].shape[1])  # output channels in this call
-            return typed(*args)
-        return call
-
-    monkeypatch.setattr(ops, "_typed", counting)
+    calls = []  # output channels of each call
+    spy_kernels(monkeypatch, ops, lambda name: "depthwise_kernel_gradient" in name,
+                lambda name, args: calls.append(args[0].shape[1]))
     for threads in (1, 2):
         cnn_ext.set_num_threads(threads)
         monkeypatch.setattr(ops, "_PLANS", {})
