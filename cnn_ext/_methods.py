@@ -74,10 +74,10 @@ WINOGRAD_ERROR_BOUND = {2: 5e-6, 4: 3e-5}
 WINOGRAD_MAX_C_IN = 128  # channels up to which the bound was measured: auto stays within them
 WINOGRAD_MIN_CHANNELS = 2048  # C_in*C_out from which auto takes winograd (16x32 layers: the transforms dominate)
 WINOGRAD_MIN_MAP = 12  # output rows and columns from which it does (the smallest maps of the measured rows)
-# below WINOGRAD_LARGE_MAP rows or columns, edge tiles and transforms weigh more: 32x64 and 64x64 layers on 14x14
-# maps lost to the direct kernels, 64x128 won (benchmarks/results/winograd_range.md)
+# below WINOGRAD_LARGE_MAP rows or columns, edge tiles and transforms weigh more: on 14x14 maps 32x64 layers lost
+# to the direct kernels in both dtypes, 64x64 in float32 only (benchmarks/results/winograd_range.md)
 WINOGRAD_LARGE_MAP = 24
-WINOGRAD_MIN_CHANNELS_SMALL_MAP = 8192
+WINOGRAD_MIN_CHANNELS_SMALL_MAP = {np.dtype(np.float32): 8192, np.dtype(np.float64): 4096}
 WINOGRAD_BLOCK_BYTES = 2 << 20  # V and M of one block of tiles: wide enough products, yet within L3 beside BLAS
 NCHUNK = 16  # batch reductions run over this many chunks summed in order: the same sums on any thread count
 # a kernel gradient's chunk is what a Ctrl-C waits for (one kernel call on a busy machine): long calls get more
@@ -201,7 +201,7 @@ def forward(method, g, dtype):
         if method == "direct":
             raise ValueError("method='direct' needs stride 1; use 'gemm' or 'auto'")
         return Method.GEMM
-    if method == "auto" and _winograd_better(g):
+    if method == "auto" and _winograd_better(g, dtype):
         return Method.WINOGRAD
     if method == "auto" and not _tiny(g):
         # float64 on large maps with many channels: a tie with BLAS, which keeps it
@@ -228,7 +228,7 @@ def input_gradient(method, g, dtype):
         if method == "direct":
             raise ValueError("method='direct' needs stride 1 and padding <= kernel size - 1; use 'gemm' or 'auto'")
         return Method.GEMM
-    if method == "auto" and _winograd_better(g):
+    if method == "auto" and _winograd_better(g, dtype):
         return Method.WINOGRAD
     if method == "auto" and not _tiny(g) and not _direct_dx_better(g, dtype):
         return Method.GEMM
@@ -249,7 +249,7 @@ def kernel_gradient(method, g, dtype):
         if method == "direct":
             raise ValueError("method='direct' needs stride 1 for the kernel gradient; use 'gemm' or 'auto'")
         return Method.GEMM
-    if method == "auto" and _winograd_better(g):
+    if method == "auto" and _winograd_better(g, dtype):
         return Method.WINOGRAD
     if method == "auto":
         if _tiny(g) and g.unpadded:
@@ -299,14 +299,14 @@ def kgrad_samples(g, dtype, layout):
     return max(1, min(per_chunk, KGRAD_SLAB_BYTES // per_sample))
 
 
-def _winograd_better(g):
+def _winograd_better(g, dtype):
     """3x3 stride-1 layers with many channels on maps of at least WINOGRAD_MIN_MAP: 4x fewer multiplications
     outweigh the transforms (benchmarks/results/winograd.md), in both dtypes; up to WINOGRAD_MAX_C_IN channels,
     where its error bound was measured. AVX2 builds only: the baseline build was not measured."""
     return (FAST and g.stride1 and g.KH == 3 and g.KW == 3 and max(g.C_in, g.C_out) <= WINOGRAD_MAX_C_IN
             and min(g.OH, g.OW) >= WINOGRAD_MIN_MAP
             and g.C_in * g.C_out >= (WINOGRAD_MIN_CHANNELS if min(g.OH, g.OW) >= WINOGRAD_LARGE_MAP
-                                     else WINOGRAD_MIN_CHANNELS_SMALL_MAP))
+                                     else WINOGRAD_MIN_CHANNELS_SMALL_MAP[np.dtype(dtype)]))
 
 
 def winograd_tile(g, dtype):

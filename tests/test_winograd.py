@@ -192,7 +192,7 @@ def test_outputs_of_all_zero_fields_are_exactly_the_bias(padding, dtype, tile):
 def test_relu_and_max_pool_gradients_after_winograd_match_pytorch(monkeypatch):
     """The MNIST CNN's second layer by Winograd, on a zero background with a ReLU and a max-pool after it: the bias
     gradient is PyTorch's, which it was not while zero fields came out as rounding residuals."""
-    monkeypatch.setattr(M, "WINOGRAD_MIN_CHANNELS_SMALL_MAP", 2048)  # auto takes the direct kernels here
+    monkeypatch.setitem(M.WINOGRAD_MIN_CHANNELS_SMALL_MAP, np.dtype(np.float32), 2048)  # auto: direct kernels
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(5)
     x = np.maximum(rng.standard_normal((8, 32, 14, 14)), 0).astype(np.float32)
@@ -259,8 +259,8 @@ def test_refused_by_name(kwargs, needs):
 
 @pytest.mark.skipif(not M.FAST, reason="auto takes winograd in the AVX2 build only")
 def test_auto_takes_winograd_only_within_the_measured_range():
-    """3x3 stride-1 layers, 12x12 output maps and more, C_in * C_out >= 2048 (8192 on maps under 24x24), at most
-    128 channels (the bound's)."""
+    """3x3 stride-1 layers, 12x12 output maps and more, C_in * C_out >= 2048 (on maps under 24x24: 8192 in
+    float32, 4096 in float64), at most 128 channels (the bound's)."""
     def geometry(C_in, C_out, size, K=3, stride=1):
         O = (size - K) // stride + 1
         return M.Geometry(8, C_in, C_out, size, size, K, K, O, O, stride, stride, (0, 0, 0, 0))
@@ -271,7 +271,8 @@ def test_auto_takes_winograd_only_within_the_measured_range():
             assert choose("auto", geometry(128, 128, 16), dtype) is M.Method.WINOGRAD
             assert choose("auto", geometry(64, 128, 16), dtype) is M.Method.WINOGRAD
             assert choose("auto", geometry(32, 64, 26), dtype) is M.Method.WINOGRAD
-            for g in (geometry(32, 64, 16), geometry(64, 64, 16), geometry(16, 32, 28), geometry(256, 64, 28), geometry(64, 64, 12), geometry(64, 64, 28, K=5),
+            assert (choose("auto", geometry(64, 64, 16), dtype) is M.Method.WINOGRAD) == (dtype == np.float64)
+            for g in (geometry(32, 64, 16), geometry(16, 32, 28), geometry(256, 64, 28), geometry(64, 64, 12), geometry(64, 64, 28, K=5),
                       geometry(64, 64, 28, stride=2)):
                 assert choose("auto", g, dtype) is not M.Method.WINOGRAD, g
             assert choose("direct", geometry(64, 64, 28), dtype) is not M.Method.WINOGRAD
