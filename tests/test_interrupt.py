@@ -166,9 +166,12 @@ def test_interrupted_chunks_say_what_was_written():
 
 _LONG_CALL = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     import numpy as np
     import cnn_ext
+    # Python installs its KeyboardInterrupt handler only if SIGINT was not ignored at its start, and a shell's
+    # background job (nohup, &) starts with SIGINT ignored: this child reacts to SIGINT wherever it runs
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     op = sys.argv[1]
     N = 509  # not a multiple of the kernel gradient's fixed chunks
     x = np.random.default_rng(0).standard_normal((N, 64, 32, 32), dtype=np.float32)
