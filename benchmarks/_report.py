@@ -83,19 +83,28 @@ def _block(text):
     return [text, ""] if text else []
 
 
-def render_markdown(result):
-    """The markdown report of a result (validated first)."""
+def render_markdown(result, *, level=None, preface=(), before_table=None):
+    """The markdown report of a result (validated first).
+
+    ``level``: the title's heading level (default the result's own), the tables' headings moved with it and kept
+    below it; ``preface``: lines after the command line; ``before_table``: {table index: lines} put just before
+    that table (the docs' plots).
+    """
     validate(result)
-    lines = ["#" * result.get("level", 2) + " " + result["title"], ""]
+    base = result.get("level", 2)
+    level = base if level is None else level
+    lines = ["#" * level + " " + result["title"], ""]
     if result.get("command"):
         lines += [f"Command: `{result['command']}`", ""]
+    lines += list(preface)
     if result.get("machine"):
         lines += [f"- {m}" for m in result["machine"]] + [""]
     lines += _block(result.get("intro"))
-    for table in result["tables"]:
+    for i, table in enumerate(result["tables"]):
         if table.get("title"):
-            lines += ["#" * table.get("level", 3) + " " + table["title"], ""]
+            lines += ["#" * max(level + 1, table.get("level", 3) + level - base) + " " + table["title"], ""]
         lines += _block(table.get("intro"))
+        lines += list((before_table or {}).get(i, ()))
         if table["columns"]:
             lines += markdown_table(table["columns"], table["rows"]) + [""]
         lines += _block(table.get("notes"))

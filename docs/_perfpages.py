@@ -24,7 +24,7 @@ def _load_report():
 report = _load_report()
 
 
-def _write_if_changed(path, data):
+def write_if_changed(path, data):
     """Write text or bytes only when they differ, so Sphinx does not rebuild unchanged pages."""
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = "b" if isinstance(data, bytes) else ""
@@ -77,31 +77,12 @@ def ratio_plot(table, title):
 
 def page(result, stem, png=None, plots=()):
     """The markdown page of one result; ``plots`` maps a table's index to its plot's path from the page."""
-    plots = dict(plots)
-    base = result.get("level", 2)
-    lines = [f"# {result['title']}", "", f"From `benchmarks/results/{stem}.json` (rendered as `{stem}.md` there).", ""]
-    if result.get("command"):
-        lines += [f"Command: `{result['command']}`", ""]
+    preface = [f"From `benchmarks/results/{stem}.json` (rendered as `{stem}.md` there).", ""]
     if png:
-        lines += [f"```{{image}} {png}", f":alt: {result['title']}", "```", ""]
-    if result.get("machine"):
-        lines += [f"- {m}" for m in result["machine"]] + [""]
-    if result.get("intro"):
-        lines += [result["intro"], ""]
-    for i, table in enumerate(result["tables"]):
-        if table.get("title"):
-            lines += ["#" * max(2, table.get("level", 3) - base + 1) + " " + table["title"], ""]
-        if table.get("intro"):
-            lines += [table["intro"], ""]
-        if i in plots:
-            lines += [f"```{{image}} {plots[i]}", f":alt: ratios against PyTorch of table {i + 1}", "```", ""]
-        if table["columns"]:
-            lines += report.markdown_table(table["columns"], table["rows"]) + [""]
-        if table.get("notes"):
-            lines += [table["notes"], ""]
-    if result.get("notes"):
-        lines += [result["notes"], ""]
-    return "\n".join(lines).rstrip("\n") + "\n"
+        preface += [f"```{{image}} {png}", f":alt: {result['title']}", "```", ""]
+    images = {i: [f"```{{image}} {path}", f":alt: ratios against PyTorch of table {i + 1}", "```", ""]
+              for i, path in dict(plots).items()}
+    return report.render_markdown(result, level=1, preface=preface, before_table=images)
 
 
 def write_pages(results_dir, out_dir):
@@ -115,12 +96,12 @@ def write_pages(results_dir, out_dir):
         for i, table in enumerate(result["tables"]):
             png = ratio_plot(table, table.get("title") or result["title"])
             if png is not None:
-                _write_if_changed(out_dir / "_plots" / f"{stem}-{i}.png", png)
+                write_if_changed(out_dir / "_plots" / f"{stem}-{i}.png", png)
                 plots[i] = f"_plots/{stem}-{i}.png"
         own_png = path.with_suffix(".png")
         png_rel = os.path.relpath(own_png, out_dir) if own_png.exists() else None
-        _write_if_changed(out_dir / f"{stem}.md", page(result, stem, png_rel, plots))
+        write_if_changed(out_dir / f"{stem}.md", page(result, stem, png_rel, plots))
         n_tables = sum(1 for t in result["tables"] if t["columns"])
         command = f"`{result['command']}`" if result.get("command") else "—"
         overview.append(f"| {{doc}}`{out_dir.name}/{stem}` | {n_tables} | {len(plots)} | {command} |")
-    _write_if_changed(out_dir / "_overview.md", "\n".join(overview) + "\n")
+    write_if_changed(out_dir / "_overview.md", "\n".join(overview) + "\n")

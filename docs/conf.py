@@ -12,6 +12,7 @@ editing these pages.
 """
 import importlib
 import inspect
+import sys
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,12 @@ import cnn_ext
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
+
+sys.path.insert(0, str(DOCS))  # docs/ is not a package: its page writer beside this file
+try:
+    import _perfpages
+finally:
+    sys.path.remove(str(DOCS))
 
 project = "cnn_ext"
 author = "cnn_ext developers"
@@ -129,12 +136,6 @@ def _autosummary(names, module_name):
     return lines + [""]
 
 
-def _write_if_changed(path, text):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.read_text(encoding="utf-8") != text:
-        path.write_text(text, encoding="utf-8")
-
-
 def _api_pages():
     modules = list(API_MODULES)
     for name in OPTIONAL_MODULES:
@@ -159,24 +160,17 @@ def _api_pages():
                 lines += [section, "-" * len(section), ""] + _autosummary(members, module_name)
         else:
             lines += _autosummary(names, module_name)
-        _write_if_changed(DOCS / "api" / f"{page}.rst", "\n".join(lines))
+        _perfpages.write_if_changed(DOCS / "api" / f"{page}.rst", "\n".join(lines))
         toc.append(page)
     index = ["API reference", "=============", "",
              "Generated from the docstrings of every name in ``__all__``.", "",
              ".. toctree::", "   :maxdepth: 2", ""] + [f"   {p}" for p in toc] + [""]
-    _write_if_changed(DOCS / "api" / "index.rst", "\n".join(index))
+    _perfpages.write_if_changed(DOCS / "api" / "index.rst", "\n".join(index))
 
 
 # ---- performance pages from benchmarks/results/*.json (docs/_perfpages.py) ----------------------------------
 
 def _performance_pages():
-    import sys
-
-    sys.path.insert(0, str(DOCS))
-    try:
-        import _perfpages
-    finally:
-        sys.path.remove(str(DOCS))
     _perfpages.write_pages(ROOT / "benchmarks" / "results", DOCS / "performance")
 
 
