@@ -51,24 +51,24 @@ def _padded_slabs(g, C, dtype, nt):
 INTERRUPT_MACS = 100_000_000
 
 
-def _chunk_samples(g, nt):
-    """Samples per kernel call of a run that Ctrl-C can stop, or None when one call is short enough."""
-    per_sample = max(1, g.macs // max(1, g.N))
-    step = max(1, INTERRUPT_MACS * max(1, nt) // per_sample)
-    return step if step < g.N else None
+def per_call(per_item, n, nt, unit=1):
+    """Items per kernel call of a run that Ctrl-C can stop (about INTERRUPT_MACS multiply-adds per thread), or None
+    when one call of all ``n`` items is short enough. A multiple of ``unit`` * ``nt``: a call splits its items over
+    its threads, and a thread with one unit more than the others keeps them idle while it finishes."""
+    step = max(1, INTERRUPT_MACS * max(1, nt) // max(1, per_item))
+    if step >= n:
+        return None
+    whole = unit * max(1, nt)
+    return -(-step // whole) * whole
 
 
 def in_chunks(run, g, nt, multiple=1):
     """``run(batch_in, *others, batch_out)`` on consecutive groups of samples when a call is long (see the
     module docstring), else ``run`` itself; each group but the last holds a multiple of ``multiple`` * ``nt``
     samples."""
-    step = _chunk_samples(g, nt)
+    step = per_call(g.macs // max(1, g.N), g.N, nt, multiple)
     if step is None:
         return run
-    # the same number of whole `multiple`-sample blocks for each thread: a call splits its blocks over its threads,
-    # and a thread with one block more than the others keeps them idle while it finishes
-    unit = multiple * max(1, nt)
-    step = -(-step // unit) * unit
 
     def run_chunks(first, *rest):
         *shared, out = rest
@@ -379,10 +379,7 @@ def _kgrad_in_chunks(chunks, g, nt, partial_shape, dtype, fallback):
     and an out= array stay untouched until then), else for all chunks at once. ``fallback`` recomputes a result
     the kernel reports non-finite."""
     nchunk = partial_shape[0]
-    step = _chunk_samples(g, nt)
-    group = nchunk if step is None else max(1, step * nchunk // max(1, g.N))
-    # the kernels split a call's chunks over its threads: fewer chunks than threads would leave threads idle
-    group = min(nchunk, -(-group // max(1, nt)) * max(1, nt))
+    group = per_call(g.macs // nchunk, nchunk, nt) or nchunk
 
     def run(dy, x, dk):
         partial = np.empty(partial_shape, dtype)

@@ -448,16 +448,13 @@ def _depthwise_run(kernel, wide, g, D, dtype, parts, checked, taps=0):
 
 
 def _depthwise_kgrad_in_chunks(run, g, nt):
-    """run(dy, x, dk) of the depthwise kernel gradient on consecutive groups of output channels when the call has
-    more than INTERRUPT_MACS multiply-adds per thread (Ctrl-C acts between them); a channel's batch sum is the one
-    of a single call, so the bits are too."""
-    m = g.C_out // g.C_in  # output channels per input channel
-    per_channel = max(1, g.N * g.OH * g.OW * g.KH * g.KW)
-    step = max(1, _runners.INTERRUPT_MACS * max(1, nt) // per_channel)
-    if step >= g.C_out:
+    """run(dy, x, dk) of the depthwise kernel gradient on consecutive groups of output channels when the call is long
+    (_runners.per_call; Ctrl-C acts between them); a channel's batch sum is the one of a single call, so the bits
+    are too."""
+    m = g.C_out // g.C_in  # output channels per input channel: groups of whole input channels
+    step = _runners.per_call(g.N * g.OH * g.OW * g.KH * g.KW, g.C_out, nt, m)
+    if step is None:
         return run
-    unit = m * max(1, nt)  # whole input channels, as many per thread
-    step = -(-step // unit) * unit
 
     def run_chunks(dy, x, dk):
         for c0 in range(0, g.C_out, step):

@@ -132,7 +132,7 @@ def test_small_calls_are_not_chunked():
     for shape in [(64, 1, 5, 28, 28, 3, 3), (64, 5, 5, 13, 13, 3, 3), (4, 64, 64, 32, 32, 3, 3)]:
         N, C_in, C_out, H, W, KH, KW = shape
         g = Geometry(N, C_in, C_out, H, W, KH, KW, H - KH + 1, W - KW + 1, 1, 1, (0, 0, 0, 0))
-        assert _runners._chunk_samples(g, 2) is None, shape
+        assert _runners.per_call(g.macs // N, N, 2) is None, shape
         run = object()
         assert _runners.in_chunks(run, g, 2) is run
 
@@ -237,11 +237,11 @@ def test_chunked_calls_give_every_thread_the_same_share(monkeypatch, restore_thr
     dy = rng.standard_normal((N, 8, 12, 12))
     cnn_ext.set_num_threads(2)
     threads, calls = [], []
-    real_samples = _runners._chunk_samples
+    real_per_call = _runners.per_call
 
-    def recording_samples(g, nt):
+    def recording_per_call(per_item, n, nt, unit=1):
         threads.append(nt)
-        return real_samples(g, nt)
+        return real_per_call(per_item, n, nt, unit)
 
     def record(name, args):
         if _kgrad(name):
@@ -250,7 +250,7 @@ def test_chunked_calls_give_every_thread_the_same_share(monkeypatch, restore_thr
             calls.append(args[0].shape[0])  # samples
 
     spy_kernels(monkeypatch, _runners, lambda name: True, record)
-    monkeypatch.setattr(_runners, "_chunk_samples", recording_samples)
+    monkeypatch.setattr(_runners, "per_call", recording_per_call)
     monkeypatch.setattr(_runners, "INTERRUPT_MACS", 130_000)  # 3 samples per thread and call before rounding
     monkeypatch.setattr(_methods, "WINOGRAD_BLOCK_BYTES", 100_000)  # Winograd blocks of 2 samples
     checked = 0
