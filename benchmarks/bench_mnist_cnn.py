@@ -38,6 +38,8 @@ from train_mnist_cnn import build_network  # noqa: E402  (the example's network,
 from train_resnet import build_network as build_resnet  # noqa: E402
 
 TRAIN_SIZE = 60000
+
+
 def load_batches(batch, n_batches, seed=0):
     """[(x (batch, 1, 28, 28) float32, labels (batch,) int64)] from real MNIST when reachable, else random."""
     n = batch * n_batches
