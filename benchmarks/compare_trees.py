@@ -7,14 +7,19 @@ float64), the MNIST CNN of examples/train_mnist_cnn.py (Adam step, batch 64, flo
 (Conv2D(64, 64, 3, 'same') on 64 x 64 x 28 x 28, forward + backward, float32).
 
     python benchmarks/compare_trees.py OLD_CHECKOUT NEW_CHECKOUT --threads 1,2 --rounds 4 --out FILE
+
+writes FILE.json (the data) and FILE.md (rendered from it).
 """
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
 import time
+
+import _report
 
 CHILD = r'''
 import json, sys, time, statistics
@@ -116,12 +121,11 @@ def main():
     ap.add_argument("--min-time", type=float, default=0.2)
     ap.add_argument("--out")
     args = ap.parse_args()
-    lines = [f"# {args.new} against {args.old}", "",
-             f"`python benchmarks/compare_trees.py {args.old} {args.new} --threads {args.threads} --rounds "
-             f"{args.rounds}`; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average at start "
-             f"{os.getloadavg()[0]:.2f}; 1 thread: process CPU time, 2 threads: wall time; medians of "
-             f"{args.repeats} samples per child, children alternating old/new (order flipped every round); the ratio is the median over rounds of new / old.", "",
-             "| workload | threads | old (ms) | new (ms) | new / old (min-max over rounds) |", "| --- | --- | --- | --- | --- |"]
+    intro = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average at start "
+             f"{os.getloadavg()[0]:.2f}; 1 thread: process CPU time, 2 threads: wall time; medians of {args.repeats} "
+             f"samples per child, children alternating old/new (order flipped every round); the ratio is the median "
+             f"over rounds of new / old.")
+    rows = []
     for threads in [int(t) for t in args.threads.split(",")]:
         got = {"old": [], "new": []}
         for r in range(args.rounds):
@@ -131,17 +135,20 @@ def main():
             old = [g[name] for g in got["old"]]
             new = [g[name] for g in got["new"]]
             ratios = [n / o for n, o in zip(new, old)]
-            lines.append(f"| {name} | {threads} | {statistics.median(old) * 1e3:.3f} | "
-                         f"{statistics.median(new) * 1e3:.3f} | {statistics.median(ratios):.3f} "
-                         f"({min(ratios):.3f}-{max(ratios):.3f}) |")
-        print("\n".join(lines[-len(WORKLOADS):]), flush=True)
-    lines.append(f"\nload average at the end {os.getloadavg()[0]:.2f}")
-    text = "\n".join(lines) + "\n"
-    print(text)
+            rows.append([name, threads, f"{statistics.median(old) * 1e3:.3f}", f"{statistics.median(new) * 1e3:.3f}",
+                         f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"])
+            print(rows[-1], flush=True)
+    result = _report.new_result(f"{args.new} against {args.old}", level=1,
+                                command=shlex.join(["python", "benchmarks/compare_trees.py", *sys.argv[1:]]),
+                                intro=intro)
+    _report.add_table(result, None, ["workload", "threads", "old (ms)", "new (ms)",
+                                     "new / old (min-max over rounds)"], rows,
+                      notes=f"load average at the end {os.getloadavg()[0]:.2f}")
+    # not _common.write_results: this parent imports no cnn_ext (the children run each checkout's own)
+    text = _report.render_markdown(result)
+    sys.stdout.write(text)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-
+        _report.save(result, args.out)
 
 if __name__ == "__main__":
     main()
