@@ -184,7 +184,8 @@ def fit(network: Network, X: ArrayLike, y: ArrayLike, *, epochs: int, batch_size
         validation_data: tuple[ArrayLike, ArrayLike] | None = None, early_stopping: int | None = None,
         min_delta: float = 0.0, restore_best: bool = True, on_epoch_end: Callable[[int, History], object] | None = None,
         progress: bool = True, verbose: bool = True, comm: Any = None, validation_split: float | None = None,
-        callbacks: Callback | Iterable[Callback] | None = None) -> History:
+        callbacks: Callback | Iterable[Callback] | None = None,
+        augment: Callable[[NDArray, np.random.Generator], NDArray] | None = None) -> History:
     """Train ``network`` on ``(X, y)`` with mini-batches.
 
     Parameters
@@ -238,6 +239,10 @@ def fit(network: Network, X: ArrayLike, y: ArrayLike, *, epochs: int, batch_size
         Hooks called around epochs and batches (:mod:`cnn_ext.callbacks`): early stopping, checkpoints, the
         schedules of :mod:`cnn_ext.schedules` (which must drive ``optimizer``), your own. An ``on_epoch_end``
         returning True stops training.
+    augment : callable, optional
+        Called as ``augment(x_batch, rng)`` on every training batch, never on the validation data; it returns
+        the batch to train on, of the same shape (:mod:`cnn_ext.augment`: random shifts and flips). ``rng`` is a
+        Generator seeded from ``seed``, apart from the shuffling's, so the batches stay those of the same seed.
 
     Raises
     ------
@@ -279,6 +284,10 @@ def fit(network: Network, X: ArrayLike, y: ArrayLike, *, epochs: int, batch_size
     if X.ndim == 0 or y.ndim == 0 or X.shape[0] != y.shape[0] or X.shape[0] == 0:
         raise ValueError(f"X has shape {X.shape} and y has shape {y.shape}: need the same, non-zero first axis")
     callbacks = _checked_callbacks(callbacks)
+    if augment is not None and (not callable(augment) or isinstance(augment, type)):
+        got = f"the class {augment.__name__} (build one: {augment.__name__}(...))" if isinstance(augment, type) \
+            else type(augment).__name__
+        raise TypeError(f"augment must be callable as augment(x_batch, rng), got {got}")
     for i, cb in enumerate(callbacks):
         if isinstance(cb, LRScheduler) and cb.optimizer is not optimizer:
             raise ValueError(f"callbacks[{i}] ({type(cb).__name__}) schedules another optimizer than fit's "
@@ -304,7 +313,7 @@ def fit(network: Network, X: ArrayLike, y: ArrayLike, *, epochs: int, batch_size
     def train(part):
         return _train(network, X, y, epochs, batch_size, loss_fn, optimizer, learning_rate, seed, shuffle,
                       validation_data, X_val, y_val, early_stopping, min_delta, restore_best, on_epoch_end,
-                      progress, verbose, part, callbacks)
+                      progress, verbose, part, callbacks, augment)
 
     try:
         if comm is None:
@@ -316,11 +325,13 @@ def fit(network: Network, X: ArrayLike, y: ArrayLike, *, epochs: int, batch_size
 
 
 def _train(network, X, y, epochs, batch_size, loss_fn, optimizer, learning_rate, seed, shuffle, validation_data,
-           X_val, y_val, early_stopping, min_delta, restore_best, on_epoch_end, progress, verbose, part, callbacks):
+           X_val, y_val, early_stopping, min_delta, restore_best, on_epoch_end, progress, verbose, part, callbacks,
+           augment):
     """fit's loop; ``part`` (cnn_ext.distributed) is this rank's share of the work, None in one process."""
     root = part is None or part.is_root
     step = batch_size if part is None else batch_size * part.size  # samples per (global) batch
     rng = np.random.default_rng(seed)
+    aug_rng = None if augment is None else _augment_rng(rng, part)
     N = X.shape[0]
     n_batches = -(-N // step)
     history = History(loss=[], accuracy=[], time=[])
@@ -349,6 +360,8 @@ def _train(network, X, y, epochs, batch_size, loss_fn, optimizer, learning_rate,
             if part is not None:
                 idx = part.local(idx)
             xb, yb = X[idx], y[idx]
+            if augment is not None:
+                xb = _augmented(augment, xb, aug_rng)
             if part is None:
                 pred = network.forward(xb)
                 value, dE_dY = loss_fn(pred, yb)
@@ -425,6 +438,23 @@ def _train(network, X, y, epochs, batch_size, loss_fn, optimizer, learning_rate,
     for cb in callbacks:
         cb.on_train_end(_epoch_logs(history))
     return history
+
+
+def _augment_rng(rng, part):
+    """A stream of its own (a spawned child, one per rank): the shuffles stay those of the same seed."""
+    n, rank = (1, 0) if part is None else (part.size, part.rank)
+    try:
+        children = rng.bit_generator.seed_seq.spawn(n)
+    except (AttributeError, TypeError):  # a bit generator without a seed sequence to spawn from
+        children = np.random.SeedSequence(rng.bit_generator.random_raw(2).tolist()).spawn(n)
+    return np.random.default_rng(children[rank])
+
+
+def _augmented(augment, xb, rng):
+    out = np.asarray(augment(xb, rng))
+    if out.shape != xb.shape:
+        raise ValueError(f"augment returned shape {out.shape} for a batch of shape {xb.shape}: it must keep the shape")
+    return out
 
 
 def _summary(history):

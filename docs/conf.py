@@ -98,7 +98,7 @@ API_MODULES = [
      "only when a function is called."),
 ]
 # optional public submodules documented when present (other work may add them)
-OPTIONAL_MODULES = ["cnn_ext.optim", "cnn_ext.schedules", "cnn_ext.callbacks"]
+OPTIONAL_MODULES = ["cnn_ext.optim", "cnn_ext.schedules", "cnn_ext.callbacks", "cnn_ext.augment"]
 
 GROUPS = {  # the defining module of an exported name -> its section title
     "cnn_ext.ops": "Convolution operations",
@@ -109,6 +109,7 @@ GROUPS = {  # the defining module of an exported name -> its section title
     "cnn_ext.optim": "Optimizers",
     "cnn_ext.schedules": "Learning-rate schedules",
     "cnn_ext.callbacks": "Callbacks",
+    "cnn_ext.augment": "Data augmentation",
     "cnn_ext.training": "Training",
     "cnn_ext.serialization": "Saving and loading",
     "cnn_ext.gradcheck": "Gradient checks",
