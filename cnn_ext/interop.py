@@ -234,6 +234,9 @@ def to_torch(net: Network) -> Any:
     mods = []
     for i, layer in enumerate(net.layers):
         t = type(layer)
+        if not getattr(layer, "built", True):  # a lazy Conv2D or Dense
+            raise ValueError(f"to_torch: layer {i} ({layer!r}) has not inferred its input size yet; run a "
+                             f"forward pass or summary(input_shape) first")
         if t is Conv2D:
             pad: Any = layer.padding if isinstance(layer.padding, str) else None
             if pad is None:
@@ -251,9 +254,6 @@ def to_torch(net: Network) -> Any:
             m.weight = nn.Parameter(_tensor(torch, layer.k))
             m.bias = nn.Parameter(_tensor(torch, layer.b))
         elif t is Dense:
-            if not layer.built:
-                raise ValueError(f"to_torch: layer {i} ({layer!r}) has not inferred its input size yet; run a "
-                                 f"forward pass or summary(input_shape) first")
             m = nn.Linear(layer.n_in, layer.n_out)
             m.weight = nn.Parameter(_tensor(torch, layer.w.T))
             m.bias = nn.Parameter(_tensor(torch, layer.b))

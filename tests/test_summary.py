@@ -89,3 +89,75 @@ def test_predict_runs_in_eval_mode_and_predict_classes():
 class _Reshape(ReLU):
     def forward(self, x):
         return x.reshape(len(x), 2, -1)
+
+
+def test_lazy_conv2d_draws_what_the_eager_one_draws_and_a_refused_input_changes_nothing():
+    lazy, eager = Conv2D(None, 4, 3, padding=1, init="he_normal", seed=3), Conv2D(2, 4, 3, padding=1,
+                                                                                  init="he_normal", seed=3)
+    assert repr(lazy) == "Conv2D(None, 4, kernel_size=(3, 3), stride=(1, 1), padding=1, init='he_normal')"
+    assert not lazy.built and lazy.parameters() == []
+    with pytest.raises(ValueError, match=r"has not inferred c_in yet"):
+        lazy.param_shapes()
+    with pytest.raises(ValueError, match=r"expected x of shape \(N, c_in, H, W\), got shape \(2, 8\)"):
+        lazy.forward(np.ones((2, 8)))
+    with pytest.raises(ValueError, match=r"input of shape \(2, 2, 1, 1\).*larger than"):
+        Conv2D(None, 4, 5, seed=3).forward(np.ones((2, 2, 1, 1)))
+    narrow = Conv2D(None, 4, 5, padding=1, init="he_normal", seed=3)
+    with pytest.raises(ValueError, match=r"input of shape \(2, 2, 1, 1\).*larger than"):
+        narrow.forward(np.ones((2, 2, 1, 1)))
+    assert not narrow.built and narrow.k is None
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5))
+    narrow.forward(x)  # the refused input drew nothing: the weights are those of the seed
+    assert_array_equal(narrow.k, Conv2D(2, 4, 5, padding=1, init="he_normal", seed=3).k)
+    assert_array_equal(lazy.forward(x), eager.forward(x))
+    assert lazy.built and lazy.get_config()["c_in"] == 2
+    assert [p.shape for _, _, p in lazy.parameters()] == [(4, 2, 3, 3), (4,)]
+    with pytest.raises(ValueError, match=r"expected x of shape \(N, 2, H, W\), got shape \(2, 3, 5, 5\)"):
+        lazy.forward(np.ones((2, 3, 5, 5)))
+    np.random.seed(0)
+    a = Conv2D(None, 3, 2, dtype=np.float32).forward(x)
+    np.random.seed(0)
+    b = Conv2D(2, 3, 2, dtype=np.float32).forward(x)  # the tutorial's global state, drawn at inference
+    assert a.dtype == np.float32
+    assert_array_equal(a, b)
+
+
+def test_lazy_conv2d_groups_are_checked_against_both_channel_counts():
+    with pytest.raises(ValueError, match=r"groups=3 must divide the output channels \(c_out=4\)"):
+        Conv2D(None, 4, 3, groups=3)
+    g = Conv2D(None, 4, 3, groups=2, seed=0)
+    with pytest.raises(ValueError, match=r"input of shape \(1, 3, 5, 5\): groups=2 must divide its 3 channels"):
+        g.forward(np.ones((1, 3, 5, 5)))
+    assert not g.built
+    x = np.random.default_rng(1).standard_normal((1, 4, 5, 5))
+    assert_array_equal(g.forward(x), Conv2D(4, 4, 3, groups=2, seed=0).forward(x))
+    assert g.k.shape == (4, 2, 3, 3)
+
+
+def test_a_network_of_lazy_convolutions_is_inferred_by_summary_and_trains_saves_and_loads(tmp_path):
+    net = Network([Conv2D(None, 4, 3, padding=1, seed=0), BatchNorm2D(4), ReLU(), Conv2D(None, 6, 3, stride=2,
+                                                                                          seed=1),
+                   ReLU(), Flatten(), Dense(3, seed=2)])
+    with pytest.raises(ValueError, match=r"layer 0 \(Conv2D\(None, 4.*\)\) has not inferred its sizes yet"):
+        net.state_dict()
+    table = net.summary((3, 8, 8), print_fn=None)
+    assert "0: Conv2D(3, 4," in table and "3: Conv2D(4, 6," in table and "(N, 6, 3, 3)" in table
+    assert net[0].k.shape == (4, 3, 3, 3) and net[3].k.shape == (6, 4, 3, 3) and net[6].n_in == 54
+    x = np.random.default_rng(0).standard_normal((5, 3, 8, 8))
+    grads = net.backward(net.forward(x))
+    assert grads[0]["dK"].shape == (4, 3, 3, 3)
+    loaded = load(save(net, tmp_path / "lazy_conv.npz"))
+    assert_array_equal(loaded.predict(x), net.predict(x))
+
+
+def test_a_lazy_convolution_matches_pytorch_once_inferred():
+    torch = pytest.importorskip("torch")
+    from cnn_ext import to_torch
+    net = Network([Conv2D(None, 5, 3, padding=1, stride=2, init="he_uniform", seed=4, dtype=np.float32)])
+    with pytest.raises(ValueError, match="inferred"):
+        to_torch(net)
+    x = np.random.default_rng(2).standard_normal((3, 2, 9, 9)).astype(np.float32)
+    y = net.forward(x)
+    with torch.no_grad():
+        ref = to_torch(net)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)

@@ -7,8 +7,9 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from .. import _checks
-from ..ops import conv2d_bias_gradient, conv2d_forward, conv2d_input_gradient, conv2d_kernel_gradient
-from .base import EXACT, Gradients, ParamLayer, grad_rule, init_params, random_source, register_layer
+from ..ops import (conv2d_bias_gradient, conv2d_forward, conv2d_input_gradient, conv2d_kernel_gradient,
+                   conv2d_output_shape)
+from .base import EXACT, INITS, Gradients, ParamLayer, grad_rule, init_params, random_source, register_layer
 
 if TYPE_CHECKING:
     from .._typing import FloatArray, IntPair, Padding, RandomSource
@@ -23,7 +24,10 @@ class Conv2D(ParamLayer):
     Parameters
     ----------
     c_in, c_out : int
-        Input and output channels.
+        Input and output channels. ``Conv2D(None, c_out, kernel_size)`` is lazy, as PyTorch's ``LazyConv2d``:
+        ``c_in`` is taken from the first input (a forward pass, or :meth:`cnn_ext.Network.summary`), and the
+        kernels are drawn then. Until then ``parameters()`` is empty, ``built`` is False and ``save`` /
+        ``state_dict`` refuse the network by name.
     kernel_size : int or (int, int)
     stride : int or (int, int), default 1
     padding : 'valid', 'same', int, (int, int) or ((top, bottom), (left, right)), default 'valid'
@@ -70,11 +74,13 @@ class Conv2D(ParamLayer):
     stride: tuple[int, int]
     dilation: tuple[int, int]
 
-    def __init__(self, c_in: int, c_out: int, kernel_size: IntPair, *, stride: IntPair = 1,
+    c_in: int | None
+
+    def __init__(self, c_in: int | None, c_out: int, kernel_size: IntPair, *, stride: IntPair = 1,
                  padding: Padding = "valid", dilation: IntPair = 1, groups: int = 1, init: str | None = None,
                  rng: RandomSource | None = None, seed: int | None = None, dtype: DTypeLike = np.float64) -> None:
         super().__init__()
-        self.c_in = _checks.positive_int(c_in, "c_in", _checks.INT_MAX)
+        self.c_in = None if c_in is None else _checks.positive_int(c_in, "c_in", _checks.INT_MAX)
         self.c_out = _checks.positive_int(c_out, "c_out", _checks.INT_MAX)
         self.kernel_size = _checks.ints(kernel_size, "kernel_size", 1)
         self.stride = _checks.ints(stride, "stride", 1)
@@ -82,19 +88,57 @@ class Conv2D(ParamLayer):
         # that get_config() is JSON-serialisable and save / load round-trips
         self.padding = _checks.padding_spec(padding)
         self.dilation = _checks.dilation(dilation)
-        self.groups = _checks.groups(groups, self.c_in, self.c_out, "c_in", out_name="c_out")
+        if self.c_in is not None:
+            self.groups = _checks.groups(groups, self.c_in, self.c_out, "c_in", out_name="c_out")
+        else:  # lazy: groups must divide c_out now, and the input's channels when they come
+            self.groups = _checks.positive_int(groups, "groups", _checks.INT_MAX)
+            if self.c_out % self.groups:
+                raise ValueError(f"groups={self.groups} must divide the output channels (c_out={self.c_out})")
         KDH, KDW = _checks.dilated(*self.kernel_size, *self.dilation, "kernel_size", self.kernel_size)
         _checks.padding_sides(self.padding, KDH, KDW, self.stride)  # 'same' with stride > 1 raises
+        if init is not None and init not in INITS:
+            raise ValueError(f"init must be None or one of {INITS}, got {init!r}")
         self.init = init
         self.dtype = _checks.float_dtype(dtype)
+        self._source = random_source(rng, seed)
+        self.k = self.b = None  # type: ignore[assignment]  # a lazy layer's, until its first input
+        if self.c_in is not None:
+            self._draw(self.c_in)
+
+    def _draw(self, c_in: int) -> None:
+        """Draw k and b for ``c_in`` input channels (a lazy layer's c_in is known only from its first input)."""
         KH, KW = self.kernel_size
-        c_k = self.c_in // self.groups
+        c_k = c_in // self.groups
         # fans as PyTorch's: fan_in counts one group's inputs, fan_out all output channels
-        self.k, self.b = init_params(init, random_source(rng, seed), (self.c_out, c_k, KH, KW), (self.c_out,),
+        self.k, self.b = init_params(self.init, self._source, (self.c_out, c_k, KH, KW), (self.c_out,),
                                       c_k * KH * KW, self.c_out * KH * KW, 1.0, self.dtype,
-                                      lambda: f"Conv2D: c_in={self.c_in}, c_out={self.c_out}, "
+                                      lambda: f"Conv2D: c_in={c_in}, c_out={self.c_out}, "
                                               f"kernel_size={self.kernel_size}"
                                               f"{f', groups={self.groups}' if self.groups != 1 else ''} give kernels")
+        self._source = None  # drawn once: the layer holds no random state after that
+
+    def _infer(self, x):
+        """A lazy layer's c_in from its first input, once every check of that input passed (a refused input
+        changes nothing, the random source included)."""
+        c_in = _checks.positive_int(x.shape[1], "c_in", _checks.INT_MAX)
+        if c_in % self.groups:
+            raise ValueError(f"{self!r}: input of shape {x.shape}: groups={self.groups} must divide its {c_in} "
+                             f"channels")
+        try:
+            conv2d_output_shape(x.shape[2:], self.kernel_size, self.stride, self.padding, dilation=self.dilation)
+        except ValueError as exc:
+            raise ValueError(f"{self!r}: input of shape {x.shape}: {exc}") from None
+        self._draw(c_in)
+        self.c_in = c_in
+
+    @property
+    def built(self) -> bool:
+        """False for a lazy Conv2D before its first input (no kernels yet), else True."""
+        return self.c_in is not None
+
+    def parameters(self) -> list[tuple[str, str, FloatArray]]:
+        """``[("k", "dK", k), ("b", "dB", b)]``, or ``[]`` while a lazy layer's input channels are unknown."""
+        return super().parameters() if self.c_in is not None else []
 
     @property
     def _options(self):
@@ -119,14 +163,18 @@ class Conv2D(ParamLayer):
 
     def param_shapes(self) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
         """``{"k": ((c_out, c_in, KH, KW), dtype), "b": ((c_out,), dtype)}``, from the config alone."""
+        if self.c_in is None:
+            raise ValueError(f"{self!r} has not inferred c_in yet: run a forward pass or summary(input_shape) first")
         kshape = (self.c_out, self.c_in // self.groups, *self.kernel_size)
         return {"k": (kshape, self.dtype), "b": ((self.c_out,), self.dtype)}
 
     def forward(self, x: ArrayLike) -> FloatArray:
         """``y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i])``; x (N, c_in, H, W) -> y (N, c_out, OH, OW)."""
         x = _checks.as_float_array(x, "x").astype(self.dtype, copy=False)
+        if self.c_in is None and x.ndim == 4 and x.shape[1] >= 1:
+            self._infer(x)
         if x.ndim != 4 or x.shape[1] != self.c_in:
-            raise self._shape_error("x", f"(N, {self.c_in}, H, W)", x.shape)
+            raise self._shape_error("x", f"(N, {self.c_in or 'c_in'}, H, W)", x.shape)
         try:
             y = conv2d_forward(x, self.k, self.b, **self._options)
         except ValueError as exc:  # e.g. the kernel is larger than the (padded) input
