@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
 
-from cnn_ext import (BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Network, ReLU, Residual, load, save)
+from cnn_ext import (BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Network, ReLU, Residual, load, save)
 
 
 def _lazy_net():
@@ -161,3 +161,42 @@ def test_a_lazy_convolution_matches_pytorch_once_inferred():
     with torch.no_grad():
         ref = to_torch(net)(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls, shape", [(BatchNorm2D, (4, 3, 5, 5)), (BatchNorm1D, (4, 3)), (BatchNorm1D, (4, 3, 6))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lazy_batchnorm_takes_its_channels_from_the_first_input(cls, shape, dtype):
+    lazy, eager = cls(None, dtype=dtype), cls(3, dtype=dtype)
+    assert repr(lazy).startswith(f"{cls.__name__}(None") and not lazy.built
+    assert lazy.parameters() == [] and lazy.buffers() == []
+    with pytest.raises(ValueError, match="training needs more than one value per channel"):
+        lazy.forward(np.ones((1, 3) + (1,) * (len(shape) - 2)))  # refused before anything is made
+    assert not lazy.built and lazy.running_mean is None
+    x = np.random.default_rng(0).standard_normal(shape)
+    assert_array_equal(lazy.forward(x), eager.forward(x))
+    assert lazy.num_features == 3 and lazy.get_config()["num_features"] == 3
+    for (n1, a), (n2, b) in zip(lazy.buffers(), eager.buffers()):
+        assert n1 == n2 and a.dtype == b.dtype
+        assert_array_equal(a, b)
+    dy = np.random.default_rng(1).standard_normal(shape)
+    for key, value in eager.backward(dy).items():
+        assert_array_equal(lazy.backward(dy)[key], value)
+    with pytest.raises(ValueError, match=r"got shape \(4, 2"):
+        lazy.forward(np.ones((4, 2) + shape[2:]))
+
+
+def test_a_network_without_input_sizes_matches_pytorch_after_summary():
+    torch = pytest.importorskip("torch")
+    from cnn_ext import GlobalAvgPool2D, to_torch
+    net = Network([Conv2D(None, 6, 3, padding=1, init="he_normal", seed=0, dtype=np.float32),
+                   BatchNorm2D(None, dtype=np.float32), ReLU(), GlobalAvgPool2D(), Dense(4, seed=1, dtype=np.float32)])
+    with pytest.raises(ValueError, match=r"save: layer 0 .* has not inferred its sizes yet"):
+        save(net, __import__("io").BytesIO())
+    net.summary((2, 7, 7), print_fn=None)
+    assert net[1].num_features == 6 and net[4].n_in == 6
+    x = np.random.default_rng(3).standard_normal((5, 2, 7, 7)).astype(np.float32)
+    net.eval()
+    module = to_torch(net).eval()
+    with torch.no_grad():
+        ref = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(net.forward(x), ref, rtol=1e-5, atol=1e-5)

@@ -30,10 +30,13 @@ class _BatchNorm(Layer):
     _layouts: tuple[int, ...] = ()  # accepted input ndims; subclasses set it
     _layout_doc = ""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
+    num_features: int | None
+
+    def __init__(self, num_features: int | None, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
                  dtype: DTypeLike = np.float64) -> None:
         super().__init__()
-        self.num_features = _checks.positive_int(num_features, "num_features", _checks.INT_MAX)
+        self.num_features = (None if num_features is None
+                             else _checks.positive_int(num_features, "num_features", _checks.INT_MAX))
         self.eps = _checks.real(eps, "eps", strict=True)
         self.momentum = None if momentum is None else _checks.real(momentum, "momentum")
         if self.momentum is not None and self.momentum > 1.0:
@@ -42,22 +45,34 @@ class _BatchNorm(Layer):
             raise TypeError(f"affine must be True or False, got {affine!r}")
         self.affine = bool(affine)
         self.dtype = _checks.float_dtype(dtype)
-        C = self.num_features
+        self.num_batches_tracked = np.zeros((), np.int64)
+        self._cache: Any = None
+        # a lazy layer's arrays are None until its first input
+        self.gamma = self.beta = self.running_mean = self.running_var = None  # type: ignore[assignment]
+        if self.num_features is not None:
+            self._allocate(self.num_features)
+
+    def _allocate(self, C: int) -> None:
         _checks.allocation((4, C), self.dtype, lambda: f"{type(self).__name__}: num_features={C} gives arrays")
         self.gamma = np.ones(C, self.dtype)
         self.beta = np.zeros(C, self.dtype)
         self.running_mean = np.zeros(C, self.dtype)
         self.running_var = np.ones(C, self.dtype)
-        self.num_batches_tracked = np.zeros((), np.int64)
-        self._cache: Any = None
+
+    @property
+    def built(self) -> bool:
+        """False for a lazy layer (``num_features=None``) before its first input, else True."""
+        return self.num_features is not None
 
     # -- protocol ------------------------------------------------------------------------------
     def parameters(self) -> list[tuple[str, str, NDArray[np.floating]]]:
-        """``[("gamma", "dGamma", gamma), ("beta", "dBeta", beta)]`` when ``affine``, else ``[]``."""
-        return [("gamma", "dGamma", self.gamma), ("beta", "dBeta", self.beta)] if self.affine else []
+        """``[("gamma", "dGamma", gamma), ("beta", "dBeta", beta)]`` when ``affine`` (and built), else ``[]``."""
+        return [("gamma", "dGamma", self.gamma), ("beta", "dBeta", self.beta)] if self.affine and self.built else []
 
     def buffers(self) -> list[tuple[str, NDArray[Any]]]:
         """State that is not trained by gradients: ``[(name, array)]``, saved by ``save`` and ``state_dict``."""
+        if not self.built:
+            return []
         return [("running_mean", self.running_mean), ("running_var", self.running_var),
                 ("num_batches_tracked", self.num_batches_tracked)]
 
@@ -69,8 +84,9 @@ class _BatchNorm(Layer):
     # -- computation ---------------------------------------------------------------------------
     def _as_ncl(self, x: ArrayLike) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
         x = _checks.as_float_array(x, "x").astype(self.dtype, copy=False)
-        if x.ndim not in self._layouts or x.shape[1] != self.num_features:
-            raise self._shape_error("x", self._layout_doc.format(C=self.num_features), x.shape)
+        lazy = self.num_features is None and x.ndim in self._layouts and x.shape[1] >= 1
+        if x.ndim not in self._layouts or (x.shape[1] != self.num_features and not lazy):
+            raise self._shape_error("x", self._layout_doc.format(C=self.num_features or "C"), x.shape)
         N, C = x.shape[:2]
         L = int(np.prod(x.shape[2:], dtype=np.int64))  # not -1: NumPy cannot infer it when N = 0
         return x, _checks.contiguous(x, self.dtype).reshape(N, C, L)
@@ -85,6 +101,9 @@ class _BatchNorm(Layer):
         if batch_stats and M <= 1:
             raise ValueError(f"{self!r}: training needs more than one value per channel to take batch statistics, "
                              f"got input of shape {x.shape}; call eval() to use the running statistics")
+        if self.num_features is None:  # lazy: the channels of this first input, every check passed
+            self._allocate(_checks.positive_int(C, "num_features", _checks.INT_MAX))
+            self.num_features = C
         mean = np.empty(C, np.float64)
         var = np.empty(C, np.float64)
         invstd = np.empty(C, np.float64)
@@ -141,8 +160,9 @@ class BatchNorm2D(_BatchNorm):
 
     Parameters
     ----------
-    num_features : int
-        C, the channels of the input.
+    num_features : int or None
+        C, the channels of the input. None makes the layer lazy, as PyTorch's ``LazyBatchNorm2d``: C is taken
+        from the first input (a forward pass, or :meth:`cnn_ext.Network.summary`), and the arrays made then.
     eps : float, default 1e-5
         Added to the variance before its square root.
     momentum : float in [0, 1] or None, default 0.1
