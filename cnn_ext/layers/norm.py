@@ -31,6 +31,11 @@ class _BatchNorm(Layer):
     _layout_doc = ""
 
     num_features: int | None
+    # a lazy layer's arrays are None until its first input
+    gamma: NDArray[np.floating]
+    beta: NDArray[np.floating]
+    running_mean: NDArray[np.floating]
+    running_var: NDArray[np.floating]
 
     def __init__(self, num_features: int | None, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
                  dtype: DTypeLike = np.float64) -> None:
@@ -47,7 +52,6 @@ class _BatchNorm(Layer):
         self.dtype = _checks.float_dtype(dtype)
         self.num_batches_tracked = np.zeros((), np.int64)
         self._cache: Any = None
-        # a lazy layer's arrays are None until its first input
         self.gamma = self.beta = self.running_mean = self.running_var = None  # type: ignore[assignment]
         if self.num_features is not None:
             self._allocate(self.num_features)
