@@ -26,7 +26,7 @@ class Method(str, enum.Enum):
     ROW_TILES_PADDED = "row_tiles_padded"  # forward, one input channel: row tiles on a zero-padded copy
     WIDE = "wide"                          # tiles along the flat index of a zero-padded slab (stride 1)
     SHIFTED = "shifted"                    # KW shifted copies of the sample: no wasted columns (stride 1)
-    CHANNELS = "channels"                  # vectors over output channels, for small maps (stride 1)
+    CHANNELS = "channels"                  # vectors over output channels, for small maps (forward: any stride)
     BAND = "band"                          # input gradient of one input channel: 4 output rows per tile
     SCATTER = "scatter"                    # input gradient of tiny layers: scatter loops (no setup)
     LOOPS = "loops"                        # kernel gradient of tiny layers: plain row loops (no setup)
@@ -150,7 +150,7 @@ def _why_not(op, method, g, dtype):
         partial = NCHUNK * g.C_out * g.C_in * g.KH * g.KW * g.OW * np.dtype(dtype).itemsize
         if partial > MAX_SLAB_BYTES:
             return f"per-column partial sums within {MAX_SLAB_BYTES} bytes (this call's take {partial})"
-    if not g.stride1:
+    if not g.stride1 and not (method is Method.CHANNELS and op == "forward"):
         return "stride 1"
     if op == "input_gradient" and min(g.transposed_pads) < 0:
         return "padding <= kernel size - 1"
@@ -197,9 +197,11 @@ def forward(method, g, dtype):
         return _forced("forward", FORWARD_METHODS, method, g, dtype)
     if _slab_bytes(g, dtype) > MAX_SLAB_BYTES:
         return _gemm_only("forward", method, g, dtype)
-    if not g.stride1:
+    if not g.stride1:  # only the channel-vector kernel takes strides; BLAS keeps 1x1 ones (a plain product)
+        if g.KH * g.KW > 1 and _channels_better(g, dtype, grad=False):
+            return Method.CHANNELS
         if method == "direct":
-            raise ValueError("method='direct' needs stride 1; use 'gemm' or 'auto'")
+            raise ValueError(f"method='direct' needs stride 1, or {_channels_rule(dtype)}; use 'gemm' or 'auto'")
         return Method.GEMM
     if method == "auto" and _winograd_better(g, dtype):
         return Method.WINOGRAD
@@ -334,6 +336,12 @@ def _direct_dx_better(g, dtype):
     if dtype == np.float64:
         return g.C_in * g.C_out <= WIDE_DX_SMALL_F64
     return g.C_in * g.C_out <= WIDE_DX_SMALL_F32 or g.H * g.W <= WIDE_DX_MAX_WASTE * g.OH * g.OW
+
+
+def _channels_rule(dtype):
+    """What _channels_better asks of a forward, in words."""
+    return (f"output channels in multiples of {TILES[dtype]['channels']}, kernels of 2 to {CHANNELS_MAX_TAPS} taps "
+            f"and outputs of at most {CHANNELS_MAX_PIXELS} pixels")
 
 
 def _channels_better(g, dtype, grad):

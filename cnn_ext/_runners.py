@@ -130,7 +130,8 @@ def _forward_gemm(g, dtype, nt):
 
 
 def _forward_direct(method, g, dtype, nt):
-    """run(x, k, b, y) for the stride-1 direct kernels on padded slabs (also dX's, on dE_dY padded by K-1)."""
+    """run(x, k, b, y) for the direct kernels on padded slabs (also dX's, on dE_dY padded by K-1): stride 1, but
+    the channel-vector kernel takes any stride."""
     top, _, left, _ = g.pads
     if method is Method.ROW_TILES_PADDED:
         kernel = _typed(rows.conv2d_forward_rows_padded, dtype)
@@ -141,10 +142,14 @@ def _forward_direct(method, g, dtype, nt):
     if method is Method.CHANNELS:
         kernel, JW = _typed(tiled.conv2d_forward_cv, dtype), M.TILES[dtype]["channels"]
 
+        # any stride: the slab holds the rows and columns the strided output reads (the kernel's own rule)
+        slab = g.C_in * tiled.padded_extent(g.H, g.OH, g.KH, g.SH, top) * \
+            tiled.padded_extent(g.W, g.OW, g.KW, g.SW, left)
+
         def run_channels(x, k, b, y):
             kp = np.ascontiguousarray(k.reshape(g.C_out // JW, JW, g.C_in, g.KH, g.KW).transpose(0, 2, 3, 4, 1))
             stage = np.empty((nt, JW * g.OW), dtype=dtype)
-            kernel(x, kp, b, y, _padded_slabs(g, g.C_in, dtype, nt), stage, top, left, nt)
+            kernel(x, kp, b, y, _thread_slabs((nt, slab), dtype), stage, g.SH, g.SW, top, left, nt)
 
         return run_channels
     if method is Method.SHIFTED:

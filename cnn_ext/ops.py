@@ -135,9 +135,9 @@ def conv2d_forward(x: ArrayLike, kernels: ArrayLike, bias: ArrayLike, *, stride:
         (one copy of x and one of y in all); each group's call splits its samples over the threads.
     method : str, default 'auto'
         'auto' picks the fastest kernel for the shape; 'direct' picks among the direct (non-BLAS) kernels
-        (stride 1); 'gemm' is im2col + BLAS; or one kernel by name: 'row_tiles' (stride 1, no padding),
-        'row_tiles_padded', 'wide', 'shifted', 'channels' (stride 1; C_out a multiple of the vector width).
-        All give the same result up to rounding.
+        (stride 1, or 'channels' at any stride); 'gemm' is im2col + BLAS; or one kernel by name: 'row_tiles'
+        (stride 1, no padding), 'row_tiles_padded', 'wide', 'shifted' (stride 1), 'channels' (any stride; C_out a
+        multiple of the vector width). All give the same result up to rounding.
     out : ndarray, optional
         Where to write y: C-contiguous, aligned, writeable, of y's shape and dtype, sharing no memory with the
         inputs.

@@ -1,10 +1,11 @@
 # cython: language_level=3
-"""Register-tiled direct forward kernels on zero-padded slabs (stride 1, any padding), also the input
-gradient of stride-1 layers as the forward of padded dE_dY with rotated kernels (rotate_kernels).
+"""Register-tiled direct forward kernels on zero-padded slabs (stride 1, any padding; the channel-vector one
+any stride), also the input gradient of stride-1 layers as the forward of padded dE_dY with rotated kernels
+(rotate_kernels).
 
 cnn_ext/ops.py validates every argument, picks the kernel by shape and allocates outputs and scratch; each
-`def` takes typed memoryviews and releases the GIL for the whole loop. conv2d_forward_band raises ValueError
-when its slab scratch is too small (a check before any work); the others never raise. Four tile families, C in
+`def` takes typed memoryviews and releases the GIL for the whole loop. conv2d_forward_band and conv2d_forward_cv
+raise ValueError when their slab scratch is too small (a check before any work); the others never raise. Four tile families, C in
 include/: wide rows along the flat index of the padded sample (cnn_wide_tile.h), KW shifted copies of the sample
 accumulating into y (cnn_shift_tile.h), a band of 4 output rows for one output channel (cnn_band_tile.h), and
 vectors over output channels (cnn_cv_tile.h). The tile-size queries tell ops.py the shapes of this build's tiles.
@@ -70,11 +71,11 @@ cdef extern from "cnn_cv_tile.h":
     void _cv_tile_f "cnn_ext_cv_tile_f"(
         const float* xp, const float* kp, const float* b, float* stage, Py_ssize_t plane, Py_ssize_t Wp,
         Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1, Py_ssize_t j0,
-        Py_ssize_t p, Py_ssize_t q0, Py_ssize_t OW, Py_ssize_t nq) noexcept nogil
+        Py_ssize_t r, Py_ssize_t q0, Py_ssize_t OW, Py_ssize_t nq, Py_ssize_t SW) noexcept nogil
     void _cv_tile_d "cnn_ext_cv_tile_d"(
         const double* xp, const double* kp, const double* b, double* stage, Py_ssize_t plane, Py_ssize_t Wp,
         Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1, Py_ssize_t j0,
-        Py_ssize_t p, Py_ssize_t q0, Py_ssize_t OW, Py_ssize_t nq) noexcept nogil
+        Py_ssize_t r, Py_ssize_t q0, Py_ssize_t OW, Py_ssize_t nq, Py_ssize_t SW) noexcept nogil
 
 
 def direct_tile_lanes(bint single):
@@ -485,13 +486,20 @@ def conv2d_forward_band(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, 
 
 
 # ---------------------------------------------------------------------------------------------------
-# Channel-vector direct forward (stride 1, any zero padding): vectors over output channels
+# Channel-vector direct forward (any stride, any zero padding): vectors over output channels
 #
 # The same padded slab as the wide-row kernel, but a tile is CNN_EXT_CJV vectors of consecutive output
 # channels x nq <= CNN_EXT_CNQ output pixels of one row: weights are vector loads from a packed copy
 # kp[C_out / JW, C_in, KH, KW, JW] (JW = CNN_EXT_CJV lanes-vectors), inputs are broadcasts. No lane is wasted
 # when C_out is a multiple of JW (the caller's condition), and rows split into chunks of 4 to 6 pixels.
 # ---------------------------------------------------------------------------------------------------
+
+
+cpdef Py_ssize_t padded_extent(Py_ssize_t H, Py_ssize_t OH, Py_ssize_t KH, Py_ssize_t SH,
+                                Py_ssize_t PT) noexcept nogil:
+    """Rows (or columns) of a padded slab: those the output reads, and at least the input's below its top
+    padding (a stride can leave the last input rows unread); OH + KH - 1 at stride 1."""
+    return max((OH - 1) * SH + KH, H + PT)
 
 
 def channel_tile(bint single):
@@ -509,7 +517,7 @@ cdef void _forward_cv_one(const floating* x, const floating* kp, const floating*
     32x32 maps ran 2x slower)."""
     cdef Py_ssize_t JW = CNN_EXT_CJV * (CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D)
     cdef Py_ssize_t C_in = g.C_in, C_out = g.C_out, H = g.H, OH = g.OH, OW = g.OW
-    cdef Py_ssize_t plane = Hp * Wp, c, j0, p, q0, nq, kh0, kh1, nchunk, chunk, l
+    cdef Py_ssize_t plane = Hp * Wp, c, j0, p, r, q0, nq, kh0, kh1, nchunk, chunk, l
     cdef floating* dst
     cdef const floating* src
     _copy_padded(x, xp, g, plane, Wp)
@@ -517,15 +525,16 @@ cdef void _forward_cv_one(const floating* x, const floating* kp, const floating*
     j0 = 0
     while j0 < C_out:
         for p in range(OH):
-            kh0 = max(0, g.PH - p)  # kernel rows on padding rows only add zeros
-            kh1 = min(g.KH, g.PH + H - p)
+            r = p * g.SH  # the slab row of kernel row 0
+            kh0 = max(0, g.PH - r)  # kernel rows on padding rows only add zeros
+            kh1 = max(kh0, min(g.KH, g.PH + H - r))
             q0 = 0
             for chunk in range(nchunk):
                 nq = (OW - q0 + nchunk - chunk - 1) // (nchunk - chunk)
                 if floating is float:
-                    _cv_tile_f(xp, kp, b, stage, plane, Wp, C_in, g.KH, g.KW, kh0, kh1, j0, p, q0, OW, nq)
+                    _cv_tile_f(xp, kp, b, stage, plane, Wp, C_in, g.KH, g.KW, kh0, kh1, j0, r, q0, OW, nq, g.SW)
                 else:
-                    _cv_tile_d(xp, kp, b, stage, plane, Wp, C_in, g.KH, g.KW, kh0, kh1, j0, p, q0, OW, nq)
+                    _cv_tile_d(xp, kp, b, stage, plane, Wp, C_in, g.KH, g.KW, kh0, kh1, j0, r, q0, OW, nq, g.SW)
                 q0 += nq
             for l in range(JW):
                 dst = y + ((j0 + l) * OH + p) * OW
@@ -551,14 +560,17 @@ def conv2d_forward_cv(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
                       floating[:, :, :, ::1] y,            # OUT (N, C_out, OH, OW)
                       floating[:, ::1] xpad,               # TMP (threads, C_in*Hp*Wp), any values
                       floating[:, ::1] stage,              # TMP (threads, JW*OW)
-                      Py_ssize_t PT, Py_ssize_t PL, int num_threads):
-    """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left;
-    kp[jb, i, kh, kw, l] = k[jb*JW + l, i, kh, kw] with JW = channel_tile(); C_out a multiple of JW."""
+                      Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PT, Py_ssize_t PL, int num_threads):
+    """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]) at stride (SH, SW), zero padding PT on top and PL on the
+    left; kp[jb, i, kh, kw, l] = k[jb*JW + l, i, kh, kw] with JW = channel_tile(); C_out a multiple of JW.
+    xpad holds C_in * padded_extent(H, OH, KH, SH, PT) * padded_extent(W, OW, KW, SW, PL) elements per thread."""
     cdef Py_ssize_t t, N = x.shape[0], nparts = _nparts(N, num_threads)
     cdef Py_ssize_t KH = kp.shape[2], KW = kp.shape[3]
-    cdef Py_ssize_t Hp = y.shape[2] + KH - 1, Wp = y.shape[3] + KW - 1
+    cdef Py_ssize_t Hp = padded_extent(x.shape[2], y.shape[2], KH, SH, PT)
+    cdef Py_ssize_t Wp = padded_extent(x.shape[3], y.shape[3], KW, SW, PL)
     cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], y.shape[1], KH, KW,
-                        y.shape[2], y.shape[3], 1, 1, PT, PL)
+                        y.shape[2], y.shape[3], SH, SW, PT, PL)
+    _check_slabs(xpad.shape[0], xpad.shape[1], num_threads, g.C_in, Hp, Wp)
     if N == 0:
         return
     with nogil:

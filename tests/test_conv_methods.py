@@ -110,8 +110,10 @@ def check_every(op, methods, args, ref, dtype, *, stride_one, direct_expected=Tr
         assert "gemm" in ran, f"{op.__name__}: gemm did not run"
         if direct_expected:
             assert ran - {"gemm"}, f"{op.__name__}: no direct method ran (tried {methods})"
-    else:
-        assert ran == {"gemm"}, f"{op.__name__} at stride > 1 ran {sorted(ran)}: only gemm applies"
+    else:  # the channel-vector forward takes strides too; the other kernels do not
+        strided = {"gemm", "channels"} if op is conv2d_forward else {"gemm"}
+        assert "gemm" in ran and ran <= strided, f"{op.__name__} at stride > 1 ran {sorted(ran)}: only " \
+                                                 f"{sorted(strided)} apply"
     return results
 
 
@@ -159,6 +161,18 @@ REPRESENTATIVE = [
     ((2, 16, 8, 7, 7, 3, 3), 1, (2, 2)),        # stride 2, padded
     ((2, 2, 3, 7, 10, 3, 3), (1, 2), (2, 3)),   # unequal strides
 ]
+# Strided forwards the channel-vector kernel takes (C_out a multiple of every build's channel tile, 32): ResNet's
+# downsampling layers, 1x1 shortcuts, odd sizes, unequal strides, one-sided padding, and a stride that leaves the
+# last input rows and columns unread.
+STRIDED_CHANNELS = [
+    ((2, 8, 32, 14, 14, 3, 3), 1, (2, 2)),
+    ((3, 5, 32, 9, 11, 3, 3), 0, (2, 2)),
+    ((2, 4, 32, 13, 8, 1, 1), 0, (2, 2)),
+    ((2, 3, 32, 11, 12, 3, 2), (1, 0), (2, 3)),
+    ((2, 3, 32, 11, 11, 3, 3), 0, (3, 3)),
+    ((2, 4, 32, 9, 9, 3, 3), ((2, 0), (0, 1)), (2, 2)),
+    ((1, 2, 64, 5, 30, 3, 3), 1, (1, 2)),
+]
 
 
 @pytest.mark.parametrize("shape,padding,stride", REPRESENTATIVE, ids=str)
@@ -166,6 +180,42 @@ REPRESENTATIVE = [
 def test_every_method_on_representative_layers(shape, padding, stride, dtype, restore_threads):
     s = (stride, stride) if np.ndim(stride) == 0 else stride
     check_layer(shape, padding, dtype, s)
+
+
+@pytest.mark.parametrize("shape,padding,stride", STRIDED_CHANNELS, ids=str)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_strided_forwards_by_channel_vectors(shape, padding, stride, dtype, restore_threads):
+    results = check_every(conv2d_forward, FORWARD, *_forward_case(shape, padding, stride, dtype), dtype,
+                          stride_one=False, threads=(1, 2, 3), stride=stride, padding=padding)
+    if _methods.FAST:
+        assert "channels" in results, "the channel-vector kernel refused a strided forward it takes"
+
+
+def _forward_case(shape, padding, stride, dtype):
+    rng = np.random.default_rng(sum(shape))
+    x, k, b, _, pad = layer_data(rng, shape, dtype, stride, padding)
+    x = x + dtype(0.5)
+    return (x, k, b), einsum_forward(x, k, b, stride, pad)
+
+
+def test_auto_takes_channel_vectors_for_strided_forwards_it_suits():
+    M = _methods
+    if not M.FAST:
+        pytest.skip("a build without SIMD tiles runs strided forwards by gemm")
+    f32 = np.dtype(np.float32)
+
+    def geometry(C_in, C_out, H, K, S, P):
+        O = (H + 2 * P - K) // S + 1
+        return M.Geometry(64, C_in, C_out, H, H, K, K, O, O, S, S, (P,) * 4)
+
+    for g in (geometry(16, 32, 28, 3, 2, 1), geometry(32, 64, 14, 3, 2, 1), geometry(64, 128, 14, 3, 2, 1)):
+        assert M.forward("auto", g, f32) is M.Method.CHANNELS, g
+        assert M.forward("direct", g, f32) is M.Method.CHANNELS, g
+    assert M.forward("auto", geometry(16, 32, 28, 1, 2, 0), f32) is M.Method.GEMM  # 1x1 shortcuts: one product
+    assert M.forward("auto", geometry(16, 24, 28, 3, 2, 1), f32) is M.Method.GEMM  # 24 channels: no whole tiles
+    assert M.forward("auto", geometry(16, 32, 64, 3, 2, 1), f32) is M.Method.GEMM  # 32x32 outputs: a large map
+    with pytest.raises(ValueError, match=r"method='direct' needs stride 1, or output channels in multiples"):
+        M.forward("direct", geometry(16, 24, 28, 3, 2, 1), f32)
 
 
 # The direct forward's register tiles: C_out below, on and above a 4-channel block, rows below, on and across

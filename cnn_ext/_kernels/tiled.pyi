@@ -126,11 +126,24 @@ def conv2d_forward_cv(
     kp: NDArray[_F],  # IN  (C_out / JW, C_in, KH, KW, JW) packed kernels
     b: NDArray[_F],  # IN  (C_out,)
     y: NDArray[_F],  # OUT (N, C_out, OH, OW)
-    xpad: NDArray[_F],  # TMP (threads, C_in*Hp*Wp), any values
+    xpad: NDArray[_F],  # TMP (threads, C_in*Hp*Wp), Hp and Wp from padded_extent
     stage: NDArray[_F],  # TMP (threads, JW*OW)
+    SH: int,
+    SW: int,
     PT: int,
     PL: int,
     num_threads: int,
 ) -> None:
-    """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]), stride 1, zero padding PT on top and PL on the left;
-    kp[jb, i, kh, kw, l] = k[jb*JW + l, i, kh, kw] with JW = channel_tile(); C_out a multiple of JW."""
+    """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]) at stride (SH, SW), zero padding PT on top and PL on the
+    left; kp[jb, i, kh, kw, l] = k[jb*JW + l, i, kh, kw] with JW = channel_tile(); C_out a multiple of JW.
+    xpad holds C_in * padded_extent(H, OH, KH, SH, PT) * padded_extent(W, OW, KW, SW, PL) elements per thread."""
+
+def padded_extent(
+    H: int,
+    OH: int,
+    KH: int,
+    SH: int,
+    PT: int,
+) -> int:
+    """Rows (or columns) of a padded slab: those the output reads, and at least the input's below its top
+    padding (a stride can leave the last input rows unread); OH + KH - 1 at stride 1."""

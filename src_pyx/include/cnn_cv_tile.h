@@ -1,7 +1,9 @@
-/* Channel-vector tile of the direct forward (stride 1, padded slab): CNN_EXT_CJV vectors of consecutive output
- * channels x nq <= CNN_EXT_CNQ output pixels of one row. Weights are vector loads from the packed kernels
- * kp[C_out / JW, C_in, KH, KW, JW] (JW = CJV * lanes), inputs are broadcasts; nq is a literal in every copy
- * (the switch), so the accumulators stay in registers. The lanes go to a one-row staging buffer. */
+/* Channel-vector tile of the direct forward (padded slab, any stride): CNN_EXT_CJV vectors of consecutive output
+ * channels x nq <= CNN_EXT_CNQ output pixels of one row, SW slab columns apart (the inputs are broadcasts, so a
+ * stride only spaces their addresses; stride 1 is a literal in its own copies, as before strides). Weights are vector loads from the packed kernels
+ * kp[C_out / JW, C_in, KH, KW, JW] (JW = CJV * lanes); nq is a literal in every copy (the switch), so the
+ * accumulators stay in registers. The lanes go to a one-row staging buffer. r is the slab row of the tile's
+ * first kernel row (p * SH for output row p). */
 #ifndef CNN_EXT_CV_TILE_H
 #define CNN_EXT_CV_TILE_H
 
@@ -13,8 +15,9 @@
 #define CNN_EXT_DEFINE_CV_TILE(NAME, T, V)                                                            \
 CNN_EXT_TILE_INLINE void NAME##_fixed(const T* xp, const T* kp, const T* b, T* stage, Py_ssize_t plane, \
                                       Py_ssize_t Wp, Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, \
-                                      Py_ssize_t kh0, Py_ssize_t kh1, Py_ssize_t j0, Py_ssize_t p,  \
-                                      Py_ssize_t q0, Py_ssize_t OW, const Py_ssize_t nq) {          \
+                                      Py_ssize_t kh0, Py_ssize_t kh1, Py_ssize_t j0, Py_ssize_t r,  \
+                                      Py_ssize_t q0, Py_ssize_t OW, const Py_ssize_t nq,            \
+                                      const Py_ssize_t SW) {                                        \
     const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T)), JW = CNN_EXT_CJV * L;                  \
     const Py_ssize_t KK = KH * KW;                                                                   \
     V acc[CNN_EXT_CNQ][CNN_EXT_CJV], w[CNN_EXT_CJV];                                                 \
@@ -24,7 +27,7 @@ CNN_EXT_TILE_INLINE void NAME##_fixed(const T* xp, const T* kp, const T* b, T* s
         for (v = 0; v < CNN_EXT_CJV; v++)                                                            \
             acc[qq][v] = *(const V*)(b + j0 + v * L);                                                \
     for (i = 0; i < C_in; i++) {                                                                     \
-        const T* xi = xp + i * plane + p * Wp + q0;                                                  \
+        const T* xi = xp + i * plane + r * Wp + q0 * SW;                                             \
         const T* ki = kb + i * KK * JW;                                                              \
         for (kh = kh0; kh < kh1; kh++) {                                                             \
             const T* xr = xi + kh * Wp;                                                              \
@@ -33,7 +36,7 @@ CNN_EXT_TILE_INLINE void NAME##_fixed(const T* xp, const T* kp, const T* b, T* s
                 for (v = 0; v < CNN_EXT_CJV; v++)                                                    \
                     w[v] = *(const V*)(kr + kw * JW + v * L);                                        \
                 for (qq = 0; qq < nq; qq++) {                                                        \
-                    const T xs = xr[kw + qq];                                                        \
+                    const T xs = xr[kw + qq * SW];                                                   \
                     for (v = 0; v < CNN_EXT_CJV; v++)                                                \
                         acc[qq][v] += xs * w[v];                                                     \
                 }                                                                                    \
@@ -50,18 +53,30 @@ CNN_EXT_TILE_INLINE void NAME##_fixed(const T* xp, const T* kp, const T* b, T* s
 }                                                                                                    \
 static void NAME(const T* xp, const T* kp, const T* b, T* stage, Py_ssize_t plane, Py_ssize_t Wp,    \
                  Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1,      \
-                 Py_ssize_t j0, Py_ssize_t p, Py_ssize_t q0, Py_ssize_t OW, Py_ssize_t nq) {         \
+                 Py_ssize_t j0, Py_ssize_t r, Py_ssize_t q0, Py_ssize_t OW, Py_ssize_t nq,           \
+                 Py_ssize_t SW) {                                                                    \
+    if (SW == 1) {                                                                                   \
+        switch (nq) {                                                                                \
+        case 1: CNN_EXT_CV_CALL(NAME, 1, 1); break;                                                  \
+        case 2: CNN_EXT_CV_CALL(NAME, 2, 1); break;                                                  \
+        case 3: CNN_EXT_CV_CALL(NAME, 3, 1); break;                                                  \
+        case 4: CNN_EXT_CV_CALL(NAME, 4, 1); break;                                                  \
+        case 5: CNN_EXT_CV_CALL(NAME, 5, 1); break;                                                  \
+        default: CNN_EXT_CV_CALL(NAME, 6, 1); break;                                                 \
+        }                                                                                            \
+        return;                                                                                      \
+    }                                                                                                \
     switch (nq) {                                                                                    \
-    case 1: CNN_EXT_CV_CALL(NAME, 1); break;                                                         \
-    case 2: CNN_EXT_CV_CALL(NAME, 2); break;                                                         \
-    case 3: CNN_EXT_CV_CALL(NAME, 3); break;                                                         \
-    case 4: CNN_EXT_CV_CALL(NAME, 4); break;                                                         \
-    case 5: CNN_EXT_CV_CALL(NAME, 5); break;                                                         \
-    default: CNN_EXT_CV_CALL(NAME, 6); break;                                                        \
+    case 1: CNN_EXT_CV_CALL(NAME, 1, SW); break;                                                     \
+    case 2: CNN_EXT_CV_CALL(NAME, 2, SW); break;                                                     \
+    case 3: CNN_EXT_CV_CALL(NAME, 3, SW); break;                                                     \
+    case 4: CNN_EXT_CV_CALL(NAME, 4, SW); break;                                                     \
+    case 5: CNN_EXT_CV_CALL(NAME, 5, SW); break;                                                     \
+    default: CNN_EXT_CV_CALL(NAME, 6, SW); break;                                                    \
     }                                                                                                \
 }
-#define CNN_EXT_CV_CALL(NAME, NQ) \
-    NAME##_fixed(xp, kp, b, stage, plane, Wp, C_in, KH, KW, kh0, kh1, j0, p, q0, OW, NQ)
+#define CNN_EXT_CV_CALL(NAME, NQ, STRIDE) \
+    NAME##_fixed(xp, kp, b, stage, plane, Wp, C_in, KH, KW, kh0, kh1, j0, r, q0, OW, NQ, STRIDE)
 CNN_EXT_DEFINE_CV_TILE(cnn_ext_cv_tile_f, float, cnn_ext_vf)
 CNN_EXT_DEFINE_CV_TILE(cnn_ext_cv_tile_d, double, cnn_ext_vd)
 
