@@ -336,3 +336,16 @@ def write_results(result, out_path, argv=None):
     if out_path:
         _report.save(result, out_path)
     return text
+
+
+def side_by_side_parser(doc, dtypes=("float32",)):
+    """The options of a side-by-side script: --repeats, --min-time, --threads, --dtypes, --clock and --out."""
+    import argparse
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--min-time", type=float, default=0.05)
+    ap.add_argument("--threads", type=lambda s: parse_list(s, int), default=[1, 2])
+    ap.add_argument("--dtypes", type=parse_list, default=list(dtypes))
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="1-thread rows: wall or CPU time")
+    ap.add_argument("--out", help="also write the report to OUT.json (the data) and OUT.md (rendered from it)")
+    return ap

@@ -9,7 +9,6 @@ is faster). Only ratios mean anything on a shared machine.
 ``--clock cpu`` times 1-thread rows by the calling thread's CPU time (time.thread_time): on a loaded shared
 machine that is what the call would take alone; rows of more threads always take wall time.
 """
-import argparse
 import os
 import sys
 import time
@@ -58,14 +57,7 @@ def peers(case, dtype):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--min-time", type=float, default=0.05)
-    ap.add_argument("--threads", type=lambda s: C.parse_list(s, int), default=[1, 2])
-    ap.add_argument("--dtypes", type=C.parse_list, default=["float32"])
-    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="1-thread rows: wall or CPU time")
-    ap.add_argument("--out", help="also write the report to OUT.json (the data) and OUT.md (rendered from it)")
-    args = ap.parse_args(argv)
+    args = C.side_by_side_parser(__doc__, ("float32",)).parse_args(argv)
     if torch is None:
         sys.exit("bench_groups.py compares with PyTorch: install torch")
     result = _report.new_result("Grouped and dilated convolutions: cnn_ext vs PyTorch", machine=C.machine_report())

@@ -9,7 +9,6 @@ are of medians (> 1: the channel-vector kernel is faster). Only ratios mean anyt
     python benchmarks/bench_strided.py [--repeats 7] [--threads 1,2] [--dtypes float32,float64] [--clock cpu]
                                        [--out benchmarks/results/strided]
 """
-import argparse
 import os
 import sys
 import time
@@ -53,14 +52,7 @@ def peers(case, dtype):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--min-time", type=float, default=0.05)
-    ap.add_argument("--threads", type=lambda s: C.parse_list(s, int), default=[1, 2])
-    ap.add_argument("--dtypes", type=C.parse_list, default=["float32", "float64"])
-    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="1-thread rows: wall or CPU time")
-    ap.add_argument("--out", help="also write the report to OUT.json (the data) and OUT.md (rendered from it)")
-    args = ap.parse_args(argv)
+    args = C.side_by_side_parser(__doc__, ("float32", "float64")).parse_args(argv)
     if torch is None:
         sys.exit("bench_strided.py compares with PyTorch: install torch")
     result = _report.new_result("Strided forwards: channel vectors vs im2col + BLAS vs PyTorch",

@@ -11,8 +11,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 RESULTS = BENCH / "results"
-# every benchmark script with an --out option
-SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if '"--out"' in p.read_text(encoding="utf-8"))
+# every benchmark script with an --out option (its own, or the shared parser's)
+SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if not p.name.startswith("_") and
+                 any(s in p.read_text(encoding="utf-8") for s in ('"--out"', "side_by_side_parser(")))
 # the sdist ships tests and benchmarks but neither the stored results nor docs/
 needs_results = pytest.mark.skipif(not RESULTS.is_dir(), reason="no benchmarks/results in this tree")
 needs_docs = pytest.mark.skipif(not (ROOT / "docs" / "_perfpages.py").exists(), reason="no docs/ in this tree")
