@@ -41,8 +41,11 @@ def _thread_slabs(shape, dtype):
 
 
 def _padded_slabs(g, C, dtype, nt):
-    """Per-thread slabs for one zero-padded sample of C channels (Hp = OH + KH - 1, Wp = OW + KW - 1)."""
-    return _thread_slabs((nt, C * (g.OH + g.KH - 1) * (g.OW + g.KW - 1)), dtype)
+    """Per-thread slabs for one zero-padded sample of C channels, sized by the kernels' own rule
+    (tiled.padded_extent: OH + KH - 1 rows at stride 1, and the rows a stride reads otherwise)."""
+    top, _, left, _ = g.pads
+    Hp = tiled.padded_extent(g.H, g.OH, g.KH, g.SH, top)
+    return _thread_slabs((nt, C * Hp * tiled.padded_extent(g.W, g.OW, g.KW, g.SW, left)), dtype)
 
 
 # Multiply-adds per thread in one kernel call of a chunked run: about 0.05 s at 2 GMAC/s per core (the slowest
@@ -142,14 +145,10 @@ def _forward_direct(method, g, dtype, nt):
     if method is Method.CHANNELS:
         kernel, JW = _typed(tiled.conv2d_forward_cv, dtype), M.TILES[dtype]["channels"]
 
-        # any stride: the slab holds the rows and columns the strided output reads (the kernel's own rule)
-        slab = g.C_in * tiled.padded_extent(g.H, g.OH, g.KH, g.SH, top) * \
-            tiled.padded_extent(g.W, g.OW, g.KW, g.SW, left)
-
         def run_channels(x, k, b, y):
             kp = np.ascontiguousarray(k.reshape(g.C_out // JW, JW, g.C_in, g.KH, g.KW).transpose(0, 2, 3, 4, 1))
             stage = np.empty((nt, JW * g.OW), dtype=dtype)
-            kernel(x, kp, b, y, _thread_slabs((nt, slab), dtype), stage, g.SH, g.SW, top, left, nt)
+            kernel(x, kp, b, y, _padded_slabs(g, g.C_in, dtype, nt), stage, g.SH, g.SW, top, left, nt)
 
         return run_channels
     if method is Method.SHIFTED:
