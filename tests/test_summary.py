@@ -200,3 +200,9 @@ def test_a_network_without_input_sizes_matches_pytorch_after_summary():
     with torch.no_grad():
         ref = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(net.forward(x), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [lambda: Dense(3, init="he"), lambda: Conv2D(None, 4, 3, init="he")])
+def test_lazy_layers_refuse_a_bad_init_when_built_not_at_their_first_input(make):
+    with pytest.raises(ValueError, match=r"init must be None or one of"):
+        make()

@@ -50,8 +50,8 @@ if TYPE_CHECKING:
 else:
     _GradientsBase = dict
 
-__all__ = ["LAYER_TYPES", "register_layer", "Layer", "ParamLayer", "Gradients", "batch_mean", "init_params",
-           "random_source", "sgd_step", "grad_rule", "unseen_gradients_error", "checked_gradient", "EXACT",
+__all__ = ["LAYER_TYPES", "register_layer", "Layer", "ParamLayer", "Gradients", "batch_mean", "checked_init",
+           "init_params", "random_source", "sgd_step", "grad_rule", "unseen_gradients_error", "checked_gradient", "EXACT",
            "TUTORIAL"]
 
 EXACT, TUTORIAL = "exact", "tutorial"
@@ -189,13 +189,19 @@ def random_source(rng: Any, seed: int | Sequence[int] | np.random.SeedSequence |
     return np.random  # the module's standard_normal / uniform use the global state
 
 
+def checked_init(init: str | None) -> str | None:
+    """``init`` itself, or ValueError: checked at construction, also by lazy layers that draw later."""
+    if init is not None and init not in INITS:
+        raise ValueError(f"init must be None or one of {INITS}, got {init!r}")
+    return init
+
+
 def init_params(init: str | None, rng: Any, w_shape: tuple[int, ...], b_shape: tuple[int, ...], fan_in: int,
                 fan_out: int, tutorial_scale: float, dtype: DTypeLike,
                 what: Callable[[], str]) -> tuple[FloatArray, FloatArray]:
     """Weights and biases drawn in float64 (same values for both dtypes up to rounding), then cast; ``what()``
     names the weights and the constructor arguments for the error on weights too large to allocate."""
-    if init is not None and init not in INITS:
-        raise ValueError(f"init must be None or one of {INITS}, got {init!r}")
+    checked_init(init)
     if rng is _NO_DRAW:
         _checks.allocation(w_shape, dtype, what)
         return None, None  # type: ignore[return-value]  # without_weights: set_weights gives the arrays

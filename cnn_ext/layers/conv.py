@@ -9,7 +9,8 @@ from numpy.typing import ArrayLike, DTypeLike
 from .. import _checks
 from ..ops import (conv2d_bias_gradient, conv2d_forward, conv2d_input_gradient, conv2d_kernel_gradient,
                    conv2d_output_shape)
-from .base import EXACT, INITS, Gradients, ParamLayer, grad_rule, init_params, random_source, register_layer
+from .base import (EXACT, Gradients, ParamLayer, checked_init, grad_rule, init_params, random_source,
+                   register_layer)
 
 if TYPE_CHECKING:
     from .._typing import FloatArray, IntPair, Padding, RandomSource
@@ -96,9 +97,7 @@ class Conv2D(ParamLayer):
                 raise ValueError(f"groups={self.groups} must divide the output channels (c_out={self.c_out})")
         KDH, KDW = _checks.dilated(*self.kernel_size, *self.dilation, "kernel_size", self.kernel_size)
         _checks.padding_sides(self.padding, KDH, KDW, self.stride)  # 'same' with stride > 1 raises
-        if init is not None and init not in INITS:
-            raise ValueError(f"init must be None or one of {INITS}, got {init!r}")
-        self.init = init
+        self.init = checked_init(init)
         self.dtype = _checks.float_dtype(dtype)
         self._source = random_source(rng, seed)
         self.k = self.b = None  # type: ignore[assignment]  # a lazy layer's, until its first input

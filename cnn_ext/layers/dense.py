@@ -11,7 +11,8 @@ from .. import _checks
 from .._kernels import dense as _dense
 from .. import _threads
 from .._threads import blas_single_thread, threads_for
-from .base import EXACT, Gradients, Layer, ParamLayer, batch_mean, grad_rule, init_params, random_source, register_layer
+from .base import (EXACT, Gradients, Layer, ParamLayer, batch_mean, checked_init, grad_rule, init_params,
+                   random_source, register_layer)
 
 if TYPE_CHECKING:
     from .._typing import FloatArray, RandomSource
@@ -84,7 +85,7 @@ class Dense(ParamLayer):
             n_in, n_out = None, n_in
         self.n_in = None if n_in is None else _checks.positive_int(n_in, "n_in", _checks.INT_MAX)
         self.n_out = _checks.positive_int(n_out, "n_out", _checks.INT_MAX)
-        self.init = init
+        self.init = checked_init(init)
         self.dtype = _checks.float_dtype(dtype)
         self._source = random_source(rng, seed)
         self.w = self.b = None  # type: ignore[assignment]  # a lazy layer's, until its first input
