@@ -3,13 +3,14 @@
 any stride), also the input gradient of stride-1 layers as the forward of padded dE_dY with rotated kernels
 (rotate_kernels).
 
-cnn_ext/ops.py validates every argument, picks the kernel by shape and allocates outputs and scratch; each
-`def` takes typed memoryviews and releases the GIL for the whole loop. conv2d_forward_band and conv2d_forward_cv
-raise ValueError when their slab scratch is too small (a check before any work); the others never raise. Four tile families, C in
-include/: wide rows along the flat index of the padded sample (cnn_wide_tile.h), KW shifted copies of the sample
-accumulating into y (cnn_shift_tile.h), a band of 4 output rows for one output channel (cnn_band_tile.h), and
-vectors over output channels (cnn_cv_tile.h). The tile-size queries tell ops.py the shapes of this build's tiles.
-Samples are split over threads (_threads.pxd), each part with its own slab: no result depends on the thread count.
+cnn_ext/ops.py validates every argument, picks the kernel by shape and allocates outputs and scratch; each `def`
+takes typed memoryviews and releases the GIL for the whole loop. conv2d_forward_band and conv2d_forward_cv raise
+ValueError when their slab scratch is too small (a check before any work); the others never raise. Four tile
+families, C in include/: wide rows along the flat index of the padded sample (cnn_wide_tile.h), KW shifted copies
+of the sample accumulating into y (cnn_shift_tile.h), a band of 4 output rows for one output channel
+(cnn_band_tile.h), and vectors over output channels (cnn_cv_tile.h). The tile-size queries tell ops.py the shapes
+of this build's tiles. Samples are split over threads (_threads.pxd), each part with its own slab: no result
+depends on the thread count.
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid

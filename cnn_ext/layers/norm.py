@@ -37,8 +37,8 @@ class _BatchNorm(Layer):
     running_mean: NDArray[np.floating]
     running_var: NDArray[np.floating]
 
-    def __init__(self, num_features: int | None, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
-                 dtype: DTypeLike = np.float64) -> None:
+    def __init__(self, num_features: int | None, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, *, dtype: DTypeLike = np.float64) -> None:
         super().__init__()
         self.num_features = (None if num_features is None
                              else _checks.positive_int(num_features, "num_features", _checks.INT_MAX))

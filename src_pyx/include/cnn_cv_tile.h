@@ -1,9 +1,9 @@
 /* Channel-vector tile of the direct forward (padded slab, any stride): CNN_EXT_CJV vectors of consecutive output
  * channels x nq <= CNN_EXT_CNQ output pixels of one row, SW slab columns apart (the inputs are broadcasts, so a
- * stride only spaces their addresses; stride 1 is a literal in its own copies, as before strides). Weights are vector loads from the packed kernels
- * kp[C_out / JW, C_in, KH, KW, JW] (JW = CJV * lanes); nq is a literal in every copy (the switch), so the
- * accumulators stay in registers. The lanes go to a one-row staging buffer. r is the slab row of the tile's
- * first kernel row (p * SH for output row p). */
+ * stride only spaces their addresses; SW = 1 has literal copies, so stride 1 compiles to contiguous loads).
+ * Weights are vector loads from the packed kernels kp[C_out / JW, C_in, KH, KW, JW] (JW = CJV * lanes); nq is
+ * a literal in every copy (the switch), so the accumulators stay in registers. The lanes go to a one-row
+ * staging buffer. r is the slab row of the tile's first kernel row (p * SH for output row p). */
 #ifndef CNN_EXT_CV_TILE_H
 #define CNN_EXT_CV_TILE_H
 
