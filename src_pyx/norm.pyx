@@ -4,9 +4,10 @@
 cnn_ext/layers/norm.py checks the arguments, views BatchNorm2D's (N, C, H, W) and BatchNorm1D's (N, C) or
 (N, C, L) input as (N, C, L) and allocates every output; each def here takes typed memoryviews, releases the GIL
 and never raises. Work is split over channels (src_pyx/_threads.pxd): one thread computes every sum of a channel,
-serially and in a fixed order, so results do not depend on the thread count. Sums are accumulated in double for
-both dtypes (float32 batch statistics over N*H*W values would otherwise lose digits); the mean and the variance
-take two passes (the sum of squared deviations, not E[x²] - E[x]², which cancels catastrophically).
+as ACC interleaved partial sums added in a fixed order, so results do not depend on the thread count. Sums are
+accumulated in double for both dtypes (float32 batch statistics over N*H*W values would otherwise lose digits);
+the mean and the variance take two passes (the sum of squared deviations, not E[x²] - E[x]², which cancels
+catastrophically).
 """
 from cython cimport floating
 from cython.parallel cimport prange
@@ -15,26 +16,44 @@ from libc.math cimport sqrt
 from _threads cimport _nparts, _part, _team
 
 
+cdef enum:
+    ACC = 8  # independent partial sums per channel: additions overlap instead of each waiting on the one before
+
+
+cdef double _sum(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, double m,
+                 bint squares) noexcept nogil:
+    """Σ (x - m) over one channel, or Σ (x - m)² (squares), as ACC interleaved partial sums in a fixed order."""
+    cdef double acc[ACC]
+    cdef double d
+    cdef const floating* p
+    cdef Py_ssize_t n, l, j
+    for j in range(ACC):
+        acc[j] = 0.0
+    for n in range(N):
+        p = x + n * C * L
+        l = 0
+        while l + ACC <= L:
+            for j in range(ACC):
+                d = p[l + j] - m
+                acc[j] += d * d if squares else d
+            l += ACC
+        for j in range(L - l):
+            d = p[l + j] - m
+            acc[j] += d * d if squares else d
+    for j in range(1, ACC):
+        acc[0] += acc[j]
+    return acc[0]
+
+
 cdef void _stats(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, double eps, double* mean,
                  double* var, double* invstd) noexcept nogil:
     """mean = Σ x / M, var = Σ (x - mean)² / M (biased), invstd = 1 / sqrt(var + eps) over one channel, M = N*L."""
-    cdef Py_ssize_t n, l
-    cdef const floating* p
-    cdef double s = 0.0, d, m, M = <double>(N * L)
-    for n in range(N):
-        p = x + n * C * L
-        for l in range(L):
-            s += p[l]
-    m = s / M
-    s = 0.0
-    for n in range(N):
-        p = x + n * C * L
-        for l in range(L):
-            d = p[l] - m
-            s += d * d
+    cdef double M = <double>(N * L)
+    cdef double m = _sum(x, N, C, L, 0.0, False) / M
+    cdef double v = _sum(x, N, C, L, m, True) / M
     mean[0] = m
-    var[0] = s / M
-    invstd[0] = 1.0 / sqrt(s / M + eps)
+    var[0] = v
+    invstd[0] = 1.0 / sqrt(v + eps)
 
 
 cdef void _affine(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, double scale,
@@ -65,23 +84,42 @@ cdef void _backward_channel(const floating* dy, const floating* x, floating* dx,
                             double* dgamma, double* dbeta) noexcept nogil:
     """dbeta = Σ dy, dgamma = Σ dy·x̂ with x̂ = (x - mean)·invstd; dx = γ·invstd·(dy - dbeta/M - x̂·dgamma/M)
     with batch statistics (they depend on x), dx = γ·invstd·dy with fixed ones."""
-    cdef Py_ssize_t n, l, i
-    cdef double sdy = 0.0, sdyx = 0.0, M = <double>(N * L), xhat
+    cdef double ady[ACC]
+    cdef double adyx[ACC]
+    cdef double sdy, sdyx, M = <double>(N * L), xhat, b, c
     cdef double k = gamma * invstd
+    cdef Py_ssize_t n, l, i, j
+    for j in range(ACC):
+        ady[j] = 0.0
+        adyx[j] = 0.0
     for n in range(N):
-        for l in range(L):
-            i = n * C * L + l
-            sdy += dy[i]
-            sdyx += dy[i] * (x[i] - mean)
+        l = 0
+        while l + ACC <= L:  # the partial sums of _sum, for the two sums at once
+            for j in range(ACC):
+                i = n * C * L + l + j
+                ady[j] += dy[i]
+                adyx[j] += dy[i] * (x[i] - mean)
+            l += ACC
+        for j in range(L - l):
+            i = n * C * L + l + j
+            ady[j] += dy[i]
+            adyx[j] += dy[i] * (x[i] - mean)
+    for j in range(1, ACC):
+        ady[0] += ady[j]
+        adyx[0] += adyx[j]
+    sdy = ady[0]
+    sdyx = adyx[0]
     sdyx *= invstd
     dbeta[0] = sdy
     dgamma[0] = sdyx
     if batch_stats:
+        b = sdy / M
+        c = sdyx / M
         for n in range(N):
             for l in range(L):
                 i = n * C * L + l
                 xhat = (x[i] - mean) * invstd
-                dx[i] = <floating>(k * (dy[i] - sdy / M - xhat * sdyx / M))
+                dx[i] = <floating>(k * (dy[i] - b - xhat * c))
     else:
         for n in range(N):
             for l in range(L):

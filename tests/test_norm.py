@@ -33,7 +33,8 @@ def _pair(cls, shape, dtype, momentum=0.1, affine=True, seed=0):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("cls,shape", [(BatchNorm2D, (4, 3, 5, 6)), (BatchNorm2D, (2, 5, 1, 1)),
-                                       (BatchNorm1D, (8, 6)), (BatchNorm1D, (3, 4, 7))])
+                                       (BatchNorm2D, (3, 2, 4, 4)), (BatchNorm1D, (8, 6)), (BatchNorm1D, (3, 4, 7)),
+                                       (BatchNorm1D, (2, 3, 17))])  # rows of L = H*W: tails, whole sum blocks
 @pytest.mark.parametrize("momentum,affine", [(0.1, True), (None, True), (0.3, False)])
 def test_batchnorm_matches_torch_over_steps(dtype, cls, shape, momentum, affine):
     ours, theirs = _pair(cls, shape, dtype, momentum, affine)
