@@ -213,7 +213,8 @@ def test_gradient_errors_leave_the_network_unchanged():
         opt.step(net, bad)
     bad = [dict(g) for g in grads]
     bad[2]["dW"] = np.zeros((2, 4))
-    with pytest.raises(ValueError, match=r"dW has shape \(2, 4\) but w has shape \(4, 2\)"):
+    with pytest.raises(ValueError, match=r"step: layer 2 \(Dense\(n_in=4, n_out=2\)\): dW has shape \(2, 4\) but w has "
+                                         r"shape \(4, 2\)"):
         opt.step(net, bad)
     with pytest.raises(TypeError, match="step expects a Network or a layer"):
         opt.step(object(), grads)

@@ -135,9 +135,15 @@ def unseen_gradients_error(layer: Any, grads: object, where: str) -> TypeError |
                      f"@cnn_ext.register_layer")
 
 
-def checked_gradient(g: object, p: NDArray[Any], where: str, key: str, name: str) -> NDArray[Any]:
+def checked_gradient(g: object, p: NDArray[Any], where: str | Callable[[], str], key: str,
+                     name: str) -> NDArray[Any]:
     """``g`` as an array for parameter ``p``: the same shape and a real integer or floating dtype, else
-    ValueError (shape) or TypeError (None, bool, complex, object, string...). Nothing is changed."""
+    ValueError (shape) or TypeError (None, bool, complex, object, string...). Nothing is changed. ``where``
+    names the caller in errors: a string, or a function making one (a layer's repr costs more than the check)."""
+    if type(g) is np.ndarray and g.dtype.kind in "iuf" and g.shape == p.shape:
+        return g
+    if callable(where):
+        where = where()
     what = f"{where}: {key} (the gradient of {name})"
     if type(g) is not np.ndarray:
         if g is None:
@@ -296,7 +302,7 @@ class Layer:
                 g = grads[key]
             except (KeyError, TypeError):
                 raise ValueError(f"{self!r}.update: grads has no {key!r} (the gradient of {name})") from None
-            g = checked_gradient(g, p, f"{self!r}.update", key, name)
+            g = checked_gradient(g, p, lambda: f"{self!r}.update", key, name)
             pairs.append((p, g))
         return pairs
 
@@ -380,6 +386,8 @@ class Layer:
         """dE_dY as an array in ``dtype`` with the forward output's shape, else ValueError naming both shapes."""
         if type(dE_dY) is np.ndarray and dE_dY.dtype.kind in "biuf":  # the common case: no name to format
             dy = dE_dY
+        elif isinstance(dE_dY, np.ndarray) and dE_dY.dtype.kind in "biuf":  # an ExactGradient, say
+            dy = dE_dY.view(np.ndarray)
         else:
             dy = _checks.as_real_array(dE_dY, f"{self!r}: dE_dY")
         if dy.shape != self._y_shape:
