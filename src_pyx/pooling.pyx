@@ -160,10 +160,20 @@ cdef void _avg_plane(const floating* x, floating* y, const PoolGeom* g) noexcept
     """
     cdef Py_ssize_t p, q, kh, kw, OW = g.OW, SW = g.SW
     cdef floating cnt = <floating>(g.KH * g.KW)
+    cdef floating acc
     cdef floating* yrow
     cdef const floating* xrow
     if _rows_ok(x, g):
         _rows_avg(x, y, g)
+        return
+    if OW == 1:  # global pooling: the same sums in a register, not each through memory
+        for p in range(g.OH):
+            acc = 0
+            for kh in range(g.KH):
+                xrow = x + (p * g.SH + kh) * g.W
+                for kw in range(g.KW):
+                    acc = acc + xrow[kw]
+            y[p] = acc / cnt
         return
     for p in range(g.OH):
         yrow = y + p * OW
