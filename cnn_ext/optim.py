@@ -133,7 +133,7 @@ class Optimizer:
                 except (KeyError, TypeError, IndexError):
                     raise ValueError(f"step: the gradients of layer {i} ({layer!r}) have no {key!r} "
                                      f"(the gradient of {name})") from None
-                grad = checked_gradient(grad, p, lambda i=i, layer=layer: f"step: layer {i} ({layer!r})", key, name)
+                grad = checked_gradient(grad, p, lambda: f"step: layer {i} ({layer!r})", key, name)  # called now
                 if not isinstance(p, np.ndarray) or not p.flags.writeable or p.dtype.kind != "f":
                     raise TypeError(f"step: layer {i} ({layer!r}): {name} must be a writeable float array")
                 work.append((p, grad))
