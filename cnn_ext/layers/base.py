@@ -384,10 +384,8 @@ class Layer:
 
     def _grad_output(self, dE_dY, dtype):
         """dE_dY as an array in ``dtype`` with the forward output's shape, else ValueError naming both shapes."""
-        if type(dE_dY) is np.ndarray and dE_dY.dtype.kind in "biuf":  # the common case: no name to format
-            dy = dE_dY
-        elif isinstance(dE_dY, np.ndarray) and dE_dY.dtype.kind in "biuf":  # an ExactGradient, say
-            dy = dE_dY.view(np.ndarray)
+        if isinstance(dE_dY, np.ndarray) and dE_dY.dtype.kind in "biuf":  # the common case: no name to format
+            dy = np.asarray(dE_dY)  # an ExactGradient as a plain view, as as_real_array gives
         else:
             dy = _checks.as_real_array(dE_dY, f"{self!r}: dE_dY")
         if dy.shape != self._y_shape:
