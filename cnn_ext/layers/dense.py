@@ -126,6 +126,8 @@ class Dense(ParamLayer):
                 raise
         if x.ndim != 2 or x.shape[1] != self.n_in:
             raise self._shape_error("x", f"(N, {self.n_in or 'n_in'})", x.shape)
+        # aligned for BLAS: NumPy's matmul takes its own loops, with other rounding, on misaligned data
+        x = np.asarray(_checks.contiguous(x, self.dtype))
         y = _matmul(x, self.w) if self.dtype == np.float64 else x @ self.w
         y += self.b  # y is ours: add in place instead of allocating x @ w + b
         self._x, self._y_shape = x, y.shape
@@ -135,12 +137,8 @@ class Dense(ParamLayer):
         """``{"dW": xᵀ·dE_dY, "dB": mean_n dE_dY (tutorial) or Σ_n dE_dY (exact), "dX": dE_dY·wᵀ}``."""
         x = self._cached_input()
         rule = grad_rule(dE_dY)
-        dy = self._grad_output(dE_dY, self.dtype)
-        if rule == EXACT:
-            dy = dy.view(np.ndarray)
-            dB = dy.sum(axis=0)
-        else:
-            dB = batch_mean(dy)
+        dy = _checks.contiguous(np.asarray(self._grad_output(dE_dY, self.dtype)).view(np.ndarray), self.dtype)
+        dB = dy.sum(axis=0) if rule == EXACT else batch_mean(dy)
         # float64: products split over the kernels' threads (_matmul); float32: one sgemm each, with dX as
         # (w·dyᵀ)ᵀ, which OpenBLAS runs faster than dy·wᵀ on small batches (splitting measured slower there)
         if self.dtype == np.float64:
