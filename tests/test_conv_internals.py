@@ -150,17 +150,21 @@ def test_slab_kernels_zero_their_own_slabs(monkeypatch, restore_threads, dtype):
         return record
 
     monkeypatch.setattr(_runners, "_typed", recording)
-    cases = [  # N, C_in, C_out, H, K, padding
-        (16, 1, 4, 28, 5, 0),     # the tutorial's layer: its dX takes the row bands
-        (3, 1, 4, 22, 3, "same"),  # one input channel, padded: the padded row tiles
-        (4, 8, 16, 10, 3, 1),     # channel vectors
-        (2, 3, 5, 12, 3, 1),      # wide rows
-        (5, 2, 3, 9, 4, ((2, 0), (1, 3))),
+    # each kernel named (auto's pick follows the build's vector width); "direct" on the baseline build, where
+    # the named ones are not compiled as such
+    cases = [  # N, C_in, C_out, H, K, padding, forward method, input-gradient method
+        (16, 1, 4, 28, 5, 0, "wide", "band"),                 # the tutorial's layer: its dX by row bands
+        (3, 1, 4, 22, 3, "same", "row_tiles_padded", "wide"),  # one input channel, padded
+        (4, 32, 32, 10, 3, 1, "channels", "channels"),  # channel vectors: whole tiles of any build
+        (2, 3, 5, 12, 3, 1, "wide", "wide"),
+        (5, 2, 3, 9, 4, ((2, 0), (1, 3)), "direct", "direct"),
     ]
     rng = np.random.default_rng(7)
     for nt in (1, 2):
         cnn_ext.set_num_threads(nt)
-        for N, C_in, C_out, H, K, padding in cases:
+        for N, C_in, C_out, H, K, padding, fwd, dxm in cases:
+            if not _methods.FAST:
+                fwd = dxm = "direct"
             x = rng.standard_normal((N, C_in, H, H)).astype(dtype)
             k = rng.standard_normal((C_out, C_in, K, K)).astype(dtype)
             b = rng.standard_normal(C_out).astype(dtype)
@@ -169,8 +173,8 @@ def test_slab_kernels_zero_their_own_slabs(monkeypatch, restore_threads, dtype):
             dx_ref = conv2d_input_gradient(dy, k, padding=padding, input_size=(H, H), method="gemm")
             with monkeypatch.context() as m:
                 m.setattr(_runners, "_thread_slabs", lambda shape, dt: np.full(shape, np.nan, dt))
-                y = conv2d_forward(x, k, b, padding=padding, method="direct")
-                dx = conv2d_input_gradient(dy, k, padding=padding, input_size=(H, H), method="direct")
+                y = conv2d_forward(x, k, b, padding=padding, method=fwd)
+                dx = conv2d_input_gradient(dy, k, padding=padding, input_size=(H, H), method=dxm)
             tol = dict(rtol=1e-10, atol=1e-10) if dtype == np.float64 else dict(rtol=2e-5, atol=2e-4)
             assert_allclose(y, y_ref, **tol, err_msg=str((N, C_in, C_out, H, K, padding, nt)))
             assert_allclose(dx, dx_ref, **tol, err_msg=str((N, C_in, C_out, H, K, padding, nt)))
