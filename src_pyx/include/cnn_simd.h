@@ -54,6 +54,14 @@ typedef double cnn_ext_vd;
 #else
 #define CNN_EXT_UNROLL
 #endif
+/* Constant-trip loops over a tile's accumulators, peeled whole so the accumulators stay in registers: gcc
+ * peels at most 16 iterations by itself, and the AVX-512 one-channel wide tile has 24 (left as a loop, its
+ * accumulators lived on the stack and it ran 3x slower than the AVX2 tile). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define CNN_EXT_PEEL _Pragma("GCC unroll 32")
+#else
+#define CNN_EXT_PEEL
+#endif
 #define CNN_EXT_LANES_F ((Py_ssize_t)(sizeof(cnn_ext_vf) / sizeof(float)))
 #define CNN_EXT_LANES_D ((Py_ssize_t)(sizeof(cnn_ext_vd) / sizeof(double)))
 

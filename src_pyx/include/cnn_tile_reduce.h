@@ -21,10 +21,13 @@
                 const T* kr_ = ki_ + kh_ * (KW);                                                     \
                 for (kw_ = 0; kw_ < (KW); kw_++) {                                                   \
                     const T* xr_ = xi_ + kh_ * (HS) + kw_ * (WS);                                    \
+                    CNN_EXT_PEEL                                                                     \
                     for (v_ = 0; v_ < (NV); v_++)                                                    \
                         xv_[v_] = *(const V*)(xr_ + v_ * L_);                                        \
+                    CNN_EXT_PEEL                                                                     \
                     for (jj_ = 0; jj_ < (NJ); jj_++) {                                               \
                         const T w_ = kr_[jj_ * (CKK) + kw_];                                         \
+                        CNN_EXT_PEEL                                                                 \
                         for (v_ = 0; v_ < (NV); v_++)                                                \
                             acc[jj_][v_] += w_ * xv_[v_];                                            \
                     }                                                                                \

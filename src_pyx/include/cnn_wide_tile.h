@@ -50,10 +50,12 @@ static void NAME##_one(const T* xp, const T* k, T* wide, Py_ssize_t ldw, Py_ssiz
     V acc[1][CNN_EXT_WJB * CNN_EXT_WNV];                                                             \
     Py_ssize_t v;                                                                                    \
     T* o = wide + j0 * ldw + f0;                                                                     \
+    CNN_EXT_PEEL                                                                                     \
     for (v = 0; v < NV1; v++)                                                                        \
         if (first) acc[0][v] = CNN_EXT_SPLAT(V, (T)0); else acc[0][v] = *(const V*)(o + v * L);     \
     CNN_EXT_TILE_REDUCE(T, V, acc, CNN_EXT_WJB * CNN_EXT_WNV, 1, NV1, xp + f0, plane, Wp, 1,         \
                         k + j0 * C_in * KH * KW, KH * KW, C_in * KH * KW, KW, i0, i1, kh0, kh1);     \
+    CNN_EXT_PEEL                                                                                     \
     for (v = 0; v < NV1; v++)                                                                        \
         *(V*)(o + v * L) = acc[0][v];                                                                \
 }                                                                                                    \
