@@ -91,6 +91,7 @@ TILES = {dt: dict(lanes=tiled.direct_tile_lanes(dt == np.float32), wide=tiled.wi
                   channels=tiled.channel_tile(dt == np.float32), band=tiled.band_tile(dt == np.float32),
                   shifted=tiled.shifted_tile(dt == np.float32))
          for dt in _DTYPES}
+KGRAD_LANES = {dt: kgrad.tile_lanes(dt == np.float32) for dt in _DTYPES}  # its own build's, not tiled's
 
 
 class Geometry(NamedTuple):
@@ -163,8 +164,8 @@ def _why_not(op, method, g, dtype):
         return "" if g.C_in == 1 and g.H >= rows and g.W >= lanes else \
             f"one input channel of at least {rows} x {lanes} pixels"
     if method is Method.ROW_TILES:  # kernel gradient
-        return "" if g.C_in == 1 and g.OW % TILES[dtype]["lanes"] == 0 else \
-            f"one input channel and an output width that is a multiple of {TILES[dtype]['lanes']}"
+        return "" if g.C_in == 1 and g.OW % KGRAD_LANES[dtype] == 0 else \
+            f"one input channel and an output width that is a multiple of {KGRAD_LANES[dtype]}"
     if method is Method.CHANNELS:
         channels, JW = (g.C_in if op == "input_gradient" else g.C_out), TILES[dtype]["channels"]
         return "" if channels % JW == 0 else f"{'input' if op == 'input_gradient' else 'output'} channels " \
@@ -258,7 +259,7 @@ def kernel_gradient(method, g, dtype):
             return Method.LOOPS
         if not FAST:  # the baseline build's tiled kernel gradient loses to BLAS on large layers
             return Method.GEMM
-    lanes = TILES[dtype]["lanes"]
+    lanes = KGRAD_LANES[dtype]
     layout = Method.SHIFTED if g.C_out * g.KH >= KGRAD_SHIFTED_MIN[dtype] else Method.WIDE
     vectors = -(-g.OH * g.OW // lanes) * kgrad_samples(g, dtype, layout)
     partial_bytes = g.C_out * g.C_in * g.KH * g.KW * lanes * dtype.itemsize

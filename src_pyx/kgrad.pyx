@@ -351,6 +351,11 @@ def conv2d_bias_gradient(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, OH
 SUM_LANES = CNN_EXT_SUM_LANES  # columns of conv2d_bias_gradient's acc scratch
 
 
+def tile_lanes(bint single):
+    """Lanes per vector of this build's kernel-gradient tiles (the output-rows layout needs rows of whole ones)."""
+    return CNN_EXT_LANES_F if single else CNN_EXT_LANES_D
+
+
 cdef void _bias_sum_block(const floating* dy, floating* acc, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t N,
                           Py_ssize_t C, Py_ssize_t P) noexcept nogil:
     """acc[j] = lane sums of dy[:, j] for j in [j0, j1), read sample by sample."""

@@ -77,9 +77,12 @@ def test_plan_follows_cpu_features(monkeypatch, features, built, choice, level):
     assert variants == {name: level for name in TWINS}
 
 
-def test_auto_keeps_avx2_until_avx512_is_measured():
-    # no AVX-512 timing exists yet (benchmarks/results/avx512.md): auto must not pick the unmeasured build
-    assert plan("auto", AVX512_CPU, _ALL) == ("avx2", {name: "avx2" for name in TWINS})
+def test_auto_follows_the_measured_table():
+    # benchmarks/results/avx512.md: the direct forward kernels (rows, tiled) gain on AVX-512, the others stay
+    keep = _kernels.AUTO_KEEPS_AVX2
+    assert set(keep) <= set(TWINS) and all(isinstance(why, str) and why for why in keep.values())
+    assert plan("auto", AVX512_CPU, _ALL) == ("avx512", {name: "avx2" if name in keep else "avx512" for name in TWINS})
+    assert {"rows", "tiled"}.isdisjoint(keep) and "kgrad" in keep
     assert plan("avx512", AVX512_CPU, _ALL) == ("avx512", {name: "avx512" for name in TWINS})
 
 
@@ -91,7 +94,11 @@ def test_auto_keeps_avx2_where_avx512_loses(monkeypatch):
     # the modules whose methods are chosen from tiled's lanes move together
     monkeypatch.setattr(_kernels, "AUTO_KEEPS_AVX2", {"tiled": "a reason"})
     variants = plan("auto", AVX512_CPU, _ALL)[1]
-    assert {name for name in TWINS if variants[name] == "avx2"} == set(_kernels.COUPLED)
+    assert {name for name in TWINS if variants[name] == "avx2"} == set(_kernels.COUPLED) == {"rows", "tiled"}
+    # kgrad's rules read its own lanes: it can stay on AVX2 while the direct forward kernels move up
+    monkeypatch.setattr(_kernels, "AUTO_KEEPS_AVX2", {"kgrad": "a reason"})
+    variants = plan("auto", AVX512_CPU, _ALL)[1]
+    assert {name for name in TWINS if variants[name] == "avx2"} == {"kgrad"}
     # forcing takes the variant for every module; on an AVX2 CPU the table changes nothing
     assert plan("avx512", AVX512_CPU, _ALL)[1] == {name: "avx512" for name in TWINS}
     assert plan("auto", AVX2_CPU, _ALL)[1] == {name: "avx2" for name in TWINS}

@@ -25,6 +25,9 @@ def kgrad_wide_scratch_size(
     """Elements of one thread's slab for conv2d_kernel_gradient_wide with ns samples per tile: ns padded (or
     shifted) copies of x, ns widened dy (none for the output-rows layout 2), the vector partials."""
 
+def tile_lanes(single: bool) -> int:
+    """Lanes per vector of this build's kernel-gradient tiles (the output-rows layout needs rows of whole ones)."""
+
 def conv2d_kernel_gradient_wide(
     dy: NDArray[_F],  # IN  (N, C_out, OH, OW)
     x: NDArray[_F],  # IN  (N, C_in, H, W)
