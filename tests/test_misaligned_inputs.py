@@ -158,7 +158,7 @@ def _layers(dtype):
         (lambda: Conv2D(3, 4, (3, 2), stride=2, padding=1, seed=0, dtype=dtype), (2, 3, 7, 6)),
         (lambda: Conv2D(3, 2, 3, padding="same", seed=0, dtype=dtype), (2, 3, 7, 6)),
         (lambda: Dense(5, 4, seed=0, dtype=dtype), (3, 5)),
-        (lambda: Dense(300, 70, seed=0, dtype=dtype), (33, 300)),  # the blocked float64 product
+        (lambda: Dense(600, 256, seed=0, dtype=dtype), (16, 600)),  # the blocked float64 product (2 blocks)
         (Flatten, (2, 3, 4)),
         (ReLU, (3, 500)),  # large enough for the fused kernels
         (Sigmoid, (3, 500)),

@@ -21,7 +21,7 @@ __all__ = ["Dense", "Flatten"]
 
 # float64 products are cut into blocks of output columns, one single-threaded BLAS call each, shared over the
 # kernels' threads; the blocks follow from the shape alone, so the result is the same on any thread count
-_BLOCK_COLS = 64  # output columns per block at least
+_BLOCK_COLS = 128  # output columns per block at least: each block repacks the shared operand
 _MAX_BLOCKS = 4
 _WORK_FACTOR = 5  # a product splits only from 5x the work per thread of a convolution (BLAS calls cost more)
 
