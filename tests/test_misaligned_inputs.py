@@ -159,6 +159,7 @@ def _layers(dtype):
         (lambda: Conv2D(3, 2, 3, padding="same", seed=0, dtype=dtype), (2, 3, 7, 6)),
         (lambda: Dense(5, 4, seed=0, dtype=dtype), (3, 5)),
         (lambda: Dense(600, 256, seed=0, dtype=dtype), (16, 600)),  # the blocked float64 product (2 blocks)
+        (lambda: Dense(300, 70, seed=0, dtype=dtype), (33, 300)),  # NumPy's own loops on misaligned float32
         (Flatten, (2, 3, 4)),
         (ReLU, (3, 500)),  # large enough for the fused kernels
         (Sigmoid, (3, 500)),
@@ -171,7 +172,7 @@ def _layers(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("index", range(13))
+@pytest.mark.parametrize("index", range(14))
 def test_layers_forward_and_backward(dtype, index):
     make, shape = _layers(dtype)[index]
     rng = np.random.default_rng(index)
