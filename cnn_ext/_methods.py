@@ -48,6 +48,7 @@ MAX_SLAB_BYTES = 1 << 30
 TINY_PIXELS = 36  # output pixels per map up to which a tiny layer's plain loops beat every tiled kernel
 TINY_CHANNELS = 4  # C_in * C_out up to which the same holds
 ROW_TILES_MAX_C_OUT = 32  # output channels past which the row tiles lose to the wide rows
+ROW_TILE_CHANNELS = 4  # output channels per row tile (cnn_row_tile.h's CNN_EXT_JB, the same in every build)
 ROW_TILES_MIN_OW_ONE_CHANNEL = 20  # one input channel: row width from which row tiles win despite a tail tile
 ROW_TILES_SHORT = 128  # C_in*KH*KW up to which row tiles win ties (the wide tiles' copy-out shows)
 WIDE_F64_MAX_CHANNELS = 2048  # float64 forward, maps > CHANNELS_MAX_PIXELS: C_in*C_out from which BLAS ties
@@ -377,7 +378,9 @@ def _row_tiles_better(g, dtype, padded=False):
     outputs than the wide rows, or as many with a short reduction; with one input channel, tiles of 3 vectors
     win on rows of whole tiles or of ROW_TILES_MIN_OW_ONE_CHANNEL outputs and more."""
     lanes = TILES[dtype]["lanes"]
-    if not FAST or g.OW < 2 * lanes:
+    # under 2 vectors a row is one overlapping tile: with 8 lanes that loses; with 16 (AVX-512 float32) the
+    # count of outputs below decides ((32, 3, 8, 32, 3): 141 us against the wide rows' 197)
+    if not FAST or g.OW < (2 * lanes if lanes < 16 else lanes + 1):
         return False
     if g.C_in == 1:
         QB = (3 if g.OW >= 3 * lanes else 2) * lanes
@@ -386,7 +389,8 @@ def _row_tiles_better(g, dtype, padded=False):
         return g.OW % QB == 0 or g.OW >= ROW_TILES_MIN_OW_ONE_CHANNEL
     if g.C_out > ROW_TILES_MAX_C_OUT:
         return False
-    JB, TB = TILES[dtype]["wide"]
+    TB = TILES[dtype]["wide"][1]
+    JB = ROW_TILE_CHANNELS
     row = -(-g.OW // (2 * lanes)) * 2 * lanes * (-(-g.C_out // JB) * JB if g.C_out >= JB else g.C_out)
     wide = -(-g.OH * (g.OW + g.KW - 1) // TB) * TB / g.OH * g.C_out
     return row < 0.95 * wide or (row <= wide and g.C_in * g.KH * g.KW <= ROW_TILES_SHORT)
