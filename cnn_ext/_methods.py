@@ -378,8 +378,7 @@ def _row_tiles_better(g, dtype, padded=False):
     outputs than the wide rows, or as many with a short reduction; with one input channel, tiles of 3 vectors
     win on rows of whole tiles or of ROW_TILES_MIN_OW_ONE_CHANNEL outputs and more."""
     lanes = TILES[dtype]["lanes"]
-    # under 2 vectors a row is one overlapping tile: with 8 lanes that loses; with 16 (AVX-512 float32) the
-    # count of outputs below decides ((32, 3, 8, 32, 3): 141 us against the wide rows' 197)
+    # under 2 vectors a row is one overlapping tile: with 8 lanes it loses, with 16 the output count decides
     if not FAST or g.OW < (2 * lanes if lanes < 16 else lanes + 1):
         return False
     if g.C_in == 1:

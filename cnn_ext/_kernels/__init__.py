@@ -42,11 +42,10 @@ ISA_FEATURES = {
 # Twin modules that `auto` keeps on AVX2 on an AVX-512 CPU, each with the reason: benchmarks/results/avx512.md
 # (the whole AVX-512 build against AVX2) and avx512_auto.md (what auto picks against AVX2).
 AUTO_KEEPS_AVX2: dict = {
-    "kgrad": "its 16-lane tiles lose on most kernel gradients (0.53-0.92x on small and mid-size layers): short "
-             "planes pad to whole vectors and the vector partials double",
-    "gemm": "im2col + the same BLAS: no gain (0.94-1.06x)",
-    "winograd": "transforms + the same BLAS: no gain (0.90-1.06x)",
-    "pooling": "MaxPool2D(3, stride=2) loses (0.59x float32), the others tie",
+    "kgrad": "its 16-lane tiles lose on most kernel gradients: short planes pad to whole vectors",
+    "gemm": "im2col + the same BLAS: no gain",
+    "winograd": "transforms + the same BLAS: no gain",
+    "pooling": "MaxPool2D(3, stride=2) loses, the others tie",
 }
 # Modules that always take the same build: cnn_ext._methods reads the lanes and tile shapes of `tiled` to choose
 # and check the methods of both (kgrad's rules read its own lanes: it can take another build).

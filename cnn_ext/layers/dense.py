@@ -137,7 +137,7 @@ class Dense(ParamLayer):
         """``{"dW": xᵀ·dE_dY, "dB": mean_n dE_dY (tutorial) or Σ_n dE_dY (exact), "dX": dE_dY·wᵀ}``."""
         x = self._cached_input()
         rule = grad_rule(dE_dY)
-        dy = _checks.contiguous(np.asarray(self._grad_output(dE_dY, self.dtype)).view(np.ndarray), self.dtype)
+        dy = _checks.contiguous(self._grad_output(dE_dY, self.dtype), self.dtype)  # a plain, aligned array
         dB = dy.sum(axis=0) if rule == EXACT else batch_mean(dy)
         # float64: products split over the kernels' threads (_matmul); float32: one sgemm each, with dX as
         # (w·dyᵀ)ᵀ, which OpenBLAS runs faster than dy·wᵀ on small batches (splitting measured slower there)
