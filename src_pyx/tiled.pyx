@@ -492,7 +492,7 @@ def conv2d_forward_band(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, 
 # The same padded slab as the wide-row kernel, but a tile is CNN_EXT_CJV vectors of consecutive output
 # channels x nq <= CNN_EXT_CNQ output pixels of one row: weights are vector loads from a packed copy
 # kp[C_out / JW, C_in, KH, KW, JW] (JW = CNN_EXT_CJV lanes-vectors), inputs are broadcasts. No lane is wasted
-# when C_out is a multiple of JW (the caller's condition), and rows split into chunks of 4 to 6 pixels.
+# when C_out is a multiple of JW (the caller's condition), and rows split into balanced chunks.
 # ---------------------------------------------------------------------------------------------------
 
 

@@ -191,6 +191,29 @@ def test_strided_forwards_by_channel_vectors(shape, padding, stride, dtype, rest
         assert "channels" in results, "the channel-vector kernel refused a strided forward it takes"
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_channel_vector_tiles_of_every_row_width(stride, dtype):
+    """Rows of 1 to 26 outputs: every tile width the channel-vector kernel splits a row into (up to 12 pixels
+    with 32 registers, 6 otherwise), at stride 1 and 2, forward and input gradient (32 output channels: whole
+    tiles in every build)."""
+    if not _methods.FAST:
+        pytest.skip("the channel-vector kernel runs in the AVX2 and AVX-512 builds")
+    rng = np.random.default_rng(stride)
+    for W in range(1, 27):
+        shape = (2, 3, 32, 4, W * stride, 3, 3)
+        (x, k, b), ref = _forward_case(shape, 1, (stride, stride), dtype)
+        tol = method_tol(conv2d_forward, "channels", (x, k, b), dtype, {})
+        assert_allclose(conv2d_forward(x, k, b, stride=stride, padding=1, method="channels"), ref, **tol,
+                        err_msg=f"forward, {W}-output rows")
+        if stride == 1:  # the input gradient runs the same tiles over dE_dY's rows
+            dy = rng.standard_normal((2, 32, 4, W)).astype(dtype)
+            kt = rng.standard_normal((32, 32, 3, 3)).astype(dtype)
+            got = conv2d_input_gradient(dy, kt, padding=1, input_size=(4, W), method="channels")
+            assert_allclose(got, tap_input_gradient(dy, kt, 4, W, (1, 1), (1, 1, 1, 1)), **tol,
+                            err_msg=f"input gradient, {W}-output rows")
+
+
 def _forward_case(shape, padding, stride, dtype):
     rng = np.random.default_rng(sum(shape))
     x, k, b, _, pad = layer_data(rng, shape, dtype, stride, padding)

@@ -11,7 +11,13 @@
 #include "cnn_simd.h"
 
 #define CNN_EXT_CJV 2
+/* pixels per tile at most: with 32 registers a tile holds up to 24 accumulators, so rows of 7 to 12 pixels take
+ * one tile (a short tail tile has too few accumulators to keep both FMA units busy) */
+#if CNN_EXT_WIDE_REGS
+#define CNN_EXT_CNQ 12
+#else
 #define CNN_EXT_CNQ 6
+#endif
 #define CNN_EXT_DEFINE_CV_TILE(NAME, T, V)                                                            \
 CNN_EXT_TILE_INLINE void NAME##_fixed(const T* xp, const T* kp, const T* b, T* stage, Py_ssize_t plane, \
                                       Py_ssize_t Wp, Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, \
@@ -23,6 +29,7 @@ CNN_EXT_TILE_INLINE void NAME##_fixed(const T* xp, const T* kp, const T* b, T* s
     V acc[CNN_EXT_CNQ][CNN_EXT_CJV], w[CNN_EXT_CJV];                                                 \
     Py_ssize_t i, kh, kw, qq, v, l;                                                                  \
     const T* kb = kp + j0 * C_in * KK;                                                               \
+    CNN_EXT_PEEL                                                                                     \
     for (qq = 0; qq < nq; qq++)                                                                      \
         for (v = 0; v < CNN_EXT_CJV; v++)                                                            \
             acc[qq][v] = *(const V*)(b + j0 + v * L);                                                \
@@ -35,6 +42,7 @@ CNN_EXT_TILE_INLINE void NAME##_fixed(const T* xp, const T* kp, const T* b, T* s
             for (kw = 0; kw < KW; kw++) {                                                            \
                 for (v = 0; v < CNN_EXT_CJV; v++)                                                    \
                     w[v] = *(const V*)(kr + kw * JW + v * L);                                        \
+                CNN_EXT_PEEL                                                                         \
                 for (qq = 0; qq < nq; qq++) {                                                        \
                     const T xs = xr[kw + qq * SW];                                                   \
                     for (v = 0; v < CNN_EXT_CJV; v++)                                                \
@@ -43,6 +51,7 @@ CNN_EXT_TILE_INLINE void NAME##_fixed(const T* xp, const T* kp, const T* b, T* s
             }                                                                                        \
         }                                                                                            \
     }                                                                                                \
+    CNN_EXT_PEEL                                                                                     \
     for (qq = 0; qq < nq; qq++)                                                                      \
         for (v = 0; v < CNN_EXT_CJV; v++) {                                                          \
             T lane[sizeof(V) / sizeof(T)];                                                           \
@@ -62,7 +71,8 @@ static void NAME(const T* xp, const T* kp, const T* b, T* stage, Py_ssize_t plan
         case 3: CNN_EXT_CV_CALL(NAME, 3, 1); break;                                                  \
         case 4: CNN_EXT_CV_CALL(NAME, 4, 1); break;                                                  \
         case 5: CNN_EXT_CV_CALL(NAME, 5, 1); break;                                                  \
-        default: CNN_EXT_CV_CALL(NAME, 6, 1); break;                                                 \
+        CNN_EXT_CV_MORE(NAME, 1)                                                                     \
+        default: CNN_EXT_CV_CALL(NAME, CNN_EXT_CNQ, 1); break;                                       \
         }                                                                                            \
         return;                                                                                      \
     }                                                                                                \
@@ -72,9 +82,18 @@ static void NAME(const T* xp, const T* kp, const T* b, T* stage, Py_ssize_t plan
     case 3: CNN_EXT_CV_CALL(NAME, 3, SW); break;                                                     \
     case 4: CNN_EXT_CV_CALL(NAME, 4, SW); break;                                                     \
     case 5: CNN_EXT_CV_CALL(NAME, 5, SW); break;                                                     \
-    default: CNN_EXT_CV_CALL(NAME, 6, SW); break;                                                    \
+    CNN_EXT_CV_MORE(NAME, SW)                                                                        \
+    default: CNN_EXT_CV_CALL(NAME, CNN_EXT_CNQ, SW); break;                                          \
     }                                                                                                \
 }
+#if CNN_EXT_WIDE_REGS
+#define CNN_EXT_CV_MORE(NAME, S) case 6: CNN_EXT_CV_CALL(NAME, 6, S); break; \
+    case 7: CNN_EXT_CV_CALL(NAME, 7, S); break; case 8: CNN_EXT_CV_CALL(NAME, 8, S); break; \
+    case 9: CNN_EXT_CV_CALL(NAME, 9, S); break; case 10: CNN_EXT_CV_CALL(NAME, 10, S); break; \
+    case 11: CNN_EXT_CV_CALL(NAME, 11, S); break;
+#else
+#define CNN_EXT_CV_MORE(NAME, S)
+#endif
 #define CNN_EXT_CV_CALL(NAME, NQ, STRIDE) \
     NAME##_fixed(xp, kp, b, stage, plane, Wp, C_in, KH, KW, kh0, kh1, j0, r, q0, OW, NQ, STRIDE)
 CNN_EXT_DEFINE_CV_TILE(cnn_ext_cv_tile_f, float, cnn_ext_vf)
