@@ -16,8 +16,13 @@ from libc.math cimport sqrt
 from _threads cimport _nparts, _part, _team
 
 
+cdef extern from "cnn_prefetch.h":
+    void _prefetch "cnn_ext_prefetch"(const void* p, Py_ssize_t nbytes, int write) noexcept nogil
+
+
 cdef enum:
     ACC = 8  # independent partial sums per channel: additions overlap instead of each waiting on the one before
+    AHEAD = 2  # the first pass over a channel prefetches the run of the sample this many samples ahead
 
 
 cdef double _sum(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, double m,
@@ -31,6 +36,8 @@ cdef double _sum(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, do
         acc[j] = 0.0
     for n in range(N):
         p = x + n * C * L
+        if not squares and n + AHEAD < N:  # the second pass finds the channel in cache
+            _prefetch(p + AHEAD * C * L, L * sizeof(floating), 0)
         l = 0
         while l + ACC <= L:
             for j in range(ACC):
@@ -62,6 +69,8 @@ cdef void _affine(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py
     cdef Py_ssize_t n, l
     cdef floating a = <floating>scale, b = <floating>shift
     for n in range(N):
+        if n + AHEAD < N:  # y's lines are not in cache yet: each run would start with a miss
+            _prefetch(y + (n + AHEAD) * C * L, L * sizeof(floating), 1)
         for l in range(L):
             y[n * C * L + l] = x[n * C * L + l] * a + b
 
@@ -93,6 +102,9 @@ cdef void _backward_channel(const floating* dy, const floating* x, floating* dx,
         ady[j] = 0.0
         adyx[j] = 0.0
     for n in range(N):
+        if n + AHEAD < N:
+            _prefetch(dy + (n + AHEAD) * C * L, L * sizeof(floating), 0)
+            _prefetch(x + (n + AHEAD) * C * L, L * sizeof(floating), 0)
         l = 0
         while l + ACC <= L:  # the partial sums of _sum, for the two sums at once
             for j in range(ACC):
@@ -116,12 +128,16 @@ cdef void _backward_channel(const floating* dy, const floating* x, floating* dx,
         b = sdy / M
         c = sdyx / M
         for n in range(N):
+            if n + AHEAD < N:
+                _prefetch(dx + (n + AHEAD) * C * L, L * sizeof(floating), 1)
             for l in range(L):
                 i = n * C * L + l
                 xhat = (x[i] - mean) * invstd
                 dx[i] = <floating>(k * (dy[i] - b - xhat * c))
     else:
         for n in range(N):
+            if n + AHEAD < N:
+                _prefetch(dx + (n + AHEAD) * C * L, L * sizeof(floating), 1)
             for l in range(L):
                 i = n * C * L + l
                 dx[i] = <floating>(k * dy[i])
