@@ -63,6 +63,8 @@ SHIFT_TAPS = 144  # float32 channels x taps per block of the shifted kernel: a b
 SHIFT_MAX_REDUCTION = 64  # C_in*KH*KW up to which the shifted copies win whatever the kernel
 KGRAD_TILE_CHANNELS, KGRAD_TILE_TAPS = 4, 3  # 12 of the 16 ymm registers (6x2, 3x4 tiles lost)
 KGRAD_SHIFTED_MIN = {np.dtype(np.float32): 128, np.dtype(np.float64): 56}  # C_out*KH from which shifted wins
+# C_in*C_out*KH from which it wins too: the wide rows lose on many input channels, and hold on few (methods.md)
+KGRAD_SHIFTED_MIN_TERMS = {np.dtype(np.float32): 768, np.dtype(np.float64): 384}
 KGRAD_SLAB_BYTES = 512 << 10  # per-thread slabs of one kernel-gradient pass stay in L2
 KGRAD_MIN_VECTORS = 40  # vectors per pass from which the tiled kernel gradient beats BLAS at any width
 KGRAD_MAX_PARTIAL_BYTES = 128 << 10  # vector partials up to which it wins on smaller planes
@@ -261,7 +263,8 @@ def kernel_gradient(method, g, dtype):
         if not FAST:  # the baseline build's tiled kernel gradient loses to BLAS on large layers
             return Method.GEMM
     lanes = KGRAD_LANES[dtype]
-    layout = Method.SHIFTED if g.C_out * g.KH >= KGRAD_SHIFTED_MIN[dtype] else Method.WIDE
+    shifted = g.C_out * g.KH >= KGRAD_SHIFTED_MIN[dtype] or g.C_in * g.C_out * g.KH >= KGRAD_SHIFTED_MIN_TERMS[dtype]
+    layout = Method.SHIFTED if shifted else Method.WIDE
     vectors = -(-g.OH * g.OW // lanes) * kgrad_samples(g, dtype, layout)
     partial_bytes = g.C_out * g.C_in * g.KH * g.KW * lanes * dtype.itemsize
     # a tile adds its accumulators into the per-thread vector partials once per pass: with few vectors per pass

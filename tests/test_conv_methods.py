@@ -214,6 +214,26 @@ def test_channel_vector_tiles_of_every_row_width(stride, dtype):
                             err_msg=f"input gradient, {W}-output rows")
 
 
+def test_kernel_gradient_layout_follows_the_measured_rule():
+    """Shifted copies for many output channels x kernel rows, or many terms with the input channels; wide rows
+    for few of both (benchmarks/results/methods.md)."""
+    M = _methods
+    if not M.FAST:
+        pytest.skip("the baseline build takes BLAS for these layers")
+
+    def layout(N, C_in, C_out, H, K, P, dtype):
+        O = H + 2 * P - K + 1
+        return M.kernel_gradient("auto", M.Geometry(N, C_in, C_out, H, H, K, K, O, O, 1, 1, (P,) * 4), np.dtype(dtype))
+
+    for dtype in (np.float32, np.float64):
+        assert layout(64, 16, 16, 28, 3, 1, dtype) is M.Method.SHIFTED, dtype  # a ResNet's first stage
+        assert layout(16, 16, 16, 32, 5, 2, dtype) is M.Method.SHIFTED, dtype
+        assert layout(16, 8, 4, 32, 5, 0, dtype) is M.Method.WIDE, dtype  # few channels
+        assert layout(32, 3, 16, 32, 3, 1, dtype) is M.Method.WIDE, dtype
+    assert layout(64, 8, 16, 28, 3, 1, np.float32) is M.Method.WIDE
+    assert layout(64, 8, 16, 28, 3, 1, np.float64) is M.Method.SHIFTED
+
+
 def _forward_case(shape, padding, stride, dtype):
     rng = np.random.default_rng(sum(shape))
     x, k, b, _, pad = layer_data(rng, shape, dtype, stride, padding)
