@@ -338,6 +338,19 @@ def write_results(result, out_path, argv=None):
     return text
 
 
+def layer_case(layer, dtype, seed=0):
+    """Random x, k, b, dE_dY and the _methods.Geometry of a layer (label, N, C_in, C_out, H, K, stride, padding)."""
+    from cnn_ext import _methods
+    _, N, C_in, C_out, H, K, S, P = layer
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C_in, H, H)).astype(dtype)
+    k = rng.standard_normal((C_out, C_in, K, K)).astype(dtype)
+    b = rng.standard_normal(C_out).astype(dtype)
+    O = (H + 2 * P - K) // S + 1
+    dy = rng.standard_normal((N, C_out, O, O)).astype(dtype)
+    return x, k, b, dy, _methods.Geometry(N, C_in, C_out, H, H, K, K, O, O, S, S, (P,) * 4)
+
+
 def side_by_side_parser(doc, dtypes=("float32",)):
     """The options of a side-by-side script: --repeats, --min-time, --threads, --dtypes, --clock and --out."""
     import argparse

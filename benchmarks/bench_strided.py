@@ -34,11 +34,8 @@ CASES = [
 
 def peers(case, dtype):
     """{"channels", "gemm", "torch": fn}, checked against each other."""
-    _, N, C_in, C_out, H, K, S, P = case
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((N, C_in, H, H)).astype(dtype)
-    k = rng.standard_normal((C_out, C_in, K, K)).astype(dtype)
-    b = rng.standard_normal(C_out).astype(dtype)
+    S, P = case[6:]
+    x, k, b, _, _ = C.layer_case(case, dtype)
     xt, kt, bt = (torch.from_numpy(a) for a in (x, k, b))
     fns = {m: (lambda m=m: cnn_ext.conv2d_forward(x, k, b, stride=S, padding=P, method=m))
            for m in ("channels", "gemm")}
@@ -66,9 +63,7 @@ def main(argv=None):
         for dtype in args.dtypes:
             for case in CASES:
                 fns = peers(case, np.dtype(dtype).type)
-                _, N, C_in, C_out, H, K, S, P = case
-                O = (H + 2 * P - K) // S + 1
-                g = _methods.Geometry(N, C_in, C_out, H, H, K, K, O, O, S, S, (P,) * 4)
+                g = C.layer_case(case, np.dtype(dtype).type)[-1]
                 auto = _methods.forward("auto", g, np.dtype(dtype)).value
                 for nt in args.threads:
                     with C.threads(nt):
