@@ -26,7 +26,8 @@ class Method(str, enum.Enum):
     ROW_TILES_PADDED = "row_tiles_padded"  # forward, one input channel: row tiles on a zero-padded copy
     WIDE = "wide"                          # tiles along the flat index of a zero-padded slab (stride 1)
     SHIFTED = "shifted"                    # KW shifted copies of the sample: no wasted columns (stride 1)
-    CHANNELS = "channels"                  # vectors over output channels, for small maps (forward: any stride)
+    CHANNELS = "channels"                  # vectors over output channels, for small maps (forward and kernel
+                                           # gradient: any stride)
     BAND = "band"                          # input gradient of one input channel: 4 output rows per tile
     SCATTER = "scatter"                    # input gradient of tiny layers: scatter loops (no setup)
     LOOPS = "loops"                        # kernel gradient of tiny layers: plain row loops (no setup)
@@ -35,7 +36,7 @@ class Method(str, enum.Enum):
 
 FORWARD_METHODS = ("gemm", "row_tiles", "row_tiles_padded", "wide", "shifted", "channels", "winograd")
 INPUT_GRADIENT_METHODS = ("gemm", "scatter", "wide", "band", "channels", "winograd")
-KERNEL_GRADIENT_METHODS = ("gemm", "loops", "wide", "shifted", "row_tiles", "winograd")
+KERNEL_GRADIENT_METHODS = ("gemm", "loops", "wide", "shifted", "row_tiles", "channels", "winograd")
 _CHOICES = ("auto", "direct")
 
 # ---- tunables: each with the reason it has its value ---------------------------------------------
@@ -58,6 +59,14 @@ WIDE_DX_MAX_WASTE = 1.5  # float32 dX: H*W / (OH*OW) (zeros multiplied outside t
 CHANNELS_MAX_TAPS = 9  # KH*KW up to which vectors over output channels can win (7x7 kernels lose)
 CHANNELS_MAX_PIXELS = 400  # output pixels per map up to which they win (28x28 and larger: ties or losses)
 CHANNELS_DX_F64_MAX = 1024  # float64 dX: C_in*C_out up to which they win
+CHANNELS_KGRAD_MAX_KW = tiled.channel_kgrad_max_kw()  # the kernel gradient's tile has a copy per kernel width
+CHANNELS_KGRAD_MIN_TERMS = 64  # C_in*KH*KW from which its tiles of kernel rows are full enough to win
+# its tiles of 12 taps (32 registers) also win on maps > CHANNELS_MAX_PIXELS from C_in*C_out = 1024 (float32;
+# float64 up to 1024 pixels, past which the per-sample slabs outgrow L2); tiles of 6 taps win only on small
+# maps and strides in float32, and tie or lose in float64
+CHANNELS_KGRAD_WIDE = tiled.channel_kgrad_taps() >= 12
+CHANNELS_KGRAD_LARGE = 1024
+CHANNELS_KGRAD_F64_MAX_PIXELS = 1024
 WIDE_IB = 32  # input channels per block of the wide-row kernel: its slab rows stay in L2
 SHIFT_TAPS = 144  # float32 channels x taps per block of the shifted kernel: a block's streams stay in L1
 SHIFT_MAX_REDUCTION = 64  # C_in*KH*KW up to which the shifted copies win whatever the kernel
@@ -154,7 +163,7 @@ def _why_not(op, method, g, dtype):
         partial = NCHUNK * g.C_out * g.C_in * g.KH * g.KW * g.OW * np.dtype(dtype).itemsize
         if partial > MAX_SLAB_BYTES:
             return f"per-column partial sums within {MAX_SLAB_BYTES} bytes (this call's take {partial})"
-    if not g.stride1 and not (method is Method.CHANNELS and op == "forward"):
+    if not g.stride1 and not (method is Method.CHANNELS and op != "input_gradient"):
         return "stride 1"
     if op == "input_gradient" and min(g.transposed_pads) < 0:
         return "padding <= kernel size - 1"
@@ -171,8 +180,10 @@ def _why_not(op, method, g, dtype):
             f"one input channel and an output width that is a multiple of {KGRAD_LANES[dtype]}"
     if method is Method.CHANNELS:
         channels, JW = (g.C_in if op == "input_gradient" else g.C_out), TILES[dtype]["channels"]
-        return "" if channels % JW == 0 else f"{'input' if op == 'input_gradient' else 'output'} channels " \
-                                             f"in multiples of {JW}"
+        if channels % JW:
+            return f"{'input' if op == 'input_gradient' else 'output'} channels in multiples of {JW}"
+        if op == "kernel_gradient" and g.KW > CHANNELS_KGRAD_MAX_KW:
+            return f"kernels of at most {CHANNELS_KGRAD_MAX_KW} columns"
     return ""
 
 
@@ -251,9 +262,12 @@ def kernel_gradient(method, g, dtype):
         return _forced("kernel_gradient", KERNEL_GRADIENT_METHODS, method, g, dtype)
     if _slab_bytes(g, dtype) > MAX_SLAB_BYTES:
         return _gemm_only("kernel_gradient", method, g, dtype)
+    if _channels_kgrad_better(g, dtype):
+        return Method.CHANNELS
     if not g.stride1:
         if method == "direct":
-            raise ValueError("method='direct' needs stride 1 for the kernel gradient; use 'gemm' or 'auto'")
+            raise ValueError(f"method='direct' needs stride 1 for the kernel gradient, or {_channels_kgrad_rule(dtype)}"
+                             f"; use 'gemm' or 'auto'")
         return Method.GEMM
     if method == "auto" and _winograd_better(g, dtype):
         return Method.WINOGRAD
@@ -358,6 +372,28 @@ def _channels_better(g, dtype, grad):
     if channels % TILES[dtype]["channels"] or pixels > CHANNELS_MAX_PIXELS:
         return False
     return not grad or dtype == np.float32 or g.C_in * g.C_out <= CHANNELS_DX_F64_MAX
+
+
+def _channels_kgrad_rule(dtype):
+    """What _channels_kgrad_better asks of a kernel gradient, in words."""
+    return (f"output channels in multiples of {TILES[dtype]['channels']}, kernels of 2 or more taps and at most "
+            f"{CHANNELS_KGRAD_MAX_KW} columns, C_in*KH*KW >= {CHANNELS_KGRAD_MIN_TERMS}"
+            + ("" if CHANNELS_KGRAD_WIDE else ", float32"))
+
+
+def _channels_kgrad_better(g, dtype):
+    """The kernel gradient by vectors over output channels (channels-last dE_dY, x broadcast): no lane wasted on
+    short or strided rows, so it wins on small maps and at any stride, and with many channels on larger maps;
+    with few input channels its tiles of kernel rows run mostly empty (benchmarks/results/methods.md)."""
+    if not FAST or g.KH * g.KW == 1 or g.KW > CHANNELS_KGRAD_MAX_KW or g.C_out % TILES[dtype]["channels"]:
+        return False
+    if g.C_in * g.KH * g.KW < CHANNELS_KGRAD_MIN_TERMS or not (CHANNELS_KGRAD_WIDE or dtype == np.float32):
+        return False
+    pixels = g.OH * g.OW
+    if pixels <= CHANNELS_MAX_PIXELS or not g.stride1:
+        return True
+    return CHANNELS_KGRAD_WIDE and g.C_in * g.C_out >= CHANNELS_KGRAD_LARGE and (
+        dtype == np.float32 or pixels <= CHANNELS_KGRAD_F64_MAX_PIXELS)
 
 
 def shift_ib(g, dtype):

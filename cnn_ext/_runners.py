@@ -351,6 +351,15 @@ def kernel_gradient(method, g, dtype, nt):
         return _kgrad_in_chunks(gemm_chunks, g, nt, (nchunk, size), dtype, None)
     if method is Method.WINOGRAD:
         return winograd_kernel_gradient(g, dtype, nt, M.winograd_tile(g, dtype))
+    if method is Method.CHANNELS:
+        channels = _typed(tiled.conv2d_kernel_gradient_cv, dtype)
+        slab = tiled.channel_kgrad_scratch_size(g.C_in, g.C_out, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.SH, g.SW,
+                                                top, left)
+
+        def cv_chunks(dy, x, dk, partial, lo=0, hi=-1):
+            channels(dy, x, dk, partial, _thread_slabs((nt, slab), dtype), g.SH, g.SW, top, left, nt, lo, hi)
+            return True
+        return _kgrad_in_chunks(cv_chunks, g, nt, (nchunk, size), dtype, None)
     if method is Method.LOOPS:
         loops = _typed(rows.conv2d_kernel_gradient_rows, dtype)
 

@@ -1,7 +1,7 @@
 # cython: language_level=3
 """Register-tiled direct forward kernels on zero-padded slabs (stride 1, any padding; the channel-vector one
 any stride), also the input gradient of stride-1 layers as the forward of padded dE_dY with rotated kernels
-(rotate_kernels).
+(rotate_kernels), and the channel-vector kernel gradient (any stride; cnn_cvk_tile.h).
 
 cnn_ext/ops.py validates every argument, picks the kernel by shape and allocates outputs and scratch; each `def`
 takes typed memoryviews and releases the GIL for the whole loop. conv2d_forward_band and conv2d_forward_cv raise
@@ -14,10 +14,11 @@ depends on the thread count.
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 from _geom cimport Geom, _geom, _copy_padded, _zero_slab, _all_finite, _check_slabs
-from _threads cimport _nparts, _part, _team
+from _threads cimport _chunk_range, _nparts, _part, _team
 
 cdef extern from "cnn_simd.h":
     enum: CNN_EXT_LANES_F     # float lanes per vector of this build (8 AVX2, 4 SSE2, 1 without GNU vectors)
@@ -77,6 +78,19 @@ cdef extern from "cnn_cv_tile.h":
         const double* xp, const double* kp, const double* b, double* stage, Py_ssize_t plane, Py_ssize_t Wp,
         Py_ssize_t C_in, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t kh0, Py_ssize_t kh1, Py_ssize_t j0,
         Py_ssize_t r, Py_ssize_t q0, Py_ssize_t OW, Py_ssize_t nq, Py_ssize_t SW) noexcept nogil
+
+cdef extern from "cnn_cvk_tile.h":
+    enum: CNN_EXT_CVK_MAX_KW  # kernel widths the channel-vector kernel gradient takes, at most
+    enum: CNN_EXT_CVK_TAPS    # taps per tile of it: 12 with 32 vector registers, else 6
+    Py_ssize_t _cvk_rows "cnn_ext_cvk_rows"(Py_ssize_t KW) noexcept nogil
+    void _cvk_tile_f "cnn_ext_cvk_tile_f"(
+        const float* xp, const float* dyT, float* pk, Py_ssize_t C_out, const Py_ssize_t* off,
+        const Py_ssize_t* step, Py_ssize_t row0, Py_ssize_t nrows, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t SW,
+        Py_ssize_t j0, Py_ssize_t KW) noexcept nogil
+    void _cvk_tile_d "cnn_ext_cvk_tile_d"(
+        const double* xp, const double* dyT, double* pk, Py_ssize_t C_out, const Py_ssize_t* off,
+        const Py_ssize_t* step, Py_ssize_t row0, Py_ssize_t nrows, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t SW,
+        Py_ssize_t j0, Py_ssize_t KW) noexcept nogil
 
 
 def direct_tile_lanes(bint single):
@@ -583,3 +597,127 @@ def conv2d_forward_cv(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
                 _forward_cv_part(&x[0, 0, 0, 0], &kp[0, 0, 0, 0, 0], &b[0], &y[0, 0, 0, 0], &xpad[threadid(), 0],
                                  xpad.shape[1], &stage[threadid(), 0], &g, Hp, Wp,
                                  _part(N, t, nparts), _part(N, t + 1, nparts))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Channel-vector kernel gradient (any stride, any zero padding): vectors over output channels
+#
+# dK[j, i, kh, kw] = Σ_n Σ_{p, q} dE_dY[n, j, p, q] x_pad[n, i, p*SH + kh, q*SW + kw]. Per sample, x goes into
+# the padded slab and dE_dY is transposed to channels last (dyT[P, C_out]); a tile (cnn_cvk_tile.h) is
+# CNN_EXT_CJV vectors of output channels x the KW taps of a few kernel rows (i, kh), summed over every output
+# pixel in registers and added to the chunk's partial sums pk[taps, C_out] once per sample. For small maps
+# and strides, where the tiles over pixels waste lanes on short rows and skipped columns.
+# ---------------------------------------------------------------------------------------------------
+
+
+def channel_kgrad_max_kw():
+    """Kernel widths up to which the channel-vector kernel gradient runs (a tile copy each)."""
+    return CNN_EXT_CVK_MAX_KW
+
+
+def channel_kgrad_taps():
+    """Taps (i, kh, kw) per tile of the channel-vector kernel gradient in this build."""
+    return CNN_EXT_CVK_TAPS
+
+
+def channel_kgrad_scratch_size(Py_ssize_t C_in, Py_ssize_t C_out, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH,
+                               Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
+                               Py_ssize_t PT, Py_ssize_t PL):
+    """Elements of one thread's scratch: the padded slab, a zero row for the tiles' spare rows, and dyT."""
+    cdef Py_ssize_t Wp = padded_extent(W, OW, KW, SW, PL)
+    return C_in * padded_extent(H, OH, KH, SH, PT) * Wp + Wp + OH * OW * C_out
+
+
+cdef void _kgrad_cv_chunks(const floating* dy, const floating* x, floating* partial, Py_ssize_t size,
+                           floating* scratch, Py_ssize_t nscratch, const Py_ssize_t* off, const Py_ssize_t* step,
+                           const Geom* g, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t N, Py_ssize_t nchunk,
+                           Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    """partial[c, tap * C_out + j] = Σ_{n in chunk c} the terms of sample n, in sample order, c in [c0, c1)"""
+    cdef Py_ssize_t JW = CNN_EXT_CJV * (CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D)
+    cdef Py_ssize_t C_out = g.C_out, P = g.OH * g.OW, nrows = g.C_in * g.KH, NB = _cvk_rows(g.KW)
+    cdef Py_ssize_t plane = Hp * Wp, xs = g.C_in * g.H * g.W, c, n, t, j, p, j0, row0
+    cdef floating* xp = scratch
+    cdef floating* dyT = scratch + g.C_in * plane + Wp
+    cdef floating* pk
+    cdef const floating* d
+    _zero_slab(scratch, nscratch)  # the padding and the zero row stay zero: the copies write the interior
+    for c in range(c0, c1):
+        pk = partial + c * size
+        for t in range(size):
+            pk[t] = 0
+        for n in range((c * N) // nchunk, ((c + 1) * N) // nchunk):
+            _copy_padded(x + n * xs, xp, g, plane, Wp)
+            d = dy + n * C_out * P
+            for j in range(C_out):
+                for p in range(P):
+                    dyT[p * C_out + j] = d[j * P + p]
+            j0 = 0
+            while j0 < C_out:
+                row0 = 0
+                while row0 < nrows:
+                    if floating is float:
+                        _cvk_tile_f(xp, dyT, pk, C_out, off, step, row0, nrows, g.OH, g.OW, g.SW, j0, g.KW)
+                    else:
+                        _cvk_tile_d(xp, dyT, pk, C_out, off, step, row0, nrows, g.OH, g.OW, g.SW, j0, g.KW)
+                    row0 += NB
+                j0 += JW
+
+
+def conv2d_kernel_gradient_cv(const floating[:, :, :, ::1] dy,     # IN  (N, C_out, OH, OW)
+                              const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
+                              floating[:, :, :, ::1] dk,           # OUT (C_out, C_in, KH, KW)
+                              floating[:, ::1] partial,            # TMP (nchunk, C_out*C_in*KH*KW)
+                              floating[:, ::1] scratch,            # TMP (threads, channel_kgrad_scratch_size)
+                              Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PT, Py_ssize_t PL, int num_threads,
+                              Py_ssize_t c_lo=0, Py_ssize_t c_hi=-1):
+    """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]) at stride (SH, SW), zero padding PT on top and PL on the
+    left, summed in fixed chunks of samples; C_out a multiple of channel_tile(), KW <= channel_kgrad_max_kw().
+    Only chunks [c_lo, c_hi) of partial are computed (c_hi = -1: all); dk is written by the call that reaches
+    the last chunk. ValueError, before any work, when the scratch is too small."""
+    cdef Py_ssize_t N = x.shape[0], nchunk = partial.shape[0], size = partial.shape[1], c, t, j, r
+    cdef Py_ssize_t C_out = dk.shape[0], KH = dk.shape[2], KW = dk.shape[3], taps
+    cdef Py_ssize_t Hp = padded_extent(x.shape[2], dy.shape[2], KH, SH, PT)
+    cdef Py_ssize_t Wp = padded_extent(x.shape[3], dy.shape[3], KW, SW, PL)
+    cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], C_out, KH, KW, dy.shape[2], dy.shape[3], SH, SW, PT, PL)
+    cdef Py_ssize_t need = channel_kgrad_scratch_size(g.C_in, C_out, g.H, g.W, g.OH, g.OW, KH, KW, SH, SW, PT, PL)
+    cdef Py_ssize_t nrows = g.C_in * KH, NB = _cvk_rows(KW), nparts
+    cdef Py_ssize_t* off
+    cdef Py_ssize_t* step
+    cdef floating* out = &dk[0, 0, 0, 0]
+    cdef floating inv_n
+    c_hi = _chunk_range(c_lo, c_hi, nchunk)
+    if scratch.shape[0] < num_threads or scratch.shape[1] < need:
+        raise ValueError(f"scratch {(scratch.shape[0], scratch.shape[1])} too small for {num_threads} of {need}")
+    taps = size // C_out if C_out else 0
+    if N == 0:
+        for t in range(C_out * taps):
+            out[t] = 0
+        return
+    off = <Py_ssize_t*>malloc(2 * (nrows + NB) * sizeof(Py_ssize_t))
+    if off == NULL:
+        raise MemoryError()
+    step = off + nrows + NB
+    for r in range(nrows + NB):  # kernel row r = (i, kh); spare rows read the zero row after the slab
+        off[r] = (r // KH) * Hp * Wp + (r % KH) * Wp if r < nrows else g.C_in * Hp * Wp
+        step[r] = SH * Wp if r < nrows else 0
+    nparts = _nparts(c_hi - c_lo, num_threads)
+    with nogil:
+        if nparts == 1:
+            _kgrad_cv_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], size, &scratch[0, 0], need, off, step,
+                             &g, Hp, Wp, N, nchunk, c_lo, c_hi)
+        else:
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
+                _kgrad_cv_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], size, &scratch[threadid(), 0],
+                                 need, off, step, &g, Hp, Wp, N, nchunk,
+                                 c_lo + _part(c_hi - c_lo, t, nparts), c_lo + _part(c_hi - c_lo, t + 1, nparts))
+        if c_hi == nchunk:  # dk[j, tap] = (1/N) Σ_c partial[c, tap, j], the chunks added in order
+            inv_n = (<floating>1) / N
+            for t in range(C_out * taps):
+                out[t] = 0
+            for c in range(nchunk):
+                for j in range(C_out):
+                    for t in range(taps):
+                        out[j * taps + t] += partial[c, t * C_out + j]
+            for t in range(C_out * taps):
+                out[t] *= inv_n
+    free(off)

@@ -32,7 +32,7 @@ from cnn_ext import conv2d_bias_gradient, conv2d_forward, conv2d_input_gradient,
 CONTRACT = {
     "FORWARD_METHODS": ("gemm", "row_tiles", "row_tiles_padded", "wide", "shifted", "channels", "winograd"),
     "INPUT_GRADIENT_METHODS": ("gemm", "scatter", "wide", "band", "channels", "winograd"),
-    "KERNEL_GRADIENT_METHODS": ("gemm", "loops", "wide", "shifted", "row_tiles", "winograd"),
+    "KERNEL_GRADIENT_METHODS": ("gemm", "loops", "wide", "shifted", "row_tiles", "channels", "winograd"),
 }
 try:
     from cnn_ext import _methods
@@ -110,8 +110,8 @@ def check_every(op, methods, args, ref, dtype, *, stride_one, direct_expected=Tr
         assert "gemm" in ran, f"{op.__name__}: gemm did not run"
         if direct_expected:
             assert ran - {"gemm"}, f"{op.__name__}: no direct method ran (tried {methods})"
-    else:  # the channel-vector forward takes strides too; the other kernels do not
-        strided = {"gemm", "channels"} if op is conv2d_forward else {"gemm"}
+    else:  # the channel-vector forward and kernel gradient take strides too; the other kernels do not
+        strided = {"gemm"} if op is conv2d_input_gradient else {"gemm", "channels"}
         assert "gemm" in ran and ran <= strided, f"{op.__name__} at stride > 1 ran {sorted(ran)}: only " \
                                                  f"{sorted(strided)} apply"
     return results
@@ -232,6 +232,34 @@ def test_kernel_gradient_layout_follows_the_measured_rule():
         assert layout(32, 3, 16, 32, 3, 1, dtype) is M.Method.WIDE, dtype
     assert layout(64, 8, 16, 28, 3, 1, np.float32) is M.Method.WIDE
     assert layout(64, 8, 16, 28, 3, 1, np.float64) is M.Method.SHIFTED
+
+
+def test_auto_takes_channel_vectors_for_kernel_gradients_they_suit():
+    """Small maps (a ResNet's later stages), strides, and many channels on larger float32 maps; not one or few
+    input channels, 1x1 kernels, or channels that are not whole tiles."""
+    M = _methods
+    if not M.FAST:
+        pytest.skip("the baseline build has no channel-vector tiles")
+
+    def choose(C_in, C_out, H, K, S, P, dtype=np.float32):
+        O = (H + 2 * P - K) // S + 1
+        return M.kernel_gradient("auto", M.Geometry(64, C_in, C_out, H, H, K, K, O, O, S, S, (P,) * 4),
+                                 np.dtype(dtype))
+
+    wide = M.CHANNELS_KGRAD_WIDE  # tiles of 12 taps (AVX-512); with 6 only float32 on small maps and strides
+    for dtype in (np.float32, np.float64):
+        for layer in ((16, 32, 28, 3, 2, 1), (32, 32, 14, 3, 1, 1), (32, 64, 14, 3, 2, 1), (64, 64, 7, 3, 1, 1),
+                      (32, 64, 14, 3, 1, 1)):
+            assert (choose(*layer, dtype) is M.Method.CHANNELS) == (wide or dtype == np.float32), (layer, dtype)
+        assert (choose(64, 64, 28, 3, 1, 1, dtype) is M.Method.CHANNELS) == wide, dtype
+        for layer in ((1, 32, 28, 3, 1, 1), (4, 32, 28, 3, 1, 1), (16, 32, 28, 1, 2, 0), (32, 20, 14, 3, 1, 1)):
+            assert choose(*layer, dtype) is not M.Method.CHANNELS, (layer, dtype)
+    assert choose(64, 64, 56, 3, 1, 1, np.float64) is not M.Method.CHANNELS  # large float64 maps: slabs past L2
+    assert choose(64, 64, 14, 3, 2, 1) is M.Method.CHANNELS
+    assert M.kernel_gradient("direct", M.Geometry(64, 16, 32, 28, 28, 3, 3, 14, 14, 2, 2, (1,) * 4),
+                             np.dtype(np.float32)) is M.Method.CHANNELS
+    with pytest.raises(ValueError, match=r"method='direct' needs stride 1 for the kernel gradient, or output"):
+        M.kernel_gradient("direct", M.Geometry(64, 16, 24, 28, 28, 3, 3, 14, 14, 2, 2, (1,) * 4), np.dtype(np.float32))
 
 
 def _forward_case(shape, padding, stride, dtype):

@@ -94,8 +94,9 @@ def test_long_kernel_gradients_run_as_several_calls_for_any_batch(monkeypatch, m
     rng = np.random.default_rng(N)
     # loops and row tiles run unpadded layers (row tiles: one input channel, whole vectors per output row)
     pad, C_in, W = (0, 1, 18) if method in ("loops", "row_tiles") else (1, 2, 8)
+    C_out = 32 if method == "channels" else 8  # channel vectors: whole tiles of output channels
     x = rng.standard_normal((N, C_in, 10, W))
-    dy = rng.standard_normal((N, 8, 10 + 2 * pad - 2, W + 2 * pad - 2))
+    dy = rng.standard_normal((N, C_out, 10 + 2 * pad - 2, W + 2 * pad - 2))
     calls, first_dk = [], []
 
     def record(name, args):
@@ -282,9 +283,10 @@ def test_long_kernel_gradients_sum_in_more_chunks(monkeypatch, restore_threads, 
     rng = np.random.default_rng(7)
     N = 37
     pad, C_in, W = (0, 1, 18) if method in ("loops", "row_tiles") else (1, 2, 8)
+    C_out = 32 if method == "channels" else 8  # channel vectors: whole tiles of output channels
     x = rng.standard_normal((N, C_in, 10, W))
-    dy = rng.standard_normal((N, 8, 10 + 2 * pad - 2, W + 2 * pad - 2))
-    g = _methods.Geometry(N, C_in, 8, 10, W, 3, 3, dy.shape[2], dy.shape[3], 1, 1, (pad,) * 4)
+    dy = rng.standard_normal((N, C_out, 10 + 2 * pad - 2, W + 2 * pad - 2))
+    g = _methods.Geometry(N, C_in, C_out, 10, W, 3, 3, dy.shape[2], dy.shape[3], 1, 1, (pad,) * 4)
     ranges = []
     def run(threads):
         monkeypatch.setattr(ops, "_PLANS", {})

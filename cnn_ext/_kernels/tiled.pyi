@@ -147,3 +147,44 @@ def padded_extent(
 ) -> int:
     """Rows (or columns) of a padded slab: those the output reads, and at least the input's below its top
     padding (a stride can leave the last input rows unread); OH + KH - 1 at stride 1."""
+
+def channel_kgrad_max_kw() -> int:
+    """Kernel widths up to which the channel-vector kernel gradient runs (a tile copy each)."""
+
+def channel_kgrad_taps() -> int:
+    """Taps (i, kh, kw) per tile of the channel-vector kernel gradient in this build."""
+
+def channel_kgrad_scratch_size(
+    C_in: int,
+    C_out: int,
+    H: int,
+    W: int,
+    OH: int,
+    OW: int,
+    KH: int,
+    KW: int,
+    SH: int,
+    SW: int,
+    PT: int,
+    PL: int,
+) -> int:
+    """Elements of one thread's scratch: the padded slab, a zero row for the tiles' spare rows, and dyT."""
+
+def conv2d_kernel_gradient_cv(
+    dy: NDArray[_F],  # IN  (N, C_out, OH, OW)
+    x: NDArray[_F],  # IN  (N, C_in, H, W)
+    dk: NDArray[_F],  # OUT (C_out, C_in, KH, KW)
+    partial: NDArray[_F],  # TMP (nchunk, C_out*C_in*KH*KW)
+    scratch: NDArray[_F],  # TMP (threads, channel_kgrad_scratch_size)
+    SH: int,
+    SW: int,
+    PT: int,
+    PL: int,
+    num_threads: int,
+    c_lo: int = 0,
+    c_hi: int = -1,
+) -> None:
+    """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]) at stride (SH, SW), zero padding PT on top and PL on the
+    left, summed in fixed chunks of samples; C_out a multiple of channel_tile(), KW <= channel_kgrad_max_kw().
+    Only chunks [c_lo, c_hi) of partial are computed (c_hi = -1: all); dk is written by the call that reaches
+    the last chunk. ValueError, before any work, when the scratch is too small."""
