@@ -94,8 +94,13 @@ static void NAME(const T* xp, const T* kp, const T* b, T* stage, Py_ssize_t plan
 #else
 #define CNN_EXT_CV_MORE(NAME, S)
 #endif
-#define CNN_EXT_CV_CALL(NAME, NQ, STRIDE) \
-    NAME##_fixed(xp, kp, b, stage, plane, Wp, C_in, KH, KW, kh0, kh1, j0, r, q0, OW, NQ, STRIDE)
+/* 3-column kernels get their own copies: with the kernel width a literal, the tap loop unrolls */
+#define CNN_EXT_CV_CALL(NAME, NQ, STRIDE) do {                                                         \
+    if (KW == 3)                                                                                     \
+        NAME##_fixed(xp, kp, b, stage, plane, Wp, C_in, KH, 3, kh0, kh1, j0, r, q0, OW, NQ, STRIDE);  \
+    else                                                                                             \
+        NAME##_fixed(xp, kp, b, stage, plane, Wp, C_in, KH, KW, kh0, kh1, j0, r, q0, OW, NQ, STRIDE); \
+} while (0)
 CNN_EXT_DEFINE_CV_TILE(cnn_ext_cv_tile_f, float, cnn_ext_vf)
 CNN_EXT_DEFINE_CV_TILE(cnn_ext_cv_tile_d, double, cnn_ext_vd)
 
