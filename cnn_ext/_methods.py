@@ -61,10 +61,12 @@ CHANNELS_MAX_PIXELS = 400  # output pixels per map up to which they win (28x28 a
 CHANNELS_DX_F64_MAX = 1024  # float64 dX: C_in*C_out up to which they win
 CHANNELS_KGRAD_MAX_KW = tiled.channel_kgrad_max_kw()  # the kernel gradient's tile has a copy per kernel width
 CHANNELS_KGRAD_MIN_TERMS = 64  # C_in*KH*KW from which its tiles of kernel rows are full enough to win
-# its tiles of 12 taps (32 registers) also win on maps > CHANNELS_MAX_PIXELS from C_in*C_out = 1024 (float32;
-# float64 up to 1024 pixels, past which the per-sample slabs outgrow L2); tiles of 6 taps win only on small
-# maps and strides in float32, and tie or lose in float64
-CHANNELS_KGRAD_WIDE = tiled.channel_kgrad_taps() >= 12
+# builds with 32 vector registers (AVX-512): the channel-vector tiles hold 24 accumulators and win on maps of
+# any size once the reduction (C_in*KH*KW, dX's C_out*KH*KW) reaches CHANNELS_KGRAD_MIN_TERMS, also against
+# Winograd; the kernel gradient's tiles of 12 taps win on maps > CHANNELS_MAX_PIXELS from C_in*C_out = 1024
+# (float32; float64 up to 1024 pixels, past which the per-sample slabs outgrow L2). Tiles of 6 taps (AVX2) win
+# only on small maps and strides, in float32 (benchmarks/results/methods.md)
+CHANNELS_WIDE = tiled.channel_kgrad_taps() >= 12
 CHANNELS_KGRAD_LARGE = 1024
 CHANNELS_KGRAD_F64_MAX_PIXELS = 1024
 WIDE_IB = 32  # input channels per block of the wide-row kernel: its slab rows stay in L2
@@ -212,6 +214,8 @@ def forward(method, g, dtype):
         return _forced("forward", FORWARD_METHODS, method, g, dtype)
     if _slab_bytes(g, dtype) > MAX_SLAB_BYTES:
         return _gemm_only("forward", method, g, dtype)
+    if g.KH * g.KW > 1 and _channels_first(g, dtype, grad=False):
+        return Method.CHANNELS
     if not g.stride1:  # only the channel-vector kernel takes strides; BLAS keeps 1x1 ones (a plain product)
         if g.KH * g.KW > 1 and _channels_better(g, dtype, grad=False):
             return Method.CHANNELS
@@ -245,6 +249,8 @@ def input_gradient(method, g, dtype):
         if method == "direct":
             raise ValueError("method='direct' needs stride 1 and padding <= kernel size - 1; use 'gemm' or 'auto'")
         return Method.GEMM
+    if g.KH * g.KW > 1 and _channels_first(g, dtype, grad=True):
+        return Method.CHANNELS
     if method == "auto" and _winograd_better(g, dtype):
         return Method.WINOGRAD
     if method == "auto" and not _tiny(g) and not _direct_dx_better(g, dtype):
@@ -363,22 +369,34 @@ def _channels_rule(dtype):
             f"and outputs of at most {CHANNELS_MAX_PIXELS} pixels")
 
 
-def _channels_better(g, dtype, grad):
+def _channels_better(g, dtype, grad, any_map=False):
     """Vectors over output channels (no lane wasted when their count is a multiple of the vector) on small maps
-    with 3x3 or smaller kernels, where the wide rows' row-end columns and dX's zero taps cost most."""
+    with 3x3 or smaller kernels, where the wide rows' row-end columns and dX's zero taps cost most (any_map: on
+    every map, see _channels_first)."""
     if not FAST or g.KH * g.KW > CHANNELS_MAX_TAPS:
         return False
     channels, pixels = (g.C_in, g.H * g.W) if grad else (g.C_out, g.OH * g.OW)
-    if channels % TILES[dtype]["channels"] or pixels > CHANNELS_MAX_PIXELS:
+    if channels % TILES[dtype]["channels"]:
+        return False
+    if any_map:
+        return True
+    if pixels > CHANNELS_MAX_PIXELS:
         return False
     return not grad or dtype == np.float32 or g.C_in * g.C_out <= CHANNELS_DX_F64_MAX
+
+
+def _channels_first(g, dtype, grad):
+    """With 32 registers, the channel-vector forward (grad: input gradient) before every other method, Winograd
+    included, on any map, once its reduction reaches CHANNELS_KGRAD_MIN_TERMS."""
+    reduction = (g.C_out if grad else g.C_in) * g.KH * g.KW
+    return CHANNELS_WIDE and reduction >= CHANNELS_KGRAD_MIN_TERMS and _channels_better(g, dtype, grad, any_map=True)
 
 
 def _channels_kgrad_rule(dtype):
     """What _channels_kgrad_better asks of a kernel gradient, in words."""
     return (f"output channels in multiples of {TILES[dtype]['channels']}, kernels of 2 or more taps and at most "
             f"{CHANNELS_KGRAD_MAX_KW} columns, C_in*KH*KW >= {CHANNELS_KGRAD_MIN_TERMS}"
-            + ("" if CHANNELS_KGRAD_WIDE else ", float32"))
+            + ("" if CHANNELS_WIDE else ", float32"))
 
 
 def _channels_kgrad_better(g, dtype):
@@ -387,12 +405,12 @@ def _channels_kgrad_better(g, dtype):
     with few input channels its tiles of kernel rows run mostly empty (benchmarks/results/methods.md)."""
     if not FAST or g.KH * g.KW == 1 or g.KW > CHANNELS_KGRAD_MAX_KW or g.C_out % TILES[dtype]["channels"]:
         return False
-    if g.C_in * g.KH * g.KW < CHANNELS_KGRAD_MIN_TERMS or not (CHANNELS_KGRAD_WIDE or dtype == np.float32):
+    if g.C_in * g.KH * g.KW < CHANNELS_KGRAD_MIN_TERMS or not (CHANNELS_WIDE or dtype == np.float32):
         return False
     pixels = g.OH * g.OW
     if pixels <= CHANNELS_MAX_PIXELS or not g.stride1:
         return True
-    return CHANNELS_KGRAD_WIDE and g.C_in * g.C_out >= CHANNELS_KGRAD_LARGE and (
+    return CHANNELS_WIDE and g.C_in * g.C_out >= CHANNELS_KGRAD_LARGE and (
         dtype == np.float32 or pixels <= CHANNELS_KGRAD_F64_MAX_PIXELS)
 
 

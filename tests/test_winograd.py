@@ -193,6 +193,8 @@ def test_relu_and_max_pool_gradients_after_winograd_match_pytorch(monkeypatch):
     """The MNIST CNN's second layer by Winograd, on a zero background with a ReLU and a max-pool after it: the bias
     gradient is PyTorch's, which it was not while zero fields came out as rounding residuals."""
     monkeypatch.setitem(M.WINOGRAD_MIN_CHANNELS_SMALL_MAP, np.dtype(np.float32), 2048)  # auto: direct kernels
+    monkeypatch.setattr(M, "CHANNELS_WIDE", False)  # AVX-512 builds: channel vectors before Winograd
+    monkeypatch.setattr(cnn_ext.ops, "_PLANS", {})  # no plan chosen before the patches
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(5)
     x = np.maximum(rng.standard_normal((8, 32, 14, 14)), 0).astype(np.float32)
@@ -265,9 +267,10 @@ def test_auto_takes_winograd_only_within_the_measured_range():
         O = (size - K) // stride + 1
         return M.Geometry(8, C_in, C_out, size, size, K, K, O, O, stride, stride, (0, 0, 0, 0))
 
-    def winograd(choose, g, dtype):  # the channel-vector kernel gradient, where it runs, beats it (methods.md)
-        return M.Method.CHANNELS if choose is M.kernel_gradient and M._channels_kgrad_better(g, dtype) \
-            else M.Method.WINOGRAD
+    def winograd(choose, g, dtype):  # the channel-vector kernels, where auto takes them first, beat it (methods.md)
+        first = M._channels_kgrad_better(g, dtype) if choose is M.kernel_gradient else \
+            M._channels_first(g, dtype, grad=choose is M.input_gradient)
+        return M.Method.CHANNELS if first else M.Method.WINOGRAD
 
     for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
         for choose in (M.forward, M.input_gradient, M.kernel_gradient):
