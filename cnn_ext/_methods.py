@@ -63,7 +63,7 @@ CHANNELS_KGRAD_MAX_KW = tiled.channel_kgrad_max_kw()  # the kernel gradient's ti
 CHANNELS_KGRAD_MIN_TERMS = 64  # C_in*KH*KW from which its tiles of kernel rows are full enough to win
 # builds with 32 vector registers (AVX-512): the channel-vector tiles hold 24 accumulators and win on maps of
 # any size once the reduction (C_in*KH*KW, dX's C_out*KH*KW) reaches CHANNELS_KGRAD_MIN_TERMS, also against
-# Winograd; the kernel gradient's tiles of 12 taps win on maps > CHANNELS_MAX_PIXELS from C_in*C_out = 1024
+# Winograd in float32; the kernel gradient's tiles of 12 taps win on maps > CHANNELS_MAX_PIXELS from C_in*C_out = 1024
 # (float32; float64 up to 1024 pixels, past which the per-sample slabs outgrow L2). Tiles of 6 taps (AVX2) win
 # only on small maps and strides, in float32 (benchmarks/results/methods.md)
 CHANNELS_WIDE = tiled.channel_kgrad_taps() >= 12
@@ -386,9 +386,12 @@ def _channels_better(g, dtype, grad, any_map=False):
 
 
 def _channels_first(g, dtype, grad):
-    """With 32 registers, the channel-vector forward (grad: input gradient) before every other method, Winograd
-    included, on any map, once its reduction reaches CHANNELS_KGRAD_MIN_TERMS."""
+    """With 32 registers, the channel-vector forward (grad: input gradient) before every other method on any map,
+    once its reduction reaches CHANNELS_KGRAD_MIN_TERMS; Winograd included in float32, not in float64, where
+    Winograd kept its lead on the large layers it takes (benchmarks/results/avx512_auto.md)."""
     reduction = (g.C_out if grad else g.C_in) * g.KH * g.KW
+    if dtype == np.float64 and _winograd_better(g, dtype):
+        return False
     return CHANNELS_WIDE and reduction >= CHANNELS_KGRAD_MIN_TERMS and _channels_better(g, dtype, grad, any_map=True)
 
 
