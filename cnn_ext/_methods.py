@@ -63,9 +63,10 @@ CHANNELS_KGRAD_MAX_KW = tiled.channel_kgrad_max_kw()  # the kernel gradient's ti
 CHANNELS_KGRAD_MIN_TERMS = 64  # C_in*KH*KW from which its tiles of kernel rows are full enough to win
 # builds with 32 vector registers (AVX-512): the channel-vector tiles hold 24 accumulators and win on maps of
 # any size once the reduction (C_in*KH*KW, dX's C_out*KH*KW) reaches CHANNELS_KGRAD_MIN_TERMS, also against
-# Winograd in float32; the kernel gradient's tiles of 12 taps win on maps > CHANNELS_MAX_PIXELS from C_in*C_out = 1024
-# (float32; float64 up to 1024 pixels, past which the per-sample slabs outgrow L2). Tiles of 6 taps (AVX2) win
-# only on small maps and strides, in float32 (benchmarks/results/methods.md)
+# Winograd in float32; the kernel gradient's two-vector tiles of 12 taps win on maps > CHANNELS_MAX_PIXELS from
+# C_in*C_out = 1024, its one-vector tiles of 24 taps on any (float32; float64 up to 1024 pixels, past which the
+# per-sample slabs outgrow L2). Tiles of 6 taps (AVX2) win only on small maps and strides, in float32
+# (benchmarks/results/methods.md)
 CHANNELS_WIDE = tiled.channel_kgrad_taps() >= 12
 CHANNELS_KGRAD_LARGE = 1024
 CHANNELS_KGRAD_F64_MAX_PIXELS = 1024
@@ -180,8 +181,10 @@ def _why_not(op, method, g, dtype):
     if method is Method.ROW_TILES:  # kernel gradient
         return "" if g.C_in == 1 and g.OW % KGRAD_LANES[dtype] == 0 else \
             f"one input channel and an output width that is a multiple of {KGRAD_LANES[dtype]}"
-    if method is Method.CHANNELS:
+    if method is Method.CHANNELS:  # the kernel gradient also has a tile of one vector of channels
         channels, JW = (g.C_in if op == "input_gradient" else g.C_out), TILES[dtype]["channels"]
+        if op == "kernel_gradient":
+            JW = TILES[dtype]["lanes"]
         if channels % JW:
             return f"{'input' if op == 'input_gradient' else 'output'} channels in multiples of {JW}"
         if op == "kernel_gradient" and g.KW > CHANNELS_KGRAD_MAX_KW:
@@ -397,7 +400,8 @@ def _channels_first(g, dtype, grad):
 
 def _channels_kgrad_rule(dtype):
     """What _channels_kgrad_better asks of a kernel gradient, in words."""
-    return (f"output channels in multiples of {TILES[dtype]['channels']}, kernels of 2 or more taps and at most "
+    whole = TILES[dtype]["lanes"] if CHANNELS_WIDE else TILES[dtype]["channels"]
+    return (f"output channels in multiples of {whole}, kernels of 2 or more taps and at most "
             f"{CHANNELS_KGRAD_MAX_KW} columns, C_in*KH*KW >= {CHANNELS_KGRAD_MIN_TERMS}"
             + ("" if CHANNELS_WIDE else ", float32"))
 
@@ -405,16 +409,22 @@ def _channels_kgrad_rule(dtype):
 def _channels_kgrad_better(g, dtype):
     """The kernel gradient by vectors over output channels (channels-last dE_dY, x broadcast): no lane wasted on
     short or strided rows, so it wins on small maps and at any stride, and with many channels on larger maps;
-    with few input channels its tiles of kernel rows run mostly empty (benchmarks/results/methods.md)."""
-    if not FAST or g.KH * g.KW == 1 or g.KW > CHANNELS_KGRAD_MAX_KW or g.C_out % TILES[dtype]["channels"]:
+    with few input channels its tiles of kernel rows run mostly empty. With 32 registers, output channels in
+    whole vectors but not whole pairs take tiles of one vector and 24 taps, which won on float32 maps of every
+    measured size (benchmarks/results/methods.md)."""
+    if not FAST or g.KH * g.KW == 1 or g.KW > CHANNELS_KGRAD_MAX_KW:
+        return False
+    one_vector = g.C_out % TILES[dtype]["channels"] != 0
+    if g.C_out % TILES[dtype]["lanes"] or (one_vector and not CHANNELS_WIDE):
         return False
     if g.C_in * g.KH * g.KW < CHANNELS_KGRAD_MIN_TERMS or not (CHANNELS_WIDE or dtype == np.float32):
         return False
     pixels = g.OH * g.OW
     if pixels <= CHANNELS_MAX_PIXELS or not g.stride1:
         return True
-    return CHANNELS_WIDE and g.C_in * g.C_out >= CHANNELS_KGRAD_LARGE and (
-        dtype == np.float32 or pixels <= CHANNELS_KGRAD_F64_MAX_PIXELS)
+    if dtype == np.float64 and pixels > CHANNELS_KGRAD_F64_MAX_PIXELS:
+        return False
+    return CHANNELS_WIDE and (one_vector or g.C_in * g.C_out >= CHANNELS_KGRAD_LARGE)
 
 
 def shift_ib(g, dtype):

@@ -82,15 +82,15 @@ cdef extern from "cnn_cv_tile.h":
 cdef extern from "cnn_cvk_tile.h":
     enum: CNN_EXT_CVK_MAX_KW  # kernel widths the channel-vector kernel gradient takes, at most
     enum: CNN_EXT_CVK_TAPS    # taps per tile of it: 12 with 32 vector registers, else 6
-    Py_ssize_t _cvk_rows "cnn_ext_cvk_rows"(Py_ssize_t KW) noexcept nogil
-    void _cvk_tile_f "cnn_ext_cvk_tile_f"(
+    Py_ssize_t _cvk_rows "cnn_ext_cvk_rows"(Py_ssize_t KW, int one) noexcept nogil
+    void _cvk_tile_f "cnn_ext_cvk_f"(
         const float* xp, const float* dyT, float* pk, Py_ssize_t C_out, const Py_ssize_t* off,
         const Py_ssize_t* step, Py_ssize_t row0, Py_ssize_t nrows, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t SW,
-        Py_ssize_t j0, Py_ssize_t KW) noexcept nogil
-    void _cvk_tile_d "cnn_ext_cvk_tile_d"(
+        Py_ssize_t j0, Py_ssize_t KW, int one) noexcept nogil
+    void _cvk_tile_d "cnn_ext_cvk_d"(
         const double* xp, const double* dyT, double* pk, Py_ssize_t C_out, const Py_ssize_t* off,
         const Py_ssize_t* step, Py_ssize_t row0, Py_ssize_t nrows, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t SW,
-        Py_ssize_t j0, Py_ssize_t KW) noexcept nogil
+        Py_ssize_t j0, Py_ssize_t KW, int one) noexcept nogil
 
 
 def direct_tile_lanes(bint single):
@@ -605,8 +605,9 @@ def conv2d_forward_cv(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
 # dK[j, i, kh, kw] = Σ_n Σ_{p, q} dE_dY[n, j, p, q] x_pad[n, i, p*SH + kh, q*SW + kw]. Per sample, x goes into
 # the padded slab and dE_dY is transposed to channels last (dyT[P, C_out]); a tile (cnn_cvk_tile.h) is
 # CNN_EXT_CJV vectors of output channels x the KW taps of a few kernel rows (i, kh), summed over every output
-# pixel in registers and added to the chunk's partial sums pk[taps, C_out] once per sample. For small maps
-# and strides, where the tiles over pixels waste lanes on short rows and skipped columns.
+# pixel in registers and added to the chunk's partial sums pk[taps, C_out] once per sample; layers whose output
+# channels are whole vectors but not whole pairs take one vector x twice the taps. For small maps and strides,
+# where the tiles over pixels waste lanes on short rows and skipped columns.
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -633,8 +634,10 @@ cdef void _kgrad_cv_chunks(const floating* dy, const floating* x, floating* part
                            const Geom* g, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t N, Py_ssize_t nchunk,
                            Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
     """partial[c, tap * C_out + j] = Σ_{n in chunk c} the terms of sample n, in sample order, c in [c0, c1)"""
-    cdef Py_ssize_t JW = CNN_EXT_CJV * (CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D)
-    cdef Py_ssize_t C_out = g.C_out, P = g.OH * g.OW, nrows = g.C_in * g.KH, NB = _cvk_rows(g.KW)
+    cdef Py_ssize_t lanes = CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D
+    cdef bint one = g.C_out % (CNN_EXT_CJV * lanes) != 0  # whole vectors, not whole pairs: the one-vector tile
+    cdef Py_ssize_t JW = lanes if one else CNN_EXT_CJV * lanes
+    cdef Py_ssize_t C_out = g.C_out, P = g.OH * g.OW, nrows = g.C_in * g.KH, NB = _cvk_rows(g.KW, one)
     cdef Py_ssize_t plane = Hp * Wp, xs = g.C_in * g.H * g.W, c, n, t, j, p, j0, row0
     cdef floating* xp = scratch
     cdef floating* dyT = scratch + g.C_in * plane + Wp
@@ -656,9 +659,9 @@ cdef void _kgrad_cv_chunks(const floating* dy, const floating* x, floating* part
                 row0 = 0
                 while row0 < nrows:
                     if floating is float:
-                        _cvk_tile_f(xp, dyT, pk, C_out, off, step, row0, nrows, g.OH, g.OW, g.SW, j0, g.KW)
+                        _cvk_tile_f(xp, dyT, pk, C_out, off, step, row0, nrows, g.OH, g.OW, g.SW, j0, g.KW, one)
                     else:
-                        _cvk_tile_d(xp, dyT, pk, C_out, off, step, row0, nrows, g.OH, g.OW, g.SW, j0, g.KW)
+                        _cvk_tile_d(xp, dyT, pk, C_out, off, step, row0, nrows, g.OH, g.OW, g.SW, j0, g.KW, one)
                     row0 += NB
                 j0 += JW
 
@@ -671,7 +674,7 @@ def conv2d_kernel_gradient_cv(const floating[:, :, :, ::1] dy,     # IN  (N, C_o
                               Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PT, Py_ssize_t PL, int num_threads,
                               Py_ssize_t c_lo=0, Py_ssize_t c_hi=-1):
     """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]) at stride (SH, SW), zero padding PT on top and PL on the
-    left, summed in fixed chunks of samples; C_out a multiple of channel_tile(), KW <= channel_kgrad_max_kw().
+    left, summed in fixed chunks of samples; C_out a multiple of direct_tile_lanes(), KW <= channel_kgrad_max_kw().
     Only chunks [c_lo, c_hi) of partial are computed (c_hi = -1: all); dk is written by the call that reaches
     the last chunk. ValueError, before any work, when the scratch is too small."""
     cdef Py_ssize_t N = x.shape[0], nchunk = partial.shape[0], size = partial.shape[1], c, t, j, r
@@ -680,7 +683,8 @@ def conv2d_kernel_gradient_cv(const floating[:, :, :, ::1] dy,     # IN  (N, C_o
     cdef Py_ssize_t Wp = padded_extent(x.shape[3], dy.shape[3], KW, SW, PL)
     cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], C_out, KH, KW, dy.shape[2], dy.shape[3], SH, SW, PT, PL)
     cdef Py_ssize_t need = channel_kgrad_scratch_size(g.C_in, C_out, g.H, g.W, g.OH, g.OW, KH, KW, SH, SW, PT, PL)
-    cdef Py_ssize_t nrows = g.C_in * KH, NB = _cvk_rows(KW), nparts
+    cdef Py_ssize_t lanes = CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D
+    cdef Py_ssize_t nrows = g.C_in * KH, NB = _cvk_rows(KW, C_out % (CNN_EXT_CJV * lanes) != 0), nparts
     cdef Py_ssize_t* off
     cdef Py_ssize_t* step
     cdef floating* out = &dk[0, 0, 0, 0]

@@ -195,8 +195,8 @@ def test_strided_forwards_by_channel_vectors(shape, padding, stride, dtype, rest
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_channel_vector_tiles_of_every_row_width(stride, dtype):
     """Rows of 1 to 26 outputs: every tile width the channel-vector kernel splits a row into (up to 12 pixels
-    with 32 registers, 6 otherwise), at stride 1 and 2, forward and input gradient (32 output channels: whole
-    tiles in every build)."""
+    with 32 registers, 6 otherwise), at stride 1 and 2, forward, input gradient and kernel gradient (32 output
+    channels: whole tiles in every build; the kernel gradient also with one vector of them)."""
     if not _methods.FAST:
         pytest.skip("the channel-vector kernel runs in the AVX2 and AVX-512 builds")
     rng = np.random.default_rng(stride)
@@ -212,14 +212,21 @@ def test_channel_vector_tiles_of_every_row_width(stride, dtype):
             got = conv2d_input_gradient(dy, kt, padding=1, input_size=(4, W), method="channels")
             assert_allclose(got, tap_input_gradient(dy, kt, 4, W, (1, 1), (1, 1, 1, 1)), **tol,
                             err_msg=f"input gradient, {W}-output rows")
+        # the kernel gradient's tiles: two vectors of output channels, and one (a single vector of them)
+        for C_out in (32, _methods.TILES[np.dtype(dtype)]["lanes"]):
+            dy = rng.standard_normal((2, C_out, ref.shape[2], W)).astype(dtype)
+            got = conv2d_kernel_gradient(dy, x, stride=stride, padding=1, kernel_size=3, method="channels")
+            assert_allclose(got, einsum_kernel_gradient(dy, x, 3, 3, (stride, stride), (1, 1, 1, 1)), **tol,
+                            err_msg=f"kernel gradient, {C_out} output channels, {W}-output rows")
 
 
-def test_kernel_gradient_layout_follows_the_measured_rule():
+def test_kernel_gradient_layout_follows_the_measured_rule(monkeypatch):
     """Shifted copies for many output channels x kernel rows, or many terms with the input channels; wide rows
-    for few of both (benchmarks/results/methods.md)."""
+    for few of both (benchmarks/results/methods.md), where the channel-vector kernel gradient is not taken."""
     M = _methods
     if not M.FAST:
         pytest.skip("the baseline build takes BLAS for these layers")
+    monkeypatch.setattr(M, "_channels_kgrad_better", lambda g, dtype: False)
 
     def layout(N, C_in, C_out, H, K, P, dtype):
         O = H + 2 * P - K + 1
@@ -256,6 +263,13 @@ def test_auto_takes_channel_vectors_for_kernel_gradients_they_suit():
             assert choose(*layer, dtype) is not M.Method.CHANNELS, (layer, dtype)
     assert choose(64, 64, 56, 3, 1, 1, np.float64) is not M.Method.CHANNELS  # large float64 maps: slabs past L2
     assert choose(64, 64, 14, 3, 2, 1) is M.Method.CHANNELS
+    # output channels in whole vectors, not whole pairs: one-vector tiles of 24 taps, with 32 registers only
+    pair, lanes = M.TILES[np.dtype(np.float32)]["channels"], M.TILES[np.dtype(np.float32)]["lanes"]
+    for C_out in (lanes, 3 * lanes):
+        if C_out % pair:
+            for layer in ((16, C_out, 28, 3, 1, 1), (16, C_out, 14, 3, 1, 1), (8, C_out, 28, 3, 2, 1),
+                          (8, C_out, 64, 7, 1, 0)):
+                assert (choose(*layer) is M.Method.CHANNELS) == wide, layer
     assert M.kernel_gradient("direct", M.Geometry(64, 16, 32, 28, 28, 3, 3, 14, 14, 2, 2, (1,) * 4),
                              np.dtype(np.float32)) is M.Method.CHANNELS
     with pytest.raises(ValueError, match=r"method='direct' needs stride 1 for the kernel gradient, or output"):

@@ -185,6 +185,6 @@ def conv2d_kernel_gradient_cv(
     c_hi: int = -1,
 ) -> None:
     """dk[j, i] = (1/N) Σ_n xcorr(x[n, i], dy[n, j]) at stride (SH, SW), zero padding PT on top and PL on the
-    left, summed in fixed chunks of samples; C_out a multiple of channel_tile(), KW <= channel_kgrad_max_kw().
+    left, summed in fixed chunks of samples; C_out a multiple of direct_tile_lanes(), KW <= channel_kgrad_max_kw().
     Only chunks [c_lo, c_hi) of partial are computed (c_hi = -1: all); dk is written by the call that reaches
     the last chunk. ValueError, before any work, when the scratch is too small."""
