@@ -9,6 +9,7 @@ method: the rule to look at. Only ratios within a row mean anything on a shared 
     python benchmarks/bench_methods.py [--layers resnet|cnn] [--threads 1,2] [--dtypes float32,float64]
                                        [--ops forward,input_grad,kernel_grad] [--clock cpu] [--out OUT]
 """
+import contextlib
 import os
 import sys
 import time
@@ -97,7 +98,7 @@ def main(argv=None):
         intro=f"Median of {args.repeats} interleaved repeats (1-thread rows: {args.clock} time, others: wall "
               "time); 'auto/best' = auto's method's time / the fastest method's (1.00: auto took the fastest); "
               "'torch/auto' > 1: cnn_ext's choice is faster than PyTorch; load average at the end.")
-    with torch.no_grad() if torch is not None else _nothing():
+    with torch.no_grad() if torch is not None else contextlib.nullcontext():
         for dtype in args.dtypes:
             for layer in LAYERS[args.layers]:
                 g = C.layer_case(layer, np.dtype(dtype).type)[-1]
@@ -119,14 +120,6 @@ def main(argv=None):
                         table["rows"].append(row)
                         print(_report.markdown_table(table["columns"], [row])[-1], flush=True)
     C.write_results(result, args.out, argv)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 if __name__ == "__main__":

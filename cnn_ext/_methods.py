@@ -60,9 +60,9 @@ CHANNELS_MAX_TAPS = 9  # KH*KW up to which vectors over output channels can win 
 CHANNELS_MAX_PIXELS = 400  # output pixels per map up to which they win (28x28 and larger: ties or losses)
 CHANNELS_DX_F64_MAX = 1024  # float64 dX: C_in*C_out up to which they win
 CHANNELS_KGRAD_MAX_KW = tiled.channel_kgrad_max_kw()  # the kernel gradient's tile has a copy per kernel width
-CHANNELS_KGRAD_MIN_TERMS = 64  # C_in*KH*KW from which its tiles of kernel rows are full enough to win
+CHANNELS_MIN_REDUCTION = 64  # C_in*KH*KW (dX: C_out*KH*KW) from which the channel-vector tiles are full enough
 # builds with 32 vector registers (AVX-512): the channel-vector tiles hold 24 accumulators and win on maps of
-# any size once the reduction (C_in*KH*KW, dX's C_out*KH*KW) reaches CHANNELS_KGRAD_MIN_TERMS, also against
+# any size once the reduction (C_in*KH*KW, dX's C_out*KH*KW) reaches CHANNELS_MIN_REDUCTION, also against
 # Winograd in float32; the kernel gradient's two-vector tiles of 12 taps win on maps > CHANNELS_MAX_PIXELS from
 # C_in*C_out = 1024, its one-vector tiles of 24 taps on any (float32; float64 up to 1024 pixels, past which the
 # per-sample slabs outgrow L2). Tiles of 6 taps (AVX2) win only on small maps and strides, in float32
@@ -390,19 +390,19 @@ def _channels_better(g, dtype, grad, any_map=False):
 
 def _channels_first(g, dtype, grad):
     """With 32 registers, the channel-vector forward (grad: input gradient) before every other method on any map,
-    once its reduction reaches CHANNELS_KGRAD_MIN_TERMS; Winograd included in float32, not in float64, where
+    once its reduction reaches CHANNELS_MIN_REDUCTION; Winograd included in float32, not in float64, where
     Winograd kept its lead on the large layers it takes (benchmarks/results/avx512_auto.md)."""
     reduction = (g.C_out if grad else g.C_in) * g.KH * g.KW
     if dtype == np.float64 and _winograd_better(g, dtype):
         return False
-    return CHANNELS_WIDE and reduction >= CHANNELS_KGRAD_MIN_TERMS and _channels_better(g, dtype, grad, any_map=True)
+    return CHANNELS_WIDE and reduction >= CHANNELS_MIN_REDUCTION and _channels_better(g, dtype, grad, any_map=True)
 
 
 def _channels_kgrad_rule(dtype):
     """What _channels_kgrad_better asks of a kernel gradient, in words."""
     whole = TILES[dtype]["lanes"] if CHANNELS_WIDE else TILES[dtype]["channels"]
     return (f"output channels in multiples of {whole}, kernels of 2 or more taps and at most "
-            f"{CHANNELS_KGRAD_MAX_KW} columns, C_in*KH*KW >= {CHANNELS_KGRAD_MIN_TERMS}"
+            f"{CHANNELS_KGRAD_MAX_KW} columns, C_in*KH*KW >= {CHANNELS_MIN_REDUCTION}"
             + ("" if CHANNELS_WIDE else ", float32"))
 
 
@@ -417,7 +417,7 @@ def _channels_kgrad_better(g, dtype):
     one_vector = g.C_out % TILES[dtype]["channels"] != 0
     if g.C_out % TILES[dtype]["lanes"] or (one_vector and not CHANNELS_WIDE):
         return False
-    if g.C_in * g.KH * g.KW < CHANNELS_KGRAD_MIN_TERMS or not (CHANNELS_WIDE or dtype == np.float32):
+    if g.C_in * g.KH * g.KW < CHANNELS_MIN_REDUCTION or not (CHANNELS_WIDE or dtype == np.float32):
         return False
     pixels = g.OH * g.OW
     if pixels <= CHANNELS_MAX_PIXELS or not g.stride1:

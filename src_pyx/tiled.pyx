@@ -632,10 +632,10 @@ def channel_kgrad_scratch_size(Py_ssize_t C_in, Py_ssize_t C_out, Py_ssize_t H, 
 cdef void _kgrad_cv_chunks(const floating* dy, const floating* x, floating* partial, Py_ssize_t size,
                            floating* scratch, Py_ssize_t nscratch, const Py_ssize_t* off, const Py_ssize_t* step,
                            const Geom* g, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t N, Py_ssize_t nchunk,
-                           Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
-    """partial[c, tap * C_out + j] = Σ_{n in chunk c} the terms of sample n, in sample order, c in [c0, c1)"""
+                           bint one, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    """partial[c, tap * C_out + j] = Σ_{n in chunk c} the terms of sample n, in sample order, c in [c0, c1);
+    one: tiles of one vector of output channels"""
     cdef Py_ssize_t lanes = CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D
-    cdef bint one = g.C_out % (CNN_EXT_CJV * lanes) != 0  # whole vectors, not whole pairs: the one-vector tile
     cdef Py_ssize_t JW = lanes if one else CNN_EXT_CJV * lanes
     cdef Py_ssize_t C_out = g.C_out, P = g.OH * g.OW, nrows = g.C_in * g.KH, NB = _cvk_rows(g.KW, one)
     cdef Py_ssize_t plane = Hp * Wp, xs = g.C_in * g.H * g.W, c, n, t, j, p, j0, row0
@@ -678,13 +678,14 @@ def conv2d_kernel_gradient_cv(const floating[:, :, :, ::1] dy,     # IN  (N, C_o
     Only chunks [c_lo, c_hi) of partial are computed (c_hi = -1: all); dk is written by the call that reaches
     the last chunk. ValueError, before any work, when the scratch is too small."""
     cdef Py_ssize_t N = x.shape[0], nchunk = partial.shape[0], size = partial.shape[1], c, t, j, r
-    cdef Py_ssize_t C_out = dk.shape[0], KH = dk.shape[2], KW = dk.shape[3], taps
+    cdef Py_ssize_t C_out = dk.shape[0], KH = dk.shape[2], KW = dk.shape[3], taps = x.shape[1] * KH * KW
     cdef Py_ssize_t Hp = padded_extent(x.shape[2], dy.shape[2], KH, SH, PT)
     cdef Py_ssize_t Wp = padded_extent(x.shape[3], dy.shape[3], KW, SW, PL)
     cdef Geom g = _geom(x.shape[1], x.shape[2], x.shape[3], C_out, KH, KW, dy.shape[2], dy.shape[3], SH, SW, PT, PL)
     cdef Py_ssize_t need = channel_kgrad_scratch_size(g.C_in, C_out, g.H, g.W, g.OH, g.OW, KH, KW, SH, SW, PT, PL)
     cdef Py_ssize_t lanes = CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D
-    cdef Py_ssize_t nrows = g.C_in * KH, NB = _cvk_rows(KW, C_out % (CNN_EXT_CJV * lanes) != 0), nparts
+    cdef bint one = C_out % (CNN_EXT_CJV * lanes) != 0  # whole vectors, not whole pairs: the one-vector tile
+    cdef Py_ssize_t nrows = g.C_in * KH, NB = _cvk_rows(KW, one), nparts
     cdef Py_ssize_t* off
     cdef Py_ssize_t* step
     cdef floating* out = &dk[0, 0, 0, 0]
@@ -692,7 +693,6 @@ def conv2d_kernel_gradient_cv(const floating[:, :, :, ::1] dy,     # IN  (N, C_o
     c_hi = _chunk_range(c_lo, c_hi, nchunk)
     if scratch.shape[0] < num_threads or scratch.shape[1] < need:
         raise ValueError(f"scratch {(scratch.shape[0], scratch.shape[1])} too small for {num_threads} of {need}")
-    taps = size // C_out if C_out else 0
     if N == 0:
         for t in range(C_out * taps):
             out[t] = 0
@@ -708,11 +708,11 @@ def conv2d_kernel_gradient_cv(const floating[:, :, :, ::1] dy,     # IN  (N, C_o
     with nogil:
         if nparts == 1:
             _kgrad_cv_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], size, &scratch[0, 0], need, off, step,
-                             &g, Hp, Wp, N, nchunk, c_lo, c_hi)
+                             &g, Hp, Wp, N, nchunk, one, c_lo, c_hi)
         else:
             for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
                 _kgrad_cv_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], size, &scratch[threadid(), 0],
-                                 need, off, step, &g, Hp, Wp, N, nchunk,
+                                 need, off, step, &g, Hp, Wp, N, nchunk, one,
                                  c_lo + _part(c_hi - c_lo, t, nparts), c_lo + _part(c_hi - c_lo, t + 1, nparts))
         if c_hi == nchunk:  # dk[j, tap] = (1/N) Σ_c partial[c, tap, j], the chunks added in order
             inv_n = (<floating>1) / N
