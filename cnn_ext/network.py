@@ -29,6 +29,7 @@ import numpy.typing as npt
 from . import _checks
 from ._threads import blas_single_thread
 from .layers.base import EXACT, Gradients, Layer, grad_rule, sgd_step
+from .layers.chain import backward_chain, forward_chain
 from .layers.conv import Conv2D
 from .layers.dense import Dense
 from .layers.norm import _BatchNorm
@@ -172,32 +173,22 @@ class Network:
     def forward(self, x: npt.ArrayLike) -> FloatArray:
         """Output of the last layer for input ``x``; every layer caches what its backward needs."""
         with blas_single_thread():
-            for layer in self.layers:
-                x = layer.forward(x)
-        return x  # type: ignore[return-value]  # the last layer's output
+            return forward_chain(self.layers, x)
 
     def backward(self, dE_dY: npt.ArrayLike) -> list[dict[str, FloatArray]]:
         """Per-layer gradient dicts, in layer order (index i belongs to ``layers[i]``).
 
-        The first layer is asked to skip its ``"dX"`` when its ``backward`` takes ``need_dX``.
+        The first layer is asked to skip its ``"dX"`` when its ``backward`` takes ``need_dX``. A ``ReLU`` right
+        after a ``BatchNorm1D`` / ``BatchNorm2D`` is differentiated inside the BatchNorm's backward pass (as it
+        was applied inside its forward pass): its dict is empty, its ``"dX"`` never made. Calling each layer's
+        ``backward`` in turn gives the same gradients, bitwise.
         """
-        grads: list[Any] = [None] * len(self.layers)
         first = self.layers[0]
         if self._skip_cache[0] is not first:  # inspect.signature costs ~50 us: once per first layer
             self._skip_cache = (first, _accepts_need_dX(first))
         exact = grad_rule(dE_dY) == EXACT
         with blas_single_thread():
-            for i in range(len(self.layers) - 1, -1, -1):
-                layer = self.layers[i]
-                if exact and not isinstance(dE_dY, ExactGradient):  # every layer sees the loss's rule
-                    dE_dY = np.asarray(dE_dY).view(ExactGradient)
-                if i == 0 and self._skip_cache[1]:
-                    g = layer.backward(dE_dY, need_dX=False)
-                else:
-                    g = layer.backward(dE_dY)
-                grads[i] = g
-                if i > 0:
-                    dE_dY = g["dX"]
+            grads, _ = backward_chain(self.layers, dE_dY, exact, self._skip_cache[1])
         if exact:
             for i, (layer, g) in enumerate(zip(self.layers, grads)):
                 if not isinstance(g, Gradients) and _has_parameters(layer) and \

@@ -21,9 +21,11 @@ def batchnorm_forward(
     invstd: NDArray[np.float64],  # OUT (C,) 1 / sqrt(var + eps) when batch_stats, else IN
     eps: float,
     batch_stats: bool,
+    relu: bool,
     num_threads: int,
 ) -> None:
-    """y = (x - mean) * invstd * gamma + beta per channel; with batch_stats the statistics come from x."""
+    """y = (x - mean) * invstd * gamma + beta per channel, then max(y, 0) with relu; with batch_stats the
+    statistics come from x."""
 
 def batchnorm_backward(
     dy: NDArray[_F],  # IN  (N, C, L)
@@ -36,5 +38,6 @@ def batchnorm_backward(
     dbeta: NDArray[np.float64],  # OUT (C,) sum of dy
     batch_stats: bool,
     num_threads: int,
+    z: NDArray[_F] | None = None,  # IN  (N, C, L) the output of a fused ReLU: dy is its gradient
 ) -> None:
-    """Gradients of batch normalisation; batch_stats: the forward pass used the batch's own statistics."""
+    """Gradients of batch normalisation (of ReLU then batch normalisation with z); batch_stats: the forward pass used the batch's own statistics."""

@@ -98,6 +98,11 @@ class _BatchNorm(Layer):
     def forward(self, x: ArrayLike) -> NDArray[np.floating]:
         """``y = (x - mean) / sqrt(var + eps) * gamma + beta`` per channel, with the batch's statistics in
         training mode (and the running ones updated), the running ones in evaluation mode."""
+        return self._forward(x, None)
+
+    def _forward(self, x: ArrayLike, relu: Any) -> NDArray[np.floating]:
+        """forward, then ``relu`` (a ReLU layer, or None) in the same pass, its cache left as its own forward
+        leaves it (z > 0 exactly where its input was, so z serves as that input for its backward)."""
         x, x3 = self._as_ncl(x)
         N, C, L = x3.shape
         batch_stats = bool(self.training)
@@ -117,7 +122,7 @@ class _BatchNorm(Layer):
         gamma = self.gamma if self.affine else np.ones(C, self.dtype)
         beta = self.beta if self.affine else np.zeros(C, self.dtype)
         y = np.empty_like(x3)
-        _norm.batchnorm_forward(x3, gamma, beta, y, mean, var, invstd, self.eps, batch_stats,
+        _norm.batchnorm_forward(x3, gamma, beta, y, mean, var, invstd, self.eps, batch_stats, relu is not None,
                                 threads_for(C, x3.size))
         if batch_stats:
             self.num_batches_tracked += 1
@@ -127,11 +132,20 @@ class _BatchNorm(Layer):
             self.running_var[...] = (1.0 - f) * self.running_var + f * var * (M / (M - 1))
         self._cache = (x3, mean, invstd, batch_stats)
         self._x, self._y_shape = x, x.shape
-        return y.reshape(x.shape)
+        y = y.reshape(x.shape)
+        if relu is not None:
+            relu._x = relu._y = y
+            relu._y_shape = y.shape
+        return y
 
     def backward(self, dE_dY: ArrayLike) -> Gradients:
         """``{"dGamma": Σ dE_dY·x̂, "dBeta": Σ dE_dY, "dX"}`` (no gamma / beta keys without ``affine``); dX
         differentiates through the batch statistics when the forward pass took them (training mode)."""
+        return self._backward(dE_dY, None)
+
+    def _backward(self, dE_dY: ArrayLike, relu: Any) -> Gradients:
+        """backward of this layer then ``relu`` (the ReLU after it, or None): dE_dY is the gradient of the
+        ReLU's output, differentiated through it in the same pass (its own dX is never made)."""
         self._cached_input()
         x3, mean, invstd, batch_stats = self._cache
         rule = grad_rule(dE_dY)
@@ -142,8 +156,11 @@ class _BatchNorm(Layer):
         dx = np.empty_like(x3)
         dgamma = np.empty(C, np.float64)
         dbeta = np.empty(C, np.float64)
+        z = None
+        if relu is not None:  # the ReLU's cached output, which it checks dE_dY against as this layer does
+            z = _checks.contiguous(relu._y, self.dtype).reshape(x3.shape)
         _norm.batchnorm_backward(dy, x3, gamma, mean, invstd, dx, dgamma, dbeta, batch_stats,
-                                 threads_for(C, x3.size))
+                                 threads_for(C, x3.size), z)
         grads = Gradients(rule, ())
         if self.affine:
             grads["dGamma"] = dgamma.astype(self.dtype)

@@ -8,6 +8,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .base import EXACT, LAYER_TYPES, Gradients, Layer, grad_rule, register_layer
+from .chain import backward_chain, forward_chain
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -35,20 +36,6 @@ def _as_layers(layers, what, build):
             raise TypeError(f"Residual: {what}[{j}] ({layer!r}) has no {', '.join(missing)} method")
         out.append(layer)
     return out
-
-
-def _run_backward(layers: Sequence[Layer], dy: ArrayLike,
-                  exact: bool) -> tuple[list[dict[str, FloatArray]], NDArray[Any]]:
-    """(per-layer gradient dicts, dX) of a chain, every layer given dE_dY under the loss's rule."""
-    from ..losses import ExactGradient
-    grads: list[dict[str, FloatArray]] = []
-    for layer in reversed(layers):
-        if exact and not isinstance(dy, ExactGradient):
-            dy = np.asarray(dy).view(ExactGradient)
-        grads.append(layer.backward(dy))
-        dy = grads[-1]["dX"]
-    grads.reverse()  # built last layer first: back to the chain's order
-    return grads, np.asarray(dy).view(np.ndarray)
 
 
 @register_layer
@@ -127,13 +114,8 @@ class Residual(Layer):
     # -- computation ---------------------------------------------------------------------------
     def forward(self, x: ArrayLike) -> NDArray[np.floating]:
         """``f(x) + shortcut(x)``."""
-        y: Any = x
-        for layer in self.layers:
-            y = layer.forward(y)
-        s: Any = x
-        for layer in self.shortcut or []:
-            s = layer.forward(s)
-        s = np.asarray(s)
+        y: Any = forward_chain(self.layers, x)
+        s: Any = np.asarray(forward_chain(self.shortcut, x) if self.shortcut else x)
         if y.shape != s.shape:
             what = "the shortcut's output" if self.shortcut else "the input (identity shortcut)"
             raise ValueError(f"{self!r}: f(x) has shape {y.shape} but {what} has shape {s.shape}; give a shortcut "
@@ -151,9 +133,9 @@ class Residual(Layer):
         if rule == EXACT:
             from ..losses import ExactGradient
             dy = np.asarray(dy).view(ExactGradient)
-        grads_f, dx_f = _run_backward(self.layers, dy, rule == EXACT)
+        grads_f, dx_f = backward_chain(self.layers, dy, rule == EXACT)
         if self.shortcut:
-            grads_s, dx_s = _run_backward(self.shortcut, dy, rule == EXACT)
+            grads_s, dx_s = backward_chain(self.shortcut, dy, rule == EXACT)
         else:
             grads_s, dx_s = [], np.asarray(dy).view(np.ndarray)
         batch_means = []
@@ -166,7 +148,7 @@ class Residual(Layer):
                 batch_means += [f"{prefix}.{j}.{key}" for key in getattr(g, "batch_means", ())]
         rules = {getattr(g, "rule", None) for g in (*grads_f, *grads_s)} - {None}
         result = Gradients(rules.pop() if len(rules) == 1 else rule, batch_means, out)  # type: ignore[arg-type]
-        result["dX"] = dx_f + dx_s
+        result["dX"] = np.asarray(dx_f).view(np.ndarray) + np.asarray(dx_s).view(np.ndarray)
         return result
 
     # -- protocol ------------------------------------------------------------------------------

@@ -15,4 +15,16 @@ static inline void cnn_ext_select_d(double* out, int c, double a, double b) {
     memcpy(&ia, &a, 8); memcpy(&ib, &b, 8); ia = (ia & m) | (ib & ~m); memcpy(out, &ia, 8);
 }
 
+/* 1 where z > 0, else 0 (NaN included), from the compare's bits: dy * mask is the ReLU gradient as a product
+   (dy * 0 is -0.0 for dy < 0, NaN for inf), and gcc vectorises it (a multiply by `z > 0 ? 1 : 0` becomes a
+   branch, which a random mask mispredicts half the time) */
+static inline float cnn_ext_relu_mask_f(float z) {
+    uint32_t b = (uint32_t)-(int32_t)(z > 0.0f) & UINT32_C(0x3f800000);
+    float m; memcpy(&m, &b, 4); return m;
+}
+static inline double cnn_ext_relu_mask_d(double z) {
+    uint64_t b = (uint64_t)-(int64_t)(z > 0.0) & UINT64_C(0x3ff0000000000000);
+    double m; memcpy(&m, &b, 8); return m;
+}
+
 #endif  /* CNN_EXT_SELECT_H */

@@ -1,0 +1,73 @@
+"""Running a list of layers forward and backward, as Network and Residual do.
+
+One thing happens here that a loop of ``layer.forward`` / ``layer.backward`` calls would not do: a ReLU right
+after a BatchNorm is applied in the BatchNorm's own pass over its output, and differentiated in the BatchNorm's
+backward pass, so the pair reads and writes its activations once instead of twice. The results are bitwise those
+of the two layers one after the other, and the ReLU's cache is left as its own forward leaves it, so calling the
+layers' ``backward`` one by one still works. Only the built-in classes are paired, and only while neither
+instance has a ``forward`` / ``backward`` of its own (a wrapped or patched layer is run as it is).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .activations import ReLU
+from .norm import BatchNorm1D, BatchNorm2D
+
+__all__ = ["backward_chain", "forward_chain"]
+
+
+def _own(layer: Any) -> bool:
+    """No ``forward`` / ``backward`` set on the instance itself (a hook or a patch would be skipped)."""
+    d = getattr(layer, "__dict__", {})
+    return "forward" not in d and "backward" not in d
+
+
+def _pairs(layers: Sequence[Any], j: int) -> bool:
+    """layers[j] is a BatchNorm and layers[j + 1] a ReLU that its kernels can apply."""
+    return (j + 1 < len(layers) and type(layers[j]) in (BatchNorm1D, BatchNorm2D) and type(layers[j + 1]) is ReLU
+            and _own(layers[j]) and _own(layers[j + 1]))
+
+
+def forward_chain(layers: Sequence[Any], x: Any) -> Any:
+    """The last layer's output of ``x``; every layer caches what its backward needs."""
+    j = 0
+    while j < len(layers):
+        if _pairs(layers, j):
+            x = layers[j]._forward(x, layers[j + 1])
+            j += 2
+        else:
+            x = layers[j].forward(x)
+            j += 1
+    return x
+
+
+def backward_chain(layers: Sequence[Any], dy: Any, exact: bool,
+                   first_takes_need_dX: bool = False) -> tuple[list[Any], Any]:
+    """(per-layer gradient dicts in layer order, dX of the first layer) for ``dy``, the gradient of the last
+    layer's output. ``exact``: every layer is given an ExactGradient (the loss's rule); ``first_takes_need_dX``:
+    the first layer is asked to skip its dX (which is then None). A ReLU differentiated inside the BatchNorm
+    before it gets an empty dict (its dX is never made)."""
+    from ..losses import ExactGradient
+    grads: list[Any] = [None] * len(layers)
+    j = len(layers) - 1
+    while j >= 0:
+        if exact and not isinstance(dy, ExactGradient):
+            dy = np.asarray(dy).view(ExactGradient)
+        relu = layers[j]
+        if j >= 1 and _pairs(layers, j - 1) and getattr(relu, "_y", None) is not None and \
+                np.shape(relu._y) == layers[j - 1]._y_shape:
+            grads[j] = {}
+            j -= 1
+            g = layers[j]._backward(dy, relu)
+        elif j == 0 and first_takes_need_dX:
+            g = layers[j].backward(dy, need_dX=False)
+        else:
+            g = layers[j].backward(dy)
+        grads[j] = g
+        dy = g["dX"] if j > 0 else g.get("dX")
+        j -= 1
+    return grads, dy
