@@ -51,7 +51,7 @@ MODULES = {
     "winograd":    dict(twin=True,  exact=False),  # Winograd F(2x2 / 4x4, 3x3) + BLAS
     "dense":       dict(twin=False, exact=False),  # matmul for the Dense layers (BLAS does the arithmetic)
     "elementwise": dict(twin=False, exact=True),   # fused activations, bitwise NumPy's
-    "norm":        dict(twin=False, exact=False),  # batch normalisation, forward and backward
+    "norm":        dict(twin=True,  exact=False),  # batch normalisation, forward and backward
     "openmp":      dict(twin=False, exact=False),  # what the build has: OpenMP or not
 }
 SRC = "src_pyx"

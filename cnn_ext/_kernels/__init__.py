@@ -1,10 +1,10 @@
 """The compiled kernel modules, one per method family, and the run-time choice of their ISA.
 
 gemm (im2col + BLAS), rows (plain direct loops), tiled (register-tiled direct forward), kgrad (tiled kernel
-gradient, bias gradient), pooling, depthwise and winograd (3x3 + BLAS) are "twins": on x86-64 each exists
-three times, baseline, AVX2 + FMA (`<name>_avx2`) and AVX-512 F/VL/BW/DQ (`<name>_avx512`, 64-byte vectors and
-the 32 vector registers). dense, elementwise, norm and openmp are baseline only (elementwise must not contract a*b + c into
-FMAs: its results are bitwise NumPy's).
+gradient, bias gradient), pooling, depthwise, winograd (3x3 + BLAS) and norm (batch normalisation) are "twins":
+on x86-64 each exists three times, baseline, AVX2 + FMA (`<name>_avx2`) and AVX-512 F/VL/BW/DQ (`<name>_avx512`,
+64-byte vectors and the 32 vector registers). dense, elementwise and openmp are baseline only (elementwise must
+not contract a*b + c into FMAs: its results are bitwise NumPy's).
 
 NumPy's own CPU-feature detection decides (the same one its SIMD dispatch uses), before any variant is imported:
 a module compiled for features the CPU lacks is never loaded. CNN_EXT_KERNELS picks the level:
@@ -22,7 +22,7 @@ import os
 import warnings
 
 try:
-    from . import dense, elementwise, norm, openmp
+    from . import dense, elementwise, openmp
 except ImportError:  # the source checkout, never built: say so, as NumPy does
     _root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     raise ImportError(
@@ -31,7 +31,7 @@ except ImportError:  # the source checkout, never built: say so, as NumPy does
         f"or build it in place (`python setup.py build_ext --inplace`) to use this checkout."
     ) from None
 
-_TWINS = ("gemm", "rows", "tiled", "kgrad", "pooling", "depthwise", "winograd")  # built for every ISA variant
+_TWINS = ("gemm", "rows", "tiled", "kgrad", "pooling", "depthwise", "winograd", "norm")  # built for every ISA variant
 
 # The variants, best first, with the NumPy CPU features each was compiled for (setup.py's ISA_FLAGS).
 ISA_FEATURES = {
@@ -46,6 +46,7 @@ AUTO_KEEPS_AVX2: dict = {
     "gemm": "im2col + the same BLAS: no gain",
     "winograd": "transforms + the same BLAS: no gain",
     "pooling": "MaxPool2D(3, stride=2) loses, the others tie",
+    "norm": "BatchNorm streams its activations: 512-bit vectors tie with AVX2 on the ResNet's step",
 }
 # Modules that always take the same build: cnn_ext._methods reads the lanes and tile shapes of `tiled` to choose
 # and check the methods of both (kgrad's rules read its own lanes: it can take another build).
@@ -124,7 +125,7 @@ def _select():
     return tuple(modules), level, variants
 
 
-(gemm, rows, tiled, kgrad, pooling, depthwise, winograd), ISA, VARIANTS = _select()
+(gemm, rows, tiled, kgrad, pooling, depthwise, winograd, norm), ISA, VARIANTS = _select()
 
 __all__ = ["gemm", "rows", "tiled", "kgrad", "dense", "pooling", "depthwise", "winograd", "elementwise", "norm",
            "openmp", "ISA", "VARIANTS", "ISA_FEATURES", "AUTO_KEEPS_AVX2", "cpu_supports"]
