@@ -57,7 +57,7 @@ def _stepper(dtype, setup):
 def main():
     ap = C.side_by_side_parser(__doc__.split("\n\n")[0], dtypes=("float32", "float64"))
     args = ap.parse_args()
-    pairs = chain._pairs
+    pairs = chain._relu_partner
     default = norm_layers._norm
     builds = _builds()
     rows_pair, rows_isa = [], []
@@ -68,7 +68,7 @@ def main():
                     def pairing(on):
                         def setup():
                             norm_layers._norm = default
-                            chain._pairs = pairs if on else (lambda layers, j: False)
+                            chain._relu_partner = pairs if on else (lambda layers, j: None)
                         return setup
                     st = C.interleaved({"paired": _stepper(dtype, pairing(True)),
                                         "one by one": _stepper(dtype, pairing(False))}, args.repeats, args.min_time)
@@ -78,7 +78,7 @@ def main():
 
                     def build(module):
                         def setup():
-                            chain._pairs = pairs
+                            chain._relu_partner = pairs
                             norm_layers._norm = module
                         return setup
                     st = C.interleaved({v: _stepper(dtype, build(m)) for v, m in builds.items()}, args.repeats,
@@ -87,7 +87,7 @@ def main():
                                      getattr(default, "__name__", "?").rsplit(".", 1)[-1]])
                     print(rows_isa[-1], flush=True)
     finally:
-        chain._pairs = pairs
+        chain._relu_partner = pairs
         norm_layers._norm = default
     result = _report.new_result("BatchNorm in the ResNet's training step (benchmarks/bench_norm.py)", level=1,
                                 machine=C.machine_report(), intro=__doc__.split("\n\n")[1].replace("\n", " "))

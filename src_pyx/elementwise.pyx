@@ -19,6 +19,8 @@ cdef enum Op:
     LEAKY_GRAD      # dx = dy if x > 0 else alpha * dy        (np.where(x > 0, dy, dy * alpha))
     SIGMOID_GRAD    # dx = ((1 - y) * y) * dy                 (dx = 1 - y; dx *= y; dx *= dy)
     TANH_GRAD       # dx = (1 - y * y) * dy                   (dx = y * y; 1 - dx; dx *= dy)
+    ADD             # y = a + b                               (np.add(a, b))
+    ADD_RELU        # y = max(a + b, 0)                       (np.maximum(np.add(a, b), 0))
 
 cdef extern from "cnn_select.h":
     void cnn_ext_select_f(float* out, bint c, float a, float b) noexcept nogil
@@ -39,9 +41,11 @@ cdef enum:
 
 cdef void _apply(Op op, const floating* a, const floating* dy, floating* out, Py_ssize_t n,
                  floating alpha) noexcept nogil:
-    """out[i] = op(a[i], dy[i]) for i < n; a is x (or y for the sigmoid / tanh gradients)."""
+    """out[i] = op(a[i], dy[i]) for i < n; a is x (or y for the sigmoid / tanh gradients, the first term of a
+    sum), dy the gradient (or the second term)."""
     cdef Py_ssize_t i
     cdef floating zero = 0, one = 1  # typed constants: a C double literal would lift float32 math to double
+    cdef floating v
     if op == RELU:
         for i in range(n):
             # NaN <= 0 is false: a NaN passes through as np.maximum's; -0.0 gives +0.0 as there
@@ -61,6 +65,13 @@ cdef void _apply(Op op, const floating* a, const floating* dy, floating* out, Py
     elif op == TANH_GRAD:
         for i in range(n):
             out[i] = (one - a[i] * a[i]) * dy[i]
+    elif op == ADD:
+        for i in range(n):
+            out[i] = a[i] + dy[i]
+    elif op == ADD_RELU:
+        for i in range(n):
+            v = a[i] + dy[i]
+            out[i] = zero if v <= zero else v
 
 
 cdef inline Py_ssize_t _bound(Py_ssize_t n, Py_ssize_t t, Py_ssize_t parts) noexcept nogil:
@@ -146,3 +157,23 @@ def tanh_backward(const floating[::1] y,    # IN  (n,) forward output
     if y.shape[0] > 0:
         with nogil:
             _run(TANH_GRAD, &y[0], &dy[0], &dx[0], y.shape[0], 0, num_threads)
+
+
+def add(const floating[::1] a,   # IN  (n,)
+        const floating[::1] b,   # IN  (n,)
+        floating[::1] out,       # OUT (n,)
+        int num_threads):
+    """out = a + b (a residual block's sum, or its two input gradients)."""
+    if a.shape[0] > 0:
+        with nogil:
+            _run(ADD, &a[0], &b[0], &out[0], a.shape[0], 0, num_threads)
+
+
+def add_relu(const floating[::1] a,   # IN  (n,)
+             const floating[::1] b,   # IN  (n,)
+             floating[::1] out,       # OUT (n,)
+             int num_threads):
+    """out = max(a + b, 0) as relu_forward of the sum (a residual block's sum and the ReLU after it)."""
+    if a.shape[0] > 0:
+        with nogil:
+            _run(ADD_RELU, &a[0], &b[0], &out[0], a.shape[0], 0, num_threads)

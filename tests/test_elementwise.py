@@ -101,6 +101,8 @@ KERNELS = [
     (_elementwise.leaky_relu_backward, lambda x, dy: ref_leaky_grad(x, dy, 3.0), ("x", "dy"), (3.0,)),
     (_elementwise.sigmoid_backward, ref_sigmoid_grad, ("sig", "dy"), ()),
     (_elementwise.tanh_backward, ref_tanh_grad, ("tanh", "dy"), ()),
+    (_elementwise.add, np.add, ("x", "dy"), ()),  # a residual block's sum (+inf + -inf, -0.0 + -0.0)
+    (_elementwise.add_relu, lambda a, b: ref_relu(np.add(a, b)), ("x", "dy"), ()),
 ]
 
 
@@ -303,3 +305,20 @@ def test_fused_helper_refuses_arrays_of_another_shape():
     assert activations._fused(_elementwise.relu_backward, (x, x[: activations._FUSED_MIN])) is None
     assert activations._fused(_elementwise.relu_backward, (x, x.reshape(2, -1))) is None
     assert_bitwise(activations._fused(_elementwise.relu_backward, (x, -x)), -x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_add_helper_equals_numpy_for_every_layout(dtype, relu):
+    """layers.activations.add: the kernel where it applies, NumPy elsewhere (other dtypes, views), same bits."""
+    a = data((3, 70_001), dtype, 1)
+    b = data((3, 70_001), dtype, 2)
+    cases = [(a, b), (a[:, ::2], b[:, ::2]), (a, b.astype(np.float64)), (a[:1, :50], b[:1, :50])]
+    for x, y in cases:
+        with np.errstate(invalid="ignore"):
+            want = np.add(x, y, dtype=np.result_type(x, y))
+            if relu:
+                want = ref_relu(want)
+            got = activations.add(x, y, relu)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert_bitwise(got, want)

@@ -57,3 +57,19 @@ def tanh_backward(
     num_threads: int,
 ) -> None:
     """dx = (1 - y * y) * dy, rounded after each operation."""
+
+def add(
+    a: NDArray[_F],  # IN  (n,)
+    b: NDArray[_F],  # IN  (n,)
+    out: NDArray[_F],  # OUT (n,)
+    num_threads: int,
+) -> None:
+    """out = a + b (a residual block's sum, or its two input gradients)."""
+
+def add_relu(
+    a: NDArray[_F],  # IN  (n,)
+    b: NDArray[_F],  # IN  (n,)
+    out: NDArray[_F],  # OUT (n,)
+    num_threads: int,
+) -> None:
+    """out = max(a + b, 0) as relu_forward of the sum (a residual block's sum and the ReLU after it)."""

@@ -44,6 +44,17 @@ def _fused(kernel, arrays, *args):
     return out
 
 
+def add(a: FloatArray, b: FloatArray, relu: bool = False) -> FloatArray:
+    """``a + b`` as NumPy's ``np.add`` gives it, then ``max(., 0)`` with ``relu`` (a ReLU layer's output), a new
+    array: one threaded pass for large arrays of one dtype and shape (residual blocks), else NumPy."""
+    out = _fused(_elementwise.add_relu if relu else _elementwise.add, (a, b))
+    if out is None:
+        out = np.add(a, b, dtype=np.result_type(a, b))
+        if relu:
+            np.maximum(out, 0, out=out)
+    return out
+
+
 class _Activation(Layer):
     """Element-wise activation: keeps the float dtype it is given; caches what backward needs."""
 

@@ -1,11 +1,14 @@
 """Running a list of layers forward and backward, as Network and Residual do.
 
 One thing happens here that a loop of ``layer.forward`` / ``layer.backward`` calls would not do: a ReLU right
-after a BatchNorm is applied in the BatchNorm's own pass over its output, and differentiated in the BatchNorm's
-backward pass, so the pair reads and writes its activations once instead of twice. The results are bitwise those
-of the two layers one after the other, and the ReLU's cache is left as its own forward leaves it, so calling the
-layers' ``backward`` one by one still works. Only the built-in classes are paired, and only while neither
-instance has a ``forward`` / ``backward`` of its own (a wrapped or patched layer is run as it is).
+after a BatchNorm (or a residual block) is applied in that layer's own pass over its output, and a ReLU after a
+BatchNorm is differentiated in the BatchNorm's backward pass, so the pair reads and writes its activations once
+instead of twice. The results are bitwise those of the layers one after the other, and the ReLU's cache is left
+as its own forward leaves it, so calling the layers' ``backward`` one by one still works.
+
+A layer class takes part by defining ``_RELU_PAIRING`` in its own class body ("forward" or "both") and
+``_forward(x, relu)`` (and ``_backward(dE_dY, relu)`` for "both"); subclasses, and instances with a ``forward``
+or ``backward`` of their own (a hook, a patch), are run as they are.
 """
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from .activations import ReLU
-from .norm import BatchNorm1D, BatchNorm2D
 
 __all__ = ["backward_chain", "forward_chain"]
 
@@ -26,17 +28,19 @@ def _own(layer: Any) -> bool:
     return "forward" not in d and "backward" not in d
 
 
-def _pairs(layers: Sequence[Any], j: int) -> bool:
-    """layers[j] is a BatchNorm and layers[j + 1] a ReLU that its kernels can apply."""
-    return (j + 1 < len(layers) and type(layers[j]) in (BatchNorm1D, BatchNorm2D) and type(layers[j + 1]) is ReLU
-            and _own(layers[j]) and _own(layers[j + 1]))
+def _relu_partner(layers: Sequence[Any], j: int) -> str | None:
+    """How layers[j] takes in the ReLU at layers[j + 1]: "both" (forward and backward), "forward", or None."""
+    if j + 1 >= len(layers) or type(layers[j + 1]) is not ReLU:
+        return None
+    how = vars(type(layers[j])).get("_RELU_PAIRING")
+    return how if how and _own(layers[j]) and _own(layers[j + 1]) else None
 
 
 def forward_chain(layers: Sequence[Any], x: Any) -> Any:
     """The last layer's output of ``x``; every layer caches what its backward needs."""
     j = 0
     while j < len(layers):
-        if _pairs(layers, j):
+        if _relu_partner(layers, j):
             x = layers[j]._forward(x, layers[j + 1])
             j += 2
         else:
@@ -58,7 +62,7 @@ def backward_chain(layers: Sequence[Any], dy: Any, exact: bool,
         if exact and not isinstance(dy, ExactGradient):
             dy = np.asarray(dy).view(ExactGradient)
         relu = layers[j]
-        if j >= 1 and _pairs(layers, j - 1) and getattr(relu, "_y", None) is not None and \
+        if j >= 1 and _relu_partner(layers, j - 1) == "both" and getattr(relu, "_y", None) is not None and \
                 np.shape(relu._y) == layers[j - 1]._y_shape:
             grads[j] = {}
             j -= 1

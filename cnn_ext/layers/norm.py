@@ -205,6 +205,7 @@ class BatchNorm2D(_BatchNorm):
     x (N, C, H, W) -> y (N, C, H, W). Training needs N*H*W > 1. ``backward`` returns ``{"dGamma", "dBeta", "dX"}``.
     """
 
+    _RELU_PAIRING = "both"  # a ReLU after the layer runs in its forward and backward passes (layers/chain.py)
     _layouts = (4,)
     _layout_doc = "(N, {C}, H, W)"
 
@@ -219,5 +220,6 @@ class BatchNorm1D(_BatchNorm):
     x (N, C) or (N, C, L) -> y of the same shape. Training needs N*L > 1.
     """
 
+    _RELU_PAIRING = "both"  # a ReLU after the layer runs in its forward and backward passes (layers/chain.py)
     _layouts = (2, 3)
     _layout_doc = "(N, {C}) or (N, {C}, L)"

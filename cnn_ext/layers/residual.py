@@ -8,6 +8,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .base import EXACT, LAYER_TYPES, Gradients, Layer, grad_rule, register_layer
+from .activations import add
 from .chain import backward_chain, forward_chain
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ class Residual(Layer):
     -----
     x -> y of ``f(x)``'s shape, which ``shortcut(x)`` (or x) must have.
     """
+
+    _RELU_PAIRING = "forward"  # a ReLU after the block is applied in the pass of the sum (layers/chain.py)
 
     def __init__(self, layers: Sequence[Layer], shortcut: Sequence[Layer] | None = None) -> None:
         super().__init__()
@@ -114,6 +117,11 @@ class Residual(Layer):
     # -- computation ---------------------------------------------------------------------------
     def forward(self, x: ArrayLike) -> NDArray[np.floating]:
         """``f(x) + shortcut(x)``."""
+        return self._forward(x, None)
+
+    def _forward(self, x: ArrayLike, relu: Any) -> NDArray[np.floating]:
+        """forward, then ``relu`` (the ReLU layer after the block, or None) in the pass of the sum, its cache left
+        as its own forward leaves it (see layers/chain.py)."""
         y: Any = forward_chain(self.layers, x)
         s: Any = np.asarray(forward_chain(self.shortcut, x) if self.shortcut else x)
         if y.shape != s.shape:
@@ -121,8 +129,11 @@ class Residual(Layer):
             raise ValueError(f"{self!r}: f(x) has shape {y.shape} but {what} has shape {s.shape}; give a shortcut "
                              f"that maps x to f(x)'s shape, e.g. [Conv2D(c_in, c_out, 1, stride=s), "
                              f"BatchNorm2D(c_out)]")
-        out = np.add(y, s, dtype=np.result_type(y, s))
+        out = add(y, s, relu is not None)
         self._x, self._y_shape = x, out.shape
+        if relu is not None:
+            relu._x = relu._y = out
+            relu._y_shape = out.shape
         return out
 
     def backward(self, dE_dY: ArrayLike) -> Gradients:
@@ -148,7 +159,7 @@ class Residual(Layer):
                 batch_means += [f"{prefix}.{j}.{key}" for key in getattr(g, "batch_means", ())]
         rules = {getattr(g, "rule", None) for g in (*grads_f, *grads_s)} - {None}
         result = Gradients(rules.pop() if len(rules) == 1 else rule, batch_means, out)  # type: ignore[arg-type]
-        result["dX"] = np.asarray(dx_f).view(np.ndarray) + np.asarray(dx_s).view(np.ndarray)
+        result["dX"] = add(np.asarray(dx_f).view(np.ndarray), np.asarray(dx_s).view(np.ndarray))
         return result
 
     # -- protocol ------------------------------------------------------------------------------
