@@ -118,8 +118,9 @@ cdef void _backward_channel(const floating* dy, const floating* z, const floatin
     cdef double ady[ACC]
     cdef double adyx[ACC]
     cdef floating gbuf[RUN]
-    cdef double sdy, sdyx, M = <double>(N * L), xhat, b, c
+    cdef double sdy, sdyx, M = <double>(N * L), b, c
     cdef double k = gamma * invstd
+    cdef floating fk, fm, fs, fb
     cdef const floating* g
     cdef const floating* xs
     cdef Py_ssize_t n, l, l0, cnt, j, o
@@ -164,18 +165,22 @@ cdef void _backward_channel(const floating* dy, const floating* z, const floatin
     dgamma[0] = sdyx
     b = sdy / M if batch_stats else 0.0
     c = sdyx / M if batch_stats else 0.0
+    # with batch statistics dx = k·g + (k·c·invstd)·(mean - x) - k·b, in the arrays' precision: in float32 twice
+    # the lanes of double, and the sums above (in double) carry the rounding that matters
+    fk = <floating>k
+    fm = <floating>mean
+    fs = <floating>(-k * c * invstd)
+    fb = <floating>(-k * b)
     for n in range(N):  # each case its own loop: a test inside would stop the vectorisation
         o = n * C * L
         if n + AHEAD < N:
             _prefetch(dx + o + AHEAD * C * L, L * sizeof(floating), 1)
         if batch_stats and z == NULL:
             for l in range(o, o + L):
-                xhat = (x[l] - mean) * invstd
-                dx[l] = <floating>(k * (dy[l] - b - xhat * c))
+                dx[l] = fk * dy[l] + (fs * (x[l] - fm) + fb)
         elif batch_stats:
             for l in range(o, o + L):
-                xhat = (x[l] - mean) * invstd
-                dx[l] = <floating>(k * (dy[l] * _mask(z[l]) - b - xhat * c))
+                dx[l] = fk * (dy[l] * _mask(z[l])) + (fs * (x[l] - fm) + fb)
         elif z == NULL:
             for l in range(o, o + L):
                 dx[l] = <floating>(k * dy[l])

@@ -12,8 +12,10 @@ from cnn_ext.losses import ExactGradient
 
 
 def _bits(a):
-    """The bit patterns of a float array: equal bits, not equal values (+0.0 vs -0.0, NaN payloads)."""
-    a = np.ascontiguousarray(a)
+    """The bit patterns of a float array, NaN as one pattern: equal bits, not equal values (+0.0 vs -0.0), and a
+    NaN wherever the other has one (IEEE leaves a NaN result's sign to the operand order the compiler picks)."""
+    a = np.array(a)
+    a[np.isnan(a)] = np.nan
     return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
 
 
