@@ -4,7 +4,7 @@
 cnn_ext/layers/norm.py checks the arguments, views BatchNorm2D's (N, C, H, W) and BatchNorm1D's (N, C) or
 (N, C, L) input as (N, C, L) and allocates every output; each def here takes typed memoryviews, releases the GIL
 and never raises. Work is split over channels (src_pyx/_threads.pxd): one thread computes every sum of a channel,
-as ACC interleaved partial sums added in a fixed order, so results do not depend on the thread count. Sums are
+as interleaved partial sums added in a fixed order, so results do not depend on the thread count. Sums are
 accumulated in double for both dtypes (float32 batch statistics over N*H*W values would otherwise lose digits);
 the mean and the variance take two passes (the sum of squared deviations, not E[x²] - E[x]², which cancels
 catastrophically). A ReLU right after the layer can be applied in the forward's last pass and differentiated in
@@ -34,7 +34,9 @@ cdef inline floating _mask(floating z) noexcept nogil:
 
 
 cdef enum:
-    ACC = 8  # independent partial sums per channel: additions overlap instead of each waiting on the one before
+    ACC = 8  # independent partial sums per channel and sum: additions overlap instead of each waiting on the one
+             # before (the backward keeps two sums, so twice the chains)
+    ACC1 = 16  # the same for the forward's one sum at a time: one 512-bit vector of 8 would be a single chain
     RUN = 512  # a fused ReLU's gradient is made RUN elements at a time on the stack (a multiple of ACC: the sums
                # then take the elements in the same order as without it)
     AHEAD = 2  # the first pass over a channel prefetches the run of the sample this many samples ahead
@@ -42,27 +44,27 @@ cdef enum:
 
 cdef double _sum(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, double m,
                  bint squares) noexcept nogil:
-    """Σ (x - m) over one channel, or Σ (x - m)² (squares), as ACC interleaved partial sums in a fixed order."""
-    cdef double acc[ACC]
+    """Σ (x - m) over one channel, or Σ (x - m)² (squares), as ACC1 interleaved partial sums in a fixed order."""
+    cdef double acc[ACC1]
     cdef double d
     cdef const floating* p
     cdef Py_ssize_t n, l, j
-    for j in range(ACC):
+    for j in range(ACC1):
         acc[j] = 0.0
     for n in range(N):
         p = x + n * C * L
         if not squares and n + AHEAD < N:  # the second pass finds the channel in cache
             _prefetch(p + AHEAD * C * L, L * sizeof(floating), 0)
         l = 0
-        while l + ACC <= L:
-            for j in range(ACC):
+        while l + ACC1 <= L:
+            for j in range(ACC1):
                 d = p[l + j] - m
                 acc[j] += d * d if squares else d
-            l += ACC
+            l += ACC1
         for j in range(L - l):
             d = p[l + j] - m
             acc[j] += d * d if squares else d
-    for j in range(1, ACC):
+    for j in range(1, ACC1):
         acc[0] += acc[j]
     return acc[0]
 

@@ -46,7 +46,6 @@ AUTO_KEEPS_AVX2: dict = {
     "gemm": "im2col + the same BLAS: no gain",
     "winograd": "transforms + the same BLAS: no gain",
     "pooling": "MaxPool2D(3, stride=2) loses, the others tie",
-    "norm": "BatchNorm streams its activations: 512-bit vectors tie with AVX2 on the ResNet's step",
 }
 # Modules that always take the same build: cnn_ext._methods reads the lanes and tile shapes of `tiled` to choose
 # and check the methods of both (kgrad's rules read its own lanes: it can take another build).
