@@ -22,6 +22,8 @@ from .base import Gradients, Layer, grad_rule, register_layer
 
 __all__ = ["BatchNorm1D", "BatchNorm2D"]
 
+_OPS_PER_ELEMENT = 4  # work for threads_for: each pass over the activations does a few operations per element
+
 
 class _BatchNorm(Layer):
     """Shared by BatchNorm1D and BatchNorm2D: parameters, buffers, the kernel calls; subclasses give the layout."""
@@ -123,7 +125,7 @@ class _BatchNorm(Layer):
         beta = self.beta if self.affine else np.zeros(C, self.dtype)
         y = np.empty_like(x3)
         _norm.batchnorm_forward(x3, gamma, beta, y, mean, var, invstd, self.eps, batch_stats, relu is not None,
-                                threads_for(C, x3.size))
+                                threads_for(C, _OPS_PER_ELEMENT * x3.size))
         if batch_stats:
             self.num_batches_tracked += 1
             f = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
@@ -160,7 +162,7 @@ class _BatchNorm(Layer):
         if relu is not None:  # the ReLU's cached output, which it checks dE_dY against as this layer does
             z = _checks.contiguous(relu._y, self.dtype).reshape(x3.shape)
         _norm.batchnorm_backward(dy, x3, gamma, mean, invstd, dx, dgamma, dbeta, batch_stats,
-                                 threads_for(C, x3.size), z)
+                                 threads_for(C, _OPS_PER_ELEMENT * x3.size), z)
         grads = Gradients(rule, ())
         if self.affine:
             grads["dGamma"] = dgamma.astype(self.dtype)
