@@ -2,8 +2,9 @@
 
 Each row times one training step (forward, softmax cross-entropy, backward, Adam) on a fixed batch of 64 MNIST-sized
 images, the variants interleaved in one process (medians of --repeats): (1) a ReLU after a BatchNorm applied
-inside the BatchNorm's passes (cnn_ext/layers/chain.py) against every layer run on its own; (2) the builds of
-src_pyx/norm.pyx (baseline, AVX2 + FMA, AVX-512) that cnn_ext._kernels can pick, with the pairing on.
+inside the BatchNorm's passes, and one after a residual block in the pass of its sum (cnn_ext/layers/chain.py),
+against every layer run on its own; (2) the builds of src_pyx/norm.pyx (baseline, AVX2 + FMA, AVX-512) that
+cnn_ext._kernels can pick, with the pairing on.
 
     python benchmarks/bench_norm.py [--threads 1,2] [--dtypes float32,float64] [--repeats 9] [--out ...]
 """
