@@ -6,7 +6,7 @@ PyTorch beside them when it is installed. All peers of one operation are checked
 timed round-robin (``_common.interleaved``). 'auto/best' > 1 means auto's choice is slower than the fastest
 method: the rule to look at. Only ratios within a row mean anything on a shared machine.
 
-    python benchmarks/bench_methods.py [--layers resnet|cnn] [--threads 1,2] [--dtypes float32,float64]
+    python benchmarks/bench_methods.py [--layers resnet|cnn|suite] [--threads 1,2] [--dtypes float32,float64]
                                        [--ops forward,input_grad,kernel_grad] [--clock cpu] [--out OUT]
 """
 import contextlib
@@ -37,6 +37,12 @@ LAYERS = {
     "cnn": [  # examples/train_mnist_cnn.py, batch 64
         ("conv 1, 1->32", 64, 1, 32, 28, 3, 1, 1),
         ("conv 2, 32->64", 64, 32, 64, 14, 3, 1, 1),
+    ],
+    "suite": [  # bench_ops.py's 3x3 rows of issue 20 (valid convolutions)
+        ("16->32 28x28", 64, 16, 32, 28, 3, 1, 0),
+        ("64->64 28x28", 64, 64, 64, 28, 3, 1, 0),
+        ("64->64 56x56", 32, 64, 64, 56, 3, 1, 0),
+        ("128->128 14x14", 32, 128, 128, 14, 3, 1, 0),
     ],
 }
 OPS = {"forward": _methods.FORWARD_METHODS, "input_grad": _methods.INPUT_GRADIENT_METHODS,
