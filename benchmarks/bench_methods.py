@@ -17,6 +17,7 @@ import time
 import numpy as np
 import _common as C
 import _report
+import bench_ops
 from _common import torch
 
 import cnn_ext
@@ -38,12 +39,9 @@ LAYERS = {
         ("conv 1, 1->32", 64, 1, 32, 28, 3, 1, 1),
         ("conv 2, 32->64", 64, 32, 64, 14, 3, 1, 1),
     ],
-    "suite": [  # bench_ops.py's 3x3 rows of issue 20 (valid convolutions)
-        ("16->32 28x28", 64, 16, 32, 28, 3, 1, 0),
-        ("64->64 28x28", 64, 64, 64, 28, 3, 1, 0),
-        ("64->64 56x56", 32, 64, 64, 56, 3, 1, 0),
-        ("128->128 14x14", 32, 128, 128, 14, 3, 1, 0),
-    ],
+    # bench_ops.py's 3x3 rows of issue 20 (valid convolutions)
+    "suite": [(f"{C_in}->{C_out} {H}x{H}", N, C_in, C_out, H, K, 1, 0)
+              for N, C_in, C_out, H, K in bench_ops.ISSUE20_SHAPES],
 }
 OPS = {"forward": _methods.FORWARD_METHODS, "input_grad": _methods.INPUT_GRADIENT_METHODS,
        "kernel_grad": _methods.KERNEL_GRADIENT_METHODS}

@@ -67,13 +67,17 @@ def split_validation(x, y, n_val, seed):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
-    parser.add_argument("--epochs", type=int, default=None, help="default: 10 for MNIST, 30 for Fashion-MNIST")
+    mnist, fashion = DATASETS["mnist"], DATASETS["fashion"]
+    parser.add_argument("--epochs", type=int, default=None,
+                        help=f"default: {mnist[3]} for MNIST, {fashion[3]} for Fashion-MNIST")
     parser.add_argument("--width", type=int, default=None,
-                        help="channels of the first stage (default: 16 for MNIST, 24 for Fashion-MNIST)")
+                        help=f"channels of the first stage (default: {mnist[2]} for MNIST, {fashion[2]} for "
+                             "Fashion-MNIST)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--lr-decay", type=float, default=None,
-                        help="learning-rate factor after each epoch (default: 0.7 for MNIST, 0.9 for Fashion-MNIST)")
+                        help=f"learning-rate factor after each epoch (default: {mnist[4]} for MNIST, {fashion[4]} for "
+                             "Fashion-MNIST)")
     parser.add_argument("--augment", choices=["auto", *AUGMENTATIONS], default="auto",
                         help="training-batch augmentation (auto: shift for MNIST, shift+flip for Fashion-MNIST)")
     parser.add_argument("--val", type=int, default=5000, help="training images held out for validation")
