@@ -151,8 +151,10 @@ def optimisation_flags(compiler_type, isa="", exact=False):
         if msvc is None:
             raise RuntimeError("cnn_ext: CNN_EXT_AVX512_EMULATE=1 needs gcc or clang")
         return ["/O2"] + msvc
-    # -O3 vectorises the row loops; no -march=native: wheels must run on any x86-64 / arm64.
-    return (["-O3", "-Wno-unreachable-code", "-Wno-unused-function"] + (ISA_FLAGS[isa][0] if isa else [])
+    # -O3 vectorises the row loops; no -march=native: wheels must run on any x86-64 / arm64. -fopenmp-simd honours
+    # `omp simd` loops (cnn_wino.h) without the OpenMP runtime, so builds without OpenMP vectorise them too.
+    return (["-O3", "-fopenmp-simd", "-Wno-unreachable-code", "-Wno-unused-function"]
+            + (ISA_FLAGS[isa][0] if isa else [])
             + (["-ffp-contract=off"] if exact else []))
 
 

@@ -16,11 +16,14 @@ from cython.parallel cimport prange, threadid
 from _blas cimport _gemm_rm
 from _threads cimport _chunk_range, _nparts, _part, _team
 
+cdef extern from "cnn_prefetch.h":
+    void _prefetch "cnn_ext_prefetch"(const void* p, Py_ssize_t nbytes, int write) noexcept nogil
+
 
 ctypedef struct Wino:
     Py_ssize_t C_in, H, W, C_out, OH, OW, PH, PW
     Py_ssize_t m, a, TH, TW, Wp, BR, TB      # tile, patch (m + 2), tile rows / columns, row pitch, rows per block
-    Py_ssize_t rowbuf, ebuf, stage, vbuf, mbuf  # offsets of the per-thread scratch parts
+    Py_ssize_t rowbuf, pbuf, ebuf, vbuf, mbuf  # offsets of the per-thread scratch parts
 
 
 cdef inline Py_ssize_t _round16(Py_ssize_t n) noexcept nogil:
@@ -34,15 +37,15 @@ cdef Wino _wino(Py_ssize_t C_in, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C_out, P
     g.m = m; g.a = m + 2; g.TH = (OH + m - 1) // m; g.TW = (OW + m - 1) // m; g.Wp = g.TW * m + 2; g.BR = BR
     g.TB = (BR // g.TH) * g.TH * g.TW if BR >= g.TH else BR * g.TW  # tiles of the largest block
     g.rowbuf = 0
-    g.ebuf = g.rowbuf + _round16(g.a * g.Wp)
-    g.stage = g.ebuf + _round16(g.a * g.a * g.TW)
-    g.vbuf = g.stage + _round16(g.a * g.TW * m)
+    g.pbuf = g.rowbuf + _round16(g.Wp)                # one channel's patches (or dE_dY tiles) of the block
+    g.ebuf = g.pbuf + _round16(g.a * g.a * g.TB)      # their transform along one axis
+    g.vbuf = g.ebuf + _round16(g.a * g.a * g.TB)
     g.mbuf = g.vbuf + _round16(g.a * g.a * C_in * g.TB)
     return g
 
 
 cdef inline Py_ssize_t _scratch_end(const Wino* g, bint kgrad) noexcept nogil:
-    """Per-thread scratch: row buffer, 1-D transform buffer, staging rows, V, then M (or dM) and, for dK, dU."""
+    """Per-thread scratch: row buffer, patch and transform buffers, V, then M (or dM) and, for dK, dU."""
     cdef Py_ssize_t end = g.mbuf + _round16(g.a * g.a * g.C_out * g.TB)
     return end + (_round16(g.a * g.a * g.C_out * g.C_in) if kgrad else 0)
 
@@ -72,141 +75,155 @@ cdef inline void _block(Py_ssize_t k, Py_ssize_t N, const Wino* g, Py_ssize_t* r
         r1[0] = n * g.TH + min(g.TH, (b + 1) * g.BR)
 
 
-# ---- the 1-D transforms over n lanes (tiles) -----------------------------------------------------
-# s: inputs s[ρ*ss + l*sl]; o: outputs o[c*os + l*ol]; inlined, so the unit strides are known and the loops vectorise
+# ---- the 1-D transforms over n lanes (a block's tiles), and the gathers between rows and lanes: cnn_wino.h ----
 
-cdef inline void _bt(Py_ssize_t m, const floating* s, Py_ssize_t ss, Py_ssize_t sl,
-                     floating* o, Py_ssize_t os, Py_ssize_t n) noexcept nogil:
-    """o[c] = Σ_ρ Bᵀ[c, ρ] s[ρ]: the input transform along one axis (m + 2 points in, m + 2 out)."""
-    cdef Py_ssize_t l
-    cdef floating d0, d1, d2, d3, d4, d5
-    if m == 2:
-        for l in range(n):
-            d0 = s[l * sl]; d1 = s[ss + l * sl]; d2 = s[2 * ss + l * sl]; d3 = s[3 * ss + l * sl]
-            o[l] = d0 - d2
-            o[os + l] = d1 + d2
-            o[2 * os + l] = d2 - d1
-            o[3 * os + l] = d1 - d3
-    else:
-        for l in range(n):
-            d0 = s[l * sl]; d1 = s[ss + l * sl]; d2 = s[2 * ss + l * sl]
-            d3 = s[3 * ss + l * sl]; d4 = s[4 * ss + l * sl]; d5 = s[5 * ss + l * sl]
-            o[l] = 4 * d0 - 5 * d2 + d4
-            o[os + l] = d3 + d4 - 4 * (d1 + d2)
-            o[2 * os + l] = d4 - d3 + 4 * (d1 - d2)
-            o[3 * os + l] = d4 - d2 + 2 * (d3 - d1)
-            o[4 * os + l] = d4 - d2 - 2 * (d3 - d1)
-            o[5 * os + l] = 4 * d1 - 5 * d3 + d5
+cdef extern from "cnn_wino.h" nogil:
+    void _bt_f "cnn_ext_wino_bt_f"(Py_ssize_t m, const float* s, Py_ssize_t ss, float* o, Py_ssize_t os, Py_ssize_t n)
+    void _bt_d "cnn_ext_wino_bt_d"(Py_ssize_t m, const double* s, Py_ssize_t ss, double* o, Py_ssize_t os,
+                                   Py_ssize_t n)
+    void _at_f "cnn_ext_wino_at_f"(Py_ssize_t m, const float* s, Py_ssize_t ss, float* o, Py_ssize_t os, Py_ssize_t n)
+    void _at_d "cnn_ext_wino_at_d"(Py_ssize_t m, const double* s, Py_ssize_t ss, double* o, Py_ssize_t os,
+                                   Py_ssize_t n)
+    void _at_t_f "cnn_ext_wino_at_t_f"(Py_ssize_t m, const float* s, Py_ssize_t ss, float* o, Py_ssize_t os,
+                                       Py_ssize_t n)
+    void _at_t_d "cnn_ext_wino_at_t_d"(Py_ssize_t m, const double* s, Py_ssize_t ss, double* o, Py_ssize_t os,
+                                       Py_ssize_t n)
+    void _split_f "cnn_ext_wino_split_f"(Py_ssize_t m, Py_ssize_t k, const float* row, float* o, Py_ssize_t os,
+                                         Py_ssize_t n)
+    void _split_d "cnn_ext_wino_split_d"(Py_ssize_t m, Py_ssize_t k, const double* row, double* o, Py_ssize_t os,
+                                         Py_ssize_t n)
+    void _merge_f "cnn_ext_wino_merge_f"(Py_ssize_t m, const float* s, Py_ssize_t ss, float b, float* row,
+                                         Py_ssize_t n)
+    void _merge_d "cnn_ext_wino_merge_d"(Py_ssize_t m, const double* s, Py_ssize_t ss, double b, double* row,
+                                         Py_ssize_t n)
 
 
-cdef inline void _at(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating* o, Py_ssize_t os, Py_ssize_t ol,
+cdef inline void _bt(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating* o, Py_ssize_t os,
                      Py_ssize_t n) noexcept nogil:
-    """o[r] = Σ_ξ Aᵀ[r, ξ] s[ξ]: the output transform along one axis (m + 2 points in, m out; unit input lanes)."""
-    cdef Py_ssize_t l
-    cdef floating s0, s1, s2, s3, s4, s5
-    if m == 2:
-        for l in range(n):
-            s0 = s[l]; s1 = s[ss + l]; s2 = s[2 * ss + l]; s3 = s[3 * ss + l]
-            o[l * ol] = s0 + s1 + s2
-            o[os + l * ol] = s1 - s2 - s3
+    """o[c] = Σ_ρ Bᵀ[c, ρ] s[ρ], lanes l < n: the input transform along one axis."""
+    if floating is float:
+        _bt_f(m, s, ss, o, os, n)
     else:
-        for l in range(n):
-            s0 = s[l]; s1 = s[ss + l]; s2 = s[2 * ss + l]; s3 = s[3 * ss + l]; s4 = s[4 * ss + l]
-            s5 = s[5 * ss + l]
-            o[l * ol] = s0 + (s1 + s2) + (s3 + s4)
-            o[os + l * ol] = (s1 - s2) + 2 * (s3 - s4)
-            o[2 * os + l * ol] = (s1 + s2) + 4 * (s3 + s4)
-            o[3 * os + l * ol] = (s1 - s2) + 8 * (s3 - s4) + s5
+        _bt_d(m, s, ss, o, os, n)
 
 
-cdef inline void _at_t(Py_ssize_t m, const floating* s, Py_ssize_t ss, Py_ssize_t sl, floating* o, Py_ssize_t os,
+cdef inline void _at(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating* o, Py_ssize_t os,
+                     Py_ssize_t n) noexcept nogil:
+    """o[r] = Σ_ξ Aᵀ[r, ξ] s[ξ]: the output transform along one axis."""
+    if floating is float:
+        _at_f(m, s, ss, o, os, n)
+    else:
+        _at_d(m, s, ss, o, os, n)
+
+
+cdef inline void _at_t(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating* o, Py_ssize_t os,
                        Py_ssize_t n) noexcept nogil:
-    """o[ξ] = Σ_r Aᵀ[r, ξ] s[r]: the adjoint of the output transform (m points in, m + 2 out; unit output lanes)."""
-    cdef Py_ssize_t l
-    cdef floating y0, y1, y2, y3
-    if m == 2:
-        for l in range(n):
-            y0 = s[l * sl]; y1 = s[ss + l * sl]
-            o[l] = y0
-            o[os + l] = y0 + y1
-            o[2 * os + l] = y0 - y1
-            o[3 * os + l] = -y1
+    """o[ξ] = Σ_r Aᵀ[r, ξ] s[r]: the adjoint of the output transform."""
+    if floating is float:
+        _at_t_f(m, s, ss, o, os, n)
     else:
-        for l in range(n):
-            y0 = s[l * sl]; y1 = s[ss + l * sl]; y2 = s[2 * ss + l * sl]; y3 = s[3 * ss + l * sl]
-            o[l] = y0
-            o[os + l] = (y0 + y2) + (y1 + y3)
-            o[2 * os + l] = (y0 + y2) - (y1 + y3)
-            o[3 * os + l] = (y0 + 4 * y2) + 2 * (y1 + 4 * y3)
-            o[4 * os + l] = (y0 + 4 * y2) - 2 * (y1 + 4 * y3)
-            o[5 * os + l] = y3
+        _at_t_d(m, s, ss, o, os, n)
+
+
+cdef inline void _split(Py_ssize_t m, Py_ssize_t k, const floating* row, floating* o, Py_ssize_t os,
+                        Py_ssize_t n) noexcept nogil:
+    """o[c*os + t] = row[t*m + c] for c < k, t < n."""
+    if floating is float:
+        _split_f(m, k, row, o, os, n)
+    else:
+        _split_d(m, k, row, o, os, n)
+
+
+cdef inline void _merge(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating b, floating* row,
+                        Py_ssize_t n) noexcept nogil:
+    """row[t*m + c] = b + s[c*ss + t] for c < m, t < n."""
+    if floating is float:
+        _merge_f(m, s, ss, b, row, n)
+    else:
+        _merge_d(m, s, ss, b, row, n)
 
 
 # ---- the transforms of one block -----------------------------------------------------------------
+# Each block's tiles are gathered first (P[ρ, c, t]: a channel's patches, tile t of the block in the lanes), so
+# both passes of a 2-D transform run over all the block's tiles in unit stride: the loops vectorise whatever
+# the map's width (one tile row of a 28x28 map has only 7 tiles).
 
 cdef void _input_transform(const floating* x, const Wino* g, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t TB,
                            floating* scratch) noexcept nogil:
     """V[ξ, i, t] = (Bᵀ d B)[ξ] for the tiles t of global tile rows [r0, r1) (row-major, TW per row), d zero-padded."""
-    cdef Py_ssize_t R, n, th, i, rho, r, c, t0, xi
-    cdef Py_ssize_t a = g.a, TW = g.TW, Wp = g.Wp
+    cdef Py_ssize_t R, n, th, i, rho, r, c, t0, tw, xi
+    cdef Py_ssize_t a = g.a, m = g.m, TW = g.TW, Wp = g.Wp
     cdef floating* rowbuf = scratch + g.rowbuf
+    cdef floating* P = scratch + g.pbuf
     cdef floating* E = scratch + g.ebuf
     cdef floating* V = scratch + g.vbuf
-    cdef const floating* src
     cdef floating* dst
-    for R in range(r0, r1):
-        n = R // g.TH
-        th = R - n * g.TH
-        t0 = (R - r0) * TW
-        for i in range(g.C_in):
-            for rho in range(a):  # the tile row's a input rows, zero-padded to Wp columns
-                r = th * g.m - g.PH + rho
-                dst = rowbuf + rho * Wp
+    cdef const floating* src
+    for i in range(g.C_in):
+        for R in range(r0, r1):
+            n = R // g.TH
+            th = R - n * g.TH
+            t0 = (R - r0) * TW
+            if i + 1 < g.C_in:  # the next channel's rows: each tile row's are a short run the prefetchers miss
+                r = max(0, th * m - g.PH)
+                if r < min(g.H, th * m - g.PH + a):
+                    _prefetch(x + ((n * g.C_in + i + 1) * g.H + r) * g.W,
+                              (min(g.H, th * m - g.PH + a) - r) * g.W * sizeof(floating), 0)
+            for rho in range(a):  # the tile row's a input rows, zero-padded to Wp columns, into P[ρ, c, t0 + tw]
+                r = th * m - g.PH + rho
                 if r < 0 or r >= g.H:
-                    for c in range(Wp):
-                        dst[c] = 0
-                else:
-                    src = x + ((n * g.C_in + i) * g.H + r) * g.W
-                    for c in range(g.PW):
-                        dst[c] = 0
-                    for c in range(g.W):
-                        dst[g.PW + c] = src[c]
-                    for c in range(g.PW + g.W, Wp):
-                        dst[c] = 0
-                _bt(g.m, rowbuf + rho * Wp, 1, g.m, E + rho * a * TW, TW, TW)  # along columns: E[ρ, ξ, tw]
-            for xi in range(a):  # along rows: V[η * a + ξ, i, t0 + tw]
-                _bt(g.m, E + xi * TW, a * TW, 1, V + (xi * g.C_in + i) * TB + t0, a * g.C_in * TB, TW)
+                    for c in range(a):
+                        dst = P + (rho * a + c) * TB + t0
+                        for tw in range(TW):
+                            dst[tw] = 0
+                    continue
+                src = x + ((n * g.C_in + i) * g.H + r) * g.W
+                for c in range(g.PW):
+                    rowbuf[c] = 0
+                for c in range(g.W):
+                    rowbuf[g.PW + c] = src[c]
+                for c in range(g.PW + g.W, Wp):
+                    rowbuf[c] = 0
+                _split(m, a, rowbuf, P + rho * a * TB + t0, TB, TW)
+        for rho in range(a):  # along columns: E[ρ, ξ, t]
+            _bt(m, P + rho * a * TB, TB, E + rho * a * TB, TB, TB)
+        for xi in range(a):  # along rows: V[η * a + ξ, i, t]
+            _bt(m, E + xi * TB, a * TB, V + (xi * g.C_in + i) * TB, a * g.C_in * TB, TB)
 
 
 cdef void _forward_block(const floating* x, const floating* u, const floating* b, floating* y, const Wino* g,
                          Py_ssize_t r0, Py_ssize_t r1, floating* scratch) noexcept nogil:
     """y = b + Aᵀ [U ⊙ V] A for the output tiles of global tile rows [r0, r1)."""
     cdef Py_ssize_t TB = (r1 - r0) * g.TW, a = g.a, m = g.m, TW = g.TW
-    cdef Py_ssize_t R, n, th, j, xi, eta, c, p, q, t0, AA = a * a
+    cdef Py_ssize_t R, n, th, j, xi, eta, c, p, tw, t0, AA = a * a, full
     cdef floating* V = scratch + g.vbuf
     cdef floating* M = scratch + g.mbuf
     cdef floating* Q = scratch + g.ebuf
-    cdef floating* S = scratch + g.stage
+    cdef floating* O = scratch + g.pbuf
+    cdef const floating* orow
     cdef floating* yrow
     cdef floating bj
     _input_transform(x, g, r0, r1, TB, scratch)
     for xi in range(AA):  # M[ξ] (C_out x TB) = U[ξ] (C_out x C_in) @ V[ξ] (C_in x TB)
         _gemm_rm(False, False, <int>g.C_out, <int>TB, <int>g.C_in, <floating>1, u + xi * g.C_out * g.C_in,
                  <int>g.C_in, V + xi * g.C_in * TB, <int>TB, <floating>0, M + xi * g.C_out * TB, <int>TB)
-    for R in range(r0, r1):
-        n = R // g.TH
-        th = R - n * g.TH
-        t0 = (R - r0) * TW
-        for j in range(g.C_out):
-            for eta in range(a):  # along columns: Q[η, c, tw]
-                _at(m, M + (eta * a * g.C_out + j) * TB + t0, g.C_out * TB, Q + eta * m * TW, TW, 1, TW)
-            for c in range(m):  # along rows: S[r, tw * m + c]
-                _at(m, Q + c * TW, m * TW, S + c, TW * m, m, TW)
-            bj = b[j]
+    full = g.OW // m  # tiles of a row whose m columns are all in the map
+    for j in range(g.C_out):
+        for eta in range(a):  # along columns: Q[η, c, t]
+            _at(m, M + (eta * a * g.C_out + j) * TB, g.C_out * TB, Q + eta * m * TB, TB, TB)
+        for c in range(m):  # along rows: O[r, c, t]
+            _at(m, Q + c * TB, m * TB, O + c * TB, m * TB, TB)
+        bj = b[j]
+        for R in range(r0, r1):
+            n = R // g.TH
+            th = R - n * g.TH
+            t0 = (R - r0) * TW
             for p in range(min(m, g.OH - th * m)):
                 yrow = y + ((n * g.C_out + j) * g.OH + th * m + p) * g.OW
-                for q in range(g.OW):
-                    yrow[q] = bj + S[p * TW * m + q]
+                orow = O + p * m * TB + t0
+                _merge(m, orow, TB, bj, yrow, full)
+                for c in range(g.OW - full * m):  # the last tile's columns in the map
+                    yrow[full * m + c] = bj + orow[c * TB + full]
 
 
 cdef void _forward_part(const floating* x, const floating* u, const floating* b, floating* y, const Wino* g,
@@ -222,33 +239,38 @@ cdef void _kgrad_block(const floating* dy, const floating* x, const Wino* g, Py_
                        floating* scratch) noexcept nogil:
     """dU[ξ] += dM[ξ] @ V[ξ]ᵀ, dM = A dY Aᵀ (dY zero outside the map), for the tiles of global tile rows [r0, r1)."""
     cdef Py_ssize_t TB = (r1 - r0) * g.TW, a = g.a, m = g.m, TW = g.TW
-    cdef Py_ssize_t R, n, th, j, xi, p, q, t0, AA = a * a, rows
+    cdef Py_ssize_t R, n, th, j, xi, p, c, tw, t0, AA = a * a, rows, full
     cdef floating* V = scratch + g.vbuf
     cdef floating* dM = scratch + g.mbuf
+    cdef floating* D = scratch + g.pbuf
     cdef floating* Z = scratch + g.ebuf
-    cdef floating* S = scratch + g.stage
     cdef floating* dU = scratch + _scratch_end(g, False)
     cdef const floating* dyrow
+    cdef floating* dst
     _input_transform(x, g, r0, r1, TB, scratch)
-    for R in range(r0, r1):
-        n = R // g.TH
-        th = R - n * g.TH
-        t0 = (R - r0) * TW
-        rows = min(m, g.OH - th * m)
-        for j in range(g.C_out):
-            for p in range(m):  # the tile row's m rows of dE_dY, zero past the map
-                if p < rows:
-                    dyrow = dy + ((n * g.C_out + j) * g.OH + th * m + p) * g.OW
-                    for q in range(g.OW):
-                        S[p * TW * m + q] = dyrow[q]
-                    for q in range(g.OW, TW * m):
-                        S[p * TW * m + q] = 0
-                else:
-                    for q in range(TW * m):
-                        S[p * TW * m + q] = 0
-                _at_t(m, S + p * TW * m, 1, m, Z + p * a * TW, TW, TW)  # along columns: Z[r, ξ, tw]
-            for xi in range(a):  # along rows: dM[η * a + ξ, j, t0 + tw]
-                _at_t(m, Z + xi * TW, a * TW, 1, dM + (xi * g.C_out + j) * TB + t0, a * g.C_out * TB, TW)
+    full = g.OW // m
+    for j in range(g.C_out):
+        for R in range(r0, r1):  # D[p, c, t]: the tiles' m x m values of dE_dY, zero past the map
+            n = R // g.TH
+            th = R - n * g.TH
+            t0 = (R - r0) * TW
+            rows = min(m, g.OH - th * m)
+            for p in range(m):
+                dst = D + p * m * TB + t0
+                if p >= rows:
+                    for c in range(m):
+                        for tw in range(TW):
+                            dst[c * TB + tw] = 0
+                    continue
+                dyrow = dy + ((n * g.C_out + j) * g.OH + th * m + p) * g.OW
+                _split(m, m, dyrow, dst, TB, full)
+                if full < TW:  # the last tile: its columns in the map, zeros past it
+                    for c in range(m):
+                        dst[c * TB + full] = dyrow[full * m + c] if full * m + c < g.OW else 0
+        for p in range(m):  # along columns: Z[r, ξ, t]
+            _at_t(m, D + p * m * TB, TB, Z + p * a * TB, TB, TB)
+        for xi in range(a):  # along rows: dM[η * a + ξ, j, t]
+            _at_t(m, Z + xi * TB, a * TB, dM + (xi * g.C_out + j) * TB, a * g.C_out * TB, TB)
     for xi in range(AA):  # dU[ξ] (C_out x C_in) += dM[ξ] (C_out x TB) @ V[ξ]ᵀ (TB x C_in)
         _gemm_rm(False, True, <int>g.C_out, <int>g.C_in, <int>TB, <floating>1, dM + xi * g.C_out * TB, <int>TB,
                  V + xi * g.C_in * TB, <int>TB, <floating>1, dU + xi * g.C_out * g.C_in, <int>g.C_in)

@@ -1,0 +1,147 @@
+/* The 1-D Winograd F(m, 3) transforms (m = 2 or 4) over n lanes of a block's tiles, and the strided gathers and
+ * scatters between image rows and those lanes, for src_pyx/winograd.pyx.
+ *
+ * Inputs s[k*ss + l], outputs o[k*os + l], l < n: unit lanes on both sides, and restrict, so gcc vectorises the
+ * lanes (with six inputs and six outputs it would otherwise need more run-time alias checks than it makes, and
+ * leave the loops scalar). Constants are of the array's type: in float32 a double 4.0 would promote the sums.
+ * Needs Py_ssize_t (Python.h, which Cython includes first). */
+#ifndef CNN_EXT_WINO_H
+#define CNN_EXT_WINO_H
+
+#if defined(__GNUC__) || defined(__clang__)
+#define CNN_EXT_RESTRICT __restrict__
+#elif defined(_MSC_VER)
+#define CNN_EXT_RESTRICT __restrict
+#else
+#define CNN_EXT_RESTRICT
+#endif
+
+/* gcc 12 leaves the six-output loops scalar by itself ("no vectype"), and vectorises them when told; the build
+   passes -fopenmp-simd, which needs no OpenMP runtime */
+#define CNN_EXT_LANES_LOOP _Pragma("omp simd")
+
+#define CNN_EXT_WINO_DEFS(T, SFX)                                                                                 \
+/* o[c] = Σ_ρ Bᵀ[c, ρ] s[ρ]: the input transform along one axis (m + 2 points in, m + 2 out) */                \
+static inline void cnn_ext_wino_bt_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRICT s, Py_ssize_t ss,                \
+                                         T* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {                   \
+    const T two = 2, four = 4, five = 5;                                                                       \
+    Py_ssize_t l;                                                                                              \
+    if (m == 2) {                                                                                              \
+        CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                                              \
+            T d0 = s[l], d1 = s[ss + l], d2 = s[2 * ss + l], d3 = s[3 * ss + l];                               \
+            o[l] = d0 - d2;                                                                                    \
+            o[os + l] = d1 + d2;                                                                               \
+            o[2 * os + l] = d2 - d1;                                                                           \
+            o[3 * os + l] = d1 - d3;                                                                           \
+        }                                                                                                      \
+        return;                                                                                                \
+    }                                                                                                          \
+    CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                                                  \
+        T d0 = s[l], d1 = s[ss + l], d2 = s[2 * ss + l], d3 = s[3 * ss + l], d4 = s[4 * ss + l],               \
+          d5 = s[5 * ss + l];                                                                                  \
+        o[l] = four * d0 - five * d2 + d4;                                                                     \
+        o[os + l] = d3 + d4 - four * (d1 + d2);                                                                \
+        o[2 * os + l] = d4 - d3 + four * (d1 - d2);                                                            \
+        o[3 * os + l] = d4 - d2 + two * (d3 - d1);                                                             \
+        o[4 * os + l] = d4 - d2 - two * (d3 - d1);                                                             \
+        o[5 * os + l] = four * d1 - five * d3 + d5;                                                            \
+    }                                                                                                          \
+}                                                                                                              \
+/* o[r] = Σ_ξ Aᵀ[r, ξ] s[ξ]: the output transform along one axis (m + 2 points in, m out) */                     \
+static inline void cnn_ext_wino_at_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRICT s, Py_ssize_t ss,                \
+                                         T* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {                   \
+    const T two = 2, four = 4, eight = 8;                                                                      \
+    Py_ssize_t l;                                                                                              \
+    if (m == 2) {                                                                                              \
+        CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                                              \
+            T s0 = s[l], s1 = s[ss + l], s2 = s[2 * ss + l], s3 = s[3 * ss + l];                               \
+            o[l] = s0 + s1 + s2;                                                                               \
+            o[os + l] = s1 - s2 - s3;                                                                          \
+        }                                                                                                      \
+        return;                                                                                                \
+    }                                                                                                          \
+    CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                                                  \
+        T s0 = s[l], s1 = s[ss + l], s2 = s[2 * ss + l], s3 = s[3 * ss + l], s4 = s[4 * ss + l],               \
+          s5 = s[5 * ss + l];                                                                                  \
+        o[l] = s0 + (s1 + s2) + (s3 + s4);                                                                     \
+        o[os + l] = (s1 - s2) + two * (s3 - s4);                                                               \
+        o[2 * os + l] = (s1 + s2) + four * (s3 + s4);                                                          \
+        o[3 * os + l] = (s1 - s2) + eight * (s3 - s4) + s5;                                                    \
+    }                                                                                                          \
+}                                                                                                              \
+/* o[ξ] = Σ_r Aᵀ[r, ξ] s[r]: the adjoint of the output transform (m points in, m + 2 out) */                     \
+static inline void cnn_ext_wino_at_t_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRICT s, Py_ssize_t ss,              \
+                                           T* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {                 \
+    const T two = 2, four = 4;                                                                                 \
+    Py_ssize_t l;                                                                                              \
+    if (m == 2) {                                                                                              \
+        CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                                              \
+            T y0 = s[l], y1 = s[ss + l];                                                                       \
+            o[l] = y0;                                                                                         \
+            o[os + l] = y0 + y1;                                                                               \
+            o[2 * os + l] = y0 - y1;                                                                           \
+            o[3 * os + l] = -y1;                                                                               \
+        }                                                                                                      \
+        return;                                                                                                \
+    }                                                                                                          \
+    CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                                                  \
+        T y0 = s[l], y1 = s[ss + l], y2 = s[2 * ss + l], y3 = s[3 * ss + l];                                   \
+        o[l] = y0;                                                                                             \
+        o[os + l] = (y0 + y2) + (y1 + y3);                                                                     \
+        o[2 * os + l] = (y0 + y2) - (y1 + y3);                                                                 \
+        o[3 * os + l] = (y0 + four * y2) + two * (y1 + four * y3);                                             \
+        o[4 * os + l] = (y0 + four * y2) - two * (y1 + four * y3);                                             \
+        o[5 * os + l] = y3;                                                                                    \
+    }                                                                                                          \
+}                                                                                                              \
+/* o[c*os + t] = row[t*m + c], c < k (k = m or m + 2), t < n: the columns of n tiles of one row, each column's  \
+   tiles in lanes; whole groups of m loads per t, which gcc vectorises with shuffles */                        \
+static inline void cnn_ext_wino_split_##SFX(Py_ssize_t m, Py_ssize_t k, const T* CNN_EXT_RESTRICT row,            \
+                                            T* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {                \
+    Py_ssize_t t;                                                                                              \
+    T* CNN_EXT_RESTRICT o0 = o;                                                                                \
+    T* CNN_EXT_RESTRICT o1 = o + os;                                                                           \
+    if (m == 4) {                                                                                              \
+        T* CNN_EXT_RESTRICT o2 = o + 2 * os;                                                                   \
+        T* CNN_EXT_RESTRICT o3 = o + 3 * os;                                                                   \
+        CNN_EXT_LANES_LOOP for (t = 0; t < n; t++) {                                                           \
+            o0[t] = row[4 * t]; o1[t] = row[4 * t + 1]; o2[t] = row[4 * t + 2]; o3[t] = row[4 * t + 3];         \
+        }                                                                                                      \
+    } else {                                                                                                   \
+        CNN_EXT_LANES_LOOP for (t = 0; t < n; t++) {                                                           \
+            o0[t] = row[2 * t]; o1[t] = row[2 * t + 1];                                                        \
+        }                                                                                                      \
+    }                                                                                                          \
+    if (k > m) {  /* the next tile's first two columns */                                                      \
+        T* CNN_EXT_RESTRICT o4 = o + m * os;                                                                   \
+        T* CNN_EXT_RESTRICT o5 = o + (m + 1) * os;                                                             \
+        CNN_EXT_LANES_LOOP for (t = 0; t < n; t++) {                                                           \
+            o4[t] = row[m * t + m]; o5[t] = row[m * t + m + 1];                                                \
+        }                                                                                                      \
+    }                                                                                                          \
+}                                                                                                              \
+/* row[t*m + c] = b + s[c*ss + t], c < m, t < n: the inverse of split, plus a bias */                           \
+static inline void cnn_ext_wino_merge_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRICT s, Py_ssize_t ss, T b,        \
+                                            T* CNN_EXT_RESTRICT row, Py_ssize_t n) {                             \
+    Py_ssize_t t;                                                                                              \
+    const T* CNN_EXT_RESTRICT s0 = s;                                                                          \
+    const T* CNN_EXT_RESTRICT s1 = s + ss;                                                                     \
+    if (m == 4) {                                                                                              \
+        const T* CNN_EXT_RESTRICT s2 = s + 2 * ss;                                                             \
+        const T* CNN_EXT_RESTRICT s3 = s + 3 * ss;                                                             \
+        CNN_EXT_LANES_LOOP for (t = 0; t < n; t++) {                                                           \
+            row[4 * t] = b + s0[t]; row[4 * t + 1] = b + s1[t]; row[4 * t + 2] = b + s2[t];                    \
+            row[4 * t + 3] = b + s3[t];                                                                        \
+        }                                                                                                      \
+    } else {                                                                                                   \
+        CNN_EXT_LANES_LOOP for (t = 0; t < n; t++) {                                                           \
+            row[2 * t] = b + s0[t]; row[2 * t + 1] = b + s1[t];                                                \
+        }                                                                                                      \
+    }                                                                                                          \
+}
+
+CNN_EXT_WINO_DEFS(float, f)
+CNN_EXT_WINO_DEFS(double, d)
+#undef CNN_EXT_WINO_DEFS
+
+#endif  /* CNN_EXT_WINO_H */
