@@ -17,9 +17,10 @@ import _report
 import cnn_ext
 from cnn_ext import _methods as M, conv2d_forward, conv2d_input_gradient, conv2d_kernel_gradient
 
-# (N, C_in, C_out, map): 14x14 maps below and above the small-map channel threshold, 28x28 maps at the threshold
-SHAPES = [(64, 32, 64, 14), (64, 64, 64, 14), (64, 64, 128, 14), (64, 128, 128, 14), (32, 32, 64, 28),
-          (32, 64, 64, 28)]
+# (N, C_in, C_out, map): 14x14 maps below and above the small-map channel threshold, larger maps below, at and
+# above the large-map threshold
+SHAPES = [(64, 32, 64, 14), (64, 64, 64, 14), (64, 64, 128, 14), (64, 128, 128, 14), (64, 16, 32, 28),
+          (32, 32, 32, 28), (32, 32, 64, 28), (32, 64, 64, 28), (32, 16, 32, 56), (32, 32, 32, 56), (32, 64, 64, 56)]
 ROUNDS, CALLS = 3, 5
 
 

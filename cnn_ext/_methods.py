@@ -88,6 +88,8 @@ WINOGRAD_TILE = 4  # F(4x4, 3x3): 4x fewer multiplications than direct, F(2x2) o
 WINOGRAD_ERROR_BOUND = {2: 5e-6, 4: 3e-5}
 WINOGRAD_MAX_C_IN = 128  # channels up to which the bound was measured: auto stays within them
 WINOGRAD_MIN_CHANNELS = 2048  # C_in*C_out from which auto takes winograd (16x32 layers: the transforms dominate)
+# the kernel gradient's from 16x32 layers on (its direct kernels lose more to the transformed products)
+WINOGRAD_MIN_CHANNELS_KGRAD = 512
 WINOGRAD_MIN_MAP = 12  # output rows and columns from which it does (the smallest maps of the measured rows)
 # below WINOGRAD_LARGE_MAP rows or columns, edge tiles and transforms weigh more: on 14x14 maps 32x64 layers lost
 # to the direct kernels in both dtypes, 64x64 in float32 only (benchmarks/results/winograd_range.md)
@@ -217,6 +219,8 @@ def forward(method, g, dtype):
         return _forced("forward", FORWARD_METHODS, method, g, dtype)
     if _slab_bytes(g, dtype) > MAX_SLAB_BYTES:
         return _gemm_only("forward", method, g, dtype)
+    if method == "auto" and _winograd_better(g, dtype):
+        return Method.WINOGRAD
     if g.KH * g.KW > 1 and _channels_first(g, dtype, grad=False):
         return Method.CHANNELS
     if not g.stride1:  # only the channel-vector kernel takes strides; BLAS keeps 1x1 ones (a plain product)
@@ -225,8 +229,6 @@ def forward(method, g, dtype):
         if method == "direct":
             raise ValueError(f"method='direct' needs stride 1, or {_channels_rule(dtype)}; use 'gemm' or 'auto'")
         return Method.GEMM
-    if method == "auto" and _winograd_better(g, dtype):
-        return Method.WINOGRAD
     if method == "auto" and not _tiny(g):
         # float64 on large maps with many channels: a tie with BLAS, which keeps it
         big64 = dtype == np.float64 and g.C_in * g.C_out >= WIDE_F64_MAX_CHANNELS and \
@@ -252,10 +254,10 @@ def input_gradient(method, g, dtype):
         if method == "direct":
             raise ValueError("method='direct' needs stride 1 and padding <= kernel size - 1; use 'gemm' or 'auto'")
         return Method.GEMM
-    if g.KH * g.KW > 1 and _channels_first(g, dtype, grad=True):
-        return Method.CHANNELS
     if method == "auto" and _winograd_better(g, dtype):
         return Method.WINOGRAD
+    if g.KH * g.KW > 1 and _channels_first(g, dtype, grad=True):
+        return Method.CHANNELS
     if method == "auto" and not _tiny(g) and not _direct_dx_better(g, dtype):
         return Method.GEMM
     if _tiny(g) and g.unpadded:
@@ -271,6 +273,8 @@ def kernel_gradient(method, g, dtype):
         return _forced("kernel_gradient", KERNEL_GRADIENT_METHODS, method, g, dtype)
     if _slab_bytes(g, dtype) > MAX_SLAB_BYTES:
         return _gemm_only("kernel_gradient", method, g, dtype)
+    if method == "auto" and _winograd_better(g, dtype, kgrad=True):
+        return Method.WINOGRAD
     if _channels_kgrad_better(g, dtype):
         return Method.CHANNELS
     if not g.stride1:
@@ -278,8 +282,6 @@ def kernel_gradient(method, g, dtype):
             raise ValueError(f"method='direct' needs stride 1 for the kernel gradient, or {_channels_kgrad_rule(dtype)}"
                              f"; use 'gemm' or 'auto'")
         return Method.GEMM
-    if method == "auto" and _winograd_better(g, dtype):
-        return Method.WINOGRAD
     if method == "auto":
         if _tiny(g) and g.unpadded:
             return Method.LOOPS
@@ -329,13 +331,15 @@ def kgrad_samples(g, dtype, layout):
     return max(1, min(per_chunk, KGRAD_SLAB_BYTES // per_sample))
 
 
-def _winograd_better(g, dtype):
+def _winograd_better(g, dtype, kgrad=False):
     """3x3 stride-1 layers with many channels on maps of at least WINOGRAD_MIN_MAP: 4x fewer multiplications
-    outweigh the transforms (benchmarks/results/winograd.md), in both dtypes; up to WINOGRAD_MAX_C_IN channels,
-    where its error bound was measured. AVX2 builds only: the baseline build was not measured."""
+    outweigh the transforms (benchmarks/results/winograd_range.md), in both dtypes, ahead of every direct kernel;
+    up to WINOGRAD_MAX_C_IN channels, where its error bound was measured. AVX2 builds only: the baseline build was
+    not measured."""
+    large = WINOGRAD_MIN_CHANNELS_KGRAD if kgrad else WINOGRAD_MIN_CHANNELS
     return (FAST and g.stride1 and g.KH == 3 and g.KW == 3 and max(g.C_in, g.C_out) <= WINOGRAD_MAX_C_IN
             and min(g.OH, g.OW) >= WINOGRAD_MIN_MAP
-            and g.C_in * g.C_out >= (WINOGRAD_MIN_CHANNELS if min(g.OH, g.OW) >= WINOGRAD_LARGE_MAP
+            and g.C_in * g.C_out >= (large if min(g.OH, g.OW) >= WINOGRAD_LARGE_MAP
                                      else WINOGRAD_MIN_CHANNELS_SMALL_MAP[np.dtype(dtype)]))
 
 
@@ -352,6 +356,20 @@ def winograd_rows(g, dtype, m):
     tiles = max(1, WINOGRAD_BLOCK_BYTES // ((m + 2) ** 2 * (g.C_in + g.C_out) * dtype.itemsize))
     rows = min(max(1, tiles // TW), max(1, g.N) * TH)
     return rows // TH * TH if rows >= TH else rows
+
+
+def winograd_block_samples(g, dtype, m):
+    """Samples per block of the Winograd kernels when a block holds whole samples, else 1."""
+    rows, TH = winograd_rows(g, dtype, m), -(-g.OH // m)
+    return rows // TH if rows >= TH else 1
+
+
+def winograd_nchunk(g, dtype, m):
+    """Chunks of the Winograd kernel gradient: nchunk's, but of whole blocks where CHUNK_MACS allows (a chunk
+    ends in a fold of all its sums, and a few samples' products run far from the peak; its threads share the
+    blocks of a chunk, so fewer chunks cost no thread). From the shape only."""
+    blocks = g.N // winograd_block_samples(g, dtype, m)
+    return max(1, min(nchunk(g, dtype), max(blocks, -(-g.macs // CHUNK_MACS))))
 
 
 def _direct_dx_better(g, dtype):
@@ -389,9 +407,10 @@ def _channels_better(g, dtype, grad, any_map=False):
 
 
 def _channels_first(g, dtype, grad):
-    """With 32 registers, the channel-vector forward (grad: input gradient) before every other method on any map,
-    once its reduction reaches CHANNELS_MIN_REDUCTION; Winograd included in float32, not in float64, where
-    Winograd kept its lead on the large layers it takes (benchmarks/results/avx512_auto.md)."""
+    """With 32 registers, the channel-vector forward (grad: input gradient) before every other direct method on
+    any map, once its reduction reaches CHANNELS_MIN_REDUCTION (auto asks Winograd before it); in float64 not on
+    the layers Winograd takes, where method='direct' keeps the kernels measured there
+    (benchmarks/results/avx512_auto.md)."""
     reduction = (g.C_out if grad else g.C_in) * g.KH * g.KW
     if dtype == np.float64 and _winograd_better(g, dtype):
         return False

@@ -187,10 +187,9 @@ WINOGRAD_GG = {m: np.kron(G, G) for m, G in _WINOGRAD_G.items()}  # ((m+2)², 9)
 
 
 def _winograd_samples(g, dtype, m):
-    """Samples per block when a block holds whole samples, else 1: Ctrl-C groups of whole blocks keep the
-    products (and so the bits) of one call."""
-    rows, TH = M.winograd_rows(g, dtype, m), -(-g.OH // m)
-    return rows // TH if rows >= TH else 1
+    """Samples per block (M.winograd_block_samples): Ctrl-C groups of whole blocks keep the products (and so the
+    bits) of one call."""
+    return M.winograd_block_samples(g, dtype, m)
 
 
 def _winograd_u(k, m, dtype):
@@ -278,7 +277,7 @@ def winograd_kernel_gradient(g, dtype, nt, m):
     size = winograd.winograd_scratch_size(g.C_in, g.C_out, g.OH, g.OW, m, rows, True)
     gg = WINOGRAD_GG[m].astype(dtype)
     top, _, left, _ = g.pads
-    nchunk = M.nchunk(g, dtype)
+    nchunk = M.winograd_nchunk(g, dtype, m)
     run_gemm = kernel_gradient(Method.GEMM, g, dtype, nt)
 
     def chunks(dy, x, dk, partial, lo=0, hi=-1):

@@ -5,9 +5,10 @@
 y = Aᵀ [U ⊙ V] A per output tile of m x m pixels, with U = G k Gᵀ (the kernels, transformed by the caller) and
 V = Bᵀ d B (d: the tile's (m+2) x (m+2) input patch, zero outside the padded input). A block of tiles is transformed
 into V[ξ, C_in, tiles], multiplied by one BLAS call per ξ of the (m+2)² transform points, M[ξ] = U[ξ] @ V[ξ], and
-transformed back. The 1-D transforms run over vectors of the tiles of one tile row (the loops vectorise). Blocks
-are fixed by the shape (a band of tile rows of one sample, or whole samples): no result depends on the thread
-count. The kernel gradient sums dU[ξ] += dM[ξ] @ V[ξ]ᵀ (dM = A dY Aᵀ) over fixed chunks of samples, summed in order.
+transformed back. Blocks are fixed by the shape (a band of tile rows of one sample, or whole samples): no result
+depends on the thread count. The forward gives each thread whole blocks. The kernel gradient sums
+dU[ξ] += dM[ξ] @ V[ξ]ᵀ (dM = A dY Aᵀ) over the blocks of fixed chunks of samples, summed in order by the caller;
+its threads share each block (few samples per chunk still make work for every thread).
 cnn_ext/_runners.py validates, sizes the blocks and allocates outputs and scratch; nothing here raises.
 """
 from cython cimport floating
@@ -148,54 +149,53 @@ cdef inline void _merge(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating
 # both passes of a 2-D transform run over all the block's tiles in unit stride: the loops vectorise whatever
 # the map's width (one tile row of a 28x28 map has only 7 tiles).
 
-cdef void _input_transform(const floating* x, const Wino* g, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t TB,
-                           floating* scratch) noexcept nogil:
-    """V[ξ, i, t] = (Bᵀ d B)[ξ] for the tiles t of global tile rows [r0, r1) (row-major, TW per row), d zero-padded."""
-    cdef Py_ssize_t R, n, th, i, rho, r, c, t0, tw, xi
+cdef void _input_channel(const floating* x, const Wino* g, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t TB,
+                         Py_ssize_t i, floating* scratch, floating* V) noexcept nogil:
+    """V[ξ, i, t] = (Bᵀ d B)[ξ] for channel i and the tiles t of global tile rows [r0, r1) (row-major, TW per row),
+    d zero-padded."""
+    cdef Py_ssize_t R, n, th, rho, r, c, t0, tw, xi
     cdef Py_ssize_t a = g.a, m = g.m, TW = g.TW, Wp = g.Wp
     cdef floating* rowbuf = scratch + g.rowbuf
     cdef floating* P = scratch + g.pbuf
     cdef floating* E = scratch + g.ebuf
-    cdef floating* V = scratch + g.vbuf
     cdef floating* dst
     cdef const floating* src
-    for i in range(g.C_in):
-        for R in range(r0, r1):
-            n = R // g.TH
-            th = R - n * g.TH
-            t0 = (R - r0) * TW
-            if i + 1 < g.C_in:  # the next channel's rows: each tile row's are a short run the prefetchers miss
-                r = max(0, th * m - g.PH)
-                if r < min(g.H, th * m - g.PH + a):
-                    _prefetch(x + ((n * g.C_in + i + 1) * g.H + r) * g.W,
-                              (min(g.H, th * m - g.PH + a) - r) * g.W * sizeof(floating), 0)
-            for rho in range(a):  # the tile row's a input rows, zero-padded to Wp columns, into P[ρ, c, t0 + tw]
-                r = th * m - g.PH + rho
-                if r < 0 or r >= g.H:
-                    for c in range(a):
-                        dst = P + (rho * a + c) * TB + t0
-                        for tw in range(TW):
-                            dst[tw] = 0
-                    continue
-                src = x + ((n * g.C_in + i) * g.H + r) * g.W
-                for c in range(g.PW):
-                    rowbuf[c] = 0
-                for c in range(g.W):
-                    rowbuf[g.PW + c] = src[c]
-                for c in range(g.PW + g.W, Wp):
-                    rowbuf[c] = 0
-                _split(m, a, rowbuf, P + rho * a * TB + t0, TB, TW)
-        for rho in range(a):  # along columns: E[ρ, ξ, t]
-            _bt(m, P + rho * a * TB, TB, E + rho * a * TB, TB, TB)
-        for xi in range(a):  # along rows: V[η * a + ξ, i, t]
-            _bt(m, E + xi * TB, a * TB, V + (xi * g.C_in + i) * TB, a * g.C_in * TB, TB)
+    for R in range(r0, r1):
+        n = R // g.TH
+        th = R - n * g.TH
+        t0 = (R - r0) * TW
+        if i + 1 < g.C_in:  # the next channel's rows: each tile row's are a short run the prefetchers miss
+            r = max(0, th * m - g.PH)
+            if r < min(g.H, th * m - g.PH + a):
+                _prefetch(x + ((n * g.C_in + i + 1) * g.H + r) * g.W,
+                          (min(g.H, th * m - g.PH + a) - r) * g.W * sizeof(floating), 0)
+        for rho in range(a):  # the tile row's a input rows, zero-padded to Wp columns, into P[ρ, c, t0 + tw]
+            r = th * m - g.PH + rho
+            if r < 0 or r >= g.H:
+                for c in range(a):
+                    dst = P + (rho * a + c) * TB + t0
+                    for tw in range(TW):
+                        dst[tw] = 0
+                continue
+            src = x + ((n * g.C_in + i) * g.H + r) * g.W
+            for c in range(g.PW):
+                rowbuf[c] = 0
+            for c in range(g.W):
+                rowbuf[g.PW + c] = src[c]
+            for c in range(g.PW + g.W, Wp):
+                rowbuf[c] = 0
+            _split(m, a, rowbuf, P + rho * a * TB + t0, TB, TW)
+    for rho in range(a):  # along columns: E[ρ, ξ, t]
+        _bt(m, P + rho * a * TB, TB, E + rho * a * TB, TB, TB)
+    for xi in range(a):  # along rows: V[η * a + ξ, i, t]
+        _bt(m, E + xi * TB, a * TB, V + (xi * g.C_in + i) * TB, a * g.C_in * TB, TB)
 
 
 cdef void _forward_block(const floating* x, const floating* u, const floating* b, floating* y, const Wino* g,
                          Py_ssize_t r0, Py_ssize_t r1, floating* scratch) noexcept nogil:
     """y = b + Aᵀ [U ⊙ V] A for the output tiles of global tile rows [r0, r1)."""
     cdef Py_ssize_t TB = (r1 - r0) * g.TW, a = g.a, m = g.m, TW = g.TW
-    cdef Py_ssize_t R, n, th, j, xi, eta, c, p, tw, t0, AA = a * a, full
+    cdef Py_ssize_t R, n, th, i, j, xi, eta, c, p, t0, AA = a * a, full
     cdef floating* V = scratch + g.vbuf
     cdef floating* M = scratch + g.mbuf
     cdef floating* Q = scratch + g.ebuf
@@ -203,7 +203,8 @@ cdef void _forward_block(const floating* x, const floating* u, const floating* b
     cdef const floating* orow
     cdef floating* yrow
     cdef floating bj
-    _input_transform(x, g, r0, r1, TB, scratch)
+    for i in range(g.C_in):
+        _input_channel(x, g, r0, r1, TB, i, scratch, V)
     for xi in range(AA):  # M[ξ] (C_out x TB) = U[ξ] (C_out x C_in) @ V[ξ] (C_in x TB)
         _gemm_rm(False, False, <int>g.C_out, <int>TB, <int>g.C_in, <floating>1, u + xi * g.C_out * g.C_in,
                  <int>g.C_in, V + xi * g.C_in * TB, <int>TB, <floating>0, M + xi * g.C_out * TB, <int>TB)
@@ -235,64 +236,96 @@ cdef void _forward_part(const floating* x, const floating* u, const floating* b,
         _forward_block(x, u, b, y, g, r0, r1, scratch)
 
 
-cdef void _kgrad_block(const floating* dy, const floating* x, const Wino* g, Py_ssize_t r0, Py_ssize_t r1,
-                       floating* scratch) noexcept nogil:
-    """dU[ξ] += dM[ξ] @ V[ξ]ᵀ, dM = A dY Aᵀ (dY zero outside the map), for the tiles of global tile rows [r0, r1)."""
-    cdef Py_ssize_t TB = (r1 - r0) * g.TW, a = g.a, m = g.m, TW = g.TW
-    cdef Py_ssize_t R, n, th, j, xi, p, c, tw, t0, AA = a * a, rows, full
-    cdef floating* V = scratch + g.vbuf
-    cdef floating* dM = scratch + g.mbuf
+cdef void _dy_channel(const floating* dy, const Wino* g, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t TB,
+                      Py_ssize_t j, floating* scratch, floating* dM) noexcept nogil:
+    """dM[ξ, j, t] = (A dY Aᵀ)[ξ] for channel j and the tiles t of global tile rows [r0, r1), dY zero past the map."""
+    cdef Py_ssize_t a = g.a, m = g.m, TW = g.TW
+    cdef Py_ssize_t R, n, th, xi, p, c, tw, t0, rows, full = g.OW // m
     cdef floating* D = scratch + g.pbuf
     cdef floating* Z = scratch + g.ebuf
-    cdef floating* dU = scratch + _scratch_end(g, False)
     cdef const floating* dyrow
     cdef floating* dst
-    _input_transform(x, g, r0, r1, TB, scratch)
-    full = g.OW // m
-    for j in range(g.C_out):
-        for R in range(r0, r1):  # D[p, c, t]: the tiles' m x m values of dE_dY, zero past the map
-            n = R // g.TH
-            th = R - n * g.TH
-            t0 = (R - r0) * TW
-            rows = min(m, g.OH - th * m)
-            for p in range(m):
-                dst = D + p * m * TB + t0
-                if p >= rows:
-                    for c in range(m):
-                        for tw in range(TW):
-                            dst[c * TB + tw] = 0
-                    continue
-                dyrow = dy + ((n * g.C_out + j) * g.OH + th * m + p) * g.OW
-                _split(m, m, dyrow, dst, TB, full)
-                if full < TW:  # the last tile: its columns in the map, zeros past it
-                    for c in range(m):
-                        dst[c * TB + full] = dyrow[full * m + c] if full * m + c < g.OW else 0
-        for p in range(m):  # along columns: Z[r, ξ, t]
-            _at_t(m, D + p * m * TB, TB, Z + p * a * TB, TB, TB)
-        for xi in range(a):  # along rows: dM[η * a + ξ, j, t]
-            _at_t(m, Z + xi * TB, a * TB, dM + (xi * g.C_out + j) * TB, a * g.C_out * TB, TB)
-    for xi in range(AA):  # dU[ξ] (C_out x C_in) += dM[ξ] (C_out x TB) @ V[ξ]ᵀ (TB x C_in)
+    for R in range(r0, r1):  # D[p, c, t]: the tiles' m x m values of dE_dY
+        n = R // g.TH
+        th = R - n * g.TH
+        t0 = (R - r0) * TW
+        rows = min(m, g.OH - th * m)
+        for p in range(m):
+            dst = D + p * m * TB + t0
+            if p >= rows:
+                for c in range(m):
+                    for tw in range(TW):
+                        dst[c * TB + tw] = 0
+                continue
+            dyrow = dy + ((n * g.C_out + j) * g.OH + th * m + p) * g.OW
+            _split(m, m, dyrow, dst, TB, full)
+            if full < TW:  # the last tile: its columns in the map, zeros past it
+                for c in range(m):
+                    dst[c * TB + full] = dyrow[full * m + c] if full * m + c < g.OW else 0
+    for p in range(m):  # along columns: Z[r, ξ, t]
+        _at_t(m, D + p * m * TB, TB, Z + p * a * TB, TB, TB)
+    for xi in range(a):  # along rows: dM[η * a + ξ, j, t]
+        _at_t(m, Z + xi * TB, a * TB, dM + (xi * g.C_out + j) * TB, a * g.C_out * TB, TB)
+
+
+# The kernel gradient's V, dM and dU live in a scratch row `base`: a thread's own when threads take whole chunks,
+# row 0's for all of them when they share each block of a chunk.
+
+cdef void _kgrad_transforms(const floating* dy, const floating* x, const Wino* g, Py_ssize_t r0, Py_ssize_t r1,
+                            Py_ssize_t lo, Py_ssize_t hi, floating* scratch, floating* base) noexcept nogil:
+    """Channels [lo, hi) of the block's transforms: input channels first (into V), then dE_dY's (into dM)."""
+    cdef Py_ssize_t q, TB = (r1 - r0) * g.TW
+    for q in range(lo, hi):
+        if q < g.C_in:
+            _input_channel(x, g, r0, r1, TB, q, scratch, base + g.vbuf)
+        else:
+            _dy_channel(dy, g, r0, r1, TB, q - g.C_in, scratch, base + g.mbuf)
+
+
+cdef void _kgrad_products(const Wino* g, Py_ssize_t TB, Py_ssize_t lo, Py_ssize_t hi, floating beta,
+                          floating* base) noexcept nogil:
+    """dU[ξ] (C_out x C_in) = dM[ξ] (C_out x TB) @ V[ξ]ᵀ (TB x C_in) + beta dU[ξ], for ξ in [lo, hi)."""
+    cdef Py_ssize_t xi
+    cdef floating* V = base + g.vbuf
+    cdef floating* dM = base + g.mbuf
+    cdef floating* dU = base + _scratch_end(g, False)
+    for xi in range(lo, hi):
         _gemm_rm(False, True, <int>g.C_out, <int>g.C_in, <int>TB, <floating>1, dM + xi * g.C_out * TB, <int>TB,
-                 V + xi * g.C_in * TB, <int>TB, <floating>1, dU + xi * g.C_out * g.C_in, <int>g.C_in)
+                 V + xi * g.C_in * TB, <int>TB, beta, dU + xi * g.C_out * g.C_in, <int>g.C_in)
+
+
+cdef enum:
+    FOLD_ROWS = 512  # rows of dK per item of the fold: fixed, so its products do not follow the thread count
+    CHUNKS_PER_THREAD = 4  # chunks per thread from which threads take whole chunks (balanced within 1/8)
+
+
+cdef void _kgrad_fold(const Wino* g, Py_ssize_t lo, Py_ssize_t hi, const floating* gg, floating* base,
+                      floating* out) noexcept nogil:
+    """out[r] (9 taps) = Σ_ξ dU[ξ, r] GG[ξ] for the rows r (j * C_in + i) of items [lo, hi) of FOLD_ROWS rows."""
+    cdef Py_ssize_t k, r0, r1, AA = g.a * g.a, CC = g.C_out * g.C_in
+    cdef floating* dU = base + _scratch_end(g, False)
+    for k in range(lo, hi):
+        r0 = k * FOLD_ROWS
+        r1 = min(CC, r0 + FOLD_ROWS)
+        _gemm_rm(True, False, <int>(r1 - r0), 9, <int>AA, <floating>1, dU + r0, <int>CC, gg, 9, <floating>0,
+                 out + r0 * 9, 9)
 
 
 cdef void _kgrad_chunks(const floating* dy, const floating* x, const floating* gg, floating* partial,
                         const Wino* g, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t nchunk, Py_ssize_t N,
                         floating* scratch) noexcept nogil:
-    """partial[c] = (Gᵀ dU G) of the samples of chunk c, blocks in order, for c in [c0, c1)"""
-    cdef Py_ssize_t c, k, s0, s1, r0, r1, t, AA = g.a * g.a, CC = g.C_out * g.C_in
-    cdef floating* dU = scratch + _scratch_end(g, False)
+    """partial[c] for the chunks c in [c0, c1), each by one thread, in its own scratch row."""
+    cdef Py_ssize_t c, k, s0, s1, r0, r1, nfold = (g.C_out * g.C_in + FOLD_ROWS - 1) // FOLD_ROWS
     for c in range(c0, c1):
-        for t in range(AA * CC):
-            dU[t] = 0
         s0 = (c * N) // nchunk
         s1 = ((c + 1) * N) // nchunk
         for k in range(_nblocks(s1 - s0, g)):
             _block(k, s1 - s0, g, &r0, &r1)
-            _kgrad_block(dy, x, g, r0 + s0 * g.TH, r1 + s0 * g.TH, scratch)
-        # partial[c] (C_out*C_in x 9) = dUᵀ (C_out*C_in x a²) @ GG (a² x 9), GG = G ⊗ G
-        _gemm_rm(True, False, <int>CC, 9, <int>AA, <floating>1, dU, <int>CC, gg, 9, <floating>0,
-                 partial + c * CC * 9, 9)
+            r0 = r0 + s0 * g.TH
+            r1 = r1 + s0 * g.TH
+            _kgrad_transforms(dy, x, g, r0, r1, 0, g.C_in + g.C_out, scratch, scratch)
+            _kgrad_products(g, (r1 - r0) * g.TW, 0, g.a * g.a, 0 if k == 0 else 1, scratch)
+        _kgrad_fold(g, 0, nfold, gg, scratch, partial + c * g.C_out * g.C_in * 9)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -335,21 +368,47 @@ def conv2d_kernel_gradient_winograd(const floating[:, :, :, ::1] dy,     # IN  (
                                     Py_ssize_t m, Py_ssize_t BR, Py_ssize_t PH, Py_ssize_t PW, int num_threads,
                                     Py_ssize_t c_lo=0, Py_ssize_t c_hi=-1):
     """partial[c] = Σ_{n in chunk c} xcorr(x[n, i], dy[n, j]) (3x3, stride 1, zero padding) by F(m x m, 3 x 3),
-    for the fixed chunks c in [c_lo, c_hi) of the nchunk (c_hi = -1: all; the caller adds them in order)."""
-    cdef Py_ssize_t N = x.shape[0], nchunk = partial.shape[0], t
+    for the fixed chunks c in [c_lo, c_hi) of the nchunk (c_hi = -1: all; the caller adds them in order).
+
+    With CHUNKS_PER_THREAD chunks per thread, threads take whole chunks (each block stays in one core's cache);
+    with fewer, they share each block of a chunk: its transforms split by channel, its products by transform
+    point ξ, the fold into taps by fixed groups of rows. Either way a chunk is the same products in the same
+    order, so no sum depends on the thread count."""
+    cdef Py_ssize_t N = x.shape[0], nchunk = partial.shape[0], t, c, k, s0, s1, r0, r1, np_t, np_p, np_f
     c_hi = _chunk_range(c_lo, c_hi, nchunk)
-    cdef Py_ssize_t nparts = _nparts(c_hi - c_lo, num_threads)
     cdef Wino g = _wino(x.shape[1], x.shape[2], x.shape[3], dy.shape[1], dy.shape[2], dy.shape[3], PH, PW, m, BR)
+    cdef Py_ssize_t nchan = g.C_in + g.C_out, AA = g.a * g.a, nfold = (g.C_out * g.C_in + FOLD_ROWS - 1) // FOLD_ROWS
+    cdef Py_ssize_t nparts = _nparts(c_hi - c_lo, num_threads)
     if N == 0:
         partial[:, :] = 0
         return
-    with nogil:
-        if nparts == 1:
+    cdef bint whole = nparts == 1 or c_hi - c_lo >= CHUNKS_PER_THREAD * num_threads
+    if whole and nparts == 1:
+        with nogil:
             _kgrad_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &gg[0, 0], &partial[0, 0], &g, c_lo, c_hi, nchunk, N,
                           &scratch[0, 0])
-        else:
+    elif whole:
+        with nogil:
             for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
                 _kgrad_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &gg[0, 0], &partial[0, 0], &g,
                               c_lo + _part(c_hi - c_lo, t, nparts), c_lo + _part(c_hi - c_lo, t + 1, nparts),
-                              nchunk, N,
-                              &scratch[threadid(), 0])
+                              nchunk, N, &scratch[threadid(), 0])
+    else:
+        np_t, np_p, np_f = _nparts(nchan, num_threads), _nparts(AA, num_threads), _nparts(nfold, num_threads)
+        with nogil:
+            for c in range(c_lo, c_hi):
+                s0 = (c * N) // nchunk
+                s1 = ((c + 1) * N) // nchunk
+                for k in range(_nblocks(s1 - s0, &g)):
+                    _block(k, s1 - s0, &g, &r0, &r1)
+                    r0 = r0 + s0 * g.TH
+                    r1 = r1 + s0 * g.TH
+                    for t in prange(np_t, schedule='dynamic', num_threads=_team(np_t, num_threads)):
+                        _kgrad_transforms(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &g, r0, r1, _part(nchan, t, np_t),
+                                          _part(nchan, t + 1, np_t), &scratch[threadid(), 0], &scratch[0, 0])
+                    for t in prange(np_p, schedule='dynamic', num_threads=_team(np_p, num_threads)):
+                        _kgrad_products(&g, (r1 - r0) * g.TW, _part(AA, t, np_p), _part(AA, t + 1, np_p),
+                                        0 if k == 0 else 1, &scratch[0, 0])
+                for t in prange(np_f, schedule='dynamic', num_threads=_team(np_f, num_threads)):
+                    _kgrad_fold(&g, _part(nfold, t, np_f), _part(nfold, t + 1, np_f), &gg[0, 0], &scratch[0, 0],
+                                &partial[c, 0])

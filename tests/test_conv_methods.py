@@ -241,12 +241,14 @@ def test_kernel_gradient_layout_follows_the_measured_rule(monkeypatch):
     assert layout(64, 8, 16, 28, 3, 1, np.float64) is M.Method.SHIFTED
 
 
-def test_auto_takes_channel_vectors_for_kernel_gradients_they_suit():
+def test_auto_takes_channel_vectors_for_kernel_gradients_they_suit(monkeypatch):
     """Small maps (a ResNet's later stages), strides, and many channels on larger float32 maps; not one or few
-    input channels, 1x1 kernels, or channels that are not whole tiles."""
+    input channels, 1x1 kernels, or channels that are not whole tiles. Among the direct kernels: auto asks
+    Winograd first (test_winograd.py)."""
     M = _methods
     if not M.FAST:
         pytest.skip("the baseline build has no channel-vector tiles")
+    monkeypatch.setattr(M, "_winograd_better", lambda g, dtype, kgrad=False: False)
 
     def choose(C_in, C_out, H, K, S, P, dtype=np.float32):
         O = (H + 2 * P - K) // S + 1

@@ -93,6 +93,46 @@ def test_bitwise_the_same_on_1_2_3_threads(dtype, block_bytes, tile, restore_thr
     assert_allclose(runs[0][0], einsum_forward(x, k, b, pad=(1, 1, 1, 1)), **tol(dtype))
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_kernel_gradient_chunks_are_the_same_whole_or_shared(dtype, tile):
+    """Threads take whole chunks with 4 chunks per thread, else share each chunk's blocks (transforms by channel,
+    products by transform point, the fold by rows): the same partial sums either way, bitwise."""
+    N, C_in, C_out, H, m = 16, 5, 6, 11, tile
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((N, C_in, H, H)).astype(dtype)
+    dy = rng.standard_normal((N, C_out, H, H)).astype(dtype)
+    rows = 2  # blocks of two tile rows: several blocks per chunk, the last of a sample shorter
+    kernel = _runners._typed(_runners.winograd.conv2d_kernel_gradient_winograd, dtype)
+    size = _runners.winograd.winograd_scratch_size(C_in, C_out, H, H, m, rows, True)
+    gg = _runners.WINOGRAD_GG[m].astype(dtype)
+
+    def partials(nt, groups):
+        out = np.full((N, C_out * C_in * 9), np.nan, dtype)
+        for lo in range(0, N, groups):
+            kernel(dy, x, out, np.empty((nt, size), dtype), gg, m, rows, 1, 1, nt, lo, lo + groups)
+        return out
+
+    serial = partials(1, N)
+    assert_array_equal(partials(2, N), serial)  # 16 chunks on 2 threads: whole chunks
+    assert_array_equal(partials(3, 4), serial)  # 4 chunks on 3 threads: shared blocks
+    assert_array_equal(partials(2, 1), serial)  # one chunk at a time: shared blocks
+    dk = serial.sum(axis=0).reshape(C_out, C_in, 3, 3) / N
+    assert_allclose(dk, einsum_kernel_gradient(dy, x, 3, 3, pad=(1, 1, 1, 1)), **tol(dtype))
+
+
+def test_kernel_gradient_chunks_hold_whole_blocks_within_the_ctrl_c_bound(monkeypatch):
+    """Fewer, larger chunks than the other kernel gradients' where a block holds several samples; never more
+    multiply-adds per chunk than CHUNK_MACS allows, never more chunks than theirs."""
+    dt = np.dtype(np.float32)
+    g = M.Geometry(32, 128, 128, 14, 14, 3, 3, 12, 12, 1, 1, (0, 0, 0, 0))
+    per_block = M.winograd_block_samples(g, dt, 4)
+    assert per_block > 1 and M.winograd_nchunk(g, dt, 4) == 32 // per_block < M.nchunk(g, dt)
+    monkeypatch.setattr(M, "CHUNK_MACS", g.macs // 10)
+    assert M.winograd_nchunk(g, dt, 4) == 11  # ceil(macs / CHUNK_MACS)
+    monkeypatch.setattr(M, "WINOGRAD_BLOCK_BYTES", 1)  # blocks of one tile row: one sample per block
+    assert M.winograd_nchunk(g, dt, 4) == M.nchunk(g, dt)
+
+
 class _Spy:
     """The winograd kernel module with its forward kernel counting the samples of each call."""
 
@@ -261,25 +301,21 @@ def test_refused_by_name(kwargs, needs):
 
 @pytest.mark.skipif(not M.FAST, reason="auto takes winograd in the AVX2 build only")
 def test_auto_takes_winograd_only_within_the_measured_range():
-    """3x3 stride-1 layers, 12x12 output maps and more, C_in * C_out >= 2048 (on maps under 24x24: 8192 in
-    float32, 4096 in float64), at most 128 channels (the bound's)."""
+    """3x3 stride-1 layers, 12x12 output maps and more, C_in * C_out >= 2048 (the kernel gradient: 512; on maps
+    under 24x24: 8192 in float32, 4096 in float64), at most 128 channels (the bound's); ahead of the channel-vector
+    kernels; never for method='direct'."""
     def geometry(C_in, C_out, size, K=3, stride=1):
         O = (size - K) // stride + 1
         return M.Geometry(8, C_in, C_out, size, size, K, K, O, O, stride, stride, (0, 0, 0, 0))
 
-    def winograd(choose, g, dtype):  # the channel-vector kernels, where auto takes them first, beat it (methods.md)
-        first = M._channels_kgrad_better(g, dtype) if choose is M.kernel_gradient else \
-            M._channels_first(g, dtype, grad=choose is M.input_gradient)
-        return M.Method.CHANNELS if first else M.Method.WINOGRAD
-
     for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
         for choose in (M.forward, M.input_gradient, M.kernel_gradient):
             for g in (geometry(64, 64, 28), geometry(128, 128, 16), geometry(64, 128, 16), geometry(32, 64, 26)):
-                assert choose("auto", g, dtype) is winograd(choose, g, dtype), g
-            g = geometry(64, 64, 16)
-            if winograd(choose, g, dtype) is M.Method.WINOGRAD:
-                assert (choose("auto", g, dtype) is M.Method.WINOGRAD) == (dtype == np.float64)
-            for g in (geometry(32, 64, 16), geometry(16, 32, 28), geometry(256, 64, 28), geometry(64, 64, 12), geometry(64, 64, 28, K=5),
-                      geometry(64, 64, 28, stride=2)):
+                assert choose("auto", g, dtype) is M.Method.WINOGRAD, g
+                assert choose("direct", g, dtype) is not M.Method.WINOGRAD, g
+            assert (choose("auto", geometry(64, 64, 16), dtype) is M.Method.WINOGRAD) == (dtype == np.float64)
+            kgrad_only = choose("auto", geometry(16, 32, 28), dtype) is M.Method.WINOGRAD
+            assert kgrad_only == (choose is M.kernel_gradient)
+            for g in (geometry(8, 32, 28), geometry(32, 64, 16), geometry(256, 64, 28), geometry(64, 64, 12),
+                      geometry(64, 64, 28, K=5), geometry(64, 64, 28, stride=2)):
                 assert choose("auto", g, dtype) is not M.Method.WINOGRAD, g
-            assert choose("direct", geometry(64, 64, 28), dtype) is not M.Method.WINOGRAD
