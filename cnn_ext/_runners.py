@@ -200,16 +200,17 @@ def _winograd_u(k, m, dtype):
         return np.ascontiguousarray(u, dtype=dtype).reshape((m + 2) ** 2, C_out, C_in)
 
 
-def _winograd_raw(g, dtype, nt, m):
+def _winograd_raw(g, dtype, nt, m, exact_zeros):
     """run(x, k, b, y) -> whether y is finite, by F(m x m, 3 x 3) (g: a 3x3 stride-1 geometry); long calls in
-    groups of whole blocks (in_chunks), the kernels transformed once."""
+    groups of whole blocks (in_chunks), the kernels transformed once. exact_zeros: outputs whose 3x3 input field
+    is all zeros are b exactly."""
     kernel, finite = _typed(winograd.conv2d_forward_winograd, dtype), _typed(tiled.all_finite, dtype)
     rows = M.winograd_rows(g, dtype, m)
     size = winograd.winograd_scratch_size(g.C_in, g.C_out, g.OH, g.OW, m, rows, False)
     top, _, left, _ = g.pads
 
     def blocks(x, u, b, y):
-        kernel(x, u, b, y, np.empty((nt, size), dtype), m, rows, top, left, nt)
+        kernel(x, u, b, y, np.empty((nt, size), dtype), m, rows, top, left, nt, exact_zeros)
 
     chunked = in_chunks(blocks, g, nt, _winograd_samples(g, dtype, m))
 
@@ -221,33 +222,16 @@ def _winograd_raw(g, dtype, nt, m):
     return run
 
 
-def _zero_fields(x, g):
-    """(N, OH, OW) bool: the outputs of a 3x3 stride-1 layer whose 3x3 input fields are zero in every channel, or
-    None when there are none."""
-    top, bottom, left, right = g.pads
-    nz = np.zeros((x.shape[0], g.H + top + bottom, g.W + left + right), bool)
-    np.any(x, axis=1, out=nz[:, top:top + g.H, left:left + g.W])
-    rows = nz[:, :-2] | nz[:, 1:-1] | nz[:, 2:]
-    zero = ~(rows[:, :, :-2] | rows[:, :, 1:-1] | rows[:, :, 2:])
-    return zero if zero.any() else None
-
-
 def winograd_forward(g, dtype, nt, m):
-    """run(x, k, b, y): y = conv(x, k) + b by F(m x m, 3 x 3); non-finite results are recomputed by im2col, and
-    outputs whose input field is all zeros are set to exactly b."""
-    raw, run_gemm = _winograd_raw(g, dtype, nt, m), in_chunks(_forward_gemm(g, dtype, nt), g, nt)
+    """run(x, k, b, y): y = conv(x, k) + b by F(m x m, 3 x 3); non-finite results are recomputed by im2col.
+    Outputs whose input field is all zeros are exactly b: the transforms miss it by rounding (other inputs of
+    their tile), and after a ReLU (zeros, often whole regions) a ReLU or a max-pool tie would take +1e-9 for a
+    positive value and pass gradients where the direct sum, PyTorch's included, gives exactly b and passes none."""
+    raw, run_gemm = _winograd_raw(g, dtype, nt, m, True), in_chunks(_forward_gemm(g, dtype, nt), g, nt)
 
     def run(x, k, b, y):
         if not raw(x, k, b, y):
             run_gemm(x, k, b, y)
-            return
-        # a zero field's exact output is b, which the transforms miss by rounding (other inputs of its tile):
-        # after a ReLU (zeros, often whole regions) a ReLU or a max-pool tie would take +1e-9 for a positive value
-        # and pass gradients where the direct sum, PyTorch's included, gives exactly b and passes none
-        zero = _zero_fields(x, g)
-        if zero is not None:
-            n, i, j = np.nonzero(zero)
-            y[n, :, i, j] = b
 
     return run
 
@@ -256,7 +240,7 @@ def winograd_input_gradient(g, dtype, nt, m):
     """run(dy, k, dx): dX as the F(m x m, 3 x 3) forward of dE_dY padded by 2 - padding with the transposed,
     rotated kernels; non-finite results are recomputed by im2col."""
     t = M.Geometry(g.N, g.C_out, g.C_in, g.OH, g.OW, 3, 3, g.H, g.W, 1, 1, g.transposed_pads)
-    raw, run_gemm = _winograd_raw(t, dtype, nt, m), input_gradient(Method.GEMM, g, dtype, nt)
+    raw, run_gemm = _winograd_raw(t, dtype, nt, m, False), input_gradient(Method.GEMM, g, dtype, nt)
     rotate = _typed(tiled.rotate_kernels, dtype)
     no_bias = np.zeros(g.C_in, dtype=dtype)
     no_bias.flags.writeable = False

@@ -24,7 +24,7 @@ cdef extern from "cnn_prefetch.h":
 ctypedef struct Wino:
     Py_ssize_t C_in, H, W, C_out, OH, OW, PH, PW
     Py_ssize_t m, a, TH, TW, Wp, BR, TB      # tile, patch (m + 2), tile rows / columns, row pitch, rows per block
-    Py_ssize_t rowbuf, pbuf, ebuf, vbuf, mbuf  # offsets of the per-thread scratch parts
+    Py_ssize_t rowbuf, pbuf, ebuf, vbuf, mbuf, zbuf  # offsets of the per-thread scratch parts
 
 
 cdef inline Py_ssize_t _round16(Py_ssize_t n) noexcept nogil:
@@ -42,13 +42,16 @@ cdef Wino _wino(Py_ssize_t C_in, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C_out, P
     g.ebuf = g.pbuf + _round16(g.a * g.a * g.TB)      # their transform along one axis
     g.vbuf = g.ebuf + _round16(g.a * g.a * g.TB)
     g.mbuf = g.vbuf + _round16(g.a * g.a * C_in * g.TB)
+    g.zbuf = g.mbuf + _round16(g.a * g.a * C_out * g.TB)  # the forward's zero-field map; the kernel gradient's dU
     return g
 
 
 cdef inline Py_ssize_t _scratch_end(const Wino* g, bint kgrad) noexcept nogil:
-    """Per-thread scratch: row buffer, patch and transform buffers, V, then M (or dM) and, for dK, dU."""
-    cdef Py_ssize_t end = g.mbuf + _round16(g.a * g.a * g.C_out * g.TB)
-    return end + (_round16(g.a * g.a * g.C_out * g.C_in) if kgrad else 0)
+    """Per-thread scratch: row buffer, patch and transform buffers, V, M (or dM), then the forward's zero-field
+    map (a rows of Wp per tile row of a block) or the kernel gradient's dU."""
+    if kgrad:
+        return g.zbuf + _round16(g.a * g.a * g.C_out * g.C_in)
+    return g.zbuf + _round16(g.a * g.Wp * (g.TB // g.TW))
 
 
 # ---- blocks of tile rows: global tile row R = n * TH + th ------------------------------------------
@@ -97,6 +100,8 @@ cdef extern from "cnn_wino.h" nogil:
                                          Py_ssize_t n)
     void _merge_d "cnn_ext_wino_merge_d"(Py_ssize_t m, const double* s, Py_ssize_t ss, double b, double* row,
                                          Py_ssize_t n)
+    void _max_abs_f "cnn_ext_wino_max_abs_f"(const float* s, float* acc, Py_ssize_t n)
+    void _max_abs_d "cnn_ext_wino_max_abs_d"(const double* s, double* acc, Py_ssize_t n)
 
 
 cdef inline void _bt(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating* o, Py_ssize_t os,
@@ -135,6 +140,14 @@ cdef inline void _split(Py_ssize_t m, Py_ssize_t k, const floating* row, floatin
         _split_d(m, k, row, o, os, n)
 
 
+cdef inline void _max_abs(const floating* s, floating* acc, Py_ssize_t n) noexcept nogil:
+    """acc[l] = max(acc[l], |s[l]|) for l < n."""
+    if floating is float:
+        _max_abs_f(s, acc, n)
+    else:
+        _max_abs_d(s, acc, n)
+
+
 cdef inline void _merge(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating b, floating* row,
                         Py_ssize_t n) noexcept nogil:
     """row[t*m + c] = b + s[c*ss + t] for c < m, t < n."""
@@ -150,9 +163,9 @@ cdef inline void _merge(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating
 # the map's width (one tile row of a 28x28 map has only 7 tiles).
 
 cdef void _input_channel(const floating* x, const Wino* g, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t TB,
-                         Py_ssize_t i, floating* scratch, floating* V) noexcept nogil:
+                         Py_ssize_t i, floating* scratch, floating* V, floating* Z) noexcept nogil:
     """V[ξ, i, t] = (Bᵀ d B)[ξ] for channel i and the tiles t of global tile rows [r0, r1) (row-major, TW per row),
-    d zero-padded."""
+    d zero-padded; Z (unless NULL): the tile rows' padded input rows, max |x| over the channels so far."""
     cdef Py_ssize_t R, n, th, rho, r, c, t0, tw, xi
     cdef Py_ssize_t a = g.a, m = g.m, TW = g.TW, Wp = g.Wp
     cdef floating* rowbuf = scratch + g.rowbuf
@@ -184,6 +197,8 @@ cdef void _input_channel(const floating* x, const Wino* g, Py_ssize_t r0, Py_ssi
                 rowbuf[g.PW + c] = src[c]
             for c in range(g.PW + g.W, Wp):
                 rowbuf[c] = 0
+            if Z != NULL:
+                _max_abs(rowbuf, Z + ((R - r0) * a + rho) * Wp, Wp)
             _split(m, a, rowbuf, P + rho * a * TB + t0, TB, TW)
     for rho in range(a):  # along columns: E[ρ, ξ, t]
         _bt(m, P + rho * a * TB, TB, E + rho * a * TB, TB, TB)
@@ -191,20 +206,47 @@ cdef void _input_channel(const floating* x, const Wino* g, Py_ssize_t r0, Py_ssi
         _bt(m, E + xi * TB, a * TB, V + (xi * g.C_in + i) * TB, a * g.C_in * TB, TB)
 
 
+cdef Py_ssize_t _zero_fields(const Wino* g, Py_ssize_t rows, floating* Z) noexcept nogil:
+    """Z[(r * a + p) * Wp + q] = 1 where output row p, column q of tile row r has a 3x3 field of zeros in every
+    channel, else 0, in place over the max |x| map (row p's field starts on row p); returns how many."""
+    cdef Py_ssize_t r, p, q, u, v, zeros = 0
+    cdef floating* z
+    cdef floating big
+    for r in range(rows):
+        for p in range(g.m):
+            z = Z + (r * g.a + p) * g.Wp
+            for q in range(g.Wp - 2):
+                big = 0
+                for u in range(3):
+                    for v in range(3):
+                        big = max(big, z[u * g.Wp + q + v])
+                z[q] = 1 if big == 0 else 0
+                zeros += big == 0
+    return zeros
+
+
 cdef void _forward_block(const floating* x, const floating* u, const floating* b, floating* y, const Wino* g,
-                         Py_ssize_t r0, Py_ssize_t r1, floating* scratch) noexcept nogil:
-    """y = b + Aᵀ [U ⊙ V] A for the output tiles of global tile rows [r0, r1)."""
+                         Py_ssize_t r0, Py_ssize_t r1, bint exact_zeros, floating* scratch) noexcept nogil:
+    """y = b + Aᵀ [U ⊙ V] A for the output tiles of global tile rows [r0, r1); exact_zeros: outputs whose 3x3
+    field is zero in every channel are b exactly (the transforms leave rounding residuals of the tile there)."""
     cdef Py_ssize_t TB = (r1 - r0) * g.TW, a = g.a, m = g.m, TW = g.TW
-    cdef Py_ssize_t R, n, th, i, j, xi, eta, c, p, t0, AA = a * a, full
+    cdef Py_ssize_t R, n, th, i, j, xi, eta, c, p, q, t0, AA = a * a, full, zeros = 0
     cdef floating* V = scratch + g.vbuf
     cdef floating* M = scratch + g.mbuf
     cdef floating* Q = scratch + g.ebuf
     cdef floating* O = scratch + g.pbuf
+    cdef floating* Z = scratch + g.zbuf if exact_zeros else NULL
+    cdef const floating* zrow
     cdef const floating* orow
     cdef floating* yrow
     cdef floating bj
+    if exact_zeros:
+        for c in range((r1 - r0) * a * g.Wp):
+            Z[c] = 0
     for i in range(g.C_in):
-        _input_channel(x, g, r0, r1, TB, i, scratch, V)
+        _input_channel(x, g, r0, r1, TB, i, scratch, V, Z)
+    if exact_zeros:
+        zeros = _zero_fields(g, r1 - r0, Z)
     for xi in range(AA):  # M[ξ] (C_out x TB) = U[ξ] (C_out x C_in) @ V[ξ] (C_in x TB)
         _gemm_rm(False, False, <int>g.C_out, <int>TB, <int>g.C_in, <floating>1, u + xi * g.C_out * g.C_in,
                  <int>g.C_in, V + xi * g.C_in * TB, <int>TB, <floating>0, M + xi * g.C_out * TB, <int>TB)
@@ -225,15 +267,20 @@ cdef void _forward_block(const floating* x, const floating* u, const floating* b
                 _merge(m, orow, TB, bj, yrow, full)
                 for c in range(g.OW - full * m):  # the last tile's columns in the map
                     yrow[full * m + c] = bj + orow[c * TB + full]
+                if zeros:
+                    zrow = Z + ((R - r0) * a + p) * g.Wp
+                    for q in range(g.OW):
+                        if zrow[q] != 0:
+                            yrow[q] = bj
 
 
 cdef void _forward_part(const floating* x, const floating* u, const floating* b, floating* y, const Wino* g,
-                        Py_ssize_t N, Py_ssize_t lo, Py_ssize_t hi, floating* scratch) noexcept nogil:
+                        Py_ssize_t N, Py_ssize_t lo, Py_ssize_t hi, bint exact_zeros, floating* scratch) noexcept nogil:
     """_forward_block for blocks [lo, hi)"""
     cdef Py_ssize_t k, r0, r1
     for k in range(lo, hi):
         _block(k, N, g, &r0, &r1)
-        _forward_block(x, u, b, y, g, r0, r1, scratch)
+        _forward_block(x, u, b, y, g, r0, r1, exact_zeros, scratch)
 
 
 cdef void _dy_channel(const floating* dy, const Wino* g, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t TB,
@@ -277,7 +324,7 @@ cdef void _kgrad_transforms(const floating* dy, const floating* x, const Wino* g
     cdef Py_ssize_t q, TB = (r1 - r0) * g.TW
     for q in range(lo, hi):
         if q < g.C_in:
-            _input_channel(x, g, r0, r1, TB, q, scratch, base + g.vbuf)
+            _input_channel(x, g, r0, r1, TB, q, scratch, base + g.vbuf, NULL)
         else:
             _dy_channel(dy, g, r0, r1, TB, q - g.C_in, scratch, base + g.mbuf)
 
@@ -288,7 +335,7 @@ cdef void _kgrad_products(const Wino* g, Py_ssize_t TB, Py_ssize_t lo, Py_ssize_
     cdef Py_ssize_t xi
     cdef floating* V = base + g.vbuf
     cdef floating* dM = base + g.mbuf
-    cdef floating* dU = base + _scratch_end(g, False)
+    cdef floating* dU = base + g.zbuf
     for xi in range(lo, hi):
         _gemm_rm(False, True, <int>g.C_out, <int>g.C_in, <int>TB, <floating>1, dM + xi * g.C_out * TB, <int>TB,
                  V + xi * g.C_in * TB, <int>TB, beta, dU + xi * g.C_out * g.C_in, <int>g.C_in)
@@ -303,7 +350,7 @@ cdef void _kgrad_fold(const Wino* g, Py_ssize_t lo, Py_ssize_t hi, const floatin
                       floating* out) noexcept nogil:
     """out[r] (9 taps) = Σ_ξ dU[ξ, r] GG[ξ] for the rows r (j * C_in + i) of items [lo, hi) of FOLD_ROWS rows."""
     cdef Py_ssize_t k, r0, r1, AA = g.a * g.a, CC = g.C_out * g.C_in
-    cdef floating* dU = base + _scratch_end(g, False)
+    cdef floating* dU = base + g.zbuf
     for k in range(lo, hi):
         r0 = k * FOLD_ROWS
         r1 = min(CC, r0 + FOLD_ROWS)
@@ -344,8 +391,10 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x,      # IN  (N, C_in,
                             const floating[::1] b,               # IN  (C_out,)
                             floating[:, :, :, ::1] y,            # OUT (N, C_out, OH, OW)
                             floating[:, ::1] scratch,            # TMP (threads, winograd_scratch_size(...))
-                            Py_ssize_t m, Py_ssize_t BR, Py_ssize_t PH, Py_ssize_t PW, int num_threads):
-    """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]) (3x3, stride 1, zero padding PH, PW) by F(m x m, 3 x 3)."""
+                            Py_ssize_t m, Py_ssize_t BR, Py_ssize_t PH, Py_ssize_t PW, int num_threads,
+                            bint exact_zeros=True):
+    """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]) (3x3, stride 1, zero padding PH, PW) by F(m x m, 3 x 3);
+    exact_zeros: b[j] exactly where the 3x3 field is zero in every channel."""
     cdef Py_ssize_t t, N = x.shape[0]
     cdef Wino g = _wino(x.shape[1], x.shape[2], x.shape[3], y.shape[1], y.shape[2], y.shape[3], PH, PW, m, BR)
     cdef Py_ssize_t nb = _nblocks(N, &g), nparts = _nparts(nb, num_threads)
@@ -353,11 +402,12 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x,      # IN  (N, C_in,
         return
     with nogil:
         if nparts == 1:
-            _forward_part(&x[0, 0, 0, 0], &u[0, 0, 0], &b[0], &y[0, 0, 0, 0], &g, N, 0, nb, &scratch[0, 0])
+            _forward_part(&x[0, 0, 0, 0], &u[0, 0, 0], &b[0], &y[0, 0, 0, 0], &g, N, 0, nb, exact_zeros,
+                          &scratch[0, 0])
         else:
             for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
                 _forward_part(&x[0, 0, 0, 0], &u[0, 0, 0], &b[0], &y[0, 0, 0, 0], &g, N, _part(nb, t, nparts),
-                              _part(nb, t + 1, nparts), &scratch[threadid(), 0])
+                              _part(nb, t + 1, nparts), exact_zeros, &scratch[threadid(), 0])
 
 
 def conv2d_kernel_gradient_winograd(const floating[:, :, :, ::1] dy,     # IN  (N, C_out, OH, OW)

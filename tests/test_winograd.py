@@ -208,12 +208,14 @@ def test_gradients_by_central_differences(tile):
     assert_allclose(dk, numeric_gradient(loss, k), **GRADCHECK_TOL)
 
 
+@pytest.mark.parametrize("block_bytes", [1, 1 << 30], ids=["bands of one tile row", "whole samples"])
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_outputs_of_all_zero_fields_are_exactly_the_bias(padding, dtype, tile):
+def test_outputs_of_all_zero_fields_are_exactly_the_bias(padding, dtype, block_bytes, tile, monkeypatch):
     """Outputs whose 3x3 field is zero in every channel (a ReLU's zeros, padding) are b exactly, as a direct sum
     gives, though other inputs of their tile are not zero: +1e-9 there would pass gradients through a ReLU or a
     max-pool tie that PyTorch's direct sum blocks. The others are left as computed."""
+    monkeypatch.setattr(M, "WINOGRAD_BLOCK_BYTES", block_bytes)
     x, k, b, _, pads = data((3, 4, 5, 13, 11), padding, dtype, seed=4)
     x[:, :, 3:8] = 0  # a zero band: fields inside it are all zero, the band's edge tiles are mixed
     x[1] = 0

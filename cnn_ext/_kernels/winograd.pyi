@@ -25,8 +25,10 @@ def conv2d_forward_winograd(
     PH: int,
     PW: int,
     num_threads: int,
+    exact_zeros: bool = True,
 ) -> None:
-    """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]) (3x3, stride 1, zero padding PH, PW) by F(m x m, 3 x 3)."""
+    """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]) (3x3, stride 1, zero padding PH, PW) by F(m x m, 3 x 3);
+    exact_zeros: b[j] exactly where the 3x3 field is zero in every channel."""
 
 def conv2d_kernel_gradient_winograd(
     dy: NDArray[_F],  # IN  (N, C_out, OH, OW)

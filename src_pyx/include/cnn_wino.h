@@ -8,6 +8,8 @@
 #ifndef CNN_EXT_WINO_H
 #define CNN_EXT_WINO_H
 
+#include <math.h>
+
 #if defined(__GNUC__) || defined(__clang__)
 #define CNN_EXT_RESTRICT __restrict__
 #elif defined(_MSC_VER)
@@ -139,6 +141,19 @@ static inline void cnn_ext_wino_merge_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTR
         }                                                                                                      \
     }                                                                                                          \
 }
+
+#define CNN_EXT_WINO_MAX_ABS(T, SFX, FABS)                                                                        \
+/* acc[l] = max(acc[l], |s[l]|): the zero-field map of the forward (a NaN makes the result non-finite anyway) */ \
+static inline void cnn_ext_wino_max_abs_##SFX(const T* CNN_EXT_RESTRICT s, T* CNN_EXT_RESTRICT acc, Py_ssize_t n) { \
+    Py_ssize_t l;                                                                                              \
+    CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                               \
+        T v = FABS(s[l]);                                                                                      \
+        acc[l] = acc[l] > v ? acc[l] : v;                                                                      \
+    }                                                                                                          \
+}
+CNN_EXT_WINO_MAX_ABS(float, f, fabsf)
+CNN_EXT_WINO_MAX_ABS(double, d, fabs)
+#undef CNN_EXT_WINO_MAX_ABS
 
 CNN_EXT_WINO_DEFS(float, f)
 CNN_EXT_WINO_DEFS(double, d)
