@@ -100,8 +100,8 @@ cdef extern from "cnn_wino.h" nogil:
                                          Py_ssize_t n)
     void _merge_d "cnn_ext_wino_merge_d"(Py_ssize_t m, const double* s, Py_ssize_t ss, double b, double* row,
                                          Py_ssize_t n)
-    void _max_abs_f "cnn_ext_wino_max_abs_f"(const float* s, float* acc, Py_ssize_t n)
-    void _max_abs_d "cnn_ext_wino_max_abs_d"(const double* s, double* acc, Py_ssize_t n)
+    void _copy_max_abs_f "cnn_ext_wino_copy_max_abs_f"(const float* s, float* o, float* acc, Py_ssize_t n)
+    void _copy_max_abs_d "cnn_ext_wino_copy_max_abs_d"(const double* s, double* o, double* acc, Py_ssize_t n)
 
 
 cdef inline void _bt(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating* o, Py_ssize_t os,
@@ -140,12 +140,12 @@ cdef inline void _split(Py_ssize_t m, Py_ssize_t k, const floating* row, floatin
         _split_d(m, k, row, o, os, n)
 
 
-cdef inline void _max_abs(const floating* s, floating* acc, Py_ssize_t n) noexcept nogil:
-    """acc[l] = max(acc[l], |s[l]|) for l < n."""
+cdef inline void _copy_max_abs(const floating* s, floating* o, floating* acc, Py_ssize_t n) noexcept nogil:
+    """o[l] = s[l], acc[l] = max(acc[l], |s[l]|) for l < n."""
     if floating is float:
-        _max_abs_f(s, acc, n)
+        _copy_max_abs_f(s, o, acc, n)
     else:
-        _max_abs_d(s, acc, n)
+        _copy_max_abs_d(s, o, acc, n)
 
 
 cdef inline void _merge(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating b, floating* row,
@@ -193,12 +193,13 @@ cdef void _input_channel(const floating* x, const Wino* g, Py_ssize_t r0, Py_ssi
             src = x + ((n * g.C_in + i) * g.H + r) * g.W
             for c in range(g.PW):
                 rowbuf[c] = 0
-            for c in range(g.W):
-                rowbuf[g.PW + c] = src[c]
+            if Z != NULL:
+                _copy_max_abs(src, rowbuf + g.PW, Z + ((R - r0) * a + rho) * Wp + g.PW, g.W)
+            else:
+                for c in range(g.W):
+                    rowbuf[g.PW + c] = src[c]
             for c in range(g.PW + g.W, Wp):
                 rowbuf[c] = 0
-            if Z != NULL:
-                _max_abs(rowbuf, Z + ((R - r0) * a + rho) * Wp, Wp)
             _split(m, a, rowbuf, P + rho * a * TB + t0, TB, TW)
     for rho in range(a):  # along columns: E[ρ, ξ, t]
         _bt(m, P + rho * a * TB, TB, E + rho * a * TB, TB, TB)

@@ -143,12 +143,15 @@ static inline void cnn_ext_wino_merge_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTR
 }
 
 #define CNN_EXT_WINO_MAX_ABS(T, SFX, FABS)                                                                        \
-/* acc[l] = max(acc[l], |s[l]|): the zero-field map of the forward (a NaN makes the result non-finite anyway) */ \
-static inline void cnn_ext_wino_max_abs_##SFX(const T* CNN_EXT_RESTRICT s, T* CNN_EXT_RESTRICT acc, Py_ssize_t n) { \
+/* o[l] = s[l], acc[l] = max(acc[l], |s[l]|): a row's copy and the forward's zero-field map in one pass (a NaN    \
+   makes the result non-finite anyway) */                                                                      \
+static inline void cnn_ext_wino_copy_max_abs_##SFX(const T* CNN_EXT_RESTRICT s, T* CNN_EXT_RESTRICT o,           \
+                                                   T* CNN_EXT_RESTRICT acc, Py_ssize_t n) {                    \
     Py_ssize_t l;                                                                                              \
     CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                               \
-        T v = FABS(s[l]);                                                                                      \
-        acc[l] = acc[l] > v ? acc[l] : v;                                                                      \
+        T v = s[l], a = FABS(v);                                                                               \
+        o[l] = v;                                                                                              \
+        acc[l] = acc[l] > a ? acc[l] : a;                                                                      \
     }                                                                                                          \
 }
 CNN_EXT_WINO_MAX_ABS(float, f, fabsf)
