@@ -73,11 +73,12 @@ def main():
             for threads in (1, 2):
                 r = ratios(shape, dtype, threads)
                 cells += [f"{r[op]:.2f}" for op in ("forward", "dX", "dK")]
-            auto = "winograd" if M.forward("auto", g, dtype) is M.Method.WINOGRAD else "direct"
+            auto = " / ".join("winograd" if choose("auto", g, dtype) is M.Method.WINOGRAD else "direct"
+                              for choose in (M.forward, M.input_gradient, M.kernel_gradient))
             rows.append([str(shape), shape[1] * shape[2], *cells, auto])
             print(name, rows[-1], flush=True)
         _report.add_table(result, name, ["(N, C_in, C_out, map)", "C_in·C_out", "fwd 1t", "dX 1t", "dK 1t",
-                                         "fwd 2t", "dX 2t", "dK 2t", "auto takes"], rows)
+                                         "fwd 2t", "dX 2t", "dK 2t", "auto takes (fwd / dX / dK)"], rows)
     cnn_ext.set_num_threads(None)
     C.write_results(result, args.out)
 

@@ -88,13 +88,16 @@ WINOGRAD_TILE = 4  # F(4x4, 3x3): 4x fewer multiplications than direct, F(2x2) o
 WINOGRAD_ERROR_BOUND = {2: 5e-6, 4: 3e-5}
 WINOGRAD_MAX_C_IN = 128  # channels up to which the bound was measured: auto stays within them
 WINOGRAD_MIN_CHANNELS = 2048  # C_in*C_out from which auto takes winograd (16x32 layers: the transforms dominate)
-# the kernel gradient's from 16x32 layers on (its direct kernels lose more to the transformed products)
-WINOGRAD_MIN_CHANNELS_KGRAD = 512
+# the kernel gradient's from 32x32 layers on (its direct kernels lose more to the transformed products; 16x32
+# layers were a tie on 1 thread and a loss on 2 in benchmarks/results/methods_suite.md)
+WINOGRAD_MIN_CHANNELS_KGRAD = 1024
 WINOGRAD_MIN_MAP = 12  # output rows and columns from which it does (the smallest maps of the measured rows)
 # below WINOGRAD_LARGE_MAP rows or columns, edge tiles and transforms weigh more: on 14x14 maps 32x64 layers lost
 # to the direct kernels in both dtypes, 64x64 in float32 only (benchmarks/results/winograd_range.md)
 WINOGRAD_LARGE_MAP = 24
 WINOGRAD_MIN_CHANNELS_SMALL_MAP = {np.dtype(np.float32): 8192, np.dtype(np.float64): 4096}
+# the kernel gradient's: in float64 its direct kernels kept 64x64 and 64x128 layers on 14x14 maps
+WINOGRAD_MIN_CHANNELS_SMALL_MAP_KGRAD = {np.dtype(np.float32): 8192, np.dtype(np.float64): 16384}
 WINOGRAD_BLOCK_BYTES = 2 << 20  # V and M of one block of tiles: wide enough products, yet within L3 beside BLAS
 NCHUNK = 16  # batch reductions run over this many chunks summed in order: the same sums on any thread count
 # a kernel gradient's chunk is what a Ctrl-C waits for (one kernel call on a busy machine): long calls get more
@@ -336,11 +339,12 @@ def _winograd_better(g, dtype, kgrad=False):
     outweigh the transforms (benchmarks/results/winograd_range.md), in both dtypes, ahead of every direct kernel;
     up to WINOGRAD_MAX_C_IN channels, where its error bound was measured. AVX2 builds only: the baseline build was
     not measured."""
-    large = WINOGRAD_MIN_CHANNELS_KGRAD if kgrad else WINOGRAD_MIN_CHANNELS
+    if min(g.OH, g.OW) >= WINOGRAD_LARGE_MAP:
+        least = WINOGRAD_MIN_CHANNELS_KGRAD if kgrad else WINOGRAD_MIN_CHANNELS
+    else:
+        least = (WINOGRAD_MIN_CHANNELS_SMALL_MAP_KGRAD if kgrad else WINOGRAD_MIN_CHANNELS_SMALL_MAP)[np.dtype(dtype)]
     return (FAST and g.stride1 and g.KH == 3 and g.KW == 3 and max(g.C_in, g.C_out) <= WINOGRAD_MAX_C_IN
-            and min(g.OH, g.OW) >= WINOGRAD_MIN_MAP
-            and g.C_in * g.C_out >= (large if min(g.OH, g.OW) >= WINOGRAD_LARGE_MAP
-                                     else WINOGRAD_MIN_CHANNELS_SMALL_MAP[np.dtype(dtype)]))
+            and min(g.OH, g.OW) >= WINOGRAD_MIN_MAP and g.C_in * g.C_out >= least)
 
 
 def winograd_tile(g, dtype):
