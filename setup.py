@@ -144,8 +144,9 @@ def openmp_flags(compiler_type):
 # expression.
 
 
-def optimisation_flags(compiler_type, isa="", exact=False):
-    """Compile flags for a module of ISA variant isa ('' baseline, 'avx2', 'avx512')."""
+def optimisation_flags(compiler_type, isa="", exact=False, simd=True):
+    """Compile flags for a module of ISA variant isa ('' baseline, 'avx2', 'avx512'); simd: the compiler takes
+    -fopenmp-simd."""
     if compiler_type == "msvc":  # MSVC contracts only under /fp:fast or /fp:contract
         msvc = ISA_FLAGS[isa][1] if isa else []
         if msvc is None:
@@ -153,7 +154,7 @@ def optimisation_flags(compiler_type, isa="", exact=False):
         return ["/O2"] + msvc
     # -O3 vectorises the row loops; no -march=native: wheels must run on any x86-64 / arm64. -fopenmp-simd honours
     # `omp simd` loops (cnn_wino.h) without the OpenMP runtime, so builds without OpenMP vectorise them too.
-    return (["-O3", "-fopenmp-simd", "-Wno-unreachable-code", "-Wno-unused-function"]
+    return (["-O3"] + ["-fopenmp-simd"] * simd + ["-Wno-unreachable-code", "-Wno-unused-function"]
             + (ISA_FLAGS[isa][0] if isa else [])
             + (["-ffp-contract=off"] if exact else []))
 
@@ -177,6 +178,20 @@ class BuildExt(build_ext):
                 self.compiler.link_executable(objs, "omp_test", output_dir=tmp, extra_postargs=ldflags)
             except Exception as exc:  # any compiler/linker failure means: no OpenMP
                 print(f"cnn_ext: OpenMP test failed ({exc.__class__.__name__}: {exc})")
+                return False
+        return True
+
+    def _compiles_with(self, flag):
+        """Whether a trivial C file compiles with flag: a compiler that refuses -fopenmp-simd builds without it
+        (its omp simd loops then stay as the compiler leaves them)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "flag_test.c")
+            with open(src, "w") as f:
+                f.write("int main(void) { return 0; }\n")
+            try:
+                self.compiler.compile([src], output_dir=tmp, extra_postargs=[flag])
+            except Exception as exc:  # any compiler failure means: not this flag
+                print(f"cnn_ext: {flag} refused ({exc.__class__.__name__}: {exc})")
                 return False
         return True
 
@@ -218,9 +233,11 @@ class BuildExt(build_ext):
                 flags, why = None, "the compile test failed"
                 if REQUIRE_OPENMP:
                     raise RuntimeError("cnn_ext: CNN_EXT_REQUIRE_OPENMP=1 but OpenMP does not compile here")
+        simd = ctype != "msvc" and self._compiles_with("-fopenmp-simd")
         print(f"cnn_ext: OpenMP {'enabled' if flags else 'disabled: ' + why} ({ctype});"
               f" AVX2 variant: {'yes' if AVX2 else 'no'}; AVX-512 variant: "
-              f"{('emulated in AVX2' if AVX512_EMULATE else 'yes') if AVX512 else 'no'}")
+              f"{('emulated in AVX2' if AVX512_EMULATE else 'yes') if AVX512 else 'no'};"
+              f" omp simd: {'yes' if simd else 'no'}")
         # generated C and objects per build variant: a serial, debug or sanitizer build after another (pip builds
         # a local directory in place) must never link the other variant's objects because they look up to date
         variant = "-".join(["openmp" if flags else "serial"] + ["debug"] * DEBUG + ["sanitize"] * SANITIZE
@@ -229,7 +246,8 @@ class BuildExt(build_ext):
         self._cythonize()
         for ext in self.extensions:
             base, isa = _split_variant(ext.name.split(".")[-1])
-            ext.extra_compile_args = optimisation_flags(ctype, isa, MODULES[base]["exact"]) + (flags[0] if flags else [])
+            ext.extra_compile_args = (optimisation_flags(ctype, isa, MODULES[base]["exact"], simd)
+                                      + (flags[0] if flags else []))
             ext.extra_link_args = flags[1] if flags else []
             if SANITIZE:
                 if ctype == "msvc":

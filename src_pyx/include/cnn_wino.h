@@ -29,7 +29,7 @@ static inline void cnn_ext_wino_bt_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRICT
     const T two = 2, four = 4, five = 5;                                                                       \
     Py_ssize_t l;                                                                                              \
     if (m == 2) {                                                                                              \
-        CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                                              \
+        CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                                   \
             T d0 = s[l], d1 = s[ss + l], d2 = s[2 * ss + l], d3 = s[3 * ss + l];                               \
             o[l] = d0 - d2;                                                                                    \
             o[os + l] = d1 + d2;                                                                               \
@@ -38,7 +38,7 @@ static inline void cnn_ext_wino_bt_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRICT
         }                                                                                                      \
         return;                                                                                                \
     }                                                                                                          \
-    CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                                                  \
+    CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                                       \
         T d0 = s[l], d1 = s[ss + l], d2 = s[2 * ss + l], d3 = s[3 * ss + l], d4 = s[4 * ss + l],               \
           d5 = s[5 * ss + l];                                                                                  \
         o[l] = four * d0 - five * d2 + d4;                                                                     \
@@ -55,14 +55,14 @@ static inline void cnn_ext_wino_at_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRICT
     const T two = 2, four = 4, eight = 8;                                                                      \
     Py_ssize_t l;                                                                                              \
     if (m == 2) {                                                                                              \
-        CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                                              \
+        CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                                   \
             T s0 = s[l], s1 = s[ss + l], s2 = s[2 * ss + l], s3 = s[3 * ss + l];                               \
             o[l] = s0 + s1 + s2;                                                                               \
             o[os + l] = s1 - s2 - s3;                                                                          \
         }                                                                                                      \
         return;                                                                                                \
     }                                                                                                          \
-    CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                                                  \
+    CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                                       \
         T s0 = s[l], s1 = s[ss + l], s2 = s[2 * ss + l], s3 = s[3 * ss + l], s4 = s[4 * ss + l],               \
           s5 = s[5 * ss + l];                                                                                  \
         o[l] = s0 + (s1 + s2) + (s3 + s4);                                                                     \
@@ -77,7 +77,7 @@ static inline void cnn_ext_wino_at_t_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRI
     const T two = 2, four = 4;                                                                                 \
     Py_ssize_t l;                                                                                              \
     if (m == 2) {                                                                                              \
-        CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                                              \
+        CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                                   \
             T y0 = s[l], y1 = s[ss + l];                                                                       \
             o[l] = y0;                                                                                         \
             o[os + l] = y0 + y1;                                                                               \
@@ -86,7 +86,7 @@ static inline void cnn_ext_wino_at_t_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRI
         }                                                                                                      \
         return;                                                                                                \
     }                                                                                                          \
-    CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                                                  \
+    CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                                       \
         T y0 = s[l], y1 = s[ss + l], y2 = s[2 * ss + l], y3 = s[3 * ss + l];                                   \
         o[l] = y0;                                                                                             \
         o[os + l] = (y0 + y2) + (y1 + y3);                                                                     \
