@@ -186,12 +186,6 @@ _WINOGRAD_G = {2: np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]),
 WINOGRAD_GG = {m: np.kron(G, G) for m, G in _WINOGRAD_G.items()}  # ((m+2)², 9): vec(G k Gᵀ) = GG @ vec(k)
 
 
-def _winograd_samples(g, dtype, m):
-    """Samples per block (M.winograd_block_samples): Ctrl-C groups of whole blocks keep the products (and so the
-    bits) of one call."""
-    return M.winograd_block_samples(g, dtype, m)
-
-
 def _winograd_u(k, m, dtype):
     """U[ξ, j, i] = (G k[j, i] Gᵀ)[ξ], computed in float64 and rounded once."""
     C_out, C_in = k.shape[:2]
@@ -212,7 +206,8 @@ def _winograd_raw(g, dtype, nt, m, exact_zeros):
     def blocks(x, u, b, y):
         kernel(x, u, b, y, np.empty((nt, size), dtype), m, rows, top, left, nt, exact_zeros)
 
-    chunked = in_chunks(blocks, g, nt, _winograd_samples(g, dtype, m))
+    # Ctrl-C groups of whole blocks keep the products (and so the bits) of one call
+    chunked = in_chunks(blocks, g, nt, M.winograd_block_samples(g, dtype, m))
 
     def run(x, k, b, y):
         with blas_single_thread():  # also the kernel transform's product: NumPy's BLAS threads would contend

@@ -8,7 +8,7 @@ into V[ξ, C_in, tiles], multiplied by one BLAS call per ξ of the (m+2)² trans
 transformed back. Blocks are fixed by the shape (a band of tile rows of one sample, or whole samples): no result
 depends on the thread count. The forward gives each thread whole blocks. The kernel gradient sums
 dU[ξ] += dM[ξ] @ V[ξ]ᵀ (dM = A dY Aᵀ) over the blocks of fixed chunks of samples, summed in order by the caller;
-its threads share each block (few samples per chunk still make work for every thread).
+its threads take whole chunks, or share each block when chunks are few per thread.
 cnn_ext/_runners.py validates, sizes the blocks and allocates outputs and scratch; nothing here raises.
 """
 from cython cimport floating
@@ -77,6 +77,20 @@ cdef inline void _block(Py_ssize_t k, Py_ssize_t N, const Wino* g, Py_ssize_t* r
         b = k - n * nb
         r0[0] = n * g.TH + b * g.BR
         r1[0] = n * g.TH + min(g.TH, (b + 1) * g.BR)
+
+
+cdef inline Py_ssize_t _chunk_nblocks(Py_ssize_t c, Py_ssize_t nchunk, Py_ssize_t N, const Wino* g) noexcept nogil:
+    """Blocks of chunk c of N samples cut into nchunk (samples [c N / nchunk, (c + 1) N / nchunk))."""
+    return _nblocks(((c + 1) * N) // nchunk - (c * N) // nchunk, g)
+
+
+cdef inline void _chunk_block(Py_ssize_t k, Py_ssize_t c, Py_ssize_t nchunk, Py_ssize_t N, const Wino* g,
+                              Py_ssize_t* r0, Py_ssize_t* r1) noexcept nogil:
+    """[r0, r1): the global tile rows of block k of chunk c."""
+    cdef Py_ssize_t s0 = (c * N) // nchunk
+    _block(k, ((c + 1) * N) // nchunk - s0, g, r0, r1)
+    r0[0] += s0 * g.TH
+    r1[0] += s0 * g.TH
 
 
 # ---- the 1-D transforms over n lanes (a block's tiles), and the gathers between rows and lanes: cnn_wino.h ----
@@ -363,14 +377,10 @@ cdef void _kgrad_chunks(const floating* dy, const floating* x, const floating* g
                         const Wino* g, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t nchunk, Py_ssize_t N,
                         floating* scratch) noexcept nogil:
     """partial[c] for the chunks c in [c0, c1), each by one thread, in its own scratch row."""
-    cdef Py_ssize_t c, k, s0, s1, r0, r1, nfold = (g.C_out * g.C_in + FOLD_ROWS - 1) // FOLD_ROWS
+    cdef Py_ssize_t c, k, r0, r1, nfold = (g.C_out * g.C_in + FOLD_ROWS - 1) // FOLD_ROWS
     for c in range(c0, c1):
-        s0 = (c * N) // nchunk
-        s1 = ((c + 1) * N) // nchunk
-        for k in range(_nblocks(s1 - s0, g)):
-            _block(k, s1 - s0, g, &r0, &r1)
-            r0 = r0 + s0 * g.TH
-            r1 = r1 + s0 * g.TH
+        for k in range(_chunk_nblocks(c, nchunk, N, g)):
+            _chunk_block(k, c, nchunk, N, g, &r0, &r1)
             _kgrad_transforms(dy, x, g, r0, r1, 0, g.C_in + g.C_out, scratch, scratch)
             _kgrad_products(g, (r1 - r0) * g.TW, 0, g.a * g.a, 0 if k == 0 else 1, scratch)
         _kgrad_fold(g, 0, nfold, gg, scratch, partial + c * g.C_out * g.C_in * 9)
@@ -425,7 +435,7 @@ def conv2d_kernel_gradient_winograd(const floating[:, :, :, ::1] dy,     # IN  (
     with fewer, they share each block of a chunk: its transforms split by channel, its products by transform
     point ξ, the fold into taps by fixed groups of rows. Either way a chunk is the same products in the same
     order, so no sum depends on the thread count."""
-    cdef Py_ssize_t N = x.shape[0], nchunk = partial.shape[0], t, c, k, s0, s1, r0, r1, np_t, np_p, np_f
+    cdef Py_ssize_t N = x.shape[0], nchunk = partial.shape[0], t, c, k, r0, r1, np_t, np_p, np_f
     c_hi = _chunk_range(c_lo, c_hi, nchunk)
     cdef Wino g = _wino(x.shape[1], x.shape[2], x.shape[3], dy.shape[1], dy.shape[2], dy.shape[3], PH, PW, m, BR)
     cdef Py_ssize_t nchan = g.C_in + g.C_out, AA = g.a * g.a, nfold = (g.C_out * g.C_in + FOLD_ROWS - 1) // FOLD_ROWS
@@ -433,12 +443,11 @@ def conv2d_kernel_gradient_winograd(const floating[:, :, :, ::1] dy,     # IN  (
     if N == 0:
         partial[:, :] = 0
         return
-    cdef bint whole = nparts == 1 or c_hi - c_lo >= CHUNKS_PER_THREAD * num_threads
-    if whole and nparts == 1:
+    if nparts == 1:
         with nogil:
             _kgrad_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &gg[0, 0], &partial[0, 0], &g, c_lo, c_hi, nchunk, N,
                           &scratch[0, 0])
-    elif whole:
+    elif c_hi - c_lo >= CHUNKS_PER_THREAD * num_threads:
         with nogil:
             for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
                 _kgrad_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &gg[0, 0], &partial[0, 0], &g,
@@ -448,12 +457,8 @@ def conv2d_kernel_gradient_winograd(const floating[:, :, :, ::1] dy,     # IN  (
         np_t, np_p, np_f = _nparts(nchan, num_threads), _nparts(AA, num_threads), _nparts(nfold, num_threads)
         with nogil:
             for c in range(c_lo, c_hi):
-                s0 = (c * N) // nchunk
-                s1 = ((c + 1) * N) // nchunk
-                for k in range(_nblocks(s1 - s0, &g)):
-                    _block(k, s1 - s0, &g, &r0, &r1)
-                    r0 = r0 + s0 * g.TH
-                    r1 = r1 + s0 * g.TH
+                for k in range(_chunk_nblocks(c, nchunk, N, &g)):
+                    _chunk_block(k, c, nchunk, N, &g, &r0, &r1)
                     for t in prange(np_t, schedule='dynamic', num_threads=_team(np_t, num_threads)):
                         _kgrad_transforms(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &g, r0, r1, _part(nchan, t, np_t),
                                           _part(nchan, t + 1, np_t), &scratch[threadid(), 0], &scratch[0, 0])

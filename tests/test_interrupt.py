@@ -266,7 +266,8 @@ def test_chunked_calls_give_every_thread_the_same_share(monkeypatch, restore_thr
         unit = 2
         if method == "winograd" and op != "kernel_gradient":
             g = _methods.Geometry(N, 8, 8, 12, 12, 3, 3, 12, 12, 1, 1, (1, 1, 1, 1))
-            unit *= _runners._winograd_samples(g, np.dtype(np.float64), _methods.winograd_tile(g, np.dtype(np.float64)))
+            unit *= _methods.winograd_block_samples(g, np.dtype(np.float64),
+                                                    _methods.winograd_tile(g, np.dtype(np.float64)))
             assert unit == 4
         assert len(calls) > 2, (method, calls)
         assert all(c % unit == 0 for c in calls[:-1]), (method, unit, calls)
