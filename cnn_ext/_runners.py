@@ -198,21 +198,22 @@ def _winograd_raw(g, dtype, nt, m, exact_zeros):
     """run(x, k, b, y) -> whether y is finite, by F(m x m, 3 x 3) (g: a 3x3 stride-1 geometry); long calls in
     groups of whole blocks (in_chunks), the kernels transformed once. exact_zeros: outputs whose 3x3 input field
     is all zeros are b exactly."""
-    kernel, finite = _typed(winograd.conv2d_forward_winograd, dtype), _typed(tiled.all_finite, dtype)
+    kernel = _typed(winograd.conv2d_forward_winograd, dtype)
     rows = M.winograd_rows(g, dtype, m)
     size = winograd.winograd_scratch_size(g.C_in, g.C_out, g.OH, g.OW, m, rows, False)
     top, _, left, _ = g.pads
 
-    def blocks(x, u, b, y):
-        kernel(x, u, b, y, np.empty((nt, size), dtype), m, rows, top, left, nt, exact_zeros)
+    def blocks(x, u, b, finite, y):  # finite: this call's list of each group's answer
+        finite.append(kernel(x, u, b, y, np.empty((nt, size), dtype), m, rows, top, left, nt, exact_zeros))
 
     # Ctrl-C groups of whole blocks keep the products (and so the bits) of one call
     chunked = in_chunks(blocks, g, nt, M.winograd_block_samples(g, dtype, m))
 
     def run(x, k, b, y):
+        finite = []
         with blas_single_thread():  # also the kernel transform's product: NumPy's BLAS threads would contend
-            chunked(x, _winograd_u(k, m, dtype), b, y)
-        return finite(y.reshape(-1))
+            chunked(x, _winograd_u(k, m, dtype), b, finite, y)
+        return all(finite)
 
     return run
 

@@ -13,6 +13,7 @@ cnn_ext/_runners.py validates, sizes the blocks and allocates outputs and scratc
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
+from libc.string cimport memcpy
 
 from _blas cimport _gemm_rm
 from _threads cimport _chunk_range, _nparts, _part, _team
@@ -24,6 +25,7 @@ cdef extern from "cnn_prefetch.h":
 ctypedef struct Wino:
     Py_ssize_t C_in, H, W, C_out, OH, OW, PH, PW
     Py_ssize_t m, a, TH, TW, Wp, BR, TB      # tile, patch (m + 2), tile rows / columns, row pitch, rows per block
+    Py_ssize_t TL, RL                        # TW in whole groups (the lanes split and merge write), row buffer pitch
     Py_ssize_t rowbuf, pbuf, ebuf, vbuf, mbuf, zbuf  # offsets of the per-thread scratch parts
 
 
@@ -37,13 +39,20 @@ cdef Wino _wino(Py_ssize_t C_in, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C_out, P
     g.C_in = C_in; g.H = H; g.W = W; g.C_out = C_out; g.OH = OH; g.OW = OW; g.PH = PH; g.PW = PW
     g.m = m; g.a = m + 2; g.TH = (OH + m - 1) // m; g.TW = (OW + m - 1) // m; g.Wp = g.TW * m + 2; g.BR = BR
     g.TB = (BR // g.TH) * g.TH * g.TW if BR >= g.TH else BR * g.TW  # tiles of the largest block
-    g.rowbuf = 0
-    g.pbuf = g.rowbuf + _round16(g.Wp)                # one channel's patches (or dE_dY tiles) of the block
-    g.ebuf = g.pbuf + _round16(g.a * g.a * g.TB)      # their transform along one axis
-    g.vbuf = g.ebuf + _round16(g.a * g.a * g.TB)
+    g.TL = (g.TW + WINO_GROUP - 1) // WINO_GROUP * WINO_GROUP
+    g.RL = _round16(g.TL * m + 2)
+    g.rowbuf = 0                                      # a tile row's a padded input rows (TL m + 2 >= Wp columns)
+    g.pbuf = g.rowbuf + g.a * g.RL                    # one channel's patches (or dE_dY tiles) of the block
+    g.ebuf = g.pbuf + _round16(g.a * g.a * (g.TB + g.TL))  # their transform along one axis (planes of _pitch)
+    g.vbuf = g.ebuf + _round16(g.a * g.a * (g.TB + g.TL))
     g.mbuf = g.vbuf + _round16(g.a * g.a * C_in * g.TB)
     g.zbuf = g.mbuf + _round16(g.a * g.a * C_out * g.TB)  # the forward's zero-field map; the kernel gradient's dU
     return g
+
+
+cdef inline Py_ssize_t _pitch(const Wino* g, Py_ssize_t TB) noexcept nogil:
+    """Lanes per plane of a block's patches and their transform: room for the last tile row's whole groups."""
+    return TB + g.TL - g.TW
 
 
 cdef inline Py_ssize_t _scratch_end(const Wino* g, bint kgrad) noexcept nogil:
@@ -116,6 +125,9 @@ cdef extern from "cnn_wino.h" nogil:
                                          Py_ssize_t n)
     void _copy_max_abs_f "cnn_ext_wino_copy_max_abs_f"(const float* s, float* o, float* acc, Py_ssize_t n)
     void _copy_max_abs_d "cnn_ext_wino_copy_max_abs_d"(const double* s, double* o, double* acc, Py_ssize_t n)
+    float _copy_check_f "cnn_ext_wino_copy_check_f"(const float* s, float* o, Py_ssize_t n)
+    double _copy_check_d "cnn_ext_wino_copy_check_d"(const double* s, double* o, Py_ssize_t n)
+    enum: WINO_GROUP "CNN_EXT_WINO_GROUP"
 
 
 cdef inline void _bt(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating* o, Py_ssize_t os,
@@ -147,7 +159,7 @@ cdef inline void _at_t(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating*
 
 cdef inline void _split(Py_ssize_t m, Py_ssize_t k, const floating* row, floating* o, Py_ssize_t os,
                         Py_ssize_t n) noexcept nogil:
-    """o[c*os + t] = row[t*m + c] for c < k, t < n."""
+    """o[c*os + t] = row[t*m + c] for c < k, t < n (rounded up to whole groups)."""
     if floating is float:
         _split_f(m, k, row, o, os, n)
     else:
@@ -164,11 +176,19 @@ cdef inline void _copy_max_abs(const floating* s, floating* o, floating* acc, Py
 
 cdef inline void _merge(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating b, floating* row,
                         Py_ssize_t n) noexcept nogil:
-    """row[t*m + c] = b + s[c*ss + t] for c < m, t < n."""
+    """row[t*m + c] = b + s[c*ss + t] for c < m, t < n (rounded up to whole groups)."""
     if floating is float:
         _merge_f(m, s, ss, b, row, n)
     else:
         _merge_d(m, s, ss, b, row, n)
+
+
+cdef inline bint _copy_finite(const floating* s, floating* o, Py_ssize_t n) noexcept nogil:
+    """o[l] = s[l] for l < n; whether all are finite."""
+    if floating is float:
+        return _copy_check_f(s, o, n) == 0
+    else:
+        return _copy_check_d(s, o, n) == 0
 
 
 # ---- the transforms of one block -----------------------------------------------------------------
@@ -180,12 +200,11 @@ cdef void _input_channel(const floating* x, const Wino* g, Py_ssize_t r0, Py_ssi
                          Py_ssize_t i, floating* scratch, floating* V, floating* Z) noexcept nogil:
     """V[ξ, i, t] = (Bᵀ d B)[ξ] for channel i and the tiles t of global tile rows [r0, r1) (row-major, TW per row),
     d zero-padded; Z (unless NULL): the tile rows' padded input rows, max |x| over the channels so far."""
-    cdef Py_ssize_t R, n, th, rho, r, c, t0, tw, xi
-    cdef Py_ssize_t a = g.a, m = g.m, TW = g.TW, Wp = g.Wp
-    cdef floating* rowbuf = scratch + g.rowbuf
+    cdef Py_ssize_t R, n, th, rho, r, c, t0, xi
+    cdef Py_ssize_t a = g.a, m = g.m, TW = g.TW, Wp = g.Wp, PB = _pitch(g, TB)
     cdef floating* P = scratch + g.pbuf
     cdef floating* E = scratch + g.ebuf
-    cdef floating* dst
+    cdef floating* row
     cdef const floating* src
     for R in range(r0, r1):
         n = R // g.TH
@@ -196,29 +215,29 @@ cdef void _input_channel(const floating* x, const Wino* g, Py_ssize_t r0, Py_ssi
             if r < min(g.H, th * m - g.PH + a):
                 _prefetch(x + ((n * g.C_in + i + 1) * g.H + r) * g.W,
                           (min(g.H, th * m - g.PH + a) - r) * g.W * sizeof(floating), 0)
-        for rho in range(a):  # the tile row's a input rows, zero-padded to Wp columns, into P[ρ, c, t0 + tw]
+        for rho in range(a):  # the tile row's a input rows, zero-padded to TL m + 2 columns
             r = th * m - g.PH + rho
+            row = scratch + g.rowbuf + rho * g.RL
             if r < 0 or r >= g.H:
-                for c in range(a):
-                    dst = P + (rho * a + c) * TB + t0
-                    for tw in range(TW):
-                        dst[tw] = 0
+                for c in range(g.TL * m + 2):
+                    row[c] = 0
                 continue
             src = x + ((n * g.C_in + i) * g.H + r) * g.W
             for c in range(g.PW):
-                rowbuf[c] = 0
+                row[c] = 0
             if Z != NULL:
-                _copy_max_abs(src, rowbuf + g.PW, Z + ((R - r0) * a + rho) * Wp + g.PW, g.W)
+                _copy_max_abs(src, row + g.PW, Z + ((R - r0) * a + rho) * Wp + g.PW, g.W)
             else:
                 for c in range(g.W):
-                    rowbuf[g.PW + c] = src[c]
-            for c in range(g.PW + g.W, Wp):
-                rowbuf[c] = 0
-            _split(m, a, rowbuf, P + rho * a * TB + t0, TB, TW)
+                    row[g.PW + c] = src[c]
+            for c in range(g.PW + g.W, g.TL * m + 2):
+                row[c] = 0
+        for rho in range(a):  # into P[ρ, c, t0 + tw], after all the copies: loads right after stores would stall
+            _split(m, a, scratch + g.rowbuf + rho * g.RL, P + rho * a * PB + t0, PB, TW)  # lanes past TW: next row's
     for rho in range(a):  # along columns: E[ρ, ξ, t]
-        _bt(m, P + rho * a * TB, TB, E + rho * a * TB, TB, TB)
+        _bt(m, P + rho * a * PB, PB, E + rho * a * PB, PB, TB)
     for xi in range(a):  # along rows: V[η * a + ξ, i, t]
-        _bt(m, E + xi * TB, a * TB, V + (xi * g.C_in + i) * TB, a * g.C_in * TB, TB)
+        _bt(m, E + xi * PB, a * PB, V + (xi * g.C_in + i) * TB, a * g.C_in * TB, TB)
 
 
 cdef Py_ssize_t _zero_fields(const Wino* g, Py_ssize_t rows, floating* Z) noexcept nogil:
@@ -240,21 +259,23 @@ cdef Py_ssize_t _zero_fields(const Wino* g, Py_ssize_t rows, floating* Z) noexce
     return zeros
 
 
-cdef void _forward_block(const floating* x, const floating* u, const floating* b, floating* y, const Wino* g,
+cdef bint _forward_block(const floating* x, const floating* u, const floating* b, floating* y, const Wino* g,
                          Py_ssize_t r0, Py_ssize_t r1, bint exact_zeros, floating* scratch) noexcept nogil:
-    """y = b + Aᵀ [U ⊙ V] A for the output tiles of global tile rows [r0, r1); exact_zeros: outputs whose 3x3
-    field is zero in every channel are b exactly (the transforms leave rounding residuals of the tile there)."""
+    """y = b + Aᵀ [U ⊙ V] A for the output tiles of global tile rows [r0, r1); whether all are finite.
+    exact_zeros: outputs whose 3x3 field is zero in every channel are b exactly (the transforms leave rounding
+    residuals of the tile there)."""
     cdef Py_ssize_t TB = (r1 - r0) * g.TW, a = g.a, m = g.m, TW = g.TW
-    cdef Py_ssize_t R, n, th, i, j, xi, eta, c, p, q, t0, AA = a * a, full, zeros = 0
+    cdef Py_ssize_t R, n, th, i, j, xi, eta, c, p, q, t0, AA = a * a, zeros = 0
     cdef floating* V = scratch + g.vbuf
     cdef floating* M = scratch + g.mbuf
     cdef floating* Q = scratch + g.ebuf
     cdef floating* O = scratch + g.pbuf
     cdef floating* Z = scratch + g.zbuf if exact_zeros else NULL
+    cdef floating* rowbuf = scratch + g.rowbuf
     cdef const floating* zrow
-    cdef const floating* orow
     cdef floating* yrow
     cdef floating bj
+    cdef bint finite = True
     if exact_zeros:
         for c in range((r1 - r0) * a * g.Wp):
             Z[c] = 0
@@ -265,7 +286,6 @@ cdef void _forward_block(const floating* x, const floating* u, const floating* b
     for xi in range(AA):  # M[ξ] (C_out x TB) = U[ξ] (C_out x C_in) @ V[ξ] (C_in x TB)
         _gemm_rm(False, False, <int>g.C_out, <int>TB, <int>g.C_in, <floating>1, u + xi * g.C_out * g.C_in,
                  <int>g.C_in, V + xi * g.C_in * TB, <int>TB, <floating>0, M + xi * g.C_out * TB, <int>TB)
-    full = g.OW // m  # tiles of a row whose m columns are all in the map
     for j in range(g.C_out):
         for eta in range(a):  # along columns: Q[η, c, t]
             _at(m, M + (eta * a * g.C_out + j) * TB, g.C_out * TB, Q + eta * m * TB, TB, TB)
@@ -278,31 +298,33 @@ cdef void _forward_block(const floating* x, const floating* u, const floating* b
             t0 = (R - r0) * TW
             for p in range(min(m, g.OH - th * m)):
                 yrow = y + ((n * g.C_out + j) * g.OH + th * m + p) * g.OW
-                orow = O + p * m * TB + t0
-                _merge(m, orow, TB, bj, yrow, full)
-                for c in range(g.OW - full * m):  # the last tile's columns in the map
-                    yrow[full * m + c] = bj + orow[c * TB + full]
+                _merge(m, O + p * m * TB + t0, TB, bj, rowbuf, TW)  # whole groups of tiles, then the map's columns
+                finite &= _copy_finite(rowbuf, yrow, g.OW)
                 if zeros:
                     zrow = Z + ((R - r0) * a + p) * g.Wp
                     for q in range(g.OW):
                         if zrow[q] != 0:
                             yrow[q] = bj
+    return finite
 
 
-cdef void _forward_part(const floating* x, const floating* u, const floating* b, floating* y, const Wino* g,
-                        Py_ssize_t N, Py_ssize_t lo, Py_ssize_t hi, bint exact_zeros, floating* scratch) noexcept nogil:
-    """_forward_block for blocks [lo, hi)"""
-    cdef Py_ssize_t k, r0, r1
+cdef Py_ssize_t _forward_part(const floating* x, const floating* u, const floating* b, floating* y, const Wino* g,
+                              Py_ssize_t N, Py_ssize_t lo, Py_ssize_t hi, bint exact_zeros,
+                              floating* scratch) noexcept nogil:
+    """_forward_block for blocks [lo, hi); how many have a non-finite output."""
+    cdef Py_ssize_t k, r0, r1, bad = 0
     for k in range(lo, hi):
         _block(k, N, g, &r0, &r1)
-        _forward_block(x, u, b, y, g, r0, r1, exact_zeros, scratch)
+        bad += not _forward_block(x, u, b, y, g, r0, r1, exact_zeros, scratch)
+    return bad
 
 
 cdef void _dy_channel(const floating* dy, const Wino* g, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t TB,
                       Py_ssize_t j, floating* scratch, floating* dM) noexcept nogil:
     """dM[ξ, j, t] = (A dY Aᵀ)[ξ] for channel j and the tiles t of global tile rows [r0, r1), dY zero past the map."""
-    cdef Py_ssize_t a = g.a, m = g.m, TW = g.TW
-    cdef Py_ssize_t R, n, th, xi, p, c, tw, t0, rows, full = g.OW // m
+    cdef Py_ssize_t a = g.a, m = g.m, TW = g.TW, PB = _pitch(g, TB)
+    cdef Py_ssize_t R, n, th, xi, p, c, tw, t0, rows
+    cdef floating* rowbuf = scratch + g.rowbuf
     cdef floating* D = scratch + g.pbuf
     cdef floating* Z = scratch + g.ebuf
     cdef const floating* dyrow
@@ -313,21 +335,21 @@ cdef void _dy_channel(const floating* dy, const Wino* g, Py_ssize_t r0, Py_ssize
         t0 = (R - r0) * TW
         rows = min(m, g.OH - th * m)
         for p in range(m):
-            dst = D + p * m * TB + t0
+            dst = D + p * m * PB + t0
             if p >= rows:
                 for c in range(m):
                     for tw in range(TW):
-                        dst[c * TB + tw] = 0
+                        dst[c * PB + tw] = 0
                 continue
             dyrow = dy + ((n * g.C_out + j) * g.OH + th * m + p) * g.OW
-            _split(m, m, dyrow, dst, TB, full)
-            if full < TW:  # the last tile: its columns in the map, zeros past it
-                for c in range(m):
-                    dst[c * TB + full] = dyrow[full * m + c] if full * m + c < g.OW else 0
+            memcpy(rowbuf, dyrow, g.OW * sizeof(floating))  # then zeros past the map, to whole groups of tiles
+            for c in range(g.OW, g.TL * m):
+                rowbuf[c] = 0
+            _split(m, m, rowbuf, dst, PB, TW)
     for p in range(m):  # along columns: Z[r, ξ, t]
-        _at_t(m, D + p * m * TB, TB, Z + p * a * TB, TB, TB)
+        _at_t(m, D + p * m * PB, PB, Z + p * a * PB, PB, TB)
     for xi in range(a):  # along rows: dM[η * a + ξ, j, t]
-        _at_t(m, Z + xi * TB, a * TB, dM + (xi * g.C_out + j) * TB, a * g.C_out * TB, TB)
+        _at_t(m, Z + xi * PB, a * PB, dM + (xi * g.C_out + j) * TB, a * g.C_out * TB, TB)
 
 
 # The kernel gradient's V, dM and dU live in a scratch row `base`: a thread's own when threads take whole chunks,
@@ -405,20 +427,22 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x,      # IN  (N, C_in,
                             Py_ssize_t m, Py_ssize_t BR, Py_ssize_t PH, Py_ssize_t PW, int num_threads,
                             bint exact_zeros=True):
     """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]) (3x3, stride 1, zero padding PH, PW) by F(m x m, 3 x 3);
-    exact_zeros: b[j] exactly where the 3x3 field is zero in every channel."""
-    cdef Py_ssize_t t, N = x.shape[0]
+    returns whether y is finite. exact_zeros: b[j] exactly where the 3x3 field is zero in every channel."""
+    cdef Py_ssize_t t, N = x.shape[0], bad = 0
     cdef Wino g = _wino(x.shape[1], x.shape[2], x.shape[3], y.shape[1], y.shape[2], y.shape[3], PH, PW, m, BR)
     cdef Py_ssize_t nb = _nblocks(N, &g), nparts = _nparts(nb, num_threads)
     if N == 0:
-        return
+        return True
     with nogil:
         if nparts == 1:
-            _forward_part(&x[0, 0, 0, 0], &u[0, 0, 0], &b[0], &y[0, 0, 0, 0], &g, N, 0, nb, exact_zeros,
-                          &scratch[0, 0])
+            bad = _forward_part(&x[0, 0, 0, 0], &u[0, 0, 0], &b[0], &y[0, 0, 0, 0], &g, N, 0, nb, exact_zeros,
+                                &scratch[0, 0])
         else:
             for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
-                _forward_part(&x[0, 0, 0, 0], &u[0, 0, 0], &b[0], &y[0, 0, 0, 0], &g, N, _part(nb, t, nparts),
-                              _part(nb, t + 1, nparts), exact_zeros, &scratch[threadid(), 0])
+                bad += _forward_part(&x[0, 0, 0, 0], &u[0, 0, 0], &b[0], &y[0, 0, 0, 0], &g, N,
+                                     _part(nb, t, nparts), _part(nb, t + 1, nparts), exact_zeros,
+                                     &scratch[threadid(), 0])
+    return bad == 0
 
 
 def conv2d_kernel_gradient_winograd(const floating[:, :, :, ::1] dy,     # IN  (N, C_out, OH, OW)

@@ -24,8 +24,10 @@ from cnn_ext import _methods as M
 from cnn_ext import _runners, conv2d_forward, conv2d_input_gradient, conv2d_kernel_gradient
 
 PADDINGS = [0, 1, 2, "same", ((2, 0), (1, 2)), ((0, 1), (2, 0))]
-# (N, C_in, C_out, H, W): maps of every remainder modulo 2 and 4, one tile, a map smaller than a 4x4 tile
-SHAPES = [(3, 2, 5, 7, 9), (2, 3, 4, 6, 6), (2, 4, 3, 9, 4), (1, 1, 1, 3, 3), (2, 5, 6, 13, 11), (3, 2, 2, 4, 5)]
+# (N, C_in, C_out, H, W): maps of every remainder modulo 2 and 4, one tile, a map smaller than a 4x4 tile, rows of
+# more than one group of 8 tiles (the kernels gather a tile row's columns in whole groups)
+SHAPES = [(3, 2, 5, 7, 9), (2, 3, 4, 6, 6), (2, 4, 3, 9, 4), (1, 1, 1, 3, 3), (2, 5, 6, 13, 11), (3, 2, 2, 4, 5),
+          (2, 2, 3, 6, 37)]
 
 
 @pytest.fixture(params=[2, 4], ids=["F2x2", "F4x4"])
@@ -268,15 +270,19 @@ def test_inputs_are_not_modified(tile):
         assert_array_equal(a, c)
 
 
-@pytest.mark.parametrize("where", ["x", "k"])
+@pytest.mark.parametrize("where", ["x", "k", "dy"])
 def test_nonfinite_values_give_the_oracles_pattern(where, tile):
     """A tile mixes all its inputs: an inf would make NaN of outputs that never meet it, so such calls are
-    recomputed by im2col, which gives the true pattern."""
+    recomputed by im2col, which gives the true pattern (the forward's, or the input gradient's for dE_dY)."""
     x, k, b, dy, pad = data((2, 2, 3, 9, 9), 1, np.float64)
-    (x if where == "x" else k)[(0, 1, 4, 4) if where == "x" else (1, 0, 0, 2)] = np.inf
-    y = conv2d_forward(x, k, b, padding=1, method="winograd")
+    {"x": x, "k": k, "dy": dy}[where][{"x": (0, 1, 4, 4), "k": (1, 0, 0, 2), "dy": (1, 2, 3, 5)}[where]] = np.inf
     with np.errstate(invalid="ignore"):
-        ref = einsum_forward(x, k, b, pad=pad)
+        if where == "dy":
+            y = conv2d_input_gradient(dy, k, padding=1, input_size=x.shape[2:], method="winograd")
+            ref = tap_input_gradient(dy, k, *x.shape[2:], pad=pad)
+        else:
+            y = conv2d_forward(x, k, b, padding=1, method="winograd")
+            ref = einsum_forward(x, k, b, pad=pad)
     assert_array_equal(np.isnan(y), np.isnan(ref))
     assert_array_equal(np.isinf(y), np.isinf(ref))
     assert np.isfinite(y).any() and not np.isfinite(y).all()

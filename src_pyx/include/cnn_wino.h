@@ -22,6 +22,9 @@
    passes -fopenmp-simd, which needs no OpenMP runtime */
 #define CNN_EXT_LANES_LOOP _Pragma("omp simd")
 
+/* tiles per group of split and merge: one vector of float32 lanes on AVX2 */
+#define CNN_EXT_WINO_GROUP 8
+
 #define CNN_EXT_WINO_DEFS(T, SFX)                                                                                 \
 /* o[c] = Σ_ρ Bᵀ[c, ρ] s[ρ]: the input transform along one axis (m + 2 points in, m + 2 out) */                \
 static inline void cnn_ext_wino_bt_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRICT s, Py_ssize_t ss,                \
@@ -96,53 +99,60 @@ static inline void cnn_ext_wino_at_t_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRI
         o[5 * os + l] = y3;                                                                                    \
     }                                                                                                          \
 }                                                                                                              \
-/* o[c*os + t] = row[t*m + c], c < k (k = m or m + 2), t < n: the columns of n tiles of one row, each column's  \
-   tiles in lanes; whole groups of m loads per t, which gcc vectorises with shuffles */                        \
+/* o[c*os + t] = row[t*m + c], c < k (k = m or m + 2), t < n rounded up to a whole group: the columns of n      \
+   tiles of one row, each column's tiles in lanes; groups of a fixed number of tiles, which gcc vectorises with  \
+   shuffles (a row has too few tiles for its vector loop). Reads row[0, G*m + k - m) per group, writes G lanes. */ \
 static inline void cnn_ext_wino_split_##SFX(Py_ssize_t m, Py_ssize_t k, const T* CNN_EXT_RESTRICT row,            \
                                             T* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {                \
-    Py_ssize_t t;                                                                                              \
-    T* CNN_EXT_RESTRICT o0 = o;                                                                                \
-    T* CNN_EXT_RESTRICT o1 = o + os;                                                                           \
-    if (m == 4) {                                                                                              \
-        T* CNN_EXT_RESTRICT o2 = o + 2 * os;                                                                   \
-        T* CNN_EXT_RESTRICT o3 = o + 3 * os;                                                                   \
-        CNN_EXT_LANES_LOOP for (t = 0; t < n; t++) {                                                           \
-            o0[t] = row[4 * t]; o1[t] = row[4 * t + 1]; o2[t] = row[4 * t + 2]; o3[t] = row[4 * t + 3];         \
+    Py_ssize_t t0, t;                                                                                          \
+    for (t0 = 0; t0 < n; t0 += CNN_EXT_WINO_GROUP) {                                                           \
+        const T* CNN_EXT_RESTRICT r = row + t0 * m;                                                            \
+        T* CNN_EXT_RESTRICT o0 = o + t0;                                                                       \
+        T* CNN_EXT_RESTRICT o1 = o + os + t0;                                                                  \
+        T* CNN_EXT_RESTRICT o2 = o + 2 * os + t0;                                                              \
+        T* CNN_EXT_RESTRICT o3 = o + 3 * os + t0;                                                              \
+        if (m == 4) {                                                                                          \
+            CNN_EXT_LANES_LOOP for (t = 0; t < CNN_EXT_WINO_GROUP; t++) {                                      \
+                o0[t] = r[4 * t]; o1[t] = r[4 * t + 1]; o2[t] = r[4 * t + 2]; o3[t] = r[4 * t + 3];             \
+            }                                                                                                  \
+        } else {                                                                                               \
+            CNN_EXT_LANES_LOOP for (t = 0; t < CNN_EXT_WINO_GROUP; t++) {                                      \
+                o0[t] = r[2 * t]; o1[t] = r[2 * t + 1];                                                        \
+            }                                                                                                  \
         }                                                                                                      \
-    } else {                                                                                                   \
-        CNN_EXT_LANES_LOOP for (t = 0; t < n; t++) {                                                           \
-            o0[t] = row[2 * t]; o1[t] = row[2 * t + 1];                                                        \
-        }                                                                                                      \
-    }                                                                                                          \
-    if (k > m) {  /* the next tile's first two columns */                                                      \
-        T* CNN_EXT_RESTRICT o4 = o + m * os;                                                                   \
-        T* CNN_EXT_RESTRICT o5 = o + (m + 1) * os;                                                             \
-        CNN_EXT_LANES_LOOP for (t = 0; t < n; t++) {                                                           \
-            o4[t] = row[m * t + m]; o5[t] = row[m * t + m + 1];                                                \
+        if (k > m) {  /* the next tile's first two columns */                                                  \
+            T* CNN_EXT_RESTRICT o4 = o + m * os + t0;                                                          \
+            T* CNN_EXT_RESTRICT o5 = o + (m + 1) * os + t0;                                                    \
+            CNN_EXT_LANES_LOOP for (t = 0; t < CNN_EXT_WINO_GROUP; t++) {                                      \
+                o4[t] = r[m * t + m]; o5[t] = r[m * t + m + 1];                                                \
+            }                                                                                                  \
         }                                                                                                      \
     }                                                                                                          \
 }                                                                                                              \
-/* row[t*m + c] = b + s[c*ss + t], c < m, t < n: the inverse of split, plus a bias */                           \
+/* row[t*m + c] = b + s[c*ss + t], c < m, t < n rounded up to a whole group: the inverse of split, plus a bias */ \
 static inline void cnn_ext_wino_merge_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRICT s, Py_ssize_t ss, T b,        \
                                             T* CNN_EXT_RESTRICT row, Py_ssize_t n) {                             \
-    Py_ssize_t t;                                                                                              \
-    const T* CNN_EXT_RESTRICT s0 = s;                                                                          \
-    const T* CNN_EXT_RESTRICT s1 = s + ss;                                                                     \
-    if (m == 4) {                                                                                              \
-        const T* CNN_EXT_RESTRICT s2 = s + 2 * ss;                                                             \
-        const T* CNN_EXT_RESTRICT s3 = s + 3 * ss;                                                             \
-        CNN_EXT_LANES_LOOP for (t = 0; t < n; t++) {                                                           \
-            row[4 * t] = b + s0[t]; row[4 * t + 1] = b + s1[t]; row[4 * t + 2] = b + s2[t];                    \
-            row[4 * t + 3] = b + s3[t];                                                                        \
-        }                                                                                                      \
-    } else {                                                                                                   \
-        CNN_EXT_LANES_LOOP for (t = 0; t < n; t++) {                                                           \
-            row[2 * t] = b + s0[t]; row[2 * t + 1] = b + s1[t];                                                \
+    Py_ssize_t t0, t;                                                                                          \
+    for (t0 = 0; t0 < n; t0 += CNN_EXT_WINO_GROUP) {                                                           \
+        T* CNN_EXT_RESTRICT r = row + t0 * m;                                                                  \
+        const T* CNN_EXT_RESTRICT s0 = s + t0;                                                                 \
+        const T* CNN_EXT_RESTRICT s1 = s + ss + t0;                                                            \
+        if (m == 4) {                                                                                          \
+            const T* CNN_EXT_RESTRICT s2 = s + 2 * ss + t0;                                                    \
+            const T* CNN_EXT_RESTRICT s3 = s + 3 * ss + t0;                                                    \
+            CNN_EXT_LANES_LOOP for (t = 0; t < CNN_EXT_WINO_GROUP; t++) {                                      \
+                r[4 * t] = b + s0[t]; r[4 * t + 1] = b + s1[t]; r[4 * t + 2] = b + s2[t];                      \
+                r[4 * t + 3] = b + s3[t];                                                                      \
+            }                                                                                                  \
+        } else {                                                                                               \
+            CNN_EXT_LANES_LOOP for (t = 0; t < CNN_EXT_WINO_GROUP; t++) {                                      \
+                r[2 * t] = b + s0[t]; r[2 * t + 1] = b + s1[t];                                                \
+            }                                                                                                  \
         }                                                                                                      \
     }                                                                                                          \
 }
 
-#define CNN_EXT_WINO_MAX_ABS(T, SFX, FABS)                                                                        \
+#define CNN_EXT_WINO_ROW_DEFS(T, SFX, FABS)                                                                        \
 /* o[l] = s[l], acc[l] = max(acc[l], |s[l]|): a row's copy and the forward's zero-field map in one pass (a NaN    \
    makes the result non-finite anyway) */                                                                      \
 static inline void cnn_ext_wino_copy_max_abs_##SFX(const T* CNN_EXT_RESTRICT s, T* CNN_EXT_RESTRICT o,           \
@@ -153,10 +163,22 @@ static inline void cnn_ext_wino_copy_max_abs_##SFX(const T* CNN_EXT_RESTRICT s, 
         o[l] = v;                                                                                              \
         acc[l] = acc[l] > a ? acc[l] : a;                                                                      \
     }                                                                                                          \
+}                                                                                                              \
+/* o[l] = s[l], l < n; returns 0 when all are finite, else NaN (an inf or NaN minus itself): the forward's output \
+   copy and its check in one pass, instead of a second read of the whole output */                             \
+static inline T cnn_ext_wino_copy_check_##SFX(const T* CNN_EXT_RESTRICT s, T* CNN_EXT_RESTRICT o, Py_ssize_t n) { \
+    Py_ssize_t l;                                                                                              \
+    T acc = 0;                                                                                                 \
+    _Pragma("omp simd reduction(+:acc)") for (l = 0; l < n; l++) {                                             \
+        T v = s[l];                                                                                            \
+        o[l] = v;                                                                                              \
+        acc += v - v;                                                                                          \
+    }                                                                                                          \
+    return acc;                                                                                                \
 }
-CNN_EXT_WINO_MAX_ABS(float, f, fabsf)
-CNN_EXT_WINO_MAX_ABS(double, d, fabs)
-#undef CNN_EXT_WINO_MAX_ABS
+CNN_EXT_WINO_ROW_DEFS(float, f, fabsf)
+CNN_EXT_WINO_ROW_DEFS(double, d, fabs)
+#undef CNN_EXT_WINO_ROW_DEFS
 
 CNN_EXT_WINO_DEFS(float, f)
 CNN_EXT_WINO_DEFS(double, d)
