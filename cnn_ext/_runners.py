@@ -176,8 +176,8 @@ def _forward_direct(method, g, dtype, nt):
 
 
 # ---- Winograd ------------------------------------------------------------------------------------
-# F(m x m, 3 x 3) (Lavin & Gray 2016): y = Aᵀ [(G k Gᵀ) ⊙ (Bᵀ d B)] A per output tile; the kernel transform
-# G k Gᵀ = (G ⊗ G) vec(k) is one float64 product here, the rest is src_pyx/winograd.pyx. A tile mixes all its
+# F(m x m, 3 x 3) (Lavin & Gray 2016): y = Aᵀ [(G k Gᵀ) ⊙ (Bᵀ d B)] A per output tile; all of it is in
+# src_pyx/winograd.pyx but the kernel gradient's fold by G ⊗ G (WINOGRAD_GG). A tile mixes all its
 # inputs, so an inf or NaN would reach outputs that never meet it: such results are recomputed by im2col.
 
 _WINOGRAD_G = {2: np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]),
@@ -186,12 +186,12 @@ _WINOGRAD_G = {2: np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]),
 WINOGRAD_GG = {m: np.kron(G, G) for m, G in _WINOGRAD_G.items()}  # ((m+2)², 9): vec(G k Gᵀ) = GG @ vec(k)
 
 
-def _winograd_u(k, m, dtype):
-    """U[ξ, j, i] = (G k[j, i] Gᵀ)[ξ], computed in float64 and rounded once."""
-    C_out, C_in = k.shape[:2]
-    with np.errstate(invalid="ignore", over="ignore"):  # an inf tap: the result is recomputed by im2col
-        u = WINOGRAD_GG[m] @ k.reshape(C_out * C_in, 9).T.astype(np.float64)
-        return np.ascontiguousarray(u, dtype=dtype).reshape((m + 2) ** 2, C_out, C_in)
+def _winograd_u(k, m, dtype, nt):
+    """U[ξ, j, i] = (G k[j, i] Gᵀ)[ξ], computed in float64 and rounded once (an inf tap: the result is
+    recomputed by im2col)."""
+    u = np.empty(((m + 2) ** 2,) + k.shape[:2], dtype)
+    _typed(winograd.winograd_kernel_transform, dtype)(k, u, m, nt)
+    return u
 
 
 def _winograd_raw(g, dtype, nt, m, exact_zeros):
@@ -211,8 +211,8 @@ def _winograd_raw(g, dtype, nt, m, exact_zeros):
 
     def run(x, k, b, y):
         finite = []
-        with blas_single_thread():  # also the kernel transform's product: NumPy's BLAS threads would contend
-            chunked(x, _winograd_u(k, m, dtype), b, finite, y)
+        with blas_single_thread():  # the block products run on the kernel's threads
+            chunked(x, _winograd_u(k, m, dtype, nt), b, finite, y)
         return all(finite)
 
     return run

@@ -127,6 +127,8 @@ cdef extern from "cnn_wino.h" nogil:
     void _copy_max_abs_d "cnn_ext_wino_copy_max_abs_d"(const double* s, double* o, double* acc, Py_ssize_t n)
     float _copy_check_f "cnn_ext_wino_copy_check_f"(const float* s, float* o, Py_ssize_t n)
     double _copy_check_d "cnn_ext_wino_copy_check_d"(const double* s, double* o, Py_ssize_t n)
+    void _g_f "cnn_ext_wino_g_f"(Py_ssize_t m, const float* k, float* u, Py_ssize_t P, Py_ssize_t n)
+    void _g_d "cnn_ext_wino_g_d"(Py_ssize_t m, const double* k, double* u, Py_ssize_t P, Py_ssize_t n)
     enum: WINO_GROUP "CNN_EXT_WINO_GROUP"
 
 
@@ -155,6 +157,14 @@ cdef inline void _at_t(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating*
         _at_t_f(m, s, ss, o, os, n)
     else:
         _at_t_d(m, s, ss, o, os, n)
+
+
+cdef inline void _g(Py_ssize_t m, const floating* k, floating* u, Py_ssize_t P, Py_ssize_t n) noexcept nogil:
+    """u[ξ*P + p] = (G k_p Gᵀ)[ξ] for the n pairs p of 3x3 kernels k_p = k[9p, 9p + 9)."""
+    if floating is float:
+        _g_f(m, k, u, P, n)
+    else:
+        _g_d(m, k, u, P, n)
 
 
 cdef inline void _split(Py_ssize_t m, Py_ssize_t k, const floating* row, floating* o, Py_ssize_t os,
@@ -417,6 +427,27 @@ def winograd_scratch_size(Py_ssize_t C_in, Py_ssize_t C_out, Py_ssize_t OH, Py_s
     """Elements of one thread's scratch row for F(m x m, 3 x 3) with BR tile rows per block."""
     cdef Wino g = _wino(C_in, OH + 2, OW + 2, C_out, OH, OW, 0, 0, m, BR)
     return _scratch_end(&g, kgrad)
+
+
+cdef enum:
+    G_PAIRS_PER_PART = 32768  # kernel pairs per thread (~0.5 ms): fewer are not worth a thread that may run late
+
+
+def winograd_kernel_transform(const floating[:, :, :, ::1] k,      # IN  (C_out, C_in, 3, 3)
+                              floating[:, :, ::1] u,               # OUT ((m+2)², C_out, C_in)
+                              Py_ssize_t m, int num_threads):
+    """u[ξ, j, i] = (G k[j, i] Gᵀ)[ξ], computed in double and rounded once."""
+    cdef Py_ssize_t t, P = k.shape[0] * k.shape[1]
+    cdef Py_ssize_t nparts = _nparts(P // G_PAIRS_PER_PART + 1, num_threads)
+    if P == 0:
+        return
+    with nogil:
+        if nparts == 1:
+            _g(m, &k[0, 0, 0, 0], &u[0, 0, 0], P, P)
+        else:
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
+                _g(m, &k[0, 0, 0, 0] + 9 * _part(P, t, nparts), &u[0, 0, 0] + _part(P, t, nparts), P,
+                   _part(P, t + 1, nparts) - _part(P, t, nparts))
 
 
 def conv2d_forward_winograd(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)

@@ -80,6 +80,22 @@ def test_matches_the_oracles(shape, padding, dtype, tile):
         assert_allclose(got, ref, **tol(dtype), err_msg=f"{name} F({tile}x{tile})")
 
 
+@pytest.mark.parametrize("pairs", [(37, 5), (259, 127)], ids=["groups and a tail", "parts per thread"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("m", [2, 4])
+def test_kernel_transform_is_g_k_gt_rounded_once(m, dtype, pairs):
+    """U = G k Gᵀ per kernel pair, in groups of pairs and (from 32768 pairs) parts per thread: within a rounding
+    of the float64 product G ⊗ G vec(k), the same bits on any thread count."""
+    k = np.random.default_rng(5).standard_normal(pairs + (3, 3)).astype(dtype)
+    taps, gg = k.reshape(-1, 9).T.astype(np.float64), _runners.WINOGRAD_GG[m]
+    ref, scale = ((a @ b).reshape(((m + 2) ** 2,) + pairs) for a, b in ((gg, taps), (np.abs(gg), np.abs(taps))))
+    runs = [_runners._winograd_u(k, m, dtype, nt) for nt in (1, 2, 3)]
+    assert runs[0].shape == ref.shape and runs[0].dtype == np.dtype(dtype)
+    assert np.all(np.abs(runs[0] - ref) <= 4 * np.finfo(dtype).eps * scale)
+    for other in runs[1:]:
+        assert_array_equal(other, runs[0])
+
+
 @pytest.mark.parametrize("block_bytes", [1, 1 << 30], ids=["bands of one tile row", "whole samples"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_bitwise_the_same_on_1_2_3_threads(dtype, block_bytes, tile, restore_threads, monkeypatch):

@@ -14,6 +14,14 @@ _F = TypeVar("_F", np.float32, np.float64)
 def winograd_scratch_size(C_in: int, C_out: int, OH: int, OW: int, m: int, BR: int, kgrad: bool) -> int:
     """Elements of one thread's scratch row for F(m x m, 3 x 3) with BR tile rows per block."""
 
+def winograd_kernel_transform(
+    k: NDArray[_F],  # IN  (C_out, C_in, 3, 3)
+    u: NDArray[_F],  # OUT ((m+2)², C_out, C_in)
+    m: int,
+    num_threads: int,
+) -> None:
+    """u[ξ, j, i] = (G k[j, i] Gᵀ)[ξ], computed in double and rounded once."""
+
 def conv2d_forward_winograd(
     x: NDArray[_F],  # IN  (N, C_in, H, W)
     u: NDArray[_F],  # IN  ((m+2)², C_out, C_in): G k Gᵀ
@@ -26,9 +34,9 @@ def conv2d_forward_winograd(
     PW: int,
     num_threads: int,
     exact_zeros: bool = True,
-) -> None:
+) -> bool:
     """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]) (3x3, stride 1, zero padding PH, PW) by F(m x m, 3 x 3);
-    exact_zeros: b[j] exactly where the 3x3 field is zero in every channel."""
+    returns whether y is finite. exact_zeros: b[j] exactly where the 3x3 field is zero in every channel."""
 
 def conv2d_kernel_gradient_winograd(
     dy: NDArray[_F],  # IN  (N, C_out, OH, OW)

@@ -25,6 +25,38 @@
 /* tiles per group of split and merge: one vector of float32 lanes on AVX2 */
 #define CNN_EXT_WINO_GROUP 8
 
+/* o[e*os + l] = Σ_r G[e, r] s[r*ss + l], l < n: the kernel transform along one axis (3 taps in, m + 2 out), in
+   double over n lanes of kernels */
+static inline void cnn_ext_wino_g(Py_ssize_t m, const double* CNN_EXT_RESTRICT s, Py_ssize_t ss,
+                                  double* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {
+    const double sixth = 1.0 / 6, twelfth = 1.0 / 12, twentyfourth = 1.0 / 24;
+    Py_ssize_t l;
+    if (m == 2) {
+        CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {
+            double k0 = s[l], k1 = s[ss + l], k2 = s[2 * ss + l];
+            o[l] = k0;
+            o[os + l] = 0.5 * (k0 + k1 + k2);
+            o[2 * os + l] = 0.5 * (k0 - k1 + k2);
+            o[3 * os + l] = k2;
+        }
+        return;
+    }
+    CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {
+        double k0 = s[l], k1 = s[ss + l], k2 = s[2 * ss + l];
+        o[l] = 0.25 * k0;
+        o[os + l] = -sixth * (k0 + k1 + k2);
+        o[2 * os + l] = -sixth * (k0 - k1 + k2);
+        o[3 * os + l] = twentyfourth * k0 + twelfth * k1 + sixth * k2;
+        o[4 * os + l] = twentyfourth * k0 - twelfth * k1 + sixth * k2;
+        o[5 * os + l] = k2;
+    }
+}
+
+/* kernels per group of the kernel transform: the group's transposed taps and transforms stay in L1, and each
+   transform point's plane of u is written in runs of this many (its a² planes are P apart: one per pair would
+   put all a² stores in the same cache set) */
+#define CNN_EXT_WINO_G_LANES 16
+
 #define CNN_EXT_WINO_DEFS(T, SFX)                                                                                 \
 /* o[c] = Σ_ρ Bᵀ[c, ρ] s[ρ]: the input transform along one axis (m + 2 points in, m + 2 out) */                \
 static inline void cnn_ext_wino_bt_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRICT s, Py_ssize_t ss,                \
@@ -97,6 +129,27 @@ static inline void cnn_ext_wino_at_t_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRI
         o[3 * os + l] = (y0 + four * y2) + two * (y1 + four * y3);                                             \
         o[4 * os + l] = (y0 + four * y2) - two * (y1 + four * y3);                                             \
         o[5 * os + l] = y3;                                                                                    \
+    }                                                                                                          \
+}                                                                                                              \
+/* u[ξ*P + p] = (G k_p Gᵀ)[ξ], ξ = η (m + 2) + ν, for the pairs p < n of the kernels k (k_p = k[9p, 9p + 9),     \
+   3x3 row-major), in double and rounded once to T: the kernel transform, the rows of k_p then the columns */  \
+static inline void cnn_ext_wino_g_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRICT k, T* CNN_EXT_RESTRICT u,         \
+                                        Py_ssize_t P, Py_ssize_t n) {                                            \
+    enum { L = CNN_EXT_WINO_G_LANES };                                                                         \
+    double taps[9 * L], rows[3 * 6 * L], v[6 * 6 * L];                                                        \
+    Py_ssize_t p0, l, q, a = m + 2, nl;                                                                        \
+    for (p0 = 0; p0 < n; p0 += L) {                                                                            \
+        nl = n - p0 < L ? n - p0 : L;                                                                          \
+        for (l = 0; l < nl; l++)  /* taps[q, l]: the group's kernels in lanes */                               \
+            for (q = 0; q < 9; q++)                                                                            \
+                taps[q * L + l] = k[9 * (p0 + l) + q];                                                         \
+        for (q = 0; q < 3; q++)  /* rows[r, c, l] = (k_p[r] Gᵀ)[c] */                                           \
+            cnn_ext_wino_g(m, taps + 3 * q * L, L, rows + q * a * L, L, L);                                    \
+        for (q = 0; q < a; q++)  /* v[e, c, l] = (G rows[., c])[e] */                                           \
+            cnn_ext_wino_g(m, rows + q * L, a * L, v + q * L, a * L, L);                                       \
+        for (q = 0; q < a * a; q++)                                                                            \
+            for (l = 0; l < nl; l++)                                                                           \
+                u[q * P + p0 + l] = (T)v[q * L + l];                                                           \
     }                                                                                                          \
 }                                                                                                              \
 /* o[c*os + t] = row[t*m + c], c < k (k = m or m + 2), t < n rounded up to a whole group: the columns of n      \
