@@ -371,8 +371,10 @@ def winograd_block_samples(g, dtype, m):
 def winograd_nchunk(g, dtype, m):
     """Chunks of the Winograd kernel gradient: nchunk's, but of whole blocks where CHUNK_MACS allows (a chunk
     ends in a fold of all its sums, and a few samples' products run far from the peak; its threads share the
-    blocks of a chunk, so fewer chunks cost no thread). From the shape only."""
-    blocks = g.N // winograd_block_samples(g, dtype, m)
+    blocks of a chunk, so fewer chunks cost no thread). As many chunks as it takes for each to be one block:
+    with fewer, a chunk of one sample more than a block would end in a block of that one sample. From the
+    shape only."""
+    blocks = -(-g.N // winograd_block_samples(g, dtype, m))
     return max(1, min(nchunk(g, dtype), max(blocks, -(-g.macs // CHUNK_MACS))))
 
 

@@ -139,12 +139,14 @@ def test_kernel_gradient_chunks_are_the_same_whole_or_shared(dtype, tile):
 
 
 def test_kernel_gradient_chunks_hold_whole_blocks_within_the_ctrl_c_bound(monkeypatch):
-    """Fewer, larger chunks than the other kernel gradients' where a block holds several samples; never more
-    multiply-adds per chunk than CHUNK_MACS allows, never more chunks than theirs."""
+    """Fewer, larger chunks than the other kernel gradients' where a block holds several samples, each at most
+    one block (32 samples in blocks of 6: 6 chunks of 5 or 6, not 5 of 6 or 7, which would end in a block of
+    one sample); never more multiply-adds per chunk than CHUNK_MACS allows, never more chunks than theirs."""
     dt = np.dtype(np.float32)
     g = M.Geometry(32, 128, 128, 14, 14, 3, 3, 12, 12, 1, 1, (0, 0, 0, 0))
-    per_block = M.winograd_block_samples(g, dt, 4)
-    assert per_block > 1 and M.winograd_nchunk(g, dt, 4) == 32 // per_block < M.nchunk(g, dt)
+    per_block, nchunk = M.winograd_block_samples(g, dt, 4), M.winograd_nchunk(g, dt, 4)
+    assert per_block == 6 and nchunk == 6 < M.nchunk(g, dt)
+    assert max((c + 1) * 32 // nchunk - c * 32 // nchunk for c in range(nchunk)) <= per_block  # as the kernel cuts
     monkeypatch.setattr(M, "CHUNK_MACS", g.macs // 10)
     assert M.winograd_nchunk(g, dt, 4) == 11  # ceil(macs / CHUNK_MACS)
     monkeypatch.setattr(M, "WINOGRAD_BLOCK_BYTES", 1)  # blocks of one tile row: one sample per block
