@@ -363,7 +363,8 @@ def winograd_rows(g, dtype, m):
 
 
 def winograd_block_samples(g, dtype, m):
-    """Samples per block of the Winograd kernels when a block holds whole samples, else 1."""
+    """Most samples per block of the Winograd kernels when blocks hold whole samples (the kernels cut a call's
+    samples evenly into as few blocks as this allows), else 1."""
     rows, TH = winograd_rows(g, dtype, m), -(-g.OH // m)
     return rows // TH if rows >= TH else 1
 

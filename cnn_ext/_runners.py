@@ -206,7 +206,8 @@ def _winograd_raw(g, dtype, nt, m, exact_zeros):
     def blocks(x, u, b, finite, y):  # finite: this call's list of each group's answer
         finite.append(kernel(x, u, b, y, np.empty((nt, size), dtype), m, rows, top, left, nt, exact_zeros))
 
-    # Ctrl-C groups of whole blocks keep the products (and so the bits) of one call
+    # Ctrl-C groups of whole blocks of samples keep the blocks full; the products are per tile, so the bits are
+    # those of one call
     chunked = in_chunks(blocks, g, nt, M.winograd_block_samples(g, dtype, m))
 
     def run(x, k, b, y):

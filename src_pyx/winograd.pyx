@@ -66,8 +66,9 @@ cdef inline Py_ssize_t _scratch_end(const Wino* g, bint kgrad) noexcept nogil:
 # ---- blocks of tile rows: global tile row R = n * TH + th ------------------------------------------
 
 cdef inline Py_ssize_t _nblocks(Py_ssize_t N, const Wino* g) noexcept nogil:
-    """Blocks of N samples: groups of BR // TH whole samples when a sample has at most BR tile rows, else bands
-    of BR tile rows of one sample."""
+    """Blocks of N samples: when a sample has at most BR tile rows, as many groups of whole samples as it takes
+    to hold at most BR // TH each, cut evenly (N = 32 by 6: 5 or 6 each, not a last block of 2, which the
+    threads would wait for); else bands of BR tile rows of one sample."""
     if g.BR >= g.TH:
         return (N + g.BR // g.TH - 1) // (g.BR // g.TH)
     return N * ((g.TH + g.BR - 1) // g.BR)
@@ -75,11 +76,11 @@ cdef inline Py_ssize_t _nblocks(Py_ssize_t N, const Wino* g) noexcept nogil:
 
 cdef inline void _block(Py_ssize_t k, Py_ssize_t N, const Wino* g, Py_ssize_t* r0, Py_ssize_t* r1) noexcept nogil:
     """[r0, r1): the global tile rows of block k of N samples."""
-    cdef Py_ssize_t S, nb, n, b
+    cdef Py_ssize_t nb, n, b
     if g.BR >= g.TH:
-        S = g.BR // g.TH
-        r0[0] = k * S * g.TH
-        r1[0] = min(N, (k + 1) * S) * g.TH
+        nb = _nblocks(N, g)
+        r0[0] = (k * N) // nb * g.TH
+        r1[0] = ((k + 1) * N) // nb * g.TH
     else:
         nb = (g.TH + g.BR - 1) // g.BR
         n = k // nb

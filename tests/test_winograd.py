@@ -179,7 +179,8 @@ class _Spy:
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_groups_of_samples_for_ctrl_c_hold_whole_blocks(dtype, tile, monkeypatch):
     """A long call runs as several kernel calls on groups of samples: with blocks of 3 whole samples, every
-    group but the last holds whole blocks, so the products and the bits are those of one call."""
+    group but the last holds whole blocks; the products are per tile, so the bits are those of one call (whose
+    10 samples are cut into blocks of 2 or 3)."""
     (N, C_in, C_out, H, W), S = (10, 4, 6, 8, 8), 3
     T = -(-H // tile)  # tile rows and columns (padding 1)
     per_tile = (tile + 2) ** 2 * (C_in + C_out) * np.dtype(dtype).itemsize  # V and M bytes of one tile
