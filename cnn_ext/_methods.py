@@ -87,10 +87,10 @@ WINOGRAD_TILE = 4  # F(4x4, 3x3): 4x fewer multiplications than direct, F(2x2) o
 # measured (benchmarks/results/winograd_error.md, C_in <= WINOGRAD_MAX_C_IN) with a margin of 2 and more
 WINOGRAD_ERROR_BOUND = {2: 5e-6, 4: 3e-5}
 WINOGRAD_MAX_C_IN = 128  # channels up to which the bound was measured: auto stays within them
-WINOGRAD_MIN_CHANNELS = 2048  # C_in*C_out from which auto takes winograd (16x32 layers: the transforms dominate)
-# the kernel gradient's from 32x32 layers on (its direct kernels lose more to the transformed products; 16x32
-# layers were a tie on 1 thread and a loss on 2 in benchmarks/results/methods_suite.md)
-WINOGRAD_MIN_CHANNELS_KGRAD = 1024
+WINOGRAD_MIN_CHANNELS = 1024  # C_in*C_out from which auto takes winograd (16x32 layers: the transforms dominate)
+# the kernel gradient's from 16x32 layers on (its direct kernels lose more to the transformed products; smaller
+# layers were not measured), both from benchmarks/results/winograd_range.md
+WINOGRAD_MIN_CHANNELS_KGRAD = 512
 WINOGRAD_MIN_MAP = 12  # output rows and columns from which it does (the smallest maps of the measured rows)
 # below WINOGRAD_LARGE_MAP rows or columns, edge tiles and transforms weigh more: on 14x14 maps 32x64 layers lost
 # to the direct kernels in both dtypes, 64x64 in float32 only (benchmarks/results/winograd_range.md)
