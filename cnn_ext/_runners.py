@@ -202,6 +202,8 @@ def _winograd_raw(g, dtype, nt, m, exact_zeros):
     rows = M.winograd_rows(g, dtype, m)
     size = winograd.winograd_scratch_size(g.C_in, g.C_out, g.OH, g.OW, m, rows, False)
     top, _, left, _ = g.pads
+    # the kernel transform's threads: by its own work, (G ⊗ G) vec(k)'s multiply-adds, not the layer's
+    nt_u = min(nt, threads_for(g.C_in * g.C_out, g.C_in * g.C_out * 9 * (m + 2) ** 2))
 
     def blocks(x, u, b, finite, y):  # finite: this call's list of each group's answer
         finite.append(kernel(x, u, b, y, np.empty((nt, size), dtype), m, rows, top, left, nt, exact_zeros))
@@ -213,7 +215,7 @@ def _winograd_raw(g, dtype, nt, m, exact_zeros):
     def run(x, k, b, y):
         finite = []
         with blas_single_thread():  # the block products run on the kernel's threads
-            chunked(x, _winograd_u(k, m, dtype, nt), b, finite, y)
+            chunked(x, _winograd_u(k, m, dtype, nt_u), b, finite, y)
         return all(finite)
 
     return run

@@ -430,16 +430,12 @@ def winograd_scratch_size(Py_ssize_t C_in, Py_ssize_t C_out, Py_ssize_t OH, Py_s
     return _scratch_end(&g, kgrad)
 
 
-cdef enum:
-    G_PAIRS_PER_PART = 32768  # kernel pairs per thread (~0.5 ms): fewer are not worth a thread that may run late
-
-
 def winograd_kernel_transform(const floating[:, :, :, ::1] k,      # IN  (C_out, C_in, 3, 3)
                               floating[:, :, ::1] u,               # OUT ((m+2)², C_out, C_in)
                               Py_ssize_t m, int num_threads):
     """u[ξ, j, i] = (G k[j, i] Gᵀ)[ξ], computed in double and rounded once."""
     cdef Py_ssize_t t, P = k.shape[0] * k.shape[1]
-    cdef Py_ssize_t nparts = _nparts(P // G_PAIRS_PER_PART + 1, num_threads)
+    cdef Py_ssize_t nparts = _nparts(P, num_threads)
     if P == 0:
         return
     with nogil:

@@ -80,12 +80,12 @@ def test_matches_the_oracles(shape, padding, dtype, tile):
         assert_allclose(got, ref, **tol(dtype), err_msg=f"{name} F({tile}x{tile})")
 
 
-@pytest.mark.parametrize("pairs", [(37, 5), (259, 127)], ids=["groups and a tail", "parts per thread"])
+@pytest.mark.parametrize("pairs", [(37, 5), (259, 127)], ids=["a few groups and a tail", "many groups"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("m", [2, 4])
 def test_kernel_transform_is_g_k_gt_rounded_once(m, dtype, pairs):
-    """U = G k Gᵀ per kernel pair, in groups of pairs and (from 32768 pairs) parts per thread: within a rounding
-    of the float64 product G ⊗ G vec(k), the same bits on any thread count."""
+    """U = G k Gᵀ per kernel pair, in groups of pairs and parts per thread: within a rounding of the float64
+    product G ⊗ G vec(k), the same bits on any thread count."""
     k = np.random.default_rng(5).standard_normal(pairs + (3, 3)).astype(dtype)
     taps, gg = k.reshape(-1, 9).T.astype(np.float64), _runners.WINOGRAD_GG[m]
     ref, scale = ((a @ b).reshape(((m + 2) ** 2,) + pairs) for a, b in ((gg, taps), (np.abs(gg), np.abs(taps))))
