@@ -168,30 +168,18 @@ def _split_variant(name):
 
 
 class BuildExt(build_ext):
-    def _openmp_works(self, cflags, ldflags):
+    def _builds(self, what, source, cflags, ldflags=None):
+        """Whether source compiles with cflags (and links with ldflags, when given); says why not."""
         with tempfile.TemporaryDirectory() as tmp:
-            src = os.path.join(tmp, "omp_test.c")
+            src = os.path.join(tmp, "probe.c")
             with open(src, "w") as f:
-                f.write(OPENMP_TEST)
+                f.write(source)
             try:
                 objs = self.compiler.compile([src], output_dir=tmp, extra_postargs=cflags)
-                self.compiler.link_executable(objs, "omp_test", output_dir=tmp, extra_postargs=ldflags)
-            except Exception as exc:  # any compiler/linker failure means: no OpenMP
-                print(f"cnn_ext: OpenMP test failed ({exc.__class__.__name__}: {exc})")
-                return False
-        return True
-
-    def _compiles_with(self, flag):
-        """Whether a trivial C file compiles with flag: a compiler that refuses -fopenmp-simd builds without it
-        (its omp simd loops then stay as the compiler leaves them)."""
-        with tempfile.TemporaryDirectory() as tmp:
-            src = os.path.join(tmp, "flag_test.c")
-            with open(src, "w") as f:
-                f.write("int main(void) { return 0; }\n")
-            try:
-                self.compiler.compile([src], output_dir=tmp, extra_postargs=[flag])
-            except Exception as exc:  # any compiler failure means: not this flag
-                print(f"cnn_ext: {flag} refused ({exc.__class__.__name__}: {exc})")
+                if ldflags is not None:
+                    self.compiler.link_executable(objs, "probe", output_dir=tmp, extra_postargs=ldflags)
+            except Exception as exc:  # any compiler/linker failure means: no
+                print(f"cnn_ext: {what} failed ({exc.__class__.__name__}: {exc})")
                 return False
         return True
 
@@ -229,11 +217,12 @@ class BuildExt(build_ext):
         else:
             flags = openmp_flags(ctype)
             why = "off by default on macOS (CNN_EXT_MACOS_OPENMP=1 opts in)" if flags is None else ""
-            if flags is not None and not self._openmp_works(*flags):
+            if flags is not None and not self._builds("OpenMP test", OPENMP_TEST, *flags):
                 flags, why = None, "the compile test failed"
                 if REQUIRE_OPENMP:
                     raise RuntimeError("cnn_ext: CNN_EXT_REQUIRE_OPENMP=1 but OpenMP does not compile here")
-        simd = ctype != "msvc" and self._compiles_with("-fopenmp-simd")
+        # a compiler that refuses -fopenmp-simd builds without it (its omp simd loops stay as it leaves them)
+        simd = ctype != "msvc" and self._builds("-fopenmp-simd", "int main(void) { return 0; }\n", ["-fopenmp-simd"])
         print(f"cnn_ext: OpenMP {'enabled' if flags else 'disabled: ' + why} ({ctype});"
               f" AVX2 variant: {'yes' if AVX2 else 'no'}; AVX-512 variant: "
               f"{('emulated in AVX2' if AVX512_EMULATE else 'yes') if AVX512 else 'no'};"
