@@ -22,9 +22,11 @@ arrays its ``parameters()`` does not list raises ``TypeError`` naming the layer 
 Parameters are found through the layer protocol (``layer.parameters()`` -> ``(param_name, grad_key, array)``) and
 updated in place, so the arrays a layer holds stay the same objects. State (momentum buffers, Adam moments) is kept
 per parameter array across steps, created at the first step in the parameter's dtype; after that a step allocates
-no array: every operation writes into the parameter, its state or a scratch buffer, and the final
-``p -= step * direction`` is one BLAS axpy (the same as ``Layer.update``). Gradients in another float dtype than
-their parameter are accepted (cast on the fly, which then costs one temporary).
+no array: every operation writes into the parameter, its state or a scratch buffer. SGD's final
+``p -= step * direction`` is one BLAS axpy (the same as ``Layer.update``); Adam's whole update of a large
+parameter is one threaded pass (``cnn_ext._kernels.elementwise.adam_update``), bitwise the NumPy sequence that
+small or non-contiguous parameters take. Gradients in another float dtype than their parameter are accepted (cast
+on the fly, which then costs one temporary).
 
 Resuming: :meth:`Optimizer.state_dict` copies the hyper-parameters, the step count and the state of every parameter
 (in ``Network.parameters()`` order); :meth:`Optimizer.load_state_dict` puts them into a new optimizer, so that
@@ -40,7 +42,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _checks
+from ._kernels import elementwise as _elementwise
 from ._threads import blas_single_thread
+from .layers.activations import fused_threads
 from .layers.base import TUTORIAL, checked_gradient, unseen_gradients_error, sgd_step
 from .network import check_one_rule
 
@@ -422,6 +426,11 @@ class Adam(Optimizer):
         state["t"] += 1
         t = state["t"]
         d = self._decayed(p, g, state)
+        threads = fused_threads((p, d, m, v)) if p.flags.writeable else 0
+        if threads:  # one pass over the four arrays, the same roundings as the NumPy sequence below
+            _elementwise.adam_update(p.reshape(-1), d.reshape(-1), m.reshape(-1), v.reshape(-1), b1, b2,
+                                     1.0 / math.sqrt(1.0 - b2 ** t), self.eps, self.lr / (1.0 - b1 ** t), threads)
+            return
         m *= b1                                  # m = b1 m + (1 - b1) d
         np.multiply(d, 1.0 - b1, out=buf)
         m += buf
@@ -433,7 +442,8 @@ class Adam(Optimizer):
         buf *= 1.0 / math.sqrt(1.0 - b2 ** t)
         buf += self.eps
         np.divide(m, buf, out=buf)               # p -= lr / (1 - b1^t) * m / denom
-        sgd_step(p, buf, self.lr / (1.0 - b1 ** t))
+        buf *= self.lr / (1.0 - b1 ** t)         # two roundings, as the fused kernel's (axpy may fuse them)
+        p -= buf
 
     def __repr__(self) -> str:
         decoupled = ", decoupled_weight_decay=True" if self.decoupled_weight_decay else ""

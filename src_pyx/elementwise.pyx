@@ -1,8 +1,9 @@
 # cython: language_level=3
-"""Fused element-wise activations and input gradients over flat C-contiguous arrays (one pass, no temporaries).
+"""Fused element-wise activations, input gradients and Adam's update over flat C-contiguous arrays (one pass, no
+temporaries).
 
-cnn_ext/layers.py picks this path (C-contiguous, aligned arrays of one float dtype, large enough to pay) and
-allocates the outputs; each `def` here takes 1-D memoryviews, releases the GIL and never raises. The n elements
+cnn_ext/layers/activations.py and cnn_ext/optim.py pick this path (C-contiguous, aligned arrays of one float
+dtype, large enough to pay) and allocate the outputs; each `def` here takes 1-D memoryviews, releases the GIL and never raises. The n elements
 are cut into num_threads contiguous chunks whose bounds are multiples of 64 elements (no cache line written by two
 threads); every element gets the same expression whatever its chunk, so results do not depend on the thread count.
 Each expression repeats, operation for operation and in the array's own precision, the NumPy formula it replaces,
@@ -11,6 +12,7 @@ build this module for the baseline ISA only (x86-64 has no FMA there), never wit
 """
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.math cimport sqrt, sqrtf
 
 cdef enum Op:
     RELU            # y = max(x, 0)                           (np.maximum(x, 0))
@@ -97,6 +99,32 @@ cdef void _run(Op op, const floating* a, const floating* dy, floating* out, Py_s
         _part(op, a, dy, out, n, t, num_threads, alpha)
 
 
+cdef void _adam(floating* p, const floating* g, floating* m, floating* v, Py_ssize_t n, floating b1,
+                floating c1, floating b2, floating c2, floating scale, floating eps, floating step) noexcept nogil:
+    """Adam's update of n elements, each operation rounded as NumPy's in-place sequence in Adam._update rounds it."""
+    cdef Py_ssize_t i
+    cdef floating d, mi, vi, q
+    for i in range(n):
+        d = g[i]
+        mi = m[i] * b1 + d * c1                  # m *= b1; buf = d * c1; m += buf
+        vi = v[i] * b2 + (d * d) * c2            # v *= b2; buf = d * d; buf *= c2; v += buf
+        m[i] = mi
+        v[i] = vi
+        if floating is float:                    # sqrtf: sqrt of a double rounded back would stop vectorisation
+            q = sqrtf(vi)
+        else:
+            q = sqrt(vi)
+        q = mi / (q * scale + eps)               # buf = sqrt(v); buf *= scale; buf += eps; buf = m / buf
+        p[i] = p[i] - step * q                   # p -= step * buf (axpy with a = -step)
+
+
+cdef void _adam_part(floating* p, const floating* g, floating* m, floating* v, Py_ssize_t n, Py_ssize_t t,
+                     Py_ssize_t parts, floating b1, floating c1, floating b2, floating c2, floating scale,
+                     floating eps, floating step) noexcept nogil:
+    cdef Py_ssize_t lo = _bound(n, t, parts), hi = _bound(n, t + 1, parts)
+    _adam(p + lo, g + lo, m + lo, v + lo, hi - lo, b1, c1, b2, c2, scale, eps, step)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Public typed entry points (called by cnn_ext.layers only); every array has the same length and dtype
 # ---------------------------------------------------------------------------------------------------
@@ -177,3 +205,23 @@ def add_relu(const floating[::1] a,   # IN  (n,)
     if a.shape[0] > 0:
         with nogil:
             _run(ADD_RELU, &a[0], &b[0], &out[0], a.shape[0], 0, num_threads)
+
+
+def adam_update(floating[::1] p,         # IN/OUT (n,) parameter
+                const floating[::1] g,   # IN     (n,) gradient (with L2 weight decay already added)
+                floating[::1] m,         # IN/OUT (n,) first moment
+                floating[::1] v,         # IN/OUT (n,) second moment
+                double b1, double b2, double scale, double eps, double step, int num_threads):
+    """One Adam step in place: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g²; p -= step * m / (sqrt(v) scale +
+    eps), every constant rounded to the arrays' dtype first (as NumPy rounds a Python float operand)."""
+    cdef Py_ssize_t n = p.shape[0], t
+    cdef floating fb1 = <floating>b1, fc1 = <floating>(1.0 - b1), fb2 = <floating>b2, fc2 = <floating>(1.0 - b2)
+    cdef floating fscale = <floating>scale, feps = <floating>eps, fstep = <floating>step
+    if n == 0:
+        return
+    with nogil:
+        if num_threads <= 1:
+            _adam(&p[0], &g[0], &m[0], &v[0], n, fb1, fc1, fb2, fc2, fscale, feps, fstep)
+        else:
+            for t in prange(num_threads, schedule='static', num_threads=num_threads):
+                _adam_part(&p[0], &g[0], &m[0], &v[0], n, t, num_threads, fb1, fc1, fb2, fc2, fscale, feps, fstep)

@@ -6,7 +6,7 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 from cnn_ext import Dense, Network, ReLU
-from cnn_ext.optim import SGD, Adam
+from cnn_ext.optim import SGD, Adam, AdamW
 
 
 def _net(dtype=np.float64):
@@ -221,3 +221,48 @@ def test_gradient_errors_leave_the_network_unchanged():
     for p, p0 in zip(_flat(net), before):
         assert_array_equal(p, p0)
     assert opt.steps == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("make", [lambda: Adam(1e-2), lambda: Adam(3e-3, betas=(0.8, 0.99), eps=1e-6,
+                                                                   weight_decay=0.1),
+                                  lambda: AdamW(1e-2, weight_decay=0.05)])
+def test_fused_adam_is_the_numpy_sequence(monkeypatch, make, dtype):
+    """Large parameters take one fused pass (elementwise.adam_update), bitwise the NumPy sequence small ones take,
+    on 1, 2 and 3 threads; the gradients (zeros, huge, tiny) are left unchanged."""
+    from cnn_ext import _kernels, optim, set_num_threads
+    calls = []
+    kernel, fused_threads = _kernels.elementwise.adam_update, optim.fused_threads
+    monkeypatch.setattr(_kernels.elementwise, "adam_update", lambda *a: calls.append(a[-1]) or kernel(*a))
+
+    def run(fused, threads):
+        monkeypatch.setattr(optim, "fused_threads", fused_threads if fused else lambda arrays: 0)
+        net = Network([Dense(300, 250, seed=0, dtype=dtype)])  # w: 75,000 entries, past the fused minimum
+        steps = _grad_seq(net, 4, seed=3, dtype=dtype)
+        steps[1][0]["dW"][:7] = 0.0
+        steps[2][0]["dW"][:5] *= 1e30 if dtype == np.float64 else 1e15
+        steps[3][0]["dW"][:5] *= 1e-30
+        kept = [g[0]["dW"].copy() for g in steps]
+        opt = make()
+        previous = set_num_threads(threads)
+        try:
+            for grads in steps:
+                opt.step(net, grads)
+        finally:
+            set_num_threads(previous)
+        for g, k in zip(steps, kept):
+            assert_array_equal(g[0]["dW"], k)
+        return [p.copy() for p in _flat(net)] + [opt.state(net.layers[0].w)[key].copy()
+                                                 for key in ("exp_avg", "exp_avg_sq")]
+
+    reference = run(False, 1)
+    assert not calls
+    for threads in (1, 2, 3):
+        calls.clear()
+        got = run(True, threads)
+        assert len(calls) == 4  # w took the fused pass at every step (b, 250 entries, stays on NumPy's)
+        for a, b in zip(got, reference):
+            assert a.dtype == dtype
+            assert_array_equal(a, b)
+    assert np.isfinite(reference[0]).all() and not np.array_equal(reference[0], _flat(Network([Dense(
+        300, 250, seed=0, dtype=dtype)]))[0])

@@ -1,6 +1,6 @@
 """Type stubs for the compiled kernel module cnn_ext._kernels.elementwise (src_pyx/elementwise.pyx).
 
-Private: call the validated wrappers in cnn_ext.layers. Every float array of one call has the same
+Private: call the validated wrappers in cnn_ext.layers and cnn_ext.optim. Every float array of one call has the same
 dtype, float32 or float64, and is C-contiguous; outputs (OUT) and scratch (TMP) are allocated by the caller.
 """
 from typing import TypeVar
@@ -73,3 +73,18 @@ def add_relu(
     num_threads: int,
 ) -> None:
     """out = max(a + b, 0) as relu_forward of the sum (a residual block's sum and the ReLU after it)."""
+
+def adam_update(
+    p: NDArray[_F],  # IN/OUT (n,) parameter
+    g: NDArray[_F],  # IN     (n,) gradient (with L2 weight decay already added)
+    m: NDArray[_F],  # IN/OUT (n,) first moment
+    v: NDArray[_F],  # IN/OUT (n,) second moment
+    b1: float,
+    b2: float,
+    scale: float,
+    eps: float,
+    step: float,
+    num_threads: int,
+) -> None:
+    """One Adam step in place: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g²; p -= step * m / (sqrt(v) scale +
+    eps), every constant rounded to the arrays' dtype first (as NumPy rounds a Python float operand)."""

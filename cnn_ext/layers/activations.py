@@ -27,19 +27,27 @@ _FUSED_MIN = 16_384  # elements from which the fused kernels beat NumPy's call
 _FUSED_PER_THREAD = 65_536  # elements per thread from which a second thread pays
 
 
-def _fused(kernel, arrays, *args):
-    """A new array shaped like ``arrays[0]`` filled by ``kernel(*arrays flat, out flat, *args, threads)``, or
-    None (the caller then takes NumPy) for small arrays and any array that is not C-contiguous and aligned in
-    the dtype and shape of the first (the kernels read every array as one flat run of that dtype)."""
+def fused_threads(arrays) -> int:
+    """Threads for a fused kernel of ``cnn_ext._kernels.elementwise`` over these arrays, or 0 (the caller then
+    takes NumPy) for small arrays and any array that is not C-contiguous and aligned in the float dtype and shape
+    of the first (the kernels read every array as one flat run of that dtype)."""
     first = arrays[0]
     n = first.size
-    if n < _FUSED_MIN:
-        return None
+    if n < _FUSED_MIN or first.dtype not in (np.float32, np.float64):
+        return 0
     for a in arrays:
         if a.dtype != first.dtype or a.shape != first.shape or not (a.flags.c_contiguous and a.flags.aligned):
-            return None
-    out = np.empty(first.shape, dtype=first.dtype)
-    threads = max(1, min(current_threads(), n // _FUSED_PER_THREAD))
+            return 0
+    return max(1, min(current_threads(), n // _FUSED_PER_THREAD))
+
+
+def _fused(kernel, arrays, *args):
+    """A new array shaped like ``arrays[0]`` filled by ``kernel(*arrays flat, out flat, *args, threads)``, or
+    None (the caller then takes NumPy) where ``fused_threads`` says no."""
+    threads = fused_threads(arrays)
+    if not threads:
+        return None
+    out = np.empty(arrays[0].shape, dtype=arrays[0].dtype)
     kernel(*[a.reshape(-1) for a in arrays], out.reshape(-1), *args, threads)
     return out
 
