@@ -651,8 +651,8 @@ cdef void _kgrad_cv_chunks(const floating* dy, const floating* x, floating* part
         for n in range((c * N) // nchunk, ((c + 1) * N) // nchunk):
             _copy_padded(x + n * xs, xp, g, plane, Wp)
             d = dy + n * C_out * P
-            for j in range(C_out):
-                for p in range(P):
+            for p in range(P):  # dyT's rows written in order; the C_out lines read stay in L1 across p
+                for j in range(C_out):
                     dyT[p * C_out + j] = d[j * P + p]
             j0 = 0
             while j0 < C_out:
@@ -714,14 +714,12 @@ def conv2d_kernel_gradient_cv(const floating[:, :, :, ::1] dy,     # IN  (N, C_o
                 _kgrad_cv_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &partial[0, 0], size, &scratch[threadid(), 0],
                                  need, off, step, &g, Hp, Wp, N, nchunk, one,
                                  c_lo + _part(c_hi - c_lo, t, nparts), c_lo + _part(c_hi - c_lo, t + 1, nparts))
-        if c_hi == nchunk:  # dk[j, tap] = (1/N) Σ_c partial[c, tap, j], the chunks added in order
+        if c_hi == nchunk:  # dk[j, tap] = (1/N) Σ_c partial[c, tap, j], the chunks added in order into chunk 0
             inv_n = (<floating>1) / N
-            for t in range(C_out * taps):
-                out[t] = 0
-            for c in range(nchunk):
-                for j in range(C_out):
-                    for t in range(taps):
-                        out[j * taps + t] += partial[c, t * C_out + j]
-            for t in range(C_out * taps):
-                out[t] *= inv_n
+            for c in range(1, nchunk):  # in unit stride; transposed once after
+                for t in range(C_out * taps):
+                    partial[0, t] += partial[c, t]
+            for j in range(C_out):
+                for t in range(taps):
+                    out[j * taps + t] = partial[0, t * C_out + j] * inv_n
     free(off)
