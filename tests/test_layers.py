@@ -168,8 +168,8 @@ def test_dense_finite_differences():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("M,K,N", [(16, 2304, 256), (16, 256, 2304), (3, 5, 7), (1, 1, 1), (0, 5, 3)])
 def test_dense_products_on_any_thread_count(restore_threads, dtype, M, K, N):
-    """The Dense layer's three products (x·W, xᵀ·dE_dY, dE_dY·Wᵀ; float64 split over the kernels' threads) equal
-    float64 NumPy's on 1, 2 and 3 threads, bitwise the same on each; a strided x is read, not misread."""
+    """The Dense layer's three products (x·W, xᵀ·dE_dY, dE_dY·Wᵀ; dX and float64's others split over the kernels'
+    threads) equal float64 NumPy's on 1, 2 and 3 threads, bitwise the same on each; a strided x is read, not misread."""
     rng = np.random.default_rng(M + K + N)
     layer = Dense(K, N, seed=1, dtype=dtype)
     layer.w[...] = rng.standard_normal((K, N))

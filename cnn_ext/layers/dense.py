@@ -139,16 +139,12 @@ class Dense(ParamLayer):
         rule = grad_rule(dE_dY)
         dy = _checks.contiguous(self._grad_output(dE_dY, self.dtype), self.dtype)  # a plain, aligned array
         dB = dy.sum(axis=0) if rule == EXACT else batch_mean(dy)
-        # float64: products split over the kernels' threads (_matmul); float32: one sgemm each, with dX as
-        # (w·dyᵀ)ᵀ, which OpenBLAS runs faster than dy·wᵀ on small batches (splitting measured slower there)
-        if self.dtype == np.float64:
-            grads = Gradients(rule, ("dB",), {"dW": _matmul(x, dy, trans_a=True), "dB": dB})
-            if need_dX:
-                grads["dX"] = _matmul(dy, self.w, trans_b=True)
-            return grads
-        grads = Gradients(rule, ("dB",), {"dW": x.T @ dy, "dB": dB})
+        # float64: products split over the kernels' threads (_matmul); float32: dW in one sgemm (splitting its
+        # few output columns repacks x per block), dX split (its n_in columns make blocks that pay on 1 thread too)
+        dW = _matmul(x, dy, trans_a=True) if self.dtype == np.float64 else x.T @ dy
+        grads = Gradients(rule, ("dB",), {"dW": dW, "dB": dB})
         if need_dX:
-            grads["dX"] = np.ascontiguousarray((self.w @ dy.T).T)
+            grads["dX"] = _matmul(dy, self.w, trans_b=True)
         return grads
 
     def extra_repr(self) -> str:
