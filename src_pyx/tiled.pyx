@@ -91,6 +91,8 @@ cdef extern from "cnn_cvk_tile.h":
         const double* xp, const double* dyT, double* pk, Py_ssize_t C_out, const Py_ssize_t* off,
         const Py_ssize_t* step, Py_ssize_t row0, Py_ssize_t nrows, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t SW,
         Py_ssize_t j0, Py_ssize_t KW, int one) noexcept nogil
+    void _transpose_f "cnn_ext_transpose_f"(const float* d, float* dT, Py_ssize_t C, Py_ssize_t P) noexcept nogil
+    void _transpose_d "cnn_ext_transpose_d"(const double* d, double* dT, Py_ssize_t C, Py_ssize_t P) noexcept nogil
 
 
 def direct_tile_lanes(bint single):
@@ -650,10 +652,10 @@ cdef void _kgrad_cv_chunks(const floating* dy, const floating* x, floating* part
             pk[t] = 0
         for n in range((c * N) // nchunk, ((c + 1) * N) // nchunk):
             _copy_padded(x + n * xs, xp, g, plane, Wp)
-            d = dy + n * C_out * P
-            for p in range(P):  # dyT's rows written in order; the C_out lines read stay in L1 across p
-                for j in range(C_out):
-                    dyT[p * C_out + j] = d[j * P + p]
+            if floating is float:
+                _transpose_f(dy + n * C_out * P, dyT, C_out, P)
+            else:
+                _transpose_d(dy + n * C_out * P, dyT, C_out, P)
             j0 = 0
             while j0 < C_out:
                 row0 = 0
