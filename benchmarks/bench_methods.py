@@ -6,8 +6,9 @@ PyTorch beside them when it is installed. All peers of one operation are checked
 timed round-robin (``_common.interleaved``). 'auto/best' > 1 means auto's choice is slower than the fastest
 method: the rule to look at. Only ratios within a row mean anything on a shared machine.
 
-    python benchmarks/bench_methods.py [--layers resnet|cnn|suite] [--threads 1,2] [--dtypes float32,float64]
-                                       [--ops forward,input_grad,kernel_grad] [--clock cpu] [--out OUT]
+    python benchmarks/bench_methods.py [--layers resnet|cnn|suite|one_channel] [--threads 1,2]
+                                       [--dtypes float32,float64] [--ops forward,input_grad,kernel_grad]
+                                       [--clock cpu] [--out OUT]
 """
 import contextlib
 import os
@@ -39,6 +40,10 @@ LAYERS = {
         ("conv 1, 1->32", 64, 1, 32, 28, 3, 1, 1),
         ("conv 2, 32->64", 64, 32, 64, 14, 3, 1, 1),
     ],
+    # first layers of one input channel (the kernel gradient's one-channel rule), maps of 14 and 28: rows that
+    # are not whole vectors
+    "one_channel": [(f"1->{C_out} {H}x{H}", 64, 1, C_out, H, 3, 1, 1) for C_out in (16, 32, 64, 128)
+                    for H in (14, 28)],
     # bench_ops.py's 3x3 rows of issue 20 (valid convolutions)
     "suite": [(f"{C_in}->{C_out} {H}x{H}", N, C_in, C_out, H, K, 1, 0)
               for N, C_in, C_out, H, K in bench_ops.ISSUE20_SHAPES],

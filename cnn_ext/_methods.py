@@ -77,6 +77,9 @@ KGRAD_TILE_CHANNELS, KGRAD_TILE_TAPS = 4, 3  # 12 of the 16 ymm registers (6x2, 
 KGRAD_SHIFTED_MIN = {np.dtype(np.float32): 128, np.dtype(np.float64): 56}  # C_out*KH from which shifted wins
 # C_in*C_out*KH from which it wins too: the wide rows lose on many input channels, and hold on few (methods.md)
 KGRAD_SHIFTED_MIN_TERMS = {np.dtype(np.float32): 768, np.dtype(np.float64): 384}
+# one input channel on rows that are not whole vectors: BLAS's product of im2col wins from this many output
+# channels, the shifted copies below (in both dtypes, AVX2 and AVX-512: benchmarks/results/methods_one_channel.md)
+KGRAD_ONE_CHANNEL_GEMM_MIN = 32
 KGRAD_SLAB_BYTES = 512 << 10  # per-thread slabs of one kernel-gradient pass stay in L2
 KGRAD_MIN_VECTORS = 40  # vectors per pass from which the tiled kernel gradient beats BLAS at any width
 KGRAD_MAX_PARTIAL_BYTES = 128 << 10  # vector partials up to which it wins on smaller planes
@@ -291,7 +294,8 @@ def kernel_gradient(method, g, dtype):
         if not FAST:  # the baseline build's tiled kernel gradient loses to BLAS on large layers
             return Method.GEMM
     lanes = KGRAD_LANES[dtype]
-    shifted = g.C_out * g.KH >= KGRAD_SHIFTED_MIN[dtype] or g.C_in * g.C_out * g.KH >= KGRAD_SHIFTED_MIN_TERMS[dtype]
+    shifted = (g.C_in == 1 or g.C_out * g.KH >= KGRAD_SHIFTED_MIN[dtype]
+               or g.C_in * g.C_out * g.KH >= KGRAD_SHIFTED_MIN_TERMS[dtype])
     layout = Method.SHIFTED if shifted else Method.WIDE
     vectors = -(-g.OH * g.OW // lanes) * kgrad_samples(g, dtype, layout)
     partial_bytes = g.C_out * g.C_in * g.KH * g.KW * lanes * dtype.itemsize
@@ -302,6 +306,8 @@ def kernel_gradient(method, g, dtype):
         return Method.GEMM
     if g.C_in == 1 and g.OW % lanes == 0:  # rows of whole vectors read in place: no copy, no wasted column
         return Method.ROW_TILES
+    if method == "auto" and g.C_in == 1 and g.C_out >= KGRAD_ONE_CHANNEL_GEMM_MIN:
+        return Method.GEMM
     return layout
 
 

@@ -241,6 +241,29 @@ def test_kernel_gradient_layout_follows_the_measured_rule(monkeypatch):
     assert layout(64, 8, 16, 28, 3, 1, np.float64) is M.Method.SHIFTED
 
 
+def test_kernel_gradient_of_one_input_channel_takes_blas_from_32_output_channels():
+    """A first layer (one input channel) whose rows are not whole vectors: im2col + BLAS from
+    KGRAD_ONE_CHANNEL_GEMM_MIN output channels (only auto), the shifted copies below it, the row tiles on rows of
+    whole vectors (benchmarks/results/methods_one_channel.md)."""
+    M = _methods
+    if not M.FAST:
+        pytest.skip("the baseline build takes BLAS for these layers")
+
+    def choose(C_in, C_out, H, dtype, method="auto"):
+        return M.kernel_gradient(method, M.Geometry(64, C_in, C_out, H, H, 3, 3, H, H, 1, 1, (1,) * 4),
+                                 np.dtype(dtype))
+
+    for dtype in (np.float32, np.float64):
+        lanes = M.KGRAD_LANES[np.dtype(dtype)]
+        for C_out in (32, 64, 128):
+            assert choose(1, C_out, 14, dtype) is M.Method.GEMM, (C_out, dtype)
+            assert choose(1, C_out, 4 * lanes, dtype) is M.Method.ROW_TILES, (C_out, dtype)
+            assert choose(1, C_out, 14, dtype, "direct") in (M.Method.WIDE, M.Method.SHIFTED)
+        assert choose(1, 16, 14, dtype) is M.Method.SHIFTED, dtype
+        assert choose(3, 32, 14, dtype) is not M.Method.GEMM, dtype
+    assert choose(1, 32, 28, np.float32) is M.Method.GEMM  # the MNIST CNN's first layer
+
+
 def test_auto_takes_channel_vectors_for_kernel_gradients_they_suit(monkeypatch):
     """Small maps (a ResNet's later stages), strides, and many channels on larger float32 maps; not one or few
     input channels, 1x1 kernels, or channels that are not whole tiles. Among the direct kernels: auto asks
