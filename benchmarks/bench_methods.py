@@ -6,7 +6,7 @@ PyTorch beside them when it is installed. All peers of one operation are checked
 timed round-robin (``_common.interleaved``). 'auto/best' > 1 means auto's choice is slower than the fastest
 method: the rule to look at. Only ratios within a row mean anything on a shared machine.
 
-    python benchmarks/bench_methods.py [--layers resnet|cnn|suite|one_channel] [--threads 1,2]
+    python benchmarks/bench_methods.py [--layers resnet|cnn|suite|one_channel|kgrad_channels] [--threads 1,2]
                                        [--dtypes float32,float64] [--ops forward,input_grad,kernel_grad]
                                        [--clock cpu] [--out OUT]
 """
@@ -44,6 +44,10 @@ LAYERS = {
     # are not whole vectors
     "one_channel": [(f"1->{C_out} {H}x{H}", 64, 1, C_out, H, 3, 1, 1) for C_out in (16, 32, 64, 128)
                     for H in (14, 28)],
+    # the kernel gradient's channel-vector tiles against the other direct kernels and Winograd: 8 to 64 channels
+    # on maps of 28 and 56
+    "kgrad_channels": [(f"{C_in}->{C_out} {H}x{H}", 64 if H == 28 else 16, C_in, C_out, H, 3, 1, 1)
+                       for C_in, C_out in ((8, 16), (8, 32), (16, 16), (16, 32), (32, 32), (32, 64)) for H in (28, 56)],
     # bench_ops.py's 3x3 rows of issue 20 (valid convolutions)
     "suite": [(f"{C_in}->{C_out} {H}x{H}", N, C_in, C_out, H, K, 1, 0)
               for N, C_in, C_out, H, K in bench_ops.ISSUE20_SHAPES],

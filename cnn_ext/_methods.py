@@ -63,13 +63,13 @@ CHANNELS_KGRAD_MAX_KW = tiled.channel_kgrad_max_kw()  # the kernel gradient's ti
 CHANNELS_MIN_REDUCTION = 64  # C_in*KH*KW (dX: C_out*KH*KW) from which the channel-vector tiles are full enough
 # builds with 32 vector registers (AVX-512): the channel-vector tiles hold 24 accumulators and win on maps of
 # any size once the reduction (C_in*KH*KW, dX's C_out*KH*KW) reaches CHANNELS_MIN_REDUCTION, also against
-# Winograd in float32; the kernel gradient's two-vector tiles of 12 taps win on maps > CHANNELS_MAX_PIXELS from
-# C_in*C_out = 1024, its one-vector tiles of 24 taps on any (float32; float64 up to 1024 pixels, past which the
-# per-sample slabs outgrow L2). Tiles of 6 taps (AVX2) win only on small maps and strides, in float32
-# (benchmarks/results/methods.md)
+# Winograd in float32; the kernel gradient's tiles (two vectors x 12 taps, one vector x 24) win on maps >
+# CHANNELS_MAX_PIXELS from C_in*C_out = 128 in both dtypes, the smallest measured (float64 on maps up to 56x56,
+# the largest measured: the per-sample slabs grow past L2). Tiles of 6 taps (AVX2) win only on small maps and
+# strides, in float32 (benchmarks/results/methods.md, methods_kgrad_channels.md)
 CHANNELS_WIDE = tiled.channel_kgrad_taps() >= 12
-CHANNELS_KGRAD_LARGE = 1024
-CHANNELS_KGRAD_F64_MAX_PIXELS = 1024
+CHANNELS_KGRAD_LARGE = 128
+CHANNELS_KGRAD_F64_MAX_PIXELS = 56 * 56
 WIDE_IB = 32  # input channels per block of the wide-row kernel: its slab rows stay in L2
 SHIFT_TAPS = 144  # float32 channels x taps per block of the shifted kernel: a block's streams stay in L1
 SHIFT_MAX_REDUCTION = 64  # C_in*KH*KW up to which the shifted copies win whatever the kernel
@@ -91,16 +91,19 @@ WINOGRAD_TILE = 4  # F(4x4, 3x3): 4x fewer multiplications than direct, F(2x2) o
 WINOGRAD_ERROR_BOUND = {2: 5e-6, 4: 3e-5}
 WINOGRAD_MAX_C_IN = 128  # channels up to which the bound was measured: auto stays within them
 WINOGRAD_MIN_CHANNELS = 1024  # C_in*C_out from which auto takes winograd (16x32 layers: the transforms dominate)
-# the kernel gradient's from 16x32 layers on (its direct kernels lose more to the transformed products; smaller
-# layers were not measured), both from benchmarks/results/winograd_range.md
-WINOGRAD_MIN_CHANNELS_KGRAD = 512
+# the kernel gradient's: from 16x32 layers on where its direct kernels are the pixel tiles (AVX2), from 32x64
+# where the channel-vector tiles take large maps (AVX-512: they scale better on 2 threads, Winograd won on 1),
+# from benchmarks/results/winograd_range.md and methods_kgrad_channels.md
+WINOGRAD_MIN_CHANNELS_KGRAD = 2048 if CHANNELS_WIDE else 512
 WINOGRAD_MIN_MAP = 12  # output rows and columns from which it does (the smallest maps of the measured rows)
 # below WINOGRAD_LARGE_MAP rows or columns, edge tiles and transforms weigh more: on 14x14 maps 32x64 layers lost
 # to the direct kernels in both dtypes, 64x64 in float32 only (benchmarks/results/winograd_range.md)
 WINOGRAD_LARGE_MAP = 24
 WINOGRAD_MIN_CHANNELS_SMALL_MAP = {np.dtype(np.float32): 8192, np.dtype(np.float64): 4096}
-# the kernel gradient's: in float64 its direct kernels kept 64x64 and 64x128 layers on 14x14 maps
-WINOGRAD_MIN_CHANNELS_SMALL_MAP_KGRAD = {np.dtype(np.float32): 8192, np.dtype(np.float64): 16384}
+# the kernel gradient's: the channel-vector kernels kept 64x64 and 64x128 layers on 14x14 maps in float64, and in
+# float32 too where they have 32 registers
+WINOGRAD_MIN_CHANNELS_SMALL_MAP_KGRAD = {np.dtype(np.float32): 16384 if CHANNELS_WIDE else 8192,
+                                         np.dtype(np.float64): 16384}
 WINOGRAD_BLOCK_BYTES = 2 << 20  # V and M of one block of tiles: wide enough products, yet within L3 beside BLAS
 NCHUNK = 16  # batch reductions run over this many chunks summed in order: the same sums on any thread count
 # a kernel gradient's chunk is what a Ctrl-C waits for (one kernel call on a busy machine): long calls get more

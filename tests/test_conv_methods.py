@@ -286,7 +286,10 @@ def test_auto_takes_channel_vectors_for_kernel_gradients_they_suit(monkeypatch):
         assert (choose(64, 64, 28, 3, 1, 1, dtype) is M.Method.CHANNELS) == wide, dtype
         for layer in ((1, 32, 28, 3, 1, 1), (4, 32, 28, 3, 1, 1), (16, 32, 28, 1, 2, 0), (32, 20, 14, 3, 1, 1)):
             assert choose(*layer, dtype) is not M.Method.CHANNELS, (layer, dtype)
-    assert choose(64, 64, 56, 3, 1, 1, np.float64) is not M.Method.CHANNELS  # large float64 maps: slabs past L2
+    assert choose(64, 64, 64, 3, 1, 1, np.float64) is not M.Method.CHANNELS  # float64 maps past 56x56: slabs past L2
+    for dtype in (np.float32, np.float64):  # from 8x16 channels on larger maps (methods_kgrad_channels.md)
+        for layer in ((8, 16, 28, 3, 1, 1), (16, 32, 28, 3, 1, 1), (16, 32, 56, 3, 1, 1), (32, 32, 56, 3, 1, 1)):
+            assert (choose(*layer, dtype) is M.Method.CHANNELS) == wide, (layer, dtype)
     assert choose(64, 64, 14, 3, 2, 1) is M.Method.CHANNELS
     # output channels in whole vectors, not whole pairs: one-vector tiles of 24 taps, with 32 registers only
     pair, lanes = M.TILES[np.dtype(np.float32)]["channels"], M.TILES[np.dtype(np.float32)]["lanes"]
