@@ -2,13 +2,14 @@
 """Fused element-wise activations, input gradients and Adam's update over flat C-contiguous arrays (one pass, no
 temporaries).
 
-cnn_ext/layers/activations.py and cnn_ext/optim.py pick this path (C-contiguous, aligned arrays of one float
-dtype, large enough to pay) and allocate the outputs; each `def` here takes 1-D memoryviews, releases the GIL and never raises. The n elements
-are cut into num_threads contiguous chunks whose bounds are multiples of 64 elements (no cache line written by two
-threads); every element gets the same expression whatever its chunk, so results do not depend on the thread count.
-Each expression repeats, operation for operation and in the array's own precision, the NumPy formula it replaces,
-so results are bitwise NumPy's (NaN propagation and signed zeros included). That relies on no FMA contraction:
-build this module for the baseline ISA only (x86-64 has no FMA there), never with -mfma or -ffast-math.
+cnn_ext/layers/activations.py and cnn_ext/optim.py pick this path (C-contiguous, aligned arrays of one float dtype,
+large enough to pay) and allocate the outputs; each `def` here takes 1-D memoryviews, releases the GIL and never
+raises. The n elements are cut into num_threads contiguous chunks whose bounds are multiples of 64 elements (no
+cache line written by two threads); every element gets the same expression whatever its chunk, so results do not
+depend on the thread count. Each expression repeats, operation for operation and in the array's own precision, the
+NumPy formula it replaces, so results are bitwise NumPy's (NaN propagation and signed zeros included). That relies
+on no FMA contraction: build this module for the baseline ISA only (x86-64 has no FMA there), never with -mfma or
+-ffast-math.
 """
 from cython cimport floating
 from cython.parallel cimport prange
@@ -126,7 +127,8 @@ cdef void _adam_part(floating* p, const floating* g, floating* m, floating* v, P
 
 
 # ---------------------------------------------------------------------------------------------------
-# Public typed entry points (called by cnn_ext.layers only); every array has the same length and dtype
+# Public typed entry points (called by cnn_ext.layers and cnn_ext.optim only); every array has the same
+# length and dtype
 # ---------------------------------------------------------------------------------------------------
 
 def relu_forward(const floating[::1] x,   # IN  (n,)

@@ -640,11 +640,10 @@ cdef void _kgrad_cv_chunks(const floating* dy, const floating* x, floating* part
     cdef Py_ssize_t lanes = CNN_EXT_LANES_F if floating is float else CNN_EXT_LANES_D
     cdef Py_ssize_t JW = lanes if one else CNN_EXT_CJV * lanes
     cdef Py_ssize_t C_out = g.C_out, P = g.OH * g.OW, nrows = g.C_in * g.KH, NB = _cvk_rows(g.KW, one)
-    cdef Py_ssize_t plane = Hp * Wp, xs = g.C_in * g.H * g.W, c, n, t, j, p, j0, row0
+    cdef Py_ssize_t plane = Hp * Wp, xs = g.C_in * g.H * g.W, c, n, t, j0, row0
     cdef floating* xp = scratch
     cdef floating* dyT = scratch + g.C_in * plane + Wp
     cdef floating* pk
-    cdef const floating* d
     _zero_slab(scratch, nscratch)  # the padding and the zero row stay zero: the copies write the interior
     for c in range(c0, c1):
         pk = partial + c * size
