@@ -426,7 +426,7 @@ class Adam(Optimizer):
         state["t"] += 1
         t = state["t"]
         d = self._decayed(p, g, state)
-        threads = fused_threads((p, d, m, v)) if p.flags.writeable else 0
+        threads = fused_threads((p, d, m, v))  # step() has refused read-only parameters
         if threads:  # one pass over the four arrays, the same roundings as the NumPy sequence below
             _elementwise.adam_update(p.reshape(-1), d.reshape(-1), m.reshape(-1), v.reshape(-1), b1, b2,
                                      1.0 / math.sqrt(1.0 - b2 ** t), self.eps, self.lr / (1.0 - b1 ** t), threads)

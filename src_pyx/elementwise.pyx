@@ -116,7 +116,7 @@ cdef void _adam(floating* p, const floating* g, floating* m, floating* v, Py_ssi
         else:
             q = sqrt(vi)
         q = mi / (q * scale + eps)               # buf = sqrt(v); buf *= scale; buf += eps; buf = m / buf
-        p[i] = p[i] - step * q                   # p -= step * buf (axpy with a = -step)
+        p[i] = p[i] - step * q                   # buf *= step; p -= buf
 
 
 cdef void _adam_part(floating* p, const floating* g, floating* m, floating* v, Py_ssize_t n, Py_ssize_t t,

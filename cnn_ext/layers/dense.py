@@ -139,8 +139,8 @@ class Dense(ParamLayer):
         rule = grad_rule(dE_dY)
         dy = _checks.contiguous(self._grad_output(dE_dY, self.dtype), self.dtype)  # a plain, aligned array
         dB = dy.sum(axis=0) if rule == EXACT else batch_mean(dy)
-        # float64: products split over the kernels' threads (_matmul); float32: dW in one sgemm (splitting its
-        # few output columns repacks x per block), dX split (its n_in columns make blocks that pay on 1 thread too)
+        # float64: products split over the kernels' threads (_matmul); float32: dW in one sgemm (its column blocks
+        # each repack x: slower on 1 thread), dX split (its n_in columns make blocks that pay on 1 thread too)
         dW = _matmul(x, dy, trans_a=True) if self.dtype == np.float64 else x.T @ dy
         grads = Gradients(rule, ("dB",), {"dW": dW, "dB": dB})
         if need_dX:

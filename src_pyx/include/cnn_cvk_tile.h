@@ -103,47 +103,54 @@ static inline Py_ssize_t cnn_ext_cvk_rows(Py_ssize_t KW, int one) {
     return one ? CNN_EXT_CVK_ROWS(KW, 2 * CNN_EXT_CVK_TAPS) : CNN_EXT_CVK_ROWS(KW, CNN_EXT_CVK_TAPS);
 }
 
-/* dT[p*C + j] = d[j*P + p] (a sample's dE_dY to channels last): 8 x 8 blocks through registers where the build
- * has 8-float vectors (channels [0, j8) of pixels [0, p8)), the rest one value at a time, dT's rows in turn */
-#define CNN_EXT_DEFINE_TRANSPOSE(NAME, T, BLOCK)                                                      \
-static void NAME(const T* d, T* dT, Py_ssize_t C, Py_ssize_t P) {                                    \
-    Py_ssize_t p, j, j8 = 0, p8 = 0;                                                                 \
-    BLOCK                                                                                            \
-    for (p = 0; p < P; p++)                                                                          \
-        for (j = (p < p8 ? j8 : 0); j < C; j++)                                                      \
-            dT[p * C + j] = d[j * P + p];                                                            \
+/* dT[p*C + j] = d[j*P + p] (a sample's dE_dY to channels last), one value at a time, dT's rows in turn: every
+ * channel of the pixels from p8 on, and the channels from j8 on of those before (the rest done in blocks) */
+#define CNN_EXT_DEFINE_TRANSPOSE_REST(NAME, T)                                                          \
+static inline void NAME(const T* d, T* dT, Py_ssize_t C, Py_ssize_t P, Py_ssize_t j8, Py_ssize_t p8) { \
+    Py_ssize_t p, j;                                                                                   \
+    for (p = 0; p < P; p++)                                                                            \
+        for (j = (p < p8 ? j8 : 0); j < C; j++)                                                        \
+            dT[p * C + j] = d[j * P + p];                                                              \
 }
+CNN_EXT_DEFINE_TRANSPOSE_REST(cnn_ext_transpose_rest_f, float)
+CNN_EXT_DEFINE_TRANSPOSE_REST(cnn_ext_transpose_rest_d, double)
+
+static void cnn_ext_transpose_d(const double* d, double* dT, Py_ssize_t C, Py_ssize_t P) {
+    cnn_ext_transpose_rest_d(d, dT, C, P, 0, 0);
+}
+
+/* float32: 8 x 8 blocks through registers where the build has 8-float vectors */
+static void cnn_ext_transpose_f(const float* d, float* dT, Py_ssize_t C, Py_ssize_t P) {
+    Py_ssize_t j8 = 0, p8 = 0;
 #if defined(CNN_EXT_SHUFFLE) && CNN_EXT_VEC_BYTES >= 32
 #define CNN_EXT_SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
-#define CNN_EXT_TRANSPOSE_8X8                                                                          \
-    j8 = C / 8 * 8;                                                                                  \
-    p8 = P / 8 * 8;                                                                                  \
-    for (j = 0; j < j8; j += 8)                                                                      \
-        for (p = 0; p < p8; p += 8) {                                                                \
-            cnn_ext_vf8 r[8], t[8], u[8];                                                            \
-            int i;                                                                                   \
-            for (i = 0; i < 8; i++)                                                                  \
-                r[i] = *(const cnn_ext_vf8*)(d + (j + i) * P + p);                                   \
-            for (i = 0; i < 8; i += 2) { /* pairs of rows interleaved: elements 0 1 4 5, then 2 3 6 7 */ \
-                t[i] = CNN_EXT_SHUF(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);                       \
-                t[i + 1] = CNN_EXT_SHUF(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);                 \
-            }                                                                                        \
-            for (i = 0; i < 8; i += 4) { /* quads of rows: columns (0, 4), (1, 5), (2, 6), (3, 7) */  \
-                u[i] = CNN_EXT_SHUF(t[i], t[i + 2], 0, 1, 8, 9, 4, 5, 12, 13);                       \
-                u[i + 1] = CNN_EXT_SHUF(t[i], t[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);                 \
-                u[i + 2] = CNN_EXT_SHUF(t[i + 1], t[i + 3], 0, 1, 8, 9, 4, 5, 12, 13);               \
-                u[i + 3] = CNN_EXT_SHUF(t[i + 1], t[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);             \
-            }                                                                                        \
-            for (i = 0; i < 4; i++) { /* column i from u[i] and u[i + 4], column i + 4 likewise */    \
-                *(cnn_ext_vf8*)(dT + (p + i) * C + j) = CNN_EXT_SHUF(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11); \
-                *(cnn_ext_vf8*)(dT + (p + i + 4) * C + j) =                                           \
-                    CNN_EXT_SHUF(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);                        \
-            }                                                                                        \
+    Py_ssize_t j, p;
+    j8 = C / 8 * 8;
+    p8 = P / 8 * 8;
+    for (j = 0; j < j8; j += 8)
+        for (p = 0; p < p8; p += 8) {
+            cnn_ext_vf8 r[8], t[8], u[8];
+            int i;
+            for (i = 0; i < 8; i++)
+                r[i] = *(const cnn_ext_vf8*)(d + (j + i) * P + p);
+            for (i = 0; i < 8; i += 2) {  /* pairs of rows interleaved: elements 0 1 4 5, then 2 3 6 7 */
+                t[i] = CNN_EXT_SHUF(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+                t[i + 1] = CNN_EXT_SHUF(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+            }
+            for (i = 0; i < 8; i += 4) {  /* quads of rows: columns (0, 4), (1, 5), (2, 6), (3, 7) */
+                u[i] = CNN_EXT_SHUF(t[i], t[i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+                u[i + 1] = CNN_EXT_SHUF(t[i], t[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+                u[i + 2] = CNN_EXT_SHUF(t[i + 1], t[i + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+                u[i + 3] = CNN_EXT_SHUF(t[i + 1], t[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+            }
+            for (i = 0; i < 4; i++) {  /* column i from u[i] and u[i + 4], column i + 4 likewise */
+                *(cnn_ext_vf8*)(dT + (p + i) * C + j) = CNN_EXT_SHUF(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+                *(cnn_ext_vf8*)(dT + (p + i + 4) * C + j) = CNN_EXT_SHUF(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+            }
         }
-#else
-#define CNN_EXT_TRANSPOSE_8X8
+#undef CNN_EXT_SHUF
 #endif
-CNN_EXT_DEFINE_TRANSPOSE(cnn_ext_transpose_f, float, CNN_EXT_TRANSPOSE_8X8)
-CNN_EXT_DEFINE_TRANSPOSE(cnn_ext_transpose_d, double, )
+    cnn_ext_transpose_rest_f(d, dT, C, P, j8, p8);
+}
 
 #endif  /* CNN_EXT_CVK_TILE_H */
