@@ -2,6 +2,7 @@
 from ._version import __version__
 from ._compat import get_buffer_reuse, set_buffer_reuse
 from ._info import show_config
+from ._memory import keep_freed_memory
 from ._threads import get_num_threads, set_num_threads
 from .ops import (
     conv2d_bias_gradient,
@@ -54,6 +55,7 @@ __all__ = [
     "conv2d_output_shape",
     "get_buffer_reuse",
     "get_num_threads",
+    "keep_freed_memory",
     "set_buffer_reuse",
     "set_num_threads",
     "show_config",

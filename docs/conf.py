@@ -116,6 +116,7 @@ GROUPS = {  # the defining module of an exported name -> its section title
     "cnn_ext._threads": "Threads and configuration",
     "cnn_ext._info": "Threads and configuration",
     "cnn_ext._compat": "Threads and configuration",
+    "cnn_ext._memory": "Threads and configuration",
 }
 
 
