@@ -15,6 +15,10 @@ global average pooling, Dropout, Dense) runs in training mode in both peers (bat
 its PyTorch twin gets cnn_ext's state_dict, and before timing the logits in evaluation mode and the whole
 state after one Adam step are checked to agree.
 
+--network loop trains the CNN with its layers called one by one, as the tutorial's train loop calls them (the
+loss gradient passed on as cnn_ext.exact, Adam on the per-layer dicts): nothing holds the BLAS threads between
+the calls, as in a user's own loop. Its gradients are checked to be Network.backward's, bitwise.
+
     CNN_EXT_DATA=../shared/data/mnist python benchmarks/bench_mnist_cnn.py            # 2 threads
     python benchmarks/bench_mnist_cnn.py --threads 1,2 --quick --network both
 """
@@ -31,7 +35,7 @@ import _report
 from _common import torch
 
 import cnn_ext
-from cnn_ext import Adam, softmax_cross_entropy
+from cnn_ext import Adam, exact, softmax_cross_entropy
 
 sys.path.insert(0, os.path.join(C._ROOT, "examples"))
 from train_mnist_cnn import build_network  # noqa: E402  (the example's network, so both measure the same one)
@@ -83,6 +87,25 @@ def cnn_ext_step(state, x, y):
     net, opt = state
     _, dE_dY = softmax_cross_entropy(net.forward(x), y)
     opt.step(net, net.backward(dE_dY))
+
+
+def layer_loop_grads(net, x, y):
+    """Network.forward / backward's gradients with the layers called one by one, as the tutorial's train loop calls
+    them (a user's loop outside any Network: nothing holds the BLAS threads between the calls)."""
+    a = x
+    for layer in net.layers:
+        a = layer.forward(a)
+    _, g = softmax_cross_entropy(a, y)
+    grads = [None] * len(net.layers)
+    for i in reversed(range(len(net.layers))):
+        grads[i] = net.layers[i].backward(g)
+        g = exact(grads[i]["dX"]) if i else None
+    return grads
+
+
+def cnn_ext_loop_step(state, x, y):
+    net, opt = state
+    opt.step(net, layer_loop_grads(net, x, y))
 
 
 def torch_step(state, x, y):
@@ -153,6 +176,17 @@ def make_torch_resnet(net):
     return model, torch.optim.Adam(model.parameters(), lr=1e-3)
 
 
+def check_same_loop(batch):
+    """The layer loop's gradients are Network.backward's, bitwise."""
+    x, y = batch
+    net = build_network(seed=0)
+    theirs = net.backward(softmax_cross_entropy(net.forward(x), y)[1])
+    for i, (mine, ref) in enumerate(zip(layer_loop_grads(net, x, y), theirs)):
+        for key in ref:
+            if key != "dX":
+                np.testing.assert_array_equal(mine[key], ref[key], err_msg=f"layer loop: layer {i} {key} differs")
+
+
 def check_same_resnet(batch):
     """Evaluation-mode logits, and every weight and buffer after one training-mode SGD step, agree (SGD, not
     Adam: the convolution biases before a BatchNorm have a zero gradient, whose rounding noise Adam's first step
@@ -180,19 +214,21 @@ def make_steppers(batches, network="cnn"):
         data = itertools.cycle(data)
         return lambda: step(state, *next(data))
 
-    net = build_network(seed=0) if network == "cnn" else build_resnet(seed=0)
-    steppers = {"cnn_ext": stepper(cnn_ext_step, (net, Adam(1e-3)), batches)}
+    net = build_resnet(seed=0) if network == "resnet" else build_network(seed=0)
+    steppers = {"cnn_ext": stepper(cnn_ext_loop_step if network == "loop" else cnn_ext_step, (net, Adam(1e-3)),
+                                   batches)}
     if torch is not None:
         tb = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]
-        steppers["torch"] = stepper(torch_step, make_torch(net) if network == "cnn" else make_torch_resnet(net), tb)
+        steppers["torch"] = stepper(torch_step, make_torch_resnet(net) if network == "resnet" else make_torch(net), tb)
     return steppers
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=lambda s: C.parse_list(s, int), default=[2])
-    ap.add_argument("--network", choices=("cnn", "resnet", "both"), default="cnn",
-                    help="the small CNN (train_mnist_cnn.py), the ResNet (train_resnet.py) or both")
+    ap.add_argument("--network", choices=("cnn", "loop", "resnet", "both"), default="cnn",
+                    help="the small CNN (train_mnist_cnn.py), the same CNN trained by a loop that calls its layers "
+                         "one by one, the ResNet (train_resnet.py), or both the CNN and the ResNet")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=None, help="samples per peer (default 7; 3 with --quick)")
     ap.add_argument("--min-time", type=float, default=None, help="seconds per sample (default 0.5; 0.2 quick)")
@@ -206,7 +242,8 @@ def main(argv=None):
     batches, what = load_batches(args.batch_size, 16)
     steps_per_epoch = -(-TRAIN_SIZE // args.batch_size)
     networks = ("cnn", "resnet") if args.network == "both" else (args.network,)
-    titles = {"cnn": "small MNIST CNN", "resnet": "small ResNet with BatchNorm (train_resnet.py, width 16)"}
+    titles = {"cnn": "small MNIST CNN", "loop": "small MNIST CNN, its layers called one by one (no Network)",
+              "resnet": "small ResNet with BatchNorm (train_resnet.py, width 16)"}
 
     result = _report.new_result(f"{' and '.join(titles[n] for n in networks)}, one epoch: cnn_ext vs PyTorch "
                                 f"(float32, Adam, batch {args.batch_size})", level=1,
@@ -215,8 +252,10 @@ def main(argv=None):
         result["intro"] = "PyTorch is not installed: only cnn_ext is timed."
     else:
         with C.threads(max(args.threads)):
-            if "cnn" in networks:
+            if "cnn" in networks or "loop" in networks:
                 check_same_model(batches[0])
+            if "loop" in networks:
+                check_same_loop(batches[0])
             if "resnet" in networks:
                 check_same_resnet(batches[0])
         result["intro"] = ("Checked before timing: the same logits, loss and parameter gradients in both peers (the "

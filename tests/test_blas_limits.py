@@ -3,8 +3,10 @@ and leaves them as it found them (threadpoolctl >= 3.8 lets only one "controllin
 process-wide OpenBLAS pool: a control kept by cnn_ext made its limits silently fail in other threads)."""
 import threading
 
+import numpy as np
 import pytest
 
+from cnn_ext import Dense
 from cnn_ext._threads import _blas_libraries, blas_single_thread
 
 
@@ -78,3 +80,23 @@ def test_overlapping_threads_restore_the_original_count(two_blas_threads):
     a.start(), b.start()
     a.join(), b.join()
     assert _counts() == [2] * len(_counts())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dense_products_run_with_blas_held_to_one_thread(two_blas_threads, monkeypatch, dtype):
+    # outside a Network: OpenBLAS's own threads, left spinning after a product, would stall the next kernel's
+    seen, matmul = [], np.matmul
+
+    def spy(*args, **kwargs):
+        seen.append(_counts())
+        return matmul(*args, **kwargs)
+
+    monkeypatch.setattr(np, "matmul", spy)
+    layer = Dense(300, 40, seed=0, dtype=dtype)  # too small for column blocks: each product is one np.matmul
+    x = np.random.default_rng(0).standard_normal((16, 300)).astype(dtype)
+    y = layer.forward(x)
+    grads = layer.backward(np.ones_like(y))
+    assert len(seen) == 3  # y, dW and dX
+    assert all(counts == [1] * len(counts) for counts in seen), seen
+    assert _counts() == [2] * len(_counts())  # and given back after
+    np.testing.assert_allclose(grads["dW"], x.T @ np.ones_like(y), rtol=1e-5)

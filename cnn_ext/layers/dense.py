@@ -26,15 +26,19 @@ _MAX_BLOCKS = 4
 _WORK_FACTOR = 5  # a product splits only from 5x the work per thread of a convolution (BLAS calls cost more)
 
 
-def _matmul(a, b, trans_a=False, trans_b=False):
-    """op(a) @ op(b) for arrays of one float dtype: large products in column blocks over the kernels' threads."""
+def _matmul(a, b, trans_a=False, trans_b=False, split=True):
+    """op(a) @ op(b) for arrays of one float dtype, with BLAS held to one thread: large products (split) in column
+    blocks over the kernels' threads, others in one BLAS call. One threading layer at a time, as in the kernels:
+    OpenBLAS's own threads keep spinning after a call and stall the next kernel's threads (in a loop that calls
+    the layers itself, outside a Network)."""
     M = a.shape[1] if trans_a else a.shape[0]
     K = a.shape[0] if trans_a else a.shape[1]
     N = b.shape[0] if trans_b else b.shape[1]
-    nblk = 1 if max(M, N, K) > _checks.INT_MAX else min(_MAX_BLOCKS, N // _BLOCK_COLS,
-                                                         M * N * K // (_threads.MIN_WORK_PER_THREAD * _WORK_FACTOR))
+    nblk = 1 if max(M, N, K) > _checks.INT_MAX or not split else min(
+        _MAX_BLOCKS, N // _BLOCK_COLS, M * N * K // (_threads.MIN_WORK_PER_THREAD * _WORK_FACTOR))
     if nblk <= 1 or a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
-        return (a.T if trans_a else a) @ (b.T if trans_b else b)
+        with blas_single_thread():
+            return np.matmul(a.T if trans_a else a, b.T if trans_b else b)
     c = np.empty((M, N), dtype=a.dtype)
     with blas_single_thread():
         _dense.matmul(np.ascontiguousarray(a), np.ascontiguousarray(b), c, trans_a, trans_b, nblk,
@@ -128,7 +132,7 @@ class Dense(ParamLayer):
             raise self._shape_error("x", f"(N, {self.n_in or 'n_in'})", x.shape)
         # aligned for BLAS: NumPy's matmul takes its own loops, with other rounding, on misaligned data
         x = np.asarray(_checks.contiguous(x, self.dtype))
-        y = _matmul(x, self.w) if self.dtype == np.float64 else x @ self.w
+        y = _matmul(x, self.w)
         y += self.b  # y is ours: add in place instead of allocating x @ w + b
         self._x, self._y_shape = x, y.shape
         return y
@@ -139,9 +143,9 @@ class Dense(ParamLayer):
         rule = grad_rule(dE_dY)
         dy = _checks.contiguous(self._grad_output(dE_dY, self.dtype), self.dtype)  # a plain, aligned array
         dB = dy.sum(axis=0) if rule == EXACT else batch_mean(dy)
-        # float64: products split over the kernels' threads (_matmul); float32: dW in one sgemm (its column blocks
-        # each repack x: slower on 1 thread), dX split (its n_in columns make blocks that pay on 1 thread too)
-        dW = _matmul(x, dy, trans_a=True) if self.dtype == np.float64 else x.T @ dy
+        # float64: products split over the kernels' threads; float32: dW in one sgemm (its column blocks each repack
+        # x: slower on 1 thread), dX split (its n_in columns make blocks that pay on 1 thread too)
+        dW = _matmul(x, dy, trans_a=True, split=self.dtype == np.float64)
         grads = Gradients(rule, ("dB",), {"dW": dW, "dB": dB})
         if need_dX:
             grads["dX"] = _matmul(dy, self.w, trans_b=True)
