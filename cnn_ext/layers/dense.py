@@ -132,7 +132,7 @@ class Dense(ParamLayer):
             raise self._shape_error("x", f"(N, {self.n_in or 'n_in'})", x.shape)
         # aligned for BLAS: NumPy's matmul takes its own loops, with other rounding, on misaligned data
         x = np.asarray(_checks.contiguous(x, self.dtype))
-        y = _matmul(x, self.w)
+        y = _matmul(x, self.w, split=self.dtype == np.float64)  # float32: one sgemm, as dW (below)
         y += self.b  # y is ours: add in place instead of allocating x @ w + b
         self._x, self._y_shape = x, y.shape
         return y
@@ -143,8 +143,8 @@ class Dense(ParamLayer):
         rule = grad_rule(dE_dY)
         dy = _checks.contiguous(self._grad_output(dE_dY, self.dtype), self.dtype)  # a plain, aligned array
         dB = dy.sum(axis=0) if rule == EXACT else batch_mean(dy)
-        # float64: products split over the kernels' threads; float32: dW in one sgemm (its column blocks each repack
-        # x: slower on 1 thread), dX split (its n_in columns make blocks that pay on 1 thread too)
+        # float64: products split over the kernels' threads; float32: y and dW in one sgemm (their column blocks each
+        # repack x: slower on 1 thread), dX split (its n_in columns make blocks that pay on 1 thread too)
         dW = _matmul(x, dy, trans_a=True, split=self.dtype == np.float64)
         grads = Gradients(rule, ("dB",), {"dW": dW, "dB": dB})
         if need_dX:
