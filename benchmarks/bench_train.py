@@ -38,6 +38,9 @@ TARGET_MS = {np.float64: 2.5, np.float32: 1.5}  # on 2 threads
 # Diagnostic variant, not a peer and not judged: cnn_ext with NumPy's BLAS (its Dense layers) held to one thread
 # while the cnn_ext kernels use the row's threads: shows what one threading layer instead of two would give.
 DIAGNOSTIC = "cnn_ext·blas1"
+# The tutorial's own train loop (each layer's forward in turn, then each layer's backward and SGD update) run with
+# cnn_ext's layers, no Network: what the tutorial's script does after its imports change. Not judged either.
+LOOP = "cnn_ext·loop"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,6 +148,18 @@ def make_cnn_ext(dtype, seed=0):
 def cnn_ext_step(net, x, t):
     y = net.forward(x)
     net.update(LR, net.backward(cnn_ext.mse_loss(y, t)))
+
+
+def cnn_ext_loop_step(net, x, t):
+    y = x
+    for layer in net.layers:
+        y = layer.forward(y)
+    grad = cnn_ext.mse_loss(y, t)
+    for layer in reversed(net.layers):
+        grads = layer.backward(grad)
+        if layer.parameters():
+            layer.update(grads, LR)
+        grad = grads.get("dX")
 
 
 def params_of(net):
@@ -255,6 +270,10 @@ def check_same_step(dtype, batch, peers):
         tut = make_tutorial(params)
         tutorial_step(tut, x, t)
         others["tutorial"] = tutorial_params(tut)
+    if LOOP in peers:
+        loop = make_cnn_ext(dtype)
+        cnn_ext_loop_step(loop, x, t)
+        others[LOOP] = params_of(loop)
     if "torch" in peers:
         mo = make_torch(params, dtype)
         torch_step(mo, torch.from_numpy(x), torch.from_numpy(t))
@@ -300,6 +319,8 @@ def make_steppers(dtype, batches, peers):
     steppers["cnn_ext"] = cycling(cnn_ext_step, net, batches)
     if DIAGNOSTIC in peers:
         steppers[DIAGNOSTIC] = cycling(blas_held_to_one(cnn_ext_step), make_cnn_ext(dtype), batches)
+    if LOOP in peers:
+        steppers[LOOP] = cycling(cnn_ext_loop_step, make_cnn_ext(dtype), batches)
     if "torch" in peers:
         tb = [(torch.from_numpy(x), torch.from_numpy(t)) for x, t in batches]
         steppers["torch"] = cycling(torch_step, make_torch(params, dtype), tb)
@@ -342,8 +363,9 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="3 repeats of short samples (~30 s)")
     ap.add_argument("--dtypes", type=C.parse_list, default=["float64", "float32"])
     ap.add_argument("--threads", type=lambda s: C.parse_list(s, int), default=[1, 2])
-    ap.add_argument("--peers", type=C.parse_list, default=["cnn_ext", "torch", "tutorial", DIAGNOSTIC],
-                    help=f"comma-separated subset of cnn_ext, torch, tutorial and the diagnostic {DIAGNOSTIC}")
+    ap.add_argument("--peers", type=C.parse_list, default=["cnn_ext", "torch", "tutorial", DIAGNOSTIC, LOOP],
+                    help=f"comma-separated subset of cnn_ext, torch, tutorial and the diagnostics {DIAGNOSTIC} "
+                         f"and {LOOP}")
     ap.add_argument("--repeats", type=int, default=None, help="samples per peer (default 9; 3 with --quick)")
     ap.add_argument("--min-time", type=float, default=None, help="seconds per sample (default 0.2; 0.05 quick)")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
@@ -410,7 +432,8 @@ def main(argv=None):
                   "other processes kept busy meanwhile (a 2-thread result with load above ~0.3 is unreliable). "
                   f"'{DIAGNOSTIC}' is not a peer and not judged: cnn_ext with NumPy's BLAS (the Dense layers) held "
                   "to one thread while the cnn_ext kernels keep the row's threads, i.e. one threading layer "
-                  "instead of two.")
+                  f"instead of two. '{LOOP}' is not judged either: the tutorial's own train loop (each layer's "
+                  "forward, then each layer's backward and update) with cnn_ext's layers and no Network.")
     _report.add_table(result, None, header, rows)
     _report.add_text(result, f"Targets: {sum(v[2] for v in verdicts)} met, {sum(not v[2] for v in verdicts)} MISSED",
                      "\n".join(f"- {dname}, 2 threads, ≤ {bar} ms/step: {'met' if ok else 'MISSED'} — {ms:.2f} ms "

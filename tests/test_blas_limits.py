@@ -100,3 +100,26 @@ def test_dense_products_run_with_blas_held_to_one_thread(two_blas_threads, monke
     assert all(counts == [1] * len(counts) for counts in seen), seen
     assert _counts() == [2] * len(_counts())  # and given back after
     np.testing.assert_allclose(grads["dW"], x.T @ np.ones_like(y), rtol=1e-5)
+
+
+def test_a_layers_own_update_holds_blas_to_one_thread(two_blas_threads, monkeypatch):
+    # the tutorial's loop updates layer by layer: an axpy on OpenBLAS's threads left them spinning beside the kernels'
+    from cnn_ext.layers import base
+
+    seen = []
+
+    def spying(axpy):
+        def spy(*args, **kwargs):
+            seen.append(_counts())
+            return axpy(*args, **kwargs)
+        return spy
+
+    monkeypatch.setattr(base, "_AXPY", {k: spying(f) for k, f in base._AXPY.items()})
+    layer = Dense(300, 40, seed=0, dtype=np.float64)
+    w = layer.w.copy()
+    grads = layer.backward(np.ones_like(layer.forward(np.ones((4, 300)))))
+    layer.update(grads, 0.1)
+    assert len(seen) == 2  # w and b
+    assert all(counts == [1] * len(counts) for counts in seen), seen
+    assert _counts() == [2] * len(_counts())
+    np.testing.assert_allclose(layer.w, w - 0.1 * grads["dW"])

@@ -36,6 +36,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from scipy.linalg import blas as _blas
 
 from .. import _checks
+from .._threads import blas_single_thread
 
 if TYPE_CHECKING:
     from typing import TypeVar
@@ -287,8 +288,10 @@ class Layer:
         ``TypeError``, a NaN or infinite rate ``ValueError``, even for layers without parameters.
         """
         learning_rate = _checks.learning_rate(learning_rate, grads, type(self).__name__, "grads, learning_rate")
-        for p, g in self._grad_pairs(grads):
-            sgd_step(p, g, learning_rate)
+        pairs = self._grad_pairs(grads)
+        with blas_single_thread():  # axpy on OpenBLAS's own threads would leave them spinning beside the kernels'
+            for p, g in pairs:
+                sgd_step(p, g, learning_rate)
 
     def _grad_pairs(self, grads):
         """``[(parameter, gradient)]`` for an update, every key and shape checked before any parameter changes
