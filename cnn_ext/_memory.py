@@ -21,6 +21,8 @@ _INT_MAX = 2 ** 31 - 1
 
 def _int_arg(name, value, lo, hi):
     try:
+        if isinstance(value, bool):  # keep_freed_memory(True) would be a 1-byte threshold
+            raise TypeError
         value = operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an int (bytes), got {type(value).__name__}") from None

@@ -52,6 +52,7 @@ def test_freed_arrays_stay_in_the_process():
     (dict(mmap_threshold=1.5e6), TypeError, "mmap_threshold must be an int"),
     (dict(mmap_threshold="32M"), TypeError, "mmap_threshold must be an int"),
     (dict(trim_threshold=None), TypeError, "trim_threshold must be an int"),
+    (dict(mmap_threshold=True), TypeError, "mmap_threshold must be an int (bytes), got bool"),
     (dict(mmap_threshold=0), ValueError, "mmap_threshold must be in [1, "),
     (dict(mmap_threshold=_memory.MAX_MMAP_THRESHOLD + 1), ValueError, "mmap_threshold must be in [1, "),
     (dict(trim_threshold=-1), ValueError, "trim_threshold must be in [0, 2147483647]"),
