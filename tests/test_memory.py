@@ -13,6 +13,7 @@ import cnn_ext
 from cnn_ext import _memory
 
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+_OUTSIDE = os.path.dirname(os.path.abspath(sys.executable))  # not the checkout: `-c` imports from the cwd first
 
 # arrays of 6 MiB allocated and freed as a training step's are; minor page faults per round, after warm-up
 CHURN = textwrap.dedent("""
@@ -34,7 +35,8 @@ CHURN = textwrap.dedent("""
 
 def _faults_per_round(mode):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    done = subprocess.run([sys.executable, "-c", CHURN, mode], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", CHURN, mode], cwd=_OUTSIDE, env=env, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
