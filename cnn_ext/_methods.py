@@ -105,6 +105,10 @@ WINOGRAD_MIN_CHANNELS_SMALL_MAP = {np.dtype(np.float32): 8192, np.dtype(np.float
 WINOGRAD_MIN_CHANNELS_SMALL_MAP_KGRAD = {np.dtype(np.float32): 16384 if CHANNELS_WIDE else 8192,
                                          np.dtype(np.float64): 16384}
 WINOGRAD_BLOCK_BYTES = 2 << 20  # V and M of one block of tiles: wide enough products, yet within L3 beside BLAS
+# the kernel gradient's blocks: V and M at least this many times dU ((m+2)² x C_in x C_out), which every block's
+# products read and write; on 128x128 layers dU alone outweighs 2 MiB of tiles. float64 64x64 layers lost with
+# more than 3 (benchmarks/results/winograd_kgrad.md)
+WINOGRAD_KGRAD_DU_RATIO = {np.dtype(np.float32): 5, np.dtype(np.float64): 3}
 NCHUNK = 16  # batch reductions run over this many chunks summed in order: the same sums on any thread count
 # a kernel gradient's chunk is what a Ctrl-C waits for (one kernel call on a busy machine): long calls get more
 # chunks, of at most this many multiply-adds, as long as their partial sums fit MAX_PARTIAL_BYTES
@@ -361,20 +365,25 @@ def winograd_tile(g, dtype):
     return WINOGRAD_TILE
 
 
-def winograd_rows(g, dtype, m):
+def winograd_rows(g, dtype, m, kgrad=False):
     """Tile rows per block of the Winograd kernels: as many as V and M ((m+2)² x (C_in + C_out) x tiles) fit
-    WINOGRAD_BLOCK_BYTES, in whole samples when a sample fits (small maps: wider products); from the shape only,
-    so every block and product is the same on any thread count."""
+    WINOGRAD_BLOCK_BYTES (the kernel gradient's: or WINOGRAD_KGRAD_DU_RATIO times dU, if more), in whole samples
+    when a sample fits (small maps: wider products); from the shape only, so every block and product is the same
+    on any thread count."""
     TH, TW = -(-g.OH // m), -(-g.OW // m)
-    tiles = max(1, WINOGRAD_BLOCK_BYTES // ((m + 2) ** 2 * (g.C_in + g.C_out) * dtype.itemsize))
+    block = WINOGRAD_BLOCK_BYTES
+    if kgrad:
+        du = (m + 2) ** 2 * g.C_in * g.C_out * dtype.itemsize
+        block = max(block, WINOGRAD_KGRAD_DU_RATIO[np.dtype(dtype)] * du)
+    tiles = max(1, block // ((m + 2) ** 2 * (g.C_in + g.C_out) * dtype.itemsize))
     rows = min(max(1, tiles // TW), max(1, g.N) * TH)
     return rows // TH * TH if rows >= TH else rows
 
 
-def winograd_block_samples(g, dtype, m):
+def winograd_block_samples(g, dtype, m, kgrad=False):
     """Most samples per block of the Winograd kernels when blocks hold whole samples (the kernels cut a call's
     samples evenly into as few blocks as this allows), else 1."""
-    rows, TH = winograd_rows(g, dtype, m), -(-g.OH // m)
+    rows, TH = winograd_rows(g, dtype, m, kgrad), -(-g.OH // m)
     return rows // TH if rows >= TH else 1
 
 
@@ -384,7 +393,7 @@ def winograd_nchunk(g, dtype, m):
     blocks of a chunk, so fewer chunks cost no thread). As many chunks as it takes for each to be one block:
     with fewer, a chunk of one sample more than a block would end in a block of that one sample. From the
     shape only."""
-    blocks = -(-g.N // winograd_block_samples(g, dtype, m))
+    blocks = -(-g.N // winograd_block_samples(g, dtype, m, kgrad=True))
     return max(1, min(nchunk(g, dtype), max(blocks, -(-g.macs // CHUNK_MACS))))
 
 

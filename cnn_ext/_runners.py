@@ -256,7 +256,7 @@ def winograd_kernel_gradient(g, dtype, nt, m):
     """run(dy, x, dk): dK = (1/N) Σ_n xcorr(x[n], dE_dY[n]) by F(m x m, 3 x 3), in the fixed chunks of every
     kernel gradient; non-finite results are recomputed by im2col."""
     kernel, finite = _typed(winograd.conv2d_kernel_gradient_winograd, dtype), _typed(tiled.all_finite, dtype)
-    rows = M.winograd_rows(g, dtype, m)
+    rows = M.winograd_rows(g, dtype, m, kgrad=True)
     size = winograd.winograd_scratch_size(g.C_in, g.C_out, g.OH, g.OW, m, rows, True)
     gg = WINOGRAD_GG[m].astype(dtype)
     top, _, left, _ = g.pads

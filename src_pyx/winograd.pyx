@@ -495,7 +495,7 @@ def conv2d_kernel_gradient_winograd(const floating[:, :, :, ::1] dy,     # IN  (
     if N == 0:
         partial[:, :] = 0
         return
-    if nparts == 1:
+    if num_threads <= 1:  # not nparts == 1: the threads of one chunk share its blocks (below)
         with nogil:
             _kgrad_chunks(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &gg[0, 0], &partial[0, 0], &g, c_lo, c_hi, nchunk, N,
                           &scratch[0, 0])

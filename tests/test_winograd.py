@@ -138,19 +138,64 @@ def test_kernel_gradient_chunks_are_the_same_whole_or_shared(dtype, tile):
     assert_allclose(dk, einsum_kernel_gradient(dy, x, 3, 3, pad=(1, 1, 1, 1)), **tol(dtype))
 
 
+def test_a_kernel_gradient_of_one_chunk_runs_on_every_thread(tile):
+    """One chunk (a batch that is one block, or one chunk per call of a long call) is not run serially: the
+    threads share its blocks, each with its own scratch row for the transforms."""
+    N, C_in, C_out, H, m, rows = 4, 32, 32, 16, tile, 1
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((N, C_in, H, H)).astype(np.float32)
+    dy = rng.standard_normal((N, C_out, H, H)).astype(np.float32)
+    kernel = _runners._typed(_runners.winograd.conv2d_kernel_gradient_winograd, np.float32)
+    size = _runners.winograd.winograd_scratch_size(C_in, C_out, H, H, m, rows, True)
+    gg = _runners.WINOGRAD_GG[m].astype(np.float32)
+    serial = np.empty((1, C_out * C_in * 9), np.float32)
+    kernel(dy, x, serial, np.empty((1, size), np.float32), gg, m, rows, 1, 1, 1)
+    for _ in range(20):  # thread 1 takes part unless thread 0 ran every part before it woke: retried
+        scratch = np.full((2, size), np.nan, np.float32)
+        out = np.empty_like(serial)
+        kernel(dy, x, out, scratch, gg, m, rows, 1, 1, 2)
+        assert_array_equal(out, serial)
+        if not np.isnan(scratch[1]).all():
+            break
+    assert not np.isnan(scratch[1]).all(), "the second thread never ran"
+
+
 def test_kernel_gradient_chunks_hold_whole_blocks_within_the_ctrl_c_bound(monkeypatch):
     """Fewer, larger chunks than the other kernel gradients' where a block holds several samples, each at most
     one block (32 samples in blocks of 6: 6 chunks of 5 or 6, not 5 of 6 or 7, which would end in a block of
     one sample); never more multiply-adds per chunk than CHUNK_MACS allows, never more chunks than theirs."""
     dt = np.dtype(np.float32)
     g = M.Geometry(32, 128, 128, 14, 14, 3, 3, 12, 12, 1, 1, (0, 0, 0, 0))
-    per_block, nchunk = M.winograd_block_samples(g, dt, 4), M.winograd_nchunk(g, dt, 4)
+    no_du_floor = dict.fromkeys(M.WINOGRAD_KGRAD_DU_RATIO, 0)
+    monkeypatch.setattr(M, "WINOGRAD_KGRAD_DU_RATIO", no_du_floor)  # the kernel gradient's blocks as the forward's
+    per_block, nchunk = M.winograd_block_samples(g, dt, 4, kgrad=True), M.winograd_nchunk(g, dt, 4)
     assert per_block == 6 and nchunk == 6 < M.nchunk(g, dt)
     assert max((c + 1) * 32 // nchunk - c * 32 // nchunk for c in range(nchunk)) <= per_block  # as the kernel cuts
     monkeypatch.setattr(M, "CHUNK_MACS", g.macs // 10)
     assert M.winograd_nchunk(g, dt, 4) == 11  # ceil(macs / CHUNK_MACS)
     monkeypatch.setattr(M, "WINOGRAD_BLOCK_BYTES", 1)  # blocks of one tile row: one sample per block
     assert M.winograd_nchunk(g, dt, 4) == M.nchunk(g, dt)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_kernel_gradient_blocks_outweigh_dU(dtype, monkeypatch):
+    """Every block's products read and write dU ((m+2)² x C_in x C_out): the kernel gradient's blocks of tiles
+    are WINOGRAD_KGRAD_DU_RATIO times its size (or the whole batch), where the forward's keep
+    WINOGRAD_BLOCK_BYTES; layers whose dU is small keep the forward's blocks."""
+    dt, m = np.dtype(dtype), 4
+    per_tile = lambda g: (m + 2) ** 2 * (g.C_in + g.C_out) * dt.itemsize  # V and M bytes of one tile
+    big = M.Geometry(64, 128, 128, 14, 14, 3, 3, 12, 12, 1, 1, (0, 0, 0, 0))
+    du = (m + 2) ** 2 * big.C_in * big.C_out * dt.itemsize
+    TW = 3
+    ratio = M.WINOGRAD_KGRAD_DU_RATIO[dt]
+    forward, kgrad = M.winograd_rows(big, dt, m), M.winograd_rows(big, dt, m, kgrad=True)
+    assert forward * TW * per_tile(big) <= M.WINOGRAD_BLOCK_BYTES < ratio * du
+    assert ratio * du - TW * 3 * per_tile(big) < kgrad * TW * per_tile(big)  # whole samples
+    assert M.winograd_nchunk(big, dt, m) < -(-big.N // M.winograd_block_samples(big, dt, m))
+    small = M.Geometry(64, 32, 64, 28, 28, 3, 3, 26, 26, 1, 1, (0, 0, 0, 0))
+    assert M.winograd_rows(small, dt, m, kgrad=True) == M.winograd_rows(small, dt, m)
+    monkeypatch.setattr(M, "WINOGRAD_KGRAD_DU_RATIO", dict.fromkeys(M.WINOGRAD_KGRAD_DU_RATIO, 0))
+    assert M.winograd_rows(big, dt, m, kgrad=True) == forward
 
 
 class _Spy:
