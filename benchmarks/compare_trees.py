@@ -3,8 +3,9 @@ two checkouts, round after round, and the ratio of their medians (new / old: bel
 
 Each checkout must be built in place (`python setup.py build_ext --inplace`). Only the public API is used, so
 any two versions compare. The workloads: the tutorial's MNIST network (training step, batch 16, float32 and
-float64), the MNIST CNN of examples/train_mnist_cnn.py (Adam step, batch 64, float32), and one large layer
-(Conv2D(64, 64, 3, 'same') on 64 x 64 x 28 x 28, forward + backward, float32).
+float64), the MNIST CNN of examples/train_mnist_cnn.py (Adam step, batch 64, float32), and large 3x3 layers
+(Conv2D(64, 64, 3, 'same') on 64 x 64 x 28 x 28, forward + backward and forward alone, float32; Conv2D(128, 128,
+3, 'same') on 32 x 128 x 14 x 14, forward + backward, float32 and float64).
 
     python benchmarks/compare_trees.py OLD_CHECKOUT NEW_CHECKOUT --threads 1,2 --rounds 4 --out FILE
 
@@ -63,18 +64,25 @@ def mnist_cnn(dtype):
     return step
 
 
-def big_layer(dtype):
-    layer = Conv2D(64, 64, 3, padding="same", seed=0, dtype=dtype)
-    x = np.random.default_rng(0).random((64, 64, 28, 28)).astype(dtype)
+def layer(N, C_in, C_out, H, backward):
+    def make(dtype):
+        conv = Conv2D(C_in, C_out, 3, padding="same", seed=0, dtype=dtype)
+        x = np.random.default_rng(0).random((N, C_in, H, H)).astype(dtype)
 
-    def step():
-        y = layer.forward(x)
-        layer.backward(np.ones_like(y))
-    return step
+        def step():
+            y = conv.forward(x)
+            if backward:
+                conv.backward(np.ones_like(y))
+        return step
+    return make
 
 
 WORK = {"tutorial step f32": (tutorial, np.float32), "tutorial step f64": (tutorial, np.float64),
-        "MNIST CNN step f32": (mnist_cnn, np.float32), "Conv2D 64-64-3 28x28 fwd+bwd f32": (big_layer, np.float32)}
+        "MNIST CNN step f32": (mnist_cnn, np.float32),
+        "Conv2D 64-64-3 28x28 fwd+bwd f32": (layer(64, 64, 64, 28, True), np.float32),
+        "Conv2D 64-64-3 28x28 forward f32": (layer(64, 64, 64, 28, False), np.float32),
+        "Conv2D 128-128-3 14x14 fwd+bwd f32": (layer(32, 128, 128, 14, True), np.float32),
+        "Conv2D 128-128-3 14x14 fwd+bwd f64": (layer(32, 128, 128, 14, True), np.float64)}
 out = {}
 for name in names:
     make, dtype = WORK[name]
@@ -99,7 +107,9 @@ for name in names:
 print(json.dumps(out))
 '''
 
-WORKLOADS = ["tutorial step f32", "tutorial step f64", "MNIST CNN step f32", "Conv2D 64-64-3 28x28 fwd+bwd f32"]
+WORKLOADS = ["tutorial step f32", "tutorial step f64", "MNIST CNN step f32", "Conv2D 64-64-3 28x28 fwd+bwd f32",
+             "Conv2D 64-64-3 28x28 forward f32", "Conv2D 128-128-3 14x14 fwd+bwd f32",
+             "Conv2D 128-128-3 14x14 fwd+bwd f64"]
 
 
 def run_child(tree, threads, repeats, min_time):
