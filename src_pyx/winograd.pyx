@@ -120,16 +120,19 @@ cdef extern from "cnn_wino.h" nogil:
                                          Py_ssize_t n)
     void _split_d "cnn_ext_wino_split_d"(Py_ssize_t m, Py_ssize_t k, const double* row, double* o, Py_ssize_t os,
                                          Py_ssize_t n)
-    void _merge_f "cnn_ext_wino_merge_f"(Py_ssize_t m, const float* s, Py_ssize_t ss, float b, float* row,
-                                         Py_ssize_t n)
-    void _merge_d "cnn_ext_wino_merge_d"(Py_ssize_t m, const double* s, Py_ssize_t ss, double b, double* row,
-                                         Py_ssize_t n)
+    bint _merge_row_f "cnn_ext_wino_merge_row_f"(Py_ssize_t m, const float* s, Py_ssize_t ss, float b, float* row,
+                                                 float* y, Py_ssize_t OW, Py_ssize_t n)
+    bint _merge_row_d "cnn_ext_wino_merge_row_d"(Py_ssize_t m, const double* s, Py_ssize_t ss, double b,
+                                                 double* row, double* y, Py_ssize_t OW, Py_ssize_t n)
     void _copy_max_abs_f "cnn_ext_wino_copy_max_abs_f"(const float* s, float* o, float* acc, Py_ssize_t n)
     void _copy_max_abs_d "cnn_ext_wino_copy_max_abs_d"(const double* s, double* o, double* acc, Py_ssize_t n)
-    float _copy_check_f "cnn_ext_wino_copy_check_f"(const float* s, float* o, Py_ssize_t n)
-    double _copy_check_d "cnn_ext_wino_copy_check_d"(const double* s, double* o, Py_ssize_t n)
     void _g_f "cnn_ext_wino_g_f"(Py_ssize_t m, const float* k, float* u, Py_ssize_t P, Py_ssize_t n)
     void _g_d "cnn_ext_wino_g_d"(Py_ssize_t m, const double* k, double* u, Py_ssize_t P, Py_ssize_t n)
+    void _split_bt_f "cnn_ext_wino_split_bt_f"(const float* row, float* o, Py_ssize_t os, Py_ssize_t n)
+    void _split_at_t_f "cnn_ext_wino_split_at_t_f"(const float* row, float* o, Py_ssize_t os, Py_ssize_t n)
+    void _split_bt_d "cnn_ext_wino_split_bt_d"(const double* row, double* o, Py_ssize_t os, Py_ssize_t n)
+    void _split_at_t_d "cnn_ext_wino_split_at_t_d"(const double* row, double* o, Py_ssize_t os, Py_ssize_t n)
+    enum: WINO_SPLIT_BT "CNN_EXT_WINO_SPLIT_BT"
     enum: WINO_GROUP "CNN_EXT_WINO_GROUP"
 
 
@@ -185,21 +188,31 @@ cdef inline void _copy_max_abs(const floating* s, floating* o, floating* acc, Py
         _copy_max_abs_d(s, o, acc, n)
 
 
-cdef inline void _merge(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating b, floating* row,
-                        Py_ssize_t n) noexcept nogil:
-    """row[t*m + c] = b + s[c*ss + t] for c < m, t < n (rounded up to whole groups)."""
+cdef inline void _split_bt(const floating* row, floating* o, Py_ssize_t os, Py_ssize_t n) noexcept nogil:
+    """o[ξ*os + t] = Σ_c Bᵀ[ξ, c] row[4t + c] (F(4x4, 3x3), t < n in whole groups): split and transformed along
+    columns at once (builds with WINO_SPLIT_BT only)."""
     if floating is float:
-        _merge_f(m, s, ss, b, row, n)
+        _split_bt_f(row, o, os, n)
     else:
-        _merge_d(m, s, ss, b, row, n)
+        _split_bt_d(row, o, os, n)
 
 
-cdef inline bint _copy_finite(const floating* s, floating* o, Py_ssize_t n) noexcept nogil:
-    """o[l] = s[l] for l < n; whether all are finite."""
+cdef inline void _split_at_t(const floating* row, floating* o, Py_ssize_t os, Py_ssize_t n) noexcept nogil:
+    """o[ξ*os + t] = Σ_c Aᵀ[c, ξ] row[4t + c]: dE_dY's tiles split and transformed along columns at once."""
     if floating is float:
-        return _copy_check_f(s, o, n) == 0
+        _split_at_t_f(row, o, os, n)
     else:
-        return _copy_check_d(s, o, n) == 0
+        _split_at_t_d(row, o, os, n)
+
+
+cdef inline bint _merge_row(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating b, floating* row, floating* y,
+                            Py_ssize_t OW, Py_ssize_t n) noexcept nogil:
+    """y[t*m + c] = b + s[c*ss + t] for c < m, t < n, within the OW columns of y (row: a buffer of whole groups of
+    tiles); whether all are finite."""
+    if floating is float:
+        return _merge_row_f(m, s, ss, b, row, y, OW, n)
+    else:
+        return _merge_row_d(m, s, ss, b, row, y, OW, n)
 
 
 # ---- the transforms of one block -----------------------------------------------------------------
@@ -213,6 +226,7 @@ cdef void _input_channel(const floating* x, const Wino* g, Py_ssize_t r0, Py_ssi
     d zero-padded; Z (unless NULL): the tile rows' padded input rows, max |x| over the channels so far."""
     cdef Py_ssize_t R, n, th, rho, r, c, t0, xi
     cdef Py_ssize_t a = g.a, m = g.m, TW = g.TW, Wp = g.Wp, PB = _pitch(g, TB)
+    cdef bint fused = WINO_SPLIT_BT and m == 4
     cdef floating* P = scratch + g.pbuf
     cdef floating* E = scratch + g.ebuf
     cdef floating* row
@@ -244,9 +258,13 @@ cdef void _input_channel(const floating* x, const Wino* g, Py_ssize_t r0, Py_ssi
             for c in range(g.PW + g.W, g.TL * m + 2):
                 row[c] = 0
         for rho in range(a):  # into P[ρ, c, t0 + tw], after all the copies: loads right after stores would stall
+            if fused:  # split and transformed along columns at once: E[ρ, ξ, t0 + tw]
+                _split_bt(scratch + g.rowbuf + rho * g.RL, E + rho * a * PB + t0, PB, TW)
+                continue
             _split(m, a, scratch + g.rowbuf + rho * g.RL, P + rho * a * PB + t0, PB, TW)  # lanes past TW: next row's
-    for rho in range(a):  # along columns: E[ρ, ξ, t]
-        _bt(m, P + rho * a * PB, PB, E + rho * a * PB, PB, TB)
+    if not fused:
+        for rho in range(a):  # along columns: E[ρ, ξ, t]
+            _bt(m, P + rho * a * PB, PB, E + rho * a * PB, PB, TB)
     for xi in range(a):  # along rows: V[η * a + ξ, i, t]
         _bt(m, E + xi * PB, a * PB, V + (xi * g.C_in + i) * TB, a * g.C_in * TB, TB)
 
@@ -309,8 +327,7 @@ cdef bint _forward_block(const floating* x, const floating* u, const floating* b
             t0 = (R - r0) * TW
             for p in range(min(m, g.OH - th * m)):
                 yrow = y + ((n * g.C_out + j) * g.OH + th * m + p) * g.OW
-                _merge(m, O + p * m * TB + t0, TB, bj, rowbuf, TW)  # whole groups of tiles, then the map's columns
-                finite &= _copy_finite(rowbuf, yrow, g.OW)
+                finite &= _merge_row(m, O + p * m * TB + t0, TB, bj, rowbuf, yrow, g.OW, TW)
                 if zeros:
                     zrow = Z + ((R - r0) * a + p) * g.Wp
                     for q in range(g.OW):
@@ -335,20 +352,22 @@ cdef void _dy_channel(const floating* dy, const Wino* g, Py_ssize_t r0, Py_ssize
     """dM[ξ, j, t] = (A dY Aᵀ)[ξ] for channel j and the tiles t of global tile rows [r0, r1), dY zero past the map."""
     cdef Py_ssize_t a = g.a, m = g.m, TW = g.TW, PB = _pitch(g, TB)
     cdef Py_ssize_t R, n, th, xi, p, c, tw, t0, rows
+    cdef bint fused = WINO_SPLIT_BT and m == 4
+    cdef Py_ssize_t split = a if fused else m  # rows of a tile's columns: transformed (fused) or as they are
     cdef floating* rowbuf = scratch + g.rowbuf
     cdef floating* D = scratch + g.pbuf
     cdef floating* Z = scratch + g.ebuf
     cdef const floating* dyrow
     cdef floating* dst
-    for R in range(r0, r1):  # D[p, c, t]: the tiles' m x m values of dE_dY
+    for R in range(r0, r1):  # D[p, c, t]: the tiles' m x m values of dE_dY (fused: Z[p, ξ, t], below)
         n = R // g.TH
         th = R - n * g.TH
         t0 = (R - r0) * TW
         rows = min(m, g.OH - th * m)
         for p in range(m):
-            dst = D + p * m * PB + t0
+            dst = (Z + p * a * PB if fused else D + p * m * PB) + t0
             if p >= rows:
-                for c in range(m):
+                for c in range(split):
                     for tw in range(TW):
                         dst[c * PB + tw] = 0
                 continue
@@ -356,9 +375,13 @@ cdef void _dy_channel(const floating* dy, const Wino* g, Py_ssize_t r0, Py_ssize
             memcpy(rowbuf, dyrow, g.OW * sizeof(floating))  # then zeros past the map, to whole groups of tiles
             for c in range(g.OW, g.TL * m):
                 rowbuf[c] = 0
+            if fused:  # split and transformed along columns at once
+                _split_at_t(rowbuf, dst, PB, TW)
+                continue
             _split(m, m, rowbuf, dst, PB, TW)
-    for p in range(m):  # along columns: Z[r, ξ, t]
-        _at_t(m, D + p * m * PB, PB, Z + p * a * PB, PB, TB)
+    if not fused:
+        for p in range(m):  # along columns: Z[r, ξ, t]
+            _at_t(m, D + p * m * PB, PB, Z + p * a * PB, PB, TB)
     for xi in range(a):  # along rows: dM[η * a + ξ, j, t]
         _at_t(m, Z + xi * PB, a * PB, dM + (xi * g.C_out + j) * TB, a * g.C_out * TB, TB)
 

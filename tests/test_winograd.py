@@ -334,12 +334,16 @@ def test_inputs_are_not_modified(tile):
         assert_array_equal(a, c)
 
 
-@pytest.mark.parametrize("where", ["x", "k", "dy"])
-def test_nonfinite_values_give_the_oracles_pattern(where, tile):
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("where", ["x", "k", "dy", "x's last column"])
+def test_nonfinite_values_give_the_oracles_pattern(where, dtype, tile):
     """A tile mixes all its inputs: an inf would make NaN of outputs that never meet it, so such calls are
-    recomputed by im2col, which gives the true pattern (the forward's, or the input gradient's for dE_dY)."""
-    x, k, b, dy, pad = data((2, 2, 3, 9, 9), 1, np.float64)
-    {"x": x, "k": k, "dy": dy}[where][{"x": (0, 1, 4, 4), "k": (1, 0, 0, 2), "dy": (1, 2, 3, 5)}[where]] = np.inf
+    recomputed by im2col, which gives the true pattern (the forward's, or the input gradient's for dE_dY).
+    "x's last column": 10 columns, so only the last tile column meets it, and on 4x4 tiles its outputs are the
+    last two of each row, past the row's whole vectors of 8."""
+    x, k, b, dy, pad = data((2, 2, 3, 9, 10 if where == "x's last column" else 9), 1, dtype)
+    at = {"x": (0, 1, 4, 4), "k": (1, 0, 0, 2), "dy": (1, 2, 3, 5), "x's last column": (0, 1, 4, 9)}[where]
+    {"x": x, "k": k, "dy": dy, "x's last column": x}[where][at] = np.inf
     with np.errstate(invalid="ignore"):
         if where == "dy":
             y = conv2d_input_gradient(dy, k, padding=1, input_size=x.shape[2:], method="winograd")

@@ -155,7 +155,7 @@ static inline void cnn_ext_wino_g_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRICT 
 /* o[c*os + t] = row[t*m + c], c < k (k = m or m + 2), t < n rounded up to a whole group: the columns of n      \
    tiles of one row, each column's tiles in lanes; groups of a fixed number of tiles, which gcc vectorises with  \
    shuffles (a row has too few tiles for its vector loop). Reads row[0, G*m + k - m) per group, writes G lanes. */ \
-static inline void cnn_ext_wino_split_##SFX(Py_ssize_t m, Py_ssize_t k, const T* CNN_EXT_RESTRICT row,            \
+static inline void cnn_ext_wino_split_any_##SFX(Py_ssize_t m, Py_ssize_t k, const T* CNN_EXT_RESTRICT row,        \
                                             T* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {                \
     Py_ssize_t t0, t;                                                                                          \
     for (t0 = 0; t0 < n; t0 += CNN_EXT_WINO_GROUP) {                                                           \
@@ -183,7 +183,7 @@ static inline void cnn_ext_wino_split_##SFX(Py_ssize_t m, Py_ssize_t k, const T*
     }                                                                                                          \
 }                                                                                                              \
 /* row[t*m + c] = b + s[c*ss + t], c < m, t < n rounded up to a whole group: the inverse of split, plus a bias */ \
-static inline void cnn_ext_wino_merge_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRICT s, Py_ssize_t ss, T b,        \
+static inline void cnn_ext_wino_merge_any_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRICT s, Py_ssize_t ss, T b,    \
                                             T* CNN_EXT_RESTRICT row, Py_ssize_t n) {                             \
     Py_ssize_t t0, t;                                                                                          \
     for (t0 = 0; t0 < n; t0 += CNN_EXT_WINO_GROUP) {                                                           \
@@ -236,5 +236,300 @@ CNN_EXT_WINO_ROW_DEFS(double, d, fabs)
 CNN_EXT_WINO_DEFS(float, f)
 CNN_EXT_WINO_DEFS(double, d)
 #undef CNN_EXT_WINO_DEFS
+
+/* y[t*m + c] = b + s[c*ss + t], c < m, for the n tiles of one output row within the map's OW columns, through the
+   row buffer (whole groups of tiles); whether all are finite */
+#define CNN_EXT_WINO_MERGE_ROW_DEFS(T, SFX)                                                                       \
+static inline int cnn_ext_wino_merge_row_any_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRICT s, Py_ssize_t ss, T b, \
+                                                   T* CNN_EXT_RESTRICT row, T* CNN_EXT_RESTRICT y, Py_ssize_t OW, \
+                                                   Py_ssize_t n) {                                               \
+    cnn_ext_wino_merge_any_##SFX(m, s, ss, b, row, n);                                                           \
+    return cnn_ext_wino_copy_check_##SFX(row, y, OW) == 0;                                                       \
+}
+CNN_EXT_WINO_MERGE_ROW_DEFS(float, f)
+CNN_EXT_WINO_MERGE_ROW_DEFS(double, d)
+#undef CNN_EXT_WINO_MERGE_ROW_DEFS
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+/* Float32 split and merge of F(4x4, 3x3) in AVX2 shuffles: a group of 8 tiles' 4 columns is four 4x4
+   transposes, tile t beside tile t + 4 in each vector's two halves; 8 shuffles for 4 vectors, where gcc's
+   vectorised gathers took 20 permutes and built the next tile's two columns lane by lane. Same values moved:
+   the bits do not change. */
+static inline void cnn_ext_wino_t4(__m256 a, __m256 b, __m256 c, __m256 d, __m256* o0, __m256* o1, __m256* o2,
+                                   __m256* o3) {
+    __m256 ab0 = _mm256_unpacklo_ps(a, b), ab1 = _mm256_unpackhi_ps(a, b);  /* a0 b0 a1 b1 | a2 b2 a3 b3 */
+    __m256 cd0 = _mm256_unpacklo_ps(c, d), cd1 = _mm256_unpackhi_ps(c, d);
+    *o0 = _mm256_shuffle_ps(ab0, cd0, 0x44);  /* a0 b0 c0 d0 */
+    *o1 = _mm256_shuffle_ps(ab0, cd0, 0xEE);  /* a1 b1 c1 d1 */
+    *o2 = _mm256_shuffle_ps(ab1, cd1, 0x44);
+    *o3 = _mm256_shuffle_ps(ab1, cd1, 0xEE);
+}
+
+/* [p[0, 4) | p[16, 20)]: tile t and tile t + 4 of a row of 4-column tiles */
+static inline __m256 cnn_ext_wino_pair(const float* p) {
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(p)), _mm_loadu_ps(p + 16), 1);
+}
+
+static inline void cnn_ext_wino_split_f(Py_ssize_t m, Py_ssize_t k, const float* CNN_EXT_RESTRICT row,
+                                        float* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {
+    Py_ssize_t t0;
+    if (m != 4 || k != 4) {  /* the input tiles' 6 columns: cnn_ext_wino_split_bt_f */
+        cnn_ext_wino_split_any_f(m, k, row, o, os, n);
+        return;
+    }
+    for (t0 = 0; t0 < n; t0 += CNN_EXT_WINO_GROUP) {
+        const float* r = row + t0 * 4;
+        __m256 a = cnn_ext_wino_pair(r), b = cnn_ext_wino_pair(r + 4), c = cnn_ext_wino_pair(r + 8);
+        __m256 d = cnn_ext_wino_pair(r + 12), c0, c1, c2, c3;
+        cnn_ext_wino_t4(a, b, c, d, &c0, &c1, &c2, &c3);
+        _mm256_storeu_ps(o + t0, c0);
+        _mm256_storeu_ps(o + os + t0, c1);
+        _mm256_storeu_ps(o + 2 * os + t0, c2);
+        _mm256_storeu_ps(o + 3 * os + t0, c3);
+    }
+}
+
+/* The input transform along columns fused with the split (F(4x4, 3x3), a tile's 6 columns): o[ξ*os + t] =
+   Σ_c Bᵀ[ξ, c] row[4t + c], t < n rounded up to a whole group; the columns stay in registers, where split then
+   cnn_ext_wino_bt_f went through a buffer. cnn_ext_wino_bt_f's formulas, with the FMAs gcc makes of them. */
+#define CNN_EXT_WINO_SPLIT_BT 1
+static inline void cnn_ext_wino_split_bt_f(const float* CNN_EXT_RESTRICT row, float* CNN_EXT_RESTRICT o,
+                                           Py_ssize_t os, Py_ssize_t n) {
+    const __m256 two = _mm256_set1_ps(2), four = _mm256_set1_ps(4), five = _mm256_set1_ps(5);
+    Py_ssize_t t0;
+    for (t0 = 0; t0 < n; t0 += CNN_EXT_WINO_GROUP) {
+        const float* r = row + t0 * 4;
+        __m256 a = cnn_ext_wino_pair(r), b = cnn_ext_wino_pair(r + 4), c = cnn_ext_wino_pair(r + 8);
+        __m256 d = cnn_ext_wino_pair(r + 12), e = cnn_ext_wino_pair(r + 16), d0, d1, d2, d3;
+        cnn_ext_wino_t4(a, b, c, d, &d0, &d1, &d2, &d3);
+        /* the next tile's first two columns: the same transpose one tile on (reads r[32, 36)) */
+        __m256 bc = _mm256_unpacklo_ps(b, c), de = _mm256_unpacklo_ps(d, e);
+        __m256 d4 = _mm256_shuffle_ps(bc, de, 0x44), d5 = _mm256_shuffle_ps(bc, de, 0xEE);
+        _mm256_storeu_ps(o + t0, _mm256_add_ps(_mm256_fmsub_ps(four, d0, _mm256_mul_ps(five, d2)), d4));
+        _mm256_storeu_ps(o + os + t0, _mm256_fnmadd_ps(four, _mm256_add_ps(d1, d2), _mm256_add_ps(d3, d4)));
+        _mm256_storeu_ps(o + 2 * os + t0, _mm256_fmadd_ps(four, _mm256_sub_ps(d1, d2), _mm256_sub_ps(d4, d3)));
+        _mm256_storeu_ps(o + 3 * os + t0, _mm256_fmadd_ps(two, _mm256_sub_ps(d3, d1), _mm256_sub_ps(d4, d2)));
+        _mm256_storeu_ps(o + 4 * os + t0, _mm256_fnmadd_ps(two, _mm256_sub_ps(d3, d1), _mm256_sub_ps(d4, d2)));
+        _mm256_storeu_ps(o + 5 * os + t0, _mm256_add_ps(_mm256_fmsub_ps(four, d1, _mm256_mul_ps(five, d3)), d5));
+    }
+}
+
+/* The adjoint output transform along columns fused with the split of dE_dY's 4-column tiles: o[ξ*os + t] =
+   Σ_c Aᵀ[c, ξ] row[4t + c], t < n rounded up to a whole group; cnn_ext_wino_at_t_f's formulas, with the FMAs gcc
+   makes of them. */
+static inline void cnn_ext_wino_split_at_t_f(const float* CNN_EXT_RESTRICT row, float* CNN_EXT_RESTRICT o,
+                                             Py_ssize_t os, Py_ssize_t n) {
+    const __m256 two = _mm256_set1_ps(2), four = _mm256_set1_ps(4);
+    Py_ssize_t t0;
+    for (t0 = 0; t0 < n; t0 += CNN_EXT_WINO_GROUP) {
+        const float* r = row + t0 * 4;
+        __m256 y0, y1, y2, y3;
+        cnn_ext_wino_t4(cnn_ext_wino_pair(r), cnn_ext_wino_pair(r + 4), cnn_ext_wino_pair(r + 8),
+                        cnn_ext_wino_pair(r + 12), &y0, &y1, &y2, &y3);
+        __m256 even = _mm256_add_ps(y0, y2), odd = _mm256_add_ps(y1, y3);
+        __m256 even4 = _mm256_fmadd_ps(four, y2, y0), odd4 = _mm256_fmadd_ps(four, y3, y1);
+        _mm256_storeu_ps(o + t0, y0);
+        _mm256_storeu_ps(o + os + t0, _mm256_add_ps(even, odd));
+        _mm256_storeu_ps(o + 2 * os + t0, _mm256_sub_ps(even, odd));
+        _mm256_storeu_ps(o + 3 * os + t0, _mm256_fmadd_ps(two, odd4, even4));
+        _mm256_storeu_ps(o + 4 * os + t0, _mm256_fnmadd_ps(two, odd4, even4));
+        _mm256_storeu_ps(o + 5 * os + t0, y3);
+    }
+}
+
+/* y[t*4 + c] = b + s[c*ss + t] for the n tiles of one output row, c < 4, within the map's OW columns; returns
+   whether all are finite. The tiles' columns go from registers to the map (a row buffer and its copy cost as
+   much as the transposes), the last few through a vector on the stack; beyond OW nothing is written. */
+static inline int cnn_ext_wino_merge_row_f(Py_ssize_t m, const float* CNN_EXT_RESTRICT s, Py_ssize_t ss, float b,
+                                           float* CNN_EXT_RESTRICT row, float* CNN_EXT_RESTRICT y, Py_ssize_t OW,
+                                           Py_ssize_t n) {
+    Py_ssize_t t0, q, col, l;
+    __m256 bias = _mm256_set1_ps(b), acc = _mm256_setzero_ps(), c[4], t[4], v[4];
+    float last[8];
+    if (m != 4)
+        return cnn_ext_wino_merge_row_any_f(m, s, ss, b, row, y, OW, n);
+    for (t0 = 0; t0 < n; t0 += CNN_EXT_WINO_GROUP) {
+        for (q = 0; q < 4; q++)
+            c[q] = _mm256_add_ps(bias, _mm256_loadu_ps(s + q * ss + t0));
+        cnn_ext_wino_t4(c[0], c[1], c[2], c[3], &t[0], &t[1], &t[2], &t[3]);  /* [tile q | tile q + 4] */
+        v[0] = _mm256_permute2f128_ps(t[0], t[1], 0x20);  /* the group's 32 columns in order */
+        v[1] = _mm256_permute2f128_ps(t[2], t[3], 0x20);
+        v[2] = _mm256_permute2f128_ps(t[0], t[1], 0x31);
+        v[3] = _mm256_permute2f128_ps(t[2], t[3], 0x31);
+        for (q = 0; q < 4; q++) {
+            col = t0 * 4 + 8 * q;
+            if (col + 8 <= OW) {
+                _mm256_storeu_ps(y + col, v[q]);
+                acc = _mm256_add_ps(acc, _mm256_sub_ps(v[q], v[q]));  /* NaN from an inf or a NaN */
+            } else {
+                _mm256_storeu_ps(last, v[q]);
+                for (l = 0; col + l < OW; l++) {
+                    y[col + l] = last[l];
+                    if (last[l] - last[l] != 0)
+                        acc = _mm256_set1_ps(NAN);
+                }
+                return _mm256_movemask_ps(_mm256_cmp_ps(acc, acc, _CMP_UNORD_Q)) == 0;
+            }
+        }
+    }
+    return _mm256_movemask_ps(_mm256_cmp_ps(acc, acc, _CMP_UNORD_Q)) == 0;
+}
+
+/* Float64: 4 tiles per vector, so a group of 8 tiles is two halves, each 4 rows of 4 columns transposed in
+   registers (tile t's 4 columns are one vector); the same formulas as the float32 functions above. */
+static inline void cnn_ext_wino_t4d(__m256d r0, __m256d r1, __m256d r2, __m256d r3, __m256d* c0, __m256d* c1,
+                                    __m256d* c2, __m256d* c3) {
+    __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);  /* r0[0] r1[0] | r0[2] r1[2] */
+    __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+    *c0 = _mm256_permute2f128_pd(t0, t2, 0x20);
+    *c1 = _mm256_permute2f128_pd(t1, t3, 0x20);
+    *c2 = _mm256_permute2f128_pd(t0, t2, 0x31);
+    *c3 = _mm256_permute2f128_pd(t1, t3, 0x31);
+}
+
+/* columns 0 and 1 of the 4 tiles after r0's (r1..r4: the tiles of r0[4..20)) */
+static inline void cnn_ext_wino_next2d(__m256d r1, __m256d r2, __m256d r3, __m256d r4, __m256d* c4,
+                                       __m256d* c5) {
+    __m256d u0 = _mm256_unpacklo_pd(r1, r2), u1 = _mm256_unpackhi_pd(r1, r2);
+    __m256d u2 = _mm256_unpacklo_pd(r3, r4), u3 = _mm256_unpackhi_pd(r3, r4);
+    *c4 = _mm256_permute2f128_pd(u0, u2, 0x20);
+    *c5 = _mm256_permute2f128_pd(u1, u3, 0x20);
+}
+
+static inline void cnn_ext_wino_split_d(Py_ssize_t m, Py_ssize_t k, const double* CNN_EXT_RESTRICT row,
+                                        double* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {
+    Py_ssize_t t0, h;
+    if (m != 4 || k != 4) {
+        cnn_ext_wino_split_any_d(m, k, row, o, os, n);
+        return;
+    }
+    for (t0 = 0; t0 < n; t0 += CNN_EXT_WINO_GROUP)
+        for (h = 0; h < CNN_EXT_WINO_GROUP; h += 4) {
+            const double* r = row + (t0 + h) * 4;
+            __m256d c0, c1, c2, c3;
+            cnn_ext_wino_t4d(_mm256_loadu_pd(r), _mm256_loadu_pd(r + 4), _mm256_loadu_pd(r + 8),
+                             _mm256_loadu_pd(r + 12), &c0, &c1, &c2, &c3);
+            _mm256_storeu_pd(o + t0 + h, c0);
+            _mm256_storeu_pd(o + os + t0 + h, c1);
+            _mm256_storeu_pd(o + 2 * os + t0 + h, c2);
+            _mm256_storeu_pd(o + 3 * os + t0 + h, c3);
+        }
+}
+
+static inline void cnn_ext_wino_split_bt_d(const double* CNN_EXT_RESTRICT row, double* CNN_EXT_RESTRICT o,
+                                           Py_ssize_t os, Py_ssize_t n) {
+    const __m256d two = _mm256_set1_pd(2), four = _mm256_set1_pd(4), five = _mm256_set1_pd(5);
+    Py_ssize_t t0, h;
+    for (t0 = 0; t0 < n; t0 += CNN_EXT_WINO_GROUP)
+        for (h = 0; h < CNN_EXT_WINO_GROUP; h += 4) {
+            const double* r = row + (t0 + h) * 4;
+            __m256d r1 = _mm256_loadu_pd(r + 4), r2 = _mm256_loadu_pd(r + 8), r3 = _mm256_loadu_pd(r + 12);
+            __m256d d0, d1, d2, d3, d4, d5;
+            double* q = o + t0 + h;
+            cnn_ext_wino_t4d(_mm256_loadu_pd(r), r1, r2, r3, &d0, &d1, &d2, &d3);
+            cnn_ext_wino_next2d(r1, r2, r3, _mm256_loadu_pd(r + 16), &d4, &d5);  /* reads r[16, 20) */
+            _mm256_storeu_pd(q, _mm256_add_pd(_mm256_fmsub_pd(four, d0, _mm256_mul_pd(five, d2)), d4));
+            _mm256_storeu_pd(q + os, _mm256_fnmadd_pd(four, _mm256_add_pd(d1, d2), _mm256_add_pd(d3, d4)));
+            _mm256_storeu_pd(q + 2 * os, _mm256_fmadd_pd(four, _mm256_sub_pd(d1, d2), _mm256_sub_pd(d4, d3)));
+            _mm256_storeu_pd(q + 3 * os, _mm256_fmadd_pd(two, _mm256_sub_pd(d3, d1), _mm256_sub_pd(d4, d2)));
+            _mm256_storeu_pd(q + 4 * os, _mm256_fnmadd_pd(two, _mm256_sub_pd(d3, d1), _mm256_sub_pd(d4, d2)));
+            _mm256_storeu_pd(q + 5 * os, _mm256_add_pd(_mm256_fmsub_pd(four, d1, _mm256_mul_pd(five, d3)), d5));
+        }
+}
+
+static inline void cnn_ext_wino_split_at_t_d(const double* CNN_EXT_RESTRICT row, double* CNN_EXT_RESTRICT o,
+                                             Py_ssize_t os, Py_ssize_t n) {
+    const __m256d two = _mm256_set1_pd(2), four = _mm256_set1_pd(4);
+    Py_ssize_t t0, h;
+    for (t0 = 0; t0 < n; t0 += CNN_EXT_WINO_GROUP)
+        for (h = 0; h < CNN_EXT_WINO_GROUP; h += 4) {
+            const double* r = row + (t0 + h) * 4;
+            __m256d y0, y1, y2, y3;
+            double* q = o + t0 + h;
+            cnn_ext_wino_t4d(_mm256_loadu_pd(r), _mm256_loadu_pd(r + 4), _mm256_loadu_pd(r + 8),
+                             _mm256_loadu_pd(r + 12), &y0, &y1, &y2, &y3);
+            __m256d even = _mm256_add_pd(y0, y2), odd = _mm256_add_pd(y1, y3);
+            __m256d even4 = _mm256_fmadd_pd(four, y2, y0), odd4 = _mm256_fmadd_pd(four, y3, y1);
+            _mm256_storeu_pd(q, y0);
+            _mm256_storeu_pd(q + os, _mm256_add_pd(even, odd));
+            _mm256_storeu_pd(q + 2 * os, _mm256_sub_pd(even, odd));
+            _mm256_storeu_pd(q + 3 * os, _mm256_fmadd_pd(two, odd4, even4));
+            _mm256_storeu_pd(q + 4 * os, _mm256_fnmadd_pd(two, odd4, even4));
+            _mm256_storeu_pd(q + 5 * os, y3);
+        }
+}
+
+static inline int cnn_ext_wino_merge_row_d(Py_ssize_t m, const double* CNN_EXT_RESTRICT s, Py_ssize_t ss, double b,
+                                           double* CNN_EXT_RESTRICT row, double* CNN_EXT_RESTRICT y, Py_ssize_t OW,
+                                           Py_ssize_t n) {
+    Py_ssize_t t0, h, q, col, l;
+    __m256d bias = _mm256_set1_pd(b), acc = _mm256_setzero_pd(), c[4], v[4];
+    double last[4];
+    if (m != 4)
+        return cnn_ext_wino_merge_row_any_d(m, s, ss, b, row, y, OW, n);
+    for (t0 = 0; t0 < n; t0 += CNN_EXT_WINO_GROUP)
+        for (h = 0; h < CNN_EXT_WINO_GROUP; h += 4) {
+            for (q = 0; q < 4; q++)
+                c[q] = _mm256_add_pd(bias, _mm256_loadu_pd(s + q * ss + t0 + h));
+            cnn_ext_wino_t4d(c[0], c[1], c[2], c[3], &v[0], &v[1], &v[2], &v[3]);  /* tile t0 + h + q */
+            for (q = 0; q < 4; q++) {
+                col = (t0 + h + q) * 4;
+                if (col + 4 <= OW) {
+                    _mm256_storeu_pd(y + col, v[q]);
+                    acc = _mm256_add_pd(acc, _mm256_sub_pd(v[q], v[q]));
+                } else {
+                    _mm256_storeu_pd(last, v[q]);
+                    for (l = 0; col + l < OW; l++) {
+                        y[col + l] = last[l];
+                        if (last[l] - last[l] != 0)
+                            acc = _mm256_set1_pd(NAN);
+                    }
+                    return _mm256_movemask_pd(_mm256_cmp_pd(acc, acc, _CMP_UNORD_Q)) == 0;
+                }
+            }
+        }
+    return _mm256_movemask_pd(_mm256_cmp_pd(acc, acc, _CMP_UNORD_Q)) == 0;
+}
+#else
+#define CNN_EXT_WINO_SPLIT_BT 0
+static inline void cnn_ext_wino_split_bt_f(const float* row, float* o, Py_ssize_t os, Py_ssize_t n) {
+    (void)row; (void)o; (void)os; (void)n;  /* not called: the kernels split, then transform */
+}
+
+static inline void cnn_ext_wino_split_at_t_f(const float* row, float* o, Py_ssize_t os, Py_ssize_t n) {
+    (void)row; (void)o; (void)os; (void)n;
+}
+
+static inline void cnn_ext_wino_split_f(Py_ssize_t m, Py_ssize_t k, const float* CNN_EXT_RESTRICT row,
+                                        float* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {
+    cnn_ext_wino_split_any_f(m, k, row, o, os, n);
+}
+
+static inline int cnn_ext_wino_merge_row_f(Py_ssize_t m, const float* CNN_EXT_RESTRICT s, Py_ssize_t ss, float b,
+                                           float* CNN_EXT_RESTRICT row, float* CNN_EXT_RESTRICT y, Py_ssize_t OW,
+                                           Py_ssize_t n) {
+    return cnn_ext_wino_merge_row_any_f(m, s, ss, b, row, y, OW, n);
+}
+
+static inline void cnn_ext_wino_split_bt_d(const double* row, double* o, Py_ssize_t os, Py_ssize_t n) {
+    (void)row; (void)o; (void)os; (void)n;
+}
+
+static inline void cnn_ext_wino_split_at_t_d(const double* row, double* o, Py_ssize_t os, Py_ssize_t n) {
+    (void)row; (void)o; (void)os; (void)n;
+}
+
+static inline void cnn_ext_wino_split_d(Py_ssize_t m, Py_ssize_t k, const double* CNN_EXT_RESTRICT row,
+                                        double* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {
+    cnn_ext_wino_split_any_d(m, k, row, o, os, n);
+}
+
+static inline int cnn_ext_wino_merge_row_d(Py_ssize_t m, const double* CNN_EXT_RESTRICT s, Py_ssize_t ss, double b,
+                                           double* CNN_EXT_RESTRICT row, double* CNN_EXT_RESTRICT y, Py_ssize_t OW,
+                                           Py_ssize_t n) {
+    return cnn_ext_wino_merge_row_any_d(m, s, ss, b, row, y, OW, n);
+}
+#endif
 
 #endif  /* CNN_EXT_WINO_H */
