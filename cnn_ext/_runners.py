@@ -237,7 +237,10 @@ def winograd_forward(g, dtype, nt, m):
 
 def winograd_input_gradient(g, dtype, nt, m):
     """run(dy, k, dx): dX as the F(m x m, 3 x 3) forward of dE_dY padded by 2 - padding with the transposed,
-    rotated kernels; non-finite results are recomputed by im2col."""
+    rotated kernels, or as the adjoint of the forward where that takes fewer tiles (M.winograd_dx_adjoint);
+    non-finite results are recomputed by im2col."""
+    if M.winograd_dx_adjoint(g, dtype, m):
+        return _winograd_dx_adjoint(g, dtype, nt, m)
     t = M.Geometry(g.N, g.C_out, g.C_in, g.OH, g.OW, 3, 3, g.H, g.W, 1, 1, g.transposed_pads)
     raw, run_gemm = _winograd_raw(t, dtype, nt, m, False), input_gradient(Method.GEMM, g, dtype, nt)
     rotate = _typed(tiled.rotate_kernels, dtype)
@@ -247,6 +250,31 @@ def winograd_input_gradient(g, dtype, nt, m):
     def run(dy, k, dx):
         k_rot = np.empty((g.C_in, g.C_out, 3, 3), dtype)
         if not (rotate(k, k_rot) and raw(dy, k_rot, no_bias, dx)):
+            run_gemm(dy, k, dx)
+
+    return run
+
+
+def _winograd_dx_adjoint(g, dtype, nt, m):
+    """run(dy, k, dx): dX = B [Uᵀ (A dE_dY Aᵀ)] Bᵀ on the forward's tiles, patches added where they overlap;
+    long calls in groups of whole blocks, the kernels transformed once; non-finite results by im2col."""
+    kernel = _typed(winograd.conv2d_input_gradient_winograd, dtype)
+    rows = M.winograd_rows(g, dtype, m)
+    size = winograd.winograd_scratch_size(g.C_in, g.C_out, g.OH, g.OW, m, rows, False)
+    top, _, left, _ = g.pads
+    nt_u = min(nt, threads_for(g.C_in * g.C_out, g.C_in * g.C_out * 9 * (m + 2) ** 2))
+    run_gemm = input_gradient(Method.GEMM, g, dtype, nt)
+
+    def blocks(dy, u, finite, dx):
+        finite.append(kernel(dy, u, dx, np.empty((nt, size), dtype), m, rows, top, left, nt))
+
+    chunked = in_chunks(blocks, g, nt, M.winograd_block_samples(g, dtype, m))
+
+    def run(dy, k, dx):
+        finite = []
+        with blas_single_thread():  # the block products run on the kernel's threads
+            chunked(dy, _winograd_u(k, m, dtype, nt_u), finite, dx)
+        if not all(finite):
             run_gemm(dy, k, dx)
 
     return run

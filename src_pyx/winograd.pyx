@@ -131,6 +131,16 @@ cdef extern from "cnn_wino.h" nogil:
     void _split_bt_f "cnn_ext_wino_split_bt_f"(const float* row, float* o, Py_ssize_t os, Py_ssize_t n)
     void _split_at_t_f "cnn_ext_wino_split_at_t_f"(const float* row, float* o, Py_ssize_t os, Py_ssize_t n)
     void _split_bt_d "cnn_ext_wino_split_bt_d"(const double* row, double* o, Py_ssize_t os, Py_ssize_t n)
+    void _bt_t_f "cnn_ext_wino_bt_t_f"(Py_ssize_t m, const float* s, Py_ssize_t ss, float* o, Py_ssize_t os,
+                                       Py_ssize_t n)
+    void _bt_t_d "cnn_ext_wino_bt_t_d"(Py_ssize_t m, const double* s, Py_ssize_t ss, double* o, Py_ssize_t os,
+                                       Py_ssize_t n)
+    void _merge_add_f "cnn_ext_wino_merge_add_f"(Py_ssize_t m, Py_ssize_t k, const float* s, Py_ssize_t ss,
+                                                 float* row, Py_ssize_t n)
+    void _merge_add_d "cnn_ext_wino_merge_add_d"(Py_ssize_t m, Py_ssize_t k, const double* s, Py_ssize_t ss,
+                                                 double* row, Py_ssize_t n)
+    float _copy_check_f "cnn_ext_wino_copy_check_f"(const float* s, float* o, Py_ssize_t n)
+    double _copy_check_d "cnn_ext_wino_copy_check_d"(const double* s, double* o, Py_ssize_t n)
     void _split_at_t_d "cnn_ext_wino_split_at_t_d"(const double* row, double* o, Py_ssize_t os, Py_ssize_t n)
     enum: WINO_SPLIT_BT "CNN_EXT_WINO_SPLIT_BT"
     enum: WINO_GROUP "CNN_EXT_WINO_GROUP"
@@ -161,6 +171,15 @@ cdef inline void _at_t(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating*
         _at_t_f(m, s, ss, o, os, n)
     else:
         _at_t_d(m, s, ss, o, os, n)
+
+
+cdef inline void _bt_t(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating* o, Py_ssize_t os,
+                       Py_ssize_t n) noexcept nogil:
+    """o[ρ] = Σ_ξ Bᵀ[ξ, ρ] s[ξ]: the adjoint of the input transform."""
+    if floating is float:
+        _bt_t_f(m, s, ss, o, os, n)
+    else:
+        _bt_t_d(m, s, ss, o, os, n)
 
 
 cdef inline void _g(Py_ssize_t m, const floating* k, floating* u, Py_ssize_t P, Py_ssize_t n) noexcept nogil:
@@ -203,6 +222,23 @@ cdef inline void _split_at_t(const floating* row, floating* o, Py_ssize_t os, Py
         _split_at_t_f(row, o, os, n)
     else:
         _split_at_t_d(row, o, os, n)
+
+
+cdef inline void _merge_add(Py_ssize_t m, Py_ssize_t k, const floating* s, Py_ssize_t ss, floating* row,
+                            Py_ssize_t n) noexcept nogil:
+    """row[t*m + c] += s[c*ss + t] for c < k, t < n (t, then c): patches overlapping by k - m columns."""
+    if floating is float:
+        _merge_add_f(m, k, s, ss, row, n)
+    else:
+        _merge_add_d(m, k, s, ss, row, n)
+
+
+cdef inline bint _copy_finite(const floating* s, floating* o, Py_ssize_t n) noexcept nogil:
+    """o[l] = s[l] for l < n; whether all are finite."""
+    if floating is float:
+        return _copy_check_f(s, o, n) == 0
+    else:
+        return _copy_check_d(s, o, n) == 0
 
 
 cdef inline bint _merge_row(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating b, floating* row, floating* y,
@@ -386,6 +422,56 @@ cdef void _dy_channel(const floating* dy, const Wino* g, Py_ssize_t r0, Py_ssize
         _at_t(m, Z + xi * PB, a * PB, dM + (xi * g.C_out + j) * TB, a * g.C_out * TB, TB)
 
 
+cdef bint _dx_block(const floating* dy, const floating* u, floating* dx, const Wino* g, Py_ssize_t r0,
+                    Py_ssize_t r1, floating* scratch) noexcept nogil:
+    """dX of the samples of global tile rows [r0, r1) (whole samples; g: the forward's geometry, its tiles over
+    dE_dY): the adjoint of the forward, dX = Σ_tiles B [Uᵀ (A dY Aᵀ)] Bᵀ, each tile's (m+2)² patch added into the
+    zero-padded map, overlapping the next by 2 rows and columns (in the order of tile rows, then tiles), and the
+    map's window copied to dX; whether all of it is finite. It has the forward's tiles, where dX as the forward
+    of padded dE_dY tiles the larger input map (14x14 from 12x12: 16 tiles instead of 9)."""
+    cdef Py_ssize_t TB = (r1 - r0) * g.TW, a = g.a, m = g.m, TW = g.TW, PB = _pitch(g, TB), Wp = g.Wp
+    cdef Py_ssize_t R, n, th, i, j, xi, rho, r, t0, AA = a * a, C_in = g.C_in, C_out = g.C_out
+    cdef floating* W = scratch + g.vbuf
+    cdef floating* dM = scratch + g.mbuf
+    cdef floating* E = scratch + g.ebuf
+    cdef floating* P = scratch + g.pbuf
+    cdef floating* Z = scratch + g.zbuf  # one sample's padded map: TH m + 2 rows of Wp
+    cdef bint finite = True
+    for j in range(C_out):
+        _dy_channel(dy, g, r0, r1, TB, j, scratch, dM)
+    for xi in range(AA):  # W[ξ] (C_in x TB) = U[ξ]ᵀ (C_in x C_out) @ dM[ξ] (C_out x TB)
+        _gemm_rm(True, False, <int>C_in, <int>TB, <int>C_out, <floating>1, u + xi * C_out * C_in, <int>C_in,
+                 dM + xi * C_out * TB, <int>TB, <floating>0, W + xi * C_in * TB, <int>TB)
+    for i in range(C_in):
+        for xi in range(a):  # along rows: E[ρ, ξ, t]
+            _bt_t(m, W + (xi * C_in + i) * TB, a * C_in * TB, E + xi * PB, a * PB, TB)
+        for rho in range(a):  # along columns: P[ρ, c, t]
+            _bt_t(m, E + rho * a * PB, PB, P + rho * a * PB, PB, TB)
+        for R in range(r0, r1):
+            n = R // g.TH
+            th = R - n * g.TH
+            t0 = (R - r0) * TW
+            if th == 0:
+                for r in range((g.TH * m + 2) * Wp):
+                    Z[r] = 0
+            for rho in range(a):
+                _merge_add(m, a, P + rho * a * PB + t0, PB, Z + (th * m + rho) * Wp, TW)
+            if th == g.TH - 1:
+                for r in range(g.H):
+                    finite &= _copy_finite(Z + (r + g.PH) * Wp + g.PW, dx + ((n * C_in + i) * g.H + r) * g.W, g.W)
+    return finite
+
+
+cdef Py_ssize_t _dx_part(const floating* dy, const floating* u, floating* dx, const Wino* g, Py_ssize_t N,
+                         Py_ssize_t lo, Py_ssize_t hi, floating* scratch) noexcept nogil:
+    """_dx_block for blocks [lo, hi); how many have a non-finite output."""
+    cdef Py_ssize_t k, r0, r1, bad = 0
+    for k in range(lo, hi):
+        _block(k, N, g, &r0, &r1)
+        bad += not _dx_block(dy, u, dx, g, r0, r1, scratch)
+    return bad
+
+
 # The kernel gradient's V, dM and dU live in a scratch row `base`: a thread's own when threads take whole chunks,
 # row 0's for all of them when they share each block of a chunk.
 
@@ -493,6 +579,31 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x,      # IN  (N, C_in,
                 bad += _forward_part(&x[0, 0, 0, 0], &u[0, 0, 0], &b[0], &y[0, 0, 0, 0], &g, N,
                                      _part(nb, t, nparts), _part(nb, t + 1, nparts), exact_zeros,
                                      &scratch[threadid(), 0])
+    return bad == 0
+
+
+def conv2d_input_gradient_winograd(const floating[:, :, :, ::1] dy,     # IN  (N, C_out, OH, OW)
+                                   const floating[:, :, ::1] u,         # IN  ((m+2)², C_out, C_in): G k Gᵀ
+                                   floating[:, :, :, ::1] dx,           # OUT (N, C_in, H, W)
+                                   floating[:, ::1] scratch,            # TMP (threads, winograd_scratch_size(...))
+                                   Py_ssize_t m, Py_ssize_t BR, Py_ssize_t PH, Py_ssize_t PW, int num_threads):
+    """dx[n, i] = Σ_j the adjoint of xcorr(., k[j, i]) (3x3, stride 1, zero padding PH, PW) applied to dy[n, j],
+    by the adjoint of the forward's F(m x m, 3 x 3) on its own tiles; blocks of whole samples (BR tile rows, at
+    least a sample's). Returns whether dx is finite."""
+    cdef Py_ssize_t t, N = dy.shape[0], bad = 0
+    cdef Wino g = _wino(dx.shape[1], dx.shape[2], dx.shape[3], dy.shape[1], dy.shape[2], dy.shape[3], PH, PW, m, BR)
+    cdef Py_ssize_t nb = _nblocks(N, &g), nparts = _nparts(nb, num_threads)
+    if BR < g.TH:
+        raise ValueError(f"BR={BR}: the blocks must hold whole samples ({g.TH} tile rows)")
+    if N == 0:
+        return True
+    with nogil:
+        if nparts == 1:
+            bad = _dx_part(&dy[0, 0, 0, 0], &u[0, 0, 0], &dx[0, 0, 0, 0], &g, N, 0, nb, &scratch[0, 0])
+        else:
+            for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
+                bad += _dx_part(&dy[0, 0, 0, 0], &u[0, 0, 0], &dx[0, 0, 0, 0], &g, N, _part(nb, t, nparts),
+                                _part(nb, t + 1, nparts), &scratch[threadid(), 0])
     return bad == 0
 
 

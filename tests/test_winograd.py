@@ -198,6 +198,61 @@ def test_kernel_gradient_blocks_outweigh_dU(dtype, monkeypatch):
     assert M.winograd_rows(big, dt, m, kgrad=True) == forward
 
 
+def test_dx_takes_the_adjoint_where_the_input_map_has_more_tiles(monkeypatch):
+    """dX as the forward of padded dE_dY tiles the input map; the adjoint of the forward tiles dE_dY. The adjoint
+    runs where the input map has more tiles and a block holds whole samples."""
+    g = lambda H, pad: M.Geometry(32, 128, 128, H, H, 3, 3, H + 2 * pad - 2, H + 2 * pad - 2, 1, 1, (pad,) * 4)
+    f32 = np.dtype(np.float32)
+    assert M.winograd_dx_adjoint(g(14, 0), f32, 4)  # 12x12 -> 14x14: 9 tiles against 16
+    assert not M.winograd_dx_adjoint(g(14, 1), f32, 4)  # 'same': the same tiles
+    assert not M.winograd_dx_adjoint(g(28, 0), f32, 4)  # 26x26 -> 28x28: 49 tiles either way
+    assert not M.winograd_dx_adjoint(g(30, 0), f32, 4)  # 28x28 -> 30x30: 49 against 64, too few fewer
+    g64 = M.Geometry(32, 64, 64, 30, 30, 3, 3, 28, 28, 1, 1, (0,) * 4)
+    assert M.winograd_dx_adjoint(g64, np.dtype(np.float64), 4)  # float64's forward transforms: slower
+    assert M.winograd_dx_adjoint(g(10, 0), f32, 2)  # F(2x2): 8x8 -> 10x10, 16 tiles against 25
+    small = M.Geometry(32, 32, 32, 14, 14, 3, 3, 12, 12, 1, 1, (0,) * 4)
+    assert not M.winograd_dx_adjoint(small, f32, 4)  # few channels: the forward's transforms are faster
+    monkeypatch.setattr(M, "WINOGRAD_BLOCK_BYTES", 1)  # bands of one tile row: patches would cross blocks
+    assert not M.winograd_dx_adjoint(g(14, 0), f32, 4)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape,padding", [((3, 5, 4, 14, 14), 0), ((2, 3, 6, 10, 7), 0), ((2, 4, 3, 6, 6), 0),
+                                           ((2, 3, 2, 9, 11), ((0, 1), (0, 0))), ((1, 2, 3, 5, 37), 0)], ids=str)
+def test_adjoint_dx_against_the_oracle_and_the_forward_of_padded_dy(shape, padding, dtype, tile, monkeypatch,
+                                                                      restore_threads):
+    """Maps where the adjoint runs: against the tap oracle, within rounding of the other Winograd dX (the adjoint
+    switched off), and bitwise the same on 1, 2 and 3 threads; it fails if the adjoint path is not taken."""
+    monkeypatch.setattr(M, "WINOGRAD_DX_ADJOINT_MIN_CHANNELS", 1)  # small layers, for the oracles
+    monkeypatch.setattr(M, "WINOGRAD_DX_ADJOINT_MIN_TILES", dict.fromkeys(M.WINOGRAD_DX_ADJOINT_MIN_TILES, 1.01))
+    x, k, b, dy, pad = data(shape, padding, dtype, seed=8)
+    H, W = x.shape[2:]
+    g = M.Geometry(*shape[:3], H, W, 3, 3, *dy.shape[2:], 1, 1, pad)
+    assert M.winograd_dx_adjoint(g, np.dtype(dtype), tile)
+    calls = []
+    real = _runners._winograd_dx_adjoint
+    monkeypatch.setattr(_runners, "_winograd_dx_adjoint", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(cnn_ext.ops, "_PLANS", {})
+    runs = []
+    for nt in (1, 2, 3):
+        cnn_ext.set_num_threads(nt)
+        runs.append(conv2d_input_gradient(dy, k, padding=padding, input_size=(H, W), method="winograd"))
+    assert len(calls) == 3
+    for other in runs[1:]:
+        assert_array_equal(other, runs[0])
+    assert_allclose(runs[0], tap_input_gradient(dy, k, H, W, pad=pad), **tol(dtype))
+    if dtype == np.float32:  # within the documented bound, as the other Winograd dX
+        ref = conv2d_input_gradient(dy.astype(np.float64), k.astype(np.float64), padding=padding, input_size=(H, W),
+                                    method="gemm")
+        scale = abs_scales(x, k, dy, padding)[1]
+        assert max(map_errors([runs[0]], [ref], [scale])) <= M.WINOGRAD_ERROR_BOUND[tile]
+    monkeypatch.setattr(M, "winograd_dx_adjoint", lambda *a: False)
+    monkeypatch.setattr(cnn_ext.ops, "_PLANS", {})
+    padded = conv2d_input_gradient(dy, k, padding=padding, input_size=(H, W), method="winograd")
+    assert_allclose(runs[0], padded, **tol(dtype))
+    assert len(calls) == 3
+
+
 class _Spy:
     """The winograd kernel module with its forward kernel counting the samples of each call."""
 
@@ -335,18 +390,23 @@ def test_inputs_are_not_modified(tile):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("where", ["x", "k", "dy", "x's last column"])
-def test_nonfinite_values_give_the_oracles_pattern(where, dtype, tile):
+@pytest.mark.parametrize("where", ["x", "k", "dy", "x's last column", "dy, unpadded"])
+def test_nonfinite_values_give_the_oracles_pattern(where, dtype, tile, monkeypatch):
     """A tile mixes all its inputs: an inf would make NaN of outputs that never meet it, so such calls are
     recomputed by im2col, which gives the true pattern (the forward's, or the input gradient's for dE_dY).
     "x's last column": 10 columns, so only the last tile column meets it, and on 4x4 tiles its outputs are the
-    last two of each row, past the row's whole vectors of 8."""
-    x, k, b, dy, pad = data((2, 2, 3, 9, 10 if where == "x's last column" else 9), 1, dtype)
-    at = {"x": (0, 1, 4, 4), "k": (1, 0, 0, 2), "dy": (1, 2, 3, 5), "x's last column": (0, 1, 4, 9)}[where]
-    {"x": x, "k": k, "dy": dy, "x's last column": x}[where][at] = np.inf
+    last two of each row, past the row's whole vectors of 8. "dy, unpadded": dX by the adjoint of the forward."""
+    padding = 0 if where == "dy, unpadded" else 1
+    monkeypatch.setattr(M, "WINOGRAD_DX_ADJOINT_MIN_CHANNELS", 1)  # the adjoint on this small layer
+    monkeypatch.setattr(M, "WINOGRAD_DX_ADJOINT_MIN_TILES", dict.fromkeys(M.WINOGRAD_DX_ADJOINT_MIN_TILES, 1.01))
+    monkeypatch.setattr(cnn_ext.ops, "_PLANS", {})
+    x, k, b, dy, pad = data((2, 2, 3, 9, 10 if where in ("x's last column", "dy, unpadded") else 9), padding, dtype)
+    at = {"x": (0, 1, 4, 4), "k": (1, 0, 0, 2), "dy": (1, 2, 3, 5), "x's last column": (0, 1, 4, 9),
+          "dy, unpadded": (1, 2, 3, 5)}[where]
+    {"x": x, "k": k, "dy": dy, "x's last column": x, "dy, unpadded": dy}[where][at] = np.inf
     with np.errstate(invalid="ignore"):
-        if where == "dy":
-            y = conv2d_input_gradient(dy, k, padding=1, input_size=x.shape[2:], method="winograd")
+        if where.startswith("dy"):
+            y = conv2d_input_gradient(dy, k, padding=padding, input_size=x.shape[2:], method="winograd")
             ref = tap_input_gradient(dy, k, *x.shape[2:], pad=pad)
         else:
             y = conv2d_forward(x, k, b, padding=1, method="winograd")

@@ -38,6 +38,21 @@ def conv2d_forward_winograd(
     """y[n, j] = b[j] + Σ_i xcorr(x[n, i], k[j, i]) (3x3, stride 1, zero padding PH, PW) by F(m x m, 3 x 3);
     returns whether y is finite. exact_zeros: b[j] exactly where the 3x3 field is zero in every channel."""
 
+def conv2d_input_gradient_winograd(
+    dy: NDArray[_F],  # IN  (N, C_out, OH, OW)
+    u: NDArray[_F],  # IN  ((m+2)², C_out, C_in): G k Gᵀ
+    dx: NDArray[_F],  # OUT (N, C_in, H, W)
+    scratch: NDArray[_F],  # TMP (threads, winograd_scratch_size(...))
+    m: int,
+    BR: int,
+    PH: int,
+    PW: int,
+    num_threads: int,
+) -> bool:
+    """dx[n, i] = Σ_j the adjoint of xcorr(., k[j, i]) (3x3, stride 1, zero padding PH, PW) applied to dy[n, j],
+    by the adjoint of the forward's F(m x m, 3 x 3) on its own tiles; blocks of whole samples (BR tile rows, at
+    least a sample's). Returns whether dx is finite."""
+
 def conv2d_kernel_gradient_winograd(
     dy: NDArray[_F],  # IN  (N, C_out, OH, OW)
     x: NDArray[_F],  # IN  (N, C_in, H, W)

@@ -131,6 +131,41 @@ static inline void cnn_ext_wino_at_t_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRI
         o[5 * os + l] = y3;                                                                                    \
     }                                                                                                          \
 }                                                                                                              \
+/* o[ρ] = Σ_ξ Bᵀ[ξ, ρ] s[ξ]: the adjoint of the input transform (m + 2 points in, m + 2 out), for dX */            \
+static inline void cnn_ext_wino_bt_t_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRICT s, Py_ssize_t ss,              \
+                                           T* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {                 \
+    const T two = 2, four = 4, five = 5;                                                                       \
+    Py_ssize_t l;                                                                                              \
+    if (m == 2) {                                                                                              \
+        CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                           \
+            T s0 = s[l], s1 = s[ss + l], s2 = s[2 * ss + l], s3 = s[3 * ss + l];                               \
+            o[l] = s0;                                                                                         \
+            o[os + l] = (s1 - s2) + s3;                                                                        \
+            o[2 * os + l] = (s1 + s2) - s0;                                                                    \
+            o[3 * os + l] = -s3;                                                                               \
+        }                                                                                                      \
+        return;                                                                                                \
+    }                                                                                                          \
+    CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                               \
+        T s0 = s[l], s1 = s[ss + l], s2 = s[2 * ss + l], s3 = s[3 * ss + l], s4 = s[4 * ss + l],               \
+          s5 = s[5 * ss + l];                                                                                  \
+        o[l] = four * s0;                                                                                      \
+        o[os + l] = four * (s2 - s1) + two * (s4 - s3) + four * s5;                                            \
+        o[2 * os + l] = -(five * s0 + four * (s1 + s2) + (s3 + s4));                                           \
+        o[3 * os + l] = (s1 - s2) + two * (s3 - s4) - five * s5;                                               \
+        o[4 * os + l] = s0 + (s1 + s2) + (s3 + s4);                                                            \
+        o[5 * os + l] = s5;                                                                                    \
+    }                                                                                                          \
+}                                                                                                              \
+/* row[t*m + c] += s[c*ss + t], c < k, t < n, in the order of t then c: a row of patches (k = m + 2 columns)    \
+   added into a row of the map, each overlapping the next by 2 columns; for dX */                              \
+static inline void cnn_ext_wino_merge_add_##SFX(Py_ssize_t m, Py_ssize_t k, const T* CNN_EXT_RESTRICT s,          \
+                                                Py_ssize_t ss, T* CNN_EXT_RESTRICT row, Py_ssize_t n) {          \
+    Py_ssize_t t, c;                                                                                           \
+    for (t = 0; t < n; t++)                                                                                    \
+        for (c = 0; c < k; c++)                                                                                \
+            row[t * m + c] += s[c * ss + t];                                                                   \
+}                                                                                                              \
 /* u[ξ*P + p] = (G k_p Gᵀ)[ξ], ξ = η (m + 2) + ν, for the pairs p < n of the kernels k (k_p = k[9p, 9p + 9),     \
    3x3 row-major), in double and rounded once to T: the kernel transform, the rows of k_p then the columns */  \
 static inline void cnn_ext_wino_g_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRICT k, T* CNN_EXT_RESTRICT u,         \
