@@ -6,6 +6,7 @@ Inputs are a ReLU's output (half zeros), as in a network. Each cell is time(dire
 Winograd is faster), each time the best of 5 calls in each of 3 alternating rounds.
 
     python benchmarks/winograd_range.py [--dtype float32 float64] [--out benchmarks/results/winograd_range.md]
+    python benchmarks/winograd_range.py --small-batches --out benchmarks/results/winograd_small_batch
 """
 import argparse
 import time
@@ -21,6 +22,9 @@ from cnn_ext import _methods as M, conv2d_forward, conv2d_input_gradient, conv2d
 # above the large-map threshold
 SHAPES = [(64, 32, 64, 14), (64, 64, 64, 14), (64, 64, 128, 14), (64, 128, 128, 14), (64, 16, 32, 28),
           (32, 32, 32, 28), (32, 32, 64, 28), (32, 64, 64, 28), (32, 16, 32, 56), (32, 32, 32, 56), (32, 64, 64, 56)]
+# --small-batches: around WINOGRAD_MIN_PIXELS (196 output pixels per 14x14 map, 784 per 28x28 map)
+SMALL_BATCHES = [(1, 128, 128, 14), (2, 128, 128, 14), (4, 128, 128, 14), (8, 128, 128, 14), (1, 64, 64, 28),
+                 (2, 64, 64, 28)]
 ROUNDS, CALLS = 3, 5
 
 
@@ -59,6 +63,8 @@ def ratios(shape, dtype, threads):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dtype", nargs="+", default=["float32", "float64"])
+    ap.add_argument("--small-batches", action="store_true",
+                    help="the layers of 128x128 14x14 and 64x64 28x28 on batches of 1 to 8 (WINOGRAD_MIN_PIXELS)")
     ap.add_argument("--out")
     args = ap.parse_args()
     result = _report.new_result("Where auto takes Winograd (direct / winograd time)", level=1,
@@ -66,7 +72,7 @@ def main():
     for name in args.dtype:
         dtype = np.dtype(name)
         rows = []
-        for shape in SHAPES:
+        for shape in SMALL_BATCHES if args.small_batches else SHAPES:
             g = M.Geometry(shape[0], shape[1], shape[2], shape[3], shape[3], 3, 3, shape[3], shape[3], 1, 1,
                            (1, 1, 1, 1))
             cells = []

@@ -96,6 +96,10 @@ WINOGRAD_MIN_CHANNELS = 1024  # C_in*C_out from which auto takes winograd (16x32
 # from benchmarks/results/winograd_range.md and methods_kgrad_channels.md
 WINOGRAD_MIN_CHANNELS_KGRAD = 2048 if CHANNELS_WIDE else 512
 WINOGRAD_MIN_MAP = 12  # output rows and columns from which it does (the smallest maps of the measured rows)
+# output pixels per call (N x OH x OW) from which it does: the kernel transform (G k Gᵀ of every pair of
+# channels) is per call; 128x128 layers on one or two 14x14 samples ran 0.57-0.96x the direct kernels' speed,
+# on four 0.94-1.47x, one 28x28 sample of a 64x64 layer 1.14-1.26x (benchmarks/results/winograd_small_batch.md)
+WINOGRAD_MIN_PIXELS = 784
 # below WINOGRAD_LARGE_MAP rows or columns, edge tiles and transforms weigh more: on 14x14 maps 32x64 layers lost
 # to the direct kernels in both dtypes, 64x64 in float32 only (benchmarks/results/winograd_range.md)
 WINOGRAD_LARGE_MAP = 24
@@ -356,14 +360,15 @@ def kgrad_samples(g, dtype, layout):
 def _winograd_better(g, dtype, kgrad=False):
     """3x3 stride-1 layers with many channels on maps of at least WINOGRAD_MIN_MAP: 4x fewer multiplications
     outweigh the transforms (benchmarks/results/winograd_range.md), in both dtypes, ahead of every direct kernel;
-    up to WINOGRAD_MAX_C_IN channels, where its error bound was measured. AVX2 builds only: the baseline build was
-    not measured."""
+    up to WINOGRAD_MAX_C_IN channels, where its error bound was measured; from WINOGRAD_MIN_PIXELS output pixels
+    per call (the kernel transform is per call). AVX2 builds only: the baseline build was not measured."""
     if min(g.OH, g.OW) >= WINOGRAD_LARGE_MAP:
         least = WINOGRAD_MIN_CHANNELS_KGRAD if kgrad else WINOGRAD_MIN_CHANNELS
     else:
         least = (WINOGRAD_MIN_CHANNELS_SMALL_MAP_KGRAD if kgrad else WINOGRAD_MIN_CHANNELS_SMALL_MAP)[np.dtype(dtype)]
     return (FAST and g.stride1 and g.KH == 3 and g.KW == 3 and max(g.C_in, g.C_out) <= WINOGRAD_MAX_C_IN
-            and min(g.OH, g.OW) >= WINOGRAD_MIN_MAP and g.C_in * g.C_out >= least)
+            and min(g.OH, g.OW) >= WINOGRAD_MIN_MAP and g.C_in * g.C_out >= least
+            and g.N * g.OH * g.OW >= WINOGRAD_MIN_PIXELS)
 
 
 def winograd_tile(g, dtype):

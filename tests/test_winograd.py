@@ -441,8 +441,8 @@ def test_refused_by_name(kwargs, needs):
 def test_auto_takes_winograd_only_within_the_measured_range():
     """3x3 stride-1 layers, 12x12 output maps and more, C_in * C_out >= 1024 (the kernel gradient: 2048 where
     the channel-vector tiles take large maps, else 512; on maps under 24x24: 8192 in float32, 4096 in float64,
-    the kernel gradient's 16384, and 8192 in float32 without those tiles), at most 128 channels (the bound's); ahead of the channel-vector kernels; never
-    for method='direct'."""
+    the kernel gradient's 16384, and 8192 in float32 without those tiles), at most 128 channels (the bound's),
+    from 784 output pixels per call; ahead of the channel-vector kernels; never for method='direct'."""
     def geometry(C_in, C_out, size, K=3, stride=1):
         O = (size - K) // stride + 1
         return M.Geometry(8, C_in, C_out, size, size, K, K, O, O, stride, stride, (0, 0, 0, 0))
@@ -462,3 +462,7 @@ def test_auto_takes_winograd_only_within_the_measured_range():
             for g in (geometry(16, 16, 28), geometry(32, 64, 16), geometry(256, 64, 28), geometry(64, 64, 12),
                       geometry(64, 64, 28, K=5), geometry(64, 64, 28, stride=2)):
                 assert choose("auto", g, dtype) is not M.Method.WINOGRAD, g
+            # small batches: the kernel transform is per call (WINOGRAD_MIN_PIXELS output pixels per call)
+            for N, taken in ((1, False), (2, False), (4, True)):
+                g = M.Geometry(N, 128, 128, 16, 16, 3, 3, 14, 14, 1, 1, (0, 0, 0, 0))
+                assert (choose("auto", g, dtype) is M.Method.WINOGRAD) == taken, g
