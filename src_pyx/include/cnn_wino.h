@@ -528,43 +528,26 @@ static inline int cnn_ext_wino_merge_row_d(Py_ssize_t m, const double* CNN_EXT_R
 }
 #else
 #define CNN_EXT_WINO_SPLIT_BT 0
-static inline void cnn_ext_wino_split_bt_f(const float* row, float* o, Py_ssize_t os, Py_ssize_t n) {
-    (void)row; (void)o; (void)os; (void)n;  /* not called: the kernels split, then transform */
+/* without AVX2: the generic split and merge; the fused splits are never called (CNN_EXT_WINO_SPLIT_BT is 0) */
+#define CNN_EXT_WINO_PLAIN_DEFS(T, SFX)                                                                         \
+static inline void cnn_ext_wino_split_bt_##SFX(const T* row, T* o, Py_ssize_t os, Py_ssize_t n) {              \
+    (void)row; (void)o; (void)os; (void)n;                                                                     \
+}                                                                                                              \
+static inline void cnn_ext_wino_split_at_t_##SFX(const T* row, T* o, Py_ssize_t os, Py_ssize_t n) {            \
+    (void)row; (void)o; (void)os; (void)n;                                                                     \
+}                                                                                                              \
+static inline void cnn_ext_wino_split_##SFX(Py_ssize_t m, Py_ssize_t k, const T* CNN_EXT_RESTRICT row,          \
+                                            T* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {             \
+    cnn_ext_wino_split_any_##SFX(m, k, row, o, os, n);                                                         \
+}                                                                                                              \
+static inline int cnn_ext_wino_merge_row_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRICT s, Py_ssize_t ss, T b,   \
+                                               T* CNN_EXT_RESTRICT row, T* CNN_EXT_RESTRICT y, Py_ssize_t OW,  \
+                                               Py_ssize_t n) {                                                 \
+    return cnn_ext_wino_merge_row_any_##SFX(m, s, ss, b, row, y, OW, n);                                       \
 }
-
-static inline void cnn_ext_wino_split_at_t_f(const float* row, float* o, Py_ssize_t os, Py_ssize_t n) {
-    (void)row; (void)o; (void)os; (void)n;
-}
-
-static inline void cnn_ext_wino_split_f(Py_ssize_t m, Py_ssize_t k, const float* CNN_EXT_RESTRICT row,
-                                        float* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {
-    cnn_ext_wino_split_any_f(m, k, row, o, os, n);
-}
-
-static inline int cnn_ext_wino_merge_row_f(Py_ssize_t m, const float* CNN_EXT_RESTRICT s, Py_ssize_t ss, float b,
-                                           float* CNN_EXT_RESTRICT row, float* CNN_EXT_RESTRICT y, Py_ssize_t OW,
-                                           Py_ssize_t n) {
-    return cnn_ext_wino_merge_row_any_f(m, s, ss, b, row, y, OW, n);
-}
-
-static inline void cnn_ext_wino_split_bt_d(const double* row, double* o, Py_ssize_t os, Py_ssize_t n) {
-    (void)row; (void)o; (void)os; (void)n;
-}
-
-static inline void cnn_ext_wino_split_at_t_d(const double* row, double* o, Py_ssize_t os, Py_ssize_t n) {
-    (void)row; (void)o; (void)os; (void)n;
-}
-
-static inline void cnn_ext_wino_split_d(Py_ssize_t m, Py_ssize_t k, const double* CNN_EXT_RESTRICT row,
-                                        double* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {
-    cnn_ext_wino_split_any_d(m, k, row, o, os, n);
-}
-
-static inline int cnn_ext_wino_merge_row_d(Py_ssize_t m, const double* CNN_EXT_RESTRICT s, Py_ssize_t ss, double b,
-                                           double* CNN_EXT_RESTRICT row, double* CNN_EXT_RESTRICT y, Py_ssize_t OW,
-                                           Py_ssize_t n) {
-    return cnn_ext_wino_merge_row_any_d(m, s, ss, b, row, y, OW, n);
-}
+CNN_EXT_WINO_PLAIN_DEFS(float, f)
+CNN_EXT_WINO_PLAIN_DEFS(double, d)
+#undef CNN_EXT_WINO_PLAIN_DEFS
 #endif
 
 #endif  /* CNN_EXT_WINO_H */
