@@ -194,31 +194,38 @@ def _winograd_u(k, m, dtype, nt):
     return u
 
 
-def _winograd_raw(g, dtype, nt, m, exact_zeros):
-    """run(x, k, b, y) -> whether y is finite, by F(m x m, 3 x 3) (g: a 3x3 stride-1 geometry); long calls in
-    groups of whole blocks (in_chunks), the kernels transformed once. exact_zeros: outputs whose 3x3 input field
-    is all zeros are b exactly."""
-    kernel = _typed(winograd.conv2d_forward_winograd, dtype)
+def _winograd_blocks(kernel, g, dtype, nt, m, *flags):
+    """run(first, k, *others, out) -> whether out is finite: ``kernel(first, u, *others, out, scratch, m, rows, top,
+    left, nt, *flags)`` (a F(m x m, 3 x 3) kernel on g's tiles) with u the kernels transformed once per call; long
+    calls in groups of whole blocks (in_chunks)."""
     rows = M.winograd_rows(g, dtype, m)
     size = winograd.winograd_scratch_size(g.C_in, g.C_out, g.OH, g.OW, m, rows, False)
     top, _, left, _ = g.pads
     # the kernel transform's threads: by its own work, (G ⊗ G) vec(k)'s multiply-adds, not the layer's
     nt_u = min(nt, threads_for(g.C_in * g.C_out, g.C_in * g.C_out * 9 * (m + 2) ** 2))
 
-    def blocks(x, u, b, finite, y):  # finite: this call's list of each group's answer
-        finite.append(kernel(x, u, b, y, np.empty((nt, size), dtype), m, rows, top, left, nt, exact_zeros))
+    def blocks(first, u, *rest):  # rest: the others, this call's list of each group's answer, out
+        *others, finite, out = rest
+        finite.append(kernel(first, u, *others, out, np.empty((nt, size), dtype), m, rows, top, left, nt, *flags))
 
     # Ctrl-C groups of whole blocks of samples keep the blocks full; the products are per tile, so the bits are
     # those of one call
     chunked = in_chunks(blocks, g, nt, M.winograd_block_samples(g, dtype, m))
 
-    def run(x, k, b, y):
+    def run(first, k, *rest):
+        *others, out = rest
         finite = []
         with blas_single_thread():  # the block products run on the kernel's threads
-            chunked(x, _winograd_u(k, m, dtype, nt_u), b, finite, y)
+            chunked(first, _winograd_u(k, m, dtype, nt_u), *others, finite, out)
         return all(finite)
 
     return run
+
+
+def _winograd_raw(g, dtype, nt, m, exact_zeros):
+    """run(x, k, b, y) -> whether y is finite, by the F(m x m, 3 x 3) forward (g: a 3x3 stride-1 geometry).
+    exact_zeros: outputs whose 3x3 input field is all zeros are b exactly."""
+    return _winograd_blocks(_typed(winograd.conv2d_forward_winograd, dtype), g, dtype, nt, m, exact_zeros)
 
 
 def winograd_forward(g, dtype, nt, m):
@@ -257,24 +264,12 @@ def winograd_input_gradient(g, dtype, nt, m):
 
 def _winograd_dx_adjoint(g, dtype, nt, m):
     """run(dy, k, dx): dX = B [Uᵀ (A dE_dY Aᵀ)] Bᵀ on the forward's tiles, patches added where they overlap;
-    long calls in groups of whole blocks, the kernels transformed once; non-finite results by im2col."""
-    kernel = _typed(winograd.conv2d_input_gradient_winograd, dtype)
-    rows = M.winograd_rows(g, dtype, m)
-    size = winograd.winograd_scratch_size(g.C_in, g.C_out, g.OH, g.OW, m, rows, False)
-    top, _, left, _ = g.pads
-    nt_u = min(nt, threads_for(g.C_in * g.C_out, g.C_in * g.C_out * 9 * (m + 2) ** 2))
+    non-finite results by im2col."""
+    raw = _winograd_blocks(_typed(winograd.conv2d_input_gradient_winograd, dtype), g, dtype, nt, m)
     run_gemm = input_gradient(Method.GEMM, g, dtype, nt)
 
-    def blocks(dy, u, finite, dx):
-        finite.append(kernel(dy, u, dx, np.empty((nt, size), dtype), m, rows, top, left, nt))
-
-    chunked = in_chunks(blocks, g, nt, M.winograd_block_samples(g, dtype, m))
-
     def run(dy, k, dx):
-        finite = []
-        with blas_single_thread():  # the block products run on the kernel's threads
-            chunked(dy, _winograd_u(k, m, dtype, nt_u), finite, dx)
-        if not all(finite):
+        if not raw(dy, k, dx):
             run_gemm(dy, k, dx)
 
     return run
