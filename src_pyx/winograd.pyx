@@ -46,7 +46,7 @@ cdef Wino _wino(Py_ssize_t C_in, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C_out, P
     g.ebuf = g.pbuf + _round16(g.a * g.a * (g.TB + g.TL))  # their transform along one axis (planes of _pitch)
     g.vbuf = g.ebuf + _round16(g.a * g.a * (g.TB + g.TL))
     g.mbuf = g.vbuf + _round16(g.a * g.a * C_in * g.TB)
-    g.zbuf = g.mbuf + _round16(g.a * g.a * C_out * g.TB)  # the forward's zero-field map; the kernel gradient's dU
+    g.zbuf = g.mbuf + _round16(g.a * g.a * C_out * g.TB)  # the forward's zero-field map, dX's masks; dU
     return g
 
 
@@ -57,10 +57,10 @@ cdef inline Py_ssize_t _pitch(const Wino* g, Py_ssize_t TB) noexcept nogil:
 
 cdef inline Py_ssize_t _scratch_end(const Wino* g, bint kgrad) noexcept nogil:
     """Per-thread scratch: row buffer, patch and transform buffers, V, M (or dM), then the forward's zero-field
-    map (a rows of Wp per tile row of a block) or the kernel gradient's dU."""
+    map (a rows of Wp per tile row of a block) or dX's two lane masks, or the kernel gradient's dU."""
     if kgrad:
         return g.zbuf + _round16(g.a * g.a * g.C_out * g.C_in)
-    return g.zbuf + _round16(g.a * g.Wp * (g.TB // g.TW))
+    return g.zbuf + _round16(max(g.a * g.Wp * (g.TB // g.TW), 2 * (g.TB + g.TL)))
 
 
 # ---- blocks of tile rows: global tile row R = n * TH + th ------------------------------------------
@@ -136,12 +136,10 @@ cdef extern from "cnn_wino.h" nogil:
                                        Py_ssize_t n)
     void _bt_t_d "cnn_ext_wino_bt_t_d"(Py_ssize_t m, const double* s, Py_ssize_t ss, double* o, Py_ssize_t os,
                                        Py_ssize_t n)
-    void _merge_add_f "cnn_ext_wino_merge_add_f"(Py_ssize_t m, Py_ssize_t k, const float* s, Py_ssize_t ss,
-                                                 float* row, Py_ssize_t n)
-    void _merge_add_d "cnn_ext_wino_merge_add_d"(Py_ssize_t m, Py_ssize_t k, const double* s, Py_ssize_t ss,
-                                                 double* row, Py_ssize_t n)
-    float _copy_check_f "cnn_ext_wino_copy_check_f"(const float* s, float* o, Py_ssize_t n)
-    double _copy_check_d "cnn_ext_wino_copy_check_d"(const double* s, double* o, Py_ssize_t n)
+    void _overlap_f "cnn_ext_wino_overlap_f"(Py_ssize_t m, float* s, Py_ssize_t ss, const float* mask, Py_ssize_t d,
+                                             Py_ssize_t n)
+    void _overlap_d "cnn_ext_wino_overlap_d"(Py_ssize_t m, double* s, Py_ssize_t ss, const double* mask,
+                                             Py_ssize_t d, Py_ssize_t n)
     enum: WINO_SPLIT_BT "CNN_EXT_WINO_SPLIT_BT"
     enum: WINO_GROUP "CNN_EXT_WINO_GROUP"
 
@@ -224,21 +222,13 @@ cdef inline void _split_at_t(const floating* row, floating* o, Py_ssize_t os, Py
         _split_at_t_d(row, o, os, n)
 
 
-cdef inline void _merge_add(Py_ssize_t m, Py_ssize_t k, const floating* s, Py_ssize_t ss, floating* row,
-                            Py_ssize_t n) noexcept nogil:
-    """row[t*m + c] += s[c*ss + t] for c < k, t < n (t, then c): patches overlapping by k - m columns."""
+cdef inline void _overlap(Py_ssize_t m, floating* s, Py_ssize_t ss, const floating* mask, Py_ssize_t d,
+                          Py_ssize_t n) noexcept nogil:
+    """s[c*ss + l] += s[(m + c)*ss + l - d] for c < 2, l < n where mask[l] != 0: patches overlapping by 2."""
     if floating is float:
-        _merge_add_f(m, k, s, ss, row, n)
+        _overlap_f(m, s, ss, mask, d, n)
     else:
-        _merge_add_d(m, k, s, ss, row, n)
-
-
-cdef inline bint _copy_finite(const floating* s, floating* o, Py_ssize_t n) noexcept nogil:
-    """o[l] = s[l] for l < n; whether all are finite."""
-    if floating is float:
-        return _copy_check_f(s, o, n) == 0
-    else:
-        return _copy_check_d(s, o, n) == 0
+        _overlap_d(m, s, ss, mask, d, n)
 
 
 cdef inline bint _merge_row(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating b, floating* row, floating* y,
@@ -425,18 +415,27 @@ cdef void _dy_channel(const floating* dy, const Wino* g, Py_ssize_t r0, Py_ssize
 cdef bint _dx_block(const floating* dy, const floating* u, floating* dx, const Wino* g, Py_ssize_t r0,
                     Py_ssize_t r1, floating* scratch) noexcept nogil:
     """dX of the samples of global tile rows [r0, r1) (whole samples; g: the forward's geometry, its tiles over
-    dE_dY): the adjoint of the forward, dX = Σ_tiles B [Uᵀ (A dY Aᵀ)] Bᵀ, each tile's (m+2)² patch added into the
-    zero-padded map, overlapping the next by 2 rows and columns (in the order of tile rows, then tiles), and the
-    map's window copied to dX; whether all of it is finite. It has the forward's tiles, where dX as the forward
-    of padded dE_dY tiles the larger input map (14x14 from 12x12: 16 tiles instead of 9)."""
-    cdef Py_ssize_t TB = (r1 - r0) * g.TW, a = g.a, m = g.m, TW = g.TW, PB = _pitch(g, TB), Wp = g.Wp
-    cdef Py_ssize_t R, n, th, i, j, xi, rho, r, t0, AA = a * a, C_in = g.C_in, C_out = g.C_out
+    dE_dY): the adjoint of the forward, dX = Σ_tiles B [Uᵀ (A dY Aᵀ)] Bᵀ, each tile's (m+2)² patch overlapping
+    its neighbours' by 2 rows and columns in the zero-padded map. The overlaps are added in lanes (the left
+    neighbour's columns, then the row above's rows), so each tile's m x m core holds its part of the map, and the
+    map's window is written row by row; whether all of it is finite. It has the forward's tiles, where dX as the
+    forward of padded dE_dY tiles the larger input map (14x14 from 12x12: 16 tiles instead of 9)."""
+    cdef Py_ssize_t TB = (r1 - r0) * g.TW, a = g.a, m = g.m, TW = g.TW, TH = g.TH, PB = _pitch(g, TB)
+    cdef Py_ssize_t t, i, j, xi, rho, r, s, th, x, zc, tw, AA = a * a, C_in = g.C_in, C_out = g.C_out
+    cdef Py_ssize_t cores = min(g.W, TW * m) if g.PW == 0 else 0  # columns a row's tiles write straight to dX
     cdef floating* W = scratch + g.vbuf
     cdef floating* dM = scratch + g.mbuf
     cdef floating* E = scratch + g.ebuf
     cdef floating* P = scratch + g.pbuf
-    cdef floating* Z = scratch + g.zbuf  # one sample's padded map: TH m + 2 rows of Wp
+    cdef floating* left = scratch + g.zbuf  # 1 in the lanes of tiles with a tile on their left, else 0
+    cdef floating* above = left + PB  # ... with a tile above them
+    cdef const floating* src
+    cdef floating* dxrow
+    cdef floating v
     cdef bint finite = True
+    for t in range(TB):
+        left[t] = t % TW != 0
+        above[t] = (t // TW) % TH != 0
     for j in range(C_out):
         _dy_channel(dy, g, r0, r1, TB, j, scratch, dM)
     for xi in range(AA):  # W[ξ] (C_in x TB) = U[ξ]ᵀ (C_in x C_out) @ dM[ξ] (C_out x TB)
@@ -445,20 +444,25 @@ cdef bint _dx_block(const floating* dy, const floating* u, floating* dx, const W
     for i in range(C_in):
         for xi in range(a):  # along rows: E[ρ, ξ, t]
             _bt_t(m, W + (xi * C_in + i) * TB, a * C_in * TB, E + xi * PB, a * PB, TB)
-        for rho in range(a):  # along columns: P[ρ, c, t]
+        for rho in range(a):  # along columns: P[ρ, c, t], then the left neighbour's last 2 columns added
             _bt_t(m, E + rho * a * PB, PB, P + rho * a * PB, PB, TB)
-        for R in range(r0, r1):
-            n = R // g.TH
-            th = R - n * g.TH
-            t0 = (R - r0) * TW
-            if th == 0:
-                for r in range((g.TH * m + 2) * Wp):
-                    Z[r] = 0
-            for rho in range(a):
-                _merge_add(m, a, P + rho * a * PB + t0, PB, Z + (th * m + rho) * Wp, TW)
-            if th == g.TH - 1:
-                for r in range(g.H):
-                    finite &= _copy_finite(Z + (r + g.PH) * Wp + g.PW, dx + ((n * C_in + i) * g.H + r) * g.W, g.W)
+            _overlap(m, P + rho * a * PB, PB, left, 1, TB)
+        for x in range(a):  # then the last 2 rows of the tile above (its left neighbour's included)
+            _overlap(m, P + x * PB, a * PB, above, TW, TB)
+        for s in range((r1 - r0) // TH):  # map row r + PH: core row rho of tile row th, or the last one's rows m, m + 1
+            for r in range(g.H):
+                th = min((r + g.PH) // m, TH - 1)
+                rho = r + g.PH - th * m
+                src = P + rho * a * PB + (s * TH + th) * TW
+                dxrow = dx + (((r0 // TH + s) * C_in + i) * g.H + r) * g.W
+                if cores:
+                    finite &= _merge_row(m, src, PB, 0, scratch + g.rowbuf, dxrow, cores, TW)
+                for x in range(cores, g.W):  # the columns past the tiles' cores (those of the last tile's patch)
+                    zc = x + g.PW
+                    tw = min(zc // m, TW - 1)
+                    v = src[(zc - tw * m) * PB + tw]
+                    dxrow[x] = v
+                    finite &= v - v == 0
     return finite
 
 

@@ -219,7 +219,8 @@ def test_dx_takes_the_adjoint_where_the_input_map_has_more_tiles(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("shape,padding", [((3, 5, 4, 14, 14), 0), ((2, 3, 6, 10, 7), 0), ((2, 4, 3, 6, 6), 0),
-                                           ((2, 3, 2, 9, 11), ((0, 1), (0, 0))), ((1, 2, 3, 5, 37), 0)], ids=str)
+                                           ((2, 3, 2, 9, 11), ((0, 1), (0, 0))), ((1, 2, 3, 5, 37), 0),
+                                           ((2, 3, 2, 9, 11), ((1, 0), (1, 0)))], ids=str)
 def test_adjoint_dx_against_the_oracle_and_the_forward_of_padded_dy(shape, padding, dtype, tile, monkeypatch,
                                                                       restore_threads):
     """Maps where the adjoint runs: against the tap oracle, within rounding of the other Winograd dX (the adjoint

@@ -157,22 +157,18 @@ static inline void cnn_ext_wino_bt_t_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRI
         o[5 * os + l] = s5;                                                                                    \
     }                                                                                                          \
 }                                                                                                              \
-/* row[t*m + c] += s[c*ss + t], c < k, t < n, in the order of t then c: a row of patches (k = m + 2 columns)   \
-   added into a row of the map, each overlapping the next by k - m columns; for dX. A tile's overlap with the  \
-   previous one is added from registers, not stored and reloaded: stores of 2 columns under the next tile's    \
-   vector load stalled store forwarding. Same sums in the same order. */                                       \
-static inline void cnn_ext_wino_merge_add_##SFX(Py_ssize_t m, Py_ssize_t k, const T* CNN_EXT_RESTRICT s,       \
-                                                Py_ssize_t ss, T* CNN_EXT_RESTRICT row, Py_ssize_t n) {        \
-    Py_ssize_t t, c;                                                                                           \
-    for (t = 0; t < n; t++)                                                                                    \
-        for (c = 0; c < m; c++) {                                                                              \
-            T v = row[t * m + c];                                                                              \
-            if (t > 0 && c < k - m)                                                                            \
-                v += s[(m + c) * ss + t - 1];                                                                  \
-            row[t * m + c] = v + s[c * ss + t];                                                                \
-        }                                                                                                      \
-    for (c = 0; n > 0 && c < k - m; c++)                                                                       \
-        row[n * m + c] += s[(m + c) * ss + n - 1];                                                             \
+/* s[c*ss + l] += s[(m + c)*ss + l - d] for c < 2, lanes l < n where mask[l] != 0: each tile's patch gets, in  \
+   its first 2 columns (or rows), the last 2 of the patch d lanes before it (d = 1: the tile on its left; the  \
+   tiles of a row: the one above), in lanes, where the patches overlap in the map; for dX */                   \
+static inline void cnn_ext_wino_overlap_##SFX(Py_ssize_t m, T* s, Py_ssize_t ss, const T* CNN_EXT_RESTRICT mask,\
+                                             Py_ssize_t d, Py_ssize_t n) {                                     \
+    Py_ssize_t c, l;                                                                                           \
+    for (c = 0; c < 2; c++) {                                                                                  \
+        T* CNN_EXT_RESTRICT o = s + c * ss;                                                                    \
+        const T* CNN_EXT_RESTRICT p = s + (m + c) * ss - d;                                                    \
+        CNN_EXT_LANES_LOOP for (l = 0; l < n; l++)                                                             \
+            o[l] += mask[l] != 0 ? p[l] : (T)0;                                                                \
+    }                                                                                                          \
 }                                                                                                              \
 /* u[ξ*P + p] = (G k_p Gᵀ)[ξ], ξ = η (m + 2) + ν, for the pairs p < n of the kernels k (k_p = k[9p, 9p + 9),     \
    3x3 row-major), in double and rounded once to T: the kernel transform, the rows of k_p then the columns */  \
