@@ -113,12 +113,11 @@ WINOGRAD_BLOCK_BYTES = 2 << 20  # V and M of one block of tiles: wide enough pro
 # products read and write; on 128x128 layers dU alone outweighs 2 MiB of tiles. float64 64x64 layers lost with
 # more than 3 (benchmarks/results/winograd_kgrad.md)
 WINOGRAD_KGRAD_DU_RATIO = {np.dtype(np.float32): 5, np.dtype(np.float64): 3}
-# dX as the adjoint of the forward, on fewer tiles than the forward of padded dE_dY: its transforms (per channel
-# and tile) are slower than the forward's, so it wins from C_in*C_out = 4096 (32x32 layers lost) and from this
-# many times fewer tiles (float32 64x64 layers lost on 30x30 maps, 1.31x fewer; the 14x14 maps' 1.78x won;
-# float64 won at 1.31x): benchmarks/results/winograd_dx.md
+# dX as the adjoint of the forward, on fewer tiles than the forward of padded dE_dY: it wins from C_in*C_out =
+# 4096 (float64 32x32 layers lost) and from this many times fewer tiles (1.31x, 30x30 maps, won in both dtypes;
+# 34x34 maps have 1.27x, 38x38 1.23x): benchmarks/results/winograd_dx.md
 WINOGRAD_DX_ADJOINT_MIN_CHANNELS = 4096
-WINOGRAD_DX_ADJOINT_MIN_TILES = {np.dtype(np.float32): 1.5, np.dtype(np.float64): 1.25}
+WINOGRAD_DX_ADJOINT_MIN_TILES = 1.25
 NCHUNK = 16  # batch reductions run over this many chunks summed in order: the same sums on any thread count
 # a kernel gradient's chunk is what a Ctrl-C waits for (one kernel call on a busy machine): long calls get more
 # chunks, of at most this many multiply-adds, as long as their partial sums fit MAX_PARTIAL_BYTES
@@ -407,7 +406,7 @@ def winograd_dx_adjoint(g, dtype, m):
     TH, TW = -(-g.OH // m), -(-g.OW // m)
     fewer = -(-g.H // m) * -(-g.W // m) / (TH * TW)
     return (g.C_in * g.C_out >= WINOGRAD_DX_ADJOINT_MIN_CHANNELS and winograd_rows(g, dtype, m) >= TH
-            and fewer >= WINOGRAD_DX_ADJOINT_MIN_TILES[np.dtype(dtype)])
+            and fewer >= WINOGRAD_DX_ADJOINT_MIN_TILES)
 
 
 def winograd_nchunk(g, dtype, m):

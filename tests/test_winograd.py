@@ -207,9 +207,11 @@ def test_dx_takes_the_adjoint_where_the_input_map_has_more_tiles(monkeypatch):
     assert M.winograd_dx_adjoint(g(14, 0), f32, 4)  # 12x12 -> 14x14: 9 tiles against 16
     assert not M.winograd_dx_adjoint(g(14, 1), f32, 4)  # 'same': the same tiles
     assert not M.winograd_dx_adjoint(g(28, 0), f32, 4)  # 26x26 -> 28x28: 49 tiles either way
-    assert not M.winograd_dx_adjoint(g(30, 0), f32, 4)  # 28x28 -> 30x30: 49 against 64, too few fewer
+    assert M.winograd_dx_adjoint(g(30, 0), f32, 4)  # 28x28 -> 30x30: 49 against 64
     g64 = M.Geometry(32, 64, 64, 30, 30, 3, 3, 28, 28, 1, 1, (0,) * 4)
-    assert M.winograd_dx_adjoint(g64, np.dtype(np.float64), 4)  # float64's forward transforms: slower
+    assert M.winograd_dx_adjoint(g64, np.dtype(np.float64), 4)
+    assert not M.winograd_dx_adjoint(g(30, 0), np.dtype(np.float64), 4)  # a float64 block holds no whole sample
+    assert not M.winograd_dx_adjoint(g(38, 0), f32, 4)  # 36x36 -> 38x38: 81 against 100, too few fewer
     assert M.winograd_dx_adjoint(g(10, 0), f32, 2)  # F(2x2): 8x8 -> 10x10, 16 tiles against 25
     small = M.Geometry(32, 32, 32, 14, 14, 3, 3, 12, 12, 1, 1, (0,) * 4)
     assert not M.winograd_dx_adjoint(small, f32, 4)  # few channels: the forward's transforms are faster
@@ -226,7 +228,7 @@ def test_adjoint_dx_against_the_oracle_and_the_forward_of_padded_dy(shape, paddi
     """Maps where the adjoint runs: against the tap oracle, within rounding of the other Winograd dX (the adjoint
     switched off), and bitwise the same on 1, 2 and 3 threads; it fails if the adjoint path is not taken."""
     monkeypatch.setattr(M, "WINOGRAD_DX_ADJOINT_MIN_CHANNELS", 1)  # small layers, for the oracles
-    monkeypatch.setattr(M, "WINOGRAD_DX_ADJOINT_MIN_TILES", dict.fromkeys(M.WINOGRAD_DX_ADJOINT_MIN_TILES, 1.01))
+    monkeypatch.setattr(M, "WINOGRAD_DX_ADJOINT_MIN_TILES", 1.01)
     x, k, b, dy, pad = data(shape, padding, dtype, seed=8)
     H, W = x.shape[2:]
     g = M.Geometry(*shape[:3], H, W, 3, 3, *dy.shape[2:], 1, 1, pad)
@@ -401,7 +403,7 @@ def test_nonfinite_values_give_the_oracles_pattern(where, dtype, tile, monkeypat
     last two of each row, past the row's whole vectors of 8. "dy, unpadded": dX by the adjoint of the forward."""
     padding = 0 if where == "dy, unpadded" else 1
     monkeypatch.setattr(M, "WINOGRAD_DX_ADJOINT_MIN_CHANNELS", 1)  # the adjoint on this small layer
-    monkeypatch.setattr(M, "WINOGRAD_DX_ADJOINT_MIN_TILES", dict.fromkeys(M.WINOGRAD_DX_ADJOINT_MIN_TILES, 1.01))
+    monkeypatch.setattr(M, "WINOGRAD_DX_ADJOINT_MIN_TILES", 1.01)
     monkeypatch.setattr(cnn_ext.ops, "_PLANS", {})
     x, k, b, dy, pad = data((2, 2, 3, 9, 10 if where in ("x's last column", "dy, unpadded") else 9), padding, dtype)
     at = {"x": (0, 1, 4, 4), "k": (1, 0, 0, 2), "dy": (1, 2, 3, 5), "x's last column": (0, 1, 4, 9),
