@@ -5,7 +5,8 @@ Each checkout must be built in place (`python setup.py build_ext --inplace`). On
 any two versions compare. The workloads: the tutorial's MNIST network (training step, batch 16, float32 and
 float64), the MNIST CNN of examples/train_mnist_cnn.py (Adam step, batch 64, float32), and large 3x3 layers
 (Conv2D(64, 64, 3, 'same') on 64 x 64 x 28 x 28, forward + backward and forward alone, float32; Conv2D(128, 128,
-3, 'same') on 32 x 128 x 14 x 14, forward + backward, float32 and float64).
+3, 'same') on 32 x 128 x 14 x 14, forward + backward, float32 and float64, and unpadded in float32: its dX takes
+the adjoint Winograd path).
 
     python benchmarks/compare_trees.py OLD_CHECKOUT NEW_CHECKOUT --threads 1,2 --rounds 4 --out FILE
 
@@ -64,9 +65,9 @@ def mnist_cnn(dtype):
     return step
 
 
-def layer(N, C_in, C_out, H, backward):
+def layer(N, C_in, C_out, H, backward, padding="same"):
     def make(dtype):
-        conv = Conv2D(C_in, C_out, 3, padding="same", seed=0, dtype=dtype)
+        conv = Conv2D(C_in, C_out, 3, padding=padding, seed=0, dtype=dtype)
         x = np.random.default_rng(0).random((N, C_in, H, H)).astype(dtype)
 
         def step():
@@ -82,7 +83,8 @@ WORK = {"tutorial step f32": (tutorial, np.float32), "tutorial step f64": (tutor
         "Conv2D 64-64-3 28x28 fwd+bwd f32": (layer(64, 64, 64, 28, True), np.float32),
         "Conv2D 64-64-3 28x28 forward f32": (layer(64, 64, 64, 28, False), np.float32),
         "Conv2D 128-128-3 14x14 fwd+bwd f32": (layer(32, 128, 128, 14, True), np.float32),
-        "Conv2D 128-128-3 14x14 fwd+bwd f64": (layer(32, 128, 128, 14, True), np.float64)}
+        "Conv2D 128-128-3 14x14 fwd+bwd f64": (layer(32, 128, 128, 14, True), np.float64),
+        "Conv2D 128-128-3 14x14 valid fwd+bwd f32": (layer(32, 128, 128, 14, True, 0), np.float32)}
 out = {}
 for name in names:
     make, dtype = WORK[name]
@@ -109,7 +111,7 @@ print(json.dumps(out))
 
 WORKLOADS = ["tutorial step f32", "tutorial step f64", "MNIST CNN step f32", "Conv2D 64-64-3 28x28 fwd+bwd f32",
              "Conv2D 64-64-3 28x28 forward f32", "Conv2D 128-128-3 14x14 fwd+bwd f32",
-             "Conv2D 128-128-3 14x14 fwd+bwd f64"]
+             "Conv2D 128-128-3 14x14 fwd+bwd f64", "Conv2D 128-128-3 14x14 valid fwd+bwd f32"]
 
 
 def run_child(tree, threads, repeats, min_time):
