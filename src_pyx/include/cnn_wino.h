@@ -158,8 +158,8 @@ static inline void cnn_ext_wino_bt_t_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRI
     }                                                                                                          \
 }                                                                                                              \
 /* s[c*ss + l] += s[(m + c)*ss + l - d] for c < 2, lanes l < n where mask[l] != 0: each tile's patch gets, in  \
-   its first 2 columns (or rows), the last 2 of the patch d lanes before it (d = 1: the tile on its left; the  \
-   tiles of a row: the one above), in lanes, where the patches overlap in the map; for dX */                   \
+   its first 2 columns (or rows), the last 2 of the patch d lanes before it (d = 1: the tile on its left; d =  \
+   the tiles per row: the one above), where the patches overlap in the map; for dX */                          \
 static inline void cnn_ext_wino_overlap_##SFX(Py_ssize_t m, T* s, Py_ssize_t ss, const T* CNN_EXT_RESTRICT mask,\
                                              Py_ssize_t d, Py_ssize_t n) {                                     \
     Py_ssize_t c, l;                                                                                           \
