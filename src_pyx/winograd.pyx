@@ -45,7 +45,7 @@ cdef Wino _wino(Py_ssize_t C_in, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C_out, P
     g.pbuf = g.rowbuf + g.a * g.RL                    # one channel's patches (or dE_dY tiles) of the block
     g.ebuf = g.pbuf + _round16(g.a * g.a * (g.TB + g.TL))  # their transform along one axis (planes of _pitch)
     g.vbuf = g.ebuf + _round16(g.a * g.a * (g.TB + g.TL))
-    g.mbuf = g.vbuf + _round16(g.a * g.a * C_in * g.TB)
+    g.mbuf = g.vbuf + _round16(g.a * g.a * C_in * (g.TB + g.TL))  # V: planes of _pitch
     g.zbuf = g.mbuf + _round16(g.a * g.a * C_out * g.TB)  # the forward's zero-field map, dX's masks; dU
     return g
 
@@ -109,9 +109,10 @@ cdef extern from "cnn_wino.h" nogil:
     void _bt_f "cnn_ext_wino_bt_f"(Py_ssize_t m, const float* s, Py_ssize_t ss, float* o, Py_ssize_t os, Py_ssize_t n)
     void _bt_d "cnn_ext_wino_bt_d"(Py_ssize_t m, const double* s, Py_ssize_t ss, double* o, Py_ssize_t os,
                                    Py_ssize_t n)
-    void _at_f "cnn_ext_wino_at_f"(Py_ssize_t m, const float* s, Py_ssize_t ss, float* o, Py_ssize_t os, Py_ssize_t n)
-    void _at_d "cnn_ext_wino_at_d"(Py_ssize_t m, const double* s, Py_ssize_t ss, double* o, Py_ssize_t os,
-                                   Py_ssize_t n)
+    void _at2_f "cnn_ext_wino_at2_f"(Py_ssize_t m, const float* s, Py_ssize_t ss, float* o, Py_ssize_t os,
+                                     Py_ssize_t n)
+    void _at2_d "cnn_ext_wino_at2_d"(Py_ssize_t m, const double* s, Py_ssize_t ss, double* o, Py_ssize_t os,
+                                     Py_ssize_t n)
     void _at_t_f "cnn_ext_wino_at_t_f"(Py_ssize_t m, const float* s, Py_ssize_t ss, float* o, Py_ssize_t os,
                                        Py_ssize_t n)
     void _at_t_d "cnn_ext_wino_at_t_d"(Py_ssize_t m, const double* s, Py_ssize_t ss, double* o, Py_ssize_t os,
@@ -128,9 +129,11 @@ cdef extern from "cnn_wino.h" nogil:
     void _copy_max_abs_d "cnn_ext_wino_copy_max_abs_d"(const double* s, double* o, double* acc, Py_ssize_t n)
     void _g_f "cnn_ext_wino_g_f"(Py_ssize_t m, const float* k, float* u, Py_ssize_t P, Py_ssize_t n)
     void _g_d "cnn_ext_wino_g_d"(Py_ssize_t m, const double* k, double* u, Py_ssize_t P, Py_ssize_t n)
-    void _split_bt_f "cnn_ext_wino_split_bt_f"(const float* row, float* o, Py_ssize_t os, Py_ssize_t n)
+    void _input_bt_f "cnn_ext_wino_input_bt_f"(const float* row, Py_ssize_t rs, float* o, Py_ssize_t os,
+                                               Py_ssize_t n)
     void _split_at_t_f "cnn_ext_wino_split_at_t_f"(const float* row, float* o, Py_ssize_t os, Py_ssize_t n)
-    void _split_bt_d "cnn_ext_wino_split_bt_d"(const double* row, double* o, Py_ssize_t os, Py_ssize_t n)
+    void _input_bt_d "cnn_ext_wino_input_bt_d"(const double* row, Py_ssize_t rs, double* o, Py_ssize_t os,
+                                               Py_ssize_t n)
     void _split_at_t_d "cnn_ext_wino_split_at_t_d"(const double* row, double* o, Py_ssize_t os, Py_ssize_t n)
     void _bt_t_f "cnn_ext_wino_bt_t_f"(Py_ssize_t m, const float* s, Py_ssize_t ss, float* o, Py_ssize_t os,
                                        Py_ssize_t n)
@@ -153,13 +156,13 @@ cdef inline void _bt(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating* o
         _bt_d(m, s, ss, o, os, n)
 
 
-cdef inline void _at(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating* o, Py_ssize_t os,
-                     Py_ssize_t n) noexcept nogil:
-    """o[r] = Σ_ξ Aᵀ[r, ξ] s[ξ]: the output transform along one axis."""
+cdef inline void _at2(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating* o, Py_ssize_t os,
+                      Py_ssize_t n) noexcept nogil:
+    """o[r*m + c] = (Aᵀ S A)[r, c], S[η, ν] = s[η (m + 2) + ν]: the 2-D output transform of one channel."""
     if floating is float:
-        _at_f(m, s, ss, o, os, n)
+        _at2_f(m, s, ss, o, os, n)
     else:
-        _at_d(m, s, ss, o, os, n)
+        _at2_d(m, s, ss, o, os, n)
 
 
 cdef inline void _at_t(Py_ssize_t m, const floating* s, Py_ssize_t ss, floating* o, Py_ssize_t os,
@@ -205,13 +208,14 @@ cdef inline void _copy_max_abs(const floating* s, floating* o, floating* acc, Py
         _copy_max_abs_d(s, o, acc, n)
 
 
-cdef inline void _split_bt(const floating* row, floating* o, Py_ssize_t os, Py_ssize_t n) noexcept nogil:
-    """o[ξ*os + t] = Σ_c Bᵀ[ξ, c] row[4t + c] (F(4x4, 3x3), t < n in whole groups): split and transformed along
-    columns at once (builds with WINO_SPLIT_BT only)."""
+cdef inline void _input_bt(const floating* row, Py_ssize_t rs, floating* o, Py_ssize_t os,
+                           Py_ssize_t n) noexcept nogil:
+    """o[(η a + ξ)*os + t] = (Bᵀ d_t B)[η, ξ], d_t: the 6x6 patch of tile t < n (in whole groups) in the rows
+    row + ρ rs (F(4x4, 3x3): builds with WINO_SPLIT_BT only)."""
     if floating is float:
-        _split_bt_f(row, o, os, n)
+        _input_bt_f(row, rs, o, os, n)
     else:
-        _split_bt_d(row, o, os, n)
+        _input_bt_d(row, rs, o, os, n)
 
 
 cdef inline void _split_at_t(const floating* row, floating* o, Py_ssize_t os, Py_ssize_t n) noexcept nogil:
@@ -242,9 +246,10 @@ cdef inline bint _merge_row(Py_ssize_t m, const floating* s, Py_ssize_t ss, floa
 
 
 # ---- the transforms of one block -----------------------------------------------------------------
-# Each block's tiles are gathered first (P[ρ, c, t]: a channel's patches, tile t of the block in the lanes), so
-# both passes of a 2-D transform run over all the block's tiles in unit stride: the loops vectorise whatever
-# the map's width (one tile row of a 28x28 map has only 7 tiles).
+# Tile t of a block is lane t of every plane, so the transforms run over whole vectors of tiles whatever the
+# map's width (one tile row of a 28x28 map has only 7 tiles). The forward's output transform keeps each tile in
+# registers; so does the input transform of F(4x4, 3x3) in the AVX2 builds, a tile row at a time; otherwise a
+# 2-D transform is a pass per axis over the block's planes (P[ρ, c, t]: a channel's patches, gathered first).
 
 cdef void _input_channel(const floating* x, const Wino* g, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t TB,
                          Py_ssize_t i, floating* scratch, floating* V, floating* Z) noexcept nogil:
@@ -283,16 +288,18 @@ cdef void _input_channel(const floating* x, const Wino* g, Py_ssize_t r0, Py_ssi
                     row[g.PW + c] = src[c]
             for c in range(g.PW + g.W, g.TL * m + 2):
                 row[c] = 0
-        for rho in range(a):  # into P[ρ, c, t0 + tw], after all the copies: loads right after stores would stall
-            if fused:  # split and transformed along columns at once: E[ρ, ξ, t0 + tw]
-                _split_bt(scratch + g.rowbuf + rho * g.RL, E + rho * a * PB + t0, PB, TW)
-                continue
-            _split(m, a, scratch + g.rowbuf + rho * g.RL, P + rho * a * PB + t0, PB, TW)  # lanes past TW: next row's
-    if not fused:
-        for rho in range(a):  # along columns: E[ρ, ξ, t]
-            _bt(m, P + rho * a * PB, PB, E + rho * a * PB, PB, TB)
+        # after all the copies (loads right after stores would stall); lanes past TW: the next tile row's
+        if fused:  # the whole transform, the tile row's patches in registers: V[η * a + ξ, i, t0 + tw]
+            _input_bt(scratch + g.rowbuf, g.RL, V + i * PB + t0, g.C_in * PB, TW)
+            continue
+        for rho in range(a):  # P[ρ, c, t0 + tw]
+            _split(m, a, scratch + g.rowbuf + rho * g.RL, P + rho * a * PB + t0, PB, TW)
+    if fused:
+        return
+    for rho in range(a):  # along columns: E[ρ, ξ, t]
+        _bt(m, P + rho * a * PB, PB, E + rho * a * PB, PB, TB)
     for xi in range(a):  # along rows: V[η * a + ξ, i, t]
-        _bt(m, E + xi * PB, a * PB, V + (xi * g.C_in + i) * TB, a * g.C_in * TB, TB)
+        _bt(m, E + xi * PB, a * PB, V + (xi * g.C_in + i) * PB, a * g.C_in * PB, TB)
 
 
 cdef Py_ssize_t _zero_fields(const Wino* g, Py_ssize_t rows, floating* Z) noexcept nogil:
@@ -319,11 +326,10 @@ cdef bint _forward_block(const floating* x, const floating* u, const floating* b
     """y = b + Aᵀ [U ⊙ V] A for the output tiles of global tile rows [r0, r1); whether all are finite.
     exact_zeros: outputs whose 3x3 field is zero in every channel are b exactly (the transforms leave rounding
     residuals of the tile there)."""
-    cdef Py_ssize_t TB = (r1 - r0) * g.TW, a = g.a, m = g.m, TW = g.TW
-    cdef Py_ssize_t R, n, th, i, j, xi, eta, c, p, q, t0, AA = a * a, zeros = 0
+    cdef Py_ssize_t TB = (r1 - r0) * g.TW, a = g.a, m = g.m, TW = g.TW, PB = _pitch(g, TB)
+    cdef Py_ssize_t R, n, th, i, j, xi, c, p, q, t0, AA = a * a, zeros = 0
     cdef floating* V = scratch + g.vbuf
     cdef floating* M = scratch + g.mbuf
-    cdef floating* Q = scratch + g.ebuf
     cdef floating* O = scratch + g.pbuf
     cdef floating* Z = scratch + g.zbuf if exact_zeros else NULL
     cdef floating* rowbuf = scratch + g.rowbuf
@@ -340,12 +346,9 @@ cdef bint _forward_block(const floating* x, const floating* u, const floating* b
         zeros = _zero_fields(g, r1 - r0, Z)
     for xi in range(AA):  # M[ξ] (C_out x TB) = U[ξ] (C_out x C_in) @ V[ξ] (C_in x TB)
         _gemm_rm(False, False, <int>g.C_out, <int>TB, <int>g.C_in, <floating>1, u + xi * g.C_out * g.C_in,
-                 <int>g.C_in, V + xi * g.C_in * TB, <int>TB, <floating>0, M + xi * g.C_out * TB, <int>TB)
+                 <int>g.C_in, V + xi * g.C_in * PB, <int>PB, <floating>0, M + xi * g.C_out * TB, <int>TB)
     for j in range(g.C_out):
-        for eta in range(a):  # along columns: Q[η, c, t]
-            _at(m, M + (eta * a * g.C_out + j) * TB, g.C_out * TB, Q + eta * m * TB, TB, TB)
-        for c in range(m):  # along rows: O[r, c, t]
-            _at(m, Q + c * TB, m * TB, O + c * TB, m * TB, TB)
+        _at2(m, M + j * TB, g.C_out * TB, O, TB, TB)  # O[r, c, t]
         bj = b[j]
         for R in range(r0, r1):
             n = R // g.TH
@@ -493,13 +496,13 @@ cdef void _kgrad_transforms(const floating* dy, const floating* x, const Wino* g
 cdef void _kgrad_products(const Wino* g, Py_ssize_t TB, Py_ssize_t lo, Py_ssize_t hi, floating beta,
                           floating* base) noexcept nogil:
     """dU[ξ] (C_out x C_in) = dM[ξ] (C_out x TB) @ V[ξ]ᵀ (TB x C_in) + beta dU[ξ], for ξ in [lo, hi)."""
-    cdef Py_ssize_t xi
+    cdef Py_ssize_t xi, PB = _pitch(g, TB)
     cdef floating* V = base + g.vbuf
     cdef floating* dM = base + g.mbuf
     cdef floating* dU = base + g.zbuf
     for xi in range(lo, hi):
         _gemm_rm(False, True, <int>g.C_out, <int>g.C_in, <int>TB, <floating>1, dM + xi * g.C_out * TB, <int>TB,
-                 V + xi * g.C_in * TB, <int>TB, beta, dU + xi * g.C_out * g.C_in, <int>g.C_in)
+                 V + xi * g.C_in * PB, <int>PB, beta, dU + xi * g.C_out * g.C_in, <int>g.C_in)
 
 
 cdef enum:

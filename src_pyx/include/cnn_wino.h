@@ -84,26 +84,46 @@ static inline void cnn_ext_wino_bt_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRICT
         o[5 * os + l] = four * d1 - five * d3 + d5;                                                            \
     }                                                                                                          \
 }                                                                                                              \
-/* o[r] = Σ_ξ Aᵀ[r, ξ] s[ξ]: the output transform along one axis (m + 2 points in, m out) */                     \
-static inline void cnn_ext_wino_at_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRICT s, Py_ssize_t ss,                \
-                                         T* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {                   \
+/* o[(r*m + c)*os + l] = (Aᵀ S A)[r, c] with S[η, ν] = s[(η (m + 2) + ν)*ss + l]: the 2-D output transform of   \
+   one channel's tiles, along ν then η; the tile's (m + 2) x m half-transform stays in registers, not in a     \
+   buffer of the block's planes */                                                                             \
+static inline void cnn_ext_wino_at2_##SFX(Py_ssize_t m, const T* CNN_EXT_RESTRICT s, Py_ssize_t ss,               \
+                                          T* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {                  \
     const T two = 2, four = 4, eight = 8;                                                                      \
     Py_ssize_t l;                                                                                              \
     if (m == 2) {                                                                                              \
-        CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                                   \
-            T s0 = s[l], s1 = s[ss + l], s2 = s[2 * ss + l], s3 = s[3 * ss + l];                               \
-            o[l] = s0 + s1 + s2;                                                                               \
-            o[os + l] = s1 - s2 - s3;                                                                          \
+        CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                           \
+            T q[4][2];                                                                                         \
+            for (int e = 0; e < 4; e++) {                                                                      \
+                T s0 = s[4 * e * ss + l], s1 = s[(4 * e + 1) * ss + l], s2 = s[(4 * e + 2) * ss + l],          \
+                  s3 = s[(4 * e + 3) * ss + l];                                                                \
+                q[e][0] = s0 + s1 + s2;                                                                        \
+                q[e][1] = s1 - s2 - s3;                                                                        \
+            }                                                                                                  \
+            for (int c = 0; c < 2; c++) {                                                                      \
+                o[c * os + l] = q[0][c] + q[1][c] + q[2][c];                                                   \
+                o[(2 + c) * os + l] = q[1][c] - q[2][c] - q[3][c];                                             \
+            }                                                                                                  \
         }                                                                                                      \
         return;                                                                                                \
     }                                                                                                          \
-    CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                                       \
-        T s0 = s[l], s1 = s[ss + l], s2 = s[2 * ss + l], s3 = s[3 * ss + l], s4 = s[4 * ss + l],               \
-          s5 = s[5 * ss + l];                                                                                  \
-        o[l] = s0 + (s1 + s2) + (s3 + s4);                                                                     \
-        o[os + l] = (s1 - s2) + two * (s3 - s4);                                                               \
-        o[2 * os + l] = (s1 + s2) + four * (s3 + s4);                                                          \
-        o[3 * os + l] = (s1 - s2) + eight * (s3 - s4) + s5;                                                    \
+    CNN_EXT_LANES_LOOP for (l = 0; l < n; l++) {                                                               \
+        T q[6][4];                                                                                             \
+        for (int e = 0; e < 6; e++) {                                                                          \
+            const T* p = s + 6 * e * ss + l;                                                                   \
+            T s0 = p[0], s1 = p[ss], s2 = p[2 * ss], s3 = p[3 * ss], s4 = p[4 * ss], s5 = p[5 * ss];           \
+            q[e][0] = s0 + (s1 + s2) + (s3 + s4);                                                              \
+            q[e][1] = (s1 - s2) + two * (s3 - s4);                                                             \
+            q[e][2] = (s1 + s2) + four * (s3 + s4);                                                            \
+            q[e][3] = (s1 - s2) + eight * (s3 - s4) + s5;                                                      \
+        }                                                                                                      \
+        for (int c = 0; c < 4; c++) {                                                                          \
+            T s0 = q[0][c], s1 = q[1][c], s2 = q[2][c], s3 = q[3][c], s4 = q[4][c], s5 = q[5][c];              \
+            o[c * os + l] = s0 + (s1 + s2) + (s3 + s4);                                                        \
+            o[(4 + c) * os + l] = (s1 - s2) + two * (s3 - s4);                                                 \
+            o[(8 + c) * os + l] = (s1 + s2) + four * (s3 + s4);                                                \
+            o[(12 + c) * os + l] = (s1 - s2) + eight * (s3 - s4) + s5;                                         \
+        }                                                                                                      \
     }                                                                                                          \
 }                                                                                                              \
 /* o[ξ] = Σ_r Aᵀ[r, ξ] s[r]: the adjoint of the output transform (m points in, m + 2 out) */                     \
@@ -313,7 +333,7 @@ static inline __m256 cnn_ext_wino_pair(const float* p) {
 static inline void cnn_ext_wino_split_f(Py_ssize_t m, Py_ssize_t k, const float* CNN_EXT_RESTRICT row,
                                         float* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {
     Py_ssize_t t0;
-    if (m != 4 || k != 4) {  /* the input tiles' 6 columns: cnn_ext_wino_split_bt_f */
+    if (m != 4 || k != 4) {  /* the input tiles' 6 columns: cnn_ext_wino_input_bt_f */
         cnn_ext_wino_split_any_f(m, k, row, o, os, n);
         return;
     }
@@ -329,28 +349,48 @@ static inline void cnn_ext_wino_split_f(Py_ssize_t m, Py_ssize_t k, const float*
     }
 }
 
-/* The input transform along columns fused with the split (F(4x4, 3x3), a tile's 6 columns): o[ξ*os + t] =
-   Σ_c Bᵀ[ξ, c] row[4t + c], t < n rounded up to a whole group; the columns stay in registers, where split then
-   cnn_ext_wino_bt_f went through a buffer. cnn_ext_wino_bt_f's formulas, with the FMAs gcc makes of them. */
+/* The F(4x4, 3x3) input transform from the rows, split and transformed in registers: cnn_ext_wino_bt_f's
+   formulas, with the FMAs gcc makes of them. o[ξ] = Σ_ρ Bᵀ[ξ, ρ] d_ρ, tile t in lane t. */
 #define CNN_EXT_WINO_SPLIT_BT 1
-static inline void cnn_ext_wino_split_bt_f(const float* CNN_EXT_RESTRICT row, float* CNN_EXT_RESTRICT o,
-                                           Py_ssize_t os, Py_ssize_t n) {
-    const __m256 two = _mm256_set1_ps(2), four = _mm256_set1_ps(4), five = _mm256_set1_ps(5);
-    Py_ssize_t t0;
+#define CNN_EXT_WINO_BT6_DEFS(V, SFX, P)                                                                        \
+static inline void cnn_ext_wino_bt6_##SFX(V d0, V d1, V d2, V d3, V d4, V d5, V* o) {                           \
+    const V two = _mm256_set1_##P(2), four = _mm256_set1_##P(4), five = _mm256_set1_##P(5);                     \
+    o[0] = _mm256_add_##P(_mm256_fmsub_##P(four, d0, _mm256_mul_##P(five, d2)), d4);                           \
+    o[1] = _mm256_fnmadd_##P(four, _mm256_add_##P(d1, d2), _mm256_add_##P(d3, d4));                            \
+    o[2] = _mm256_fmadd_##P(four, _mm256_sub_##P(d1, d2), _mm256_sub_##P(d4, d3));                             \
+    o[3] = _mm256_fmadd_##P(two, _mm256_sub_##P(d3, d1), _mm256_sub_##P(d4, d2));                              \
+    o[4] = _mm256_fnmadd_##P(two, _mm256_sub_##P(d3, d1), _mm256_sub_##P(d4, d2));                             \
+    o[5] = _mm256_add_##P(_mm256_fmsub_##P(four, d1, _mm256_mul_##P(five, d3)), d5);                           \
+}
+CNN_EXT_WINO_BT6_DEFS(__m256, f, ps)
+CNN_EXT_WINO_BT6_DEFS(__m256d, d, pd)
+#undef CNN_EXT_WINO_BT6_DEFS
+
+/* Bᵀ of the 6 columns of a group of 8 tiles of one row (r: the group's first column): e[ξ], tile t in lane t */
+static inline void cnn_ext_wino_cols_bt_f(const float* r, __m256* e) {
+    __m256 a = cnn_ext_wino_pair(r), b = cnn_ext_wino_pair(r + 4), c = cnn_ext_wino_pair(r + 8);
+    __m256 d = cnn_ext_wino_pair(r + 12), f = cnn_ext_wino_pair(r + 16), d0, d1, d2, d3;
+    cnn_ext_wino_t4(a, b, c, d, &d0, &d1, &d2, &d3);
+    /* the next tile's first two columns: the same transpose one tile on (reads r[32, 36)) */
+    __m256 bc = _mm256_unpacklo_ps(b, c), df = _mm256_unpacklo_ps(d, f);
+    cnn_ext_wino_bt6_f(d0, d1, d2, d3, _mm256_shuffle_ps(bc, df, 0x44), _mm256_shuffle_ps(bc, df, 0xEE), e);
+}
+
+/* The whole input transform of one tile row's patches (F(4x4, 3x3)): o[(η 6 + ξ)*os + t] = (Bᵀ d_t B)[η, ξ] for
+   the tiles t < n (rounded up to a whole group) of the 6 rows row + ρ rs; each group's column transforms stay
+   on the stack, where a pass over the block's planes wrote and read them back from L2. */
+static inline void cnn_ext_wino_input_bt_f(const float* CNN_EXT_RESTRICT row, Py_ssize_t rs,
+                                           float* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {
+    Py_ssize_t t0, rho, xi, eta;
+    __m256 e[6][6], v[6];
     for (t0 = 0; t0 < n; t0 += CNN_EXT_WINO_GROUP) {
-        const float* r = row + t0 * 4;
-        __m256 a = cnn_ext_wino_pair(r), b = cnn_ext_wino_pair(r + 4), c = cnn_ext_wino_pair(r + 8);
-        __m256 d = cnn_ext_wino_pair(r + 12), e = cnn_ext_wino_pair(r + 16), d0, d1, d2, d3;
-        cnn_ext_wino_t4(a, b, c, d, &d0, &d1, &d2, &d3);
-        /* the next tile's first two columns: the same transpose one tile on (reads r[32, 36)) */
-        __m256 bc = _mm256_unpacklo_ps(b, c), de = _mm256_unpacklo_ps(d, e);
-        __m256 d4 = _mm256_shuffle_ps(bc, de, 0x44), d5 = _mm256_shuffle_ps(bc, de, 0xEE);
-        _mm256_storeu_ps(o + t0, _mm256_add_ps(_mm256_fmsub_ps(four, d0, _mm256_mul_ps(five, d2)), d4));
-        _mm256_storeu_ps(o + os + t0, _mm256_fnmadd_ps(four, _mm256_add_ps(d1, d2), _mm256_add_ps(d3, d4)));
-        _mm256_storeu_ps(o + 2 * os + t0, _mm256_fmadd_ps(four, _mm256_sub_ps(d1, d2), _mm256_sub_ps(d4, d3)));
-        _mm256_storeu_ps(o + 3 * os + t0, _mm256_fmadd_ps(two, _mm256_sub_ps(d3, d1), _mm256_sub_ps(d4, d2)));
-        _mm256_storeu_ps(o + 4 * os + t0, _mm256_fnmadd_ps(two, _mm256_sub_ps(d3, d1), _mm256_sub_ps(d4, d2)));
-        _mm256_storeu_ps(o + 5 * os + t0, _mm256_add_ps(_mm256_fmsub_ps(four, d1, _mm256_mul_ps(five, d3)), d5));
+        for (rho = 0; rho < 6; rho++)
+            cnn_ext_wino_cols_bt_f(row + rho * rs + t0 * 4, e[rho]);
+        for (xi = 0; xi < 6; xi++) {
+            cnn_ext_wino_bt6_f(e[0][xi], e[1][xi], e[2][xi], e[3][xi], e[4][xi], e[5][xi], v);
+            for (eta = 0; eta < 6; eta++)
+                _mm256_storeu_ps(o + (eta * 6 + xi) * os + t0, v[eta]);
+        }
     }
 }
 
@@ -379,13 +419,12 @@ static inline void cnn_ext_wino_split_at_t_f(const float* CNN_EXT_RESTRICT row, 
 
 /* y[t*4 + c] = b + s[c*ss + t] for the n tiles of one output row, c < 4, within the map's OW columns; returns
    whether all are finite. The tiles' columns go from registers to the map (a row buffer and its copy cost as
-   much as the transposes), the last few through a vector on the stack; beyond OW nothing is written. */
+   much as the transposes), the last few by a masked store; beyond OW nothing is written. */
 static inline int cnn_ext_wino_merge_row_f(Py_ssize_t m, const float* CNN_EXT_RESTRICT s, Py_ssize_t ss, float b,
                                            float* CNN_EXT_RESTRICT row, float* CNN_EXT_RESTRICT y, Py_ssize_t OW,
                                            Py_ssize_t n) {
-    Py_ssize_t t0, q, col, l;
+    Py_ssize_t t0, q, col;
     __m256 bias = _mm256_set1_ps(b), acc = _mm256_setzero_ps(), c[4], t[4], v[4];
-    float last[8];
     if (m != 4)
         return cnn_ext_wino_merge_row_any_f(m, s, ss, b, row, y, OW, n);
     for (t0 = 0; t0 < n; t0 += CNN_EXT_WINO_GROUP) {
@@ -401,13 +440,11 @@ static inline int cnn_ext_wino_merge_row_f(Py_ssize_t m, const float* CNN_EXT_RE
             if (col + 8 <= OW) {
                 _mm256_storeu_ps(y + col, v[q]);
                 acc = _mm256_add_ps(acc, _mm256_sub_ps(v[q], v[q]));  /* NaN from an inf or a NaN */
-            } else {
-                _mm256_storeu_ps(last, v[q]);
-                for (l = 0; col + l < OW; l++) {
-                    y[col + l] = last[l];
-                    if (last[l] - last[l] != 0)
-                        acc = _mm256_set1_ps(NAN);
-                }
+            } else {  /* the row's last columns: lanes l < OW - col */
+                __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(OW - col)),
+                                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                _mm256_maskstore_ps(y + col, keep, v[q]);
+                acc = _mm256_add_ps(acc, _mm256_and_ps(_mm256_sub_ps(v[q], v[q]), _mm256_castsi256_ps(keep)));
                 return _mm256_movemask_ps(_mm256_cmp_ps(acc, acc, _CMP_UNORD_Q)) == 0;
             }
         }
@@ -456,25 +493,28 @@ static inline void cnn_ext_wino_split_d(Py_ssize_t m, Py_ssize_t k, const double
         }
 }
 
-static inline void cnn_ext_wino_split_bt_d(const double* CNN_EXT_RESTRICT row, double* CNN_EXT_RESTRICT o,
-                                           Py_ssize_t os, Py_ssize_t n) {
-    const __m256d two = _mm256_set1_pd(2), four = _mm256_set1_pd(4), five = _mm256_set1_pd(5);
-    Py_ssize_t t0, h;
-    for (t0 = 0; t0 < n; t0 += CNN_EXT_WINO_GROUP)
-        for (h = 0; h < CNN_EXT_WINO_GROUP; h += 4) {
-            const double* r = row + (t0 + h) * 4;
-            __m256d r1 = _mm256_loadu_pd(r + 4), r2 = _mm256_loadu_pd(r + 8), r3 = _mm256_loadu_pd(r + 12);
-            __m256d d0, d1, d2, d3, d4, d5;
-            double* q = o + t0 + h;
-            cnn_ext_wino_t4d(_mm256_loadu_pd(r), r1, r2, r3, &d0, &d1, &d2, &d3);
-            cnn_ext_wino_next2d(r1, r2, r3, _mm256_loadu_pd(r + 16), &d4, &d5);  /* reads r[16, 20) */
-            _mm256_storeu_pd(q, _mm256_add_pd(_mm256_fmsub_pd(four, d0, _mm256_mul_pd(five, d2)), d4));
-            _mm256_storeu_pd(q + os, _mm256_fnmadd_pd(four, _mm256_add_pd(d1, d2), _mm256_add_pd(d3, d4)));
-            _mm256_storeu_pd(q + 2 * os, _mm256_fmadd_pd(four, _mm256_sub_pd(d1, d2), _mm256_sub_pd(d4, d3)));
-            _mm256_storeu_pd(q + 3 * os, _mm256_fmadd_pd(two, _mm256_sub_pd(d3, d1), _mm256_sub_pd(d4, d2)));
-            _mm256_storeu_pd(q + 4 * os, _mm256_fnmadd_pd(two, _mm256_sub_pd(d3, d1), _mm256_sub_pd(d4, d2)));
-            _mm256_storeu_pd(q + 5 * os, _mm256_add_pd(_mm256_fmsub_pd(four, d1, _mm256_mul_pd(five, d3)), d5));
+/* Bᵀ of the 6 columns of 4 tiles of one row (r: the first tile's first column): e[ξ], tile t in lane t */
+static inline void cnn_ext_wino_cols_bt_d(const double* r, __m256d* e) {
+    __m256d r1 = _mm256_loadu_pd(r + 4), r2 = _mm256_loadu_pd(r + 8), r3 = _mm256_loadu_pd(r + 12);
+    __m256d d0, d1, d2, d3, d4, d5;
+    cnn_ext_wino_t4d(_mm256_loadu_pd(r), r1, r2, r3, &d0, &d1, &d2, &d3);
+    cnn_ext_wino_next2d(r1, r2, r3, _mm256_loadu_pd(r + 16), &d4, &d5);  /* reads r[16, 20) */
+    cnn_ext_wino_bt6_d(d0, d1, d2, d3, d4, d5, e);
+}
+
+static inline void cnn_ext_wino_input_bt_d(const double* CNN_EXT_RESTRICT row, Py_ssize_t rs,
+                                           double* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {
+    Py_ssize_t t0, rho, xi, eta;
+    __m256d e[6][6], v[6];
+    for (t0 = 0; t0 < n; t0 += 4) {
+        for (rho = 0; rho < 6; rho++)
+            cnn_ext_wino_cols_bt_d(row + rho * rs + t0 * 4, e[rho]);
+        for (xi = 0; xi < 6; xi++) {
+            cnn_ext_wino_bt6_d(e[0][xi], e[1][xi], e[2][xi], e[3][xi], e[4][xi], e[5][xi], v);
+            for (eta = 0; eta < 6; eta++)
+                _mm256_storeu_pd(o + (eta * 6 + xi) * os + t0, v[eta]);
         }
+    }
 }
 
 static inline void cnn_ext_wino_split_at_t_d(const double* CNN_EXT_RESTRICT row, double* CNN_EXT_RESTRICT o,
@@ -502,9 +542,8 @@ static inline void cnn_ext_wino_split_at_t_d(const double* CNN_EXT_RESTRICT row,
 static inline int cnn_ext_wino_merge_row_d(Py_ssize_t m, const double* CNN_EXT_RESTRICT s, Py_ssize_t ss, double b,
                                            double* CNN_EXT_RESTRICT row, double* CNN_EXT_RESTRICT y, Py_ssize_t OW,
                                            Py_ssize_t n) {
-    Py_ssize_t t0, h, q, col, l;
+    Py_ssize_t t0, h, q, col;
     __m256d bias = _mm256_set1_pd(b), acc = _mm256_setzero_pd(), c[4], v[4];
-    double last[4];
     if (m != 4)
         return cnn_ext_wino_merge_row_any_d(m, s, ss, b, row, y, OW, n);
     for (t0 = 0; t0 < n; t0 += CNN_EXT_WINO_GROUP)
@@ -517,13 +556,10 @@ static inline int cnn_ext_wino_merge_row_d(Py_ssize_t m, const double* CNN_EXT_R
                 if (col + 4 <= OW) {
                     _mm256_storeu_pd(y + col, v[q]);
                     acc = _mm256_add_pd(acc, _mm256_sub_pd(v[q], v[q]));
-                } else {
-                    _mm256_storeu_pd(last, v[q]);
-                    for (l = 0; col + l < OW; l++) {
-                        y[col + l] = last[l];
-                        if (last[l] - last[l] != 0)
-                            acc = _mm256_set1_pd(NAN);
-                    }
+                } else {  /* lanes l < OW - col */
+                    __m256i keep = _mm256_cmpgt_epi64(_mm256_set1_epi64x(OW - col), _mm256_setr_epi64x(0, 1, 2, 3));
+                    _mm256_maskstore_pd(y + col, keep, v[q]);
+                    acc = _mm256_add_pd(acc, _mm256_and_pd(_mm256_sub_pd(v[q], v[q]), _mm256_castsi256_pd(keep)));
                     return _mm256_movemask_pd(_mm256_cmp_pd(acc, acc, _CMP_UNORD_Q)) == 0;
                 }
             }
@@ -534,11 +570,11 @@ static inline int cnn_ext_wino_merge_row_d(Py_ssize_t m, const double* CNN_EXT_R
 #define CNN_EXT_WINO_SPLIT_BT 0
 /* without AVX2: the generic split and merge; the fused splits are never called (CNN_EXT_WINO_SPLIT_BT is 0) */
 #define CNN_EXT_WINO_PLAIN_DEFS(T, SFX)                                                                         \
-static inline void cnn_ext_wino_split_bt_##SFX(const T* row, T* o, Py_ssize_t os, Py_ssize_t n) {              \
-    (void)row; (void)o; (void)os; (void)n;                                                                     \
-}                                                                                                              \
 static inline void cnn_ext_wino_split_at_t_##SFX(const T* row, T* o, Py_ssize_t os, Py_ssize_t n) {            \
     (void)row; (void)o; (void)os; (void)n;                                                                     \
+}                                                                                                              \
+static inline void cnn_ext_wino_input_bt_##SFX(const T* row, Py_ssize_t rs, T* o, Py_ssize_t os, Py_ssize_t n) { \
+    (void)row; (void)rs; (void)o; (void)os; (void)n;                                                           \
 }                                                                                                              \
 static inline void cnn_ext_wino_split_##SFX(Py_ssize_t m, Py_ssize_t k, const T* CNN_EXT_RESTRICT row,          \
                                             T* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {             \
