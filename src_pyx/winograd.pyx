@@ -13,7 +13,7 @@ cnn_ext/_runners.py validates, sizes the blocks and allocates outputs and scratc
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from _blas cimport _gemm_rm
 from _threads cimport _chunk_range, _nparts, _part, _team
@@ -27,6 +27,10 @@ ctypedef struct Wino:
     Py_ssize_t m, a, TH, TW, Wp, BR, TB      # tile, patch (m + 2), tile rows / columns, row pitch, rows per block
     Py_ssize_t TL, RL                        # TW in whole groups (the lanes split and merge write), row buffer pitch
     Py_ssize_t rowbuf, pbuf, ebuf, vbuf, mbuf, zbuf  # offsets of the per-thread scratch parts
+
+
+cdef enum:
+    WINO_ROW_FILL = 2  # _input_bt per tile row when TW tiles fill at least 1/WINO_ROW_FILL of their vectors' lanes
 
 
 cdef inline Py_ssize_t _round16(Py_ssize_t n) noexcept nogil:
@@ -125,10 +129,14 @@ cdef extern from "cnn_wino.h" nogil:
                                                  float* y, Py_ssize_t OW, Py_ssize_t n)
     bint _merge_row_d "cnn_ext_wino_merge_row_d"(Py_ssize_t m, const double* s, Py_ssize_t ss, double b,
                                                  double* row, double* y, Py_ssize_t OW, Py_ssize_t n)
+    void _copy_f "cnn_ext_wino_copy_f"(const float* s, float* o, Py_ssize_t n)
+    void _copy_d "cnn_ext_wino_copy_d"(const double* s, double* o, Py_ssize_t n)
     void _copy_max_abs_f "cnn_ext_wino_copy_max_abs_f"(const float* s, float* o, float* acc, Py_ssize_t n)
     void _copy_max_abs_d "cnn_ext_wino_copy_max_abs_d"(const double* s, double* o, double* acc, Py_ssize_t n)
     void _g_f "cnn_ext_wino_g_f"(Py_ssize_t m, const float* k, float* u, Py_ssize_t P, Py_ssize_t n)
     void _g_d "cnn_ext_wino_g_d"(Py_ssize_t m, const double* k, double* u, Py_ssize_t P, Py_ssize_t n)
+    void _split_bt_f "cnn_ext_wino_split_bt_f"(const float* row, float* o, Py_ssize_t os, Py_ssize_t n)
+    void _split_bt_d "cnn_ext_wino_split_bt_d"(const double* row, double* o, Py_ssize_t os, Py_ssize_t n)
     void _input_bt_f "cnn_ext_wino_input_bt_f"(const float* row, Py_ssize_t rs, float* o, Py_ssize_t os,
                                                Py_ssize_t n)
     void _split_at_t_f "cnn_ext_wino_split_at_t_f"(const float* row, float* o, Py_ssize_t os, Py_ssize_t n)
@@ -200,12 +208,29 @@ cdef inline void _split(Py_ssize_t m, Py_ssize_t k, const floating* row, floatin
         _split_d(m, k, row, o, os, n)
 
 
+cdef inline void _copy(const floating* s, floating* o, Py_ssize_t n) noexcept nogil:
+    """o[l] = s[l] for l < n: a short row."""
+    if floating is float:
+        _copy_f(s, o, n)
+    else:
+        _copy_d(s, o, n)
+
+
 cdef inline void _copy_max_abs(const floating* s, floating* o, floating* acc, Py_ssize_t n) noexcept nogil:
     """o[l] = s[l], acc[l] = max(acc[l], |s[l]|) for l < n."""
     if floating is float:
         _copy_max_abs_f(s, o, acc, n)
     else:
         _copy_max_abs_d(s, o, acc, n)
+
+
+cdef inline void _split_bt(const floating* row, floating* o, Py_ssize_t os, Py_ssize_t n) noexcept nogil:
+    """o[ξ*os + t] = Σ_c Bᵀ[ξ, c] row[4t + c] (F(4x4, 3x3), t < n in whole groups): split and transformed along
+    columns at once (builds with WINO_SPLIT_BT only)."""
+    if floating is float:
+        _split_bt_f(row, o, os, n)
+    else:
+        _split_bt_d(row, o, os, n)
 
 
 cdef inline void _input_bt(const floating* row, Py_ssize_t rs, floating* o, Py_ssize_t os,
@@ -258,10 +283,12 @@ cdef void _input_channel(const floating* x, const Wino* g, Py_ssize_t r0, Py_ssi
     cdef Py_ssize_t R, n, th, rho, r, c, t0, xi
     cdef Py_ssize_t a = g.a, m = g.m, TW = g.TW, Wp = g.Wp, PB = _pitch(g, TB)
     cdef bint fused = WINO_SPLIT_BT and m == 4
+    cdef Py_ssize_t lanes = 8 if floating is float else 4  # of _input_bt's vectors
+    cdef bint whole = fused and WINO_ROW_FILL * TW >= (TW + lanes - 1) // lanes * lanes  # rows fill their vectors
     cdef floating* P = scratch + g.pbuf
     cdef floating* E = scratch + g.ebuf
     cdef floating* row
-    cdef const floating* src
+    memset(scratch + g.rowbuf, 0, a * g.RL * sizeof(floating))  # the rows' pads: zero for every tile row
     for R in range(r0, r1):
         n = R // g.TH
         th = R - n * g.TH
@@ -271,33 +298,29 @@ cdef void _input_channel(const floating* x, const Wino* g, Py_ssize_t r0, Py_ssi
             if r < min(g.H, th * m - g.PH + a):
                 _prefetch(x + ((n * g.C_in + i + 1) * g.H + r) * g.W,
                           (min(g.H, th * m - g.PH + a) - r) * g.W * sizeof(floating), 0)
-        for rho in range(a):  # the tile row's a input rows, zero-padded to TL m + 2 columns
+        for rho in range(a):  # the tile row's a input rows, columns [PW, PW + W) of TL m + 2
             r = th * m - g.PH + rho
-            row = scratch + g.rowbuf + rho * g.RL
+            row = scratch + g.rowbuf + rho * g.RL + g.PW
             if r < 0 or r >= g.H:
-                for c in range(g.TL * m + 2):
-                    row[c] = 0
-                continue
-            src = x + ((n * g.C_in + i) * g.H + r) * g.W
-            for c in range(g.PW):
-                row[c] = 0
-            if Z != NULL:
-                _copy_max_abs(src, row + g.PW, Z + ((R - r0) * a + rho) * Wp + g.PW, g.W)
+                memset(row, 0, g.W * sizeof(floating))
+            elif Z != NULL:
+                _copy_max_abs(x + ((n * g.C_in + i) * g.H + r) * g.W, row, Z + ((R - r0) * a + rho) * Wp + g.PW, g.W)
             else:
-                for c in range(g.W):
-                    row[g.PW + c] = src[c]
-            for c in range(g.PW + g.W, g.TL * m + 2):
-                row[c] = 0
+                _copy(x + ((n * g.C_in + i) * g.H + r) * g.W, row, g.W)
         # after all the copies (loads right after stores would stall); lanes past TW: the next tile row's
-        if fused:  # the whole transform, the tile row's patches in registers: V[η * a + ξ, i, t0 + tw]
+        if whole:  # the whole transform, the tile row's patches in registers: V[η * a + ξ, i, t0 + tw]
             _input_bt(scratch + g.rowbuf, g.RL, V + i * PB + t0, g.C_in * PB, TW)
             continue
-        for rho in range(a):  # P[ρ, c, t0 + tw]
-            _split(m, a, scratch + g.rowbuf + rho * g.RL, P + rho * a * PB + t0, PB, TW)
-    if fused:
+        for rho in range(a):
+            if fused:  # split and transformed along columns at once: E[ρ, ξ, t0 + tw]
+                _split_bt(scratch + g.rowbuf + rho * g.RL, E + rho * a * PB + t0, PB, TW)
+            else:  # P[ρ, c, t0 + tw]
+                _split(m, a, scratch + g.rowbuf + rho * g.RL, P + rho * a * PB + t0, PB, TW)
+    if whole:
         return
-    for rho in range(a):  # along columns: E[ρ, ξ, t]
-        _bt(m, P + rho * a * PB, PB, E + rho * a * PB, PB, TB)
+    if not fused:
+        for rho in range(a):  # along columns: E[ρ, ξ, t]
+            _bt(m, P + rho * a * PB, PB, E + rho * a * PB, PB, TB)
     for xi in range(a):  # along rows: V[η * a + ξ, i, t]
         _bt(m, E + xi * PB, a * PB, V + (xi * g.C_in + i) * PB, a * g.C_in * PB, TB)
 
@@ -386,28 +409,25 @@ cdef void _dy_channel(const floating* dy, const Wino* g, Py_ssize_t r0, Py_ssize
     cdef floating* rowbuf = scratch + g.rowbuf
     cdef floating* D = scratch + g.pbuf
     cdef floating* Z = scratch + g.ebuf
-    cdef const floating* dyrow
     cdef floating* dst
+    memset(rowbuf, 0, m * g.RL * sizeof(floating))  # zeros past the map, to whole groups of tiles
     for R in range(r0, r1):  # D[p, c, t]: the tiles' m x m values of dE_dY (fused: Z[p, ξ, t], below)
         n = R // g.TH
         th = R - n * g.TH
         t0 = (R - r0) * TW
         rows = min(m, g.OH - th * m)
-        for p in range(m):
+        for p in range(rows):
+            _copy(dy + ((n * g.C_out + j) * g.OH + th * m + p) * g.OW, rowbuf + p * g.RL, g.OW)
+        for p in range(m):  # after all the copies: loads right after (masked) stores would stall
             dst = (Z + p * a * PB if fused else D + p * m * PB) + t0
             if p >= rows:
                 for c in range(split):
                     for tw in range(TW):
                         dst[c * PB + tw] = 0
-                continue
-            dyrow = dy + ((n * g.C_out + j) * g.OH + th * m + p) * g.OW
-            memcpy(rowbuf, dyrow, g.OW * sizeof(floating))  # then zeros past the map, to whole groups of tiles
-            for c in range(g.OW, g.TL * m):
-                rowbuf[c] = 0
-            if fused:  # split and transformed along columns at once
-                _split_at_t(rowbuf, dst, PB, TW)
-                continue
-            _split(m, m, rowbuf, dst, PB, TW)
+            elif fused:  # split and transformed along columns at once
+                _split_at_t(rowbuf + p * g.RL, dst, PB, TW)
+            else:
+                _split(m, m, rowbuf + p * g.RL, dst, PB, TW)
     if not fused:
         for p in range(m):  # along columns: Z[r, ξ, t]
             _at_t(m, D + p * m * PB, PB, Z + p * a * PB, PB, TB)

@@ -9,6 +9,7 @@
 #define CNN_EXT_WINO_H
 
 #include <math.h>
+#include <string.h>
 
 #if defined(__GNUC__) || defined(__clang__)
 #define CNN_EXT_RESTRICT __restrict__
@@ -311,6 +312,29 @@ CNN_EXT_WINO_MERGE_ROW_DEFS(double, d)
 
 #if defined(__AVX2__)
 #include <immintrin.h>
+/* o[l] = s[l], l < n: a row of a few dozen values in vectors, the last few masked; gcc makes a memcpy call of
+   a plain loop, which costs as much as such a copy */
+static inline void cnn_ext_wino_copy_f(const float* CNN_EXT_RESTRICT s, float* CNN_EXT_RESTRICT o, Py_ssize_t n) {
+    Py_ssize_t l = 0;
+    for (; l + 8 <= n; l += 8)
+        _mm256_storeu_ps(o + l, _mm256_loadu_ps(s + l));
+    if (l < n) {
+        __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - l)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        _mm256_maskstore_ps(o + l, keep, _mm256_maskload_ps(s + l, keep));
+    }
+}
+
+static inline void cnn_ext_wino_copy_d(const double* CNN_EXT_RESTRICT s, double* CNN_EXT_RESTRICT o,
+                                       Py_ssize_t n) {
+    Py_ssize_t l = 0;
+    for (; l + 4 <= n; l += 4)
+        _mm256_storeu_pd(o + l, _mm256_loadu_pd(s + l));
+    if (l < n) {
+        __m256i keep = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n - l), _mm256_setr_epi64x(0, 1, 2, 3));
+        _mm256_maskstore_pd(o + l, keep, _mm256_maskload_pd(s + l, keep));
+    }
+}
+
 /* Float32 split and merge of F(4x4, 3x3) in AVX2 shuffles: a group of 8 tiles' 4 columns is four 4x4
    transposes, tile t beside tile t + 4 in each vector's two halves; 8 shuffles for 4 vectors, where gcc's
    vectorised gathers took 20 permutes and built the next tile's two columns lane by lane. Same values moved:
@@ -333,7 +357,7 @@ static inline __m256 cnn_ext_wino_pair(const float* p) {
 static inline void cnn_ext_wino_split_f(Py_ssize_t m, Py_ssize_t k, const float* CNN_EXT_RESTRICT row,
                                         float* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {
     Py_ssize_t t0;
-    if (m != 4 || k != 4) {  /* the input tiles' 6 columns: cnn_ext_wino_input_bt_f */
+    if (m != 4 || k != 4) {  /* the input tiles' 6 columns: cnn_ext_wino_split_bt_f */
         cnn_ext_wino_split_any_f(m, k, row, o, os, n);
         return;
     }
@@ -374,6 +398,19 @@ static inline void cnn_ext_wino_cols_bt_f(const float* r, __m256* e) {
     /* the next tile's first two columns: the same transpose one tile on (reads r[32, 36)) */
     __m256 bc = _mm256_unpacklo_ps(b, c), df = _mm256_unpacklo_ps(d, f);
     cnn_ext_wino_bt6_f(d0, d1, d2, d3, _mm256_shuffle_ps(bc, df, 0x44), _mm256_shuffle_ps(bc, df, 0xEE), e);
+}
+
+/* o[ξ*os + t] = Σ_c Bᵀ[ξ, c] row[4t + c], t < n rounded up to a whole group: the tiles' columns split and
+   transformed along them at once */
+static inline void cnn_ext_wino_split_bt_f(const float* CNN_EXT_RESTRICT row, float* CNN_EXT_RESTRICT o,
+                                           Py_ssize_t os, Py_ssize_t n) {
+    Py_ssize_t t0, xi;
+    __m256 e[6];
+    for (t0 = 0; t0 < n; t0 += CNN_EXT_WINO_GROUP) {
+        cnn_ext_wino_cols_bt_f(row + t0 * 4, e);
+        for (xi = 0; xi < 6; xi++)
+            _mm256_storeu_ps(o + xi * os + t0, e[xi]);
+    }
 }
 
 /* The whole input transform of one tile row's patches (F(4x4, 3x3)): o[(η 6 + ξ)*os + t] = (Bᵀ d_t B)[η, ξ] for
@@ -502,6 +539,17 @@ static inline void cnn_ext_wino_cols_bt_d(const double* r, __m256d* e) {
     cnn_ext_wino_bt6_d(d0, d1, d2, d3, d4, d5, e);
 }
 
+static inline void cnn_ext_wino_split_bt_d(const double* CNN_EXT_RESTRICT row, double* CNN_EXT_RESTRICT o,
+                                           Py_ssize_t os, Py_ssize_t n) {
+    Py_ssize_t t0, xi;
+    __m256d e[6];
+    for (t0 = 0; t0 < n; t0 += 4) {
+        cnn_ext_wino_cols_bt_d(row + t0 * 4, e);
+        for (xi = 0; xi < 6; xi++)
+            _mm256_storeu_pd(o + xi * os + t0, e[xi]);
+    }
+}
+
 static inline void cnn_ext_wino_input_bt_d(const double* CNN_EXT_RESTRICT row, Py_ssize_t rs,
                                            double* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {
     Py_ssize_t t0, rho, xi, eta;
@@ -568,9 +616,15 @@ static inline int cnn_ext_wino_merge_row_d(Py_ssize_t m, const double* CNN_EXT_R
 }
 #else
 #define CNN_EXT_WINO_SPLIT_BT 0
-/* without AVX2: the generic split and merge; the fused splits are never called (CNN_EXT_WINO_SPLIT_BT is 0) */
+/* without AVX2: memcpy, the generic split and merge; the fused splits are never called (CNN_EXT_WINO_SPLIT_BT is 0) */
 #define CNN_EXT_WINO_PLAIN_DEFS(T, SFX)                                                                         \
+static inline void cnn_ext_wino_copy_##SFX(const T* CNN_EXT_RESTRICT s, T* CNN_EXT_RESTRICT o, Py_ssize_t n) {  \
+    memcpy(o, s, n * sizeof(T));                                                                               \
+}                                                                                                              \
 static inline void cnn_ext_wino_split_at_t_##SFX(const T* row, T* o, Py_ssize_t os, Py_ssize_t n) {            \
+    (void)row; (void)o; (void)os; (void)n;                                                                     \
+}                                                                                                              \
+static inline void cnn_ext_wino_split_bt_##SFX(const T* row, T* o, Py_ssize_t os, Py_ssize_t n) {              \
     (void)row; (void)o; (void)os; (void)n;                                                                     \
 }                                                                                                              \
 static inline void cnn_ext_wino_input_bt_##SFX(const T* row, Py_ssize_t rs, T* o, Py_ssize_t os, Py_ssize_t n) { \
