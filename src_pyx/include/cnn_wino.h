@@ -313,8 +313,8 @@ CNN_EXT_WINO_MERGE_ROW_DEFS(double, d)
 #if defined(__AVX2__)
 #include <immintrin.h>
 /* o[l] = s[l], l < n: a row of a few dozen values in vectors, the last few masked; gcc makes a memcpy call of
-   a plain loop, which costs as much as such a copy */
-static inline void cnn_ext_wino_copy_f(const float* CNN_EXT_RESTRICT s, float* CNN_EXT_RESTRICT o, Py_ssize_t n) {
+   a plain loop (and of this one, given restrict pointers), which costs as much as such a copy */
+static inline void cnn_ext_wino_copy_f(const float* s, float* o, Py_ssize_t n) {
     Py_ssize_t l = 0;
     for (; l + 8 <= n; l += 8)
         _mm256_storeu_ps(o + l, _mm256_loadu_ps(s + l));
@@ -324,8 +324,7 @@ static inline void cnn_ext_wino_copy_f(const float* CNN_EXT_RESTRICT s, float* C
     }
 }
 
-static inline void cnn_ext_wino_copy_d(const double* CNN_EXT_RESTRICT s, double* CNN_EXT_RESTRICT o,
-                                       Py_ssize_t n) {
+static inline void cnn_ext_wino_copy_d(const double* s, double* o, Py_ssize_t n) {
     Py_ssize_t l = 0;
     for (; l + 4 <= n; l += 4)
         _mm256_storeu_pd(o + l, _mm256_loadu_pd(s + l));
