@@ -294,7 +294,8 @@ def winograd_kernel_gradient(g, dtype, nt, m):
         _sum_chunks(partial, dk, g.N)  # this kernel leaves the sum of the chunks to its caller
         return finite(dk.reshape(-1))
 
-    return _kgrad_in_chunks(chunks, g, nt, (nchunk, g.C_out * g.C_in * 9), dtype, run_gemm)
+    # a call's threads share each block of its chunks (a barrier per phase) unless it has WHOLE_CHUNKS per thread
+    return _kgrad_in_chunks(chunks, g, nt, (nchunk, g.C_out * g.C_in * 9), dtype, run_gemm, winograd.WHOLE_CHUNKS)
 
 
 # ---- input gradient ------------------------------------------------------------------------------
@@ -391,13 +392,13 @@ def kernel_gradient(method, g, dtype, nt):
     return _kgrad_in_chunks(tiled_chunks, g, nt, (nchunk, size), dtype, run_gemm)
 
 
-def _kgrad_in_chunks(chunks, g, nt, partial_shape, dtype, fallback):
+def _kgrad_in_chunks(chunks, g, nt, partial_shape, dtype, fallback, unit=1):
     """run(dy, x, dk) calling ``chunks(dy, x, dk, partial, lo, hi)`` for consecutive ranges of the fixed chunks
     when the call is long (Ctrl-C acts between them; the call reaching the last chunk sums them into dk, so dk
-    and an out= array stay untouched until then), else for all chunks at once. ``fallback`` recomputes a result
-    the kernel reports non-finite."""
+    and an out= array stay untouched until then), else for all chunks at once; ranges of a multiple of ``unit``
+    chunks per thread. ``fallback`` recomputes a result the kernel reports non-finite."""
     nchunk = partial_shape[0]
-    group = per_call(g.macs // nchunk, nchunk, nt) or nchunk
+    group = per_call(g.macs // nchunk, nchunk, nt, unit) or nchunk
 
     def run(dy, x, dk):
         partial = np.empty(partial_shape, dtype)

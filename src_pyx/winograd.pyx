@@ -559,6 +559,9 @@ cdef void _kgrad_chunks(const floating* dy, const floating* x, const floating* g
 # Public typed entry points (called by cnn_ext._runners only)
 # ---------------------------------------------------------------------------------------------------
 
+WHOLE_CHUNKS = CHUNKS_PER_THREAD  # chunks per thread of a kernel gradient call from which threads take whole chunks
+
+
 def winograd_scratch_size(Py_ssize_t C_in, Py_ssize_t C_out, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t m,
                           Py_ssize_t BR, bint kgrad):
     """Elements of one thread's scratch row for F(m x m, 3 x 3) with BR tile rows per block."""

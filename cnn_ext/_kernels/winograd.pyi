@@ -11,6 +11,8 @@ from numpy.typing import NDArray
 
 _F = TypeVar("_F", np.float32, np.float64)
 
+WHOLE_CHUNKS: int  # chunks per thread of a kernel gradient call from which its threads take whole chunks
+
 def winograd_scratch_size(C_in: int, C_out: int, OH: int, OW: int, m: int, BR: int, kgrad: bool) -> int:
     """Elements of one thread's scratch row for F(m x m, 3 x 3) with BR tile rows per block."""
 
