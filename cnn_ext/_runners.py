@@ -52,6 +52,9 @@ def _padded_slabs(g, C, dtype, nt):
 # kernels on large layers), so a Ctrl-C is seen within a fraction of a second also on a loaded machine; a
 # chunk's Python costs tens of microseconds, under 0.1 % of it.
 INTERRUPT_MACS = 100_000_000
+# Winograd's forward and input gradient run at 25 times those multiply-adds per second or more (direct count;
+# 60 G/s in float64 on 128 channels): their groups are that much longer, as each group costs its threads a wait
+WINOGRAD_SPEED = 25
 
 
 def per_call(per_item, n, nt, unit=1):
@@ -65,11 +68,11 @@ def per_call(per_item, n, nt, unit=1):
     return -(-step // whole) * whole
 
 
-def in_chunks(run, g, nt, multiple=1):
+def in_chunks(run, g, nt, multiple=1, speed=1):
     """``run(batch_in, *others, batch_out)`` on consecutive groups of samples when a call is long (see the
     module docstring), else ``run`` itself; each group but the last holds a multiple of ``multiple`` * ``nt``
-    samples."""
-    step = per_call(g.macs // max(1, g.N), g.N, nt, multiple)
+    samples. ``speed``: how many times the slowest kernels' multiply-adds per second the method runs at."""
+    step = per_call(g.macs // max(1, g.N * speed), g.N, nt, multiple)
     if step is None:
         return run
 
@@ -210,7 +213,7 @@ def _winograd_blocks(kernel, g, dtype, nt, m, *flags):
 
     # Ctrl-C groups of whole blocks of samples keep the blocks full; the products are per tile, so the bits are
     # those of one call
-    chunked = in_chunks(blocks, g, nt, M.winograd_block_samples(g, dtype, m))
+    chunked = in_chunks(blocks, g, nt, M.winograd_block_samples(g, dtype, m), WINOGRAD_SPEED)
 
     def run(first, k, *rest):
         *others, out = rest

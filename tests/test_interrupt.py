@@ -257,6 +257,7 @@ def test_chunked_calls_give_every_thread_the_same_share(monkeypatch, restore_thr
     spy_kernels(monkeypatch, _runners, lambda name: True, record)
     monkeypatch.setattr(_runners, "per_call", recording_per_call)
     monkeypatch.setattr(_runners, "INTERRUPT_MACS", 130_000)  # 3 samples per thread and call before rounding
+    monkeypatch.setattr(_runners, "WINOGRAD_SPEED", 1)  # Winograd's too
     monkeypatch.setattr(_methods, "WINOGRAD_BLOCK_BYTES", 100_000)  # Winograd blocks of 2 samples
     checked = 0
     for method in methods:
@@ -279,6 +280,35 @@ def test_chunked_calls_give_every_thread_the_same_share(monkeypatch, restore_thr
         assert all(c % unit == 0 for c in calls[:-1]), (method, unit, calls)
         checked += 1
     assert checked >= 2
+
+
+@pytest.mark.parametrize("op", ["forward", "input_gradient"])
+def test_winograd_groups_are_longer(monkeypatch, restore_threads, op):
+    """Winograd's forward and input gradient run WINOGRAD_SPEED times more multiply-adds (direct count) per call
+    than the kernels INTERRUPT_MACS is set for: each call costs its threads a wait at its end."""
+    rng = np.random.default_rng(5)
+    N = 37
+    x, k, b = rng.standard_normal((N, 8, 12, 12)), rng.standard_normal((8, 8, 3, 3)), rng.standard_normal(8)
+    dy = rng.standard_normal((N, 8, 12, 12))
+    g = _methods.Geometry(N, 8, 8, 12, 12, 3, 3, 12, 12, 1, 1, (1, 1, 1, 1))
+    cnn_ext.set_num_threads(1)
+    calls = {}
+
+    def record(name, args):
+        if isinstance(args[0], np.ndarray) and args[0].ndim == 4 and args[0].shape[0] != 8:  # not the kernels
+            calls.setdefault(name, []).append(args[0].shape[0])
+
+    spy_kernels(monkeypatch, _runners, lambda name: True, record)
+    monkeypatch.setattr(_runners, "INTERRUPT_MACS", 2 * g.macs // N)  # 2 samples per call of the direct kernels
+    monkeypatch.setattr(_methods, "WINOGRAD_BLOCK_BYTES", 100_000)  # Winograd blocks of 2 samples
+    for method in ("gemm", "winograd"):
+        from cnn_ext import ops
+        monkeypatch.setattr(ops, "_PLANS", {})
+        _call(op, method, x, k, b, dy)
+    wino = [n for name, ns in calls.items() if "winograd" in name for n in ns]
+    gemm = [n for name, ns in calls.items() if "winograd" not in name for n in ns]
+    assert max(gemm) == 2 and sum(gemm) == N, calls
+    assert wino == [N], calls  # 2 * 25 samples per call: all 37 in one
 
 
 @pytest.mark.parametrize("method", _methods.KERNEL_GRADIENT_METHODS)
