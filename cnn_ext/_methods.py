@@ -91,23 +91,23 @@ WINOGRAD_TILE = 4  # F(4x4, 3x3): 4x fewer multiplications than direct, F(2x2) o
 WINOGRAD_ERROR_BOUND = {2: 5e-6, 4: 3e-5}
 WINOGRAD_MAX_C_IN = 128  # channels up to which the bound was measured: auto stays within them
 WINOGRAD_MIN_CHANNELS = 1024  # C_in*C_out from which auto takes winograd (16x32 layers: the transforms dominate)
-# the kernel gradient's: from 16x32 layers on where its direct kernels are the pixel tiles (AVX2), from 32x64
-# where the channel-vector tiles take large maps (AVX-512: they scale better on 2 threads, Winograd won on 1),
-# from benchmarks/results/winograd_range.md and methods_kgrad_channels.md
-WINOGRAD_MIN_CHANNELS_KGRAD = 2048 if CHANNELS_WIDE else 512
+# the kernel gradient's: from 16x32 layers on where its direct kernels are the pixel tiles (AVX2), from 32x32
+# where the channel-vector tiles take large maps (AVX-512: 1.13-1.29x there, 0.98-1.18x on 16x32 layers), from
+# benchmarks/results/winograd_range.md and methods_kgrad_channels.md
+WINOGRAD_MIN_CHANNELS_KGRAD = 1024 if CHANNELS_WIDE else 512
 WINOGRAD_MIN_MAP = 12  # output rows and columns from which it does (the smallest maps of the measured rows)
 # output pixels per call (N x OH x OW) from which it does: the kernel transform (G k Gᵀ of every pair of
 # channels) is per call; 128x128 layers on one or two 14x14 samples ran 0.57-0.96x the direct kernels' speed,
 # on four 0.94-1.47x, one 28x28 sample of a 64x64 layer 1.14-1.26x (benchmarks/results/winograd_small_batch.md)
 WINOGRAD_MIN_PIXELS = 784
-# below WINOGRAD_LARGE_MAP rows or columns, edge tiles and transforms weigh more: on 14x14 maps 32x64 layers lost
-# to the direct kernels in both dtypes, 64x64 in float32 only (benchmarks/results/winograd_range.md)
+# below WINOGRAD_LARGE_MAP rows or columns, edge tiles and transforms weigh more: on 14x14 maps 32x64 layers
+# tied with the direct kernels (float32) or lost their input gradient (float64): benchmarks/results/winograd_range.md
 WINOGRAD_LARGE_MAP = 24
-WINOGRAD_MIN_CHANNELS_SMALL_MAP = {np.dtype(np.float32): 8192, np.dtype(np.float64): 4096}
-# the kernel gradient's: the channel-vector kernels kept 64x64 and 64x128 layers on 14x14 maps in float64, and in
-# float32 too where they have 32 registers
-WINOGRAD_MIN_CHANNELS_SMALL_MAP_KGRAD = {np.dtype(np.float32): 16384 if CHANNELS_WIDE else 8192,
-                                         np.dtype(np.float64): 16384}
+WINOGRAD_MIN_CHANNELS_SMALL_MAP = {np.dtype(np.float32): 4096, np.dtype(np.float64): 4096}
+# the kernel gradient's: the channel-vector kernels keep 64x64 layers on 14x14 maps (on 2 threads: 0.8x), and
+# where they have 32 registers nothing was measured below 64x128 in float64
+WINOGRAD_MIN_CHANNELS_SMALL_MAP_KGRAD = {np.dtype(np.float32): 8192,
+                                         np.dtype(np.float64): 8192 if CHANNELS_WIDE else 16384}
 WINOGRAD_BLOCK_BYTES = 2 << 20  # V and M of one block of tiles: wide enough products, yet within L3 beside BLAS
 # the kernel gradient's blocks: V and M at least this many times dU ((m+2)² x C_in x C_out), which every block's
 # products read and write; on 128x128 layers dU alone outweighs 2 MiB of tiles. float64 64x64 layers lost with

@@ -442,10 +442,10 @@ def test_refused_by_name(kwargs, needs):
 
 @pytest.mark.skipif(not M.FAST, reason="auto takes winograd in the AVX2 build only")
 def test_auto_takes_winograd_only_within_the_measured_range():
-    """3x3 stride-1 layers, 12x12 output maps and more, C_in * C_out >= 1024 (the kernel gradient: 2048 where
-    the channel-vector tiles take large maps, else 512; on maps under 24x24: 8192 in float32, 4096 in float64,
-    the kernel gradient's 16384, and 8192 in float32 without those tiles), at most 128 channels (the bound's),
-    from 784 output pixels per call; ahead of the channel-vector kernels; never for method='direct'."""
+    """3x3 stride-1 layers, 12x12 output maps and more, C_in * C_out >= 1024 (the kernel gradient: 1024 where
+    the channel-vector tiles take large maps, else 512; on maps under 24x24: 4096, the kernel gradient's 8192,
+    in float64 16384 without those tiles), at most 128 channels (the bound's), from 784 output pixels per call;
+    ahead of the channel-vector kernels; never for method='direct'."""
     def geometry(C_in, C_out, size, K=3, stride=1):
         O = (size - K) // stride + 1
         return M.Geometry(8, C_in, C_out, size, size, K, K, O, O, stride, stride, (0, 0, 0, 0))
@@ -456,10 +456,10 @@ def test_auto_takes_winograd_only_within_the_measured_range():
                 below = choose is M.kernel_gradient and g.C_in * g.C_out < M.WINOGRAD_MIN_CHANNELS_KGRAD
                 assert (choose("auto", g, dtype) is M.Method.WINOGRAD) != below, g
                 assert choose("direct", g, dtype) is not M.Method.WINOGRAD, g
-            small_f64 = dtype == np.float64 and choose is not M.kernel_gradient
-            assert (choose("auto", geometry(64, 64, 16), dtype) is M.Method.WINOGRAD) == small_f64
+            assert (choose("auto", geometry(64, 64, 16), dtype) is M.Method.WINOGRAD) == \
+                (choose is not M.kernel_gradient)
             assert (choose("auto", geometry(64, 128, 16), dtype) is M.Method.WINOGRAD) == \
-                (dtype == np.float32 and not M.CHANNELS_WIDE or choose is not M.kernel_gradient)
+                (dtype == np.float32 or M.CHANNELS_WIDE or choose is not M.kernel_gradient)
             kgrad_only = choose("auto", geometry(16, 32, 28), dtype) is M.Method.WINOGRAD
             assert kgrad_only == (choose is M.kernel_gradient and not M.CHANNELS_WIDE)
             for g in (geometry(16, 16, 28), geometry(32, 64, 16), geometry(256, 64, 28), geometry(64, 64, 12),
