@@ -29,10 +29,6 @@ ctypedef struct Wino:
     Py_ssize_t rowbuf, pbuf, ebuf, vbuf, mbuf, zbuf  # offsets of the per-thread scratch parts
 
 
-cdef enum:
-    WINO_ROW_FILL = 2  # _input_bt per tile row when TW tiles fill at least 1/WINO_ROW_FILL of their vectors' lanes
-
-
 cdef inline Py_ssize_t _round16(Py_ssize_t n) noexcept nogil:
     return (n + 15) // 16 * 16  # scratch parts start on 64-byte boundaries, whatever the thread's row
 
@@ -49,7 +45,7 @@ cdef Wino _wino(Py_ssize_t C_in, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C_out, P
     g.pbuf = g.rowbuf + g.a * g.RL                    # one channel's patches (or dE_dY tiles) of the block
     g.ebuf = g.pbuf + _round16(g.a * g.a * (g.TB + g.TL))  # their transform along one axis (planes of _pitch)
     g.vbuf = g.ebuf + _round16(g.a * g.a * (g.TB + g.TL))
-    g.mbuf = g.vbuf + _round16(g.a * g.a * C_in * (g.TB + g.TL))  # V: planes of _pitch
+    g.mbuf = g.vbuf + _round16(g.a * g.a * C_in * g.TB)
     g.zbuf = g.mbuf + _round16(g.a * g.a * C_out * g.TB)  # the forward's zero-field map, dX's masks; dU
     return g
 
@@ -137,11 +133,7 @@ cdef extern from "cnn_wino.h" nogil:
     void _g_d "cnn_ext_wino_g_d"(Py_ssize_t m, const double* k, double* u, Py_ssize_t P, Py_ssize_t n)
     void _split_bt_f "cnn_ext_wino_split_bt_f"(const float* row, float* o, Py_ssize_t os, Py_ssize_t n)
     void _split_bt_d "cnn_ext_wino_split_bt_d"(const double* row, double* o, Py_ssize_t os, Py_ssize_t n)
-    void _input_bt_f "cnn_ext_wino_input_bt_f"(const float* row, Py_ssize_t rs, float* o, Py_ssize_t os,
-                                               Py_ssize_t n)
     void _split_at_t_f "cnn_ext_wino_split_at_t_f"(const float* row, float* o, Py_ssize_t os, Py_ssize_t n)
-    void _input_bt_d "cnn_ext_wino_input_bt_d"(const double* row, Py_ssize_t rs, double* o, Py_ssize_t os,
-                                               Py_ssize_t n)
     void _split_at_t_d "cnn_ext_wino_split_at_t_d"(const double* row, double* o, Py_ssize_t os, Py_ssize_t n)
     void _bt_t_f "cnn_ext_wino_bt_t_f"(Py_ssize_t m, const float* s, Py_ssize_t ss, float* o, Py_ssize_t os,
                                        Py_ssize_t n)
@@ -233,16 +225,6 @@ cdef inline void _split_bt(const floating* row, floating* o, Py_ssize_t os, Py_s
         _split_bt_d(row, o, os, n)
 
 
-cdef inline void _input_bt(const floating* row, Py_ssize_t rs, floating* o, Py_ssize_t os,
-                           Py_ssize_t n) noexcept nogil:
-    """o[(η a + ξ)*os + t] = (Bᵀ d_t B)[η, ξ], d_t: the 6x6 patch of tile t < n (in whole groups) in the rows
-    row + ρ rs (F(4x4, 3x3): builds with WINO_SPLIT_BT only)."""
-    if floating is float:
-        _input_bt_f(row, rs, o, os, n)
-    else:
-        _input_bt_d(row, rs, o, os, n)
-
-
 cdef inline void _split_at_t(const floating* row, floating* o, Py_ssize_t os, Py_ssize_t n) noexcept nogil:
     """o[ξ*os + t] = Σ_c Aᵀ[c, ξ] row[4t + c]: dE_dY's tiles split and transformed along columns at once."""
     if floating is float:
@@ -272,9 +254,9 @@ cdef inline bint _merge_row(Py_ssize_t m, const floating* s, Py_ssize_t ss, floa
 
 # ---- the transforms of one block -----------------------------------------------------------------
 # Tile t of a block is lane t of every plane, so the transforms run over whole vectors of tiles whatever the
-# map's width (one tile row of a 28x28 map has only 7 tiles). The forward's output transform keeps each tile in
-# registers; so does the input transform of F(4x4, 3x3) in the AVX2 builds, a tile row at a time; otherwise a
-# 2-D transform is a pass per axis over the block's planes (P[ρ, c, t]: a channel's patches, gathered first).
+# map's width (one tile row of a 28x28 map has only 7 tiles): a 2-D transform is a pass per axis over the
+# block's planes (P[ρ, c, t]: a channel's patches, gathered first; the F(4x4, 3x3) AVX2 split transforms the
+# columns as it gathers), but for the forward's output transform, which keeps each tile in registers.
 
 cdef void _input_channel(const floating* x, const Wino* g, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t TB,
                          Py_ssize_t i, floating* scratch, floating* V, floating* Z) noexcept nogil:
@@ -283,8 +265,6 @@ cdef void _input_channel(const floating* x, const Wino* g, Py_ssize_t r0, Py_ssi
     cdef Py_ssize_t R, n, th, rho, r, c, t0, xi
     cdef Py_ssize_t a = g.a, m = g.m, TW = g.TW, Wp = g.Wp, PB = _pitch(g, TB)
     cdef bint fused = WINO_SPLIT_BT and m == 4
-    cdef Py_ssize_t lanes = 8 if floating is float else 4  # of _input_bt's vectors
-    cdef bint whole = fused and WINO_ROW_FILL * TW >= (TW + lanes - 1) // lanes * lanes  # rows fill their vectors
     cdef floating* P = scratch + g.pbuf
     cdef floating* E = scratch + g.ebuf
     cdef floating* row
@@ -307,22 +287,16 @@ cdef void _input_channel(const floating* x, const Wino* g, Py_ssize_t r0, Py_ssi
                 _copy_max_abs(x + ((n * g.C_in + i) * g.H + r) * g.W, row, Z + ((R - r0) * a + rho) * Wp + g.PW, g.W)
             else:
                 _copy(x + ((n * g.C_in + i) * g.H + r) * g.W, row, g.W)
-        # after all the copies (loads right after stores would stall); lanes past TW: the next tile row's
-        if whole:  # the whole transform, the tile row's patches in registers: V[η * a + ξ, i, t0 + tw]
-            _input_bt(scratch + g.rowbuf, g.RL, V + i * PB + t0, g.C_in * PB, TW)
-            continue
-        for rho in range(a):
+        for rho in range(a):  # after all the copies: loads right after stores would stall
             if fused:  # split and transformed along columns at once: E[ρ, ξ, t0 + tw]
                 _split_bt(scratch + g.rowbuf + rho * g.RL, E + rho * a * PB + t0, PB, TW)
-            else:  # P[ρ, c, t0 + tw]
+            else:  # P[ρ, c, t0 + tw]; lanes past TW: the next tile row's
                 _split(m, a, scratch + g.rowbuf + rho * g.RL, P + rho * a * PB + t0, PB, TW)
-    if whole:
-        return
     if not fused:
         for rho in range(a):  # along columns: E[ρ, ξ, t]
             _bt(m, P + rho * a * PB, PB, E + rho * a * PB, PB, TB)
     for xi in range(a):  # along rows: V[η * a + ξ, i, t]
-        _bt(m, E + xi * PB, a * PB, V + (xi * g.C_in + i) * PB, a * g.C_in * PB, TB)
+        _bt(m, E + xi * PB, a * PB, V + (xi * g.C_in + i) * TB, a * g.C_in * TB, TB)
 
 
 cdef Py_ssize_t _zero_fields(const Wino* g, Py_ssize_t rows, floating* Z) noexcept nogil:
@@ -369,7 +343,7 @@ cdef bint _forward_block(const floating* x, const floating* u, const floating* b
         zeros = _zero_fields(g, r1 - r0, Z)
     for xi in range(AA):  # M[ξ] (C_out x TB) = U[ξ] (C_out x C_in) @ V[ξ] (C_in x TB)
         _gemm_rm(False, False, <int>g.C_out, <int>TB, <int>g.C_in, <floating>1, u + xi * g.C_out * g.C_in,
-                 <int>g.C_in, V + xi * g.C_in * PB, <int>PB, <floating>0, M + xi * g.C_out * TB, <int>TB)
+                 <int>g.C_in, V + xi * g.C_in * TB, <int>TB, <floating>0, M + xi * g.C_out * TB, <int>TB)
     for j in range(g.C_out):
         _at2(m, M + j * TB, g.C_out * TB, O, TB, TB)  # O[r, c, t]
         bj = b[j]
@@ -516,13 +490,13 @@ cdef void _kgrad_transforms(const floating* dy, const floating* x, const Wino* g
 cdef void _kgrad_products(const Wino* g, Py_ssize_t TB, Py_ssize_t lo, Py_ssize_t hi, floating beta,
                           floating* base) noexcept nogil:
     """dU[ξ] (C_out x C_in) = dM[ξ] (C_out x TB) @ V[ξ]ᵀ (TB x C_in) + beta dU[ξ], for ξ in [lo, hi)."""
-    cdef Py_ssize_t xi, PB = _pitch(g, TB)
+    cdef Py_ssize_t xi
     cdef floating* V = base + g.vbuf
     cdef floating* dM = base + g.mbuf
     cdef floating* dU = base + g.zbuf
     for xi in range(lo, hi):
         _gemm_rm(False, True, <int>g.C_out, <int>g.C_in, <int>TB, <floating>1, dM + xi * g.C_out * TB, <int>TB,
-                 V + xi * g.C_in * PB, <int>PB, beta, dU + xi * g.C_out * g.C_in, <int>g.C_in)
+                 V + xi * g.C_in * TB, <int>TB, beta, dU + xi * g.C_out * g.C_in, <int>g.C_in)
 
 
 cdef enum:

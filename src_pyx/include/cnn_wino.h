@@ -412,24 +412,6 @@ static inline void cnn_ext_wino_split_bt_f(const float* CNN_EXT_RESTRICT row, fl
     }
 }
 
-/* The whole input transform of one tile row's patches (F(4x4, 3x3)): o[(η 6 + ξ)*os + t] = (Bᵀ d_t B)[η, ξ] for
-   the tiles t < n (rounded up to a whole group) of the 6 rows row + ρ rs; each group's column transforms stay
-   on the stack, where a pass over the block's planes wrote and read them back from L2. */
-static inline void cnn_ext_wino_input_bt_f(const float* CNN_EXT_RESTRICT row, Py_ssize_t rs,
-                                           float* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {
-    Py_ssize_t t0, rho, xi, eta;
-    __m256 e[6][6], v[6];
-    for (t0 = 0; t0 < n; t0 += CNN_EXT_WINO_GROUP) {
-        for (rho = 0; rho < 6; rho++)
-            cnn_ext_wino_cols_bt_f(row + rho * rs + t0 * 4, e[rho]);
-        for (xi = 0; xi < 6; xi++) {
-            cnn_ext_wino_bt6_f(e[0][xi], e[1][xi], e[2][xi], e[3][xi], e[4][xi], e[5][xi], v);
-            for (eta = 0; eta < 6; eta++)
-                _mm256_storeu_ps(o + (eta * 6 + xi) * os + t0, v[eta]);
-        }
-    }
-}
-
 /* The adjoint output transform along columns fused with the split of dE_dY's 4-column tiles: o[ξ*os + t] =
    Σ_c Aᵀ[c, ξ] row[4t + c], t < n rounded up to a whole group; cnn_ext_wino_at_t_f's formulas, with the FMAs gcc
    makes of them. */
@@ -549,21 +531,6 @@ static inline void cnn_ext_wino_split_bt_d(const double* CNN_EXT_RESTRICT row, d
     }
 }
 
-static inline void cnn_ext_wino_input_bt_d(const double* CNN_EXT_RESTRICT row, Py_ssize_t rs,
-                                           double* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {
-    Py_ssize_t t0, rho, xi, eta;
-    __m256d e[6][6], v[6];
-    for (t0 = 0; t0 < n; t0 += 4) {
-        for (rho = 0; rho < 6; rho++)
-            cnn_ext_wino_cols_bt_d(row + rho * rs + t0 * 4, e[rho]);
-        for (xi = 0; xi < 6; xi++) {
-            cnn_ext_wino_bt6_d(e[0][xi], e[1][xi], e[2][xi], e[3][xi], e[4][xi], e[5][xi], v);
-            for (eta = 0; eta < 6; eta++)
-                _mm256_storeu_pd(o + (eta * 6 + xi) * os + t0, v[eta]);
-        }
-    }
-}
-
 static inline void cnn_ext_wino_split_at_t_d(const double* CNN_EXT_RESTRICT row, double* CNN_EXT_RESTRICT o,
                                              Py_ssize_t os, Py_ssize_t n) {
     const __m256d two = _mm256_set1_pd(2), four = _mm256_set1_pd(4);
@@ -625,9 +592,6 @@ static inline void cnn_ext_wino_split_at_t_##SFX(const T* row, T* o, Py_ssize_t 
 }                                                                                                              \
 static inline void cnn_ext_wino_split_bt_##SFX(const T* row, T* o, Py_ssize_t os, Py_ssize_t n) {              \
     (void)row; (void)o; (void)os; (void)n;                                                                     \
-}                                                                                                              \
-static inline void cnn_ext_wino_input_bt_##SFX(const T* row, Py_ssize_t rs, T* o, Py_ssize_t os, Py_ssize_t n) { \
-    (void)row; (void)rs; (void)o; (void)os; (void)n;                                                           \
 }                                                                                                              \
 static inline void cnn_ext_wino_split_##SFX(Py_ssize_t m, Py_ssize_t k, const T* CNN_EXT_RESTRICT row,          \
                                             T* CNN_EXT_RESTRICT o, Py_ssize_t os, Py_ssize_t n) {             \
