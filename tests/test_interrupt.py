@@ -286,6 +286,8 @@ def test_chunked_calls_give_every_thread_the_same_share(monkeypatch, restore_thr
 def test_winograd_groups_are_longer(monkeypatch, restore_threads, op):
     """Winograd's forward and input gradient run WINOGRAD_SPEED times more multiply-adds (direct count) per call
     than the kernels INTERRUPT_MACS is set for: each call costs its threads a wait at its end."""
+    from cnn_ext import ops
+
     rng = np.random.default_rng(5)
     N = 37
     x, k, b = rng.standard_normal((N, 8, 12, 12)), rng.standard_normal((8, 8, 3, 3)), rng.standard_normal(8)
@@ -302,7 +304,6 @@ def test_winograd_groups_are_longer(monkeypatch, restore_threads, op):
     monkeypatch.setattr(_runners, "INTERRUPT_MACS", 2 * g.macs // N)  # 2 samples per call of the direct kernels
     monkeypatch.setattr(_methods, "WINOGRAD_BLOCK_BYTES", 100_000)  # Winograd blocks of 2 samples
     for method in ("gemm", "winograd"):
-        from cnn_ext import ops
         monkeypatch.setattr(ops, "_PLANS", {})
         _call(op, method, x, k, b, dy)
     wino = [n for name, ns in calls.items() if "winograd" in name for n in ns]
