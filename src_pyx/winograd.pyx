@@ -13,7 +13,7 @@ cnn_ext/_runners.py validates, sizes the blocks and allocates outputs and scratc
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
-from libc.string cimport memcpy, memset
+from libc.string cimport memset
 
 from _blas cimport _gemm_rm
 from _threads cimport _chunk_range, _nparts, _part, _team
@@ -132,8 +132,8 @@ cdef extern from "cnn_wino.h" nogil:
     void _g_f "cnn_ext_wino_g_f"(Py_ssize_t m, const float* k, float* u, Py_ssize_t P, Py_ssize_t n)
     void _g_d "cnn_ext_wino_g_d"(Py_ssize_t m, const double* k, double* u, Py_ssize_t P, Py_ssize_t n)
     void _split_bt_f "cnn_ext_wino_split_bt_f"(const float* row, float* o, Py_ssize_t os, Py_ssize_t n)
-    void _split_bt_d "cnn_ext_wino_split_bt_d"(const double* row, double* o, Py_ssize_t os, Py_ssize_t n)
     void _split_at_t_f "cnn_ext_wino_split_at_t_f"(const float* row, float* o, Py_ssize_t os, Py_ssize_t n)
+    void _split_bt_d "cnn_ext_wino_split_bt_d"(const double* row, double* o, Py_ssize_t os, Py_ssize_t n)
     void _split_at_t_d "cnn_ext_wino_split_at_t_d"(const double* row, double* o, Py_ssize_t os, Py_ssize_t n)
     void _bt_t_f "cnn_ext_wino_bt_t_f"(Py_ssize_t m, const float* s, Py_ssize_t ss, float* o, Py_ssize_t os,
                                        Py_ssize_t n)
@@ -262,7 +262,7 @@ cdef void _input_channel(const floating* x, const Wino* g, Py_ssize_t r0, Py_ssi
                          Py_ssize_t i, floating* scratch, floating* V, floating* Z) noexcept nogil:
     """V[ξ, i, t] = (Bᵀ d B)[ξ] for channel i and the tiles t of global tile rows [r0, r1) (row-major, TW per row),
     d zero-padded; Z (unless NULL): the tile rows' padded input rows, max |x| over the channels so far."""
-    cdef Py_ssize_t R, n, th, rho, r, c, t0, xi
+    cdef Py_ssize_t R, n, th, rho, r, t0, xi
     cdef Py_ssize_t a = g.a, m = g.m, TW = g.TW, Wp = g.Wp, PB = _pitch(g, TB)
     cdef bint fused = WINO_SPLIT_BT and m == 4
     cdef floating* P = scratch + g.pbuf
@@ -323,7 +323,7 @@ cdef bint _forward_block(const floating* x, const floating* u, const floating* b
     """y = b + Aᵀ [U ⊙ V] A for the output tiles of global tile rows [r0, r1); whether all are finite.
     exact_zeros: outputs whose 3x3 field is zero in every channel are b exactly (the transforms leave rounding
     residuals of the tile there)."""
-    cdef Py_ssize_t TB = (r1 - r0) * g.TW, a = g.a, m = g.m, TW = g.TW, PB = _pitch(g, TB)
+    cdef Py_ssize_t TB = (r1 - r0) * g.TW, a = g.a, m = g.m, TW = g.TW
     cdef Py_ssize_t R, n, th, i, j, xi, c, p, q, t0, AA = a * a, zeros = 0
     cdef floating* V = scratch + g.vbuf
     cdef floating* M = scratch + g.mbuf
