@@ -180,8 +180,9 @@ class Network:
 
         The first layer is asked to skip its ``"dX"`` when its ``backward`` takes ``need_dX``. A ``ReLU`` right
         after a ``BatchNorm1D`` / ``BatchNorm2D`` is differentiated inside the BatchNorm's backward pass (as it
-        was applied inside its forward pass): its dict is empty, its ``"dX"`` never made. Calling each layer's
-        ``backward`` in turn gives the same gradients, bitwise.
+        was applied inside its forward pass): its dict is empty, its ``"dX"`` never made; so is the dict of a
+        ``MaxPool2D`` right after a ``ReLU`` (it differentiates the ReLU too). Calling each layer's ``backward``
+        in turn gives the same gradients, bitwise.
         """
         first = self.layers[0]
         if self._skip_cache[0] is not first:  # inspect.signature costs ~50 us: once per first layer

@@ -81,8 +81,9 @@ def _check_plane(x_shape):
                          f"records")
 
 
-def _forward(x, dtype, ksize, stride, use_max, want_indices=False):
-    """(y, int32 first-max positions or None) for a checked x."""
+def _forward(x, dtype, ksize, stride, use_max, want_indices=False, relu=False):
+    """(y, int32 first-max positions or None) for a checked x; ``relu`` (max only): of ReLU(x), without making
+    it (bitwise a ReLU layer's output pooled, positions included)."""
     N, C, H, W = x.shape
     OH, OW = _pool_out_hw(H, W, *ksize, *stride, "x", x.shape)
     y = np.empty((N, C, OH, OW), dtype)
@@ -91,16 +92,19 @@ def _forward(x, dtype, ksize, stride, use_max, want_indices=False):
     idx = np.empty((N, C, OH, OW), np.int32) if want_indices else None
     if y.size:
         _pooling.pool2d_forward(_checks.contiguous(x, dtype), y, _NO_INDICES if idx is None else idx.reshape(-1),
-                             *ksize, *stride, use_max, threads_for(N * C, y.size * ksize[0] * ksize[1]))
+                             *ksize, *stride, use_max, relu, threads_for(N * C, y.size * ksize[0] * ksize[1]))
     return y, idx
 
 
-def _backward(dy, idx, input_shape, dtype, ksize, stride, use_max):
-    """dX for a checked dy (N, C, OH, OW) with OH, OW >= 1; idx (max pooling only) from :func:`_forward`."""
+def _backward(dy, idx, input_shape, dtype, ksize, stride, use_max, x_relu=None):
+    """dX for a checked dy (N, C, OH, OW) with OH, OW >= 1; idx (max pooling only) from :func:`_forward`.
+    ``x_relu``: the input of the ReLU a relu ``_forward`` pooled; dX is then that ReLU's (its input's)."""
     N, C = dy.shape[:2]
     dx = np.empty(input_shape, dtype)
-    _pooling.pool2d_backward(_checks.contiguous(dy, dtype), _NO_INDICES if idx is None else idx.reshape(-1), dx,
-                          *ksize, *stride, use_max, threads_for(N * C, dy.size * ksize[0] * ksize[1]))
+    relu = x_relu is not None
+    x_relu = _checks.contiguous(x_relu, dtype) if relu else np.empty((0, 0, 0, 0), dtype)
+    _pooling.pool2d_backward(_checks.contiguous(dy, dtype), _NO_INDICES if idx is None else idx.reshape(-1), x_relu,
+                             dx, *ksize, *stride, use_max, relu, threads_for(N * C, dy.size * ksize[0] * ksize[1]))
     return dx
 
 
@@ -255,16 +259,36 @@ class _Pool2D(Layer):
     def __init__(self, kernel_size: IntPair, stride: Optional[IntPair] = None) -> None:
         super().__init__()
         self.kernel_size, self.stride = _window(kernel_size, stride)
+        self._relu = None  # the ReLU layer whose output the last forward pooled, if layers/chain.py paired them
 
     def forward(self, x: ArrayLike) -> FloatArray:
+        return self._forward(x, None)
+
+    def _forward(self, x, relu):
+        """forward; given ``relu`` (the ReLU layer before this MaxPool2D, layers/chain.py), ``forward`` of that
+        ReLU's output, which is never made: x is pooled as ReLU(x), bitwise, positions included. Both caches are
+        then what the two forwards leave (x stands in for the ReLU's output, of its shape, in this layer's; the
+        ReLU keeps its input and output shape, all its backward reads), so either backward path works after."""
+        self._relu = None
         try:
             x, dtype = _input_4d(x, "x")
             _pool_out_hw(x.shape[2], x.shape[3], *self.kernel_size, *self.stride, "x", x.shape)
         except ValueError as exc:
             raise ValueError(f"{self!r}: input of shape {np.shape(x)}: {exc}") from None
-        y, self._idx = _forward(x, dtype, self.kernel_size, self.stride, self._use_max, self._use_max)
+        y, self._idx = _forward(x, dtype, self.kernel_size, self.stride, self._use_max, self._use_max,
+                                relu is not None)
         self._x, self._y_shape = x, y.shape
+        if relu is not None:
+            relu._x, relu._y, relu._y_shape, self._relu = x, None, x.shape, relu
         return y
+
+    def _backward(self, dE_dY, relu):
+        """backward of this layer then of ``relu``, the ReLU its ``_forward`` pooled the output of: dX is the
+        ReLU's (its own dX is never made); bitwise the two backwards one after the other."""
+        x = self._cached_input()
+        dtype = _checks.compute_dtype((x,), ("x",))
+        dy = self._grad_output(dE_dY, dtype)
+        return {"dX": _backward(dy, self._idx, x.shape, dtype, self.kernel_size, self.stride, True, x)}
 
     def backward(self, dE_dY: ArrayLike) -> Dict[str, FloatArray]:
         x = self._cached_input()
@@ -297,6 +321,7 @@ class MaxPool2D(_Pool2D):
     __doc__ = _LAYER_DOC.format(what="Max", torch="MaxPool2d",
                                 grad="each gradient goes to its window's first maximum (row-major order)")
     _use_max = True
+    _POOLS_RELU = True  # a ReLU before the layer runs in its forward and backward passes (layers/chain.py)
 
 
 @register_layer

@@ -138,17 +138,39 @@ cdef void _max_plane(const floating* x, floating* y, int* idx, bint want_idx,
                         yrow[q] = v if take else b
 
 
-cdef void _max_grad_plane(const floating* dy, const int* idx, floating* dx,
+cdef void _relu_first(floating* y, int* idx, bint want_idx, const PoolGeom* g) noexcept nogil:
+    """Turn the max pooling of x into that of ReLU(x) = max(x, +0): a window with no positive value and no NaN
+    pools ReLU's +0s, whose first (the window's first element) wins; every other window keeps its max and
+    position."""
+    cdef Py_ssize_t p, q
+    cdef floating v
+    for p in range(g.OH):
+        for q in range(g.OW):
+            v = y[p * g.OW + q]
+            if not (v > 0) and v == v:
+                y[p * g.OW + q] = 0
+                if want_idx:
+                    idx[p * g.OW + q] = <int>(p * g.SH * g.W + q * g.SW)
+
+
+cdef void _max_grad_plane(const floating* dy, const int* idx, floating* dx, const floating* x_relu,
                           const PoolGeom* g) noexcept nogil:
-    """dx = 0; dx[idx[p, q]] += dy[p, q]  (overlapping windows accumulate).
+    """dx = 0; dx[idx[p, q]] += dy[p, q]  (overlapping windows accumulate); with x_relu (the input of a ReLU
+    pooled as ReLU(x)), then ReLU's backward: dx[i] *= [x_relu[i] > 0] at every position a gradient reached
+    (the same product, as often as windows share i: times 0 or 1 again changes nothing).
 
     The zero pass is libc's memset (all-zero bits are +0.0): the loop gcc inlines for it in the AVX2 build
     is slower.
     """
-    cdef Py_ssize_t t
+    cdef Py_ssize_t t, i
     memset(dx, 0, g.H * g.W * sizeof(floating))
     for t in range(g.OH * g.OW):
         dx[idx[t]] += dy[t]
+    if x_relu != NULL:
+        for t in range(g.OH * g.OW):
+            i = idx[t]
+            if not (x_relu[i] > 0):
+                dx[i] = dx[i] * 0
 
 
 cdef void _avg_plane(const floating* x, floating* y, const PoolGeom* g) noexcept nogil:
@@ -224,25 +246,31 @@ cdef void _avg_grad_plane(const floating* dy, floating* dx, const PoolGeom* g) n
 # one thread's planes (_threads.pxd)
 # ---------------------------------------------------------------------------------------------------
 
-cdef void _forward_planes(const floating* x, floating* y, int* idx, bint want_idx, bint use_max, Py_ssize_t HW,
-                          Py_ssize_t P, const PoolGeom* g, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    """_max_plane (use_max) or _avg_plane for planes [lo, hi); idx is a dummy unless want_idx"""
+cdef void _forward_planes(const floating* x, floating* y, int* idx, bint want_idx, bint use_max, bint relu,
+                          Py_ssize_t HW, Py_ssize_t P, const PoolGeom* g, Py_ssize_t lo,
+                          Py_ssize_t hi) noexcept nogil:
+    """_max_plane (use_max; of ReLU(x) with relu) or _avg_plane for planes [lo, hi); idx is a dummy unless
+    want_idx"""
     cdef Py_ssize_t t
     for t in range(lo, hi):
         if use_max:
             _max_plane(x + t * HW, y + t * P, (idx + t * P) if want_idx else idx, want_idx, g)
+            if relu:
+                _relu_first(y + t * P, (idx + t * P) if want_idx else idx, want_idx, g)
         else:
             _avg_plane(x + t * HW, y + t * P, g)
 
 
-cdef void _backward_planes(const floating* dy, const int* idx, floating* dx, bint use_max, bint rows2,
-                           Py_ssize_t HW, Py_ssize_t P, const PoolGeom* g, Py_ssize_t lo,
-                           Py_ssize_t hi) noexcept nogil:
-    """_max_grad_plane (use_max), _rows_avg_grad (rows2) or _avg_grad_plane for planes [lo, hi)"""
+cdef void _backward_planes(const floating* dy, const int* idx, floating* dx, const floating* x_relu,
+                           bint use_max, bint rows2, Py_ssize_t HW, Py_ssize_t P, const PoolGeom* g,
+                           Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """_max_grad_plane (use_max; x_relu NULL or the ReLU's input), _rows_avg_grad (rows2) or _avg_grad_plane
+    for planes [lo, hi)"""
     cdef Py_ssize_t t
     for t in range(lo, hi):
         if use_max:
-            _max_grad_plane(dy + t * P, idx + t * P, dx + t * HW, g)
+            _max_grad_plane(dy + t * P, idx + t * P, dx + t * HW, (x_relu + t * HW) if x_relu != NULL else NULL,
+                            g)
         elif rows2:
             _rows_avg_grad(dy + t * P, dx + t * HW, g)
         else:
@@ -257,9 +285,10 @@ def pool2d_forward(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                    floating[:, :, :, ::1] y,         # OUT (N, C, OH, OW)
                    int[::1] idx,                     # OUT (N*C*OH*OW,) int32 first-max positions, or empty
                    Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
-                   bint use_max, int num_threads):
+                   bint use_max, bint relu, int num_threads):
     """y[n, c, p, q] = max (use_max) or mean of the (KH, KW) window at (p*SH, q*SW); with max and a non-empty
-    idx, idx = the flat H*W position of the window's first maximum."""
+    idx, idx = the flat H*W position of the window's first maximum. relu (max only): the max pooling of
+    ReLU(x), bitwise a ReLU's output pooled, positions included."""
     cdef Py_ssize_t t, planes = x.shape[0] * x.shape[1], nparts = _nparts(planes, num_threads)
     cdef Py_ssize_t HW = x.shape[2] * x.shape[3], P = y.shape[2] * y.shape[3]
     cdef PoolGeom g = _pgeom(x.shape[2], x.shape[3], y.shape[2], y.shape[3], KH, KW, SH, SW)
@@ -270,34 +299,37 @@ def pool2d_forward(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
     with nogil:
         if nparts == 1:
             _forward_planes(&x[0, 0, 0, 0], &y[0, 0, 0, 0], &idx[0] if want_idx else &dummy, want_idx, use_max,
-                            HW, P, &g, 0, planes)
+                            relu, HW, P, &g, 0, planes)
         else:
             for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
                 _forward_planes(&x[0, 0, 0, 0], &y[0, 0, 0, 0], &idx[0] if want_idx else &dummy, want_idx, use_max,
-                                HW, P, &g, _part(planes, t, nparts), _part(planes, t + 1, nparts))
+                                relu, HW, P, &g, _part(planes, t, nparts), _part(planes, t + 1, nparts))
 
 
 def pool2d_backward(const floating[:, :, :, ::1] dy,   # IN  (N, C, OH, OW), OH, OW >= 1
                     const int[::1] idx,                # IN  (N*C*OH*OW,) int32 from pool2d_forward (max only)
+                    const floating[:, :, :, ::1] x_relu,  # IN  (N, C, H, W) the ReLU's input (relu), else empty
                     floating[:, :, :, ::1] dx,         # OUT (N, C, H, W)
                     Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
-                    bint use_max, int num_threads):
+                    bint use_max, bint relu, int num_threads):
     """dx[n, c] = dy[n, c] scattered to the first-max positions idx (use_max), or each dy[n, c, p, q] / (KH*KW)
-    spread over its window; zeros where nothing lands. The average over disjoint 2-wide stride-2 windows
-    (KH <= SH) writes dx once, by the vector rows; everything else zeroes the plane and adds (measured
-    faster than writing each element once with a select: a zero pass is a memset)."""
+    spread over its window; zeros where nothing lands. relu (max only; idx from a relu forward): then the ReLU's
+    backward, dx *= [x_relu > 0], bitwise the two layers' backward one after the other. The average over
+    disjoint 2-wide stride-2 windows (KH <= SH) writes dx once, by the vector rows; everything else zeroes the
+    plane and adds (measured faster than writing each element once with a select: a zero pass is a memset)."""
     cdef Py_ssize_t t, planes = dx.shape[0] * dx.shape[1], nparts = _nparts(planes, num_threads)
     cdef Py_ssize_t HW = dx.shape[2] * dx.shape[3], P = dy.shape[2] * dy.shape[3]
     cdef PoolGeom g = _pgeom(dx.shape[2], dx.shape[3], dy.shape[2], dy.shape[3], KH, KW, SH, SW)
+    cdef const floating* xr = &x_relu[0, 0, 0, 0] if relu and use_max else NULL
     cdef bint rows2
     if planes == 0 or HW == 0:
         return
     rows2 = KW == 2 and KH <= SH and _rows_ok(&dy[0, 0, 0, 0], &g)
     with nogil:
         if nparts == 1:
-            _backward_planes(&dy[0, 0, 0, 0], &idx[0] if use_max else NULL, &dx[0, 0, 0, 0], use_max, rows2, HW, P,
-                             &g, 0, planes)
+            _backward_planes(&dy[0, 0, 0, 0], &idx[0] if use_max else NULL, &dx[0, 0, 0, 0], xr, use_max, rows2,
+                             HW, P, &g, 0, planes)
         else:
             for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
-                _backward_planes(&dy[0, 0, 0, 0], &idx[0] if use_max else NULL, &dx[0, 0, 0, 0], use_max, rows2, HW,
-                                 P, &g, _part(planes, t, nparts), _part(planes, t + 1, nparts))
+                _backward_planes(&dy[0, 0, 0, 0], &idx[0] if use_max else NULL, &dx[0, 0, 0, 0], xr, use_max, rows2,
+                                 HW, P, &g, _part(planes, t, nparts), _part(planes, t + 1, nparts))
