@@ -15,12 +15,15 @@ global average pooling, Dropout, Dense) runs in training mode in both peers (bat
 its PyTorch twin gets cnn_ext's state_dict, and before timing the logits in evaluation mode and the whole
 state after one Adam step are checked to agree.
 
+--pairing adds a table for the CNN: its step as Network runs it (each ReLU inside the MaxPool2D after it,
+cnn_ext/layers/chain.py) against the same step with every layer on its own, interleaved.
+
 --network loop trains the CNN with its layers called one by one, as the tutorial's train loop calls them (the
 loss gradient passed on as cnn_ext.exact, Adam on the per-layer dicts): nothing holds the BLAS threads between
 the calls, as in a user's own loop. Its gradients are checked to be Network.backward's, bitwise.
 
     CNN_EXT_DATA=../shared/data/mnist python benchmarks/bench_mnist_cnn.py            # 2 threads
-    python benchmarks/bench_mnist_cnn.py --threads 1,2 --quick --network both
+    python benchmarks/bench_mnist_cnn.py --threads 1,2 --quick --network both --pairing
 """
 import argparse
 import itertools
@@ -36,6 +39,7 @@ from _common import torch
 
 import cnn_ext
 from cnn_ext import Adam, exact, softmax_cross_entropy
+from cnn_ext.layers import chain
 
 sys.path.insert(0, os.path.join(C._ROOT, "examples"))
 from train_mnist_cnn import build_network  # noqa: E402  (the example's network, so both measure the same one)
@@ -87,6 +91,16 @@ def cnn_ext_step(state, x, y):
     net, opt = state
     _, dE_dY = softmax_cross_entropy(net.forward(x), y)
     opt.step(net, net.backward(dE_dY))
+
+
+def unpaired_step(state, x, y):
+    """cnn_ext_step with each ReLU before a MaxPool2D run on its own (the pairing of layers/chain.py off)."""
+    paired = chain._pools_relu
+    chain._pools_relu = lambda layers, j: False
+    try:
+        cnn_ext_step(state, x, y)
+    finally:
+        chain._pools_relu = paired
 
 
 def layer_loop_grads(net, x, y):
@@ -208,12 +222,14 @@ def check_same_resnet(batch):
         assert_allclose(value, theirs[key].numpy(), rtol=1e-3, atol=1e-4, err_msg=f"ResNet {key} differs")
 
 
+def stepper(step, state, data):
+    """A zero-argument callable doing ``step(state, x, y)`` on the next batch of ``data`` (cycling)."""
+    data = itertools.cycle(data)
+    return lambda: step(state, *next(data))
+
+
 def make_steppers(batches, network="cnn"):
     """{peer: zero-argument callable doing one training step on the next batch (cycling)}."""
-    def stepper(step, state, data):
-        data = itertools.cycle(data)
-        return lambda: step(state, *next(data))
-
     net = build_resnet(seed=0) if network == "resnet" else build_network(seed=0)
     steppers = {"cnn_ext": stepper(cnn_ext_loop_step if network == "loop" else cnn_ext_step, (net, Adam(1e-3)),
                                    batches)}
@@ -235,6 +251,9 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                     help="before each thread count, wait up to this long for other processes to go quiet")
+    ap.add_argument("--pairing", action="store_true",
+                    help="also time the CNN's step with each ReLU inside the MaxPool2D after it against every layer "
+                         "on its own")
     ap.add_argument("--out", help="also write the report to OUT.json (the data) and OUT.md (rendered from it)")
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 7)
@@ -287,6 +306,23 @@ def main(argv=None):
                       intro=f"Median step time of {repeats} interleaved samples, epoch = {steps_per_epoch} steps; "
                             "ratio = PyTorch time / cnn_ext time (> 1: cnn_ext is faster); 'other load' = cores other "
                             "processes kept busy meanwhile.")
+    if args.pairing:
+        rows = []
+        for t in args.threads:
+            with C.threads(t):
+                steppers = {"paired": stepper(cnn_ext_step, (build_network(seed=0), Adam(1e-3)), batches),
+                            "one by one": stepper(unpaired_step, (build_network(seed=0), Adam(1e-3)), batches)}
+                for fn in steppers.values():
+                    fn()
+                    fn()
+                stats = C.interleaved(steppers, repeats, min_time)
+            paired, alone = stats["paired"].median, stats["one by one"].median
+            rows.append([str(t), C.fmt_time(paired), C.fmt_time(alone), C.fmt_ratio(alone / paired),
+                         f"{stats['paired'].other_load:.2f}"])
+        _report.add_table(result, "The CNN's step: each ReLU inside the MaxPool2D's passes, against each layer alone",
+                          ["threads", "paired", "one by one", "speed-up", "other load"], rows,
+                          intro=f"cnn_ext alone, median step time of {repeats} interleaved samples; 'one by one' "
+                                "turns off the pairing of cnn_ext/layers/chain.py (the same results, bitwise).")
     C.write_results(result, args.out, argv)
 
 

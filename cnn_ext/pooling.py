@@ -96,14 +96,14 @@ def _forward(x, dtype, ksize, stride, use_max, want_indices=False, relu=False):
     return y, idx
 
 
-def _backward(dy, idx, input_shape, dtype, ksize, stride, use_max, x_relu=None):
+def _backward(dy, idx, input_shape, dtype, ksize, stride, use_max, y_relu=None):
     """dX for a checked dy (N, C, OH, OW) with OH, OW >= 1; idx (max pooling only) from :func:`_forward`.
-    ``x_relu``: the input of the ReLU a relu ``_forward`` pooled; dX is then that ReLU's (its input's)."""
+    ``y_relu``: the y of a relu ``_forward`` (with idx from it); dX is then that of the ReLU's input."""
     N, C = dy.shape[:2]
     dx = np.empty(input_shape, dtype)
-    relu = x_relu is not None
-    x_relu = _checks.contiguous(x_relu, dtype) if relu else np.empty((0, 0, 0, 0), dtype)
-    _pooling.pool2d_backward(_checks.contiguous(dy, dtype), _NO_INDICES if idx is None else idx.reshape(-1), x_relu,
+    relu = y_relu is not None
+    y_relu = _checks.contiguous(y_relu, dtype) if relu else np.empty((0, 0, 0, 0), dtype)
+    _pooling.pool2d_backward(_checks.contiguous(dy, dtype), _NO_INDICES if idx is None else idx.reshape(-1), y_relu,
                              dx, *ksize, *stride, use_max, relu, threads_for(N * C, dy.size * ksize[0] * ksize[1]))
     return dx
 
@@ -259,7 +259,7 @@ class _Pool2D(Layer):
     def __init__(self, kernel_size: IntPair, stride: Optional[IntPair] = None) -> None:
         super().__init__()
         self.kernel_size, self.stride = _window(kernel_size, stride)
-        self._relu = None  # the ReLU layer whose output the last forward pooled, if layers/chain.py paired them
+        self._relu = self._y = None  # the ReLU whose output the last forward pooled (layers/chain.py), and y
 
     def forward(self, x: ArrayLike) -> FloatArray:
         return self._forward(x, None)
@@ -268,8 +268,9 @@ class _Pool2D(Layer):
         """forward; given ``relu`` (the ReLU layer before this MaxPool2D, layers/chain.py), ``forward`` of that
         ReLU's output, which is never made: x is pooled as ReLU(x), bitwise, positions included. Both caches are
         then what the two forwards leave (x stands in for the ReLU's output, of its shape, in this layer's; the
-        ReLU keeps its input and output shape, all its backward reads), so either backward path works after."""
-        self._relu = None
+        ReLU keeps its input and output shape, all its backward reads), so either backward path works after; y is
+        kept for the pair's backward (y > 0 where the ReLU's input was at each window's maximum)."""
+        self._relu = self._y = None
         try:
             x, dtype = _input_4d(x, "x")
             _pool_out_hw(x.shape[2], x.shape[3], *self.kernel_size, *self.stride, "x", x.shape)
@@ -279,7 +280,7 @@ class _Pool2D(Layer):
                                 relu is not None)
         self._x, self._y_shape = x, y.shape
         if relu is not None:
-            relu._x, relu._y, relu._y_shape, self._relu = x, None, x.shape, relu
+            relu._x, relu._y, relu._y_shape, self._relu, self._y = x, None, x.shape, relu, y
         return y
 
     def _backward(self, dE_dY, relu):
@@ -288,7 +289,7 @@ class _Pool2D(Layer):
         x = self._cached_input()
         dtype = _checks.compute_dtype((x,), ("x",))
         dy = self._grad_output(dE_dY, dtype)
-        return {"dX": _backward(dy, self._idx, x.shape, dtype, self.kernel_size, self.stride, True, x)}
+        return {"dX": _backward(dy, self._idx, x.shape, dtype, self.kernel_size, self.stride, True, self._y)}
 
     def backward(self, dE_dY: ArrayLike) -> Dict[str, FloatArray]:
         x = self._cached_input()

@@ -37,10 +37,10 @@ cdef extern from "cnn_pool_rows.h":
     enum: CNN_POOL_MIN_OW_D
     void _rows_max_f "cnn_pool_rows_f_max"(const float* x, float* y, int* idx, Py_ssize_t W, Py_ssize_t KH,
                                            Py_ssize_t SH, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t K,
-                                           int want_idx) noexcept nogil
+                                           int want_idx, int relu) noexcept nogil
     void _rows_max_d "cnn_pool_rows_d_max"(const double* x, double* y, int* idx, Py_ssize_t W, Py_ssize_t KH,
                                            Py_ssize_t SH, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t K,
-                                           int want_idx) noexcept nogil
+                                           int want_idx, int relu) noexcept nogil
     void _rows_avg_f "cnn_pool_rows_f_avg"(const float* x, float* y, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH,
                                            Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t K) noexcept nogil
     void _rows_avg_d "cnn_pool_rows_d_avg"(const double* x, double* y, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH,
@@ -60,13 +60,14 @@ cdef inline bint _rows_ok(const floating* x, const PoolGeom* g) noexcept nogil:
     return g.KW == g.SW and (g.KW == 2 or g.KW == 3) and min_ow > 0 and g.OW >= min_ow
 
 
-cdef inline void _rows_max(const floating* x, floating* y, int* idx, bint want_idx,
+cdef inline void _rows_max(const floating* x, floating* y, int* idx, bint want_idx, bint relu,
                            const PoolGeom* g) noexcept nogil:
-    """y[p, q], idx[p, q] = first max of x[p*SH : p*SH+KH, K*q : K*q+K] (row-major); needs _rows_ok"""
+    """y[p, q], idx[p, q] = first max of x[p*SH : p*SH+KH, K*q : K*q+K] (row-major), of ReLU(x) with relu;
+    needs _rows_ok"""
     if floating is float:
-        _rows_max_f(x, y, idx, g.W, g.KH, g.SH, g.OH, g.OW, g.KW, want_idx)
+        _rows_max_f(x, y, idx, g.W, g.KH, g.SH, g.OH, g.OW, g.KW, want_idx, relu)
     else:
-        _rows_max_d(x, y, idx, g.W, g.KH, g.SH, g.OH, g.OW, g.KW, want_idx)
+        _rows_max_d(x, y, idx, g.W, g.KH, g.SH, g.OH, g.OW, g.KW, want_idx, relu)
 
 
 cdef inline void _rows_avg(const floating* x, floating* y, const PoolGeom* g) noexcept nogil:
@@ -90,13 +91,14 @@ cdef inline void _rows_avg_grad(const floating* dy, floating* dx, const PoolGeom
 # one plane
 # ---------------------------------------------------------------------------------------------------
 
-cdef void _max_plane(const floating* x, floating* y, int* idx, bint want_idx,
+cdef void _max_plane(const floating* x, floating* y, int* idx, bint want_idx, bint relu,
                      const PoolGeom* g) noexcept nogil:
-    """y[p, q] = max_{kh, kw} x[p*SH + kh, q*SW + kw]; idx[p, q] = flat index (in the H*W plane) of the first max.
+    """y[p, q] = max_{kh, kw} x[p*SH + kh, q*SW + kw]; idx[p, q] = flat index (in the H*W plane) of the first max;
+    of ReLU(x) with relu.
 
     KW == SW == 2 or 3: the vector rows of cnn_pool_rows.h. Otherwise window offsets are visited in row-major
     order, each as one branch-free sweep along the output row: strict '>' keeps the first max; 'v != v' lets
-    the first NaN win and stay.
+    the first NaN win and stay; then _relu_first with relu.
     """
     cdef Py_ssize_t p, q, kh, kw, base, W = g.W, SW = g.SW, OW = g.OW
     cdef const floating* xrow
@@ -105,7 +107,7 @@ cdef void _max_plane(const floating* x, floating* y, int* idx, bint want_idx,
     cdef floating v, b
     cdef bint take
     if _rows_ok(x, g):
-        _rows_max(x, y, idx, want_idx, g)
+        _rows_max(x, y, idx, want_idx, relu, g)
         return
     for p in range(g.OH):
         yrow = y + p * OW
@@ -136,41 +138,53 @@ cdef void _max_plane(const floating* x, floating* y, int* idx, bint want_idx,
                         b = yrow[q]
                         take = (v > b) | ((v != v) & (b == b))
                         yrow[q] = v if take else b
+    if relu:
+        _relu_first(y, idx, want_idx, g)
 
 
 cdef void _relu_first(floating* y, int* idx, bint want_idx, const PoolGeom* g) noexcept nogil:
     """Turn the max pooling of x into that of ReLU(x) = max(x, +0): a window with no positive value and no NaN
     pools ReLU's +0s, whose first (the window's first element) wins; every other window keeps its max and
-    position."""
-    cdef Py_ssize_t p, q
+    position (the vector rows do the same in registers)."""
+    cdef Py_ssize_t p, q, OW = g.OW
     cdef floating v
-    for p in range(g.OH):
-        for q in range(g.OW):
-            v = y[p * g.OW + q]
-            if not (v > 0) and v == v:
-                y[p * g.OW + q] = 0
-                if want_idx:
-                    idx[p * g.OW + q] = <int>(p * g.SH * g.W + q * g.SW)
+    cdef floating* yrow
+    cdef int* irow
+    cdef int first
+    for p in range(g.OH):  # branch-free sweeps along the row, as _max_plane's
+        yrow = y + p * OW
+        for q in range(OW):
+            v = yrow[q]
+            yrow[q] = v if (v > 0) | (v != v) else 0
+        if want_idx:
+            irow = idx + p * OW
+            first = <int>(p * g.SH * g.W)
+            for q in range(OW):
+                v = yrow[q]
+                irow[q] = irow[q] if (v > 0) | (v != v) else first + <int>(q * g.SW)
 
 
-cdef void _max_grad_plane(const floating* dy, const int* idx, floating* dx, const floating* x_relu,
+cdef void _max_grad_plane(const floating* dy, const int* idx, floating* dx, const floating* y_relu,
                           const PoolGeom* g) noexcept nogil:
-    """dx = 0; dx[idx[p, q]] += dy[p, q]  (overlapping windows accumulate); with x_relu (the input of a ReLU
-    pooled as ReLU(x)), then ReLU's backward: dx[i] *= [x_relu[i] > 0] at every position a gradient reached
-    (the same product, as often as windows share i: times 0 or 1 again changes nothing).
+    """dx = 0; dx[idx[p, q]] += dy[p, q]  (overlapping windows accumulate); with y_relu (the output of a relu
+    forward: ReLU(x) pooled), then ReLU's backward: dx[i] *= [x[i] > 0] where gradients landed, [x[i] > 0] being
+    [y_relu[p, q] > 0] for i = idx[p, q] (times 0 or 1 again, where windows share i, changes nothing).
 
     The zero pass is libc's memset (all-zero bits are +0.0): the loop gcc inlines for it in the AVX2 build
     is slower.
     """
-    cdef Py_ssize_t t, i
+    cdef Py_ssize_t t
+    cdef floating zero = 0
     memset(dx, 0, g.H * g.W * sizeof(floating))
+    if y_relu != NULL and g.KH <= g.SH and g.KW <= g.SW:  # one window per position: (0 + dy) * mask at once
+        for t in range(g.OH * g.OW):  # a product, not a branch: which ones go is the data's
+            dx[idx[t]] = (zero + dy[t]) * (1 if y_relu[t] > 0 else 0)
+        return
     for t in range(g.OH * g.OW):
         dx[idx[t]] += dy[t]
-    if x_relu != NULL:
+    if y_relu != NULL:
         for t in range(g.OH * g.OW):
-            i = idx[t]
-            if not (x_relu[i] > 0):
-                dx[i] = dx[i] * 0
+            dx[idx[t]] = dx[idx[t]] * (1 if y_relu[t] > 0 else 0)
 
 
 cdef void _avg_plane(const floating* x, floating* y, const PoolGeom* g) noexcept nogil:
@@ -254,22 +268,20 @@ cdef void _forward_planes(const floating* x, floating* y, int* idx, bint want_id
     cdef Py_ssize_t t
     for t in range(lo, hi):
         if use_max:
-            _max_plane(x + t * HW, y + t * P, (idx + t * P) if want_idx else idx, want_idx, g)
-            if relu:
-                _relu_first(y + t * P, (idx + t * P) if want_idx else idx, want_idx, g)
+            _max_plane(x + t * HW, y + t * P, (idx + t * P) if want_idx else idx, want_idx, relu, g)
         else:
             _avg_plane(x + t * HW, y + t * P, g)
 
 
-cdef void _backward_planes(const floating* dy, const int* idx, floating* dx, const floating* x_relu,
+cdef void _backward_planes(const floating* dy, const int* idx, floating* dx, const floating* y_relu,
                            bint use_max, bint rows2, Py_ssize_t HW, Py_ssize_t P, const PoolGeom* g,
                            Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    """_max_grad_plane (use_max; x_relu NULL or the ReLU's input), _rows_avg_grad (rows2) or _avg_grad_plane
-    for planes [lo, hi)"""
+    """_max_grad_plane (use_max; y_relu NULL or a relu forward's output), _rows_avg_grad (rows2) or
+    _avg_grad_plane for planes [lo, hi)"""
     cdef Py_ssize_t t
     for t in range(lo, hi):
         if use_max:
-            _max_grad_plane(dy + t * P, idx + t * P, dx + t * HW, (x_relu + t * HW) if x_relu != NULL else NULL,
+            _max_grad_plane(dy + t * P, idx + t * P, dx + t * HW, (y_relu + t * P) if y_relu != NULL else NULL,
                             g)
         elif rows2:
             _rows_avg_grad(dy + t * P, dx + t * HW, g)
@@ -308,28 +320,28 @@ def pool2d_forward(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
 
 def pool2d_backward(const floating[:, :, :, ::1] dy,   # IN  (N, C, OH, OW), OH, OW >= 1
                     const int[::1] idx,                # IN  (N*C*OH*OW,) int32 from pool2d_forward (max only)
-                    const floating[:, :, :, ::1] x_relu,  # IN  (N, C, H, W) the ReLU's input (relu), else empty
+                    const floating[:, :, :, ::1] y_relu,  # IN  (N, C, OH, OW) the relu forward's y (relu), else empty
                     floating[:, :, :, ::1] dx,         # OUT (N, C, H, W)
                     Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
                     bint use_max, bint relu, int num_threads):
     """dx[n, c] = dy[n, c] scattered to the first-max positions idx (use_max), or each dy[n, c, p, q] / (KH*KW)
-    spread over its window; zeros where nothing lands. relu (max only; idx from a relu forward): then the ReLU's
-    backward, dx *= [x_relu > 0], bitwise the two layers' backward one after the other. The average over
+    spread over its window; zeros where nothing lands. relu (max only; idx and y_relu from a relu forward): then
+    the ReLU's backward, dx *= [x > 0], bitwise the two layers' backward one after the other. The average over
     disjoint 2-wide stride-2 windows (KH <= SH) writes dx once, by the vector rows; everything else zeroes the
     plane and adds (measured faster than writing each element once with a select: a zero pass is a memset)."""
     cdef Py_ssize_t t, planes = dx.shape[0] * dx.shape[1], nparts = _nparts(planes, num_threads)
     cdef Py_ssize_t HW = dx.shape[2] * dx.shape[3], P = dy.shape[2] * dy.shape[3]
     cdef PoolGeom g = _pgeom(dx.shape[2], dx.shape[3], dy.shape[2], dy.shape[3], KH, KW, SH, SW)
-    cdef const floating* xr = &x_relu[0, 0, 0, 0] if relu and use_max else NULL
+    cdef const floating* yr = &y_relu[0, 0, 0, 0] if relu and use_max else NULL
     cdef bint rows2
     if planes == 0 or HW == 0:
         return
     rows2 = KW == 2 and KH <= SH and _rows_ok(&dy[0, 0, 0, 0], &g)
     with nogil:
         if nparts == 1:
-            _backward_planes(&dy[0, 0, 0, 0], &idx[0] if use_max else NULL, &dx[0, 0, 0, 0], xr, use_max, rows2,
+            _backward_planes(&dy[0, 0, 0, 0], &idx[0] if use_max else NULL, &dx[0, 0, 0, 0], yr, use_max, rows2,
                              HW, P, &g, 0, planes)
         else:
             for t in prange(nparts, schedule='dynamic', num_threads=_team(nparts, num_threads)):
-                _backward_planes(&dy[0, 0, 0, 0], &idx[0] if use_max else NULL, &dx[0, 0, 0, 0], xr, use_max, rows2,
+                _backward_planes(&dy[0, 0, 0, 0], &idx[0] if use_max else NULL, &dx[0, 0, 0, 0], yr, use_max, rows2,
                                  HW, P, &g, _part(planes, t, nparts), _part(planes, t + 1, nparts))

@@ -30,7 +30,7 @@ def pool2d_forward(
 def pool2d_backward(
     dy: NDArray[_F],  # IN  (N, C, OH, OW), OH, OW >= 1
     idx: NDArray[np.int32],  # IN  (N*C*OH*OW,) int32 from pool2d_forward (max only)
-    x_relu: NDArray[_F],  # IN  (N, C, H, W) the ReLU's input (relu), else empty
+    y_relu: NDArray[_F],  # IN  (N, C, OH, OW) the relu forward's y (relu), else empty
     dx: NDArray[_F],  # OUT (N, C, H, W)
     KH: int,
     KW: int,
@@ -41,7 +41,7 @@ def pool2d_backward(
     num_threads: int,
 ) -> None:
     """dx[n, c] = dy[n, c] scattered to the first-max positions idx (use_max), or each dy[n, c, p, q] / (KH*KW)
-    spread over its window; zeros where nothing lands. relu (max only; idx from a relu forward): then the ReLU's
-    backward, dx *= [x_relu > 0], bitwise the two layers' backward one after the other. The average over
+    spread over its window; zeros where nothing lands. relu (max only; idx and y_relu from a relu forward): then
+    the ReLU's backward, dx *= [x > 0], bitwise the two layers' backward one after the other. The average over
     disjoint 2-wide stride-2 windows (KH <= SH) writes dx once, by the vector rows; everything else zeroes the
     plane and adds (measured faster than writing each element once with a select: a zero pass is a memset)."""

@@ -6,7 +6,8 @@
  * Max: each window row is reduced first (a later kw taken only when strictly greater, or NaN over a
  * number), then the rows are merged in kh order with the same rule; as that rule picks the first element of
  * the largest class of a total preorder (NaN above every number), merging in row-major order gives the
- * same pick as one row-major scan. Average: the same chain of additions as the generic loops (0, then kh,
+ * same pick as one row-major scan; with relu, ReLU(x)'s pick (a window without a positive value or a
+ * NaN: +0 at its first element). Average: the same chain of additions as the generic loops (0, then kh,
  * kw in row-major order), then the same division. The last block of a row overlaps the previous one
  * instead of running a scalar tail: it recomputes and stores the same values (needs OW >= L).
  * The average's gradient (K = 2, KH <= SH) writes every dx element once: dy / (2*KH) + 0, the + 0 making it
@@ -117,7 +118,7 @@ static inline __attribute__((always_inline)) void NAME##_hrow(                  
 }                                                                                                     \
 static inline __attribute__((always_inline)) void NAME##_max_fixed(                                   \
         const T* x, T* y, int* idx, Py_ssize_t W, Py_ssize_t r0, Py_ssize_t KH, Py_ssize_t OW,        \
-        const int want_idx) {                                                                         \
+        const int want_idx, const int relu) {                                                         \
     const Py_ssize_t L = (Py_ssize_t)(sizeof(V) / sizeof(T));                                         \
     MI laneK;                                                                                         \
     Py_ssize_t j, kh, q0 = 0;                                                                         \
@@ -126,11 +127,11 @@ static inline __attribute__((always_inline)) void NAME##_max_fixed(             
     for (;;) {                                                                                        \
         const T* xr;                                                                                  \
         V best, h;                                                                                    \
-        MI t, pos, bi, hi;                                                                            \
+        MI t, pos, first, bi, hi;                                                                     \
         if (q0 + L > OW)                                                                              \
             q0 = OW - L;                                                                              \
         xr = x + r0 * W + (K) * q0;                                                                   \
-        pos = laneK + (int)(r0 * W + (K) * q0);                                                       \
+        pos = first = laneK + (int)(r0 * W + (K) * q0);                                               \
         NAME##_hrow(xr, pos, &best, &bi, want_idx);                                                   \
         for (kh = 1; kh < KH; kh++) {                                                                 \
             xr += W;                                                                                  \
@@ -141,6 +142,12 @@ static inline __attribute__((always_inline)) void NAME##_max_fixed(             
             if (want_idx)                                                                             \
                 bi = (bi & ~t) | (hi & t);                                                            \
         }                                                                                             \
+        if (relu) { /* ReLU(x) pooled: no positive value and no NaN, then ReLU's +0s: the first wins */  \
+            t = (MI)(best > 0) | (MI)(best != best);                                                  \
+            best = CNN_POOL_SEL(V, MI, t, best, (V){0});                                              \
+            if (want_idx)                                                                             \
+                bi = (bi & t) | (first & ~t);                                                         \
+        }                                                                                             \
         *(V*)(y + q0) = best;                                                                         \
         if (want_idx)                                                                                 \
             SI(idx + q0, bi);                                                                         \
@@ -150,13 +157,17 @@ static inline __attribute__((always_inline)) void NAME##_max_fixed(             
     }                                                                                                 \
 }                                                                                                     \
 static void NAME##_max(const T* x, T* y, int* idx, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH,        \
-                       Py_ssize_t OH, Py_ssize_t OW, int want_idx) {                                  \
+                       Py_ssize_t OH, Py_ssize_t OW, int want_idx, int relu) {                        \
     Py_ssize_t p;                                                                                     \
     for (p = 0; p < OH; p++) {                                                                        \
-        if (want_idx)                                                                                 \
-            NAME##_max_fixed(x, y + p * OW, idx + p * OW, W, p * SH, KH, OW, 1);                      \
+        if (want_idx && relu)                                                                         \
+            NAME##_max_fixed(x, y + p * OW, idx + p * OW, W, p * SH, KH, OW, 1, 1);                   \
+        else if (want_idx)                                                                            \
+            NAME##_max_fixed(x, y + p * OW, idx + p * OW, W, p * SH, KH, OW, 1, 0);                   \
+        else if (relu)                                                                                \
+            NAME##_max_fixed(x, y + p * OW, idx, W, p * SH, KH, OW, 0, 1);                            \
         else                                                                                          \
-            NAME##_max_fixed(x, y + p * OW, idx, W, p * SH, KH, OW, 0);                               \
+            NAME##_max_fixed(x, y + p * OW, idx, W, p * SH, KH, OW, 0, 0);                            \
     }                                                                                                 \
 }                                                                                                     \
 static void NAME##_avg(const T* x, T* y, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH, Py_ssize_t OH,   \
@@ -246,11 +257,11 @@ CNN_POOL_DEFINE_WIDTH(cnn_pool_f8, cnn_pool_d4, cnn_pool_p8, cnn_ext_vf8, cnn_ex
  * checked by the caller); the average gradient for K = 2 only */
 #define CNN_POOL_DEFINE_ENTRIES(NAME, T, W8, W4, WL)                                                  \
 static void NAME##_max(const T* x, T* y, int* idx, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH,        \
-                       Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t K, int want_idx) {                    \
+                       Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t K, int want_idx, int relu) {          \
     if (K == 3)                                                                                       \
-        CNN_POOL_WIDE(OW, WL, W8##_k3_max, W4##_k3_max, (x, y, idx, W, KH, SH, OH, OW, want_idx));    \
+        CNN_POOL_WIDE(OW, WL, W8##_k3_max, W4##_k3_max, (x, y, idx, W, KH, SH, OH, OW, want_idx, relu)); \
     else                                                                                              \
-        CNN_POOL_WIDE(OW, WL, W8##_k2_max, W4##_k2_max, (x, y, idx, W, KH, SH, OH, OW, want_idx));    \
+        CNN_POOL_WIDE(OW, WL, W8##_k2_max, W4##_k2_max, (x, y, idx, W, KH, SH, OH, OW, want_idx, relu)); \
 }                                                                                                     \
 static void NAME##_avg(const T* x, T* y, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH, Py_ssize_t OH,   \
                        Py_ssize_t OW, Py_ssize_t K) {                                                 \
@@ -270,7 +281,7 @@ CNN_POOL_DEFINE_ENTRIES(cnn_pool_rows_d, double, cnn_pool_d4, cnn_pool_d2, 4)
 #define CNN_POOL_MIN_OW_D 0
 #define CNN_POOL_NO_ROWS(NAME, T)                                                                     \
 static void NAME##_max(const T* x, T* y, int* idx, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH,        \
-                       Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t K, int want_idx) {}                   \
+                       Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t K, int want_idx, int relu) {}         \
 static void NAME##_avg(const T* x, T* y, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t SH, Py_ssize_t OH,   \
                        Py_ssize_t OW, Py_ssize_t K) {}                                                \
 static void NAME##_avg_grad(const T* dy, T* dx, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,            \
