@@ -8,6 +8,8 @@ channels still uses every thread); nothing is reduced across planes, so results 
 Ties in max pooling: the first maximum in row-major window order wins (strict `>` scan); a NaN wins over
 any number, the first NaN over later ones, so NaN propagates as in PyTorch. Argmax positions are int32 (H*W is
 guarded in Python) so that they share the vector lanes of float32 values.
+With relu (max only) the forward pools ReLU(x) and the backward goes on through that ReLU: a ReLU layer right
+before a MaxPool2D runs inside these passes (cnn_ext/layers/chain.py), bitwise the two layers' results.
 Windows two or three columns wide with the same stride (KW == SW: 2x2 above all, 3x3, (2, 3), (3, 2), any KH
 and SH) run the vector rows of include/cnn_pool_rows.h (contiguous loads deinterleaved in registers); every other
 shape runs the generic loops. The module is built twice, baseline and
