@@ -334,10 +334,12 @@ def pool2d_backward(const floating[:, :, :, ::1] dy,   # IN  (N, C, OH, OW), OH,
     cdef Py_ssize_t t, planes = dx.shape[0] * dx.shape[1], nparts = _nparts(planes, num_threads)
     cdef Py_ssize_t HW = dx.shape[2] * dx.shape[3], P = dy.shape[2] * dy.shape[3]
     cdef PoolGeom g = _pgeom(dx.shape[2], dx.shape[3], dy.shape[2], dy.shape[3], KH, KW, SH, SW)
-    cdef const floating* yr = &y_relu[0, 0, 0, 0] if relu and use_max else NULL
+    cdef const floating* yr = NULL
     cdef bint rows2
     if planes == 0 or HW == 0:
         return
+    if relu and use_max:  # after the return: an empty batch has no first element
+        yr = &y_relu[0, 0, 0, 0]
     rows2 = KW == 2 and KH <= SH and _rows_ok(&dy[0, 0, 0, 0], &g)
     with nogil:
         if nparts == 1:
