@@ -109,6 +109,7 @@ WINOGRAD_MIN_CHANNELS_SMALL_MAP = {np.dtype(np.float32): 4096, np.dtype(np.float
 WINOGRAD_MIN_CHANNELS_SMALL_MAP_KGRAD = {np.dtype(np.float32): 8192,
                                          np.dtype(np.float64): 8192 if CHANNELS_WIDE else 16384}
 WINOGRAD_BLOCK_BYTES = 2 << 20  # V and M of one block of tiles: wide enough products, yet within L3 beside BLAS
+# (4 MiB wins on some layers and loses as much on others, in both dtypes: benchmarks/results/winograd_blocks.md)
 # the kernel gradient's blocks: V and M at least this many times dU ((m+2)² x C_in x C_out), which every block's
 # products read and write; on 128x128 layers dU alone outweighs 2 MiB of tiles. float64 64x64 layers lost with
 # more than 3 (benchmarks/results/winograd_kgrad.md)
